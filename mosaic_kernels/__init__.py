@@ -1,0 +1,13 @@
+"""mosaic_kernels: fused Triton ops for Memory Mosaics, with exact PyTorch references.
+
+Public API:
+    mosaic_attention(k, v, scale=None)
+    leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12)
+    reference: the same two functions, always the PyTorch reference.
+"""
+from . import reference
+from .attention import mosaic_attention
+from .leaky_average import leaky_average
+
+__all__ = ["mosaic_attention", "leaky_average", "reference"]
+__version__ = "0.1.0"

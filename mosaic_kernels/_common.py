@@ -1,0 +1,81 @@
+"""Argument validation and device dispatch shared by every op of mosaic_kernels."""
+from __future__ import annotations
+
+import os
+from numbers import Real
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_HEAD_DIM = 256
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton's CPU interpreter is requested (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op on ``t`` runs its Triton kernel (CUDA, or CPU under the interpreter).
+
+    float64 has no Triton path: it always runs the PyTorch reference, on any device.
+    """
+    if t.dtype == torch.float64:
+        return False
+    if t.is_cuda:
+        return True
+    return t.device.type == "cpu" and interpreter_enabled()
+
+
+def check_tensor(name: str, t, *, ndim: int | None = None) -> None:
+    """Raise ValueError unless ``t`` is a floating tensor of a supported dtype and rank."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{name} must have dtype float32, float16, bfloat16 or float64, got {t.dtype}"
+        )
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions (B, H, T, D), got shape {tuple(t.shape)}"
+        )
+
+
+def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high=None):
+    """Validate a per-head argument: None, a Python real, or a tensor of shape ``(H,)``.
+
+    Returns it unchanged (None, float or tensor). Range checks apply to Python numbers only;
+    a tensor is not synchronised to the host just to check its range.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a float or a tensor of shape ({n_head},), got a bool")
+    if isinstance(value, Real):
+        value = float(value)
+        if value != value:
+            raise ValueError(f"{name} must not be NaN")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+        return value
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"{name} must be None, a float or a tensor of shape ({n_head},), "
+            f"got {type(value).__name__}"
+        )
+    if value.shape != (n_head,):
+        raise ValueError(f"{name} must have shape ({n_head},) (one per head), got {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.device != ref.device:
+        raise ValueError(f"{name} must be on {ref.device} like the inputs, got {value.device}")
+    return value
+
+
+def per_head_tensor(value, n_head: int, like: torch.Tensor, default: float) -> torch.Tensor:
+    """A per-head argument (None, float or ``(H,)`` tensor) as a ``(H,)`` tensor on ``like``'s device."""
+    if value is None:
+        value = default
+    if isinstance(value, float):
+        return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
+    return value

@@ -1,0 +1,55 @@
+"""Strictly causal Gaussian-kernel attention whose keys are also its queries."""
+from __future__ import annotations
+
+import torch
+
+from .._common import MAX_HEAD_DIM, check_tensor, per_head, use_triton
+from . import reference as _reference
+
+__all__ = ["mosaic_attention"]
+
+
+def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:
+    """Strictly causal softmax attention with queries = keys and a per-head bandwidth.
+
+    ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``
+    (position t never sees itself). Drop-in where you would call attention with ``q = k``.
+
+    Args:
+        k: ``(B, H, T, D)`` keys, also the queries; float32, float16, bfloat16 or float64; any strides.
+        v: ``(B, H, T, D)`` values, same shape, dtype and device as ``k``.
+        scale: None (1.0), a float, or a ``(H,)`` tensor (its gradient is returned when it
+            requires grad). The Memory Mosaic pre-scales its keys and passes None.
+
+    Returns:
+        A contiguous ``(B, H, T, D)`` tensor of ``v.dtype``. Softmax and accumulation run in
+        float32 (float64 for float64 input); extra memory is one log-sum-exp per row. CUDA tensors
+        run the Triton kernels; CPU tensors the dense PyTorch reference, or the Triton kernels
+        through the interpreter when ``TRITON_INTERPRET=1``.
+
+    Raises:
+        ValueError: on a bad shape, dtype, device or scale.
+
+    Example:
+        >>> k, v = torch.randn(2, 4, 128, 64), torch.randn(2, 4, 128, 64)
+        >>> y = mosaic_attention(k, v, scale=0.125)
+    """
+    check_tensor("k", k, ndim=4)
+    check_tensor("v", v, ndim=4)
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if v.dtype != k.dtype:
+        raise ValueError(f"v must have the dtype of k ({k.dtype}), got {v.dtype}")
+    if v.device != k.device:
+        raise ValueError(f"v must be on the device of k ({k.device}), got {v.device}")
+    B, H, T, D = k.shape
+    if min(B, H, T, D) < 1:
+        raise ValueError(f"k must have non-zero sizes (B, H, T, D), got {tuple(k.shape)}")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"k must have a head dim D <= {MAX_HEAD_DIM}, got {D}")
+    scale = per_head("scale", scale, H, k)
+    if use_triton(k):
+        from .function import mosaic_attention_triton
+
+        return mosaic_attention_triton(k, v, scale)
+    return _reference.mosaic_attention(k, v, scale)

@@ -1,0 +1,54 @@
+"""The leaky-average key scan: ``y[t] = x[t] + decay_h * y[t-1]``, optionally L2-normalised and scaled."""
+from __future__ import annotations
+
+import torch
+
+from .._common import check_tensor, per_head, use_triton
+from . import reference as _reference
+
+__all__ = ["leaky_average"]
+
+
+def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12) -> torch.Tensor:
+    """Per-head exponential moving sum over time, fused with L2 normalisation and a scale.
+
+    ``y[b,h,t] = x[b,h,t] + decay_h * y[b,h,t-1]`` with ``y[b,h,-1] = 0``. With ``normalize=True``
+    the result is ``scale_h * y / max(||y||_2, eps)`` over the last dimension (F.normalize semantics).
+
+    Args:
+        x: ``(B, H, T, D)`` tensor, float32, float16, bfloat16 or float64, any strides.
+        decay: the per-step multiplier ``a_h`` in [0, 1]: a float or a ``(H,)`` tensor (its gradient
+            is returned when it requires grad).
+        normalize: apply the L2 normalisation and the scale.
+        scale: None (1.0), a float, or a ``(H,)`` tensor; requires ``normalize=True``.
+        eps: lower bound of the norm, > 0.
+
+    Returns:
+        A contiguous ``(B, H, T, D)`` tensor of ``x.dtype``. Accumulation is float32 (float64 for
+        float64 input). CUDA tensors run the Triton kernels; CPU tensors the PyTorch reference,
+        or the Triton kernels through the interpreter when ``TRITON_INTERPRET=1``.
+
+    Raises:
+        ValueError: on a bad shape, dtype, device, decay or scale.
+
+    Example:
+        >>> x = torch.randn(2, 4, 128, 64)
+        >>> k = leaky_average(x, torch.full((4,), 0.9), normalize=True, scale=2.0)
+    """
+    check_tensor("x", x, ndim=4)
+    B, H, T, D = x.shape
+    if min(B, H, T, D) < 1:
+        raise ValueError(f"x must have non-zero sizes (B, H, T, D), got {tuple(x.shape)}")
+    decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
+    if decay is None:
+        raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")
+    scale = per_head("scale", scale, H, x)
+    if scale is not None and not normalize:
+        raise ValueError("scale is only applied with normalize=True; pass normalize=True or scale=None")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if use_triton(x):
+        from .function import leaky_average_triton
+
+        return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps))
+    return _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps))

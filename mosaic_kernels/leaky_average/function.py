@@ -1,0 +1,108 @@
+"""Host wrappers and autograd of the Triton leaky-average scan."""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .._common import interpreter_enabled, per_head_tensor
+from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
+
+# Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
+# elements a kernel forgets to write.
+_empty = torch.empty
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _tiling(D: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_D, num_warps): about 4096 fp32 elements per tile of the scan."""
+    block_d = max(16, triton.next_power_of_2(D))
+    if interpreter_enabled():
+        return 16, block_d, 1
+    block_t = max(16, min(64, 4096 // block_d))
+    return block_t, block_d, 4
+
+
+def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None):
+    """Split time into chunks (a multiple of BLOCK_T long) so that about 2 programs run per SM."""
+    if chunk_len is None:
+        n_sm = _sm_count(device)
+        want = 1 if B * H >= n_sm else math.ceil(2 * n_sm / (B * H))
+        chunk_len = math.ceil(T / want)
+    chunk_len = max(block_t, math.ceil(chunk_len / block_t) * block_t)
+    return chunk_len, math.ceil(T / chunk_len)
+
+
+def _decay_table(decay: torch.Tensor, chunk_len: int) -> torch.Tensor:
+    """(2H,) float32: the decays a_h, then a_h^chunk_len (used to hop over a whole chunk)."""
+    a = decay.detach().float()
+    return torch.cat([a, a.pow(chunk_len)]).contiguous()
+
+
+class _LeakyAverage(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, decay, scale, normalize, eps, chunk_len):
+        B, H, T, D = x.shape
+        block_t, block_d, warps = _tiling(D)
+        chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len)
+        table = _decay_table(decay, chunk_len)
+        scale_f = scale.detach().float().contiguous()
+        y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+        norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
+        summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
+        args = (x, y, norm, table, scale_f, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
+        if nchunk > 1:
+            _leaky_fwd_kernel[(nchunk - 1, B * H)](
+                *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+        _leaky_fwd_kernel[(nchunk, B * H)](
+            *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+        ctx.save_for_backward(y, norm, table, scale_f)
+        ctx.meta = (normalize, eps, chunk_len, nchunk, block_t, block_d, warps, decay.dtype, scale.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        y, norm, table, scale_f = ctx.saved_tensors
+        normalize, eps, chunk_len, nchunk, block_t, block_d, warps, decay_dtype, scale_dtype = ctx.meta
+        B, H, T, D = y.shape
+        gx = _empty(y.shape, device=y.device, dtype=y.dtype)
+        part_decay = _empty((B * H * nchunk,), device=y.device, dtype=torch.float32)
+        part_scale = _empty(part_decay.shape, device=y.device, dtype=torch.float32)
+        summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
+        args = (gy, y, norm, table, scale_f, summary, gx, part_decay, part_scale, *gy.stride(),
+                H, T, D, chunk_len, nchunk, eps)
+        if nchunk > 1:
+            # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
+            _leaky_bwd_kernel[(nchunk, B * H)](
+                *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+        _leaky_bwd_kernel[(nchunk, B * H)](
+            *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+        g_decay = g_scale = None
+        if ctx.needs_input_grad[1]:
+            g_decay = part_decay.view(B, H, nchunk).sum(dim=(0, 2)).to(decay_dtype)
+        if ctx.needs_input_grad[2] and normalize:
+            g_scale = part_scale.view(B, H, nchunk).sum(dim=(0, 2)).to(scale_dtype)
+        return gx, g_decay, g_scale, None, None, None
+
+
+def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None):
+    """Run the Triton scan (no validation: call :func:`mosaic_kernels.leaky_average`).
+
+    ``chunk_len`` forces the time-chunk length (rounded up to the tile height); tests use it to
+    exercise the multi-chunk path at small T.
+    """
+    H = x.shape[1]
+    decay_t = per_head_tensor(decay, H, x, 0.0)
+    scale_t = per_head_tensor(scale if normalize else None, H, x, 1.0)
+    return _LeakyAverage.apply(x, decay_t, scale_t, bool(normalize), float(eps), chunk_len)

@@ -1,0 +1,155 @@
+"""Triton kernels of the leaky-average scan, forward and backward.
+
+Layout: x is (B, H, T, D) with any strides; y, dx are contiguous (B, H, T, D); the per-row norm
+statistic is (B, H, T) float32. One program owns one (b, h) and one chunk of time, walks its chunk
+tile by tile (BLOCK_T rows x BLOCK_D columns, the whole head dim so the L2 norm is local), and scans
+each tile with ``tl.associative_scan`` on (decay, value) pairs, all in float32. A carry links tiles.
+
+When B*H alone cannot fill the GPU, time is split into NCHUNK chunks. A first launch writes each
+chunk's end state computed from a zero carry (the "summary"); the main launch folds the summaries of
+the chunks before it into its carry-in (state = summary + a^CHUNK_LEN * state), then scans. This
+reads x twice, which is the price of parallelism over T; with NCHUNK = 1 x is read once.
+The backward is the same in reverse time, on lambda_t = dL/du_t = gu_t + a * lambda_{t+1}.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decayed_sum(a1, x1, a2, x2):
+    # Combine of the linear recurrence y = a * y_prev + x: (a1, x1) then (a2, x2).
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _row(tile, rows_local, which: tl.constexpr):
+    # Extract one row of a (BLOCK_T, BLOCK_D) tile as a (BLOCK_D,) vector.
+    return tl.sum(tl.where(rows_local[:, None] == which, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _leaky_fwd_kernel(
+    X, Y, NORM, DECAY, SCALE, SUMMARY,
+    sxb, sxh, sxt, sxd,
+    H, T, D, CHUNK_LEN, NCHUNK, eps,
+    NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    a = tl.load(DECAY + h).to(tl.float32)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    rows_local = tl.arange(0, BLOCK_T)
+
+    # Carry-in: the true state at the end of the previous chunk, from the chunk summaries.
+    carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if not SUMMARY_ONLY:
+        if pid_c > 0:
+            a_chunk = tl.load(DECAY + H + h).to(tl.float32)  # a^CHUNK_LEN, precomputed on the host
+            for c in range(0, pid_c):
+                s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
+                carry = s + a_chunk * carry
+    if NORMALIZE:
+        s_h = tl.load(SCALE + h).to(tl.float32)
+
+    t_start = pid_c * CHUNK_LEN
+    t_stop = tl.minimum(t_start + CHUNK_LEN, T)
+    x_base = X + b * sxb + h * sxh
+    out_base = pid_bh * T
+    for t0 in range(t_start, t_stop, BLOCK_T):
+        rows = t0 + rows_local                                              # (BLOCK_T,)
+        rmask = rows < t_stop
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
+        x = x.to(tl.float32)                                                # (BLOCK_T, BLOCK_D)
+        x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
+        _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
+        carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
+        if not SUMMARY_ONLY:
+            if NORMALIZE:
+                n = tl.maximum(tl.sqrt(tl.sum(u * u, axis=1)), eps)          # (BLOCK_T,)
+                tl.store(NORM + out_base + rows, n, mask=rmask)
+                u = u * (s_h / n)[:, None]
+            tl.store(Y + (out_base + rows[:, None]) * D + cols[None, :], u.to(Y.dtype.element_ty), mask=m2)
+    if SUMMARY_ONLY:
+        tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+
+
+@triton.jit
+def _leaky_bwd_kernel(
+    GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PART_DECAY, PART_SCALE,
+    sgb, sgh, sgt, sgd,
+    H, T, D, CHUNK_LEN, NCHUNK, eps,
+    NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    a = tl.load(DECAY + h).to(tl.float32)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    rows_local = tl.arange(0, BLOCK_T)
+
+    # Carry-in from the right: lambda at the first row of the next chunk.
+    carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if not SUMMARY_ONLY:
+        a_chunk = tl.load(DECAY + H + h).to(tl.float32)
+        for i in range(0, NCHUNK - 1 - pid_c):
+            c = NCHUNK - 1 - i
+            s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
+            carry = s + a_chunk * carry
+    if NORMALIZE:
+        s_h = tl.load(SCALE + h).to(tl.float32)
+        inv_s = tl.where(s_h != 0.0, 1.0 / s_h, 0.0)
+
+    t_start = pid_c * CHUNK_LEN
+    t_stop = tl.minimum(t_start + CHUNK_LEN, T)
+    n_tiles = tl.cdiv(t_stop - t_start, BLOCK_T)
+    g_base = GY + b * sgb + h * sgh
+    out_base = pid_bh * T
+    acc_decay = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    acc_scale = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for i in range(0, n_tiles):
+        t0 = t_start + (n_tiles - 1 - i) * BLOCK_T
+        rows = t0 + rows_local
+        rmask = rows < t_stop
+        m2 = rmask[:, None] & cmask[None, :]
+        g = tl.load(g_base + rows[:, None] * sgt + cols[None, :] * sgd, mask=m2, other=0.0).to(tl.float32)
+        y = tl.load(Y + (out_base + rows[:, None]) * D + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            # y = s * u / n with n = max(|u|, eps): gu = (s/n) (g - (g.yhat) yhat), or (s/n) g when clamped.
+            n = tl.load(NORM + out_base + rows, mask=rmask, other=1.0)
+            yhat = y * inv_s
+            gdot = tl.sum(g * yhat, axis=1)                                   # (BLOCK_T,)
+            acc_scale += gdot
+            proj = tl.where((n > eps)[:, None], gdot[:, None] * yhat, 0.0)
+            gu = (g - proj) * (s_h / n)[:, None]
+        else:
+            gu = g
+        # The only partial tile is the last tile of the sequence, where the carry is zero.
+        gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, a * carry[None, :], 0.0)
+        _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum, reverse=True)
+        carry = _row(lam, rows_local, 0)
+        if not SUMMARY_ONLY:
+            tl.store(GX + (out_base + rows[:, None]) * D + cols[None, :], lam.to(GX.dtype.element_ty), mask=m2)
+            # dL/da = sum_t lambda_t . u_{t-1}: the previous row of the raw scan, rebuilt from y.
+            prev = rows - 1
+            pmask = rmask & (prev >= 0)
+            pm2 = pmask[:, None] & cmask[None, :]
+            u_prev = tl.load(Y + (out_base + prev[:, None]) * D + cols[None, :], mask=pm2, other=0.0).to(tl.float32)
+            if NORMALIZE:
+                n_prev = tl.load(NORM + out_base + prev, mask=pmask, other=0.0)
+                u_prev = u_prev * (inv_s * n_prev)[:, None]
+            acc_decay += tl.sum(lam * u_prev, axis=1)
+    if SUMMARY_ONLY:
+        tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+    else:
+        tl.store(PART_DECAY + pid_bh * NCHUNK + pid_c, tl.sum(acc_decay, axis=0))
+        tl.store(PART_SCALE + pid_bh * NCHUNK + pid_c, tl.sum(acc_scale, axis=0))

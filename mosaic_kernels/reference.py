@@ -1,0 +1,8 @@
+"""The PyTorch references of every op, under the public names and signatures (no validation).
+
+They are the CPU path of the public ops and what ``kernels="reference"`` runs in the model.
+"""
+from .attention.reference import mosaic_attention
+from .leaky_average.reference import leaky_average
+
+__all__ = ["mosaic_attention", "leaky_average"]

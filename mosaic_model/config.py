@@ -1,0 +1,80 @@
+"""Configurations of the Memory Mosaic language model and its GPT2 baseline."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+KERNEL_CHOICES = ("fused", "reference")
+
+
+@dataclass
+class MosaicConfig:
+    """Memory Mosaic hyper-parameters; defaults are the Library's GPT2-small match (SPEC.md 3.3).
+
+    Choices where the official versions differ (SPEC.md section 10) are fields:
+      attn_dropout: C-mem attention-probability dropout. 0 follows lib-eft (the BabiStories runs);
+        lib-naive / nano use ``ic_dropout`` there. Only the reference ops implement it.
+      key_scale_max: clamp of ``10 * q`` in the key bandwidth ``exp(min(10 q, key_scale_max))``
+        (Library: 5, zero gradient above; decision 10.6).
+      norm_eps: lower bound of the key/value L2 norms (the Library has none and can give NaN; 10.5).
+      logit_scale: multiply logits by ``1/sqrt(n_embd)`` (Library) or not (nano).
+      kernels: "fused" runs mosaic_kernels' public ops (Triton on CUDA, the reference on CPU);
+        "reference" always runs the PyTorch references.
+    """
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 512
+    vocab_size: int = 50304
+    dropout: float = 0.05  # residual dropout after each c_proj (the Library's hd_dropout)
+    ic_dropout: float | None = None  # P-mem slot-probability dropout; None = same as dropout
+    attn_dropout: float = 0.0
+    bias: bool = False
+    pmem_size: int | None = None  # None = 3.5 * n_embd (2688 at 768), the parameter-parity size
+    pmem_count: int = 1
+    key_scale_max: float = 5.0
+    norm_eps: float = 1e-12
+    logit_scale: bool = True
+    kernels: str = "fused"
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
+        if self.attn_dropout > 0 and self.kernels != "reference":
+            raise ValueError("attn_dropout > 0 needs kernels='reference': the fused attention has no dropout")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pmem_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pmem_size is None:
+            self.pmem_size = int(3.5 * self.n_embd)
+        if self.ic_dropout is None:
+            self.ic_dropout = self.dropout
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GPTConfig:
+    """GPT2 baseline as the paper used it (SPEC.md section 4): learned positions, tanh GELU, SDPA."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 512
+    vocab_size: int = 50304
+    dropout: float = 0.05
+    bias: bool = False
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

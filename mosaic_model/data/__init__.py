@@ -1,0 +1,4 @@
+"""Data: the embedded RegBench-style in-context language task (more tasks plug in beside it)."""
+from .regbench import ICLTask, ICLTaskConfig, icl_metrics
+
+__all__ = ["ICLTask", "ICLTaskConfig", "icl_metrics"]

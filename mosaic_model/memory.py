@@ -1,0 +1,135 @@
+"""The Memory Mosaic's memory units: contextual memory (C-mem) and persistent memory (P-mem).
+
+Shapes: x is (B, T, d); per-head tensors are (B, H, T, hs) with hs = d / H. Parameter names and
+initial values follow the Library (SPEC.md sections 1 and 2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mosaic_kernels
+from mosaic_kernels import reference as reference_ops
+
+from .config import MosaicConfig
+
+
+def ops_for(config: MosaicConfig):
+    """The module holding ``mosaic_attention`` and ``leaky_average`` for ``config.kernels``."""
+    return reference_ops if config.kernels == "reference" else mosaic_kernels
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, d) -> (B, H, T, hs) as a strided view (no copy)."""
+    B, T, d = x.shape
+    return x.view(B, T, n_head, d // n_head).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, hs) -> (B, T, d)."""
+    B, H, T, hs = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * hs)
+
+
+class LeakyKeyExtractor(nn.Module):
+    """k_t = s_h^power * normalize(sum_{s<=t} exp(-beta_h (t-s)) W_k x_s), per head.
+
+    ``beta_h = 10 |leaky_beta_h|`` (init linspace(0.5, 5, H) / 10) and
+    ``s_h = exp(min(10 key_scale_h, key_scale_max))`` (init key_scale = 0.1, so s = e).
+    The P-mem squares the scale (power 2) because its slots carry none.
+    """
+
+    def __init__(self, config: MosaicConfig, power: int):
+        super().__init__()
+        H, d = config.n_head, config.n_embd
+        self.config, self.power = config, power
+        self.W_k = nn.Linear(d, d, bias=config.bias)
+        self.leaky_beta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10)
+        self.key_scale = nn.Parameter(torch.full((H,), 0.1))
+
+    def decay(self) -> torch.Tensor:
+        return torch.exp(-10.0 * self.leaky_beta.abs())
+
+    def bandwidth(self) -> torch.Tensor:
+        return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
+        return ops_for(self.config).leaky_average(
+            raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps)
+
+
+class PeekAheadValueExtractor(nn.Module):
+    """v_t = exp(10 r_h) * normalize((1 - c_h) W_v x_{t+1} + c_h W_v x_t), with W_v x_T := 0.
+
+    ``c`` is initialised uniform(0, 1) and left unconstrained; ``r`` starts at -0.05 (factor e^-0.5).
+    """
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        H, d = config.n_head, config.n_embd
+        self.config = config
+        self.W_v = nn.Linear(d, d, bias=config.bias)
+        self.mix = nn.Parameter(torch.rand(H))
+        self.value_scale = nn.Parameter(torch.full((H,), -0.05))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = split_heads(self.W_v(x), self.config.n_head)  # (B, H, T, hs)
+        nxt = F.pad(raw[:, :, 1:], (0, 0, 0, 1))  # row t holds W_v x_{t+1}; zero past the end
+        # Per-head parameters are cast to the activations' dtype so bf16 autocast stays bf16.
+        c = self.mix.view(1, -1, 1, 1).to(raw.dtype)
+        v = (1 - c) * nxt + c * raw
+        v = F.normalize(v, dim=-1, eps=self.config.norm_eps)
+        return v * torch.exp(10.0 * self.value_scale).view(1, -1, 1, 1).to(v.dtype)
+
+
+class ContextMemory(nn.Module):
+    """C-mem: strictly causal Gaussian-kernel attention over (leaky key, peek-ahead value) pairs."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        self.config = config
+        self.key = LeakyKeyExtractor(config, power=1)
+        self.value = PeekAheadValueExtractor(config)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, v = self.key(x), self.value(x)
+        if self.config.attn_dropout > 0 and self.training:
+            y = reference_ops.mosaic_attention(k, v, None, dropout_p=self.config.attn_dropout)
+        else:
+            y = ops_for(self.config).mosaic_attention(k, v)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+
+class PersistentMemory(nn.Module):
+    """P-mem: softmax retrieval over learned (key, value) slots, shared across the batch (replaces the FFN)."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        H, hs = config.n_head, config.head_size
+        self.config = config
+        self.key = LeakyKeyExtractor(config, power=2)
+        shape = (config.pmem_count, H, config.pmem_size, hs)
+        self.M_k = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
+        self.M_v = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
+        self.out_scale = nn.Parameter(torch.full((H,), -0.05))
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.key(x)  # (B, H, T, hs)
+        B = k.shape[0]
+        p = self.config.ic_dropout if self.training else 0.0
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+        y = y / self.config.pmem_count
+        y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))

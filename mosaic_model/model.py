@@ -1,0 +1,87 @@
+"""The Memory Mosaic language model (SPEC.md section 3, Library semantics by default)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import MosaicConfig
+from .generate import GenerateMixin
+from .memory import ContextMemory, PersistentMemory
+
+IGNORE_INDEX = -100
+
+
+class MosaicBlock(nn.Module):
+    """Pre-LN block: x + Cmem(LN(x)), then + Pmem(LN(x))."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.cmem = ContextMemory(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.pmem = PersistentMemory(config)
+
+    def forward(self, x):
+        x = x + self.cmem(self.ln_1(x))
+        return x + self.pmem(self.ln_2(x))
+
+
+class MemoryMosaic(GenerateMixin, nn.Module):
+    """Memory Mosaic LM: token embedding (no position encoding), blocks, final LN, tied head.
+
+    ``model(idx, targets=None) -> (logits, loss)``: logits (B, T, vocab) for every position
+    (scaled by 1/sqrt(n_embd) when ``config.logit_scale``); loss is the mean cross-entropy over
+    targets that are not -100, or None without targets.
+    """
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(MosaicBlock(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self._init_library()
+
+    def _init_library(self):
+        # Library init (SPEC.md 3.2): Linear N(0, 1/sqrt(fan_in)), c_proj additionally / sqrt(L);
+        # the tied embedding ends at N(0, 1/sqrt(d)) because the head is initialised after it.
+        L = self.config.n_layer
+        for name, mod in self.named_modules():
+            if isinstance(mod, nn.Linear):
+                std = 1.0 / math.sqrt(mod.in_features)
+                if name.endswith("c_proj"):
+                    std /= math.sqrt(L)
+                nn.init.normal_(mod.weight, 0.0, std)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+
+    def set_kernels(self, kernels: str) -> None:
+        """Switch every memory unit between "fused" and "reference" ops (same weights)."""
+        cfg = MosaicConfig(**{**self.config.to_dict(), "kernels": kernels})
+        self.config.kernels = cfg.kernels
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        if idx.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.config.block_size}")
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        if self.config.logit_scale:
+            logits = logits * (1.0 / math.sqrt(self.config.n_embd))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def num_params(self) -> int:
+        """Number of parameters, counting the tied embedding once."""
+        return sum(p.numel() for p in self.parameters())

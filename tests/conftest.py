@@ -1,0 +1,53 @@
+"""Shared test configuration: the gpu marker, devices that can run the Triton kernels, helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_kernels._common import interpreter_enabled
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the H200; skipped on CPU CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def kernel_devices() -> list:
+    """Devices where the public ops run the Triton kernels in fp32 (CPU only under the interpreter)."""
+    devices = []
+    if interpreter_enabled():
+        devices.append("cpu")
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices or [pytest.param("none", marks=pytest.mark.skip(reason="no GPU and TRITON_INTERPRET unset"))]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative RMS error ||out - ref|| / ||ref|| in float64 (0 when both are 0)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    denom = ref.norm()
+    if denom == 0:
+        return float(out.norm())
+    return float((out - ref).norm() / denom)
+
+
+@pytest.fixture
+def nan_outputs(monkeypatch):
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
+    from mosaic_kernels.attention import function as attn_fn
+    from mosaic_kernels.leaky_average import function as leaky_fn
+
+    def nan_empty(*shape, **kw):
+        t = torch.empty(*shape, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(attn_fn, "_empty", nan_empty)
+    monkeypatch.setattr(leaky_fn, "_empty", nan_empty)

@@ -1,0 +1,201 @@
+"""mosaic_attention: reference and Triton kernel against a float64 row loop, gradients, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mosaic_kernels import mosaic_attention, reference
+from tests.conftest import kernel_devices, rel_err
+from tests.oracles import attention_loop
+
+
+def _inputs(B, H, T, D, *, strided=False, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    if strided:  # transposed views of (B, T, H*D) projections
+        k = torch.randn(B, T, H * D, generator=g).view(B, T, H, D).transpose(1, 2)
+        v = torch.randn(B, T, 2 * H * D, generator=g)[..., : H * D].reshape(B, T, H, D).transpose(1, 2)
+    else:
+        k = torch.randn(B, H, T, D, generator=g)
+        v = torch.randn(B, H, T, D, generator=g)
+    scale = torch.rand(H, generator=g) * 0.3 + 0.05
+    return k.to(dtype), v.to(dtype), scale
+
+
+def _check(fn, k, v, scale, tol, device="cpu", scale_kind="tensor"):
+    kd, vd = k.to(device).requires_grad_(), v.to(device).requires_grad_()
+    sd = {"tensor": scale.to(device).requires_grad_(), "float": 0.2, "none": None}[scale_kind]
+    y = fn(kd, vd, sd)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(device, y.dtype)
+    wrt = (kd, vd, sd) if scale_kind == "tensor" else (kd, vd)
+    grads = torch.autograd.grad(y, wrt, g)
+    k64, v64 = k.detach().double().requires_grad_(), v.detach().double().requires_grad_()
+    s64 = {"tensor": scale.double().requires_grad_(), "float": 0.2, "none": None}[scale_kind]
+    y64 = attention_loop(k64, v64, s64)
+    refs = torch.autograd.grad(y64, (k64, v64, s64) if scale_kind == "tensor" else (k64, v64), g.double(),
+                               allow_unused=True, materialize_grads=True)
+    assert torch.isfinite(y).all()
+    assert y.dtype == v.dtype and y.is_contiguous()
+    assert torch.all(y[:, :, 0] == 0)
+    assert rel_err(y, y64) <= tol
+    for name, got, want in zip(("k", "v", "scale"), grads, refs):
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, want) <= tol, (name, rel_err(got, want))
+
+
+# --------------------------------------------------------------------------- reference (CPU path)
+
+@pytest.mark.parametrize("T", [1, 2, 17, 63], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("scale_kind", ["tensor", "float", "none"])
+def test_reference_matches_loop(T, scale_kind):
+    k, v, s = _inputs(2, 3, T, 16, strided=True)
+    _check(reference.mosaic_attention, k, v, s, 1e-5, scale_kind=scale_kind)
+
+
+def test_reference_gradcheck_float64():
+    k = torch.randn(1, 2, 7, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 7, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(reference.mosaic_attention, (k, v, s))
+
+
+# --------------------------------------------------------------------------- Triton kernel
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 16), (2, 1, 2, 16), (1, 3, 17, 48), (2, 2, 63, 64),
+                                     (1, 1, 100, 20)], ids=lambda v: str(v))
+@pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
+def test_kernel_matches_loop(device, B, H, T, D, strided, nan_outputs):
+    k, v, s = _inputs(B, H, T, D, strided=strided)
+    _check(mosaic_attention, k, v, s, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("scale_kind", ["float", "none"])
+def test_kernel_scale_kinds(device, scale_kind, nan_outputs):
+    k, v, s = _inputs(1, 2, 33, 16)
+    _check(mosaic_attention, k * 0.3, v, s, 1e-5, device, scale_kind)
+
+
+def _check_saturated(k, v, tol, device):
+    """Large bandwidth: y and dv against float64; dk must be finite and tiny.
+
+    With scale * |k|^2 = e^10 the softmax is one-hot, so the true dk is ~1e-60: any float32
+    rounding is an unbounded *relative* error, and dk is checked against the scale of k and dy.
+    """
+    kd, vd = k.to(device).requires_grad_(), v.to(device).requires_grad_()
+    y = mosaic_attention(kd, vd)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(device, y.dtype)
+    dk, dv = torch.autograd.grad(y, (kd, vd), g)
+    k64, v64 = k.double().requires_grad_(), v.double().requires_grad_()
+    y64 = attention_loop(k64, v64)
+    _, dv64 = torch.autograd.grad(y64, (k64, v64), g.double())
+    for t in (y, dk, dv):
+        assert torch.isfinite(t).all()
+    assert rel_err(y, y64) <= tol and rel_err(dv, dv64) <= tol
+    assert float(dk.float().abs().max()) <= 1e-2 * float(g.float().abs().max())
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_large_bandwidth_no_nan(device):
+    """Pre-scaled unit keys with scale * |k|^2 = e^10 (the Library's clamp)."""
+    k, v, _ = _inputs(1, 2, 40, 16)
+    _check_saturated(torch.nn.functional.normalize(k, dim=-1) * math.exp(5.0), v, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_backward_deterministic_and_last_value_unused(device):
+    k, v, s = _inputs(2, 2, 50, 16)
+    k, v, s = (t.to(device).requires_grad_() for t in (k, v, s))
+    g = torch.randn(2, 2, 50, 16).to(device)
+    runs = [torch.autograd.grad(mosaic_attention(k, v, s), (k, v, s), g) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert torch.all(runs[0][1][:, :, -1] == 0)  # no query sees the last value
+
+
+# --------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("k,v,scale,match", [
+    (torch.randn(2, 3, 4), torch.randn(2, 3, 4), None, "k must have 4 dimensions"),
+    (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 5), None, "v must have the shape of k"),
+    (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4).double(), None, "v must have the dtype of k"),
+    (torch.ones(1, 2, 3, 4, dtype=torch.int64), torch.ones(1, 2, 3, 4, dtype=torch.int64), None, "k must have dtype"),
+    (torch.randn(1, 2, 3, 300), torch.randn(1, 2, 3, 300), None, "head dim D <= 256"),
+    (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.ones(3), r"scale must have shape \(2,\)"),
+    (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.ones(2, dtype=torch.long), "floating-point"),
+    (torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), None, "non-zero sizes"),
+    (torch.randn(1, 2, 3, 4), "v", None, "v must be a torch.Tensor"),
+])
+def test_bad_arguments_raise_value_error(k, v, scale, match):
+    with pytest.raises(ValueError, match=match):
+        mosaic_attention(k, v, scale)
+
+
+# --------------------------------------------------------------------------- GPU (H200)
+
+GPU_SHAPES = [(2, 3, 1, 64), (2, 3, 2, 64), (2, 3, 17, 64), (2, 4, 1000, 64), (1, 2, 4097, 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [16, 32, 48, 64, 96, 128, 256], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("B,H,T", [(2, 3, 1), (2, 3, 2), (2, 3, 17), (2, 4, 1000), (1, 2, 4097)], ids=str)
+def test_gpu_dtypes_and_shapes(dtype, D, B, H, T, nan_outputs):
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    k, v, s = _inputs(B, H, T, D, strided=True)
+    k = k / math.sqrt(math.sqrt(D))  # logits of order 1
+    kd, vd = k.to("cuda", dtype).requires_grad_(), v.to("cuda", dtype).requires_grad_()
+    sd = s.cuda().requires_grad_()
+    y = mosaic_attention(kd, vd, sd)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).cuda()
+    grads = torch.autograd.grad(y, (kd, vd, sd), g.to(dtype))
+    # Reference: the dense PyTorch attention in float64 on the GPU (checked against the loop above).
+    k64, v64, s64 = (t.detach().double().requires_grad_() for t in (kd, vd, sd))
+    y64 = reference.mosaic_attention(k64, v64, s64)
+    refs = torch.autograd.grad(y64, (k64, v64, s64), g.double())
+    assert torch.isfinite(y).all() and torch.all(y[:, :, 0] == 0)
+    if T > 1:
+        assert rel_err(y, y64) <= tol
+    for name, got, want in zip(("k", "v", "scale"), grads, refs):
+        assert torch.isfinite(got).all(), name
+        if T > 1:
+            assert rel_err(got, want) <= tol, (name, rel_err(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_gpu_large_bandwidth(dtype):
+    """scale * |k|^2 = e^10 (bf16/fp16 keys of norm e^5): no NaN or Inf, still accurate."""
+    g = torch.Generator().manual_seed(5)
+    k = torch.nn.functional.normalize(torch.randn(2, 4, 300, 64, generator=g), dim=-1) * math.exp(5.0)
+    v = torch.randn(2, 4, 300, 64, generator=g)
+    k, v = k.to(dtype).float(), v.to(dtype).float()  # the oracle sees the same rounded inputs
+    _check_saturated(k.to(dtype), v.to(dtype), 1e-5 if dtype == torch.float32 else 1e-2, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_backward_bitwise_deterministic():
+    k = torch.randn(4, 12, 2048, 64, device="cuda", dtype=torch.bfloat16).mul(0.3).requires_grad_()
+    v = torch.randn_like(k).requires_grad_()
+    s = torch.rand(12, device="cuda").requires_grad_()
+    g = torch.randn_like(k)
+    runs = [torch.autograd.grad(mosaic_attention(k, v, s), (k, v, s), g) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_extra_memory_linear_in_T():
+    """Forward+backward allocates O(B*H*T*D), never a T x T matrix."""
+    k = torch.randn(1, 4, 16384, 64, device="cuda", dtype=torch.bfloat16).mul(0.3).requires_grad_()
+    v = torch.randn_like(k).requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    y = mosaic_attention(k, v)
+    y.backward(torch.ones_like(y))
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 8 * k.numel() * k.element_size()  # a T x T bf16 score matrix would be 512 MiB

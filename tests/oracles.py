@@ -1,0 +1,33 @@
+"""Independent, obvious float64 ground truths (never adjusted to match a kernel)."""
+from __future__ import annotations
+
+import torch
+
+
+def leaky_loop(x, decay, normalize=False, scale=None, eps=1e-12):
+    """Plain time loop: h_t = x_t + a_h h_{t-1}; then h / max(|h|, eps) * scale."""
+    B, H, T, D = x.shape
+    a = decay if isinstance(decay, torch.Tensor) else torch.full((H,), float(decay), dtype=x.dtype)
+    h = torch.zeros(B, H, D, dtype=x.dtype)
+    out = []
+    for t in range(T):
+        h = x[:, :, t] + a.view(1, H, 1) * h
+        out.append(h)
+    y = torch.stack(out, dim=2)
+    if normalize:
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(eps)
+        if scale is not None:
+            s = scale.view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale
+            y = y * s
+    return y
+
+
+def attention_loop(k, v, scale=None):
+    """Row by row: y_t = softmax_j<t(scale <k_t, k_j>) v_{j<t}; y_0 = 0."""
+    B, H, T, D = k.shape
+    s = 1.0 if scale is None else (scale.view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale)
+    rows = [v[:, :, :1] * 0]
+    for t in range(1, T):
+        logits = (k[:, :, t:t + 1] @ k[:, :, :t].transpose(-1, -2)) * s
+        rows.append(torch.softmax(logits, dim=-1) @ v[:, :, :t])
+    return torch.cat(rows, dim=2)
