@@ -82,8 +82,8 @@ class PeekAheadValueExtractor(nn.Module):
         # Per-head parameters are cast to the activations' dtype so bf16 autocast stays bf16.
         c = self.mix.view(1, -1, 1, 1).to(raw.dtype)
         v = (1 - c) * nxt + c * raw
-        v = F.normalize(v, dim=-1, eps=self.config.norm_eps)
-        return v * torch.exp(10.0 * self.value_scale).view(1, -1, 1, 1).to(v.dtype)
+        v = F.normalize(v, dim=-1, eps=self.config.norm_eps)  # autocast runs norms in fp32: cast back
+        return (v * torch.exp(10.0 * self.value_scale).view(1, -1, 1, 1)).to(raw.dtype)
 
 
 class ContextMemory(nn.Module):

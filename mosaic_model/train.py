@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-every", type=int, default=10)
     r.add_argument("--out-dir", default="runs/icl")
     r.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt if present")
+    r.add_argument("--max-steps-this-run", type=int, default=None,
+                   help="stop after this many steps, with a checkpoint to --resume from (time-sliced jobs)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -71,6 +73,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                  "eval_batch_size", "log_every", "max_string_len"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.max_steps_this_run is not None and a.max_steps_this_run < 1:
+        p.error(f"--max-steps-this-run must be >= 1, got {a.max_steps_this_run}")
     if a.num_test < 2:
         p.error(f"--num-test must be >= 2, got {a.num_test}")
     if a.n_embd % a.n_head:
@@ -215,10 +219,15 @@ def train(a: argparse.Namespace) -> dict:
         log.write(json.dumps(entry) + "\n")
         log.flush()
 
+    def save(step: int) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "args": vars(a), "rng": _rng_state()}, ckpt_path)
+
+    stop = a.steps if a.max_steps_this_run is None else min(a.steps, start + a.max_steps_this_run)
     progress = Progress(a.steps, start, a.quiet)
     model.train()
     tokens, t_last = 0, time.perf_counter()
-    for step in range(start, a.steps):
+    for step in range(start, stop):
         lr = lr_at(step, a)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -245,10 +254,14 @@ def train(a: argparse.Namespace) -> dict:
                 progress.close()
                 print(f"step {step + 1}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
                       f"tvd {m['tvd']:.3f}", file=sys.stderr)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                        "args": vars(a), "rng": _rng_state()}, ckpt_path)
+            save(step + 1)
             t_last = time.perf_counter()
     progress.close()
+    if stop < a.steps:
+        save(stop)
+        log.close()
+        print(f"stopped at step {stop} of {a.steps}; continue with --resume --out-dir {out}", file=sys.stderr)
+        return {}
     final = evaluate_icl(model, task.test, a.eval_batch_size, device, dtype)
     record({"step": a.steps, "split": "test", **final})
     log.close()

@@ -21,27 +21,34 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# Tile tables by BLOCK_D (and T for D = 128), measured with benchmarks/tune_kernels.py on an H200
+# in bf16 for D = 64 and 128; the other head dims use the nearest measured choice.
+FWD_TILES = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3),
+             "128_long": (128, 128, 8, 3), 256: (64, 32, 4, 2)}
+BWD_TILES = {16: (64, 64, 64, 4, 3), 32: (64, 64, 64, 4, 3), 64: (64, 64, 64, 4, 3), 128: (64, 64, 64, 4, 2),
+             "128_long": (128, 64, 64, 8, 2), 256: (32, 32, 32, 4, 1)}
+LONG_T = 8192
+
+
+def _tile_key(T: int, D: int):
+    bd = _block_d(D)
+    return "128_long" if bd == 128 and T >= LONG_T else bd
+
+
 def _fwd_config(T: int, D: int) -> dict:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward, by head-dim bucket."""
+    """BLOCK_M, BLOCK_N (BLOCK_M a multiple of BLOCK_N), num_warps, num_stages for the forward."""
     if interpreter_enabled():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    bd = _block_d(D)
-    if bd <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    if bd <= 128:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    bm, bn, warps, stages = FWD_TILES[_tile_key(T, D)]
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
 def _bwd_config(T: int, D: int) -> dict:
+    """BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
-    bd = _block_d(D)
-    if bd <= 64:
-        return dict(BLOCK_P=64, BLOCK_Q=64, BLOCK_K=64, num_warps=4, num_stages=2)
-    if bd <= 128:
-        return dict(BLOCK_P=64, BLOCK_Q=64, BLOCK_K=64, num_warps=8, num_stages=2)
-    return dict(BLOCK_P=32, BLOCK_Q=32, BLOCK_K=32, num_warps=4, num_stages=1)
+    bp, bq, bk, warps, stages = BWD_TILES[_tile_key(T, D)]
+    return dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
 
 def attention_forward(k, v, scale_t, fwd_config=None):

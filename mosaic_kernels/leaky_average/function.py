@@ -25,13 +25,18 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def _tiling(D: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_D, num_warps): about 4096 fp32 elements per tile of the scan."""
+# (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with benchmarks/tune_kernels.py on
+# an H200 in bf16 (D = 64 and 128; the other rows are extrapolated to ~8K elements a tile).
+FWD_TILES = {16: (256, 4), 32: (256, 4), 64: (128, 4), 128: (32, 4), 256: (16, 4)}
+BWD_TILES = {16: (128, 8), 32: (128, 8), 64: (64, 8), 128: (32, 4), 256: (16, 4)}
+
+
+def _tiling(D: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T fwd, warps fwd, BLOCK_T bwd, warps bwd, BLOCK_D); a tile is BLOCK_T rows x all of D."""
     block_d = max(16, triton.next_power_of_2(D))
     if interpreter_enabled():
-        return 16, block_d, 1
-    block_t = max(16, min(64, 4096 // block_d))
-    return block_t, block_d, 4
+        return 16, 1, 16, 1, block_d
+    return (*FWD_TILES[block_d], *BWD_TILES[block_d], block_d)
 
 
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None):
@@ -44,43 +49,36 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
-def _decay_table(decay: torch.Tensor, chunk_len: int) -> torch.Tensor:
-    """(2H,) float32: the decays a_h, then a_h^chunk_len (used to hop over a whole chunk)."""
-    a = decay.detach().float()
-    return torch.cat([a, a.pow(chunk_len)]).contiguous()
-
-
 class _LeakyAverage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, decay, scale, normalize, eps, chunk_len):
         B, H, T, D = x.shape
-        block_t, block_d, warps = _tiling(D)
-        chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len)
-        table = _decay_table(decay, chunk_len)
-        scale_f = scale.detach().float().contiguous()
+        block_t, warps, bwd_block_t, bwd_warps, block_d = _tiling(D)
+        # Chunks are a whole number of tiles for both directions (tile heights are powers of two).
+        chunk_len, nchunk = _chunking(B, H, T, x.device, max(block_t, bwd_block_t), chunk_len)
+        decay_c, scale_c = decay.detach().contiguous(), scale.detach().contiguous()
         y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
         norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
         summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
-        args = (x, y, norm, table, scale_f, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
+        args = (x, y, norm, decay_c, scale_c, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
         if nchunk > 1:
             _leaky_fwd_kernel[(nchunk - 1, B * H)](
                 *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
         _leaky_fwd_kernel[(nchunk, B * H)](
             *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-        ctx.save_for_backward(y, norm, table, scale_f)
-        ctx.meta = (normalize, eps, chunk_len, nchunk, block_t, block_d, warps, decay.dtype, scale.dtype)
+        ctx.save_for_backward(y, norm, decay_c, scale_c)
+        ctx.meta = (normalize, eps, chunk_len, nchunk, bwd_block_t, block_d, bwd_warps, decay.dtype, scale.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        y, norm, table, scale_f = ctx.saved_tensors
+        y, norm, decay_c, scale_c = ctx.saved_tensors
         normalize, eps, chunk_len, nchunk, block_t, block_d, warps, decay_dtype, scale_dtype = ctx.meta
         B, H, T, D = y.shape
         gx = _empty(y.shape, device=y.device, dtype=y.dtype)
-        part_decay = _empty((B * H * nchunk,), device=y.device, dtype=torch.float32)
-        part_scale = _empty(part_decay.shape, device=y.device, dtype=torch.float32)
+        parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
         summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
-        args = (gy, y, norm, table, scale_f, summary, gx, part_decay, part_scale, *gy.stride(),
+        args = (gy, y, norm, decay_c, scale_c, summary, gx, parts, *gy.stride(),
                 H, T, D, chunk_len, nchunk, eps)
         if nchunk > 1:
             # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
@@ -89,10 +87,12 @@ class _LeakyAverage(torch.autograd.Function):
         _leaky_bwd_kernel[(nchunk, B * H)](
             *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
         g_decay = g_scale = None
-        if ctx.needs_input_grad[1]:
-            g_decay = part_decay.view(B, H, nchunk).sum(dim=(0, 2)).to(decay_dtype)
-        if ctx.needs_input_grad[2] and normalize:
-            g_scale = part_scale.view(B, H, nchunk).sum(dim=(0, 2)).to(scale_dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            per_head = parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
+            if ctx.needs_input_grad[1]:
+                g_decay = per_head[0].to(decay_dtype)
+            if ctx.needs_input_grad[2] and normalize:
+                g_scale = per_head[1].to(scale_dtype)
         return gx, g_decay, g_scale, None, None, None
 
 

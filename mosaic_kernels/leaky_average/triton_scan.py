@@ -50,7 +50,7 @@ def _leaky_fwd_kernel(
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if not SUMMARY_ONLY:
         if pid_c > 0:
-            a_chunk = tl.load(DECAY + H + h).to(tl.float32)  # a^CHUNK_LEN, precomputed on the host
+            a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))  # a^CHUNK_LEN; log2(0) = -inf gives 0, no NaN
             for c in range(0, pid_c):
                 s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
                 carry = s + a_chunk * carry
@@ -61,12 +61,18 @@ def _leaky_fwd_kernel(
     t_stop = tl.minimum(t_start + CHUNK_LEN, T)
     x_base = X + b * sxb + h * sxh
     out_base = pid_bh * T
+    # The next tile is loaded before this one is scanned, so its memory latency overlaps the scan.
+    nxt = t_start + rows_local
+    x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
+                     mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
     for t0 in range(t_start, t_stop, BLOCK_T):
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
-        x = x.to(tl.float32)                                                # (BLOCK_T, BLOCK_D)
+        x = x_next.to(tl.float32)                                           # (BLOCK_T, BLOCK_D)
+        nxt = rows + BLOCK_T
+        x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
+                         mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
         x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
         _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
         carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
@@ -82,7 +88,7 @@ def _leaky_fwd_kernel(
 
 @triton.jit
 def _leaky_bwd_kernel(
-    GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PART_DECAY, PART_SCALE,
+    GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PARTS,
     sgb, sgh, sgt, sgd,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
@@ -100,7 +106,7 @@ def _leaky_bwd_kernel(
     # Carry-in from the right: lambda at the first row of the next chunk.
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if not SUMMARY_ONLY:
-        a_chunk = tl.load(DECAY + H + h).to(tl.float32)
+        a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))
         for i in range(0, NCHUNK - 1 - pid_c):
             c = NCHUNK - 1 - i
             s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
@@ -116,13 +122,22 @@ def _leaky_bwd_kernel(
     out_base = pid_bh * T
     acc_decay = tl.zeros((BLOCK_T,), dtype=tl.float32)
     acc_scale = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    # Tiles are visited last to first; the next one (earlier in time) is prefetched.
+    nxt = t_start + (n_tiles - 1) * BLOCK_T + rows_local
+    nm2 = (nxt < t_stop)[:, None] & cmask[None, :]
+    g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
+    y_next = tl.load(Y + (out_base + nxt[:, None]) * D + cols[None, :], mask=nm2, other=0.0)
     for i in range(0, n_tiles):
         t0 = t_start + (n_tiles - 1 - i) * BLOCK_T
         rows = t0 + rows_local
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
-        g = tl.load(g_base + rows[:, None] * sgt + cols[None, :] * sgd, mask=m2, other=0.0).to(tl.float32)
-        y = tl.load(Y + (out_base + rows[:, None]) * D + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        g = g_next.to(tl.float32)
+        y = y_next.to(tl.float32)
+        nxt = rows - BLOCK_T
+        nm2 = ((nxt >= t_start) & (nxt < t_stop))[:, None] & cmask[None, :]
+        g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
+        y_next = tl.load(Y + (out_base + nxt[:, None]) * D + cols[None, :], mask=nm2, other=0.0)
         if NORMALIZE:
             # y = s * u / n with n = max(|u|, eps): gu = (s/n) (g - (g.yhat) yhat), or (s/n) g when clamped.
             n = tl.load(NORM + out_base + rows, mask=rmask, other=1.0)
@@ -151,5 +166,6 @@ def _leaky_bwd_kernel(
     if SUMMARY_ONLY:
         tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
     else:
-        tl.store(PART_DECAY + pid_bh * NCHUNK + pid_c, tl.sum(acc_decay, axis=0))
-        tl.store(PART_SCALE + pid_bh * NCHUNK + pid_c, tl.sum(acc_scale, axis=0))
+        # PARTS is (2, B*H*NCHUNK): decay partials, then scale partials.
+        tl.store(PARTS + pid_bh * NCHUNK + pid_c, tl.sum(acc_decay, axis=0))
+        tl.store(PARTS + tl.num_programs(1) * NCHUNK + pid_bh * NCHUNK + pid_c, tl.sum(acc_scale, axis=0))

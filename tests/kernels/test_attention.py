@@ -160,7 +160,9 @@ def test_gpu_dtypes_and_shapes(dtype, D, B, H, T, nan_outputs):
         assert rel_err(y, y64) <= tol
     for name, got, want in zip(("k", "v", "scale"), grads, refs):
         assert torch.isfinite(got).all(), name
-        if T > 1:
+        if want.abs().max() == 0:  # T <= 2: a one-key softmax has exactly zero k and scale gradients
+            assert float(got.abs().max()) <= 1e-4 * float(g.abs().max()), name
+        else:
             assert rel_err(got, want) <= tol, (name, rel_err(got, want))
 
 

@@ -1,0 +1,56 @@
+"""Shared pieces of the benchmarks: environment header, timing, markdown tables."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+
+def header(command: str) -> str:
+    """One line naming the GPU, driver, CUDA, torch and Triton versions, and the command."""
+    import triton
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = "unknown"
+    return (f"GPU: {gpu} | driver {driver} | CUDA {torch.version.cuda} | torch {torch.__version__} | "
+            f"triton {triton.__version__} | command: `{command}`")
+
+
+def bench_ms(fn, rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn`` by triton.testing.do_bench (events, L2 flushed between runs)."""
+    import triton
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
+
+
+def peak_mib(fn) -> float:
+    """Peak extra device memory (MiB) of one call of ``fn`` over what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``columns``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def command_line() -> str:
+    return "python -m " + sys.argv[0].replace("/", ".").removesuffix(".py").lstrip(".") + " " + " ".join(sys.argv[1:])

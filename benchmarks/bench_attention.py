@@ -1,0 +1,145 @@
+"""Benchmark of the strictly causal attention with q = k: ours against what users would pick instead.
+
+Providers (one run, same pre-scaled keys, scale 1):
+  ours            mosaic_attention(k, v)
+  sdpa_flash      SDPA shift trick, pinned to the flash backend: SDPA(k[1:], k[:-1], v[:-1], causal),
+                  zero row prepended
+  sdpa_cudnn      the same, pinned to cuDNN
+  sdpa_mask       the official path: SDPA with a boolean strictly causal mask (rows 1..T-1), zero row 0
+  flex            compiled FlexAttention with mask_mod kv < q (row 0 set to 0 after)
+  naive           materialised scores, masked softmax (T <= 8192)
+Modes fwd, bwd, fwd+bwd; TFLOP/s with the causal convention 2*B*H*T^2*D forward, 2.5x that backward;
+peak extra memory of fwd+bwd.
+
+Usage: python -m benchmarks.bench_attention [--dtype bf16] [--out results.md] [--providers ...]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks._common import bench_ms, command_line, header, peak_mib, table
+from mosaic_kernels import mosaic_attention
+
+SHAPES = [(16, 12, 512, 64), (8, 12, 1024, 64), (4, 12, 2048, 64), (2, 12, 4096, 64), (1, 12, 8192, 64),
+          (4, 16, 2048, 128), (2, 16, 4096, 128), (1, 16, 16384, 128)]
+NAIVE_MAX_T = 8192
+
+
+def _shift(backend):
+    def fn(k, v):
+        with sdpa_kernel([backend]):
+            y = F.scaled_dot_product_attention(k[:, :, 1:], k[:, :, :-1], v[:, :, :-1], is_causal=True, scale=1.0)
+        return torch.cat([torch.zeros_like(v[:, :, :1]), y], dim=2)
+    return fn
+
+
+def sdpa_mask(k, v):
+    T = k.shape[2]
+    mask = torch.ones(T - 1, T, dtype=torch.bool, device=k.device).tril()
+    y = F.scaled_dot_product_attention(k[:, :, 1:], k, v, attn_mask=mask, scale=1.0)
+    return torch.cat([torch.zeros_like(v[:, :, :1]), y], dim=2)
+
+
+def naive(k, v):
+    T = k.shape[2]
+    s = (k @ k.transpose(-1, -2)).float()
+    keep = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)
+    p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
+    return (p.to(v.dtype) @ v)
+
+
+_FLEX = {}
+
+
+def flex(k, v):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, H, T, D = k.shape
+    key = (T, k.device)
+    if key not in _FLEX:
+        bm = create_block_mask(lambda b, h, q, kv: kv < q, None, None, T, T, device=k.device)
+        _FLEX[key] = bm
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    y = _FLEX["fn"](k, k, v, block_mask=_FLEX[key], scale=1.0)
+    return torch.cat([torch.zeros_like(y[:, :, :1]), y[:, :, 1:]], dim=2)  # row 0 has no key
+
+
+PROVIDERS = {"ours": mosaic_attention, "sdpa_flash": _shift(SDPBackend.FLASH_ATTENTION),
+             "sdpa_cudnn": _shift(SDPBackend.CUDNN_ATTENTION), "sdpa_mask": sdpa_mask, "flex": flex,
+             "naive": naive}
+
+
+def run(dtype, providers) -> list[dict]:
+    rows = []
+    for (B, H, T, D) in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        k = F.normalize(torch.randn(B, H, T, D, device="cuda", generator=g), dim=-1) * 2.7  # pre-scaled keys
+        k = k.to(dtype)
+        v = torch.randn(B, H, T, D, device="cuda", dtype=dtype, generator=g)
+        dy = torch.randn_like(v)
+        flops = 2 * B * H * T * T * D
+        for name in providers:
+            if name == "naive" and T > NAIVE_MAX_T:
+                continue
+            fn = PROVIDERS[name]
+            kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
+            try:
+                y = fn(kr, vr)
+                t_fwd = bench_ms(lambda: fn(kr, vr))
+                t_bwd = bench_ms(lambda: torch.autograd.grad(y, (kr, vr), dy, retain_graph=True))
+                t_all = bench_ms(lambda: torch.autograd.grad(fn(kr, vr), (kr, vr), dy))
+                del y
+                mem = peak_mib(lambda: torch.autograd.grad(fn(kr, vr), (kr, vr), dy))
+            except Exception as e:  # a peer that cannot run this shape is reported, not hidden
+                rows.append(dict(shape=str((B, H, T, D)), provider=name, mode="error", ms=str(e)[:60]))
+                continue
+            for mode, t, f in (("fwd", t_fwd, flops), ("bwd", t_bwd, 2.5 * flops), ("fwd+bwd", t_all, 3.5 * flops)):
+                rows.append(dict(shape=str((B, H, T, D)), provider=name, mode=mode, ms=t,
+                                 TFLOPs=f / t / 1e9, peak_MiB=mem if mode == "fwd+bwd" else ""))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def ratios(rows) -> list[dict]:
+    """Speed of ours relative to each peer (peer time / our time; > 1 means ours is faster)."""
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        get = {(r["provider"], r["mode"]): r["ms"] for r in rows if r["shape"] == shape and isinstance(r["ms"], float)}
+        for mode in ("fwd", "fwd+bwd"):
+            if ("ours", mode) not in get:
+                continue
+            row = dict(shape=shape, mode=mode)
+            for peer in ("sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive"):
+                if (peer, mode) in get:
+                    row[peer] = get[(peer, mode)] / get[("ours", mode)]
+            best = min(get.get(("sdpa_flash", mode), 1e9), get.get(("sdpa_cudnn", mode), 1e9))
+            row["best_sdpa"] = best / get[("ours", mode)]
+            out.append(row)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    p.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=list(PROVIDERS))
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
+    rows = run(dtype, a.providers)
+    md = (f"{header(command_line())}\n\nmosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
+          + table(rows, ["shape", "provider", "mode", "ms", "TFLOPs", "peak_MiB"])
+          + "\n\nSpeed of ours relative to each peer (peer ms / our ms; > 1: ours faster):\n\n"
+          + table(ratios(rows), ["shape", "mode", "best_sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive"]))
+    print(md)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

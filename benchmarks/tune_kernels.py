@@ -1,0 +1,74 @@
+"""Sweep the tile tables of both kernels on the GPU (bf16) and print the fastest per shape.
+
+The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and of
+mosaic_kernels/leaky_average/function.py by hand, so that no run pays for autotuning.
+Usage: python -m benchmarks.tune_kernels
+"""
+from __future__ import annotations
+
+import torch
+
+from benchmarks._common import bench_ms
+from mosaic_kernels import leaky_average
+from mosaic_kernels.attention.function import attention_backward, attention_forward
+from mosaic_kernels.leaky_average import function as leaky_fn
+
+FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4),
+       (128, 64, 4, 4), (128, 128, 8, 2)]
+BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (64, 128, 128, 8, 2), (32, 64, 64, 4, 2),
+       (128, 128, 128, 8, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 2)]
+ATT_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (4, 16, 2048, 128), (1, 16, 16384, 128)]
+LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (8, 4)]}
+LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def tune_attention():
+    for (B, H, T, D) in ATT_SHAPES:
+        k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 2.7).bfloat16()
+        v = torch.randn_like(k)
+        dy = torch.randn_like(k)
+        s = torch.ones(H, device="cuda")
+        res = []
+        for bm, bn, w, st in FWD:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+            try:
+                res.append((bench_ms(lambda: attention_forward(k, v, s, cfg)), cfg))
+            except Exception as e:
+                print("fwd fail", cfg, str(e)[:80])
+        res.sort(key=lambda r: r[0])
+        print("FWD", (B, H, T, D), [(round(t, 4), tuple(c.values())) for t, c in res[:3]], flush=True)
+        y, lse = attention_forward(k, v, s)
+        res = []
+        for bp, bq, bk, w, st in BWD:
+            cfg = dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=w, num_stages=st)
+            try:
+                res.append((bench_ms(lambda: attention_backward(k, v, y, lse, s, dy, cfg)), cfg))
+            except Exception as e:
+                print("bwd fail", cfg, str(e)[:80])
+        res.sort(key=lambda r: r[0])
+        print("BWD", (B, H, T, D), [(round(t, 4), tuple(c.values())) for t, c in res[:3]], flush=True)
+
+
+def tune_leaky():
+    saved = (dict(leaky_fn.FWD_TILES), dict(leaky_fn.BWD_TILES))
+    for (B, H, T, D) in LEAKY_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+        a = torch.rand(H, device="cuda").requires_grad_()
+        sc = torch.rand(H, device="cuda").add(1).requires_grad_()
+        dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+        res = []
+        for bt, w in LEAKY[D]:
+            leaky_fn.FWD_TILES[D] = leaky_fn.BWD_TILES[D] = (bt, w)
+            y = leaky_average(x, a, normalize=True, scale=sc)
+            f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
+            b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
+            res.append((f, b, bt, w))
+        leaky_fn.FWD_TILES.update(saved[0])
+        leaky_fn.BWD_TILES.update(saved[1])
+        copy = bench_ms(lambda: x.detach().contiguous())
+        print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res]), flush=True)
+
+
+if __name__ == "__main__":
+    tune_leaky()
+    tune_attention()

@@ -1,0 +1,176 @@
+"""Memory Mosaic and GPT2 models: sizes, causality, fused/reference parity, generation, config errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_kernels._common import interpreter_enabled
+from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+
+
+def tiny_mosaic(**kw) -> MemoryMosaic:
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=40, vocab_size=20, dropout=0.0, kernels="reference")
+    cfg.update(kw)
+    return MemoryMosaic(MosaicConfig(**cfg))
+
+
+def test_parameter_counts_match_gpt2_small():
+    """SPEC.md 3.4: 12 layers, d=768, 12 heads, vocab 50304, no bias."""
+    with torch.device("meta"):
+        mm = MemoryMosaic(MosaicConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=False))
+        gpt = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=False))
+    assert mm.num_params() == 123_588_336
+    assert gpt.num_params() == 123_980_544
+    assert abs(mm.num_params() / gpt.num_params() - 1) < 0.01
+
+
+def test_library_init_statistics():
+    torch.manual_seed(0)
+    m = MemoryMosaic(MosaicConfig(n_layer=4, n_head=4, n_embd=256, vocab_size=4096))
+    assert m.lm_head.weight is m.wte.weight
+    assert abs(m.wte.weight.std().item() - 256 ** -0.5) < 0.002  # tied weight ends at N(0, 1/sqrt(d))
+    assert abs(m.blocks[0].cmem.c_proj.weight.std().item() - 256 ** -0.5 / 2) < 0.002  # / sqrt(L)
+    assert abs(m.blocks[0].pmem.M_k.std().item() - 64 ** -0.5) < 0.002
+    key = m.blocks[0].cmem.key
+    assert torch.allclose(key.decay(), torch.exp(-torch.linspace(0.5, 5.0, 4)))
+    assert torch.allclose(key.bandwidth(), torch.full((4,), torch.e))
+    assert torch.allclose(m.blocks[0].pmem.key.bandwidth(), torch.full((4,), torch.e ** 2))
+
+
+def test_key_scale_clamp_has_zero_gradient_above_bound():
+    m = tiny_mosaic()
+    key = m.blocks[0].cmem.key
+    with torch.no_grad():
+        key.key_scale.fill_(0.6)  # 10 * 0.6 = 6 > 5
+    key.bandwidth().sum().backward()
+    assert torch.all(key.key_scale.grad == 0)
+    assert torch.allclose(key.bandwidth(), torch.full((2,), torch.e ** 5))
+
+
+@pytest.mark.parametrize("model_fn", [tiny_mosaic, lambda: GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32,
+                                                                          block_size=40, vocab_size=20))],
+                         ids=["mosaic", "gpt"])
+def test_forward_shapes_and_loss(model_fn):
+    m = model_fn()
+    idx = torch.randint(0, 20, (3, 25))
+    logits, loss = m(idx)
+    assert logits.shape == (3, 25, 20) and loss is None
+    targets = idx.clone()
+    targets[:, :5] = -100
+    _, loss = m(idx, targets)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+def test_causality_despite_peek_ahead_values(kernels):
+    """Logits at t depend on tokens <= t only, although the value at t reads x_{t+1}."""
+    if kernels == "fused" and not interpreter_enabled():
+        pytest.skip("the fused path on CPU is the reference unless TRITON_INTERPRET=1")
+    torch.manual_seed(1)
+    m = tiny_mosaic(kernels=kernels).eval()
+    idx = torch.randint(0, 20, (2, 30))
+    base, _ = m(idx)
+    for t in (0, 7, 28):
+        changed = idx.clone()
+        changed[:, t + 1:] = torch.randint(0, 20, changed[:, t + 1:].shape)
+        out, _ = m(changed)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1])
+        assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_first_position_gets_nothing_from_context_memory():
+    m = tiny_mosaic().eval()
+    x = torch.randn(2, 10, 32)
+    y = m.blocks[0].cmem(x)
+    assert torch.all(y[:, 0] == 0)  # bias off: c_proj(0) = 0
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
+def test_fused_and_reference_paths_agree():
+    torch.manual_seed(2)
+    m = tiny_mosaic()
+    idx = torch.randint(0, 20, (2, 21))
+    results = {}
+    for kernels in ("reference", "fused"):
+        m.set_kernels(kernels)
+        m.zero_grad()
+        logits, loss = m(idx, idx)
+        loss.backward()
+        results[kernels] = (logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()})
+    (l_ref, loss_ref, g_ref), (l_f, loss_f, g_f) = results["reference"], results["fused"]
+    assert torch.allclose(l_f, l_ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(loss_f, loss_ref, atol=1e-6)
+    for name in g_ref:
+        denom = g_ref[name].norm().clamp_min(1e-12)
+        assert (g_f[name] - g_ref[name]).norm() / denom < 1e-4, name
+
+
+def test_generate_greedy_topk_and_stop_token():
+    torch.manual_seed(3)
+    m = tiny_mosaic().eval()
+    prompt = torch.randint(0, 20, (2, 5))
+    a = m.generate(prompt, 6, temperature=0)
+    b = m.generate(prompt, 6, temperature=0)
+    assert a.shape == (2, 11) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
+    g = torch.Generator().manual_seed(0)
+    s = m.generate(prompt, 6, top_k=1, generator=g)
+    assert torch.equal(s, a)  # top-1 sampling is greedy
+    first = int(a[0, 5])
+    stopped = m.generate(prompt, 6, temperature=0, stop_token=first)
+    assert torch.all(stopped[0, 5:] == first)  # a stopped sequence keeps emitting the stop token
+    long_prompt = torch.randint(0, 20, (1, 60))  # longer than block_size: the context is cropped
+    assert m.generate(long_prompt, 2, temperature=0).shape == (1, 62)
+    with pytest.raises(ValueError, match="top_k"):
+        m.generate(prompt, 1, top_k=0)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_embd=30, n_head=4), "divisible"),
+    (dict(kernels="cuda"), "kernels must be one of"),
+    (dict(attn_dropout=0.1, kernels="fused"), "attn_dropout > 0 needs kernels='reference'"),
+    (dict(n_layer=0), "n_layer must be >= 1"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MosaicConfig(**kw)
+
+
+def test_attention_dropout_reference_only_in_training():
+    m = tiny_mosaic(attn_dropout=0.5)
+    idx = torch.randint(0, 20, (2, 12))
+    m.eval()
+    a, _ = m(idx)
+    b, _ = m(idx)
+    assert torch.equal(a, b)
+    m.train()
+    c, _ = m(idx)
+    assert not torch.equal(a, c)
+
+
+def test_sequence_longer_than_block_size_is_an_error():
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        tiny_mosaic()(torch.zeros(1, 41, dtype=torch.long))
+
+
+@pytest.mark.gpu
+def test_gpu_fused_matches_reference_under_bf16_autocast():
+    """Same weights and batch on the H200: fused and reference logits, loss and gradients agree."""
+    torch.manual_seed(4)
+    m = MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
+                                  dropout=0.0)).cuda()
+    idx = torch.randint(0, 64, (4, 256), device="cuda")
+    out = {}
+    for kernels in ("reference", "fused"):
+        m.set_kernels(kernels)
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        loss.backward()
+        out[kernels] = (logits.float(), loss.detach(), {n: p.grad.float().clone() for n, p in m.named_parameters()})
+    (lr, sr, gr), (lf, sf, gf) = out["reference"], out["fused"]
+    assert (lf - lr).norm() / lr.norm() < 2e-2
+    assert abs(float(sf - sr)) < 1e-2
+    for name in gr:
+        assert (gf[name] - gr[name]).norm() / gr[name].norm().clamp_min(1e-12) < 5e-2, name

@@ -1,0 +1,74 @@
+"""mosaic-train: a short run, exact resume from a checkpoint, argument errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mosaic_model import train as train_mod
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--num-train", "24", "--num-test", "8",
+        "--max-string-len", "5", "--batch-size", "8", "--eval-batch-size", "8", "--log-every", "1",
+        "--warmup", "2", "--device", "cpu", "--kernels", "reference", "--quiet"]
+
+
+def _run(tmp_path, name, extra):
+    out = tmp_path / name
+    code = train_mod.main(TINY + ["--out-dir", str(out)] + extra)
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("model", ["mosaic", "gpt"])
+def test_short_run_writes_metrics_and_checkpoint(tmp_path, model, capsys):
+    out = _run(tmp_path, model, ["--steps", "4", "--eval-every", "2", "--model", model])
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["split"] for l in lines].count("train") == 4
+    assert [l["step"] for l in lines if l["split"] == "val"] == [2, 4]
+    final = lines[-1]
+    assert final["split"] == "test" and 0 <= final["accuracy"] <= 1 and final["tvd"] == final["l1"] / 2
+    assert (out / "ckpt.pt").exists()
+    assert "in-context accuracy" in capsys.readouterr().out
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    """6 steps straight == 3 steps, stop, resume for 3 more (dropout on, so RNG state matters)."""
+    common = ["--steps", "6", "--eval-every", "3", "--dropout", "0.1"]
+    straight = _run(tmp_path, "straight", common)
+    part = tmp_path / "part"
+    train_mod.main(TINY + ["--out-dir", str(part), "--steps", "6", "--eval-every", "3", "--dropout", "0.1",
+                           "--max-steps-this-run", "3"])
+    ck = torch.load(part / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 3
+    train_mod.main(TINY + ["--out-dir", str(part)] + common + ["--resume"])
+    a = torch.load(straight / "ckpt.pt", weights_only=False)
+    b = torch.load(part / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    la = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l) for l in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [l["loss"] for l in la] == [l["loss"] for l in lb]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    out = _run(tmp_path, "run", ["--steps", "2", "--eval-every", "2"])
+    with pytest.raises(SystemExit, match="other n_embd"):
+        train_mod.main(TINY[:4] + ["--n-embd", "32"] + TINY[6:] + ["--out-dir", str(out), "--steps", "2",
+                                                                    "--eval-every", "2", "--resume"])
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--n-embd", "30", "--n-head", "4"], "must be divisible"),
+    (["--lr", "-1"], "need --lr > 0"),
+    (["--device", "tpu"], "--device must be"),
+    (["--model", "rnn"], "invalid choice"),
+    (["--dtype", "bfloat16", "--device", "cpu"], "on CPU use float32"),
+])
+def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(argv)
+    assert exc.value.code == 2
+    assert msg in capsys.readouterr().err
