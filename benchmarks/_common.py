@@ -52,5 +52,6 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def command_line() -> str:
-    return "python -m " + sys.argv[0].replace("/", ".").removesuffix(".py").lstrip(".") + " " + " ".join(sys.argv[1:])
+def command_line(module: str) -> str:
+    """The command that produced a table, as a user would type it."""
+    return f"python -m {module} " + " ".join(sys.argv[1:])

@@ -131,7 +131,7 @@ def main() -> None:
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     rows = run(dtype, a.providers)
-    md = (f"{header(command_line())}\n\nmosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
+    md = (f"{header(command_line("benchmarks.bench_attention"))}\n\nmosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "TFLOPs", "peak_MiB"])
           + "\n\nSpeed of ours relative to each peer (peer ms / our ms; > 1: ours faster):\n\n"
           + table(ratios(rows), ["shape", "mode", "best_sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive"]))

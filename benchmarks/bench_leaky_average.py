@@ -82,7 +82,7 @@ def main() -> None:
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     rows = run(dtype)
-    md = (f"{header(command_line())}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
+    md = (f"{header(command_line("benchmarks.bench_leaky_average"))}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
           f"x_copy_bw = GBps / copy GBps; x_copy_time = time / copy time.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "GBps", "x_copy_bw", "x_copy_time"]))
     # Speed-up of ours_norm over the official dense product, fwd+bwd.

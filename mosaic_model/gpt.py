@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .generate import GenerateMixin
-from .model import IGNORE_INDEX
+from .model import lm_loss
 
 
 class CausalSelfAttention(nn.Module):
@@ -85,11 +85,7 @@ class GPT(GenerateMixin, nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return logits, lm_loss(logits, targets)
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

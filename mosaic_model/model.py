@@ -14,6 +14,13 @@ from .memory import ContextMemory, PersistentMemory
 IGNORE_INDEX = -100
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None):
+    """Mean cross-entropy over targets that are not IGNORE_INDEX (in float32), or None without targets."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
 class MosaicBlock(nn.Module):
     """Pre-LN block: x + Cmem(LN(x)), then + Pmem(LN(x))."""
 
@@ -76,11 +83,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         logits = self.lm_head(self.ln_f(x))
         if self.config.logit_scale:
             logits = logits * (1.0 / math.sqrt(self.config.n_embd))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return logits, lm_loss(logits, targets)
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""
