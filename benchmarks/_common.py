@@ -55,3 +55,11 @@ def _fmt(v) -> str:
 def command_line(module: str) -> str:
     """The command that produced a table, as a user would type it."""
     return f"python -m {module} " + " ".join(sys.argv[1:])
+
+
+def emit(md: str, out: str | None) -> None:
+    """Print a benchmark's markdown and, when ``out`` is given, write it to that file too."""
+    print(md)
+    if out:
+        with open(out, "w") as f:
+            f.write(md + "\n")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks._common import bench_ms, command_line, header, peak_mib, table
+from benchmarks._common import emit, bench_ms, command_line, header, peak_mib, table
 from mosaic_kernels import mosaic_attention
 
 SHAPES = [(16, 12, 512, 64), (8, 12, 1024, 64), (4, 12, 2048, 64), (2, 12, 4096, 64), (1, 12, 8192, 64),
@@ -131,14 +131,11 @@ def main() -> None:
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     rows = run(dtype, a.providers)
-    md = (f"{header(command_line("benchmarks.bench_attention"))}\n\nmosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
+    md = (f"{header(command_line('benchmarks.bench_attention'))}\n\nmosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "TFLOPs", "peak_MiB"])
           + "\n\nSpeed of ours relative to each peer (peer ms / our ms; > 1: ours faster):\n\n"
           + table(ratios(rows), ["shape", "mode", "best_sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive"]))
-    print(md)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(md + "\n")
+    emit(md, a.out)
 
 
 if __name__ == "__main__":

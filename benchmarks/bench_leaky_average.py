@@ -17,7 +17,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import bench_ms, command_line, header, table
+from benchmarks._common import emit, bench_ms, command_line, header, table
 from mosaic_kernels import leaky_average
 
 SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
@@ -82,7 +82,7 @@ def main() -> None:
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     rows = run(dtype)
-    md = (f"{header(command_line("benchmarks.bench_leaky_average"))}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
+    md = (f"{header(command_line('benchmarks.bench_leaky_average'))}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
           f"x_copy_bw = GBps / copy GBps; x_copy_time = time / copy time.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "GBps", "x_copy_bw", "x_copy_time"]))
     # Speed-up of ours_norm over the official dense product, fwd+bwd.
@@ -94,10 +94,7 @@ def main() -> None:
                               ours_norm_ms=get[("ours_norm", "fwd+bwd")],
                               speedup=get[("dense_norm", "fwd+bwd")] / get[("ours_norm", "fwd+bwd")]))
     md += "\n\nfwd+bwd speed-up of ours_norm over dense_norm:\n\n" + table(speed, ["shape", "dense_ms", "ours_norm_ms", "speedup"])
-    print(md)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(md + "\n")
+    emit(md, a.out)
 
 
 if __name__ == "__main__":
