@@ -3,11 +3,13 @@
 Public API:
     mosaic_attention(k, v, scale=None)
     leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12)
-    reference: the same two functions, always the PyTorch reference.
+    peek_ahead_value(x, mix, *, scale=None, eps=1e-12)
+    reference: the same functions, always the PyTorch reference.
 """
 from . import reference
 from .attention import mosaic_attention
 from .leaky_average import leaky_average
+from .peek_ahead import peek_ahead_value
 
-__all__ = ["mosaic_attention", "leaky_average", "reference"]
+__all__ = ["mosaic_attention", "leaky_average", "peek_ahead_value", "reference"]
 __version__ = "0.1.0"

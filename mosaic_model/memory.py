@@ -66,6 +66,7 @@ class PeekAheadValueExtractor(nn.Module):
     """v_t = exp(10 r_h) * normalize((1 - c_h) W_v x_{t+1} + c_h W_v x_t), with W_v x_T := 0.
 
     ``c`` is initialised uniform(0, 1) and left unconstrained; ``r`` starts at -0.05 (factor e^-0.5).
+    The fused path reads the projection once and writes attention-ready values (one kernel each way).
     """
 
     def __init__(self, config: MosaicConfig):
@@ -77,13 +78,13 @@ class PeekAheadValueExtractor(nn.Module):
         self.value_scale = nn.Parameter(torch.full((H,), -0.05))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = split_heads(self.W_v(x), self.config.n_head)  # (B, H, T, hs)
-        nxt = F.pad(raw[:, :, 1:], (0, 0, 0, 1))  # row t holds W_v x_{t+1}; zero past the end
-        # Per-head parameters are cast to the activations' dtype so bf16 autocast stays bf16.
-        c = self.mix.view(1, -1, 1, 1).to(raw.dtype)
-        v = (1 - c) * nxt + c * raw
-        v = F.normalize(v, dim=-1, eps=self.config.norm_eps)  # autocast runs norms in fp32: cast back
-        return (v * torch.exp(10.0 * self.value_scale).view(1, -1, 1, 1)).to(raw.dtype)
+        raw = split_heads(self.W_v(x), self.config.n_head)  # strided (B, H, T, hs)
+        mix, scale = self.mix, torch.exp(10.0 * self.value_scale)
+        if self.config.kernels == "reference":
+            # The official code mixes in the activations' dtype (bf16 under autocast).
+            mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
+        v = ops_for(self.config).peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
+        return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
 
 
 class ContextMemory(nn.Module):
@@ -123,13 +124,28 @@ class PersistentMemory(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.key(x)  # (B, H, T, hs)
-        B = k.shape[0]
+        B, H, T, hs = k.shape
         p = self.config.ic_dropout if self.training else 0.0
+        fold = self.config.kernels != "reference"
+        if fold:
+            # The slots are shared by the whole batch, and each query row attends independently:
+            # fold the batch into the query rows, (1, H, B*T, hs), so that SDPA runs its flash or
+            # cuDNN kernel on one slot tensor per head and the slot gradients come out summed,
+            # instead of expanding the slots to (B, H, P, hs) as the official code does.
+            q = k.transpose(0, 1).reshape(1, H, B * T, hs)
         y = 0.0
         for i in range(self.config.pmem_count):
-            mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
-            mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
-            y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+            if fold:
+                mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), self.M_v[i].unsqueeze(0).to(k.dtype)
+                y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
+            else:
+                mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+                mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+                y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
         y = y / self.config.pmem_count
         y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
-        return self.resid_dropout(self.c_proj(merge_heads(y)))
+        if fold:
+            y = y.view(H, B, T, hs).permute(1, 2, 0, 3).reshape(B, T, H * hs)
+        else:
+            y = merge_heads(y)
+        return self.resid_dropout(self.c_proj(y))

@@ -3,10 +3,15 @@
 Example (CPU, about 3 minutes):  mosaic-train
 On a GPU:                         mosaic-train --device cuda
 Resume an interrupted run:        mosaic-train --out-dir runs/icl --resume
+Several GPUs (DDP):               torchrun --nproc_per_node 2 -m mosaic_model.train --device cuda
+
+Each optimizer step sees batch_size x grad_accum x world_size sequences; every micro-step of every
+rank draws its own fresh batch, so a large global batch can be reproduced on fewer GPUs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task-seed", type=int, default=0)
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=400)
-    o.add_argument("--batch-size", type=int, default=32)
+    o.add_argument("--batch-size", type=int, default=32, help="sequences per micro-step per process")
+    o.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     o.add_argument("--lr", type=float, default=3e-3)
     o.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor, as a fraction of --lr")
     o.add_argument("--warmup", type=int, default=40)
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    for name in ("steps", "batch_size", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
+    for name in ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
                  "eval_batch_size", "log_every", "max_string_len"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
@@ -175,11 +181,30 @@ def _set_rng_state(state: dict) -> None:
 
 
 MODEL_KEYS = ("model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "num_train", "num_test",
-              "max_string_len", "task_seed", "steps", "batch_size", "seed")
+              "max_string_len", "task_seed", "steps", "batch_size", "grad_accum", "world_size", "seed")
+
+
+def init_distributed(a: argparse.Namespace) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun with several processes.
+
+    CUDA ranks use NCCL on ``cuda:LOCAL_RANK``; CPU ranks use gloo (how the tests run it).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.device(a.device).type == "cuda":
+        a.device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
+    return rank, world
 
 
 def train(a: argparse.Namespace) -> dict:
     """Run training as configured by the parsed arguments; returns the final test metrics."""
+    rank, world = init_distributed(a)
+    a.world_size = world
+    main_rank = rank == 0
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)
@@ -190,7 +215,9 @@ def train(a: argparse.Namespace) -> dict:
     task = ICLTask(ICLTaskConfig(num_train=a.num_train, num_test=a.num_test,
                                  max_string_len=a.max_string_len, seed=a.task_seed))
     block = max(task.train.max_len, task.val.max_len, task.test.max_len)
-    model = build_model(a, block).to(device)
+    model = build_model(a, block).to(device)  # same seed on every rank; DDP also broadcasts rank 0's weights
+    if world > 1:
+        torch.manual_seed(a.seed + rank)  # distinct dropout masks per rank
     opt = torch.optim.AdamW(param_groups(model, a.weight_decay, a.decay_all), lr=a.lr,
                             betas=(0.9, a.beta2), fused=device.type == "cuda")
     start = 0
@@ -198,30 +225,40 @@ def train(a: argparse.Namespace) -> dict:
     if a.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         saved = ckpt["args"]
-        diff = [k for k in MODEL_KEYS if saved.get(k) != getattr(a, k)]
+        diff = [k for k in MODEL_KEYS if saved.get(k, 1 if k in ("grad_accum", "world_size") else None) != getattr(a, k)]
         if diff:
             raise SystemExit(f"mosaic-train: --resume: {ckpt_path} was made with other {', '.join(diff)}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
         _set_rng_state(ckpt["rng"])
-        print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
-    elif not a.resume:
+        if main_rank:
+            print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
+    elif not a.resume and main_rank:
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{a.model}: {n_params:,} parameters, {a.n_layer} layers, d={a.n_embd}, heads={a.n_head}, "
+    if not main_rank:  # only rank 0 prints, logs, evaluates and saves
+        a.quiet = True
+    say = print if main_rank else (lambda *args, **kw: None)
+    say(f"{a.model}: {n_params:,} parameters, {a.n_layer} layers, d={a.n_embd}, heads={a.n_head}, "
           f"kernels={getattr(a, 'kernels', '-')} | task: {len(task.train)} train / {len(task.test)} test / "
-          f"{len(task.val)} val languages, block {block} | device {device}, {a.dtype}", file=sys.stderr)
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8")
+          f"{len(task.val)} val languages, block {block} | device {device}, {a.dtype} | "
+        f"{a.batch_size} x {a.grad_accum} micro-steps x {world} processes per step", file=sys.stderr)
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if main_rank else None
 
     def record(entry: dict) -> None:
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
 
     def save(step: int) -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "args": vars(a), "rng": _rng_state()}, ckpt_path)
+        if main_rank:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "args": vars(a), "rng": _rng_state()}, ckpt_path)
 
     stop = a.steps if a.max_steps_this_run is None else min(a.steps, start + a.max_steps_this_run)
     progress = Progress(a.steps, start, a.quiet)
@@ -231,23 +268,31 @@ def train(a: argparse.Namespace) -> dict:
         lr = lr_at(step, a)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y, _ = task.train.batch(batch_indices(step, len(task.train), a.batch_size, a.seed), device)
-        with autocast_for(device, dtype):
-            _, loss = model(x, y)
-        loss.backward()
+        loss_sum = 0.0
+        for micro in range(a.grad_accum):
+            # A fresh batch for every micro-step of every rank: a pure function of (step, micro, rank).
+            draw = (step * a.grad_accum + micro) * world + rank
+            x, y, _ = task.train.batch(batch_indices(draw, len(task.train), a.batch_size, a.seed), device)
+            last = micro == a.grad_accum - 1
+            # DDP all-reduces the gradients only on the last micro-step.
+            with (net.no_sync() if world > 1 and not last else contextlib.nullcontext()):
+                with autocast_for(device, dtype):
+                    _, loss = net(x, y)
+                (loss / a.grad_accum).backward()
+            loss_sum = loss_sum + loss.detach() / a.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += x.numel()
+        tokens += x.numel() * a.grad_accum * world
         if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
-            loss_v = float(loss.detach())
+            loss_v = float(loss_sum)  # rank 0's mean over its micro-steps
             now = time.perf_counter()
             tps = tokens / (now - t_last)
             tokens, t_last = 0, now
             record({"step": step + 1, "split": "train", "loss": loss_v, "lr": lr,
                     "grad_norm": float(grad_norm), "tokens_per_s": tps})
             progress.update(step, loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+        if main_rank and ((step + 1) % a.eval_every == 0 or step + 1 == a.steps):
             m = evaluate_icl(model, task.val, a.eval_batch_size, device, dtype)
             record({"step": step + 1, "split": "val", **m})
             if not a.quiet:
@@ -259,16 +304,27 @@ def train(a: argparse.Namespace) -> dict:
     progress.close()
     if stop < a.steps:
         save(stop)
-        log.close()
-        print(f"stopped at step {stop} of {a.steps}; continue with --resume --out-dir {out}", file=sys.stderr)
+        _finish(log, world)
+        say(f"stopped at step {stop} of {a.steps}; continue with --resume --out-dir {out}", file=sys.stderr)
+        return {}
+    if not main_rank:
+        _finish(log, world)
         return {}
     final = evaluate_icl(model, task.test, a.eval_batch_size, device, dtype)
     record({"step": a.steps, "split": "test", **final})
-    log.close()
+    _finish(log, world)
     print(f"final test (held-out languages): loss {final['loss']:.4f} | in-context accuracy "
           f"{final['accuracy']:.3f} (uniform-guess chance {final['chance_accuracy']:.3f}) | "
           f"L1 {final['l1']:.3f} | TVD {final['tvd']:.3f}")
     return final
+
+
+def _finish(log, world: int) -> None:
+    if log is not None:
+        log.close()
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def main(argv=None) -> int:

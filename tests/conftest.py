@@ -44,6 +44,7 @@ def nan_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
     from mosaic_kernels.attention import function as attn_fn
     from mosaic_kernels.leaky_average import function as leaky_fn
+    from mosaic_kernels.peek_ahead import function as value_fn
 
     def nan_empty(*shape, **kw):
         t = torch.empty(*shape, **kw)
@@ -51,3 +52,4 @@ def nan_outputs(monkeypatch):
 
     monkeypatch.setattr(attn_fn, "_empty", nan_empty)
     monkeypatch.setattr(leaky_fn, "_empty", nan_empty)
+    monkeypatch.setattr(value_fn, "_empty", nan_empty)

@@ -31,3 +31,16 @@ def attention_loop(k, v, scale=None):
         logits = (k[:, :, t:t + 1] @ k[:, :, :t].transpose(-1, -2)) * s
         rows.append(torch.softmax(logits, dim=-1) @ v[:, :, :t])
     return torch.cat(rows, dim=2)
+
+
+def peek_ahead_loop(x, mix, scale=None, eps=1e-12):
+    """Row by row: z_t = (1 - c) x_{t+1} + c x_t (x_T = 0); y_t = scale * z_t / max(|z_t|, eps)."""
+    B, H, T, D = x.shape
+    c = mix.view(1, H, 1) if isinstance(mix, torch.Tensor) else mix
+    s = 1.0 if scale is None else (scale.view(1, H, 1) if isinstance(scale, torch.Tensor) else scale)
+    rows = []
+    for t in range(T):
+        nxt = x[:, :, t + 1] if t + 1 < T else torch.zeros_like(x[:, :, t])
+        z = (1 - c) * nxt + c * x[:, :, t]
+        rows.append(s * z / z.norm(dim=-1, keepdim=True).clamp_min(eps))
+    return torch.stack(rows, dim=2)

@@ -84,23 +84,52 @@ def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None):
     return dk, dv, part
 
 
-class _MosaicAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, k, v, scale):
-        scale_f = scale.detach().float().contiguous()
-        y, lse = attention_forward(k, v, scale_f)
-        ctx.save_for_backward(k, v, y, lse, scale_f)
-        ctx.scale_dtype = scale.dtype
-        return y
+# The kernels are registered as torch.library custom ops so that torch.compile traces through the
+# model without a graph break; their fake (meta) implementations give the output shapes.
+@torch.library.custom_op("mosaic::attention_fwd", mutates_args=())
+def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward op: (y, per-row log-sum-exp in float32); scale is (H,) float32."""
+    return attention_forward(k, v, scale)
 
-    @staticmethod
-    def backward(ctx, dy):
-        k, v, y, lse, scale_f = ctx.saved_tensors
-        dk, dv, part = attention_backward(k, v, y, lse, scale_f, dy)
-        dscale = part.sum(dim=(0, 2)).to(ctx.scale_dtype) if ctx.needs_input_grad[2] else None
-        return dk, dv, dscale
+
+@attention_fwd.register_fake
+def _(k, v, scale):
+    B, H, T, D = k.shape
+    return v.new_empty((B, H, T, D)), k.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("mosaic::attention_bwd", mutates_args=())
+def attention_bwd(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+                  dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward op: (dk, dv, d(scale) per head in float32)."""
+    dk, dv, part = attention_backward(k, v, y, lse, scale, dy)
+    return dk, dv, part.sum(dim=(0, 2))  # fixed order: deterministic
+
+
+@attention_bwd.register_fake
+def _(k, v, y, lse, scale, dy):
+    return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty((k.shape[1],), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    k, v, scale = inputs
+    y, lse = output
+    ctx.save_for_backward(k, v, y, lse, scale)
+
+
+def _backward(ctx, dy, _dlse):
+    k, v, y, lse, scale = ctx.saved_tensors
+    dk, dv, dscale = attention_bwd(k, v, y, lse, scale, dy)
+    return dk, dv, dscale
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mosaic_attention_triton(k, v, scale=None):
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
-    return _MosaicAttention.apply(k, v, per_head_tensor(scale, k.shape[1], k, 1.0))
+    scale_t = per_head_tensor(scale, k.shape[1], k, 1.0)
+    # The kernels read a float32 per-head scale; the cast is part of the autograd graph, so the
+    # gradient comes back in the caller's dtype.
+    y, _ = attention_fwd(k, v, scale_t.float().contiguous())
+    return y

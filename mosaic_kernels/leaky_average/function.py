@@ -49,51 +49,86 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
-class _LeakyAverage(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, decay, scale, normalize, eps, chunk_len):
-        B, H, T, D = x.shape
-        block_t, warps, bwd_block_t, bwd_warps, block_d = _tiling(D)
-        # Chunks are a whole number of tiles for both directions (tile heights are powers of two).
-        chunk_len, nchunk = _chunking(B, H, T, x.device, max(block_t, bwd_block_t), chunk_len)
-        decay_c, scale_c = decay.detach().contiguous(), scale.detach().contiguous()
-        y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
-        norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
-        summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
-        args = (x, y, norm, decay_c, scale_c, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
-        if nchunk > 1:
-            _leaky_fwd_kernel[(nchunk - 1, B * H)](
-                *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-        _leaky_fwd_kernel[(nchunk, B * H)](
-            *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-        ctx.save_for_backward(y, norm, decay_c, scale_c)
-        ctx.meta = (normalize, eps, chunk_len, nchunk, bwd_block_t, block_d, bwd_warps, decay.dtype, scale.dtype)
-        return y
+def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int):
+    """Run the forward kernels; returns (y, norm). ``chunk_len`` 0 picks the chunking by SM count."""
+    B, H, T, D = x.shape
+    block_t, warps, bwd_block_t, _, block_d = _tiling(D)
+    # Chunks are a whole number of tiles for both directions (tile heights are powers of two).
+    chunk_len, nchunk = _chunking(B, H, T, x.device, max(block_t, bwd_block_t), chunk_len or None)
+    y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+    norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
+    summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
+    args = (x, y, norm, decay, scale, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
+    if nchunk > 1:
+        _leaky_fwd_kernel[(nchunk - 1, B * H)](
+            *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    _leaky_fwd_kernel[(nchunk, B * H)](
+        *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    return y, norm
 
-    @staticmethod
-    def backward(ctx, gy):
-        y, norm, decay_c, scale_c = ctx.saved_tensors
-        normalize, eps, chunk_len, nchunk, block_t, block_d, warps, decay_dtype, scale_dtype = ctx.meta
-        B, H, T, D = y.shape
-        gx = _empty(y.shape, device=y.device, dtype=y.dtype)
-        parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
-        summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
-        args = (gy, y, norm, decay_c, scale_c, summary, gx, parts, *gy.stride(),
-                H, T, D, chunk_len, nchunk, eps)
-        if nchunk > 1:
-            # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
-            _leaky_bwd_kernel[(nchunk, B * H)](
-                *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+
+def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int):
+    """Run the backward kernels; returns (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
+    B, H, T, D = y.shape
+    block_t, _, bwd_block_t, warps, block_d = _tiling(D)
+    chunk_len, nchunk = _chunking(B, H, T, y.device, max(block_t, bwd_block_t), chunk_len or None)
+    gx = _empty(y.shape, device=y.device, dtype=y.dtype)
+    parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
+    summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
+    args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), H, T, D, chunk_len, nchunk, eps)
+    if nchunk > 1:
+        # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
         _leaky_bwd_kernel[(nchunk, B * H)](
-            *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-        g_decay = g_scale = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            per_head = parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
-            if ctx.needs_input_grad[1]:
-                g_decay = per_head[0].to(decay_dtype)
-            if ctx.needs_input_grad[2] and normalize:
-                g_scale = per_head[1].to(scale_dtype)
-        return gx, g_decay, g_scale, None, None, None
+            *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps)
+    _leaky_bwd_kernel[(nchunk, B * H)](
+        *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps)
+    return gx, parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
+
+
+# The kernels are registered as torch.library custom ops so that torch.compile traces through the
+# model without a graph break; their fake (meta) implementations give the output shapes.
+@torch.library.custom_op("mosaic::leaky_average_fwd", mutates_args=())
+def leaky_average_fwd(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool,
+                      eps: float, chunk_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward op: (y, per-row norm statistic); decay and scale are (H,) float32."""
+    return _launch_forward(x, decay, scale, normalize, eps, chunk_len)
+
+
+@leaky_average_fwd.register_fake
+def _(x, decay, scale, normalize, eps, chunk_len):
+    B, H, T, D = x.shape
+    return x.new_empty((B, H, T, D)), x.new_empty((B, H, T) if normalize else (1,), dtype=torch.float32)
+
+
+@torch.library.custom_op("mosaic::leaky_average_bwd", mutates_args=())
+def leaky_average_bwd(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor,
+                      scale: torch.Tensor, normalize: bool, eps: float,
+                      chunk_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward op: (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
+    return _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len)
+
+
+@leaky_average_bwd.register_fake
+def _(gy, y, norm, decay, scale, normalize, eps, chunk_len):
+    H = y.shape[1]
+    return y.new_empty(y.shape), y.new_empty((2, H), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, decay, scale, normalize, eps, chunk_len = inputs
+    y, norm = output
+    ctx.save_for_backward(y, norm, decay, scale)
+    ctx.meta = (normalize, eps, chunk_len)
+
+
+def _backward(ctx, gy, _gnorm):
+    y, norm, decay, scale = ctx.saved_tensors
+    normalize, eps, chunk_len = ctx.meta
+    gx, per_head = leaky_average_bwd(gy, y, norm, decay, scale, normalize, eps, chunk_len)
+    return gx, per_head[0], (per_head[1] if normalize else None), None, None, None
+
+
+leaky_average_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None):
@@ -105,4 +140,7 @@ def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, ch
     H = x.shape[1]
     decay_t = per_head_tensor(decay, H, x, 0.0)
     scale_t = per_head_tensor(scale if normalize else None, H, x, 1.0)
-    return _LeakyAverage.apply(x, decay_t, scale_t, bool(normalize), float(eps), chunk_len)
+    # The kernels read float32 per-head values; the cast is part of the autograd graph, so the
+    # gradients come back in the caller's dtype.
+    y, _ = leaky_average_fwd(x, decay_t.float().contiguous(), scale_t.float().contiguous(), bool(normalize), float(eps), int(chunk_len or 0))
+    return y

@@ -72,3 +72,26 @@ def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
         train_mod.main(argv)
     assert exc.value.code == 2
     assert msg in capsys.readouterr().err
+
+
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
+    """torchrun, 2 CPU processes (gloo) x 1 micro-step == 1 process x 2 micro-steps: same batches drawn,
+    same averaged gradient, so the same weights after 3 optimizer steps."""
+    import os
+    import subprocess
+    import sys
+
+    common = TINY + ["--steps", "3", "--eval-every", "3", "--dropout", "0.0"]
+    single = _run(tmp_path, "single", ["--steps", "3", "--eval-every", "3", "--dropout", "0.0", "--grad-accum", "2"])
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mosaic_model.train", *common, "--out-dir", str(ddp)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("in-context accuracy") == 1  # only rank 0 reports
+    a = torch.load(single / "ckpt.pt", weights_only=False)
+    b = torch.load(ddp / "ckpt.pt", weights_only=False)
+    assert b["args"]["world_size"] == 2 and a["args"]["grad_accum"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.allclose(tensor, b["model"][name], rtol=1e-4, atol=1e-6), name

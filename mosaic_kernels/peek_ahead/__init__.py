@@ -1,0 +1,52 @@
+"""The Memory Mosaic value: ``scale_h * normalize((1 - mix_h) x[t+1] + mix_h x[t])``, fused."""
+from __future__ import annotations
+
+import torch
+
+from .._common import check_tensor, per_head, use_triton
+from . import reference as _reference
+
+__all__ = ["peek_ahead_value"]
+
+
+def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) -> torch.Tensor:
+    """Peek-ahead value extraction: a per-head mix of the next and current rows, L2-normalised, scaled.
+
+    ``z[b,h,t] = (1 - mix_h) x[b,h,t+1] + mix_h x[b,h,t]`` with ``x[b,h,T] = 0``, then
+    ``y = scale_h * z / max(||z||_2, eps)`` over the last dimension (SPEC.md 1.3). Position t's value
+    holds x[t+1]: it is only causal because the attention never lets t see itself.
+
+    Args:
+        x: ``(B, H, T, D)`` tensor (the value projection; a strided view of ``(B, T, H*D)`` is read
+            without a copy), float32, float16, bfloat16 or float64.
+        mix: ``c_h``, a float or a ``(H,)`` tensor (unconstrained; its gradient is returned).
+        scale: None (1.0), a float, or a ``(H,)`` tensor (gradient returned).
+        eps: lower bound of the norm, > 0.
+
+    Returns:
+        A contiguous ``(B, H, T, D)`` tensor of ``x.dtype``, computed in float32 (float64 for
+        float64). CUDA tensors run one Triton kernel each way (one read of x, one write); CPU
+        tensors the PyTorch reference, or the kernels through the interpreter with ``TRITON_INTERPRET=1``.
+
+    Raises:
+        ValueError: on a bad shape, dtype, device, mix or scale.
+
+    Example:
+        >>> x = torch.randn(2, 4, 128, 64)
+        >>> v = peek_ahead_value(x, torch.rand(4), scale=torch.full((4,), 0.6))
+    """
+    check_tensor("x", x, ndim=4)
+    B, H, T, D = x.shape
+    if min(B, H, T, D) < 1:
+        raise ValueError(f"x must have non-zero sizes (B, H, T, D), got {tuple(x.shape)}")
+    mix = per_head("mix", mix, H, x)
+    if mix is None:
+        raise ValueError(f"mix must be a float or a tensor of shape ({H},), got None")
+    scale = per_head("scale", scale, H, x)
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if use_triton(x):
+        from .function import peek_ahead_value_triton
+
+        return peek_ahead_value_triton(x, mix, scale=scale, eps=float(eps))
+    return _reference.peek_ahead_value(x, mix, scale=scale, eps=float(eps))

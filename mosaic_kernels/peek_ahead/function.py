@@ -1,0 +1,80 @@
+"""Host wrappers, torch.library custom ops and autograd of the Triton peek-ahead value."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .._common import interpreter_enabled, per_head_tensor
+from .triton_value import _value_bwd_kernel, _value_fwd_kernel
+
+# Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
+_empty = torch.empty
+
+
+def _tiling(D: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_D, num_warps): about 4K elements a program, the whole head dim in one tile."""
+    block_d = max(16, triton.next_power_of_2(D))
+    if interpreter_enabled():
+        return 16, block_d, 1
+    return max(1, 4096 // block_d), block_d, 4
+
+
+@torch.library.custom_op("mosaic::peek_ahead_fwd", mutates_args=())
+def peek_ahead_fwd(x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """Forward op; mix and scale are (H,) float32."""
+    B, H, T, D = x.shape
+    block_t, block_d, warps = _tiling(D)
+    y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+    _value_fwd_kernel[(triton.cdiv(T, block_t), B * H)](
+        x, y, mix, scale, *x.stride(), H, T, D, eps, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    return y
+
+
+@peek_ahead_fwd.register_fake
+def _(x, mix, scale, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("mosaic::peek_ahead_bwd", mutates_args=())
+def peek_ahead_bwd(gy: torch.Tensor, x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward op: (dx, (2, H) float32 per-head gradients: d(mix), then d(scale))."""
+    B, H, T, D = x.shape
+    block_t, block_d, warps = _tiling(D)
+    n_blocks = triton.cdiv(T, block_t)
+    dx = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+    parts = _empty((2, B * H * n_blocks), device=x.device, dtype=torch.float32)
+    _value_bwd_kernel[(n_blocks, B * H)](
+        x, gy, dx, parts, mix, scale, *x.stride(), *gy.stride(), H, T, D, eps,
+        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    return dx, parts.view(2, B, H, n_blocks).sum(dim=(1, 3))  # fixed order: deterministic
+
+
+@peek_ahead_bwd.register_fake
+def _(gy, x, mix, scale, eps):
+    return x.new_empty(x.shape), x.new_empty((2, x.shape[1]), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, mix, scale, eps = inputs
+    ctx.save_for_backward(x, mix, scale)
+    ctx.eps = eps
+
+
+def _backward(ctx, gy):
+    x, mix, scale = ctx.saved_tensors
+    dx, per_head = peek_ahead_bwd(gy, x, mix, scale, ctx.eps)
+    return dx, per_head[0], per_head[1], None
+
+
+peek_ahead_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def peek_ahead_value_triton(x, mix, *, scale=None, eps=1e-12):
+    """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
+    H = x.shape[1]
+    mix_t = per_head_tensor(mix, H, x, 0.0)
+    scale_t = per_head_tensor(scale, H, x, 1.0)
+    # The kernels read float32 per-head values; the casts are in the autograd graph, so the
+    # gradients come back in the caller's dtype.
+    return peek_ahead_fwd(x, mix_t.float().contiguous(), scale_t.float().contiguous(), float(eps))
