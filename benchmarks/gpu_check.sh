@@ -1,20 +1,40 @@
 #!/usr/bin/env bash
-# Everything that needs the GPU: GPU-marked tests, both kernel benchmarks, a CUDA training run.
-# Results go to $OUT (or ./gpu-results). Usage: bash benchmarks/gpu_check.sh [tests|bench|all]
+# Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
+# Usage: bash benchmarks/gpu_check.sh [tests|kernels|pmem|training|training-eager|training-compiled|parity|all]...
+#   tests      the whole test suite on the GPU (GPU-marked tests plus the CUDA cases of the others)
+#   kernels    bench_leaky_average, bench_attention, peek-ahead value, and a CUDA mosaic-train run
+#   pmem       bench_persistent_memory
+#   training*  bench_training (all / eager part / compiled part)
+#   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
 set -uo pipefail
-PART=${1:-all}
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-if [ "$PART" != bench ]; then
-  python3 -m pytest -q -m gpu tests -p no:cacheprovider -rf 2>&1 | tail -n 40 | tee "$OUT/gpu_tests.txt"
-fi
-if [ "$PART" != tests ]; then
-  python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
-  tail -n 7 "$OUT/bench_leaky_average.md"
-  python3 -m benchmarks.bench_attention --out "$OUT/bench_attention.md" > "$OUT/bench_attention.log" 2>&1 || tail -n 20 "$OUT/bench_attention.log"
-  tail -n 19 "$OUT/bench_attention.md"
-  python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt"
-fi
+for PART in "${@:-all}"; do
+  case "$PART" in
+    tests|all)
+      python3 -m pytest -q tests -p no:cacheprovider -rfEx 2>&1 | tail -n 40 | tee "$OUT/gpu_tests.txt" ;;&
+    kernels|all)
+      python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
+      tail -n 7 "$OUT/bench_leaky_average.md"
+      python3 -m benchmarks.bench_attention --out "$OUT/bench_attention.md" > "$OUT/bench_attention.log" 2>&1 || tail -n 20 "$OUT/bench_attention.log"
+      tail -n 19 "$OUT/bench_attention.md"
+      python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
+    pmem|all)
+      python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&
+    training|all)
+      python3 -m benchmarks.bench_training --out "$OUT/bench_training.md" 2>&1 | tail -n 45 ;;&
+    training-eager)
+      python3 -m benchmarks.bench_training --part eager --out "$OUT/bench_training_eager.md" 2>&1 | tail -n 40 ;;&
+    training-compiled)
+      python3 -m benchmarks.bench_training --part compiled --out "$OUT/bench_training_compiled.md" 2>&1 | tail -n 20 ;;&
+    parity|all)
+      for K in fused reference; do
+        python3 -m mosaic_model.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
+          --out-dir /tmp/parity-$K --quiet 2>&1 | tail -n 1
+        cp /tmp/parity-$K/metrics.jsonl "$OUT/parity_$K.jsonl"
+      done ;;
+  esac
+done

@@ -1,0 +1,98 @@
+"""Benchmark of the P-mem retrieval: softmax over learned slots shared by the whole batch.
+
+The official code expands the (1, H, P, hs) slots to the batch (lib) or lets SDPA broadcast batch 1
+(nano); both make SDPA write a (B, H, P, hs) slot gradient that autograd then sums. Folding the batch
+into the query rows, (1, H, B*T, hs), gives one slot tensor per head and the summed gradient directly.
+
+Providers (one run, same keys and slots, fwd+bwd, bf16):
+  expand_default / expand_flash / expand_cudnn / expand_efficient   lib: slots expanded to B
+  broadcast_default                                                  nano: batch-1 slots, SDPA broadcasts
+  fold_default / fold_flash / fold_cudnn / fold_efficient            ours: batch folded into queries
+Slot-probability dropout is 0 here (evaluation); the model uses the same call with dropout in training.
+
+Usage: python -m benchmarks.bench_persistent_memory [--out results.md]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks._common import bench_ms, command_line, emit, header, peak_mib, table
+
+# (B, H, T, hs, P): the 12-layer GPT2-small match at the three training lengths of bench_training.
+SHAPES = [(32, 12, 512, 64, 2688), (8, 12, 2048, 64, 2688), (2, 12, 8192, 64, 2688)]
+BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def _pin(backend):
+    return contextlib.nullcontext() if backend is None else sdpa_kernel([backend])
+
+
+def expand(k, mk, mv, backend):
+    B = k.shape[0]
+    with _pin(backend):
+        return F.scaled_dot_product_attention(k, mk.expand(B, -1, -1, -1), mv.expand(B, -1, -1, -1), scale=1.0)
+
+
+def broadcast(k, mk, mv, backend):
+    with _pin(backend):
+        return F.scaled_dot_product_attention(k, mk, mv, scale=1.0)
+
+
+def fold(k, mk, mv, backend):
+    B, H, T, hs = k.shape
+    q = k.transpose(0, 1).reshape(1, H, B * T, hs)
+    with _pin(backend):
+        y = F.scaled_dot_product_attention(q, mk, mv, scale=1.0)
+    return y.view(H, B, T, hs).transpose(0, 1)
+
+
+def run() -> list[dict]:
+    rows = []
+    for (B, H, T, hs, P) in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        k0 = F.normalize(torch.randn(B, H, T, hs, device="cuda", generator=g), dim=-1) * 7.39
+        slots = [torch.randn(1, H, P, hs, device="cuda", generator=g) / hs ** 0.5 for _ in range(2)]
+        dy = torch.randn(B, H, T, hs, device="cuda", dtype=torch.bfloat16, generator=g)
+        cases = [("broadcast", "default", broadcast)] + [
+            (layout, name, fn) for layout, fn in (("expand", expand), ("fold", fold)) for name in BACKENDS]
+        ref = None
+        for layout, name, fn in cases:
+            k = k0.to(torch.bfloat16).requires_grad_()
+            mk, mv = (s.detach().clone().requires_grad_() for s in slots)
+
+            def step():
+                y = fn(k, mk.to(torch.bfloat16), mv.to(torch.bfloat16), BACKENDS[name])
+                return torch.autograd.grad(y, (k, mk, mv), dy)
+            try:
+                grads = step()
+            except RuntimeError as e:  # a pinned backend that refuses these inputs
+                rows.append(dict(shape=str((B, H, T, hs, P)), provider=f"{layout}_{name}", ms="n/a",
+                                 note=str(e).splitlines()[0][:80]))
+                continue
+            ref = ref or grads
+            err = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(grads, ref))
+            rows.append(dict(shape=str((B, H, T, hs, P)), provider=f"{layout}_{name}", ms=bench_ms(step),
+                             peak_MiB=peak_mib(step), grad_rel_diff=err))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    a = p.parse_args()
+    rows = run()
+    md = (f"{header(command_line('benchmarks.bench_persistent_memory'))}\n\nP-mem retrieval fwd+bwd, bf16 "
+          f"(shape = B, H, T, hs, P); grad_rel_diff = largest relative difference of the three gradients "
+          f"to the first provider.\n\n" + table(rows, ["shape", "provider", "ms", "peak_MiB", "grad_rel_diff", "note"]))
+    emit(md, a.out)
+
+
+if __name__ == "__main__":
+    main()

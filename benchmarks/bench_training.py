@@ -1,0 +1,136 @@
+"""End-to-end training-step benchmark: Memory Mosaic (fused ops), Memory Mosaic (reference ops, the
+official algorithm), and the GPT2 baseline on SDPA; one run, same GPU, same tokens per step.
+
+A step is what training does: bf16 autocast forward, backward, fused AdamW, zero_grad. Models have
+the GPT2-small width (d=768, 12 heads, vocab 50304, P-mem 2688 slots) at 1 and 12 layers; batches of
+16,384 tokens (32 x 512, 8 x 2048, 2 x 8192). Each case is timed over --steps steps after --warmup
+steps (compilation happens in the warm-up), in a fresh model; peak memory is the allocator's peak
+over the timed steps. A case that runs out of memory is reported as OOM.
+
+Usage: python -m benchmarks.bench_training [--out results.md] [--part all|eager|compiled|quick]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+
+from benchmarks._common import command_line, emit, header, table
+from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+
+TOKENS = 16384
+SEQ_LENS = (512, 2048, 8192)
+MODELS = ("mosaic_fused", "mosaic_reference", "gpt2")
+
+
+def build(name: str, n_layer: int, T: int):
+    common = dict(n_layer=n_layer, n_head=12, n_embd=768, block_size=T, vocab_size=50304)
+    if name == "gpt2":
+        return GPT(GPTConfig(**common))
+    return MemoryMosaic(MosaicConfig(**common, kernels="fused" if name == "mosaic_fused" else "reference"))
+
+
+def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps: int) -> dict:
+    """ms per step, tokens/s and peak GiB of one configuration (or an OOM note)."""
+    torch.manual_seed(0)
+    B = TOKENS // T
+    row = dict(model=name, layers=n_layer, T=T, B=B, compile="yes" if compiled else "no")
+    model = opt = None
+    try:
+        model = build(name, n_layer, T).cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        fn = torch.compile(model) if compiled else model
+        idx = torch.randint(0, 50304, (B, T), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = fn(idx, idx)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        row["warmup_s"] = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / steps
+        row.update(ms=ms, tokens_per_s=TOKENS / ms * 1e3, peak_GiB=torch.cuda.max_memory_allocated() / 2**30)
+    except torch.OutOfMemoryError:
+        row.update(ms="OOM")
+    finally:
+        del model, opt
+        gc.collect()
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    return row
+
+
+def cases(part: str):
+    """(model, layers, T, compiled) in run order, for --part eager, compiled, all or quick."""
+    out = []
+    if part in ("eager", "all", "quick"):
+        for T in SEQ_LENS:
+            for n_layer in (1, 12):
+                for name in MODELS:
+                    out.append((name, n_layer, T, False))
+    if part in ("compiled", "all"):
+        # Compilation takes about a minute per 12-layer model: 12 layers at T = 512 (all three) and
+        # T = 8192 (fused and GPT2; the reference's dense T x T attention is not worth compiling there).
+        out += [(name, 12, 512, True) for name in MODELS] + [(name, 12, 8192, True) for name in ("mosaic_fused", "gpt2")]
+    if part == "quick":
+        out = [c for c in out if c[2] == 512]
+    return out
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per (layers, T, compile): fused / GPT2 step time and memory, reference / fused step time, tokens/s."""
+    out = []
+    by = {(r["model"], r["layers"], r["T"], r["compile"]): r for r in rows}
+    for (name, layers, T, comp), r in by.items():
+        if name != "mosaic_fused" or not isinstance(r.get("ms"), float):
+            continue
+        g, ref = by.get(("gpt2", layers, T, comp), {}), by.get(("mosaic_reference", layers, T, comp), {})
+        entry = dict(layers=layers, T=T, compile=comp)
+        if isinstance(g.get("ms"), float):
+            entry.update(fused_over_gpt2_time=r["ms"] / g["ms"], fused_over_gpt2_tokens_per_s=g["ms"] / r["ms"],
+                         fused_over_gpt2_memory=r["peak_GiB"] / g["peak_GiB"])
+        if isinstance(ref.get("ms"), float):
+            entry.update(reference_over_fused_time=ref["ms"] / r["ms"])
+        out.append(entry)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--part", choices=("all", "eager", "compiled", "quick"), default="all",
+                   help="quick: T = 512 without compile")
+    a = p.parse_args()
+    rows = []
+    todo = cases(a.part)
+    for i, (name, n_layer, T, comp) in enumerate(todo):
+        rows.append(measure(name, n_layer, T, comp, a.warmup, a.steps))
+        print(f"[{i + 1}/{len(todo)}] {rows[-1]}", flush=True)
+    cols = ["model", "layers", "T", "B", "compile", "ms", "tokens_per_s", "peak_GiB", "warmup_s"]
+    md = (f"{header(command_line('benchmarks.bench_training'))}\n\nTraining step (bf16 autocast fwd + bwd + "
+          f"fused AdamW), {TOKENS} tokens per step, d=768, 12 heads, vocab 50304; mean of {a.steps} steps "
+          f"after {a.warmup} warm-up steps.\n\n" + table(rows, cols)
+          + "\n\nRatios (same run):\n\n" + table(ratios(rows), [
+              "layers", "T", "compile", "fused_over_gpt2_time", "fused_over_gpt2_tokens_per_s",
+              "fused_over_gpt2_memory", "reference_over_fused_time"]))
+    emit(md, a.out)
+
+
+if __name__ == "__main__":
+    main()
