@@ -33,7 +33,7 @@ def _check(fn, k, v, scale, tol, device="cpu", scale_kind="tensor"):
     k64, v64 = k.detach().double().requires_grad_(), v.detach().double().requires_grad_()
     s64 = {"tensor": scale.double().requires_grad_(), "float": 0.2, "none": None}[scale_kind]
     y64 = attention_loop(k64, v64, s64)
-    refs = torch.autograd.grad(y64, (k64, v64, s64) if scale_kind == "tensor" else (k64, v64), g.double(),
+    refs = torch.autograd.grad(y64, (k64, v64, s64) if scale_kind == "tensor" else (k64, v64), g.double().cpu(),
                                allow_unused=True, materialize_grads=True)
     assert torch.isfinite(y).all()
     assert y.dtype == v.dtype and y.is_contiguous()

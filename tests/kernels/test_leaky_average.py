@@ -31,7 +31,7 @@ def _check_against_loop(fn, x, decay, scale, normalize, tol, device="cpu"):
     grads = torch.autograd.grad(y, (xd, ad, sd) if normalize else (xd, ad), g.to(y.dtype))
     x64, a64, s64 = (t.detach().double().requires_grad_() for t in (x, decay, scale))
     y64 = leaky_loop(x64, a64, normalize, s64 if normalize else None)
-    ref_grads = torch.autograd.grad(y64, (x64, a64, s64) if normalize else (x64, a64), g.double())
+    ref_grads = torch.autograd.grad(y64, (x64, a64, s64) if normalize else (x64, a64), g.double().cpu())
     assert not torch.isnan(y).any()
     assert rel_err(y, y64) <= tol
     for name, got, want in zip(("x", "decay", "scale"), grads, ref_grads):
