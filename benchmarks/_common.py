@@ -28,6 +28,23 @@ def bench_ms(fn, rep_ms: int = 100) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
 
 
+def bench_graph_ms(fn, rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn`` replayed as one CUDA graph: the GPU time without host overhead.
+
+    This is what a training step pays once it is captured (torch.compile's "reduce-overhead" mode).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay, rep_ms)
+
+
 def peak_mib(fn) -> float:
     """Peak extra device memory (MiB) of one call of ``fn`` over what was allocated before it."""
     torch.cuda.synchronize()

@@ -5,7 +5,8 @@ Providers (one run, same inputs):
   ours_norm       leaky_average(x, decay, normalize=True, scale=s)       (what the model calls)
   dense_norm      the official algorithm: (T x T decay matrix) @ x, then L2 norm and scale
   copy            a device copy of the same bytes (x -> y): the floor
-Modes: fwd, bwd (backward alone, graph reused), fwd+bwd. Bytes for GB/s: read x + write y forward;
+Modes: fwd, bwd (backward alone, graph reused), fwd+bwd, and fwd+bwd replayed as a CUDA graph (the
+GPU time without Python/autograd launch overhead, for every provider alike). Bytes for GB/s: read x + write y forward;
 read dy + read y + write dx backward (the norm statistics are counted too for ours_norm).
 
 Usage: python -m benchmarks.bench_leaky_average [--dtype bf16] [--out results.md]
@@ -17,7 +18,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import emit, bench_ms, command_line, header, table
+from benchmarks._common import bench_graph_ms, bench_ms, command_line, emit, header, table
 from mosaic_kernels import leaky_average
 
 SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
@@ -65,8 +66,10 @@ def run(dtype: torch.dtype) -> list[dict]:
             t_fwd = bench_ms(lambda: fn(xr))
             t_bwd = bench_ms(lambda: torch.autograd.grad(y, xr, dy, retain_graph=True))
             t_all = bench_ms(lambda: torch.autograd.grad(fn(xr), xr, dy))
+            t_graph = bench_graph_ms(lambda: torch.autograd.grad(fn(xr), xr, dy))
             for mode, t, nbytes in (("fwd", t_fwd, fwd_bytes), ("bwd", t_bwd, bwd_bytes),
-                                    ("fwd+bwd", t_all, fwd_bytes + bwd_bytes)):
+                                    ("fwd+bwd", t_all, fwd_bytes + bwd_bytes),
+                                    ("fwd+bwd graph", t_graph, fwd_bytes + bwd_bytes)):
                 gbs = nbytes / t / 1e6
                 rows.append(dict(shape=str((B, H, T, D)), provider=name, mode=mode, ms=t, GBps=gbs,
                                  x_copy_bw=gbs / copy_gbs, x_copy_time=t / copy_ms))
@@ -85,15 +88,17 @@ def main() -> None:
     md = (f"{header(command_line('benchmarks.bench_leaky_average'))}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
           f"x_copy_bw = GBps / copy GBps; x_copy_time = time / copy time.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "GBps", "x_copy_bw", "x_copy_time"]))
-    # Speed-up of ours_norm over the official dense product, fwd+bwd.
+    # Speed-up of ours_norm over the official dense product, fwd+bwd, eager and as CUDA graphs.
     speed = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         get = {(r["provider"], r["mode"]): r["ms"] for r in rows if r["shape"] == shape}
         if ("dense_norm", "fwd+bwd") in get:
             speed.append(dict(shape=shape, dense_ms=get[("dense_norm", "fwd+bwd")],
                               ours_norm_ms=get[("ours_norm", "fwd+bwd")],
-                              speedup=get[("dense_norm", "fwd+bwd")] / get[("ours_norm", "fwd+bwd")]))
-    md += "\n\nfwd+bwd speed-up of ours_norm over dense_norm:\n\n" + table(speed, ["shape", "dense_ms", "ours_norm_ms", "speedup"])
+                              speedup=get[("dense_norm", "fwd+bwd")] / get[("ours_norm", "fwd+bwd")],
+                              speedup_graph=get[("dense_norm", "fwd+bwd graph")] / get[("ours_norm", "fwd+bwd graph")]))
+    md += ("\n\nfwd+bwd speed-up of ours_norm over dense_norm (eager, and both replayed as CUDA graphs):\n\n"
+           + table(speed, ["shape", "dense_ms", "ours_norm_ms", "speedup", "speedup_graph"]))
     emit(md, a.out)
 
 

@@ -2,7 +2,7 @@
 
 The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and of
 mosaic_kernels/leaky_average/function.py by hand, so that no run pays for autotuning.
-Usage: python -m benchmarks.tune_kernels
+Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [attention]
 """
 from __future__ import annotations
 
@@ -69,6 +69,42 @@ def tune_leaky():
         print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res]), flush=True)
 
 
+CHUNK_SHAPES = [(4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def tune_leaky_chunks():
+    """Programs per SM (time chunking) x tile height, forward and backward kernels alone (normalize)."""
+    saved = (dict(leaky_fn.FWD_TILES), dict(leaky_fn.BWD_TILES), leaky_fn.FWD_PROGRAMS_PER_SM, leaky_fn.BWD_PROGRAMS_PER_SM)
+    for (B, H, T, D) in CHUNK_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        a = torch.rand(H, device="cuda")
+        sc = torch.rand(H, device="cuda").add(1)
+        dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+        copy = bench_ms(lambda: x.contiguous())
+        fwd, bwd = [], []
+        for per_sm in (1, 2, 4, 8, 16):
+            leaky_fn.FWD_PROGRAMS_PER_SM = leaky_fn.BWD_PROGRAMS_PER_SM = per_sm
+            for bt, w in LEAKY[D]:
+                leaky_fn.FWD_TILES[D] = leaky_fn.BWD_TILES[D] = (bt, w)
+                y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)
+                fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), per_sm, bt, w))
+                bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0)), per_sm, bt, w))
+        leaky_fn.FWD_TILES.update(saved[0])
+        leaky_fn.BWD_TILES.update(saved[1])
+        leaky_fn.FWD_PROGRAMS_PER_SM, leaky_fn.BWD_PROGRAMS_PER_SM = saved[2], saved[3]
+        for name, res in (("fwd", fwd), ("bwd", bwd)):
+            res.sort()
+            print("LEAKY_CHUNKS", name, (B, H, T, D), f"copy {copy:.4f}",
+                  [(round(t, 4), f"per_sm={p}", bt, w) for t, p, bt, w in res[:4]], flush=True)
+
+
 if __name__ == "__main__":
-    tune_leaky()
-    tune_attention()
+    import sys
+
+    parts = sys.argv[1:] or ["leaky", "attention"]
+    if "leaky" in parts:
+        tune_leaky()
+    if "chunks" in parts:
+        tune_leaky_chunks()
+    if "attention" in parts:
+        tune_attention()

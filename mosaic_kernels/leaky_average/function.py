@@ -39,11 +39,18 @@ def _tiling(D: int) -> tuple[int, int, int, int, int]:
     return (*FWD_TILES[block_d], *BWD_TILES[block_d], block_d)
 
 
-def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None):
-    """Split time into chunks (a multiple of BLOCK_T long) so that about 2 programs run per SM."""
+# Programs per SM the time-chunking aims for, forward and backward (measured with
+# benchmarks/tune_kernels.py). More chunks keep more bytes in flight but cost a second read of the
+# input (the chunk summaries).
+FWD_PROGRAMS_PER_SM = 2
+BWD_PROGRAMS_PER_SM = 2
+
+
+def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):
+    """Split time into chunks (a multiple of BLOCK_T long) so that about ``per_sm`` programs run per SM."""
     if chunk_len is None:
         n_sm = _sm_count(device)
-        want = 1 if B * H >= n_sm else math.ceil(2 * n_sm / (B * H))
+        want = 1 if B * H >= per_sm * n_sm else math.ceil(per_sm * n_sm / (B * H))
         chunk_len = math.ceil(T / want)
     chunk_len = max(block_t, math.ceil(chunk_len / block_t) * block_t)
     return chunk_len, math.ceil(T / chunk_len)
@@ -52,9 +59,9 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int):
     """Run the forward kernels; returns (y, norm). ``chunk_len`` 0 picks the chunking by SM count."""
     B, H, T, D = x.shape
-    block_t, warps, bwd_block_t, _, block_d = _tiling(D)
-    # Chunks are a whole number of tiles for both directions (tile heights are powers of two).
-    chunk_len, nchunk = _chunking(B, H, T, x.device, max(block_t, bwd_block_t), chunk_len or None)
+    block_t, warps, _, _, block_d = _tiling(D)
+    # The backward chunks time on its own: no forward state is reused.
+    chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
     y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
@@ -70,8 +77,8 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
 def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int):
     """Run the backward kernels; returns (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
     B, H, T, D = y.shape
-    block_t, _, bwd_block_t, warps, block_d = _tiling(D)
-    chunk_len, nchunk = _chunking(B, H, T, y.device, max(block_t, bwd_block_t), chunk_len or None)
+    _, _, bwd_block_t, warps, block_d = _tiling(D)
+    chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     gx = _empty(y.shape, device=y.device, dtype=y.dtype)
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
