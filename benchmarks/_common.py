@@ -40,7 +40,8 @@ def bench_graph_ms(fn, rep_ms: int = 100) -> float:
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # Capture on the warm-up stream: autograd's gradient-accumulation nodes remember their stream.
+    with torch.cuda.graph(graph, stream=side):
         fn()
     return bench_ms(graph.replay, rep_ms)
 

@@ -66,14 +66,16 @@ def run(dtype: torch.dtype) -> list[dict]:
             t_fwd = bench_ms(lambda: fn(xr))
             t_bwd = bench_ms(lambda: torch.autograd.grad(y, xr, dy, retain_graph=True))
             t_all = bench_ms(lambda: torch.autograd.grad(fn(xr), xr, dy))
-            t_graph = bench_graph_ms(lambda: torch.autograd.grad(fn(xr), xr, dy))
+            del y  # no autograd graph may outlive its stream into the capture
+            xg = x.detach().clone().requires_grad_()
+            t_graph = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
             for mode, t, nbytes in (("fwd", t_fwd, fwd_bytes), ("bwd", t_bwd, bwd_bytes),
                                     ("fwd+bwd", t_all, fwd_bytes + bwd_bytes),
                                     ("fwd+bwd graph", t_graph, fwd_bytes + bwd_bytes)):
                 gbs = nbytes / t / 1e6
                 rows.append(dict(shape=str((B, H, T, D)), provider=name, mode=mode, ms=t, GBps=gbs,
                                  x_copy_bw=gbs / copy_gbs, x_copy_time=t / copy_ms))
-            del y, dy, xr
+            del dy, xr, xg
         torch.cuda.empty_cache()
     return rows
 
