@@ -32,6 +32,21 @@ def build(name: str, n_layer: int, T: int):
     return MemoryMosaic(MosaicConfig(**common, kernels="fused" if name == "mosaic_fused" else "reference"))
 
 
+def make_step(model, T: int, compiled: bool):
+    """(step, optimizer): ``step()`` runs one training step on a fixed random batch of TOKENS tokens."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    fn = torch.compile(model) if compiled else model
+    idx = torch.randint(0, 50304, (TOKENS // T, T), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = fn(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step, opt
+
+
 def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps: int) -> dict:
     """ms per step, tokens/s and peak GiB of one configuration (or an OOM note)."""
     torch.manual_seed(0)
@@ -40,16 +55,7 @@ def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps:
     model = opt = None
     try:
         model = build(name, n_layer, T).cuda()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        fn = torch.compile(model) if compiled else model
-        idx = torch.randint(0, 50304, (B, T), device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = fn(idx, idx)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step, opt = make_step(model, T, compiled)
         t0 = time.perf_counter()
         for _ in range(warmup):
             step()

@@ -13,7 +13,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench_training import MODELS, TOKENS, build
+from benchmarks.bench_training import MODELS, build, make_step
 
 
 def main() -> None:
@@ -27,16 +27,7 @@ def main() -> None:
     a = p.parse_args()
     torch.manual_seed(0)
     model = build(a.model, a.layers, a.T).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    fn = torch.compile(model) if a.compile else model
-    idx = torch.randint(0, 50304, (TOKENS // a.T, a.T), device="cuda")
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = fn(idx, idx)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step, _ = make_step(model, a.T, a.compile)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
