@@ -2,7 +2,7 @@
 
 The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and of
 mosaic_kernels/leaky_average/function.py by hand, so that no run pays for autotuning.
-Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [attention]
+Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [in_tile] [attention]
 """
 from __future__ import annotations
 
@@ -98,12 +98,39 @@ def tune_leaky_chunks():
                   [(round(t, 4), f"per_sm={p}", bt, w) for t, p, bt, w in res[:4]], flush=True)
 
 
+def tune_leaky_in_tile():
+    """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
+    saved = (dict(leaky_fn.FWD_TILES), leaky_fn.FWD_IN_TILE)
+    for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        a = torch.rand(H, device="cuda")
+        sc = torch.rand(H, device="cuda").add(1)
+        res = []
+        for mode in ("scan", "dot"):
+            leaky_fn.FWD_IN_TILE = mode
+            for bt, w in LEAKY[D] + [(32, 2), (64, 2)]:
+                leaky_fn.FWD_TILES[D] = (bt, w)
+                try:
+                    res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), mode, bt, w))
+                except Exception as e:  # a tile the compiler refuses
+                    print("fail", mode, bt, w, str(e)[:80])
+        leaky_fn.FWD_TILES.update(saved[0])
+        leaky_fn.FWD_IN_TILE = saved[1]
+        copy = bench_ms(lambda: x.contiguous())
+        for mode in ("scan", "dot"):
+            best = sorted(r for r in res if r[1] == mode)[:3]
+            print("LEAKY_IN_TILE", (B, H, T, D), f"strided copy {copy:.4f}", mode,
+                  [(round(t, 4), bt, w) for t, _, bt, w in best], flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
     parts = sys.argv[1:] or ["leaky", "attention"]
     if "leaky" in parts:
         tune_leaky()
+    if "in_tile" in parts:
+        tune_leaky_in_tile()
     if "chunks" in parts:
         tune_leaky_chunks()
     if "attention" in parts:

@@ -56,6 +56,15 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
+# The forward's in-tile scan: "dot" (a decay-matrix product) or "scan" (tl.associative_scan).
+FWD_IN_TILE = "scan"
+
+
+def _fwd_precision(dtype: torch.dtype) -> str:
+    # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products.
+    return "ieee" if dtype == torch.float32 else "split"
+
+
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int):
     """Run the forward kernels; returns (y, norm). ``chunk_len`` 0 picks the chunking by SM count."""
     B, H, T, D = x.shape
@@ -66,11 +75,11 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
     args = (x, y, norm, decay, scale, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
+    meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype))
     if nchunk > 1:
-        _leaky_fwd_kernel[(nchunk - 1, B * H)](
-            *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-    _leaky_fwd_kernel[(nchunk, B * H)](
-        *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+        _leaky_fwd_kernel[(nchunk - 1, B * H)](*args, SUMMARY_ONLY=True, **meta)
+    _leaky_fwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=False, **meta)
     return y, norm
 
 

@@ -35,7 +35,7 @@ def _leaky_fwd_kernel(
     sxb, sxh, sxt, sxd,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -45,6 +45,21 @@ def _leaky_fwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
+    if USE_DOT:
+        # In-tile scan as a product with the decay matrix W[i, j] = a^(i-j) (j <= i), the carry
+        # entering after it as a^(i+1) * carry: the carry chain is one FMA per tile, off the
+        # product's path. Exponent 0 is the constant 1 (no 0 * log2(0)); exp2(-inf) = 0 for a = 0.
+        log2a = tl.log2(a)
+        lag = rows_local[:, None] - rows_local[None, :]                     # (BLOCK_T, BLOCK_T)
+        w = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
+        carry_w = tl.exp2((rows_local + 1).to(tl.float32) * log2a)          # a^(i+1)
+        last = BLOCK_T - 1 - rows_local
+        sum_w = tl.where(last == 0, 1.0, tl.exp2(tl.maximum(last, 1).to(tl.float32) * log2a))  # a^(BT-1-j)
+        a_tile = tl.exp2(BLOCK_T * log2a)
+        if PRECISION == "split":
+            # 16-bit inputs: W as a high and a low 16-bit part, two products, float32 sums.
+            w_hi = w.to(X.dtype.element_ty)
+            w_lo = (w - w_hi.to(tl.float32)).to(X.dtype.element_ty)
 
     # Carry-in: the true state at the end of the previous chunk, from the chunk summaries.
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -69,13 +84,23 @@ def _leaky_fwd_kernel(
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
-        x = x_next.to(tl.float32)                                           # (BLOCK_T, BLOCK_D)
+        x_raw = x_next
+        x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
         nxt = rows + BLOCK_T
         x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
                          mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
-        x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
-        _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
-        carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
+        if USE_DOT:
+            if PRECISION == "split":
+                u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
+            else:
+                u = tl.dot(w, x, input_precision=PRECISION)
+            u = u + carry_w[:, None] * carry[None, :]
+            # Only read on to the next tile when this one is full.
+            carry = tl.sum(sum_w[:, None] * x, axis=0) + a_tile * carry
+        else:
+            x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
+            _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
+            carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
         if not SUMMARY_ONLY:
             if NORMALIZE:
                 n = tl.maximum(tl.sqrt(tl.sum(u * u, axis=1)), eps)          # (BLOCK_T,)
