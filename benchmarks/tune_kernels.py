@@ -100,7 +100,7 @@ def tune_leaky_chunks():
 
 def tune_leaky_in_tile():
     """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
-    saved = (dict(leaky_fn.FWD_TILES), leaky_fn.FWD_IN_TILE)
+    saved = (dict(leaky_fn.FWD_TILES), leaky_fn.FWD_IN_TILE, dict(leaky_fn.FWD_DOT_TILES))
     for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         a = torch.rand(H, device="cuda")
@@ -109,12 +109,13 @@ def tune_leaky_in_tile():
         for mode in ("scan", "dot"):
             leaky_fn.FWD_IN_TILE = mode
             for bt, w in LEAKY[D] + [(32, 2), (64, 2)]:
-                leaky_fn.FWD_TILES[D] = (bt, w)
+                leaky_fn.FWD_TILES[D] = leaky_fn.FWD_DOT_TILES[D] = (bt, w)
                 try:
                     res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), mode, bt, w))
                 except Exception as e:  # a tile the compiler refuses
                     print("fail", mode, bt, w, str(e)[:80])
         leaky_fn.FWD_TILES.update(saved[0])
+        leaky_fn.FWD_DOT_TILES.update(saved[2])
         leaky_fn.FWD_IN_TILE = saved[1]
         copy = bench_ms(lambda: x.contiguous())
         for mode in ("scan", "dot"):
