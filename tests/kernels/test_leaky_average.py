@@ -81,6 +81,22 @@ def test_kernel_matches_loop(device, T, D, normalize, strided, nan_outputs):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("in_tile", ["scan", "dot"])
+def test_kernel_both_forward_in_tile_scans(device, in_tile, monkeypatch, nan_outputs):
+    """The forward's two in-tile scans (decay-matrix product, the default; associative scan), multi-chunk."""
+    from mosaic_kernels.leaky_average import function
+
+    monkeypatch.setattr(function, "FWD_IN_TILE", in_tile)
+    x, decay, scale = _inputs(2, 5, 70, 20, strided=True)
+
+    def fn(x, a, normalize, scale):
+        return function.leaky_average_triton(x, a, normalize=normalize, scale=scale, chunk_len=32)
+
+    for normalize in (False, True):
+        _check_against_loop(fn, x, decay, scale, normalize, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("chunk_len", [16, 48], ids=lambda c: f"chunk{c}")
 def test_kernel_multi_chunk_carries(device, chunk_len, nan_outputs):
     """Force the time-parallel path (several chunks per sequence) at small T."""
