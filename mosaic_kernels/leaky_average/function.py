@@ -28,6 +28,9 @@ def _sm_count(device: torch.device) -> int:
 # The forward's in-tile scan: "dot" (a decay-matrix product, 1.7-2.7x faster on the H200) or "scan"
 # (tl.associative_scan, which the backward still uses).
 FWD_IN_TILE = "dot"
+# The backward's: "dot" (the transposed decay matrix times the float32 gradient, as 3xTF32 products
+# on the GPU: float32 accuracy) or "scan".
+BWD_IN_TILE = "dot"
 
 # (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with benchmarks/tune_kernels.py on
 # an H200 in bf16 (D = 64 and 128; the other rows are extrapolated to ~8K elements a tile).
@@ -39,6 +42,8 @@ BWD_TILES = {16: (128, 8), 32: (128, 8), 64: (64, 8), 128: (32, 4), 256: (16, 4)
 # `python -m benchmarks.tune_kernels in_tile` on an H200 in bf16 (D = 64 and 128); the product's
 # (BLOCK_T x BLOCK_T) matrix lives in registers, so tiles stay at 64 rows or fewer.
 FWD_DOT_TILES = {16: (64, 4), 32: (64, 4), 64: (64, 4), 128: (32, 2), 256: (16, 2)}
+# Backward tiles of the product (not swept yet: the scan table's choices capped at 64 rows).
+BWD_DOT_TILES = {16: (64, 8), 32: (64, 8), 64: (64, 8), 128: (32, 4), 256: (16, 4)}
 
 
 def _tiling(D: int) -> tuple[int, int, int, int, int]:
@@ -47,7 +52,8 @@ def _tiling(D: int) -> tuple[int, int, int, int, int]:
     if interpreter_enabled():
         return 16, 1, 16, 1, block_d
     fwd = FWD_DOT_TILES if FWD_IN_TILE == "dot" else FWD_TILES
-    return (*fwd[block_d], *BWD_TILES[block_d], block_d)
+    bwd = BWD_DOT_TILES if BWD_IN_TILE == "dot" else BWD_TILES
+    return (*fwd[block_d], *bwd[block_d], block_d)
 
 
 # Programs per SM the time-chunking aims for, forward and backward (measured with
@@ -72,6 +78,12 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
 def _fwd_precision(dtype: torch.dtype) -> str:
     # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products.
     return "ieee" if dtype == torch.float32 else "split"
+
+
+def _bwd_precision(dtype: torch.dtype) -> str:
+    # The reverse scan multiplies float32 gradients: exact products for fp32 inputs (and the
+    # interpreter), three TF32 products (float32-level accuracy) for 16-bit inputs.
+    return "ieee" if dtype == torch.float32 or interpreter_enabled() else "tf32x3"
 
 
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int):
@@ -101,12 +113,12 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
     args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), H, T, D, chunk_len, nchunk, eps)
+    meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
+                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype))
     if nchunk > 1:
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
-        _leaky_bwd_kernel[(nchunk, B * H)](
-            *args, NORMALIZE=normalize, SUMMARY_ONLY=True, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps)
-    _leaky_bwd_kernel[(nchunk, B * H)](
-        *args, NORMALIZE=normalize, SUMMARY_ONLY=False, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps)
+        _leaky_bwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=True, **meta)
+    _leaky_bwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=False, **meta)
     return gx, parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
 
 

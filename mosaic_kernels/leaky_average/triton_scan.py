@@ -117,7 +117,7 @@ def _leaky_bwd_kernel(
     sgb, sgh, sgt, sgd,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -127,6 +127,15 @@ def _leaky_bwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
+    if USE_DOT:
+        # Reverse in-tile scan as a product with the transposed decay matrix, Wt[i, j] = a^(j-i)
+        # (j >= i), the carry from the right entering after it as a^(BLOCK_T-i) * carry.
+        log2a = tl.log2(a)
+        lag = rows_local[None, :] - rows_local[:, None]                     # (BLOCK_T, BLOCK_T)
+        w_t = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
+        carry_w = tl.exp2((BLOCK_T - rows_local).to(tl.float32) * log2a)    # a^(BLOCK_T-i)
+        sum_w = tl.where(rows_local == 0, 1.0, tl.exp2(tl.maximum(rows_local, 1).to(tl.float32) * log2a))  # a^j
+        a_tile = tl.exp2(BLOCK_T * log2a)
 
     # Carry-in from the right: lambda at the first row of the next chunk.
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -174,9 +183,16 @@ def _leaky_bwd_kernel(
         else:
             gu = g
         # The only partial tile is the last tile of the sequence, where the carry is zero.
-        gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, a * carry[None, :], 0.0)
-        _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum, reverse=True)
-        carry = _row(lam, rows_local, 0)
+        if USE_DOT:
+            if SUMMARY_ONLY:
+                lam = gu  # not stored: only the carry below is needed
+            else:
+                lam = tl.dot(w_t, gu, input_precision=PRECISION) + carry_w[:, None] * carry[None, :]
+            carry = tl.sum(sum_w[:, None] * gu, axis=0) + a_tile * carry
+        else:
+            gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, a * carry[None, :], 0.0)
+            _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum, reverse=True)
+            carry = _row(lam, rows_local, 0)
         if not SUMMARY_ONLY:
             tl.store(GX + (out_base + rows[:, None]) * D + cols[None, :], lam.to(GX.dtype.element_ty), mask=m2)
             # dL/da = sum_t lambda_t . u_{t-1}: the previous row of the raw scan, rebuilt from y.

@@ -81,12 +81,14 @@ def test_kernel_matches_loop(device, T, D, normalize, strided, nan_outputs):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("in_tile", ["scan", "dot"])
-def test_kernel_both_forward_in_tile_scans(device, in_tile, monkeypatch, nan_outputs):
-    """The forward's two in-tile scans (decay-matrix product, the default; associative scan), multi-chunk."""
+@pytest.mark.parametrize("fwd", ["scan", "dot"], ids=lambda m: f"fwd_{m}")
+@pytest.mark.parametrize("bwd", ["scan", "dot"], ids=lambda m: f"bwd_{m}")
+def test_kernel_both_in_tile_scans(device, fwd, bwd, monkeypatch, nan_outputs):
+    """Both in-tile scans of each direction (decay-matrix product, the default; associative scan), multi-chunk."""
     from mosaic_kernels.leaky_average import function
 
-    monkeypatch.setattr(function, "FWD_IN_TILE", in_tile)
+    monkeypatch.setattr(function, "FWD_IN_TILE", fwd)
+    monkeypatch.setattr(function, "BWD_IN_TILE", bwd)
     x, decay, scale = _inputs(2, 5, 70, 20, strided=True)
 
     def fn(x, a, normalize, scale):
