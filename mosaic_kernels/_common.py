@@ -73,9 +73,11 @@ def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high
 
 
 def per_head_tensor(value, n_head: int, like: torch.Tensor, default: float) -> torch.Tensor:
-    """A per-head argument (None, float or ``(H,)`` tensor) as a ``(H,)`` tensor on ``like``'s device."""
+    """A per-head argument (None, float or ``(H,)`` tensor) as the contiguous float32 ``(H,)`` tensor
+    the kernels read, on ``like``'s device. A tensor is cast inside the autograd graph, so its
+    gradient comes back in the caller's dtype."""
     if value is None:
         value = default
     if isinstance(value, float):
         return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
-    return value
+    return value.float().contiguous()

@@ -143,10 +143,7 @@ class _MosaicAttention(torch.autograd.Function):
 
 def mosaic_attention_triton(k, v, scale=None):
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
-    scale_t = per_head_tensor(scale, k.shape[1], k, 1.0)
-    # The kernels read a float32 per-head scale; the cast is part of the autograd graph, so the
-    # gradient comes back in the caller's dtype.
-    scale_f = scale_t.float().contiguous()
+    scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
         return attention_fwd(k, v, scale_f)[0]
     return _MosaicAttention.apply(k, v, scale_f)

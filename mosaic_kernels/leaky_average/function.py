@@ -73,8 +73,6 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
-
-
 def _fwd_precision(dtype: torch.dtype) -> str:
     # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products.
     return "ieee" if dtype == torch.float32 else "split"
@@ -193,11 +191,8 @@ def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, ch
     exercise the multi-chunk path at small T.
     """
     H = x.shape[1]
-    decay_t = per_head_tensor(decay, H, x, 0.0)
-    scale_t = per_head_tensor(scale if normalize else None, H, x, 1.0)
-    # The kernels read float32 per-head values; the cast is part of the autograd graph, so the
-    # gradients come back in the caller's dtype.
-    args = (x, decay_t.float().contiguous(), scale_t.float().contiguous(), bool(normalize), float(eps), int(chunk_len or 0))
+    args = (x, per_head_tensor(decay, H, x, 0.0), per_head_tensor(scale if normalize else None, H, x, 1.0),
+            bool(normalize), float(eps), int(chunk_len or 0))
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
         return leaky_average_fwd(*args)[0]
     return _LeakyAverage.apply(*args)

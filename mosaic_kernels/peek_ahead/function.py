@@ -94,11 +94,7 @@ class _PeekAhead(torch.autograd.Function):
 def peek_ahead_value_triton(x, mix, *, scale=None, eps=1e-12):
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
     H = x.shape[1]
-    mix_t = per_head_tensor(mix, H, x, 0.0)
-    scale_t = per_head_tensor(scale, H, x, 1.0)
-    # The kernels read float32 per-head values; the casts are in the autograd graph, so the
-    # gradients come back in the caller's dtype.
-    args = (x, mix_t.float().contiguous(), scale_t.float().contiguous(), float(eps))
+    args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
         return peek_ahead_fwd(*args)
     return _PeekAhead.apply(*args)
