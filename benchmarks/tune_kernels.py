@@ -1,10 +1,14 @@
 """Sweep the tile tables of both kernels on the GPU (bf16) and print the fastest per shape.
 
-The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and of
-mosaic_kernels/leaky_average/function.py by hand, so that no run pays for autotuning.
+The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and into the
+active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
+no run pays for autotuning.
 Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [in_tile] [attention]
 """
 from __future__ import annotations
+
+import contextlib
+from unittest import mock
 
 import torch
 
@@ -49,8 +53,15 @@ def tune_attention():
         print("BWD", (B, H, T, D), [(round(t, 4), tuple(c.values())) for t, c in res[:3]], flush=True)
 
 
+def _leaky_tiles(D: int, tile):
+    """Both directions' active tile tables set to ``tile`` at head dim D, restored on exit."""
+    stack = contextlib.ExitStack()
+    for direction in ("fwd", "bwd"):
+        stack.enter_context(mock.patch.dict(leaky_fn.active_tiles(direction), {D: tile}))
+    return stack
+
+
 def tune_leaky():
-    saved = (dict(leaky_fn.FWD_TILES), dict(leaky_fn.BWD_TILES))
     for (B, H, T, D) in LEAKY_SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
         a = torch.rand(H, device="cuda").requires_grad_()
@@ -58,13 +69,11 @@ def tune_leaky():
         dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
         res = []
         for bt, w in LEAKY[D]:
-            leaky_fn.FWD_TILES[D] = leaky_fn.BWD_TILES[D] = (bt, w)
-            y = leaky_average(x, a, normalize=True, scale=sc)
-            f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
-            b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
+            with _leaky_tiles(D, (bt, w)):
+                y = leaky_average(x, a, normalize=True, scale=sc)
+                f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
+                b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
             res.append((f, b, bt, w))
-        leaky_fn.FWD_TILES.update(saved[0])
-        leaky_fn.BWD_TILES.update(saved[1])
         copy = bench_ms(lambda: x.detach().contiguous())
         print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res]), flush=True)
 
@@ -74,7 +83,6 @@ CHUNK_SHAPES = [(4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 1
 
 def tune_leaky_chunks():
     """Programs per SM (time chunking) x tile height, forward and backward kernels alone (normalize)."""
-    saved = (dict(leaky_fn.FWD_TILES), dict(leaky_fn.BWD_TILES), leaky_fn.FWD_PROGRAMS_PER_SM, leaky_fn.BWD_PROGRAMS_PER_SM)
     for (B, H, T, D) in CHUNK_SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         a = torch.rand(H, device="cuda")
@@ -83,15 +91,12 @@ def tune_leaky_chunks():
         copy = bench_ms(lambda: x.contiguous())
         fwd, bwd = [], []
         for per_sm in (1, 2, 4, 8, 16):
-            leaky_fn.FWD_PROGRAMS_PER_SM = leaky_fn.BWD_PROGRAMS_PER_SM = per_sm
             for bt, w in LEAKY[D]:
-                leaky_fn.FWD_TILES[D] = leaky_fn.BWD_TILES[D] = (bt, w)
-                y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)
-                fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), per_sm, bt, w))
-                bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0)), per_sm, bt, w))
-        leaky_fn.FWD_TILES.update(saved[0])
-        leaky_fn.BWD_TILES.update(saved[1])
-        leaky_fn.FWD_PROGRAMS_PER_SM, leaky_fn.BWD_PROGRAMS_PER_SM = saved[2], saved[3]
+                with _leaky_tiles(D, (bt, w)), mock.patch.multiple(leaky_fn, FWD_PROGRAMS_PER_SM=per_sm,
+                                                                   BWD_PROGRAMS_PER_SM=per_sm):
+                    y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)
+                    fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), per_sm, bt, w))
+                    bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0)), per_sm, bt, w))
         for name, res in (("fwd", fwd), ("bwd", bwd)):
             res.sort()
             print("LEAKY_CHUNKS", name, (B, H, T, D), f"copy {copy:.4f}",
@@ -100,23 +105,18 @@ def tune_leaky_chunks():
 
 def tune_leaky_in_tile():
     """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
-    saved = (dict(leaky_fn.FWD_TILES), leaky_fn.FWD_IN_TILE, dict(leaky_fn.FWD_DOT_TILES))
     for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         a = torch.rand(H, device="cuda")
         sc = torch.rand(H, device="cuda").add(1)
         res = []
         for mode in ("scan", "dot"):
-            leaky_fn.FWD_IN_TILE = mode
             for bt, w in LEAKY[D] + [(32, 2), (64, 2)]:
-                leaky_fn.FWD_TILES[D] = leaky_fn.FWD_DOT_TILES[D] = (bt, w)
-                try:
-                    res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), mode, bt, w))
-                except Exception as e:  # a tile the compiler refuses
-                    print("fail", mode, bt, w, str(e)[:80])
-        leaky_fn.FWD_TILES.update(saved[0])
-        leaky_fn.FWD_DOT_TILES.update(saved[2])
-        leaky_fn.FWD_IN_TILE = saved[1]
+                with mock.patch.object(leaky_fn, "FWD_IN_TILE", mode), _leaky_tiles(D, (bt, w)):
+                    try:
+                        res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), mode, bt, w))
+                    except Exception as e:  # a tile the compiler refuses
+                        print("fail", mode, bt, w, str(e)[:80])
         copy = bench_ms(lambda: x.contiguous())
         for mode in ("scan", "dot"):
             best = sorted(r for r in res if r[1] == mode)[:3]

@@ -26,7 +26,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 # The forward's in-tile scan: "dot" (a decay-matrix product, 1.7-2.7x faster on the H200) or "scan"
-# (tl.associative_scan, which the backward still uses).
+# (tl.associative_scan).
 FWD_IN_TILE = "dot"
 # The backward's: "dot" (the transposed decay matrix times the float32 gradient, as 3xTF32 products
 # on the GPU: float32 accuracy) or "scan".
@@ -51,9 +51,14 @@ def _tiling(D: int) -> tuple[int, int, int, int, int]:
     block_d = max(16, triton.next_power_of_2(D))
     if interpreter_enabled():
         return 16, 1, 16, 1, block_d
-    fwd = FWD_DOT_TILES if FWD_IN_TILE == "dot" else FWD_TILES
-    bwd = BWD_DOT_TILES if BWD_IN_TILE == "dot" else BWD_TILES
-    return (*fwd[block_d], *bwd[block_d], block_d)
+    return (*active_tiles("fwd")[block_d], *active_tiles("bwd")[block_d], block_d)
+
+
+def active_tiles(direction: str) -> dict:
+    """The tile table the given direction ("fwd" or "bwd") reads under its current in-tile scan."""
+    if direction == "fwd":
+        return FWD_DOT_TILES if FWD_IN_TILE == "dot" else FWD_TILES
+    return BWD_DOT_TILES if BWD_IN_TILE == "dot" else BWD_TILES
 
 
 # Programs per SM the time-chunking aims for, forward and backward (measured with
