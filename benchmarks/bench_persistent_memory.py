@@ -7,7 +7,8 @@ into the query rows, (1, H, B*T, hs), gives one slot tensor per head and the sum
 Providers (one run, same keys and slots, fwd+bwd, bf16):
   expand_default / expand_flash / expand_cudnn / expand_efficient   lib: slots expanded to B
   broadcast_default                                                  nano: batch-1 slots, SDPA broadcasts
-  fold_default / fold_flash / fold_cudnn / fold_efficient            ours: batch folded into queries
+  fold_default / fold_flash / fold_cudnn / fold_efficient            SDPA with the batch folded into queries
+  ours                                                               mosaic_kernels.persistent_memory (Triton)
 The same layouts are also timed with the training slot dropout (0.05), where the backends differ.
 
 Usage: python -m benchmarks.bench_persistent_memory [--out results.md]
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks._common import bench_ms, command_line, emit, header, peak_mib, table
+from mosaic_kernels import persistent_memory
 
 # (B, H, T, hs, P): the 12-layer GPT2-small match at the three training lengths of bench_training.
 SHAPES = [(32, 12, 512, 64, 2688), (8, 12, 2048, 64, 2688), (2, 12, 8192, 64, 2688)]
@@ -54,6 +56,10 @@ def fold(k, mk, mv, backend, p=0.0):
     return y.view(H, B, T, hs).transpose(0, 1)
 
 
+def ours(k, mk, mv, backend, p=0.0):
+    return persistent_memory(k, mk[0], mv[0], dropout_p=p)
+
+
 def run() -> list[dict]:
     rows = []
     for (B, H, T, hs, P) in SHAPES:
@@ -63,17 +69,18 @@ def run() -> list[dict]:
         dy = torch.randn(B, H, T, hs, device="cuda", dtype=torch.bfloat16, generator=g)
         cases = [("broadcast", "default", broadcast, 0.0)] + [
             (layout, name, fn, 0.0) for layout, fn in (("expand", expand), ("fold", fold)) for name in BACKENDS]
+        cases += [("ours", None, ours, 0.0)]
         # Training applies slot dropout (ic_dropout = 0.05 by default): the backends differ there.
         cases += [(layout, name, fn, DROPOUT) for layout, fn in (("expand", expand), ("fold", fold))
-                  for name in ("default", "flash", "cudnn")]
+                  for name in ("default", "flash", "cudnn")] + [("ours", None, ours, DROPOUT)]
         ref = None
         for layout, name, fn, p in cases:
-            provider = f"{layout}_{name}" + (f"_dropout{p}" if p else "")
+            provider = (f"{layout}_{name}" if name else layout) + (f"_dropout{p}" if p else "")
             k = k0.to(torch.bfloat16).requires_grad_()
             mk, mv = (s.detach().clone().requires_grad_() for s in slots)
 
             def step():
-                y = fn(k, mk.to(torch.bfloat16), mv.to(torch.bfloat16), BACKENDS[name], p)
+                y = fn(k, mk.to(torch.bfloat16), mv.to(torch.bfloat16), BACKENDS.get(name), p)
                 return torch.autograd.grad(y, (k, mk, mv), dy)
             try:
                 grads = step()

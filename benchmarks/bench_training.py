@@ -1,5 +1,7 @@
 """End-to-end training-step benchmark: Memory Mosaic (fused ops), Memory Mosaic (reference ops, the
 official algorithm), and the GPT2 baseline on SDPA; one run, same GPU, same tokens per step.
+``mosaic_fused`` runs the P-mem retrieval on SDPA with the batch folded into the query rows (the
+default); ``mosaic_fused_triton_pmem`` runs it on mosaic_kernels.persistent_memory instead.
 
 A step is what training does: bf16 autocast forward, backward, fused AdamW, zero_grad. Models have
 the GPT2-small width (d=768, 12 heads, vocab 50304, P-mem 2688 slots) at 1 and 12 layers; batches of
@@ -22,14 +24,16 @@ from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 
 TOKENS = 16384
 SEQ_LENS = (512, 2048, 8192)
-MODELS = ("mosaic_fused", "mosaic_reference", "gpt2")
+MODELS = ("mosaic_fused", "mosaic_fused_triton_pmem", "mosaic_reference", "gpt2")
 
 
 def build(name: str, n_layer: int, T: int):
     common = dict(n_layer=n_layer, n_head=12, n_embd=768, block_size=T, vocab_size=50304)
     if name == "gpt2":
         return GPT(GPTConfig(**common))
-    return MemoryMosaic(MosaicConfig(**common, kernels="fused" if name == "mosaic_fused" else "reference"))
+    kernels = "reference" if name == "mosaic_reference" else "fused"
+    pmem_kernel = "triton" if name == "mosaic_fused_triton_pmem" else "sdpa"
+    return MemoryMosaic(MosaicConfig(**common, kernels=kernels, pmem_kernel=pmem_kernel))
 
 
 def make_step(model, T: int, compiled: bool):

@@ -3,7 +3,8 @@
 The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and into the
 active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
 no run pays for autotuning.
-Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [in_tile] [attention]
+The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
+Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [in_tile] [attention] [pmem]
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from benchmarks._common import bench_ms
 from mosaic_kernels import leaky_average
 from mosaic_kernels.attention.function import attention_backward, attention_forward
 from mosaic_kernels.leaky_average import function as leaky_fn
+from mosaic_kernels.persistent_memory import function as pmem_fn
 
 FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4),
        (128, 64, 4, 4), (128, 128, 8, 2)]
 BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (64, 128, 128, 8, 2), (32, 64, 64, 4, 2),
        (128, 128, 128, 8, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 2)]
 ATT_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (4, 16, 2048, 128), (1, 16, 16384, 128)]
-LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (8, 4)]}
+LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (8, 4), (32, 2), (16, 2)]}
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
 
@@ -124,6 +126,37 @@ def tune_leaky_in_tile():
                   [(round(t, 4), bt, w) for t, _, bt, w in best], flush=True)
 
 
+PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]
+PMEM_ROWS_SLOTS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3),
+                   (64, 64, 4, 4), (128, 64, 4, 4), (64, 32, 4, 3), (128, 128, 8, 2)]
+
+
+def tune_pmem():
+    """P-mem kernels one at a time (the others at their table entry), without and with dropout 0.05."""
+    for (B, H, T, D, P) in PMEM_SHAPES:
+        q = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 7.39).bfloat16()
+        mk, mv = (torch.randn(H, P, D, device="cuda").div(D ** 0.5).bfloat16() for _ in range(2))
+        dy = torch.randn_like(q)
+        c = torch.ones(H, device="cuda")
+        for p in (0.0, 0.05):
+            thr = pmem_fn.dropout_threshold(p)
+            seed = torch.tensor([123], device="cuda", dtype=torch.int64)
+            y, lse = pmem_fn.slots_forward(q, mk, mv, c, seed, thr)
+            dyt = dy.transpose(1, 2).contiguous().transpose(1, 2)  # the layout autograd passes: (B, T, H, D) memory
+            for name, call in (
+                    ("fwd", lambda cfg: pmem_fn.slots_forward(q, mk, mv, c, seed, thr, cfg)),
+                    ("dq", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dq_config=cfg)),
+                    ("dkdv", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dkdv_config=cfg))):
+                res = []
+                for cfg in PMEM_ROWS_SLOTS:
+                    try:
+                        res.append((bench_ms(lambda: call(cfg)), cfg))
+                    except Exception as e:  # a tile the compiler refuses (shared memory)
+                        print("fail", name, cfg, str(e)[:80])
+                res.sort()
+                print("PMEM", name, f"dropout={p}", (B, H, T, D, P), [(round(t, 4), c_) for t, c_ in res[:4]], flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
@@ -136,3 +169,5 @@ if __name__ == "__main__":
         tune_leaky_chunks()
     if "attention" in parts:
         tune_attention()
+    if "pmem" in parts:
+        tune_pmem()

@@ -4,12 +4,14 @@ Public API:
     mosaic_attention(k, v, scale=None)
     leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12)
     peek_ahead_value(x, mix, *, scale=None, eps=1e-12)
+    persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None)
     reference: the same functions, always the PyTorch reference.
 """
 from . import reference
 from .attention import mosaic_attention
 from .leaky_average import leaky_average
 from .peek_ahead import peek_ahead_value
+from .persistent_memory import persistent_memory
 
-__all__ = ["mosaic_attention", "leaky_average", "peek_ahead_value", "reference"]
+__all__ = ["mosaic_attention", "leaky_average", "peek_ahead_value", "persistent_memory", "reference"]
 __version__ = "0.1.0"

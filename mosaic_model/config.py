@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 KERNEL_CHOICES = ("fused", "reference")
+PMEM_KERNEL_CHOICES = ("triton", "sdpa")
 
 
 @dataclass
@@ -19,6 +20,9 @@ class MosaicConfig:
       logit_scale: multiply logits by ``1/sqrt(n_embd)`` (Library) or not (nano).
       kernels: "fused" runs mosaic_kernels' public ops (Triton on CUDA, the reference on CPU);
         "reference" always runs the PyTorch references.
+      pmem_kernel: with kernels="fused", the P-mem retrieval runs mosaic_kernels.persistent_memory
+        ("triton") or SDPA with the batch folded into the query rows ("sdpa", the default: cuDNN was
+        faster on the H200, with and without slot dropout; BENCHMARKS.md has both).
     """
 
     n_layer: int = 12
@@ -36,12 +40,15 @@ class MosaicConfig:
     norm_eps: float = 1e-12
     logit_scale: bool = True
     kernels: str = "fused"
+    pmem_kernel: str = "sdpa"
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.kernels not in KERNEL_CHOICES:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
+        if self.pmem_kernel not in PMEM_KERNEL_CHOICES:
+            raise ValueError(f"pmem_kernel must be one of {PMEM_KERNEL_CHOICES}, got {self.pmem_kernel!r}")
         if self.attn_dropout > 0 and self.kernels != "reference":
             raise ValueError("attn_dropout > 0 needs kernels='reference': the fused attention has no dropout")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pmem_count"):

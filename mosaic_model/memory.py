@@ -126,26 +126,42 @@ class PersistentMemory(nn.Module):
         k = self.key(x)  # (B, H, T, hs)
         B, H, T, hs = k.shape
         p = self.config.ic_dropout if self.training else 0.0
-        fold = self.config.kernels != "reference"
-        if fold:
-            # The slots are shared by the whole batch, and each query row attends independently:
-            # fold the batch into the query rows, (1, H, B*T, hs), so that SDPA runs its flash or
-            # cuDNN kernel on one slot tensor per head and the slot gradients come out summed,
-            # instead of expanding the slots to (B, H, P, hs) as the official code does.
-            q = k.transpose(0, 1).reshape(1, H, B * T, hs)
+        count = self.config.pmem_count
+        if self.config.kernels == "reference":
+            y = self._official(k, p)
+        elif self.config.pmem_kernel == "triton":
+            # One kernel per slot memory: reads the keys in place, sums the slot gradients over the
+            # batch in registers, applies the output scale, and writes (B, T, H, hs) memory.
+            c = torch.exp(10.0 * self.out_scale) / count
+            y = 0.0
+            for i in range(count):
+                y = y + mosaic_kernels.persistent_memory(
+                    k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
+            return self.resid_dropout(self.c_proj(merge_heads(y)))
+        else:
+            y = self._folded_sdpa(k, p)
+        y = y / count
+        y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def _official(self, k: torch.Tensor, p: float) -> torch.Tensor:
+        """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory."""
+        B = k.shape[0]
         y = 0.0
         for i in range(self.config.pmem_count):
-            if fold:
-                mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), self.M_v[i].unsqueeze(0).to(k.dtype)
-                y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
-            else:
-                mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
-                mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
-                y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
-        y = y / self.config.pmem_count
-        y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
-        if fold:
-            y = y.view(H, B, T, hs).permute(1, 2, 0, 3).reshape(B, T, H * hs)
-        else:
-            y = merge_heads(y)
-        return self.resid_dropout(self.c_proj(y))
+            mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+        return y
+
+    def _folded_sdpa(self, k: torch.Tensor, p: float) -> torch.Tensor:
+        """SDPA with the batch folded into the query rows, (1, H, B*T, hs): the slots are shared by the
+        batch and each row attends independently, so SDPA runs its flash or cuDNN kernel on one slot
+        tensor per head and the slot gradients come out summed (no (B, H, P, hs) expansion)."""
+        B, H, T, hs = k.shape
+        q = k.transpose(0, 1).reshape(1, H, B * T, hs)
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), self.M_v[i].unsqueeze(0).to(k.dtype)
+            y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
+        return y.view(H, B, T, hs).transpose(0, 1)

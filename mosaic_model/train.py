@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pmem-size", type=int, default=None, help="default 3.5 * n_embd")
     m.add_argument("--dropout", type=float, default=0.05)
     m.add_argument("--kernels", choices=("fused", "reference"), default="fused")
+    m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
+                   help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
     t = p.add_argument_group("task (RegBench-style in-context language learning)")
     t.add_argument("--num-train", type=int, default=2000, help="training languages (one sequence each)")
     t.add_argument("--num-test", type=int, default=200, help="held-out languages (half test, half val)")
@@ -110,7 +112,8 @@ def build_model(a: argparse.Namespace, block_size: int):
                   vocab_size=VOCAB_SIZE, dropout=a.dropout, bias=False)
     if a.model == "gpt":
         return GPT(GPTConfig(**common))
-    return MemoryMosaic(MosaicConfig(**common, pmem_size=a.pmem_size, kernels=a.kernels))
+    return MemoryMosaic(MosaicConfig(**common, pmem_size=a.pmem_size, kernels=a.kernels,
+                                     pmem_kernel=getattr(a, "pmem_kernel", "sdpa")))
 
 
 def param_groups(model, weight_decay: float, decay_all: bool):

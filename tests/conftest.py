@@ -45,6 +45,7 @@ def nan_outputs(monkeypatch):
     from mosaic_kernels.attention import function as attn_fn
     from mosaic_kernels.leaky_average import function as leaky_fn
     from mosaic_kernels.peek_ahead import function as value_fn
+    from mosaic_kernels.persistent_memory import function as slots_fn
 
     def nan_empty(*shape, **kw):
         t = torch.empty(*shape, **kw)
@@ -53,3 +54,4 @@ def nan_outputs(monkeypatch):
     monkeypatch.setattr(attn_fn, "_empty", nan_empty)
     monkeypatch.setattr(leaky_fn, "_empty", nan_empty)
     monkeypatch.setattr(value_fn, "_empty", nan_empty)
+    monkeypatch.setattr(slots_fn, "_empty", nan_empty)

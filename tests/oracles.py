@@ -44,3 +44,15 @@ def peek_ahead_loop(x, mix, scale=None, eps=1e-12):
         z = (1 - c) * nxt + c * x[:, :, t]
         rows.append(s * z / z.norm(dim=-1, keepdim=True).clamp_min(eps))
     return torch.stack(rows, dim=2)
+
+
+def slots_dense(q, slot_keys, slot_values, out_scale=None, keep=None, dropout_p=0.0):
+    """Dense softmax over every slot, per head: c_h * (softmax(q K_h^T) * keep / (1 - p)) V_h."""
+    H = q.shape[1]
+    probs = torch.softmax(torch.einsum("bhtd,hpd->bhtp", q, slot_keys), dim=-1)
+    if keep is not None:
+        probs = probs * keep.to(probs.dtype) / (1.0 - dropout_p)
+    y = torch.einsum("bhtp,hpd->bhtd", probs, slot_values)
+    if out_scale is None:
+        return y
+    return y * (out_scale.view(1, H, 1, 1) if isinstance(out_scale, torch.Tensor) else out_scale)

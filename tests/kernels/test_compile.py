@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mosaic_kernels import leaky_average, mosaic_attention
+from mosaic_kernels import leaky_average, mosaic_attention, persistent_memory
 from mosaic_kernels.attention.function import attention_fwd
 from mosaic_kernels.leaky_average.function import leaky_average_fwd
 from tests.conftest import kernel_devices, rel_err
@@ -56,3 +56,41 @@ def test_compile_fullgraph_matches_eager(device):
         results.append((out, *torch.autograd.grad(out, (xs, *ps))))
     for eager, comp in zip(*results):
         assert rel_err(comp, eager) < 1e-5
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("threshold", [0, 3277], ids=["nodrop", "drop"])
+def test_opcheck_persistent_memory(device, threshold):
+    from mosaic_kernels.persistent_memory.function import slots_fwd
+
+    x, _, scale = _pair(device)
+    mk, mv = (torch.randn(3, 24, 16, device=device).requires_grad_() for _ in range(2))
+    seed = torch.tensor([7], dtype=torch.int64, device=device)
+    torch.library.opcheck(slots_fwd, (x.requires_grad_(), mk, mv, scale.requires_grad_(), seed, threshold),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def _pmem(q, mk, mv, w_scale, p):
+    return persistent_memory(q, mk, mv, out_scale=w_scale.exp(), dropout_p=p).square().sum()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_compile_fullgraph_persistent_memory(device):
+    """No graph break; without dropout the same values and gradients as eager; with dropout it runs."""
+    torch._dynamo.reset()
+    q, _, _ = _pair(device)
+    g = torch.Generator().manual_seed(2)
+    mk, mv = (torch.randn(3, 24, 16, generator=g).to(device) for _ in range(2))
+    w = torch.tensor([0.1, -0.3, 0.2], device=device)
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    compiled = torch.compile(_pmem, fullgraph=True, backend=backend)
+    results = []
+    for fn in (_pmem, compiled):
+        ins = [t.detach().clone().requires_grad_() for t in (q, mk, mv, w)]
+        out = fn(*ins, 0.0)
+        results.append((out, *torch.autograd.grad(out, ins)))
+    for eager, comp in zip(*results):
+        assert rel_err(comp, eager) < 1e-5
+    ins = [t.detach().clone().requires_grad_() for t in (q, mk, mv, w)]
+    out = compiled(*ins, 0.3)
+    assert all(torch.isfinite(t).all() for t in (out, *torch.autograd.grad(out, ins)))

@@ -88,9 +88,10 @@ def test_first_position_gets_nothing_from_context_memory():
 
 
 @pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
-def test_fused_and_reference_paths_agree():
+@pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
+def test_fused_and_reference_paths_agree(pmem_kernel):
     torch.manual_seed(2)
-    m = tiny_mosaic()
+    m = tiny_mosaic(pmem_kernel=pmem_kernel)
     idx = torch.randint(0, 20, (2, 21))
     results = {}
     for kernels in ("reference", "fused"):
@@ -129,6 +130,7 @@ def test_generate_greedy_topk_and_stop_token():
 @pytest.mark.parametrize("kw,match", [
     (dict(n_embd=30, n_head=4), "divisible"),
     (dict(kernels="cuda"), "kernels must be one of"),
+    (dict(pmem_kernel="flash"), "pmem_kernel must be one of"),
     (dict(attn_dropout=0.1, kernels="fused"), "attn_dropout > 0 needs kernels='reference'"),
     (dict(n_layer=0), "n_layer must be >= 1"),
 ])
@@ -155,11 +157,12 @@ def test_sequence_longer_than_block_size_is_an_error():
 
 
 @pytest.mark.gpu
-def test_gpu_fused_matches_reference_under_bf16_autocast():
+@pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
+def test_gpu_fused_matches_reference_under_bf16_autocast(pmem_kernel):
     """Same weights and batch on the H200: fused and reference logits, loss and gradients agree."""
     torch.manual_seed(4)
     m = MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
-                                  dropout=0.0)).cuda()
+                                  dropout=0.0, pmem_kernel=pmem_kernel)).cuda()
     idx = torch.randint(0, 64, (4, 256), device="cuda")
     out = {}
     for kernels in ("reference", "fused"):
@@ -191,21 +194,23 @@ def _compiled_matches_eager(model, idx, backend):
 
 
 @pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
-def test_compile_fullgraph_through_the_fused_ops():
+@pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
+def test_compile_fullgraph_through_the_fused_ops(pmem_kernel):
     """torch.compile(model, fullgraph=True) traces the custom ops without a graph break (aot_eager on CPU)."""
     torch.manual_seed(5)
-    m = tiny_mosaic(kernels="fused")
+    m = tiny_mosaic(kernels="fused", pmem_kernel=pmem_kernel)
     m.eval()  # no dropout, so eager and compiled see the same function
     logit_err, grad_err = _compiled_matches_eager(m, torch.randint(0, 20, (2, 21)), "aot_eager")
     assert logit_err < 1e-5 and grad_err < 1e-4
 
 
 @pytest.mark.gpu
-def test_gpu_compile_fullgraph_inductor():
+@pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
+def test_gpu_compile_fullgraph_inductor(pmem_kernel):
     """On the GPU with inductor: no graph break, same logits and gradients as eager under bf16 autocast."""
     torch.manual_seed(6)
     m = MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
-                                  dropout=0.0)).cuda()
+                                  dropout=0.0, pmem_kernel=pmem_kernel)).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logit_err, grad_err = _compiled_matches_eager(m, torch.randint(0, 64, (4, 256), device="cuda"), "inductor")
     assert logit_err < 2e-2 and grad_err < 5e-2

@@ -1,0 +1,188 @@
+"""Host wrappers, torch.library custom ops and autograd of the Triton persistent-memory retrieval."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .._common import interpreter_enabled, per_head_tensor
+from .triton_slots import (_keep_mask_kernel, _slots_bwd_delta_kernel, _slots_bwd_dkdv_kernel,
+                           _slots_bwd_dq_kernel, _slots_fwd_kernel)
+
+# Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
+_empty = torch.empty
+
+UNIFORM_BITS = 16  # dropout compares a 16-bit uniform with round(p * 2^16)
+
+# Tiles by (BLOCK_D, dropout): forward and dq (rows, slots, warps, stages); dk/dv (slots, rows, warps,
+# stages). Measured with `python -m benchmarks.tune_kernels pmem` on an H200 in bf16 at D = 64 and
+# 128 (P = 2688); the other head dims take the nearest measured choice that fits in shared memory.
+_D64 = {"fwd": (128, 64, 8, 3), "dq": (64, 128, 4, 3), "dkdv": (128, 32, 4, 3)}
+_D64_DROP = {"fwd": (64, 128, 4, 3), "dq": (64, 32, 4, 3), "dkdv": (64, 32, 4, 3)}
+_D128 = {"fwd": (128, 64, 8, 3), "dq": (128, 64, 8, 3), "dkdv": (128, 64, 8, 3)}
+_D128_DROP = {"fwd": (64, 32, 4, 3), "dq": (128, 64, 8, 3), "dkdv": (64, 32, 4, 3)}
+_D256 = {"fwd": (64, 32, 4, 2), "dq": (32, 32, 4, 1), "dkdv": (32, 32, 4, 1)}
+TILES = {(16, False): _D64, (32, False): _D64, (64, False): _D64, (128, False): _D128, (256, False): _D256,
+         (16, True): _D64_DROP, (32, True): _D64_DROP, (64, True): _D64_DROP, (128, True): _D128_DROP,
+         (256, True): _D256}
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _config(kernel: str, D: int, threshold: int) -> tuple[int, int, int, int]:
+    if interpreter_enabled():
+        return 16, 16, 1, 1
+    return TILES[(_block_d(D), threshold > 0)][kernel]
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """The integer threshold of a 16-bit uniform below which a probability is dropped."""
+    return int(round(dropout_p * (1 << UNIFORM_BITS)))
+
+
+def _keep_scale(threshold: int) -> float:
+    # 1 / (1 - p) for the p the threshold really gives (p rounded to a multiple of 2^-16).
+    return 1.0 / (1.0 - threshold / (1 << UNIFORM_BITS))
+
+
+def _groups(P: int) -> int:
+    return triton.cdiv(P, 8)
+
+
+def slots_forward(q, mk, mv, c, seed, threshold: int, config=None):
+    """Launch the forward; returns (y as contiguous (B, T, H, D), lse (B, H, T) float32)."""
+    B, H, T, D = q.shape
+    P = mk.shape[1]
+    bm, bn, warps, stages = config or _config("fwd", D, threshold)
+    y = _empty((B, T, H, D), device=q.device, dtype=q.dtype)
+    lse = _empty((B, H, T), device=q.device, dtype=torch.float32)
+    _slots_fwd_kernel[(triton.cdiv(T, bm), B * H)](
+        q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, _groups(P), _keep_scale(threshold),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(D), EVEN_P=P % bn == 0, PRECISION=_precision(q.dtype),
+        DROPOUT=threshold > 0, THRESHOLD=threshold, num_warps=warps, num_stages=stages)
+    return y, lse
+
+
+def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=None, dkdv_config=None):
+    """Launch the backward; ``dy`` is the (B, H, T, D) output gradient (any strides).
+    Returns (dq, d slot keys, d slot values, per-program partials of d(c) of shape (B, H, n_blocks))."""
+    B, H, T, D = q.shape
+    P = mk.shape[1]
+    bd = _block_d(D)
+    common = dict(PRECISION=_precision(q.dtype), DROPOUT=threshold > 0, THRESHOLD=threshold)
+    delta = _empty((B, H, T), device=q.device, dtype=torch.float32)
+    dm = 16 if interpreter_enabled() else 64
+    _slots_bwd_delta_kernel[(triton.cdiv(T, dm), B * H)](
+        y, dy, delta, *dy.stride(), H, T, D, BLOCK_M=dm, BLOCK_D=bd)
+
+    bp, bq, warps, stages = dkdv_config or _config("dkdv", D, threshold)
+    dmk = _empty((H, P, D), device=q.device, dtype=mk.dtype)
+    dmv = _empty((H, P, D), device=q.device, dtype=mv.dtype)
+    _slots_bwd_dkdv_kernel[(triton.cdiv(P, bp), H)](
+        q, mk, mv, dy, lse, delta, c, seed, dmk, dmv, *q.stride(), *dy.stride(),
+        B, H, T, P, D, _groups(P), _keep_scale(threshold),
+        BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common)
+
+    bm, bn, warps, stages = dq_config or _config("dq", D, threshold)
+    n_blocks = triton.cdiv(T, bm)
+    dq = _empty((B, H, T, D), device=q.device, dtype=q.dtype)
+    part = _empty((B, H, n_blocks), device=q.device, dtype=torch.float32)
+    _slots_bwd_dq_kernel[(n_blocks, B * H)](
+        q, mk, mv, dy, lse, delta, c, seed, dq, part, *q.stride(), *dy.stride(),
+        H, T, P, D, _groups(P), _keep_scale(threshold),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_P=P % bn == 0, num_warps=warps, num_stages=stages, **common)
+    return dq, dmk, dmv, part
+
+
+def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, T: int, P: int, dropout_p: float) -> torch.Tensor:
+    """The (B, H, T, P) bool mask of kept slot probabilities that the kernels use for ``seed``
+    (an int64 tensor of one element on the kernels' device). For tests and inspection."""
+    keep = torch.empty((B, H, T, P), device=seed.device, dtype=torch.int8)
+    bt = 16
+    _keep_mask_kernel[(triton.cdiv(T, bt), B * H)](
+        keep, seed, H, T, P, _groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
+    return keep.bool()
+
+
+# torch.library custom ops: torch.compile traces the model through them without a graph break.
+@torch.library.custom_op("mosaic::slots_fwd", mutates_args=())
+def slots_fwd(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
+              threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward op: (y as (B, T, H, D), per-row log-sum-exp in float32); c is (H,) float32."""
+    return slots_forward(q, mk, mv, c, seed, threshold)
+
+
+@slots_fwd.register_fake
+def _(q, mk, mv, c, seed, threshold):
+    B, H, T, D = q.shape
+    return q.new_empty((B, T, H, D)), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+def _backward_summed(q, mk, mv, c, seed, threshold, y, lse, dy):
+    dq, dmk, dmv, part = slots_backward(q, mk, mv, c, seed, threshold, y, lse, dy)
+    return dq, dmk, dmv, part.sum(dim=(0, 2))  # fixed order: deterministic
+
+
+@torch.library.custom_op("mosaic::slots_bwd", mutates_args=())
+def slots_bwd(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
+              threshold: int, y: torch.Tensor, lse: torch.Tensor,
+              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward op: (dq, d slot keys, d slot values, d(c) per head in float32)."""
+    return _backward_summed(q, mk, mv, c, seed, threshold, y, lse, dy)
+
+
+@slots_bwd.register_fake
+def _(q, mk, mv, c, seed, threshold, y, lse, dy):
+    return q.new_empty(q.shape), mk.new_empty(mk.shape), mv.new_empty(mv.shape), c.new_empty(c.shape)
+
+
+def _grads(ctx, dy_bthd, backward_fn):
+    q, mk, mv, c, seed, y, lse = ctx.saved_tensors
+    dq, dmk, dmv, dc = backward_fn(q, mk, mv, c, seed, ctx.threshold, y, lse, dy_bthd.permute(0, 2, 1, 3))
+    return dq, dmk, dmv, dc, None, None
+
+
+def _setup_context(ctx, inputs, output):
+    q, mk, mv, c, seed, threshold = inputs
+    ctx.save_for_backward(q, mk, mv, c, seed, *output)
+    ctx.threshold = threshold
+
+
+slots_fwd.register_autograd(lambda ctx, dy, _dlse: _grads(ctx, dy, slots_bwd), setup_context=_setup_context)
+
+
+class _Slots(torch.autograd.Function):
+    """The eager path: the same kernels as the custom ops, without their dispatch cost."""
+
+    @staticmethod
+    def forward(ctx, q, mk, mv, c, seed, threshold):
+        y, lse = slots_forward(q, mk, mv, c, seed, threshold)
+        _setup_context(ctx, (q, mk, mv, c, seed, threshold), (y, lse))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _grads(ctx, dy, _backward_summed)
+
+
+def persistent_memory_triton(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None):
+    """Run the Triton kernels (no validation: call :func:`mosaic_kernels.persistent_memory`).
+    Returns a (B, H, T, D) view of a contiguous (B, T, H, D) buffer."""
+    H = q.shape[1]
+    c = per_head_tensor(out_scale, H, q, 1.0)
+    threshold = dropout_threshold(dropout_p)
+    if threshold > 0:
+        seed = torch.randint(0, 1 << 62, (1,), device=q.device, dtype=torch.int64, generator=generator)
+    else:
+        seed = c  # never read without dropout
+    args = (q, slot_keys.contiguous(), slot_values.contiguous(), c, seed, threshold)
+    if torch.compiler.is_compiling():  # torch.compile traces the registered op
+        y = slots_fwd(*args)[0]
+    else:
+        y = _Slots.apply(*args)
+    return y.permute(0, 2, 1, 3)

@@ -1,0 +1,224 @@
+"""Triton kernels of the persistent-memory retrieval: softmax attention of every query row over
+P learned (key, value) slots that the whole batch shares, with optional dropout on the slot
+probabilities and a per-head output multiplier.
+
+Layouts: q and dy are (B, H, T, D) with any strides; the slots MK, MV and their gradients are
+contiguous (H, P, D); y is written into a contiguous (B, T, H, D) buffer (the layout the output
+projection reads, so merging the heads is free); dq is contiguous (B, H, T, D); the log-sum-exp
+(base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
+
+Dropout: a slot probability survives when a 16-bit uniform is >= THRESHOLD (= round(p * 2^16)).
+The uniforms come from Philox4x32 keyed by (seed + b*H + h), counter t * P_GROUPS + j // 8: one
+call gives 4 x 32 bits = 8 uniforms for 8 consecutive slots. The mask is a function of (b, h, t, j)
+only, so the forward and both backward kernels regenerate the same one whatever their tiles.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+# Philox4x32 with 7 rounds is the fewest that pass TestU01's BigCrush (Salmon et al., SC'11);
+# Triton's default is 10. The generator runs once per 8 probabilities in each of three kernels.
+PHILOX_ROUNDS = tl.constexpr(7)
+
+
+@triton.jit
+def _keep_tile(seed, rows, col0, P_GROUPS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               THRESHOLD: tl.constexpr):
+    """(BLOCK_R, BLOCK_C) keep mask for query rows ``rows`` and slots [col0, col0 + BLOCK_C);
+    col0 is a multiple of 8."""
+    groups = col0 // 8 + tl.arange(0, BLOCK_C // 8)
+    counter = rows[:, None] * P_GROUPS + groups[None, :]                   # (R, C/8)
+    r0, r1, r2, r3 = tl.randint4x(seed, counter, PHILOX_ROUNDS)           # 4 x (R, C/8) uint32
+    u = tl.join(tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16)),
+                tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16)))
+    u = tl.reshape(u, (BLOCK_R, BLOCK_C))                                  # 8 uniforms per group
+    return u >= THRESHOLD
+
+
+@triton.jit
+def _keep_mask_kernel(KEEP, SEED, H, T, P, P_GROUPS, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                      THRESHOLD: tl.constexpr):
+    # The mask the attention kernels use, written out as (B, H, T, P) int8 (tests only).
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    seed = tl.load(SEED) + pid_bh
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    for col0 in range(0, P, BLOCK_P):
+        cols = col0 + tl.arange(0, BLOCK_P)
+        keep = _keep_tile(seed, rows, col0, P_GROUPS, BLOCK_T, BLOCK_P, THRESHOLD)
+        ptr = KEEP + (pid_bh * T + rows[:, None]) * P + cols[None, :]
+        tl.store(ptr, keep.to(tl.int8), mask=(rows[:, None] < T) & (cols[None, :] < P))
+
+
+@triton.jit
+def _slots_fwd_kernel(
+    Q, MK, MV, Y, LSE, C, SEED,
+    sqb, sqh, sqt, sqd,
+    H, T, P, D, P_GROUPS, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_P: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                     # (BM,) positions t
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    rmask = rows < T
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :] * sqd,
+                mask=rmask[:, None] & dmask[None, :], other=0.0)            # (BM, D)
+    mk_base = MK + h * P * D
+    mv_base = MV + h * P * D
+    if DROPOUT:
+        seed = tl.load(SEED) + pid_bh                                    # Philox key of (b, h)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for start_n in range(0, P, BLOCK_N):
+        cols = start_n + offs_n                                          # (BN,) slots j
+        cmask = cols < P
+        kb = tl.load(mk_base + cols[:, None] * D + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+        vb = tl.load(mv_base + cols[:, None] * D + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(kb), input_precision=PRECISION) * LOG2E    # (BM, BN), base 2
+        if not EVEN_P:
+            s = tl.where(cmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)                                 # the normaliser sees every slot
+        if DROPOUT:
+            p = tl.where(_keep_tile(seed, rows, start_n, P_GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
+        m_i = m_new
+
+    mult = tl.load(C + h) * keep_scale
+    y = acc * (mult / l_i)[:, None]
+    tl.store(LSE + pid_bh * T + rows, m_i + tl.log2(l_i), mask=rmask)
+    # Y is (B, T, H, D) contiguous.
+    tl.store(Y + ((b * T + rows[:, None]) * H + h) * D + offs_d[None, :], y.to(Y.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _slots_bwd_delta_kernel(Y, DY, DELTA, sdb, sdh, sdt, sdd, H, T, D,
+                            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # delta_t = <dy_t, y_t>, the softmax backward's row term (the output multiplier cancels in it).
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m2 = (rows[:, None] < T) & (offs_d[None, :] < D)
+    y = tl.load(Y + ((b * T + rows[:, None]) * H + h) * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+    dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd,
+                 mask=m2, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh * T + rows, tl.sum(y * dy, 1), mask=rows < T)
+
+
+@triton.jit
+def _slots_bwd_dkdv_kernel(
+    Q, MK, MV, DY, LSE, DELTA, C, SEED, DMK, DMV,
+    sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd,
+    B, H, T, P, D, P_GROUPS, keep_scale,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+):
+    # Program (slot block, head) owns BLOCK_P slots and loops over every query row of every batch
+    # element, so each slot gradient is summed in registers and written once (no atomics).
+    pid_p = tl.program_id(0)
+    h = tl.program_id(1)
+    p0 = pid_p * BLOCK_P
+    slots = p0 + tl.arange(0, BLOCK_P)                                   # (BP,) slots j
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    sm2 = (slots[:, None] < P) & dmask[None, :]
+    k_s = tl.load(MK + (h * P + slots[:, None]) * D + offs_d[None, :], mask=sm2, other=0.0)   # (BP, D)
+    v_s = tl.load(MV + (h * P + slots[:, None]) * D + offs_d[None, :], mask=sm2, other=0.0)
+    g = tl.load(C + h) * keep_scale                                       # d(out)/d(p z v) per element
+    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    offs_q = tl.arange(0, BLOCK_Q)
+    for b in range(0, B):
+        bh = b * H + h
+        q_base = Q + b * sqb + h * sqh
+        dy_base = DY + b * sdb + h * sdh
+        if DROPOUT:
+            seed = tl.load(SEED) + bh
+        for start_q in range(0, T, BLOCK_Q):
+            rows = start_q + offs_q                                      # (BQ,) positions t
+            rmask = rows < T
+            m2 = rmask[:, None] & dmask[None, :]
+            q = tl.load(q_base + rows[:, None] * sqt + offs_d[None, :] * sqd, mask=m2, other=0.0)     # (BQ, D)
+            dy = tl.load(dy_base + rows[:, None] * sdt + offs_d[None, :] * sdd, mask=m2, other=0.0)
+            lse = tl.load(LSE + bh * T + rows, mask=rmask, other=float("inf"))   # p = 0 past T
+            delta = tl.load(DELTA + bh * T + rows, mask=rmask, other=0.0)
+            sT = tl.dot(k_s, tl.trans(q), input_precision=PRECISION) * LOG2E      # (BP, BQ)
+            pT = tl.exp2(sT - lse[None, :])
+            dpT = tl.dot(v_s, tl.trans(dy), input_precision=PRECISION)            # (BP, BQ) = <v_j, dy_t>
+            if DROPOUT:
+                keepT = tl.trans(_keep_tile(seed, rows, p0, P_GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))
+                dpT = tl.where(keepT, dpT, 0.0)
+                dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
+            else:
+                dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
+            dsT = pT * (dpT * g - delta[None, :])
+            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+    out = (h * P + slots[:, None]) * D + offs_d[None, :]
+    tl.store(DMK + out, dk.to(DMK.dtype.element_ty), mask=sm2)
+    tl.store(DMV + out, (dv * g).to(DMV.dtype.element_ty), mask=sm2)
+
+
+@triton.jit
+def _slots_bwd_dq_kernel(
+    Q, MK, MV, DY, LSE, DELTA, C, SEED, DQ, PART_C,
+    sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd,
+    H, T, P, D, P_GROUPS, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_P: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+):
+    # Program (row block, b*h): dq over every slot, and this block's share of d(out multiplier),
+    # sum_t <dy_t, y_t / c_h>, accumulated from the same products (exact even when c_h = 0).
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    rmask = rows < T
+    m2 = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :] * sqd, mask=m2, other=0.0)
+    dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd, mask=m2, other=0.0)
+    lse = tl.load(LSE + pid_bh * T + rows, mask=rmask, other=0.0)
+    delta = tl.load(DELTA + pid_bh * T + rows, mask=rmask, other=0.0)
+    mk_base = MK + h * P * D
+    mv_base = MV + h * P * D
+    g = tl.load(C + h) * keep_scale
+    if DROPOUT:
+        seed = tl.load(SEED) + pid_bh                                    # Philox key of (b, h)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    u = tl.zeros((BLOCK_M,), dtype=tl.float32)                           # sum_j p z <dy, v_j>
+    for start_n in range(0, P, BLOCK_N):
+        cols = start_n + offs_n
+        cmask = cols < P
+        kb = tl.load(mk_base + cols[:, None] * D + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+        vb = tl.load(mv_base + cols[:, None] * D + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(kb), input_precision=PRECISION) * LOG2E
+        if not EVEN_P:
+            s = tl.where(cmask[None, :], s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])                                     # (BM, BN)
+        dp = tl.dot(dy, tl.trans(vb), input_precision=PRECISION)          # (BM, BN) = <dy_t, v_j>
+        if DROPOUT:
+            dp = tl.where(_keep_tile(seed, rows, start_n, P_GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), dp, 0.0)
+        u += tl.sum(p * dp, 1)
+        ds = p * (dp * g - delta[:, None])
+        dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
+    tl.store(DQ + (pid_bh * T + rows[:, None]) * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=m2)
+    tl.store(PART_C + pid_bh * tl.num_programs(0) + pid_m, tl.sum(tl.where(rmask, u, 0.0), 0) * keep_scale)
