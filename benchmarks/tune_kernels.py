@@ -24,7 +24,7 @@ FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128,
 BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (64, 128, 128, 8, 2), (32, 64, 64, 4, 2),
        (128, 128, 128, 8, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 2)]
 ATT_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (4, 16, 2048, 128), (1, 16, 16384, 128)]
-LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (8, 4), (32, 2), (16, 2)]}
+LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
 
@@ -70,11 +70,15 @@ def tune_leaky():
         sc = torch.rand(H, device="cuda").add(1).requires_grad_()
         dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
         res = []
-        for bt, w in LEAKY[D]:
+        for bt, w in LEAKY[D]:  # tiles of at least 16 rows: the decay-matrix tl.dot needs K >= 16
             with _leaky_tiles(D, (bt, w)):
-                y = leaky_average(x, a, normalize=True, scale=sc)
-                f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
-                b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
+                try:
+                    y = leaky_average(x, a, normalize=True, scale=sc)
+                    f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
+                    b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
+                except Exception as e:  # a tile the compiler refuses
+                    print("fail", (B, H, T, D), bt, w, str(e)[:80])
+                    continue
             res.append((f, b, bt, w))
         copy = bench_ms(lambda: x.detach().contiguous())
         print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res]), flush=True)
