@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|kernels|pmem|training|training-eager|training-compiled|parity|all]...
-#   tests      the whole test suite on the GPU (GPU-marked tests plus the CUDA cases of the others)
-#   kernels    bench_leaky_average, bench_attention, peek-ahead value, and a CUDA mosaic-train run
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled|parity|all]...
+#   tests      the whole test suite on the GPU (GPU-marked tests plus the CUDA cases of the others);
+#              tests-kernels / tests-model run its two halves (each fits a 10-minute call)
+#   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
 #   pmem       bench_persistent_memory
 #   training*  bench_training (all / eager part / compiled part)
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
@@ -16,11 +17,16 @@ for PART in "${@:-all}"; do
   case "$PART" in
     tests|all)
       python3 -m pytest -q tests -p no:cacheprovider -rfEx 2>&1 | tail -n 40 | tee "$OUT/gpu_tests.txt" ;;&
+    tests-kernels)
+      python3 -m pytest -q tests/kernels -p no:cacheprovider -rfEx 2>&1 | tail -n 40 | tee "$OUT/gpu_tests_kernels.txt" ;;&
+    tests-model)
+      python3 -m pytest -q tests/model -p no:cacheprovider -rfEx 2>&1 | tail -n 40 | tee "$OUT/gpu_tests_model.txt" ;;&
     kernels|all)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md"
       python3 -m benchmarks.bench_attention --out "$OUT/bench_attention.md" > "$OUT/bench_attention.log" 2>&1 || tail -n 20 "$OUT/bench_attention.log"
       tail -n 19 "$OUT/bench_attention.md"
+      python3 -m benchmarks.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
       python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     pmem|all)
       python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&

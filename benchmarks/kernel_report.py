@@ -1,0 +1,106 @@
+"""Compiler report of every Triton kernel launched by one fwd+bwd of each op, at the benchmark shapes.
+
+For each launch: grid size, warps, registers per thread, spilled registers, shared memory, and the
+resident programs per SM those allow on an H200 (65,536 registers, 227 KiB shared memory, 64 warps
+per SM), with the resulting number of waves over the 132 SMs. This is what bounds a kernel when its
+timings fall short of the FLOP or bandwidth roofline.
+
+Usage: python -m benchmarks.kernel_report [--out report.md]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+from triton.runtime.jit import JITFunction
+
+from benchmarks._common import command_line, emit, header, table
+from mosaic_kernels import leaky_average, mosaic_attention, peek_ahead_value, persistent_memory
+
+SM_COUNT, REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 132, 65536, 232448, 64
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """Collect (kernel name, grid, compiled kernel) of every Triton launch inside the block."""
+    launches = []
+    original = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        kernel = original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        launches.append((self.fn.__name__, grid, kernel))
+        return kernel
+    JITFunction.run = run
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+def _row(op: str, shape, name: str, grid, kernel) -> dict:
+    md = kernel.metadata
+    warps, regs, smem = md.num_warps, kernel.n_regs, md.shared
+    by_regs = REGS_PER_SM // max(1, regs * 32 * warps)
+    by_smem = SMEM_PER_SM // smem if smem else 32
+    resident = max(0, min(by_regs, by_smem, WARPS_PER_SM // warps, 32))
+    programs = 1
+    for g in (grid if isinstance(grid, tuple) else (grid,)):
+        programs *= int(g)
+    waves = programs / max(1, resident * SM_COUNT)
+    return dict(op=op, shape=str(shape), kernel=name, programs=programs, warps=warps, regs=regs,
+                spills=kernel.n_spills, smem_KiB=smem / 1024, per_SM=resident,
+                limit="regs" if resident == by_regs else "smem" if resident == by_smem else "warps",
+                waves=waves)
+
+
+def run() -> list[dict]:
+    rows = []
+    dev = "cuda"
+    for shape in [(16, 12, 512, 64), (1, 12, 8192, 64), (2, 16, 4096, 128)]:
+        k = torch.randn(shape, device=dev, dtype=torch.bfloat16).requires_grad_()
+        v = torch.randn_like(k).requires_grad_()
+        with recorded_launches() as launches:
+            mosaic_attention(k, v, 0.5).sum().backward()
+            torch.cuda.synchronize()
+        rows += [_row("mosaic_attention", shape, *launch) for launch in launches]
+    for shape in [(16, 12, 512, 64), (1, 12, 8192, 64), (16, 16, 16384, 128)]:
+        B, H, T, D = shape
+        x = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+        a = torch.rand(H, device=dev).requires_grad_()
+        s = torch.rand(H, device=dev).add(1).requires_grad_()
+        with recorded_launches() as launches:
+            leaky_average(x, a, normalize=True, scale=s).sum().backward()
+            torch.cuda.synchronize()
+        rows += [_row("leaky_average(norm)", shape, *launch) for launch in launches]
+    shape = (32, 12, 512, 64)
+    x = torch.randn(shape, device=dev, dtype=torch.bfloat16).requires_grad_()
+    with recorded_launches() as launches:
+        peek_ahead_value(x, torch.full((12,), 0.3, device=dev), scale=0.5).sum().backward()
+        torch.cuda.synchronize()
+    rows += [_row("peek_ahead_value", shape, *launch) for launch in launches]
+    for p in (0.0, 0.05):
+        q = torch.randn(shape, device=dev, dtype=torch.bfloat16).requires_grad_()
+        mk, mv = (torch.randn(12, 2688, 64, device=dev, dtype=torch.bfloat16).requires_grad_() for _ in range(2))
+        with recorded_launches() as launches:
+            persistent_memory(q, mk, mv, dropout_p=p).sum().backward()
+            torch.cuda.synchronize()
+        rows += [_row(f"persistent_memory(p={p})", shape + (2688,), *launch) for launch in launches]
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    a = p.parse_args()
+    rows = run()
+    md = (f"{header(command_line('benchmarks.kernel_report'))}\n\nEvery Triton launch of one fwd+bwd (bf16). "
+          f"per_SM = programs resident per SM from registers, shared memory and warps (limit names the "
+          f"binding one); waves = programs / (per_SM x {SM_COUNT}).\n\n"
+          + table(rows, ["op", "shape", "kernel", "programs", "warps", "regs", "spills", "smem_KiB", "per_SM",
+                         "limit", "waves"]))
+    emit(md, a.out)
+
+
+if __name__ == "__main__":
+    main()
