@@ -81,3 +81,14 @@ def emit(md: str, out: str | None) -> None:
     if out:
         with open(out, "w") as f:
             f.write(md + "\n")
+
+
+def table_main(doc: str, module: str, run, caption: str, columns: list[str]) -> None:
+    """The command line of a benchmark that prints one table: ``--out``, then header, caption, table."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    a = p.parse_args()
+    rows = run()
+    emit(f"{header(command_line(module))}\n\n{caption}\n\n" + table(rows, columns), a.out)

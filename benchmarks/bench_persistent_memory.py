@@ -15,14 +15,13 @@ Usage: python -m benchmarks.bench_persistent_memory [--out results.md]
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks._common import bench_ms, command_line, emit, header, peak_mib, table
+from benchmarks._common import bench_ms, peak_mib, table_main
 from mosaic_kernels import persistent_memory
 
 # (B, H, T, hs, P): the 12-layer GPT2-small match at the three training lengths of bench_training.
@@ -97,14 +96,10 @@ def run() -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None, help="also write the markdown to this file")
-    a = p.parse_args()
-    rows = run()
-    md = (f"{header(command_line('benchmarks.bench_persistent_memory'))}\n\nP-mem retrieval fwd+bwd, bf16 "
-          f"(shape = B, H, T, hs, P); grad_rel_diff = largest relative difference of the three gradients "
-          f"to the first provider.\n\n" + table(rows, ["shape", "provider", "ms", "peak_MiB", "grad_rel_diff", "note"]))
-    emit(md, a.out)
+    table_main(__doc__, "benchmarks.bench_persistent_memory", run,
+               "P-mem retrieval fwd+bwd, bf16 (shape = B, H, T, hs, P); grad_rel_diff = largest relative "
+               "difference of the three gradients to the first provider.",
+               ["shape", "provider", "ms", "peak_MiB", "grad_rel_diff", "note"])
 
 
 if __name__ == "__main__":

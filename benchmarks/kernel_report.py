@@ -9,13 +9,12 @@ Usage: python -m benchmarks.kernel_report [--out report.md]
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
 from triton.runtime.jit import JITFunction
 
-from benchmarks._common import command_line, emit, header, table
+from benchmarks._common import table_main
 from mosaic_kernels import leaky_average, mosaic_attention, peek_ahead_value, persistent_memory
 
 SM_COUNT, REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 132, 65536, 232448, 64
@@ -90,16 +89,10 @@ def run() -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None, help="also write the markdown to this file")
-    a = p.parse_args()
-    rows = run()
-    md = (f"{header(command_line('benchmarks.kernel_report'))}\n\nEvery Triton launch of one fwd+bwd (bf16). "
-          f"per_SM = programs resident per SM from registers, shared memory and warps (limit names the "
-          f"binding one); waves = programs / (per_SM x {SM_COUNT}).\n\n"
-          + table(rows, ["op", "shape", "kernel", "programs", "warps", "regs", "spills", "smem_KiB", "per_SM",
-                         "limit", "waves"]))
-    emit(md, a.out)
+    table_main(__doc__, "benchmarks.kernel_report", run,
+               f"Every Triton launch of one fwd+bwd (bf16). per_SM = programs resident per SM from registers, "
+               f"shared memory and warps (limit names the binding one); waves = programs / (per_SM x {SM_COUNT}).",
+               ["op", "shape", "kernel", "programs", "warps", "regs", "spills", "smem_KiB", "per_SM", "limit", "waves"])
 
 
 if __name__ == "__main__":

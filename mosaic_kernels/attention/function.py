@@ -5,7 +5,8 @@ import torch
 import triton
 
 from .._common import interpreter_enabled, per_head_tensor
-from .triton_attention import _attn_bwd_delta_kernel, _attn_bwd_kernel, _attn_fwd_kernel
+from .._triton_common import row_delta
+from .triton_attention import _attn_bwd_kernel, _attn_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
@@ -69,10 +70,7 @@ def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None):
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D))
     bd = _block_d(D)
-    delta = _empty((B, H, T), device=k.device, dtype=torch.float32)
-    dm = 16 if interpreter_enabled() else 64
-    _attn_bwd_delta_kernel[(triton.cdiv(T, dm), B * H)](
-        y, dy, delta, *dy.stride(), H, T, D, BLOCK_M=dm, BLOCK_D=bd)
+    delta = row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     n_blocks = triton.cdiv(T, cfg["BLOCK_P"])

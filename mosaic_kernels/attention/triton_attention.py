@@ -92,23 +92,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_delta_kernel(Y, DY, DELTA, sdb, sdh, sdt, sdd, H, T, D,
-                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    # delta_t = <dy_t, y_t>, the softmax backward's row term.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m2 = (offs_m[:, None] < T) & (offs_d[None, :] < D)
-    y = tl.load(Y + (pid_bh * T + offs_m[:, None]) * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-    dy = tl.load(DY + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :] * sdd,
-                 mask=m2, other=0.0).to(tl.float32)
-    tl.store(DELTA + pid_bh * T + offs_m, tl.sum(y * dy, 1), mask=offs_m < T)
-
-
-@triton.jit
 def _attn_bwd_kernel(
     K, V, DY, LSE, DELTA, SCALE, DK, DV, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,

@@ -5,8 +5,8 @@ import torch
 import triton
 
 from .._common import interpreter_enabled, per_head_tensor
-from .triton_slots import (_keep_mask_kernel, _slots_bwd_delta_kernel, _slots_bwd_dkdv_kernel,
-                           _slots_bwd_dq_kernel, _slots_fwd_kernel)
+from .._triton_common import row_delta
+from .triton_slots import _keep_mask_kernel, _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
 _empty = torch.empty
@@ -75,10 +75,8 @@ def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=Non
     P = mk.shape[1]
     bd = _block_d(D)
     common = dict(PRECISION=_precision(q.dtype), DROPOUT=threshold > 0, THRESHOLD=threshold)
-    delta = _empty((B, H, T), device=q.device, dtype=torch.float32)
-    dm = 16 if interpreter_enabled() else 64
-    _slots_bwd_delta_kernel[(triton.cdiv(T, dm), B * H)](
-        y, dy, delta, *dy.stride(), H, T, D, BLOCK_M=dm, BLOCK_D=bd)
+    # y is the (B, T, H, D) buffer: read it through its (B, H, T, D) view.
+    delta = row_delta(y.permute(0, 2, 1, 3), dy, 16 if interpreter_enabled() else 64, bd, _empty)
 
     bp, bq, warps, stages = dkdv_config or _config("dkdv", D, threshold)
     dmk = _empty((H, P, D), device=q.device, dtype=mk.dtype)

@@ -105,23 +105,6 @@ def _slots_fwd_kernel(
 
 
 @triton.jit
-def _slots_bwd_delta_kernel(Y, DY, DELTA, sdb, sdh, sdt, sdd, H, T, D,
-                            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    # delta_t = <dy_t, y_t>, the softmax backward's row term (the output multiplier cancels in it).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m2 = (rows[:, None] < T) & (offs_d[None, :] < D)
-    y = tl.load(Y + ((b * T + rows[:, None]) * H + h) * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-    dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd,
-                 mask=m2, other=0.0).to(tl.float32)
-    tl.store(DELTA + pid_bh * T + rows, tl.sum(y * dy, 1), mask=rows < T)
-
-
-@triton.jit
 def _slots_bwd_dkdv_kernel(
     Q, MK, MV, DY, LSE, DELTA, C, SEED, DMK, DMV,
     sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd,
