@@ -124,12 +124,9 @@ class PersistentMemory(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.key(x)  # (B, H, T, hs)
-        B, H, T, hs = k.shape
         p = self.config.ic_dropout if self.training else 0.0
         count = self.config.pmem_count
-        if self.config.kernels == "reference":
-            y = self._official(k, p)
-        elif self.config.pmem_kernel == "triton":
+        if self.config.kernels != "reference" and self.config.pmem_kernel == "triton":
             # One kernel per slot memory: reads the keys in place, sums the slot gradients over the
             # batch in registers, applies the output scale, and writes (B, T, H, hs) memory.
             c = torch.exp(10.0 * self.out_scale) / count
@@ -137,11 +134,10 @@ class PersistentMemory(nn.Module):
             for i in range(count):
                 y = y + mosaic_kernels.persistent_memory(
                     k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
-            return self.resid_dropout(self.c_proj(merge_heads(y)))
         else:
-            y = self._folded_sdpa(k, p)
-        y = y / count
-        y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
+            y = self._official(k, p) if self.config.kernels == "reference" else self._folded_sdpa(k, p)
+            y = y / count
+            y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def _official(self, k: torch.Tensor, p: float) -> torch.Tensor:

@@ -156,13 +156,18 @@ def test_sequence_longer_than_block_size_is_an_error():
         tiny_mosaic()(torch.zeros(1, 41, dtype=torch.long))
 
 
+def _gpu_mosaic(pmem_kernel: str) -> MemoryMosaic:
+    """The 2-layer CUDA model of the GPU parity and compile tests (no dropout)."""
+    return MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
+                                     dropout=0.0, pmem_kernel=pmem_kernel)).cuda()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
 def test_gpu_fused_matches_reference_under_bf16_autocast(pmem_kernel):
     """Same weights and batch on the H200: fused and reference logits, loss and gradients agree."""
     torch.manual_seed(4)
-    m = MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
-                                  dropout=0.0, pmem_kernel=pmem_kernel)).cuda()
+    m = _gpu_mosaic(pmem_kernel)
     idx = torch.randint(0, 64, (4, 256), device="cuda")
     out = {}
     for kernels in ("reference", "fused"):
@@ -209,8 +214,7 @@ def test_compile_fullgraph_through_the_fused_ops(pmem_kernel):
 def test_gpu_compile_fullgraph_inductor(pmem_kernel):
     """On the GPU with inductor: no graph break, same logits and gradients as eager under bf16 autocast."""
     torch.manual_seed(6)
-    m = MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=64,
-                                  dropout=0.0, pmem_kernel=pmem_kernel)).cuda()
+    m = _gpu_mosaic(pmem_kernel)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logit_err, grad_err = _compiled_matches_eager(m, torch.randint(0, 64, (4, 256), device="cuda"), "inductor")
     assert logit_err < 2e-2 and grad_err < 5e-2
