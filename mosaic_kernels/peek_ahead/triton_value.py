@@ -24,21 +24,24 @@ def _mixed_rows(x_base, rows, cols, cmask, c, sxt, sxd, T):
 
 
 @triton.jit
+def _head_rows(MIX, SCALE, H, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (time block, b*h): (pid_bh, b, h, mix c_h, scale s_h, rows (BLOCK_T,), cols (BLOCK_D,),
+    cmask = cols < D)."""
+    pid_bh = tl.program_id(1)
+    h = pid_bh % H
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_D)
+    return pid_bh, pid_bh // H, h, tl.load(MIX + h), tl.load(SCALE + h), rows, cols, cols < D
+
+
+@triton.jit
 def _value_fwd_kernel(
     X, Y, MIX, SCALE,
     sxb, sxh, sxt, sxd,
     H, T, D, eps,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    c = tl.load(MIX + h)
-    s = tl.load(SCALE + h)
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)                      # (BLOCK_T,)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    pid_bh, b, h, c, s, rows, cols, cmask = _head_rows(MIX, SCALE, H, D, BLOCK_T, BLOCK_D)
     z, _ = _mixed_rows(X + b * sxb + h * sxh, rows, cols, cmask, c, sxt, sxd, T)
     n = tl.maximum(tl.sqrt(tl.sum(z * z, axis=1)), eps)                 # (BLOCK_T,)
     y = z * (s / n)[:, None]
@@ -67,15 +70,7 @@ def _value_bwd_kernel(
     H, T, D, eps,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    c = tl.load(MIX + h)
-    s = tl.load(SCALE + h)
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    pid_bh, b, h, c, s, rows, cols, cmask = _head_rows(MIX, SCALE, H, D, BLOCK_T, BLOCK_D)
     x_base = X + b * sxb + h * sxh
     g_base = G + b * sgb + h * sgh
     gz, gdot, dz_dc = _grad_mixed(x_base, g_base, rows, cols, cmask, c, s, sxt, sxd, sgt, sgd, T, eps)
@@ -85,6 +80,6 @@ def _value_bwd_kernel(
     m2 = (rows < T)[:, None] & cmask[None, :]
     tl.store(DX + (pid_bh * T + rows[:, None]) * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
     # PARTS is (2, B*H*n_blocks): d(mix) partials, then d(scale) partials (rows past T contribute 0).
-    idx = pid_bh * tl.num_programs(0) + pid_t
+    idx = pid_bh * tl.num_programs(0) + tl.program_id(0)
     tl.store(PARTS + idx, tl.sum(tl.sum(gz * dz_dc, axis=1), axis=0))
     tl.store(PARTS + tl.num_programs(0) * tl.num_programs(1) + idx, tl.sum(gdot, axis=0))

@@ -67,10 +67,10 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if use_triton(q):
-        from .function import persistent_memory_triton
+        from .function import persistent_memory_triton, philox_groups
 
         P = slot_keys.shape[1]
-        if dropout_p > 0 and T * ((P + 7) // 8) >= 2 ** 31:
+        if dropout_p > 0 and T * philox_groups(P) >= 2 ** 31:
             raise ValueError(f"dropout needs T * ceil(P / 8) < 2^31 (32-bit Philox counters), got T={T}, P={P}")
         return persistent_memory_triton(q, slot_keys, slot_values, out_scale=out_scale,
                                         dropout_p=float(dropout_p), generator=generator)

@@ -50,7 +50,8 @@ def _keep_scale(threshold: int) -> float:
     return 1.0 / (1.0 - threshold / (1 << UNIFORM_BITS))
 
 
-def _groups(P: int) -> int:
+def philox_groups(P: int) -> int:
+    """Philox calls per query row: one per 8 slots (the counter of row t, slot j is t * groups + j // 8)."""
     return triton.cdiv(P, 8)
 
 
@@ -62,7 +63,7 @@ def slots_forward(q, mk, mv, c, seed, threshold: int, config=None):
     y = _empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = _empty((B, H, T), device=q.device, dtype=torch.float32)
     _slots_fwd_kernel[(triton.cdiv(T, bm), B * H)](
-        q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, _groups(P), _keep_scale(threshold),
+        q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(D), EVEN_P=P % bn == 0, PRECISION=_precision(q.dtype),
         DROPOUT=threshold > 0, THRESHOLD=threshold, num_warps=warps, num_stages=stages)
     return y, lse
@@ -83,7 +84,7 @@ def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=Non
     dmv = _empty((H, P, D), device=q.device, dtype=mv.dtype)
     _slots_bwd_dkdv_kernel[(triton.cdiv(P, bp), H)](
         q, mk, mv, dy, lse, delta, c, seed, dmk, dmv, *q.stride(), *dy.stride(),
-        B, H, T, P, D, _groups(P), _keep_scale(threshold),
+        B, H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common)
 
     bm, bn, warps, stages = dq_config or _config("dq", D, threshold)
@@ -92,7 +93,7 @@ def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=Non
     part = _empty((B, H, n_blocks), device=q.device, dtype=torch.float32)
     _slots_bwd_dq_kernel[(n_blocks, B * H)](
         q, mk, mv, dy, lse, delta, c, seed, dq, part, *q.stride(), *dy.stride(),
-        H, T, P, D, _groups(P), _keep_scale(threshold),
+        H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_P=P % bn == 0, num_warps=warps, num_stages=stages, **common)
     return dq, dmk, dmv, part
 
@@ -103,7 +104,7 @@ def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, T: int, P: int, dropou
     keep = torch.empty((B, H, T, P), device=seed.device, dtype=torch.int8)
     bt = 16
     _keep_mask_kernel[(triton.cdiv(T, bt), B * H)](
-        keep, seed, H, T, P, _groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
+        keep, seed, H, T, P, philox_groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
     return keep.bool()
 
 

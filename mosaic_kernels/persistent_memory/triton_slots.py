@@ -38,6 +38,16 @@ def _keep_tile(seed, rows, col0, P_GROUPS, BLOCK_R: tl.constexpr, BLOCK_C: tl.co
 
 
 @triton.jit
+def _row_block_indices(H, T, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (row block, b*h) of the forward and dq kernels: (pid_bh, b, h, rows (BM,) positions t,
+    offs_n (BN,), offs_d (BD,), dmask = offs_d < D, rmask = rows < T)."""
+    pid_bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    return pid_bh, pid_bh // H, pid_bh % H, rows, tl.arange(0, BLOCK_N), offs_d, offs_d < D, rows < T
+
+
+@triton.jit
 def _keep_mask_kernel(KEEP, SEED, H, T, P, P_GROUPS, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
                       THRESHOLD: tl.constexpr):
     # The mask the attention kernels use, written out as (B, H, T, P) int8 (tests only).
@@ -60,15 +70,7 @@ def _slots_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_P: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                     # (BM,) positions t
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    rmask = rows < T
+    pid_bh, b, h, rows, offs_n, offs_d, dmask, rmask = _row_block_indices(H, T, D, BLOCK_M, BLOCK_N, BLOCK_D)
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :] * sqd,
                 mask=rmask[:, None] & dmask[None, :], other=0.0)            # (BM, D)
     mk_base = MK + h * P * D
@@ -167,15 +169,7 @@ def _slots_bwd_dq_kernel(
 ):
     # Program (row block, b*h): dq over every slot, and this block's share of d(out multiplier),
     # sum_t <dy_t, y_t / c_h>, accumulated from the same products (exact even when c_h = 0).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    rmask = rows < T
+    pid_bh, b, h, rows, offs_n, offs_d, dmask, rmask = _row_block_indices(H, T, D, BLOCK_M, BLOCK_N, BLOCK_D)
     m2 = rmask[:, None] & dmask[None, :]
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :] * sqd, mask=m2, other=0.0)
     dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd, mask=m2, other=0.0)
@@ -204,4 +198,4 @@ def _slots_bwd_dq_kernel(
         ds = p * (dp * g - delta[:, None])
         dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
     tl.store(DQ + (pid_bh * T + rows[:, None]) * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=m2)
-    tl.store(PART_C + pid_bh * tl.num_programs(0) + pid_m, tl.sum(tl.where(rmask, u, 0.0), 0) * keep_scale)
+    tl.store(PART_C + pid_bh * tl.num_programs(0) + tl.program_id(0), tl.sum(tl.where(rmask, u, 0.0), 0) * keep_scale)
