@@ -41,6 +41,16 @@ def check_tensor(name: str, t, *, ndim: int | None = None) -> None:
         )
 
 
+def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, int, int, int]:
+    """check_tensor with rank 4, then non-zero sizes and an optional head-dim bound; returns (B, H, T, D)."""
+    check_tensor(name, t, ndim=4)
+    B, H, T, D = t.shape
+    if min(B, H, T, D) < 1:
+        raise ValueError(f"{name} must have non-zero sizes (B, H, T, D), got {tuple(t.shape)}")
+    if max_head_dim is not None and D > max_head_dim:
+        raise ValueError(f"{name} must have a head dim D <= {max_head_dim}, got {D}")
+    return B, H, T, D
+
 def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high=None):
     """Validate a per-head argument: None, a Python real, or a tensor of shape ``(H,)``.
 

@@ -126,20 +126,23 @@ class PersistentMemory(nn.Module):
         k = self.key(x)  # (B, H, T, hs)
         p = self.config.ic_dropout if self.training else 0.0
         count = self.config.pmem_count
-        if self.config.kernels != "reference" and self.config.pmem_kernel == "triton":
-            # One kernel per slot memory: reads the keys in place, sums the slot gradients over the
-            # batch in registers, applies the output scale, and writes (B, T, H, hs) memory.
-            c = torch.exp(10.0 * self.out_scale) / count
-            y = 0.0
-            for i in range(count):
-                y = y + mosaic_kernels.persistent_memory(
-                    k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
-        elif self.config.kernels == "reference":
+        if self.config.kernels == "reference":
             y = self._official(k, p) / count
             y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
         else:
-            y = self._folded_sdpa(k, p)
+            # Both fused paths apply the per-head output multiplier inside the retrieval.
+            c = torch.exp(10.0 * self.out_scale) / count
+            y = self._triton(k, p, c) if self.config.pmem_kernel == "triton" else self._folded_sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def _triton(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """One mosaic_kernels.persistent_memory call per slot memory: reads the keys in place, sums the
+        slot gradients over the batch in registers, applies ``c`` and writes (B, T, H, hs) memory."""
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            y = y + mosaic_kernels.persistent_memory(
+                k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
+        return y
 
     def _official(self, k: torch.Tensor, p: float) -> torch.Tensor:
         """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory."""
@@ -151,17 +154,17 @@ class PersistentMemory(nn.Module):
             y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
         return y
 
-    def _folded_sdpa(self, k: torch.Tensor, p: float) -> torch.Tensor:
+    def _folded_sdpa(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
         """SDPA with the batch folded into the query rows, (1, H, B*T, hs): the slots are shared by the
         batch and each row attends independently, so SDPA runs its flash or cuDNN kernel on one slot
         tensor per head and the slot gradients come out summed (no (B, H, P, hs) expansion).
 
-        The output is linear in the slot values, so the per-head multiplier exp(10 r_h) / pmem_count
-        scales the (H, P, hs) values instead of the (B, H, T, hs) output (two fewer full passes each
-        way in eager mode)."""
+        The output is linear in the slot values, so the per-head multiplier ``c`` ((H,)) scales the
+        (H, P, hs) values instead of the (B, H, T, hs) output (two fewer full passes each way in eager
+        mode)."""
         B, H, T, hs = k.shape
         q = k.transpose(0, 1).reshape(1, H, B * T, hs)
-        c = (torch.exp(10.0 * self.out_scale) / self.config.pmem_count).view(1, H, 1, 1)
+        c = c.view(1, H, 1, 1)
         y = 0.0
         for i in range(self.config.pmem_count):
             mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), (self.M_v[i].unsqueeze(0) * c).to(k.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_tensor, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_heads, check_tensor, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["mosaic_attention"]
@@ -34,7 +34,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tens
         >>> k, v = torch.randn(2, 4, 128, 64), torch.randn(2, 4, 128, 64)
         >>> y = mosaic_attention(k, v, scale=0.125)
     """
-    check_tensor("k", k, ndim=4)
+    B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
@@ -42,11 +42,6 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tens
         raise ValueError(f"v must have the dtype of k ({k.dtype}), got {v.dtype}")
     if v.device != k.device:
         raise ValueError(f"v must be on the device of k ({k.device}), got {v.device}")
-    B, H, T, D = k.shape
-    if min(B, H, T, D) < 1:
-        raise ValueError(f"k must have non-zero sizes (B, H, T, D), got {tuple(k.shape)}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"k must have a head dim D <= {MAX_HEAD_DIM}, got {D}")
     scale = per_head("scale", scale, H, k)
     if use_triton(k):
         from .function import mosaic_attention_triton

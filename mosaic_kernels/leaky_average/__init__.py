@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_tensor, per_head, use_triton
+from .._common import check_heads, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["leaky_average"]
@@ -35,10 +35,7 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
         >>> x = torch.randn(2, 4, 128, 64)
         >>> k = leaky_average(x, torch.full((4,), 0.9), normalize=True, scale=2.0)
     """
-    check_tensor("x", x, ndim=4)
-    B, H, T, D = x.shape
-    if min(B, H, T, D) < 1:
-        raise ValueError(f"x must have non-zero sizes (B, H, T, D), got {tuple(x.shape)}")
+    B, H, T, D = check_heads("x", x)
     decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
     if decay is None:
         raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_tensor, per_head, use_triton
+from .._common import check_heads, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["peek_ahead_value"]
@@ -35,10 +35,7 @@ def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) ->
         >>> x = torch.randn(2, 4, 128, 64)
         >>> v = peek_ahead_value(x, torch.rand(4), scale=torch.full((4,), 0.6))
     """
-    check_tensor("x", x, ndim=4)
-    B, H, T, D = x.shape
-    if min(B, H, T, D) < 1:
-        raise ValueError(f"x must have non-zero sizes (B, H, T, D), got {tuple(x.shape)}")
+    B, H, T, D = check_heads("x", x)
     mix = per_head("mix", mix, H, x)
     if mix is None:
         raise ValueError(f"mix must be a float or a tensor of shape ({H},), got None")

@@ -5,7 +5,7 @@ from numbers import Real
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_tensor, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_heads, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["persistent_memory"]
@@ -44,12 +44,7 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
         >>> keys, values = torch.randn(4, 300, 64), torch.randn(4, 300, 64)
         >>> y = persistent_memory(q, keys, values, out_scale=0.6, dropout_p=0.05)
     """
-    check_tensor("q", q, ndim=4)
-    B, H, T, D = q.shape
-    if min(B, H, T, D) < 1:
-        raise ValueError(f"q must have non-zero sizes (B, H, T, D), got {tuple(q.shape)}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"q's head dim must be at most {MAX_HEAD_DIM}, got {D}")
+    B, H, T, D = check_heads("q", q, max_head_dim=MAX_HEAD_DIM)
     for name, t in (("slot_keys", slot_keys), ("slot_values", slot_values)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
