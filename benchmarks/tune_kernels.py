@@ -1,6 +1,6 @@
 """Sweep the tile tables of both kernels on the GPU (bf16) and print the fastest per shape.
 
-The winners go into FWD_TILES / BWD_TILES of mosaic_kernels/attention/function.py and into the
+The winners go into the FWD_/BWD_ (LONG_) tile tables of mosaic_kernels/attention/function.py and into the
 active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
 no run pays for autotuning.
 The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
@@ -15,17 +15,37 @@ import torch
 
 from benchmarks._common import bench_ms
 from mosaic_kernels import leaky_average
-from mosaic_kernels.attention.function import attention_backward, attention_forward
+from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 from mosaic_kernels.leaky_average import function as leaky_fn
 from mosaic_kernels.persistent_memory import function as pmem_fn
 
 FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4),
-       (128, 64, 4, 4), (128, 128, 8, 2)]
-BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (64, 128, 128, 8, 2), (32, 64, 64, 4, 2),
-       (128, 128, 128, 8, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 2)]
-ATT_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (4, 16, 2048, 128), (1, 16, 16384, 128)]
+       (64, 32, 4, 3), (128, 64, 4, 4), (128, 128, 8, 2)]
+# One-kernel backward (BLOCK_P, BLOCK_Q, BLOCK_K, warps, stages): BLOCK_P a multiple of the loop blocks.
+BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (32, 32, 32, 4, 2), (128, 128, 128, 8, 1),
+       (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 1)]
+# Two-kernel backward: key role (BLOCK_P, BLOCK_Q, warps, stages), query role (BLOCK_P, BLOCK_K, warps, stages).
+BWD_KEY = [(128, 32, 4, 3), (128, 32, 4, 5), (64, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3),
+           (64, 64, 4, 3), (128, 32, 8, 4)]
+BWD_QUERY = [(64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 4, 3),
+             (64, 64, 4, 2), (32, 32, 4, 3)]
+ATT_SHAPES = [(32, 12, 512, 64), (16, 12, 1024, 64), (8, 12, 2048, 64), (2, 12, 8192, 64), (4, 16, 2048, 128),
+              (2, 16, 4096, 128), (1, 16, 16384, 128)]
 LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def _sweep(label, fn, configs, make_cfg):
+    """Time fn(make_cfg(c)) for every c, print the three fastest; returns the fastest c."""
+    res = []
+    for c in configs:
+        try:
+            res.append((bench_ms(lambda: fn(make_cfg(c))), c))
+        except Exception as e:  # a tile the compiler refuses (shared memory, registers)
+            print(label, "fail", c, str(e)[:80])
+    res.sort(key=lambda r: r[0])
+    print(label, [(round(t, 4), c) for t, c in res[:3]], flush=True)
+    return res[0][1]
 
 
 def tune_attention():
@@ -34,25 +54,16 @@ def tune_attention():
         v = torch.randn_like(k)
         dy = torch.randn_like(k)
         s = torch.ones(H, device="cuda")
-        res = []
-        for bm, bn, w, st in FWD:
-            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-            try:
-                res.append((bench_ms(lambda: attention_forward(k, v, s, cfg)), cfg))
-            except Exception as e:
-                print("fwd fail", cfg, str(e)[:80])
-        res.sort(key=lambda r: r[0])
-        print("FWD", (B, H, T, D), [(round(t, 4), tuple(c.values())) for t, c in res[:3]], flush=True)
+        shape = (B, H, T, D)
+        _sweep(f"FWD {shape}", lambda cfg: attention_forward(k, v, s, cfg), FWD,
+               lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
         y, lse = attention_forward(k, v, s)
-        res = []
-        for bp, bq, bk, w, st in BWD:
-            cfg = dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=w, num_stages=st)
-            try:
-                res.append((bench_ms(lambda: attention_backward(k, v, y, lse, s, dy, cfg)), cfg))
-            except Exception as e:
-                print("bwd fail", cfg, str(e)[:80])
-        res.sort(key=lambda r: r[0])
-        print("BWD", (B, H, T, D), [(round(t, 4), tuple(c.values())) for t, c in res[:3]], flush=True)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, s, dy, cfg)  # noqa: E731
+        _sweep(f"BWD one kernel {shape}", bwd, BWD,
+               lambda c: dict(BLOCK_P=c[0], BLOCK_Q=c[1], BLOCK_K=c[2], num_warps=c[3], num_stages=c[4]))
+        # Two kernels: the key-role tiles with the first query-role tiles, then the query-role tiles.
+        key = _sweep(f"BWD two kernels, key role {shape}", bwd, BWD_KEY, lambda c: split_config(c, BWD_QUERY[0]))
+        _sweep(f"BWD two kernels, query role {shape}", bwd, BWD_QUERY, lambda c: split_config(key, c))
 
 
 def _leaky_tiles(D: int, tile):

@@ -6,7 +6,7 @@ import triton
 
 from .._common import interpreter_enabled, per_head_tensor
 from .._triton_common import row_delta
-from .triton_attention import _attn_bwd_kernel, _attn_fwd_kernel
+from .triton_attention import _attn_bwd_key_kernel, _attn_bwd_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
@@ -22,34 +22,59 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Tile tables by BLOCK_D (and T for D = 128), measured with benchmarks/tune_kernels.py on an H200
-# in bf16 for D = 64 and 128; the other head dims use the nearest measured choice.
-FWD_TILES = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3),
-             "128_long": (128, 128, 8, 3), 256: (64, 32, 4, 2)}
+# Tile tables, measured with benchmarks/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
+# head dims take the nearest measured choice). Sequences from LONG_T[BLOCK_D] on are "long": the
+# forward takes its long tiles and the backward runs as two kernels (see triton_attention.py), which
+# measured 1.1-1.2x faster there and slower below.
+LONG_T = {16: 2048, 32: 2048, 64: 2048, 128: 8192, 256: None}
+# Forward: (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M a multiple of BLOCK_N.
+FWD_TILES = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3), 256: (64, 32, 4, 2)}
+FWD_LONG_TILES = {16: (128, 64, 8, 3), 32: (128, 64, 8, 3), 64: (128, 64, 8, 3), 128: (128, 128, 8, 3)}
+# Backward as one kernel: (BLOCK_P, BLOCK_Q, BLOCK_K, num_warps, num_stages).
 BWD_TILES = {16: (64, 64, 64, 4, 3), 32: (64, 64, 64, 4, 3), 64: (64, 64, 64, 4, 3), 128: (64, 64, 64, 4, 2),
-             "128_long": (128, 64, 64, 8, 2), 256: (32, 32, 32, 4, 1)}
-LONG_T = 8192
+             256: (32, 32, 32, 4, 1)}
+# Backward as two kernels: key role (BLOCK_P, BLOCK_Q, warps, stages), query role (BLOCK_P, BLOCK_K, warps, stages).
+BWD_LONG_TILES = {16: ((128, 32, 4, 3), (64, 64, 4, 3)), 32: ((128, 32, 4, 3), (64, 64, 4, 3)),
+                  64: ((128, 32, 4, 3), (64, 64, 4, 3)), 128: ((128, 64, 8, 3), (128, 64, 8, 4))}
 
 
-def _tile_key(T: int, D: int):
-    bd = _block_d(D)
-    return "128_long" if bd == 128 and T >= LONG_T else bd
+def _is_long(T: int, D: int) -> bool:
+    long_t = LONG_T[_block_d(D)]
+    return long_t is not None and T >= long_t
 
 
 def _fwd_config(T: int, D: int) -> dict:
     """BLOCK_M, BLOCK_N (BLOCK_M a multiple of BLOCK_N), num_warps, num_stages for the forward."""
     if interpreter_enabled():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    bm, bn, warps, stages = FWD_TILES[_tile_key(T, D)]
+    table = FWD_LONG_TILES if _is_long(T, D) else FWD_TILES
+    bm, bn, warps, stages = table[_block_d(D)]
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
+def split_config(key_tiles, query_tiles) -> dict:
+    """The two-kernel backward's config from (BLOCK_P, BLOCK_Q, warps, stages) of the key-role kernel
+    and (BLOCK_P, BLOCK_K, warps, stages) of the query-role kernel."""
+    (kp, kq, kw, ks), (qp, qk, qw, qs) = key_tiles, query_tiles
+    return dict(key=dict(BLOCK_P=kp, BLOCK_Q=kq, num_warps=kw, num_stages=ks),
+                query=dict(BLOCK_P=qp, BLOCK_K=qk, num_warps=qw, num_stages=qs))
+
+
 def _bwd_config(T: int, D: int) -> dict:
-    """BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages."""
+    """One kernel: BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages.
+    Two kernels (long sequences): {"key": ..., "query": ...}, see :func:`split_config`."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
-    bp, bq, bk, warps, stages = BWD_TILES[_tile_key(T, D)]
+    if _is_long(T, D):
+        return split_config(*BWD_LONG_TILES[_block_d(D)])
+    bp, bq, bk, warps, stages = BWD_TILES[_block_d(D)]
     return dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+
+
+def _check_blocks(block_p: int, *loop_blocks: int):
+    for block in loop_blocks:
+        if block_p % block:
+            raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
 def attention_forward(k, v, scale_t, fwd_config=None):
@@ -58,7 +83,7 @@ def attention_forward(k, v, scale_t, fwd_config=None):
     cfg = dict(fwd_config or _fwd_config(T, D))
     y = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
-    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
+    grid = (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
     _attn_fwd_kernel[grid](
         k, v, y, lse, scale_t, *k.stride(), *v.stride(), H, T, D,
         BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **cfg)
@@ -66,19 +91,35 @@ def attention_forward(k, v, scale_t, fwd_config=None):
 
 
 def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None):
-    """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks))."""
+    """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks)).
+    ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns."""
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D))
+    if "key" in cfg:
+        _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
+        _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])
+    else:
+        _check_blocks(cfg["BLOCK_P"], cfg["BLOCK_Q"], cfg["BLOCK_K"])
     bd = _block_d(D)
+    common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
+    strides = (*k.stride(), *v.stride(), *dy.stride())
     delta = row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
-    n_blocks = triton.cdiv(T, cfg["BLOCK_P"])
+    if "key" not in cfg:
+        n_blocks = triton.cdiv(T, cfg["BLOCK_P"])
+        part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
+        _attn_bwd_kernel[(n_blocks, B * H)](
+            k, v, dy, lse, delta, scale_t, dk, dv, part, *strides, H, T, D, **common, **cfg)
+        return dk, dv, part
+    key, query = cfg["key"], cfg["query"]
+    dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
+    _attn_bwd_key_kernel[(B * H, triton.cdiv(T, key["BLOCK_P"]))](
+        k, v, dy, lse, delta, scale_t, dv, dk_key, *strides, H, T, D, **common, **key)
+    n_blocks = triton.cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
-    _attn_bwd_kernel[(n_blocks, B * H)](
-        k, v, dy, lse, delta, scale_t, dk, dv, part,
-        *k.stride(), *v.stride(), *dy.stride(), H, T, D,
-        BLOCK_D=bd, PRECISION=_precision(k.dtype), **cfg)
+    _attn_bwd_query_kernel[(B * H, n_blocks)](
+        k, v, dy, lse, delta, scale_t, dk_key, dk, part, *strides, H, T, D, **common, **query)
     return dk, dv, part
 
 

@@ -3,16 +3,20 @@
 Layouts: k, v, dy are (B, H, T, D) with any strides; y, dk, dv are contiguous (B, H, T, D); the
 log-sum-exp (base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
 
-Forward: program (m-block, b*h) keeps an online softmax over key blocks. Key blocks entirely before
+Forward: program (b*h, m-block) keeps an online softmax over key blocks. Key blocks entirely before
 the query block are unmasked; only the blocks overlapping it (the "diagonal") apply ``j < t``.
 Rows with no key (t = 0) write zeros and a log-sum-exp of 0 (never -inf, so the backward stays finite).
 
-Backward: program (p-block, b*h) owns positions P = [p0, p0 + BLOCK_P). Position j in P is a key for
-every later query t > j (key role: dv_j and the key part of dk_j, looping over query blocks t >= p0),
-and a query over every earlier key (query role: the query part of dk_t, looping over key blocks
-j < p0 + BLOCK_P). Both parts of dk are summed in registers and written once: no atomics, and every
-program does about T / BLOCK of work whatever its position. d(scale) partials come from the query
-role, which visits each (t, j) pair exactly once.
+Backward: positions P = [p0, p0 + BLOCK_P) play two roles. Position j in P is a key for every later
+query t > j (key role: dv_j and the key part of dk_j, over query blocks t >= p0), and a query over
+every earlier key (query role: the query part of dk_t and the d(scale) terms, over key blocks
+j < p0 + BLOCK_P). Each gradient element is written by one program (no atomics), in one of two plans:
+- one kernel (short sequences): program (p-block, b*h) runs both roles and sums both parts of dk in
+  registers; every program does about T / BLOCK of work whatever its position;
+- two kernels (long sequences): the key-role kernel writes dv and its part of dk in float32, then the
+  query-role kernel adds its part and writes dk. Each kernel holds fewer live tiles (fewer registers,
+  its own tile shape) and launches its heaviest blocks first.
+BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ def _attn_fwd_kernel(
     H, T, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # Heaviest query blocks first: block m visits m + 1 key-block groups.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # Heaviest query blocks first: block m visits m + 1 key-block groups. With b*h on grid axis 0,
+    # the last block of every head is launched before any lighter one.
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     start_m = pid_m * BLOCK_M
@@ -92,43 +97,25 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_kernel(
-    K, V, DY, LSE, DELTA, SCALE, DK, DV, PART_SCALE,
-    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D,
-    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Position block pid_p: (p0, offs_p (BP,), offs_d (BD,), dmask (BD,), pmask (BP,), pm2 (BP, BD))."""
     p0 = pid_p * BLOCK_P
-    offs_p = p0 + tl.arange(0, BLOCK_P)                             # (BP,) the positions owned here
+    offs_p = p0 + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     pmask = offs_p < T
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
-    dy_base = DY + b * sdb + h * sdh
-    row_base = pid_bh * T
-    scale = tl.load(SCALE + h).to(tl.float32)
-    qk_scale = scale * 1.4426950408889634
+    return p0, offs_p, offs_d, dmask, pmask, pmask[:, None] & dmask[None, :]
 
-    pm2 = pmask[:, None] & dmask[None, :]
-    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    v_p = tl.load(v_base + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
-    dy_p = tl.load(dy_base + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
-    lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
-    delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
 
-    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-    dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
-
-    # ---- key role: queries t > j for j in P, over query blocks starting at p0 ----
+@triton.jit
+def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
+              skt, skd, sdt, sdd, start, stop, T,
+              BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add p_tj dy_t
+    to dv (BP, D) and ds_tj k_t to dk (BP, D). k_p, v_p: (BP, D). The mask j < t applies to every
+    block (MASK="all"), to none ("none"), or to the blocks overlapping P ("check", a branch per block)."""
     offs_q = tl.arange(0, BLOCK_Q)
-    for start_q in range(p0, T, BLOCK_Q):
+    for start_q in range(start, stop, BLOCK_Q):
         rows = start_q + offs_q                                                  # (BQ,) queries t
         rmask = rows < T
         q = tl.load(k_base + rows[:, None] * skt + offs_d[None, :] * skd,
@@ -138,17 +125,27 @@ def _attn_bwd_kernel(
         lse = tl.load(LSE + row_base + rows, mask=rmask, other=float("inf"))  # p = 0 past T
         delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
         sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION) * qk_scale    # (BP, BQ) ~ <k_j, k_t>
-        if start_q < p0 + BLOCK_P:  # diagonal: keep j < t (masked before exp2, so nothing overflows)
+        if MASK == "all":  # masked before exp2, so nothing overflows
             sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
+        elif MASK == "check":
+            if start_q < p0 + BLOCK_P:
+                sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
         pT = tl.exp2(sT - lse[None, :])
         dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
         dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)              # (BP, BQ) = <v_j, dy_t>
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
 
-    # ---- query role: keys j < t for t in P, over key blocks up to the end of P ----
+
+@triton.jit
+def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
+                skt, skd, svt, svd, start, stop, T,
+                BLOCK_K: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """Positions offs_p = [p0, p0 + BP) as queries t, over the key blocks j in [start, stop): add ds_tj k_j
+    to dk (BP, D) and ds_tj <k_t, k_j> to dscale (BP,). k_p, dy_p: (BP, D). MASK as in _key_role."""
     offs_k = tl.arange(0, BLOCK_K)
-    for start_k in range(0, tl.minimum(p0 + BLOCK_P, T), BLOCK_K):
+    for start_k in range(start, stop, BLOCK_K):
         cols = start_k + offs_k                                                  # (BK,) keys j
         cmask = cols < T
         kb = tl.load(k_base + cols[:, None] * skt + offs_d[None, :] * skd,
@@ -157,15 +154,122 @@ def _attn_bwd_kernel(
                      mask=cmask[:, None] & dmask[None, :], other=0.0)
         s = tl.dot(k_p, tl.trans(kb), input_precision=PRECISION)                # (BP, BK) = <k_t, k_j>
         s2 = s * qk_scale
-        if start_k + BLOCK_K > p0:                                               # diagonal: keep j < t
+        if MASK == "all":
             s2 = tl.where(cols[None, :] < offs_p[:, None], s2, float("-inf"))
+        elif MASK == "check":
+            if start_k + BLOCK_K > p0:
+                s2 = tl.where(cols[None, :] < offs_p[:, None], s2, float("-inf"))
         p = tl.exp2(s2 - lse_p[:, None])
         dp = tl.dot(dy_p, tl.trans(vb), input_precision=PRECISION)
         ds = p * (dp - delta_p[:, None])
         dscale += tl.sum(ds * s, 1)
         dk += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
+    return dk, dscale
+
+
+@triton.jit
+def _attn_bwd_kernel(
+    K, V, DY, LSE, DELTA, SCALE, DK, DV, PART_SCALE,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+    H, T, D,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # One program per (position block, b*h), both roles: about T / BLOCK of work each.
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    dy_base = DY + b * sdb + h * sdh
+    row_base = pid_bh * T
+    scale = tl.load(SCALE + h).to(tl.float32)
+    qk_scale = scale * 1.4426950408889634
+
+    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
+    v_p = tl.load(v_base + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
+    dy_p = tl.load(dy_base + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
+    lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
+    delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
+
+    # One loop per role with a branch per block: fewer registers here than a loop per mask (measured).
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
+                       skt, skd, sdt, sdd, p0, T, T, BLOCK_P, BLOCK_Q, "check", PRECISION)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, 0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_K, "check", PRECISION)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pm2)
     tl.store(PART_SCALE + pid_bh * tl.num_programs(0) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
+
+
+@triton.jit
+def _attn_bwd_key_kernel(
+    K, V, DY, LSE, DELTA, SCALE, DV, DK_KEY,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+    H, T, D,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
+    # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
+    k_base = K + b * skb + h * skh
+    dy_base = DY + b * sdb + h * sdh
+    row_base = pid_bh * T
+    qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634
+    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
+    v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
+    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
+                       skt, skd, sdt, sdd, p0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_P, BLOCK_Q, "all", PRECISION)
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
+                       skt, skd, sdt, sdd, p0 + BLOCK_P, T, T, BLOCK_P, BLOCK_Q, "none", PRECISION)
+    out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pm2)
+    tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the scale
+
+
+@triton.jit
+def _attn_bwd_query_kernel(
+    K, V, DY, LSE, DELTA, SCALE, DK_KEY, DK, PART_SCALE,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+    H, T, D,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Split backward, second kernel: program (b*h, position block) as queries; the last block has
+    # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
+    pid_bh = tl.program_id(0)
+    pid_p = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
+    k_base = K + b * skb + h * skh
+    row_base = pid_bh * T
+    scale = tl.load(SCALE + h).to(tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
+    dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
+    lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
+    delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    v_base = V + b * svb + h * svh
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, 0, p0, T, BLOCK_K, "none", PRECISION)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, p0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_K, "all", PRECISION)
+    out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
+    dk += tl.load(DK_KEY + out, mask=pm2, other=0.0)
+    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
+    tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
