@@ -41,6 +41,14 @@ def check_tensor(name: str, t, *, ndim: int | None = None) -> None:
         )
 
 
+def check_like(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Raise ValueError unless ``t`` has the dtype and device of ``ref`` (an op's second input)."""
+    if t.dtype != ref.dtype:
+        raise ValueError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
 def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, int, int, int]:
     """check_tensor with rank 4, then non-zero sizes and an optional head-dim bound; returns (B, H, T, D)."""
     check_tensor(name, t, ndim=4)

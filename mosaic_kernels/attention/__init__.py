@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_heads, check_tensor, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_heads, check_like, check_tensor, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["mosaic_attention"]
@@ -38,10 +38,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tens
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
-    if v.dtype != k.dtype:
-        raise ValueError(f"v must have the dtype of k ({k.dtype}), got {v.dtype}")
-    if v.device != k.device:
-        raise ValueError(f"v must be on the device of k ({k.device}), got {v.device}")
+    check_like("v", v, "k", k)
     scale = per_head("scale", scale, H, k)
     if use_triton(k):
         from .function import mosaic_attention_triton

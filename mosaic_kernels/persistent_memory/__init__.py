@@ -5,7 +5,7 @@ from numbers import Real
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_heads, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_heads, check_like, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["persistent_memory"]
@@ -50,10 +50,7 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 3 or t.shape[0] != H or t.shape[2] != D or t.shape[1] < 1:
             raise ValueError(f"{name} must have shape ({H}, P, {D}) (H, slots, D of q), got {tuple(t.shape)}")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on {q.device} like q, got {t.device}")
+        check_like(name, t, "q", q)
     if slot_values.shape != slot_keys.shape:
         raise ValueError(f"slot_values must have slot_keys' shape {tuple(slot_keys.shape)}, got {tuple(slot_values.shape)}")
     out_scale = per_head("out_scale", out_scale, H, q)

@@ -170,7 +170,7 @@ def _bad(**over):
     (dict(q=torch.ones(1, 2, 4, 8, dtype=torch.int32)), "q must have dtype"),
     (dict(slot_keys=torch.randn(3, 5, 8)), r"slot_keys must have shape \(2, P, 8\)"),
     (dict(slot_values=torch.randn(2, 6, 8)), "slot_values must have slot_keys' shape"),
-    (dict(slot_keys=torch.randn(2, 5, 8, dtype=torch.float64)), "slot_keys must have q's dtype"),
+    (dict(slot_keys=torch.randn(2, 5, 8, dtype=torch.float64)), "slot_keys must have the dtype of q"),
     (dict(slot_values=[1.0]), "slot_values must be a torch.Tensor"),
     (dict(out_scale=torch.ones(3)), r"out_scale must have shape \(2,\)"),
     (dict(dropout_p=1.0), r"dropout_p must be a float in \[0, 1\)"),
