@@ -111,9 +111,9 @@ def tune_leaky_chunks():
             for bt, w in LEAKY[D]:
                 with _leaky_tiles(D, (bt, w)), mock.patch.multiple(leaky_fn, FWD_PROGRAMS_PER_SM=per_sm,
                                                                    BWD_PROGRAMS_PER_SM=per_sm):
-                    y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)
-                    fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), per_sm, bt, w))
-                    bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0)), per_sm, bt, w))
+                    y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)
+                    fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)), per_sm, bt, w))
+                    bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0, False)), per_sm, bt, w))
         for name, res in (("fwd", fwd), ("bwd", bwd)):
             res.sort()
             print("LEAKY_CHUNKS", name, (B, H, T, D), f"copy {copy:.4f}",
@@ -131,7 +131,7 @@ def tune_leaky_in_tile():
             for bt, w in LEAKY[D] + [(32, 2), (64, 2)]:
                 with mock.patch.object(leaky_fn, "FWD_IN_TILE", mode), _leaky_tiles(D, (bt, w)):
                     try:
-                        res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0)), mode, bt, w))
+                        res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)), mode, bt, w))
                     except Exception as e:  # a tile the compiler refuses
                         print("fail", mode, bt, w, str(e)[:80])
         copy = bench_ms(lambda: x.contiguous())

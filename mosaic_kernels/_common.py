@@ -59,6 +59,33 @@ def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, 
         raise ValueError(f"{name} must have a head dim D <= {max_head_dim}, got {D}")
     return B, H, T, D
 
+def empty_heads(alloc, shape, *, heads_last: bool, device, dtype) -> torch.Tensor:
+    """A ``(B, H, T, D)`` buffer from ``alloc`` (torch.empty, or a test's NaN-filling stand-in).
+
+    Contiguous, or with ``heads_last`` a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)``
+    buffer: the layout of a head-split ``(B, T, H*D)`` projection, where merging the heads back,
+    ``t.transpose(1, 2).reshape(B, T, H*D)``, is a view and costs no copy.
+    """
+    B, H, T, D = shape
+    if heads_last:
+        return alloc((B, T, H, D), device=device, dtype=dtype).transpose(1, 2)
+    return alloc((B, H, T, D), device=device, dtype=dtype)
+
+
+def is_heads_last(t: torch.Tensor) -> bool:
+    """Whether the ``(B, H, T, D)`` tensor ``t`` is a view of a contiguous ``(B, T, H, D)`` buffer
+    (and not also contiguous as it stands, which happens when H or T is 1)."""
+    return t.transpose(1, 2).is_contiguous() and not t.is_contiguous()
+
+
+def as_heads_last(t: torch.Tensor, heads_last: bool) -> torch.Tensor:
+    """``t`` in the layout :func:`empty_heads` gives (a copy when it is not already): for the
+    PyTorch reference paths, whose results are contiguous."""
+    if heads_last and not t.transpose(1, 2).is_contiguous():
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    return t
+
+
 def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high=None):
     """Validate a per-head argument: None, a Python real, or a tensor of shape ``(H,)``.
 

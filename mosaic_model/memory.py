@@ -22,6 +22,13 @@ def ops_for(config: MosaicConfig):
     return reference_ops if config.kernels == "reference" else mosaic_kernels
 
 
+def layout_for(config: MosaicConfig, heads_last: bool = True) -> dict:
+    """Keyword arguments of a fused op's output layout: heads-last (B, H, T, hs) views of (B, T, H, hs)
+    memory, the layout of a head-split projection, so that merging the heads before c_proj and folding
+    the batch into the P-mem's query rows are views, not copies. The references take no layout option."""
+    return {} if config.kernels == "reference" else {"heads_last": heads_last}
+
+
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, d) -> (B, H, T, hs) as a strided view (no copy)."""
     B, T, d = x.shape
@@ -42,10 +49,10 @@ class LeakyKeyExtractor(nn.Module):
     The P-mem squares the scale (power 2) because its slots carry none.
     """
 
-    def __init__(self, config: MosaicConfig, power: int):
+    def __init__(self, config: MosaicConfig, power: int, heads_last: bool = True):
         super().__init__()
         H, d = config.n_head, config.n_embd
-        self.config, self.power = config, power
+        self.config, self.power, self.heads_last = config, power, heads_last
         self.W_k = nn.Linear(d, d, bias=config.bias)
         self.leaky_beta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10)
         self.key_scale = nn.Parameter(torch.full((H,), 0.1))
@@ -59,7 +66,8 @@ class LeakyKeyExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
         return ops_for(self.config).leaky_average(
-            raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps)
+            raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
+            **layout_for(self.config, self.heads_last))
 
 
 class PeekAheadValueExtractor(nn.Module):
@@ -103,7 +111,7 @@ class ContextMemory(nn.Module):
         if self.config.attn_dropout > 0 and self.training:
             y = reference_ops.mosaic_attention(k, v, None, dropout_p=self.config.attn_dropout)
         else:
-            y = ops_for(self.config).mosaic_attention(k, v)
+            y = ops_for(self.config).mosaic_attention(k, v, **layout_for(self.config))
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
@@ -114,7 +122,9 @@ class PersistentMemory(nn.Module):
         super().__init__()
         H, hs = config.n_head, config.head_size
         self.config = config
-        self.key = LeakyKeyExtractor(config, power=2)
+        # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
+        # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
+        self.key = LeakyKeyExtractor(config, power=2, heads_last=config.pmem_kernel != "triton")
         shape = (config.pmem_count, H, config.pmem_size, hs)
         self.M_k = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
         self.M_v = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
@@ -161,7 +171,8 @@ class PersistentMemory(nn.Module):
 
         The output is linear in the slot values, so the per-head multiplier ``c`` ((H,)) scales the
         (H, P, hs) values instead of the (B, H, T, hs) output (two fewer full passes each way in eager
-        mode)."""
+        mode). With heads-last keys (the fused path) the fold is a view; SDPA's cuDNN and flash kernels
+        return the output, and the gradient of q, in q's layout, so merging the heads is a view too."""
         B, H, T, hs = k.shape
         q = k.transpose(0, 1).reshape(1, H, B * T, hs)
         c = c.view(1, H, 1, 1)

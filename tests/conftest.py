@@ -55,3 +55,16 @@ def nan_outputs(monkeypatch):
     monkeypatch.setattr(leaky_fn, "_empty", nan_empty)
     monkeypatch.setattr(value_fn, "_empty", nan_empty)
     monkeypatch.setattr(slots_fn, "_empty", nan_empty)
+
+
+def in_bthd_memory(t: torch.Tensor) -> bool:
+    """Whether the (B, H, T, D) tensor t is laid out as a contiguous (B, T, H, D) buffer."""
+    B, H, T, D = t.shape
+    return t.stride() == (T * H * D, D, H * D, 1)
+
+
+def head_split(x: torch.Tensor) -> torch.Tensor:
+    """A (B, H, T, D) view of a fresh leaf (B, T, H*D) tensor holding x, as a model's projection gives it."""
+    B, H, T, D = x.shape
+    base = x.detach().transpose(1, 2).reshape(B, T, H * D).clone().requires_grad_()
+    return base.view(B, T, H, D).transpose(1, 2)

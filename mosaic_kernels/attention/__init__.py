@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_heads, check_like, check_tensor, per_head, use_triton
+from .._common import MAX_HEAD_DIM, as_heads_last, check_heads, check_like, check_tensor, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["mosaic_attention"]
 
 
-def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:
+def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None, *, heads_last: bool = False) -> torch.Tensor:
     """Strictly causal softmax attention with queries = keys and a per-head bandwidth.
 
     ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``
@@ -20,9 +20,13 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tens
         v: ``(B, H, T, D)`` values, same shape, dtype and device as ``k``.
         scale: None (1.0), a float, or a ``(H,)`` tensor (its gradient is returned when it
             requires grad). The Memory Mosaic pre-scales its keys and passes None.
+        heads_last: return a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)`` buffer instead of
+            a contiguous tensor, so that merging the heads before an output projection,
+            ``y.transpose(1, 2).reshape(B, T, H * D)``, costs no copy (SDPA's flash and cuDNN
+            kernels give this layout for head-split inputs).
 
     Returns:
-        A contiguous ``(B, H, T, D)`` tensor of ``v.dtype``. Softmax and accumulation run in
+        A ``(B, H, T, D)`` tensor of ``v.dtype``, contiguous unless ``heads_last``. Softmax and accumulation run in
         float32 (float64 for float64 input); extra memory is one log-sum-exp per row. CUDA tensors
         run the Triton kernels; CPU tensors the dense PyTorch reference, or the Triton kernels
         through the interpreter when ``TRITON_INTERPRET=1``.
@@ -43,5 +47,5 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tens
     if use_triton(k):
         from .function import mosaic_attention_triton
 
-        return mosaic_attention_triton(k, v, scale)
-    return _reference.mosaic_attention(k, v, scale)
+        return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last))
+    return as_heads_last(_reference.mosaic_attention(k, v, scale), bool(heads_last))

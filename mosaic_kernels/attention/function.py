@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .._common import interpreter_enabled, per_head_tensor
+from .._common import empty_heads, interpreter_enabled, per_head_tensor
 from .._triton_common import row_delta
 from .triton_attention import _attn_bwd_key_kernel, _attn_bwd_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
@@ -77,15 +77,16 @@ def _check_blocks(block_p: int, *loop_blocks: int):
             raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
-def attention_forward(k, v, scale_t, fwd_config=None):
-    """Launch the forward; returns (y, lse). ``fwd_config`` overrides the tile choice (tuning)."""
+def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False):
+    """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
+    ``fwd_config`` overrides the tile choice (tuning)."""
     B, H, T, D = k.shape
     cfg = dict(fwd_config or _fwd_config(T, D))
-    y = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
+    y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
     _attn_fwd_kernel[grid](
-        k, v, y, lse, scale_t, *k.stride(), *v.stride(), H, T, D,
+        k, v, y, lse, scale_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D,
         BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **cfg)
     return y, lse
 
@@ -126,15 +127,17 @@ def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None):
 # The kernels are registered as torch.library custom ops so that torch.compile traces through the
 # model without a graph break; their fake (meta) implementations give the output shapes.
 @torch.library.custom_op("mosaic::attention_fwd", mutates_args=())
-def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                  heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward op: (y, per-row log-sum-exp in float32); scale is (H,) float32."""
-    return attention_forward(k, v, scale)
+    return attention_forward(k, v, scale, heads_last=heads_last)
 
 
 @attention_fwd.register_fake
-def _(k, v, scale):
+def _(k, v, scale, heads_last):
     B, H, T, D = k.shape
-    return v.new_empty((B, H, T, D)), k.new_empty((B, H, T), dtype=torch.float32)
+    return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
+            k.new_empty((B, H, T), dtype=torch.float32))
 
 
 def _backward_summed(k, v, y, lse, scale, dy):
@@ -163,26 +166,27 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:2], *output, inputs[2])
 
 
-attention_fwd.register_autograd(lambda ctx, dy, _dlse: _grads(ctx, dy, attention_bwd), setup_context=_setup_context)
+attention_fwd.register_autograd(lambda ctx, dy, _dlse: (*_grads(ctx, dy, attention_bwd), None),
+                                setup_context=_setup_context)
 
 
 class _MosaicAttention(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx, k, v, scale):
-        y, lse = attention_forward(k, v, scale)
+    def forward(ctx, k, v, scale, heads_last):
+        y, lse = attention_forward(k, v, scale, heads_last=heads_last)
         ctx.save_for_backward(k, v, y, lse, scale)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        return _grads(ctx, dy, _backward_summed)
+        return (*_grads(ctx, dy, _backward_summed), None)
 
 
-def mosaic_attention_triton(k, v, scale=None):
+def mosaic_attention_triton(k, v, scale=None, heads_last=False):
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
     scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return attention_fwd(k, v, scale_f)[0]
-    return _MosaicAttention.apply(k, v, scale_f)
+        return attention_fwd(k, v, scale_f, bool(heads_last))[0]
+    return _MosaicAttention.apply(k, v, scale_f, bool(heads_last))

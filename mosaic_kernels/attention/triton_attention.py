@@ -1,6 +1,7 @@
 """Triton kernels of the strictly causal Gaussian-kernel attention with queries = keys.
 
-Layouts: k, v, dy are (B, H, T, D) with any strides; y, dk, dv are contiguous (B, H, T, D); the
+Layouts: k, v, dy are (B, H, T, D) with any strides; y has a last stride of 1 (the host allocates it
+contiguous or heads-last, see _common.empty_heads); dk, dv are contiguous (B, H, T, D); the
 log-sum-exp (base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
 
 Forward: program (b*h, m-block) keeps an online softmax over key blocks. Key blocks entirely before
@@ -29,7 +30,7 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _attn_fwd_kernel(
     K, V, Y, LSE, SCALE,
-    skb, skh, skt, skd, svb, svh, svt, svd,
+    skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt,
     H, T, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -92,7 +93,7 @@ def _attn_fwd_kernel(
     rmask = offs_m < T
     out = pid_bh * T + offs_m
     tl.store(LSE + out, lse, mask=rmask)
-    tl.store(Y + out[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty),
+    tl.store(Y + b * syb + h * syh + offs_m[:, None] * syt + offs_d[None, :], y.to(Y.dtype.element_ty),
              mask=rmask[:, None] & dmask[None, :])
 
 

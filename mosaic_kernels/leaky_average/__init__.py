@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_heads, per_head, use_triton
+from .._common import as_heads_last, check_heads, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["leaky_average"]
 
 
-def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12) -> torch.Tensor:
+def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12,
+                  heads_last: bool = False) -> torch.Tensor:
     """Per-head exponential moving sum over time, fused with L2 normalisation and a scale.
 
     ``y[b,h,t] = x[b,h,t] + decay_h * y[b,h,t-1]`` with ``y[b,h,-1] = 0``. With ``normalize=True``
@@ -22,9 +23,13 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
         normalize: apply the L2 normalisation and the scale.
         scale: None (1.0), a float, or a ``(H,)`` tensor; requires ``normalize=True``.
         eps: lower bound of the norm, > 0.
+        heads_last: return a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)`` buffer instead of
+            a contiguous tensor: the layout of a head-split ``(B, T, H*D)`` projection, so that
+            merging or folding the heads afterwards costs no copy.
 
     Returns:
-        A contiguous ``(B, H, T, D)`` tensor of ``x.dtype``. Accumulation is float32 (float64 for
+        A ``(B, H, T, D)`` tensor of ``x.dtype``, contiguous unless ``heads_last``. When x itself is
+        heads-last, so is the gradient returned for it. Accumulation is float32 (float64 for
         float64 input). CUDA tensors run the Triton kernels; CPU tensors the PyTorch reference,
         or the Triton kernels through the interpreter when ``TRITON_INTERPRET=1``.
 
@@ -47,5 +52,7 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
     if use_triton(x):
         from .function import leaky_average_triton
 
-        return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps))
-    return _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps))
+        return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps),
+                                    heads_last=bool(heads_last))
+    y = _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps))
+    return as_heads_last(y, bool(heads_last))

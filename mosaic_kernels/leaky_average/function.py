@@ -6,7 +6,7 @@ import math
 import torch
 import triton
 
-from .._common import interpreter_enabled, per_head_tensor
+from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -91,16 +91,17 @@ def _bwd_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 or interpreter_enabled() else "tf32x3"
 
 
-def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int):
-    """Run the forward kernels; returns (y, norm). ``chunk_len`` 0 picks the chunking by SM count."""
+def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool):
+    """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
+    ``chunk_len`` 0 picks the chunking by SM count."""
     B, H, T, D = x.shape
     block_t, warps, _, _, block_d = _tiling(D)
     # The backward chunks time on its own: no forward state is reused.
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
-    y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+    y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
-    args = (x, y, norm, decay, scale, summary, *x.stride(), H, T, D, chunk_len, nchunk, eps)
+    args = (x, y, norm, decay, scale, summary, *x.stride(), *y.stride()[:3], H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
                 USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype))
     if nchunk > 1:
@@ -109,15 +110,17 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     return y, norm
 
 
-def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int):
-    """Run the backward kernels; returns (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
+def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool):
+    """Run the backward kernels; returns (dx, (2, H) float32 per-head gradients: d(decay), then d(scale)).
+    dx is heads-last when ``dx_heads_last`` (the forward's x was), so the head split's backward is a view."""
     B, H, T, D = y.shape
     _, _, bwd_block_t, warps, block_d = _tiling(D)
     chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
-    gx = _empty(y.shape, device=y.device, dtype=y.dtype)
+    gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
-    args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), H, T, D, chunk_len, nchunk, eps)
+    args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), *y.stride()[:3], *gx.stride()[:3],
+            H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
                 USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype))
     if nchunk > 1:
@@ -131,46 +134,47 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
 # model without a graph break; their fake (meta) implementations give the output shapes.
 @torch.library.custom_op("mosaic::leaky_average_fwd", mutates_args=())
 def leaky_average_fwd(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool,
-                      eps: float, chunk_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      eps: float, chunk_len: int, heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward op: (y, per-row norm statistic); decay and scale are (H,) float32."""
-    return _launch_forward(x, decay, scale, normalize, eps, chunk_len)
+    return _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
 
 
 @leaky_average_fwd.register_fake
-def _(x, decay, scale, normalize, eps, chunk_len):
+def _(x, decay, scale, normalize, eps, chunk_len, heads_last):
     B, H, T, D = x.shape
-    return x.new_empty((B, H, T, D)), x.new_empty((B, H, T) if normalize else (1,), dtype=torch.float32)
+    return (empty_heads(x.new_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype),
+            x.new_empty((B, H, T) if normalize else (1,), dtype=torch.float32))
 
 
 @torch.library.custom_op("mosaic::leaky_average_bwd", mutates_args=())
 def leaky_average_bwd(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor,
                       scale: torch.Tensor, normalize: bool, eps: float,
-                      chunk_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk_len: int, dx_heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward op: (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
-    return _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len)
+    return _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last)
 
 
 @leaky_average_bwd.register_fake
-def _(gy, y, norm, decay, scale, normalize, eps, chunk_len):
+def _(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last):
     H = y.shape[1]
-    return y.new_empty(y.shape), y.new_empty((2, H), dtype=torch.float32)
+    return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
+            y.new_empty((2, H), dtype=torch.float32))
 
 
-def _save(ctx, y, norm, decay, scale, normalize, eps, chunk_len):
+def _save(ctx, x, y, norm, decay, scale, normalize, eps, chunk_len):
     ctx.save_for_backward(y, norm, decay, scale)
-    ctx.meta = (normalize, eps, chunk_len)
+    ctx.meta = (normalize, eps, chunk_len, is_heads_last(x))
 
 
 def _grads(ctx, gy, backward_fn):
     y, norm, decay, scale = ctx.saved_tensors
-    normalize, eps, chunk_len = ctx.meta
-    gx, per_head = backward_fn(gy, y, norm, decay, scale, normalize, eps, chunk_len)
-    return gx, per_head[0], (per_head[1] if normalize else None), None, None, None
+    gx, per_head = backward_fn(gy, y, norm, decay, scale, *ctx.meta)
+    return gx, per_head[0], (per_head[1] if ctx.meta[0] else None), None, None, None, None
 
 
 def _setup_context(ctx, inputs, output):
-    x, decay, scale, normalize, eps, chunk_len = inputs
-    _save(ctx, *output, decay, scale, normalize, eps, chunk_len)
+    x, decay, scale, normalize, eps, chunk_len, _heads_last = inputs
+    _save(ctx, x, *output, decay, scale, normalize, eps, chunk_len)
 
 
 leaky_average_fwd.register_autograd(lambda ctx, gy, _gnorm: _grads(ctx, gy, leaky_average_bwd),
@@ -181,9 +185,9 @@ class _LeakyAverage(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx, x, decay, scale, normalize, eps, chunk_len):
-        y, norm = _launch_forward(x, decay, scale, normalize, eps, chunk_len)
-        _save(ctx, y, norm, decay, scale, normalize, eps, chunk_len)
+    def forward(ctx, x, decay, scale, normalize, eps, chunk_len, heads_last):
+        y, norm = _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
+        _save(ctx, x, y, norm, decay, scale, normalize, eps, chunk_len)
         return y
 
     @staticmethod
@@ -191,7 +195,7 @@ class _LeakyAverage(torch.autograd.Function):
         return _grads(ctx, gy, _launch_backward)
 
 
-def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None):
+def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None, heads_last=False):
     """Run the Triton scan (no validation: call :func:`mosaic_kernels.leaky_average`).
 
     ``chunk_len`` forces the time-chunk length (rounded up to the tile height); tests use it to
@@ -199,7 +203,7 @@ def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, ch
     """
     H = x.shape[1]
     args = (x, per_head_tensor(decay, H, x, 0.0), per_head_tensor(scale if normalize else None, H, x, 1.0),
-            bool(normalize), float(eps), int(chunk_len or 0))
+            bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last))
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
         return leaky_average_fwd(*args)[0]
     return _LeakyAverage.apply(*args)

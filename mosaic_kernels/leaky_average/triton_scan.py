@@ -1,6 +1,7 @@
 """Triton kernels of the leaky-average scan, forward and backward.
 
-Layout: x is (B, H, T, D) with any strides; y, dx are contiguous (B, H, T, D); the per-row norm
+Layout: x and dy are (B, H, T, D) with any strides; y and dx are (B, H, T, D) with a last stride of
+1 (the host allocates them contiguous or heads-last, see _common.empty_heads); the per-row norm
 statistic is (B, H, T) float32. One program owns one (b, h) and one chunk of time, walks its chunk
 tile by tile (BLOCK_T rows x BLOCK_D columns, the whole head dim so the L2 norm is local), and scans
 each tile with ``tl.associative_scan`` on (decay, value) pairs, all in float32. A carry links tiles.
@@ -32,7 +33,7 @@ def _row(tile, rows_local, which: tl.constexpr):
 @triton.jit
 def _leaky_fwd_kernel(
     X, Y, NORM, DECAY, SCALE, SUMMARY,
-    sxb, sxh, sxt, sxd,
+    sxb, sxh, sxt, sxd, syb, syh, syt,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -75,7 +76,8 @@ def _leaky_fwd_kernel(
     t_start = pid_c * CHUNK_LEN
     t_stop = tl.minimum(t_start + CHUNK_LEN, T)
     x_base = X + b * sxb + h * sxh
-    out_base = pid_bh * T
+    y_base = Y + b * syb + h * syh
+    out_base = pid_bh * T                                                   # NORM row base
     # The next tile is loaded before this one is scanned, so its memory latency overlaps the scan.
     nxt = t_start + rows_local
     x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
@@ -106,7 +108,7 @@ def _leaky_fwd_kernel(
                 n = tl.maximum(tl.sqrt(tl.sum(u * u, axis=1)), eps)          # (BLOCK_T,)
                 tl.store(NORM + out_base + rows, n, mask=rmask)
                 u = u * (s_h / n)[:, None]
-            tl.store(Y + (out_base + rows[:, None]) * D + cols[None, :], u.to(Y.dtype.element_ty), mask=m2)
+            tl.store(y_base + rows[:, None] * syt + cols[None, :], u.to(Y.dtype.element_ty), mask=m2)
     if SUMMARY_ONLY:
         tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
 
@@ -114,7 +116,7 @@ def _leaky_fwd_kernel(
 @triton.jit
 def _leaky_bwd_kernel(
     GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PARTS,
-    sgb, sgh, sgt, sgd,
+    sgb, sgh, sgt, sgd, syb, syh, syt, sxb, sxh, sxt,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -153,14 +155,16 @@ def _leaky_bwd_kernel(
     t_stop = tl.minimum(t_start + CHUNK_LEN, T)
     n_tiles = tl.cdiv(t_stop - t_start, BLOCK_T)
     g_base = GY + b * sgb + h * sgh
-    out_base = pid_bh * T
+    y_base = Y + b * syb + h * syh
+    gx_base = GX + b * sxb + h * sxh                                        # dx: strides sx*
+    out_base = pid_bh * T                                                   # NORM row base
     acc_decay = tl.zeros((BLOCK_T,), dtype=tl.float32)
     acc_scale = tl.zeros((BLOCK_T,), dtype=tl.float32)
     # Tiles are visited last to first; the next one (earlier in time) is prefetched.
     nxt = t_start + (n_tiles - 1) * BLOCK_T + rows_local
     nm2 = (nxt < t_stop)[:, None] & cmask[None, :]
     g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
-    y_next = tl.load(Y + (out_base + nxt[:, None]) * D + cols[None, :], mask=nm2, other=0.0)
+    y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
     for i in range(0, n_tiles):
         t0 = t_start + (n_tiles - 1 - i) * BLOCK_T
         rows = t0 + rows_local
@@ -171,7 +175,7 @@ def _leaky_bwd_kernel(
         nxt = rows - BLOCK_T
         nm2 = ((nxt >= t_start) & (nxt < t_stop))[:, None] & cmask[None, :]
         g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
-        y_next = tl.load(Y + (out_base + nxt[:, None]) * D + cols[None, :], mask=nm2, other=0.0)
+        y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
         if NORMALIZE:
             # y = s * u / n with n = max(|u|, eps): gu = (s/n) (g - (g.yhat) yhat), or (s/n) g when clamped.
             n = tl.load(NORM + out_base + rows, mask=rmask, other=1.0)
@@ -194,12 +198,12 @@ def _leaky_bwd_kernel(
             _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum, reverse=True)
             carry = _row(lam, rows_local, 0)
         if not SUMMARY_ONLY:
-            tl.store(GX + (out_base + rows[:, None]) * D + cols[None, :], lam.to(GX.dtype.element_ty), mask=m2)
+            tl.store(gx_base + rows[:, None] * sxt + cols[None, :], lam.to(GX.dtype.element_ty), mask=m2)
             # dL/da = sum_t lambda_t . u_{t-1}: the previous row of the raw scan, rebuilt from y.
             prev = rows - 1
             pmask = rmask & (prev >= 0)
             pm2 = pmask[:, None] & cmask[None, :]
-            u_prev = tl.load(Y + (out_base + prev[:, None]) * D + cols[None, :], mask=pm2, other=0.0).to(tl.float32)
+            u_prev = tl.load(y_base + prev[:, None] * syt + cols[None, :], mask=pm2, other=0.0).to(tl.float32)
             if NORMALIZE:
                 n_prev = tl.load(NORM + out_base + prev, mask=pmask, other=0.0)
                 u_prev = u_prev * (inv_s * n_prev)[:, None]

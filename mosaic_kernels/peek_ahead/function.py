@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .._common import interpreter_enabled, per_head_tensor
+from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .triton_value import _value_bwd_kernel, _value_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
@@ -43,10 +43,11 @@ def _launch_backward(gy, x, mix, scale, eps: float):
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
     n_blocks = triton.cdiv(T, block_t)
-    dx = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
+    # dx in x's layout when x is a head-split view, so the split's backward costs no copy.
+    dx = empty_heads(_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
     parts = _empty((2, B * H * n_blocks), device=x.device, dtype=torch.float32)
     _value_bwd_kernel[(n_blocks, B * H)](
-        x, gy, dx, parts, mix, scale, *x.stride(), *gy.stride(), H, T, D, eps,
+        x, gy, dx, parts, mix, scale, *x.stride(), *gy.stride(), *dx.stride()[:3], H, T, D, eps,
         BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
     return dx, parts.view(2, B, H, n_blocks).sum(dim=(1, 3))  # fixed order: deterministic
 
@@ -60,7 +61,8 @@ def peek_ahead_bwd(gy: torch.Tensor, x: torch.Tensor, mix: torch.Tensor, scale: 
 
 @peek_ahead_bwd.register_fake
 def _(gy, x, mix, scale, eps):
-    return x.new_empty(x.shape), x.new_empty((2, x.shape[1]), dtype=torch.float32)
+    dx = empty_heads(x.new_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
+    return dx, x.new_empty((2, x.shape[1]), dtype=torch.float32)
 
 
 def _grads(ctx, gy, backward_fn):

@@ -1,7 +1,7 @@
 """Triton kernels of the peek-ahead value, forward and backward.
 
-Layout: x and the upstream gradient g are (B, H, T, D) with any strides; y and dx are contiguous
-(B, H, T, D). One program owns BLOCK_T rows of one (b, h) and the whole head dim, so the L2 norm is
+Layout: x and the upstream gradient g are (B, H, T, D) with any strides; y is contiguous
+(B, H, T, D); dx has a last stride of 1 (the host gives it x's layout when x is heads-last). One program owns BLOCK_T rows of one (b, h) and the whole head dim, so the L2 norm is
 local. The shifted rows (t+1 forward; t-1 and t+1 backward) are a second load of the same lines,
 which hits the cache: DRAM traffic is one read of x (and g) and one write. Nothing is saved for the
 backward but x: the norm is recomputed.
@@ -66,7 +66,7 @@ def _grad_mixed(x_base, g_base, rows, cols, cmask, c, s, sxt, sxd, sgt, sgd, T, 
 @triton.jit
 def _value_bwd_kernel(
     X, G, DX, PARTS, MIX, SCALE,
-    sxb, sxh, sxt, sxd, sgb, sgh, sgt, sgd,
+    sxb, sxh, sxt, sxd, sgb, sgh, sgt, sgd, sdb, sdh, sdt,
     H, T, D, eps,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -78,7 +78,7 @@ def _value_bwd_kernel(
     gz_prev, _, _ = _grad_mixed(x_base, g_base, rows - 1, cols, cmask, c, s, sxt, sxd, sgt, sgd, T, eps)
     dx = c * gz + (1.0 - c) * gz_prev
     m2 = (rows < T)[:, None] & cmask[None, :]
-    tl.store(DX + (pid_bh * T + rows[:, None]) * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
+    tl.store(DX + b * sdb + h * sdh + rows[:, None] * sdt + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
     # PARTS is (2, B*H*n_blocks): d(mix) partials, then d(scale) partials (rows past T contribute 0).
     idx = pid_bh * tl.num_programs(0) + tl.program_id(0)
     tl.store(PARTS + idx, tl.sum(tl.sum(gz * dz_dc, axis=1), axis=0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mosaic_kernels import mosaic_attention, reference
-from tests.conftest import kernel_devices, rel_err
+from tests.conftest import in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import attention_loop
 
 
@@ -69,6 +69,25 @@ def test_reference_gradcheck_float64():
 def test_kernel_matches_loop(device, B, H, T, D, strided, nan_outputs):
     k, v, s = _inputs(B, H, T, D, strided=strided)
     _check(mosaic_attention, k, v, s, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)  # float64 runs the reference
+def test_heads_last_output_merges_for_free(device, dtype, nan_outputs):
+    """heads_last=True gives the default's values and gradients bit for bit, with y in (B, T, H, D)
+    memory, so merging the heads is a view of it."""
+    k, v, s = _inputs(2, 3, 37, 16, strided=True, dtype=dtype)
+    g = torch.randn(k.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    runs = []
+    for heads_last in (False, True):
+        kd, vd, sd = (t.to(device).requires_grad_() for t in (k, v, s))
+        y = mosaic_attention(kd, vd, sd, heads_last=heads_last)
+        runs.append((y, *torch.autograd.grad(y, (kd, vd, sd), g)))
+    y = runs[1][0]
+    assert in_bthd_memory(y) and not in_bthd_memory(runs[0][0])
+    assert y.transpose(1, 2).reshape(2, 37, 48).data_ptr() == y.data_ptr()
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("device", kernel_devices())

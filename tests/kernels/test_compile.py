@@ -20,27 +20,32 @@ def _pair(device):
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "norm"])
-def test_opcheck_leaky_average(device, normalize):
+@pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
+def test_opcheck_leaky_average(device, normalize, heads_last):
     x, decay, scale = _pair(device)
-    torch.library.opcheck(leaky_average_fwd, (x.requires_grad_(), decay, scale, normalize, 1e-12, 0),
+    torch.library.opcheck(leaky_average_fwd, (x.requires_grad_(), decay, scale, normalize, 1e-12, 0, heads_last),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-def test_opcheck_attention(device):
+@pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
+def test_opcheck_attention(device, heads_last):
     x, _, scale = _pair(device)
     v = torch.randn_like(x)
-    torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale),
+    torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale, heads_last),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
-def _block(x, w_decay, w_scale, v):
-    k = leaky_average(x, torch.sigmoid(w_decay), normalize=True, scale=w_scale.exp())
-    return mosaic_attention(k, v).square().sum()
+def _block(x, w_decay, w_scale, v, heads_last=False):
+    k = leaky_average(x, torch.sigmoid(w_decay), normalize=True, scale=w_scale.exp(), heads_last=heads_last)
+    y = mosaic_attention(k, v, heads_last=heads_last)
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * D).square().sum()  # the model's head merge
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-def test_compile_fullgraph_matches_eager(device):
+@pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
+def test_compile_fullgraph_matches_eager(device, heads_last):
     """Both ops inside one compiled function: no graph break (fullgraph=True), same values and gradients."""
     torch._dynamo.reset()
     x, _, _ = _pair(device)
@@ -52,7 +57,7 @@ def test_compile_fullgraph_matches_eager(device):
     for fn in (_block, compiled):
         xs = x.detach().clone().requires_grad_()
         ps = [p.detach().clone().requires_grad_() for p in params]
-        out = fn(xs, *ps, v)
+        out = fn(xs, *ps, v, heads_last)
         results.append((out, *torch.autograd.grad(out, (xs, *ps))))
     for eager, comp in zip(*results):
         assert rel_err(comp, eager) < 1e-5

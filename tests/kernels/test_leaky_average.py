@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mosaic_kernels import leaky_average, reference
-from tests.conftest import kernel_devices, rel_err
+from tests.conftest import head_split, in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import leaky_loop
 
 DECAYS = [0.0, 1e-6, 0.5, 0.999, 1.0]
@@ -78,6 +78,26 @@ def test_public_float64_is_exact_on_cpu():
 def test_kernel_matches_loop(device, T, D, normalize, strided, nan_outputs):
     x, decay, scale = _inputs(2, 5, T, D, strided=strided)
     _check_against_loop(leaky_average, x, decay, scale, normalize, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)  # float64 runs the reference
+def test_heads_last_layouts(device, dtype, nan_outputs):
+    """heads_last=True gives the default's values and gradients bit for bit, with y in (B, T, H, D)
+    memory; on the kernel path a head-split x gets its gradient in its own layout either way."""
+    x, decay, scale = _inputs(2, 5, 37, 16, strided=True)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    runs = []
+    for heads_last in (False, True):
+        xv = head_split(x.to(device, dtype))
+        a, s = decay.to(device).requires_grad_(), scale.to(device).requires_grad_()
+        y = leaky_average(xv, a, normalize=True, scale=s, heads_last=heads_last)
+        runs.append((y, *torch.autograd.grad(y, (xv, a, s), g)))
+    assert in_bthd_memory(runs[1][0]) and not in_bthd_memory(runs[0][0])
+    if dtype != torch.float64:
+        assert in_bthd_memory(runs[0][1]) and in_bthd_memory(runs[1][1])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("device", kernel_devices())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mosaic_kernels import peek_ahead_value, reference
-from tests.conftest import kernel_devices, rel_err
+from tests.conftest import head_split, in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import peek_ahead_loop
 
 
@@ -58,6 +58,19 @@ def test_reference_gradcheck_float64():
 def test_kernel_matches_loop(device, T, D, strided, nan_outputs):
     x, mix, scale = _inputs(2, 3, T, D, strided=strided)
     _check_against_loop(peek_ahead_value, x, mix, scale, 1e-5, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_gradient_follows_a_head_split_input(device, nan_outputs):
+    """dx of a head-split x is written in x's (B, T, H, D) memory (the split's backward is a view),
+    with the values of a contiguous x's dx."""
+    x, mix, scale = _inputs(2, 3, 37, 16, strided=True)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    grads = []
+    for xv in (head_split(x.to(device)), x.contiguous().to(device).requires_grad_()):
+        grads.append(torch.autograd.grad(peek_ahead_value(xv, mix.to(device), scale=scale.to(device)), xv, g)[0])
+    assert in_bthd_memory(grads[0]) and grads[1].is_contiguous()
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("device", kernel_devices())
