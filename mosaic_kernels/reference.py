@@ -1,4 +1,5 @@
-"""The PyTorch references of every op, under the public names and signatures (no validation).
+"""The PyTorch references of every op, under the public names and signatures (no validation; without
+the public ops' output-layout option ``heads_last``: the references return contiguous tensors).
 
 They are the CPU path of the public ops and what ``kernels="reference"`` runs in the model.
 """
