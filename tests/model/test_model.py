@@ -218,3 +218,62 @@ def test_gpu_compile_fullgraph_inductor(pmem_kernel):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logit_err, grad_err = _compiled_matches_eager(m, torch.randint(0, 64, (4, 256), device="cuda"), "inductor")
     assert logit_err < 2e-2 and grad_err < 5e-2
+
+
+def _layout_probe(m: MemoryMosaic, idx: torch.Tensor) -> dict:
+    """One forward and backward of m, recording whether each block's c_proj inputs and the P-mem's
+    SDPA queries are views (no copy made them) and whether the key and value projections' output
+    gradients are."""
+    import mosaic_model.memory as memory
+
+    seen = {"cmem_merge": [], "pmem_merge": [], "pmem_fold": [], "split_grad": []}
+    hooks = []
+    for block in m.blocks:
+        hooks.append(block.cmem.c_proj.register_forward_pre_hook(
+            lambda mod, args: seen["cmem_merge"].append(args[0]._is_view())))
+        hooks.append(block.pmem.c_proj.register_forward_pre_hook(
+            lambda mod, args: seen["pmem_merge"].append(args[0]._is_view())))
+        for proj in (block.cmem.key.W_k, block.pmem.key.W_k, block.cmem.value.W_v):
+            # The gradient reaching the projection's output: a view of what the op's backward wrote
+            # when it wrote dx in the head split's layout, a copy otherwise.
+            hooks.append(proj.register_full_backward_hook(
+                lambda mod, gin, gout: seen["split_grad"].append(gout[0]._is_view())))
+    sdpa = memory.F.scaled_dot_product_attention
+
+    def probe(q, *args, **kw):
+        seen["pmem_fold"].append(q._is_view())
+        return sdpa(q, *args, **kw)
+
+    memory.F.scaled_dot_product_attention = probe
+    try:
+        _, loss = m(idx, idx)
+        loss.backward()
+    finally:
+        memory.F.scaled_dot_product_attention = sdpa
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
+def test_fused_model_merges_and_folds_heads_without_copies():
+    """Heads-last outputs: the C-mem's head merge, the P-mem's batch fold and the head splits'
+    backwards are views in the fused model (copies in the reference one, which has no layout option)."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, 20, (2, 24))
+    fused = _layout_probe(tiny_mosaic(kernels="fused"), idx)
+    assert all(fused["cmem_merge"]) and all(fused["pmem_fold"]) and len(fused["pmem_fold"]) == 2
+    assert all(fused["split_grad"]) and len(fused["split_grad"]) == 6
+    reference = _layout_probe(tiny_mosaic(kernels="reference"), idx)  # the probe sees copies
+    assert not any(reference["cmem_merge"]) and not any(reference["pmem_fold"]) and not any(reference["split_grad"])
+
+
+@pytest.mark.gpu
+def test_gpu_fused_model_has_no_head_copies():
+    """On CUDA SDPA returns the P-mem output in the heads-last layout of its folded queries, so the
+    P-mem's merge is a view too."""
+    torch.manual_seed(0)
+    m = _gpu_mosaic("sdpa")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        seen = _layout_probe(m, torch.randint(0, 64, (4, 256), device="cuda"))
+    assert all(seen["cmem_merge"]) and all(seen["pmem_merge"]) and all(seen["pmem_fold"]) and all(seen["split_grad"])
