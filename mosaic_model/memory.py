@@ -29,6 +29,16 @@ def layout_for(config: MosaicConfig, heads_last: bool = True) -> dict:
     return {} if config.kernels == "reference" else {"heads_last": heads_last}
 
 
+def cast_once_for_autocast(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on, so that several projections of x share one cast:
+    autocast caches the casts of parameters only and would cast x once for each projection (in eager
+    mode a copy of x and, backward, a float32 copy and sum of each projection's input gradient)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, d) -> (B, H, T, hs) as a strided view (no copy)."""
     B, T, d = x.shape
@@ -107,6 +117,8 @@ class ContextMemory(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.kernels != "reference":  # the reference keeps the official code's two casts
+            x = cast_once_for_autocast(x)
         k, v = self.key(x), self.value(x)
         if self.config.attn_dropout > 0 and self.training:
             y = reference_ops.mosaic_attention(k, v, None, dropout_p=self.config.attn_dropout)
