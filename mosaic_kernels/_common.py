@@ -59,6 +59,7 @@ def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, 
         raise ValueError(f"{name} must have a head dim D <= {max_head_dim}, got {D}")
     return B, H, T, D
 
+
 def empty_heads(alloc, shape, *, heads_last: bool, device, dtype) -> torch.Tensor:
     """A ``(B, H, T, D)`` buffer from ``alloc`` (torch.empty, or a test's NaN-filling stand-in).
 
