@@ -59,10 +59,10 @@ class LeakyKeyExtractor(nn.Module):
     The P-mem squares the scale (power 2) because its slots carry none.
     """
 
-    def __init__(self, config: MosaicConfig, power: int, heads_last: bool = True):
+    def __init__(self, config: MosaicConfig, power: int):
         super().__init__()
         H, d = config.n_head, config.n_embd
-        self.config, self.power, self.heads_last = config, power, heads_last
+        self.config, self.power = config, power
         self.W_k = nn.Linear(d, d, bias=config.bias)
         self.leaky_beta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10)
         self.key_scale = nn.Parameter(torch.full((H,), 0.1))
@@ -73,11 +73,11 @@ class LeakyKeyExtractor(nn.Module):
     def bandwidth(self) -> torch.Tensor:
         return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
         return ops_for(self.config).leaky_average(
             raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
-            **layout_for(self.config, self.heads_last))
+            **layout_for(self.config, heads_last))
 
 
 class PeekAheadValueExtractor(nn.Module):
@@ -134,9 +134,7 @@ class PersistentMemory(nn.Module):
         super().__init__()
         H, hs = config.n_head, config.head_size
         self.config = config
-        # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
-        # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
-        self.key = LeakyKeyExtractor(config, power=2, heads_last=config.pmem_kernel != "triton")
+        self.key = LeakyKeyExtractor(config, power=2)
         shape = (config.pmem_count, H, config.pmem_size, hs)
         self.M_k = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
         self.M_v = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
@@ -145,7 +143,9 @@ class PersistentMemory(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.key(x)  # (B, H, T, hs)
+        # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
+        # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
+        k = self.key(x, heads_last=self.config.pmem_kernel != "triton")  # (B, H, T, hs)
         p = self.config.ic_dropout if self.training else 0.0
         count = self.config.pmem_count
         if self.config.kernels == "reference":

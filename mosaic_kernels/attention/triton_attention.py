@@ -28,18 +28,25 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _head_and_block(H, REVERSED: tl.constexpr):
+    """Program of a (B*H, n_blocks) grid: (pid_bh, b, h, block). REVERSED numbers the blocks from the
+    last, so that the heaviest block of every head launches in the first wave."""
+    pid_bh = tl.program_id(0)
+    block = tl.program_id(1)
+    if REVERSED:
+        block = tl.num_programs(1) - 1 - block
+    return pid_bh, pid_bh // H, pid_bh % H, block
+
+
+@triton.jit
 def _attn_fwd_kernel(
     K, V, Y, LSE, SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt,
     H, T, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # Heaviest query blocks first: block m visits m + 1 key-block groups. With b*h on grid axis 0,
-    # the last block of every head is launched before any lighter one.
-    pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # Heaviest query blocks first: block m visits m + 1 key-block groups.
+    pid_bh, b, h, pid_m = _head_and_block(H, True)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)                       # (BM,)  query positions t
     offs_n = tl.arange(0, BLOCK_N)                                 # (BN,)
@@ -219,10 +226,7 @@ def _attn_bwd_key_kernel(
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
-    pid_bh = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_bh, b, h, pid_p = _head_and_block(H, False)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
     dy_base = DY + b * sdb + h * sdh
@@ -250,10 +254,7 @@ def _attn_bwd_query_kernel(
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    pid_bh = tl.program_id(0)
-    pid_p = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_bh, b, h, pid_p = _head_and_block(H, True)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
     row_base = pid_bh * T
