@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      the whole test suite on the GPU (GPU-marked tests plus the CUDA cases of the others);
 #              tests-kernels / tests-model run its two halves (each fits a 10-minute call)
 #   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
 #   pmem       bench_persistent_memory
-#   training*  bench_training (all / eager part / compiled part)
+#   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
+#              length: each takes 4-6 minutes, so one fits a 10-minute call)
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -34,8 +35,13 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.bench_training --out "$OUT/bench_training.md" 2>&1 | tail -n 45 ;;&
     training-eager)
       python3 -m benchmarks.bench_training --part eager --out "$OUT/bench_training_eager.md" 2>&1 | tail -n 40 ;;&
-    training-compiled)
-      python3 -m benchmarks.bench_training --part compiled --out "$OUT/bench_training_compiled.md" 2>&1 | tail -n 20 ;;&
+    training-compiled|training-compiled-512|training-compiled-2048|training-compiled-8192)
+      for T in 512 2048 8192; do
+        if [[ "$PART" == training-compiled || "$PART" == training-compiled-$T ]]; then
+          python3 -m benchmarks.bench_training --part compiled --seq-lens $T \
+            --out "$OUT/bench_training_compiled_$T.md" 2>&1 | tail -n 16
+        fi
+      done ;;&
     parity|all)
       for K in fused reference; do
         python3 -m mosaic_model.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \

@@ -64,6 +64,28 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+def test_compile_dynamic_sequence_length(device):
+    """Compiled with symbolic shapes (on the GPU the ops' bodies are traced with a symbolic T and
+    their launch grids computed from it): three sequence lengths, each equal to eager."""
+    torch._dynamo.reset()
+    params = [torch.tensor([0.1, -0.3, 2.0], device=device), torch.tensor([0.0, 0.5, -0.5], device=device)]
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    compiled = torch.compile(_block, fullgraph=True, backend=backend, dynamic=True)
+    g = torch.Generator().manual_seed(3)
+    for T in (16, 40, 72):
+        x = torch.randn(2, T, 3, 16, generator=g).transpose(1, 2).to(device)
+        v = torch.randn(2, 3, T, 16, generator=g).to(device)
+        results = []
+        for fn in (_block, compiled):
+            xs = x.detach().clone().requires_grad_()
+            ps = [p.detach().clone().requires_grad_() for p in params]
+            out = fn(xs, *ps, v, True)
+            results.append((out, *torch.autograd.grad(out, (xs, *ps))))
+        for eager, comp in zip(*results):
+            assert rel_err(comp, eager) < 1e-5, T
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("threshold", [0, 3277], ids=["nodrop", "drop"])
 def test_opcheck_persistent_memory(device, threshold):
     from mosaic_kernels.persistent_memory.function import slots_fwd
@@ -99,3 +121,24 @@ def test_compile_fullgraph_persistent_memory(device):
     ins = [t.detach().clone().requires_grad_() for t in (q, mk, mv, w)]
     out = compiled(*ins, 0.3)
     assert all(torch.isfinite(t).all() for t in (out, *torch.autograd.grad(out, ins)))
+
+
+@pytest.mark.gpu
+def test_gpu_inductor_launches_the_kernels_itself():
+    """On the GPU the ops are triton_ops (_common.register_op): the code inductor generates for the
+    forward and the backward launches our Triton kernels itself, and no call goes through a
+    mosaic custom op (whose dispatch costs host time on every call)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    x, _, _ = _pair("cuda")
+    v = torch.randn_like(x)
+    xs = x.detach().clone().requires_grad_()
+    ps = [torch.tensor(t, device="cuda", requires_grad=True) for t in ([0.1, -0.3, 2.0], [0.0, 0.5, -0.5])]
+    compiled = torch.compile(_block, fullgraph=True)
+    _, codes = run_and_get_code(lambda: compiled(xs, *ps, v, True).backward())
+    code = "\n".join(codes)
+    for kernel in ("_leaky_fwd_kernel", "_attn_fwd_kernel", "_leaky_bwd_kernel", "_attn_bwd_kernel",
+                   "_row_delta_kernel"):
+        assert kernel in code, kernel
+    assert "torch.ops.mosaic" not in code
