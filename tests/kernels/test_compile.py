@@ -122,23 +122,3 @@ def test_compile_fullgraph_persistent_memory(device):
     out = compiled(*ins, 0.3)
     assert all(torch.isfinite(t).all() for t in (out, *torch.autograd.grad(out, ins)))
 
-
-@pytest.mark.gpu
-def test_gpu_inductor_launches_the_kernels_itself():
-    """On the GPU the ops are triton_ops (_common.register_op): the code inductor generates for the
-    forward and the backward launches our Triton kernels itself, and no call goes through a
-    mosaic custom op (whose dispatch costs host time on every call)."""
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    x, _, _ = _pair("cuda")
-    v = torch.randn_like(x)
-    xs = x.detach().clone().requires_grad_()
-    ps = [torch.tensor(t, device="cuda", requires_grad=True) for t in ([0.1, -0.3, 2.0], [0.0, 0.5, -0.5])]
-    compiled = torch.compile(_block, fullgraph=True)
-    _, codes = run_and_get_code(lambda: compiled(xs, *ps, v, True).backward())
-    code = "\n".join(codes)
-    for kernel in ("_leaky_fwd_kernel", "_attn_fwd_kernel", "_leaky_bwd_kernel", "_attn_bwd_kernel",
-                   "_row_delta_kernel"):
-        assert kernel in code, kernel
-    assert "torch.ops.mosaic" not in code
