@@ -10,7 +10,7 @@ steps (compilation happens in the warm-up), in a fresh model; peak memory is the
 over the timed steps. A case that runs out of memory is reported as OOM.
 
 Usage: python -m benchmarks.bench_training [--out results.md] [--part all|eager|compiled|quick]
-       [--seq-lens 512 2048 8192]
+       [--seq-lens 512 2048 8192] [--layers 1 12] [--models mosaic_fused ... gpt2]
 
 Compiling takes 10 s to 2.5 min a case, so the compiled part of one sequence length fits a 10-minute
 GPU call, not all three: ``--seq-lens`` runs some of them (every ratio is within one run).
@@ -88,14 +88,14 @@ def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps:
     return row
 
 
-def cases(part: str, seq_lens=SEQ_LENS):
+def cases(part: str, seq_lens=SEQ_LENS, layers=(1, 12), models=MODELS):
     """(model, layers, T, compiled) in run order, for --part eager, compiled, all or quick."""
     out = []
     modes = {"eager": (False,), "quick": (False,), "compiled": (True,), "all": (False, True)}[part]
     for compiled in modes:
         for T in seq_lens:
-            for n_layer in (1, 12):
-                for name in MODELS:
+            for n_layer in layers:
+                for name in models:
                     # The reference's dense T x T attention runs out of memory at 12 layers and
                     # T = 8192 in eager mode; compiling it there is not attempted.
                     if not (compiled and name == "mosaic_reference" and n_layer == 12 and T == 8192):
@@ -132,9 +132,11 @@ def main() -> None:
                    help="quick: T = 512 without compile")
     p.add_argument("--seq-lens", type=int, nargs="+", choices=SEQ_LENS, default=list(SEQ_LENS),
                    help="sequence lengths to run (default: all three)")
+    p.add_argument("--layers", type=int, nargs="+", choices=(1, 12), default=[1, 12])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     a = p.parse_args()
     rows = []
-    todo = cases(a.part, tuple(a.seq_lens))
+    todo = cases(a.part, tuple(a.seq_lens), tuple(a.layers), tuple(a.models))
     for i, (name, n_layer, T, comp) in enumerate(todo):
         rows.append(measure(name, n_layer, T, comp, a.warmup, a.steps))
         print(f"[{i + 1}/{len(todo)}] {rows[-1]}", flush=True)
