@@ -40,10 +40,11 @@ def build(name: str, n_layer: int, T: int):
     return MemoryMosaic(MosaicConfig(**common, kernels=kernels, pmem_kernel=pmem_kernel))
 
 
-def make_step(model, T: int, compiled: bool):
-    """(step, optimizer): ``step()`` runs one training step on a fixed random batch of TOKENS tokens."""
+def make_step(model, T: int, compiled: bool, compile_mode: str = "default"):
+    """(step, optimizer): ``step()`` runs one training step on a fixed random batch of TOKENS tokens.
+    ``compile_mode`` is torch.compile's mode ("reduce-overhead" replays CUDA graphs)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    fn = torch.compile(model) if compiled else model
+    fn = torch.compile(model, mode=compile_mode) if compiled else model
     idx = torch.randint(0, 50304, (TOKENS // T, T), device="cuda")
 
     def step():
@@ -55,7 +56,8 @@ def make_step(model, T: int, compiled: bool):
     return step, opt
 
 
-def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps: int) -> dict:
+def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps: int,
+            compile_mode: str = "default") -> dict:
     """ms per step, tokens/s and peak GiB of one configuration (or an OOM note)."""
     torch.manual_seed(0)
     B = TOKENS // T
@@ -63,7 +65,7 @@ def measure(name: str, n_layer: int, T: int, compiled: bool, warmup: int, steps:
     model = opt = None
     try:
         model = build(name, n_layer, T).cuda()
-        step, opt = make_step(model, T, compiled)
+        step, opt = make_step(model, T, compiled, compile_mode)
         t0 = time.perf_counter()
         for _ in range(warmup):
             step()
@@ -134,11 +136,14 @@ def main() -> None:
                    help="sequence lengths to run (default: all three)")
     p.add_argument("--layers", type=int, nargs="+", choices=(1, 12), default=[1, 12])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile mode of the compiled cases (reduce-overhead: CUDA graphs, no host cost; "
+                        "the allocator's peak then leaves out the graphs' memory pool)")
     a = p.parse_args()
     rows = []
     todo = cases(a.part, tuple(a.seq_lens), tuple(a.layers), tuple(a.models))
     for i, (name, n_layer, T, comp) in enumerate(todo):
-        rows.append(measure(name, n_layer, T, comp, a.warmup, a.steps))
+        rows.append(measure(name, n_layer, T, comp, a.warmup, a.steps, a.compile_mode))
         print(f"[{i + 1}/{len(todo)}] {rows[-1]}", flush=True)
     cols = ["model", "layers", "T", "B", "compile", "ms", "tokens_per_s", "peak_GiB", "warmup_s"]
     md = (f"{header(command_line('benchmarks.bench_training'))}\n\nTraining step (bf16 autocast fwd + bwd + "
