@@ -43,6 +43,18 @@ def _block(x, w_decay, w_scale, v, heads_last=False):
     return y.transpose(1, 2).reshape(B, T, H * D).square().sum()  # the model's head merge
 
 
+def _assert_block_matches_eager(compiled, x, v, params, heads_last):
+    """_block and its compiled version: the same value and gradients (x and params) to 1e-5."""
+    results = []
+    for fn in (_block, compiled):
+        xs = x.detach().clone().requires_grad_()
+        ps = [p.detach().clone().requires_grad_() for p in params]
+        out = fn(xs, *ps, v, heads_last)
+        results.append((out, *torch.autograd.grad(out, (xs, *ps))))
+    for eager, comp in zip(*results):
+        assert rel_err(comp, eager) < 1e-5, tuple(x.shape)
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
 def test_compile_fullgraph_matches_eager(device, heads_last):
@@ -53,20 +65,13 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
     params = [torch.tensor([0.1, -0.3, 2.0], device=device), torch.tensor([0.0, 0.5, -0.5], device=device)]
     backend = "inductor" if device == "cuda" else "aot_eager"  # inductor on CPU needs a C++ toolchain
     compiled = torch.compile(_block, fullgraph=True, backend=backend)
-    results = []
-    for fn in (_block, compiled):
-        xs = x.detach().clone().requires_grad_()
-        ps = [p.detach().clone().requires_grad_() for p in params]
-        out = fn(xs, *ps, v, heads_last)
-        results.append((out, *torch.autograd.grad(out, (xs, *ps))))
-    for eager, comp in zip(*results):
-        assert rel_err(comp, eager) < 1e-5
+    _assert_block_matches_eager(compiled, x, v, params, heads_last)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 def test_compile_dynamic_sequence_length(device):
-    """Compiled with symbolic shapes (on the GPU the ops' bodies are traced with a symbolic T and
-    their launch grids computed from it): three sequence lengths, each equal to eager."""
+    """Compiled with symbolic shapes (the ops' fake implementations see a symbolic T): three
+    sequence lengths through one compiled function, each equal to eager."""
     torch._dynamo.reset()
     params = [torch.tensor([0.1, -0.3, 2.0], device=device), torch.tensor([0.0, 0.5, -0.5], device=device)]
     backend = "inductor" if device == "cuda" else "aot_eager"
@@ -75,14 +80,7 @@ def test_compile_dynamic_sequence_length(device):
     for T in (16, 40, 72):
         x = torch.randn(2, T, 3, 16, generator=g).transpose(1, 2).to(device)
         v = torch.randn(2, 3, T, 16, generator=g).to(device)
-        results = []
-        for fn in (_block, compiled):
-            xs = x.detach().clone().requires_grad_()
-            ps = [p.detach().clone().requires_grad_() for p in params]
-            out = fn(xs, *ps, v, True)
-            results.append((out, *torch.autograd.grad(out, (xs, *ps))))
-        for eager, comp in zip(*results):
-            assert rel_err(comp, eager) < 1e-5, T
+        _assert_block_matches_eager(compiled, x, v, params, True)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
