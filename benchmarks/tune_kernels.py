@@ -15,6 +15,7 @@ import torch
 
 from benchmarks._common import bench_ms
 from mosaic_kernels import leaky_average
+from mosaic_kernels._common import as_heads_last
 from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 from mosaic_kernels.leaky_average import function as leaky_fn
 from mosaic_kernels.persistent_memory import function as pmem_fn
@@ -35,8 +36,8 @@ LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
 
-def _sweep(label, fn, configs, make_cfg):
-    """Time fn(make_cfg(c)) for every c, print the three fastest; returns the fastest c."""
+def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3):
+    """Time fn(make_cfg(c)) for every c, print the ``top`` fastest; returns the fastest c."""
     res = []
     for c in configs:
         try:
@@ -44,7 +45,7 @@ def _sweep(label, fn, configs, make_cfg):
         except Exception as e:  # a tile the compiler refuses (shared memory, registers)
             print(label, "fail", c, str(e)[:80])
     res.sort(key=lambda r: r[0])
-    print(label, [(round(t, 4), c) for t, c in res[:3]], flush=True)
+    print(label, [(round(t, 4), c) for t, c in res[:top]], flush=True)
     return res[0][1]
 
 
@@ -157,19 +158,12 @@ def tune_pmem():
             thr = pmem_fn.dropout_threshold(p)
             seed = torch.tensor([123], device="cuda", dtype=torch.int64)
             y, lse = pmem_fn.slots_forward(q, mk, mv, c, seed, thr)
-            dyt = dy.transpose(1, 2).contiguous().transpose(1, 2)  # the layout autograd passes: (B, T, H, D) memory
+            dyt = as_heads_last(dy, True)  # the layout autograd passes: (B, T, H, D) memory
             for name, call in (
                     ("fwd", lambda cfg: pmem_fn.slots_forward(q, mk, mv, c, seed, thr, cfg)),
                     ("dq", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dq_config=cfg)),
                     ("dkdv", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dkdv_config=cfg))):
-                res = []
-                for cfg in PMEM_ROWS_SLOTS:
-                    try:
-                        res.append((bench_ms(lambda: call(cfg)), cfg))
-                    except Exception as e:  # a tile the compiler refuses (shared memory)
-                        print("fail", name, cfg, str(e)[:80])
-                res.sort()
-                print("PMEM", name, f"dropout={p}", (B, H, T, D, P), [(round(t, 4), c_) for t, c_ in res[:4]], flush=True)
+                _sweep(f"PMEM {name} dropout={p} {(B, H, T, D, P)}", call, PMEM_ROWS_SLOTS, top=4)
 
 
 if __name__ == "__main__":
