@@ -218,6 +218,20 @@ def _attn_bwd_kernel(
 
 
 @triton.jit
+def _split_bwd_block(K, SCALE, skb, skh, skt, skd, H, T, D, REVERSED: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
+    offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale, k_p = the block's
+    keys (BP, D))."""
+    pid_bh, b, h, pid_p = _head_and_block(H, REVERSED)
+    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
+    k_base = K + b * skb + h * skh
+    scale = tl.load(SCALE + h).to(tl.float32)
+    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
+    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p
+
+
+@triton.jit
 def _attn_bwd_key_kernel(
     K, V, DY, LSE, DELTA, SCALE, DV, DK_KEY,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
@@ -226,13 +240,11 @@ def _attn_bwd_key_kernel(
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
-    pid_bh, b, h, pid_p = _head_and_block(H, False)
-    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
-    k_base = K + b * skb + h * skh
-    dy_base = DY + b * sdb + h * sdh
+    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p = _split_bwd_block(
+        K, SCALE, skb, skh, skt, skd, H, T, D, False, BLOCK_P, BLOCK_D)
     row_base = pid_bh * T
-    qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634
-    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
+    dy_base = DY + b * sdb + h * sdh
+    qk_scale = scale * 1.4426950408889634
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
@@ -254,13 +266,10 @@ def _attn_bwd_query_kernel(
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    pid_bh, b, h, pid_p = _head_and_block(H, True)
-    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
-    k_base = K + b * skb + h * skh
+    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p = _split_bwd_block(
+        K, SCALE, skb, skh, skt, skd, H, T, D, True, BLOCK_P, BLOCK_D)
     row_base = pid_bh * T
-    scale = tl.load(SCALE + h).to(tl.float32)
     qk_scale = scale * 1.4426950408889634
-    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
     delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
@@ -274,4 +283,5 @@ def _attn_bwd_query_kernel(
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     dk += tl.load(DK_KEY + out, mask=pm2, other=0.0)
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
-    tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
+    # PART_SCALE is (B*H, n_blocks), one partial per position block.
+    tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + p0 // BLOCK_P, tl.sum(tl.where(pmask, dscale, 0.0), 0))
