@@ -9,7 +9,14 @@ Providers (one run, same keys and slots, fwd+bwd, bf16):
   broadcast_default                                                  nano: batch-1 slots, SDPA broadcasts
   fold_default / fold_flash / fold_cudnn / fold_efficient            SDPA with the batch folded into queries
   ours                                                               mosaic_kernels.persistent_memory (Triton)
+  mlp_same_flops                                                     not a retrieval: the GEMMs of an MLP
+                                                                     d -> P -> d (d = H*hs) over the B*T tokens
 The same layouts are also timed with the training slot dropout (0.05), where the backends differ.
+
+tflops counts tensor-core work only: a retrieval does 7 GEMMs of 2*B*T*H*P*hs FLOPs (forward 2,
+backward 5 with the scores recomputed: FlashAttention's convention, backward = 2.5 x forward); the
+MLP does 6 of the same size (d*P = H*hs*P), with no softmax, exponentials or dropout. So the MLP row
+is what the P-mem's arithmetic costs at plain GEMM speed: GPT2's MLP does this work at P = 4d.
 
 Usage: python -m benchmarks.bench_persistent_memory [--out results.md]
 """
@@ -59,6 +66,27 @@ def ours(k, mk, mv, backend, p=0.0):
     return persistent_memory(k, mk[0], mv[0], dropout_p=p)
 
 
+def gemm_flops(B: int, H: int, T: int, hs: int, P: int) -> int:
+    """FLOPs of one (B*T*H) x hs x P GEMM: the unit of both the retrieval (7) and the MLP (6)."""
+    return 2 * B * T * H * P * hs
+
+
+def mlp_same_flops_row(B: int, H: int, T: int, hs: int, P: int) -> dict:
+    """fwd+bwd of two bf16 GEMMs (B*T, d) @ (d, P) @ (P, d), d = H*hs: the P-mem's FLOPs as an MLP."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    d = H * hs
+    x = torch.randn(B * T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    w1 = (torch.randn(d, P, device="cuda", generator=g) / d ** 0.5).to(torch.bfloat16).requires_grad_()
+    w2 = (torch.randn(P, d, device="cuda", generator=g) / P ** 0.5).to(torch.bfloat16).requires_grad_()
+    dy = torch.randn(B * T, d, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    def step():
+        return torch.autograd.grad((x @ w1) @ w2, (x, w1, w2), dy)
+    ms = bench_ms(step)
+    return dict(shape=str((B, H, T, hs, P)), provider="mlp_same_flops", ms=ms, peak_MiB=peak_mib(step),
+                tflops=6 * gemm_flops(B, H, T, hs, P) / ms / 1e9, note="GEMMs only, not a retrieval")
+
+
 def run() -> list[dict]:
     rows = []
     for (B, H, T, hs, P) in SHAPES:
@@ -89,8 +117,11 @@ def run() -> list[dict]:
                 continue
             ref = ref or grads
             err = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(grads, ref))
-            rows.append(dict(shape=str((B, H, T, hs, P)), provider=provider, ms=bench_ms(step),
-                             peak_MiB=peak_mib(step), grad_rel_diff=err if not p else "(random mask)"))
+            ms = bench_ms(step)
+            rows.append(dict(shape=str((B, H, T, hs, P)), provider=provider, ms=ms, peak_MiB=peak_mib(step),
+                             tflops=7 * gemm_flops(B, H, T, hs, P) / ms / 1e9,
+                             grad_rel_diff=err if not p else "(random mask)"))
+        rows.append(mlp_same_flops_row(B, H, T, hs, P))
         torch.cuda.empty_cache()
     return rows
 
@@ -99,7 +130,7 @@ def main() -> None:
     table_main(__doc__, "benchmarks.bench_persistent_memory", run,
                "P-mem retrieval fwd+bwd, bf16 (shape = B, H, T, hs, P); grad_rel_diff = largest relative "
                "difference of the three gradients to the first provider.",
-               ["shape", "provider", "ms", "peak_MiB", "grad_rel_diff", "note"])
+               ["shape", "provider", "ms", "tflops", "peak_MiB", "grad_rel_diff", "note"])
 
 
 if __name__ == "__main__":

@@ -18,3 +18,14 @@ def test_filters_select_cases_and_quick_is_eager_at_512():
     picked = cases("compiled", (2048,), (12,), ("mosaic_fused", "gpt2"))
     assert picked == [("mosaic_fused", 12, 2048, True), ("gpt2", 12, 2048, True)]
     assert {(T, c) for _, _, T, c in cases("quick")} == {(512, False)}
+
+
+def test_dropout_option_sets_every_rate_of_both_models():
+    from benchmarks.bench_training import build
+
+    for name in ("mosaic_fused", "gpt2"):
+        assert build(name, 1, 64).config.dropout == 0.05  # the configs' default
+        cfg = build(name, 1, 64, dropout=0.0).config
+        assert cfg.dropout == 0.0
+    assert build("mosaic_reference", 1, 64, dropout=0.0).config.ic_dropout == 0.0
+    assert build("mosaic_fused", 1, 64).config.ic_dropout == 0.05
