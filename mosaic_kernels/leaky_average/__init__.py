@@ -18,8 +18,11 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
 
     Args:
         x: ``(B, H, T, D)`` tensor, float32, float16, bfloat16 or float64, any strides.
-        decay: the per-step multiplier ``a_h`` in [0, 1]: a float or a ``(H,)`` tensor (its gradient
-            is returned when it requires grad).
+        decay: the per-step multiplier ``a_h`` in [0, 1]: a float (outside [0, 1] raises) or a
+            ``(H,)`` tensor (its gradient is returned when it requires grad). A tensor is clamped to
+            [0, 1] on every path, so an entry outside gives the same finite result on the kernel and
+            the reference, with the clamp's zero gradient; it is not checked, because checking would
+            synchronise the device with the host on every call.
         normalize: apply the L2 normalisation and the scale.
         scale: None (1.0), a float, or a ``(H,)`` tensor; requires ``normalize=True``.
         eps: lower bound of the norm, > 0.
@@ -44,6 +47,8 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
     decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
     if decay is None:
         raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")
+    if isinstance(decay, torch.Tensor):
+        decay = decay.clamp(0.0, 1.0)  # inside the graph: identity with gradient 1 on [0, 1]
     scale = per_head("scale", scale, H, x)
     if scale is not None and not normalize:
         raise ValueError("scale is only applied with normalize=True; pass normalize=True or scale=None")

@@ -7,6 +7,7 @@ import torch
 from mosaic_kernels import peek_ahead_value, reference
 from tests.conftest import head_split, in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import peek_ahead_loop
+from tests import tolerances
 
 
 def _inputs(B, H, T, D, *, strided=True, seed=0):
@@ -42,7 +43,7 @@ def _check_against_loop(fn, x, mix, scale, tol, device="cpu", dtype=torch.float3
 @pytest.mark.parametrize("T", [1, 2, 37], ids=lambda t: f"T{t}")
 def test_reference_matches_loop(T):
     x, mix, scale = _inputs(2, 3, T, 8)
-    _check_against_loop(reference.peek_ahead_value, x, mix, scale, 1e-5)
+    _check_against_loop(reference.peek_ahead_value, x, mix, scale, tolerances.FP32)
 
 
 def test_reference_gradcheck_float64():
@@ -57,7 +58,7 @@ def test_reference_gradcheck_float64():
 @pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
 def test_kernel_matches_loop(device, T, D, strided, nan_outputs):
     x, mix, scale = _inputs(2, 3, T, D, strided=strided)
-    _check_against_loop(peek_ahead_value, x, mix, scale, 1e-5, device)
+    _check_against_loop(peek_ahead_value, x, mix, scale, tolerances.FP32, device)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -78,14 +79,14 @@ def test_kernel_zero_rows_are_finite(device):
     """A row whose mix is exactly 0 (the clamped norm): zero output and zero gradient, no NaN."""
     x = torch.randn(1, 2, 5, 16)
     x[:, :, 2:4] = 0  # z_2 = mix*x_2 + (1-mix)*x_3 = 0
-    _check_against_loop(peek_ahead_value, x, torch.tensor([0.4, 0.7]), torch.tensor([1.0, 2.0]), 1e-5, device)
+    _check_against_loop(peek_ahead_value, x, torch.tensor([0.4, 0.7]), torch.tensor([1.0, 2.0]), tolerances.FP32, device)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 def test_kernel_float_arguments(device):
     x = torch.randn(2, 3, 20, 16)
     y = peek_ahead_value(x.to(device), 0.25)
-    assert rel_err(y, peek_ahead_loop(x.double(), 0.25)) < 1e-5
+    assert rel_err(y, peek_ahead_loop(x.double(), 0.25)) < tolerances.FP32
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -109,4 +110,4 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 @pytest.mark.parametrize("shape", [(2, 3, 1, 16), (4, 12, 1000, 64), (2, 5, 777, 48), (1, 4, 300, 256)], ids=str)
 def test_gpu_dtypes_and_shapes(dtype, shape, nan_outputs):
     x, mix, scale = _inputs(*shape, seed=4)
-    _check_against_loop(peek_ahead_value, x, mix, scale, 1e-5 if dtype == torch.float32 else 1e-2, "cuda", dtype)
+    _check_against_loop(peek_ahead_value, x, mix, scale, tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION, "cuda", dtype)

@@ -8,6 +8,7 @@ from mosaic_kernels import persistent_memory, reference
 from mosaic_kernels.persistent_memory.function import dropout_keep_mask, dropout_threshold
 from tests.conftest import kernel_devices, rel_err
 from tests.oracles import slots_dense
+from tests import tolerances
 
 
 def _inputs(B, H, T, D, P, *, strided=True, seed=0, key_norm=7.39):
@@ -58,7 +59,7 @@ def _check(q, mk, mv, c, *, device, dtype, tol, dropout_p=0.0, fn=persistent_mem
 
 def test_reference_matches_dense_float64():
     q, mk, mv, c = _inputs(2, 3, 9, 8, 11)
-    _check(q, mk, mv, c, device="cpu", dtype=torch.float32, tol=1e-5, fn=reference.persistent_memory)
+    _check(q, mk, mv, c, device="cpu", dtype=torch.float32, tol=tolerances.FP32, fn=reference.persistent_memory)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -67,7 +68,7 @@ def test_reference_matches_dense_float64():
 @pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
 def test_kernel_matches_dense(device, B, H, T, D, P, strided, nan_outputs):
     q, mk, mv, c = _inputs(B, H, T, D, P, strided=strided)
-    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=1e-5)
+    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=tolerances.FP32)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -76,7 +77,7 @@ def test_kernel_out_scale_forms(device, out_scale):
     """A float or no multiplier; a zero multiplier still gets its exact gradient (not 0/0)."""
     q, mk, mv, _ = _inputs(2, 3, 20, 16, 24)
     c = torch.zeros(3) if out_scale == "zero" else out_scale
-    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=1e-5)
+    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=tolerances.FP32)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -84,7 +85,7 @@ def test_kernel_out_scale_forms(device, out_scale):
 def test_kernel_dropout_matches_dense_with_its_mask(device, P, nan_outputs):
     """Output and gradients equal the dense softmax with the kernels' keep mask (regenerated, not stored)."""
     q, mk, mv, c = _inputs(2, 3, 21, 16, P)
-    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=1e-5, dropout_p=0.3)
+    _check(q, mk, mv, c, device=device, dtype=torch.float32, tol=tolerances.FP32, dropout_p=0.3)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -135,13 +136,13 @@ def test_kernel_output_layout_merges_heads_for_free(device):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.05], ids=["nodrop", "drop"])
 def test_gpu_low_precision(dtype, B, H, T, D, P, dropout_p, nan_outputs):
     q, mk, mv, c = _inputs(B, H, T, D, P)
-    _check(q, mk, mv, c, device="cuda", dtype=dtype, tol=1e-2, dropout_p=dropout_p)
+    _check(q, mk, mv, c, device="cuda", dtype=dtype, tol=tolerances.LOW_PRECISION, dropout_p=dropout_p)
 
 
 @pytest.mark.gpu
 def test_gpu_float32_model_shape():
     q, mk, mv, c = _inputs(2, 12, 512, 64, 2688)
-    _check(q, mk, mv, c, device="cuda", dtype=torch.float32, tol=1e-5, dropout_p=0.05)
+    _check(q, mk, mv, c, device="cuda", dtype=torch.float32, tol=tolerances.FP32, dropout_p=0.05)
 
 
 @pytest.mark.gpu

@@ -6,6 +6,8 @@ import torch
 
 from mosaic_kernels._common import interpreter_enabled
 from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+from tests import tolerances
+from tests.conftest import rel_err
 
 
 def tiny_mosaic(**kw) -> MemoryMosaic:
@@ -101,11 +103,12 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
         loss.backward()
         results[kernels] = (logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()})
     (l_ref, loss_ref, g_ref), (l_f, loss_f, g_f) = results["reference"], results["fused"]
-    assert torch.allclose(l_f, l_ref, atol=1e-5, rtol=1e-5)
-    assert torch.allclose(loss_f, loss_ref, atol=1e-6)
+    # float32 logits through two layers of float32 ops; the loss is a mean of ~40 of them; a parameter
+    # gradient chains every op's backward (tolerances.FP32_CHAINED).
+    assert rel_err(l_f, l_ref) < tolerances.FP32
+    assert abs(float(loss_f - loss_ref)) < tolerances.FP32 * float(loss_ref)
     for name in g_ref:
-        denom = g_ref[name].norm().clamp_min(1e-12)
-        assert (g_f[name] - g_ref[name]).norm() / denom < 1e-4, name
+        assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
 def test_generate_greedy_topk_and_stop_token():
@@ -178,10 +181,13 @@ def test_gpu_fused_matches_reference_under_bf16_autocast(pmem_kernel):
         loss.backward()
         out[kernels] = (logits.float(), loss.detach(), {n: p.grad.float().clone() for n, p in m.named_parameters()})
     (lr, sr, gr), (lf, sf, gf) = out["reference"], out["fused"]
-    assert (lf - lr).norm() / lr.norm() < 2e-2
-    assert abs(float(sf - sr)) < 1e-2
+    # Under bf16 autocast both paths round their activations to bf16 at different places (the fused
+    # ops keep float32 inside a kernel, the references round between ops): logits differ by about two
+    # LOW_PRECISION steps per layer, and a gradient, a product of ~5 such roundings per layer, by five.
+    assert rel_err(lf, lr) < 2 * tolerances.LOW_PRECISION
+    assert abs(float(sf - sr)) < tolerances.LOW_PRECISION
     for name in gr:
-        assert (gf[name] - gr[name]).norm() / gr[name].norm().clamp_min(1e-12) < 5e-2, name
+        assert rel_err(gf[name], gr[name]) < 5 * tolerances.LOW_PRECISION, name
 
 
 def _compiled_matches_eager(model, idx, backend):
@@ -206,7 +212,7 @@ def test_compile_fullgraph_through_the_fused_ops(pmem_kernel):
     m = tiny_mosaic(kernels="fused", pmem_kernel=pmem_kernel)
     m.eval()  # no dropout, so eager and compiled see the same function
     logit_err, grad_err = _compiled_matches_eager(m, torch.randint(0, 20, (2, 21)), "aot_eager")
-    assert logit_err < 1e-5 and grad_err < 1e-4
+    assert logit_err < tolerances.FP32 and grad_err < tolerances.FP32_CHAINED
 
 
 @pytest.mark.gpu
