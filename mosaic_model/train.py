@@ -1,12 +1,18 @@
-"""``mosaic-train``: train a Memory Mosaic or the GPT2 baseline on the embedded in-context task.
+"""``mosaic-train``: train a Memory Mosaic or the GPT2 baseline on the in-context task or on text.
 
-Example (CPU, about 3 minutes):  mosaic-train
-On a GPU:                         mosaic-train --device cuda
-Resume an interrupted run:        mosaic-train --out-dir runs/icl --resume
-Several GPUs (DDP):               torchrun --nproc_per_node 2 -m mosaic_model.train --device cuda
+Examples:
+  mosaic-train                                              # embedded in-context task, CPU, ~2 min
+  mosaic-train --task lm --data stories.txt --block-size 256 --steps 2000 --device cuda
+  mosaic-train --task lm --data hf:roneneldan/TinyStories --preset paper --n-layer 4 --steps 5000
+  mosaic-train --out-dir runs/icl --resume                  # continue (or extend with a larger --steps)
+  torchrun --nproc_per_node 2 -m mosaic_model.train --device cuda    # several GPUs (DDP)
 
-Each optimizer step sees batch_size x grad_accum x world_size sequences; every micro-step of every
-rank draws its own fresh batch, so a large global batch can be reproduced on fewer GPUs.
+Each optimizer step sees batch_size x grad_accum x processes sequences; every micro-step of every
+process draws its own fresh batch, so a large global batch can be reproduced on fewer GPUs.
+
+Schedule: linear warm-up from 0 over --warmup steps, then a cosine from --lr down to
+--lr x --min-lr-ratio at step --steps. The learning rate is a function of (step, --steps): a run
+extended with --resume --steps N follows, from the step it stopped at, the schedule of an N-step run.
 """
 from __future__ import annotations
 
@@ -23,101 +29,184 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError, model_type_of, read_checkpoint
 from .config import GPTConfig, MosaicConfig
-from .data.regbench import VOCAB_SIZE, ICLTask, ICLTaskConfig
-from .evaluate import autocast_for, evaluate_icl
+from .data.text import DOC_SPLITS, DataError
 from .gpt import GPT
 from .model import MemoryMosaic
+from .runtime import autocast_for
+from .tasks import make_task
+
+# The recipe of the paper's language-modelling runs (BabiStories, 12 layers, batch 512 x 512 tokens,
+# 80,000 steps: Library/scripts/train_babistories.sh). Explicit flags override every field, so
+# ``--preset paper --n-layer 4 --steps 4000 --grad-accum 4`` is the same recipe scaled down.
+PRESETS = {
+    "paper": dict(task="lm", n_layer=12, n_head=12, n_embd=768, block_size=512, dropout=0.05, lr=5e-3,
+                  min_lr_ratio=1e-4 / 5e-3, warmup=2000, steps=80000, weight_decay=0.1, beta1=0.9, beta2=0.95,
+                  grad_clip=1.0, batch_size=32, grad_accum=16, eval_every=2000, eval_batches=10,
+                  eval_batch_size=32),
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every default."""
+
+
+class CLIError(Exception):
+    """A one-line error for the user; ``main`` prints it and exits with code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mosaic-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The argument parser of ``mosaic-train``."""
+    p = argparse.ArgumentParser(prog="mosaic-train", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--task", choices=("icl", "lm"), default="icl",
+                   help="icl: the embedded in-context language task; lm: language modelling on --data")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="start from a recipe (paper: the paper's BabiStories recipe); flags override it")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("mosaic", "gpt"), default="mosaic")
     m.add_argument("--n-layer", type=int, default=2)
     m.add_argument("--n-head", type=int, default=4)
     m.add_argument("--n-embd", type=int, default=64)
-    m.add_argument("--pmem-size", type=int, default=None, help="default 3.5 * n_embd")
+    m.add_argument("--pmem-size", type=int, default=None, help="P-mem slots per head; None = 3.5 x n_embd")
     m.add_argument("--dropout", type=float, default=0.05)
     m.add_argument("--kernels", choices=("fused", "reference"), default="fused")
     m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
-    t = p.add_argument_group("task (RegBench-style in-context language learning)")
+    t = p.add_argument_group("in-context task (--task icl)")
     t.add_argument("--num-train", type=int, default=2000, help="training languages (one sequence each)")
     t.add_argument("--num-test", type=int, default=200, help="held-out languages (half test, half val)")
-    t.add_argument("--max-string-len", type=int, default=19, help="SPEC.md 7.2 uses 49")
+    t.add_argument("--max-string-len", type=int, default=19, help="RegBench uses 49")
     t.add_argument("--task-seed", type=int, default=0)
+    d = p.add_argument_group("text (--task lm)")
+    d.add_argument("--data", default=None,
+                   help="training text: a file or folder (.txt/.jsonl/.json, optionally .gz/.xz), "
+                        "hf:NAME[:SPLIT[:COLUMN]] or babistories:DIR[:SPLIT]")
+    d.add_argument("--val-data", default=None, help="validation text (same forms); default: --val-fraction of --data")
+    d.add_argument("--val-fraction", type=float, default=0.05, help="documents of --data held out for validation")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
+    d.add_argument("--doc-split", choices=DOC_SPLITS, default="auto",
+                   help=".txt documents: auto (<|endoftext|> if present, else blank lines), eot, blank, line, file")
+    d.add_argument("--block-size", type=int, default=256, help="context length T")
+    d.add_argument("--tokenizer-dir", default=None,
+                   help="folder with GPT-2's vocab.bpe and encoder.json for offline use ($MOSAIC_TOKENIZER_DIR)")
+    d.add_argument("--cache-dir", default=None, help="token cache ($MOSAIC_CACHE_DIR, else ~/.cache/mosaic)")
+    d.add_argument("--eval-batches", type=int, default=20, help="batches of random windows per loss estimate")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=400)
+    o.add_argument("--steps", type=int, default=150)
     o.add_argument("--batch-size", type=int, default=32, help="sequences per micro-step per process")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     o.add_argument("--lr", type=float, default=3e-3)
     o.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor, as a fraction of --lr")
-    o.add_argument("--warmup", type=int, default=40)
+    o.add_argument("--warmup", type=int, default=30)
     o.add_argument("--weight-decay", type=float, default=0.1)
     o.add_argument("--decay-all", action="store_true",
                    help="decay every parameter (seq_icl's ICLL recipe) instead of the Library groups")
+    o.add_argument("--beta1", type=float, default=0.9)
     o.add_argument("--beta2", type=float, default=0.99)
-    o.add_argument("--grad-clip", type=float, default=1.0)
+    o.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto = bf16 autocast on CUDA, float32 on CPU")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     r.add_argument("--seed", type=int, default=1337)
-    r.add_argument("--eval-every", type=int, default=100)
+    r.add_argument("--eval-every", type=int, default=50)
     r.add_argument("--eval-batch-size", type=int, default=50)
     r.add_argument("--log-every", type=int, default=10)
     r.add_argument("--out-dir", default="runs/icl")
-    r.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt if present")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its checkpoint (a larger --steps extends it)")
     r.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many steps, with a checkpoint to --resume from (time-sliced jobs)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check ``mosaic-train`` arguments (a preset first supplies the defaults)."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.preset:
+        parser.set_defaults(**PRESETS[first.preset])
+    a = parser.parse_args(argv)
+    _check_args(parser, a)
+    return a
+
+
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for name in ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
-                 "eval_batch_size", "log_every", "max_string_len"):
+                 "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if a.max_steps_this_run is not None and a.max_steps_this_run < 1:
-        p.error(f"--max-steps-this-run must be >= 1, got {a.max_steps_this_run}")
+    for name in ("max_steps_this_run", "pmem_size"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.num_test < 2:
         p.error(f"--num-test must be >= 2, got {a.num_test}")
     if a.n_embd % a.n_head:
         p.error(f"--n-embd ({a.n_embd}) must be divisible by --n-head ({a.n_head})")
-    if a.lr <= 0 or not 0 <= a.min_lr_ratio <= 1 or a.warmup < 0 or a.weight_decay < 0:
-        p.error("need --lr > 0, 0 <= --min-lr-ratio <= 1, --warmup >= 0, --weight-decay >= 0")
+    if not (a.lr > 0 and math.isfinite(a.lr)):
+        p.error(f"--lr must be a positive number, got {a.lr}")
+    if not 0 <= a.min_lr_ratio <= 1:
+        p.error(f"--min-lr-ratio must be in [0, 1], got {a.min_lr_ratio}")
+    if a.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {a.warmup}")
+    if not a.weight_decay >= 0:
+        p.error(f"--weight-decay must be >= 0, got {a.weight_decay}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(a, name) < 1:
+            p.error(f"--{name} must be in [0, 1), got {getattr(a, name)}")
+    if not (a.grad_clip >= 0 and math.isfinite(a.grad_clip)):
+        p.error(f"--grad-clip must be a positive norm, or 0 to disable clipping, got {a.grad_clip}")
     if not 0 <= a.dropout < 1:
         p.error(f"--dropout must be in [0, 1), got {a.dropout}")
+    if a.task == "lm":
+        if not a.data:
+            p.error("--task lm needs --data (a text file, a folder, hf:NAME or babistories:DIR)")
+        if not a.val_data and not 0 < a.val_fraction < 1:
+            p.error(f"--val-fraction must be in (0, 1), got {a.val_fraction}")
+    elif a.data or a.val_data:
+        p.error("--data and --val-data are for --task lm; the in-context task is generated")
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(a.device)
     except RuntimeError:
         p.error(f"--device must be auto, cpu, cuda or cuda:N, got {a.device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda was asked for but no CUDA device is available")
     if dev.type not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda, got {a.device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but no CUDA device is available")
     if a.dtype == "auto":
         a.dtype = "bfloat16" if dev.type == "cuda" else "float32"
     if a.dtype == "bfloat16" and dev.type != "cuda":
         p.error("--dtype bfloat16 runs as CUDA autocast; on CPU use float32")
+    out = Path(a.out_dir)
+    if a.resume:
+        if not (out / "ckpt.pt").is_file():
+            p.error(f"--resume: no run to resume in {out} (no ckpt.pt there); leave out --resume to start one")
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            p.error(f"--out-dir {out} is not a writable folder ({e.strerror or e})")
 
 
-def build_model(a: argparse.Namespace, block_size: int):
+def build_model(a: argparse.Namespace, block_size: int, vocab_size: int):
+    """The model that the arguments describe."""
     common = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
-                  vocab_size=VOCAB_SIZE, dropout=a.dropout, bias=False)
+                  vocab_size=vocab_size, dropout=a.dropout, bias=False)
     if a.model == "gpt":
         return GPT(GPTConfig(**common))
-    return MemoryMosaic(MosaicConfig(**common, pmem_size=a.pmem_size, kernels=a.kernels,
-                                     pmem_kernel=getattr(a, "pmem_kernel", "sdpa")))
+    return MemoryMosaic(MosaicConfig(**common, pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel))
 
 
 def param_groups(model, weight_decay: float, decay_all: bool):
-    """Library groups (SPEC.md 3.5): decay tensors of dim >= 2 (weights, embedding, slots), not the rest."""
+    """Library groups: decay tensors of dim >= 2 (weights, embedding, slots), not the rest."""
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_all:
         return [{"params": params, "weight_decay": weight_decay}]
@@ -126,46 +215,13 @@ def param_groups(model, weight_decay: float, decay_all: bool):
 
 
 def lr_at(step: int, a: argparse.Namespace) -> float:
-    """Linear warm-up from 0, then cosine from --lr to --lr * --min-lr-ratio at the last step."""
+    """Linear warm-up from 0, then cosine from --lr to --lr * --min-lr-ratio at step --steps."""
     if step < a.warmup:
         return a.lr * step / a.warmup
     span = max(a.steps - a.warmup, 1)
     progress = min((step - a.warmup) / span, 1.0)
     floor = a.lr * a.min_lr_ratio
     return floor + 0.5 * (a.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
-    """Shuffled epochs (last batch may be short); a pure function of the step, so resume is exact."""
-    per_epoch = math.ceil(n / batch_size)
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[i * batch_size:(i + 1) * batch_size].tolist()
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
-
-    def __init__(self, total: int, start: int, quiet: bool):
-        self.total, self.quiet = total, quiet
-        self.tty = sys.stderr.isatty()
-        self.t0, self.s0 = time.perf_counter(), start
-
-    def update(self, step: int, **fields) -> None:
-        if self.quiet:
-            return
-        done = step + 1
-        frac = done / self.total
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(done - self.s0, 1) * (self.total - done)
-        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-        info = " ".join(f"{k} {v}" for k, v in fields.items())
-        line = f"[{bar}] {done}/{self.total} {info} eta {eta:5.0f}s"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
 
 
 def _rng_state() -> dict:
@@ -183,8 +239,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-MODEL_KEYS = ("model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "num_train", "num_test",
-              "max_string_len", "task_seed", "steps", "batch_size", "grad_accum", "world_size", "seed")
+# Arguments a resumed run must share with its checkpoint: they fix the model, the data and the batches.
+RUN_KEYS = ("task", "model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "kernels", "num_train",
+            "num_test", "max_string_len", "task_seed", "data", "val_data", "val_fraction", "split_seed",
+            "doc_split", "block_size", "batch_size", "grad_accum", "world_size", "seed")
 
 
 def init_distributed(a: argparse.Namespace) -> tuple[int, int]:
@@ -203,68 +261,85 @@ def init_distributed(a: argparse.Namespace) -> tuple[int, int]:
     return rank, world
 
 
+def _resume_state(a: argparse.Namespace, ckpt_path: Path) -> dict:
+    ckpt = read_checkpoint(ckpt_path)
+    saved = ckpt["args"]
+    defaults = {"grad_accum": 1, "world_size": 1, "task": "icl", "doc_split": "auto"}
+    unused = {"icl": ("data", "val_data", "val_fraction", "split_seed", "doc_split", "block_size"),
+              "lm": ("num_train", "num_test", "max_string_len", "task_seed")}[a.task]
+    diff = [k for k in RUN_KEYS if k not in unused and (k in saved or k in defaults)
+            and saved.get(k, defaults.get(k)) != getattr(a, k, None)]
+    if diff:
+        raise CLIError(f"--resume: {ckpt_path} was made with other {', '.join(diff)} "
+                       f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})")
+    if a.steps < ckpt["step"]:
+        raise CLIError(f"--resume: {ckpt_path} is at step {ckpt['step']}, past --steps {a.steps}")
+    return ckpt
+
+
 def train(a: argparse.Namespace) -> dict:
-    """Run training as configured by the parsed arguments; returns the final test metrics."""
+    """Run training as configured by the parsed arguments; returns the final metrics ({} if stopped early)."""
     rank, world = init_distributed(a)
     a.world_size = world
     main_rank = rank == 0
     out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / "ckpt.pt", out / "metrics.jsonl"
+    ckpt = _resume_state(a, ckpt_path) if a.resume else None
+    say = print if main_rank else (lambda *args, **kw: None)
+    if ckpt is not None and ckpt.get("finished") and ckpt["step"] == a.steps:
+        say(f"{out}: this run already finished at step {a.steps}; nothing to do (larger --steps extends it)",
+            file=sys.stderr)
+        _finish(None, world)
+        return ckpt.get("final", {})
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
     np.random.seed(a.seed)
 
-    task = ICLTask(ICLTaskConfig(num_train=a.num_train, num_test=a.num_test,
-                                 max_string_len=a.max_string_len, seed=a.task_seed))
-    block = max(task.train.max_len, task.val.max_len, task.test.max_len)
-    model = build_model(a, block).to(device)  # same seed on every rank; DDP also broadcasts rank 0's weights
+    task = make_task(a, progress=main_rank and not a.quiet)
+    model = build_model(a, task.block_size, task.vocab_size).to(device)  # same seed everywhere; DDP broadcasts too
     if world > 1:
         torch.manual_seed(a.seed + rank)  # distinct dropout masks per rank
     opt = torch.optim.AdamW(param_groups(model, a.weight_decay, a.decay_all), lr=a.lr,
-                            betas=(0.9, a.beta2), fused=device.type == "cuda")
-    start = 0
-    ckpt_path = out / "ckpt.pt"
-    if a.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        saved = ckpt["args"]
-        diff = [k for k in MODEL_KEYS if saved.get(k, 1 if k in ("grad_accum", "world_size") else None) != getattr(a, k)]
-        if diff:
-            raise SystemExit(f"mosaic-train: --resume: {ckpt_path} was made with other {', '.join(diff)}")
+                            betas=(a.beta1, a.beta2), fused=device.type == "cuda")
+    start, best = 0, math.inf
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        start = ckpt["step"]
+        start, best = ckpt["step"], ckpt.get("best_val_loss", math.inf)
         _set_rng_state(ckpt["rng"])
-        if main_rank:
-            print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
-    elif not a.resume and main_rank:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    net = model
+        say(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
+    elif main_rank:
+        metrics_path.unlink(missing_ok=True)
+    net = torch.compile(model) if a.compile else model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     n_params = sum(p.numel() for p in model.parameters())
     if not main_rank:  # only rank 0 prints, logs, evaluates and saves
         a.quiet = True
-    say = print if main_rank else (lambda *args, **kw: None)
     say(f"{a.model}: {n_params:,} parameters, {a.n_layer} layers, d={a.n_embd}, heads={a.n_head}, "
-          f"kernels={getattr(a, 'kernels', '-')} | task: {len(task.train)} train / {len(task.test)} test / "
-          f"{len(task.val)} val languages, block {block} | device {device}, {a.dtype} | "
+        f"kernels={a.kernels if a.model == 'mosaic' else '-'} | {task.describe()} | device {device}, {a.dtype} | "
         f"{a.batch_size} x {a.grad_accum} micro-steps x {world} processes per step", file=sys.stderr)
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if main_rank else None
+    log = open(metrics_path, "a", encoding="utf-8") if main_rank else None
 
     def record(entry: dict) -> None:
         if log is not None:
             log.write(json.dumps(entry) + "\n")
             log.flush()
 
-    def save(step: int) -> None:
+    def save(step: int, path: Path = ckpt_path, **extra) -> None:
         if main_rank:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "args": vars(a), "rng": _rng_state()}, ckpt_path)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "args": vars(a),
+                        "model_type": model_type_of(model), "model_config": model.config.to_dict(),
+                        "rng": _rng_state(), "best_val_loss": best, **extra}, tmp)
+            os.replace(tmp, path)  # never a half-written checkpoint
 
     stop = a.steps if a.max_steps_this_run is None else min(a.steps, start + a.max_steps_this_run)
-    progress = Progress(a.steps, start, a.quiet)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=a.steps, initial=start, desc="training", unit="step", disable=a.quiet, dynamic_ncols=True)
     model.train()
     tokens, t_last = 0, time.perf_counter()
     for step in range(start, stop):
@@ -274,8 +349,7 @@ def train(a: argparse.Namespace) -> dict:
         loss_sum = 0.0
         for micro in range(a.grad_accum):
             # A fresh batch for every micro-step of every rank: a pure function of (step, micro, rank).
-            draw = (step * a.grad_accum + micro) * world + rank
-            x, y, _ = task.train.batch(batch_indices(draw, len(task.train), a.batch_size, a.seed), device)
+            x, y = task.batch((step * a.grad_accum + micro) * world + rank, a.batch_size, device)
             last = micro == a.grad_accum - 1
             # DDP all-reduces the gradients only on the last micro-step.
             with (net.no_sync() if world > 1 and not last else contextlib.nullcontext()):
@@ -283,10 +357,11 @@ def train(a: argparse.Namespace) -> dict:
                     _, loss = net(x, y)
                 (loss / a.grad_accum).backward()
             loss_sum = loss_sum + loss.detach() / a.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else math.inf)
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += x.numel() * a.grad_accum * world
+        bar.update(1)
         if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
             loss_v = float(loss_sum)  # rank 0's mean over its micro-steps
             now = time.perf_counter()
@@ -294,31 +369,34 @@ def train(a: argparse.Namespace) -> dict:
             tokens, t_last = 0, now
             record({"step": step + 1, "split": "train", "loss": loss_v, "lr": lr,
                     "grad_norm": float(grad_norm), "tokens_per_s": tps})
-            progress.update(step, loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
         if main_rank and ((step + 1) % a.eval_every == 0 or step + 1 == a.steps):
-            m = evaluate_icl(model, task.val, a.eval_batch_size, device, dtype)
+            m = task.validate(model, device, dtype)
             record({"step": step + 1, "split": "val", **m})
             if not a.quiet:
-                progress.close()
-                print(f"step {step + 1}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
-                      f"tvd {m['tvd']:.3f}", file=sys.stderr)
+                bar.write(f"step {step + 1}: {task.summary(m)}", file=sys.stderr)
+            if m["loss"] < best:
+                best = m["loss"]
+                save(step + 1, out / "best.pt")
             save(step + 1)
             t_last = time.perf_counter()
-    progress.close()
+    bar.close()
     if stop < a.steps:
         save(stop)
         _finish(log, world)
-        say(f"stopped at step {stop} of {a.steps}; continue with --resume --out-dir {out}", file=sys.stderr)
+        say(f"stopped at step {stop} of {a.steps}; continue with: mosaic-train ... --resume --out-dir {out}",
+            file=sys.stderr)
         return {}
     if not main_rank:
         _finish(log, world)
         return {}
-    final = evaluate_icl(model, task.test, a.eval_batch_size, device, dtype)
-    record({"step": a.steps, "split": "test", **final})
+    final = task.final(model, device, dtype)
+    record({"step": a.steps, "split": "test" if task.kind == "icl" else "final", **final})
+    save(a.steps, finished=True, final=final)
     _finish(log, world)
-    print(f"final test (held-out languages): loss {final['loss']:.4f} | in-context accuracy "
-          f"{final['accuracy']:.3f} (uniform-guess chance {final['chance_accuracy']:.3f}) | "
-          f"L1 {final['l1']:.3f} | TVD {final['tvd']:.3f}")
+    print(f"{task.final_title}: {task.summary(final)}")
+    print(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss)",
+          file=sys.stderr)
     return final
 
 
@@ -330,15 +408,18 @@ def _finish(log, world: int) -> None:
 
 
 def main(argv=None) -> int:
-    """Console entry point of ``mosaic-train``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
-    train(args)
-    # The process group goes only after train() has returned and freed its DDP wrapper: destroying
-    # it under a live DDP object aborted a gloo process at exit in CI.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """Console entry point of ``mosaic-train``; returns 0, or 2 after a one-line error."""
+    a = parse_args(argv)
+    try:
+        train(a)
+    except (CLIError, CheckpointError, DataError) as e:
+        print(f"mosaic-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        # The process group goes only after train() has returned and freed its DDP wrapper: destroying
+        # it under a live DDP object aborted a gloo process at exit in CI.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -1,0 +1,14 @@
+"""Runtime helpers shared by training, evaluation and the experiments: autocast and seeded batch draws."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def autocast_for(device: torch.device | str, dtype: torch.dtype):
+    """bf16/fp16 autocast on CUDA; nothing for float32 or on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
