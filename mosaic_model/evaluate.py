@@ -294,14 +294,24 @@ def _cmd_generate(a, runs):
             with autocast_for(a.device, a.dtype_t):
                 out = model.generate(idx, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                                      stop_token=50256, generator=g)
-            new = [t for t in out[0, idx.shape[1]:].tolist() if t != 50256]
-            text = enc.decode([t for t in new if t < 50257])
+            text = _decode(enc, [t for t in out[0, idx.shape[1]:].tolist() if t != 50256])
             outs.append(text)
             lines += [f"{i}. {prompt} **{text.strip()}**", ""]
         results[run] = outs
     a.out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return {"settings": settings, "prompts": prompts, "continuations": results}
+
+
+def _decode(enc, ids: list[int]) -> str:
+    """Text of the token ids; ids the encoding does not know (the padded vocabulary's last 47) are dropped."""
+    parts = []
+    for t in ids:
+        try:
+            parts.append(enc.decode_single_token_bytes(t))
+        except KeyError:
+            continue
+    return b"".join(parts).decode("utf-8", errors="replace")
 
 
 def default_prompts() -> list[str]:

@@ -28,6 +28,15 @@ class CausalSelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
 
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position (B, C) in eval mode with a key/value cache: the query reads positions <= t."""
+        B, C = x_t.shape
+        q, k, v = (t.view(B, self.n_head, 1, C // self.n_head) for t in self.c_attn(x_t).split(C, dim=1))
+        cache["k"] = torch.cat([cache["k"], k], dim=2) if "k" in cache else k
+        cache["v"] = torch.cat([cache["v"], v], dim=2) if "v" in cache else v
+        y = F.scaled_dot_product_attention(q, cache["k"], cache["v"])
+        return self.c_proj(y.reshape(B, C))
+
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -51,6 +60,11 @@ class GPTBlock(nn.Module):
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position (B, C) of :meth:`forward` in eval mode, reading and updating ``cache``."""
+        x_t = x_t + self.attn.step(self.ln_1(x_t), cache)
+        return x_t + self.mlp(self.ln_2(x_t))
 
 
 class GPT(GenerateMixin, nn.Module):
@@ -86,6 +100,15 @@ class GPT(GenerateMixin, nn.Module):
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
         return logits, lm_loss(logits, targets)
+
+    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
+        pos = cache.get("pos", 0)
+        cache["pos"] = pos + 1
+        x = self.wte(tokens) + self.wpe.weight[pos]
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache.setdefault(i, {}))
+        return self.lm_head(self.ln_f(x))
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

@@ -73,6 +73,18 @@ class LeakyKeyExtractor(nn.Module):
     def bandwidth(self) -> torch.Tensor:
         return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
 
+    def step(self, x_t: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position of :meth:`forward` for cached decoding: x_t (B, d) -> (k_t (B, H, hs), new state).
+
+        The state is the un-normalised leaky sum ``y_t = W_k x_t + decay * y_{t-1}`` in float32, so a
+        new key costs O(1) instead of a scan over the prefix."""
+        H = self.config.n_head
+        y = self.W_k(x_t).float().view(x_t.shape[0], H, -1)
+        if state is not None:
+            y = y + self.decay().view(1, H, 1) * state
+        k = F.normalize(y, dim=-1, eps=self.config.norm_eps) * self.bandwidth().view(1, H, 1)
+        return k, y
+
     def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
         return ops_for(self.config).leaky_average(
@@ -126,6 +138,30 @@ class ContextMemory(nn.Module):
             y = ops_for(self.config).mosaic_attention(k, v, **layout_for(self.config))
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d).
+
+        ``cache`` holds the key scan's state, the previous value projection ``u_{t-1} = W_v x_{t-1}``,
+        and the keys k_0..k_{t-1} and values v_0..v_{t-2}. The value v_{t-1} needs x_t (it peeks one
+        step ahead), so it is completed here, just before the query k_t reads v_0..v_{t-1}."""
+        B, H = x_t.shape[0], self.config.n_head
+        k_t, cache["key"] = self.key.step(x_t, cache.get("key"))
+        u_t = self.value.W_v(x_t).float().view(B, H, -1)
+        if "u_prev" in cache:
+            c = self.value.mix.float().view(1, H, 1)
+            v_prev = F.normalize((1 - c) * u_t + c * cache["u_prev"], dim=-1, eps=self.config.norm_eps)
+            v_prev = v_prev * torch.exp(10.0 * self.value.value_scale.float()).view(1, H, 1)
+            cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
+        cache["u_prev"] = u_t
+        if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
+            p = torch.softmax(torch.einsum("bhd,bhjd->bhj", k_t, cache["K"]), dim=-1)
+            y = torch.einsum("bhj,bhjd->bhd", p, cache["V"])
+            cache["K"] = torch.cat([cache["K"], k_t[:, :, None]], dim=2)
+        else:  # position 0 has no key to read: y_0 = 0
+            y = torch.zeros_like(k_t)
+            cache["K"] = k_t[:, :, None]
+        return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
+
 
 class PersistentMemory(nn.Module):
     """P-mem: softmax retrieval over learned (key, value) slots, shared across the batch (replaces the FFN)."""
@@ -156,6 +192,18 @@ class PersistentMemory(nn.Module):
             c = torch.exp(10.0 * self.out_scale) / count
             y = self._triton(k, p, c) if self.config.pmem_kernel == "triton" else self._folded_sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d); only
+        the key scan's state is cached (the slots are the same for every position)."""
+        B, H = x_t.shape[0], self.config.n_head
+        k, cache["key"] = self.key.step(x_t, cache.get("key"))
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
+            y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
+        y = y * (torch.exp(10.0 * self.out_scale.float()) / self.config.pmem_count).view(1, H, 1)
+        return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
 
     def _triton(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
         """One mosaic_kernels.persistent_memory call per slot memory: reads the keys in place, sums the

@@ -35,6 +35,11 @@ class MosaicBlock(nn.Module):
         x = x + self.cmem(self.ln_1(x))
         return x + self.pmem(self.ln_2(x))
 
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position (B, d) of :meth:`forward` in eval mode, reading and updating ``cache``."""
+        x_t = x_t + self.cmem.step(self.ln_1(x_t), cache.setdefault("cmem", {}))
+        return x_t + self.pmem.step(self.ln_2(x_t), cache.setdefault("pmem", {}))
+
 
 class MemoryMosaic(GenerateMixin, nn.Module):
     """Memory Mosaic LM: token embedding (no position encoding), blocks, final LN, tied head.
@@ -87,6 +92,17 @@ class MemoryMosaic(GenerateMixin, nn.Module):
             h = h * (1.0 / math.sqrt(self.config.n_embd))
         logits = self.lm_head(h)
         return logits, lm_loss(logits, targets)
+
+    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``
+        (a dict that starts empty): O(1) key updates and one attention row per layer."""
+        x = self.wte(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache.setdefault(i, {}))
+        h = self.ln_f(x)
+        if self.config.logit_scale:
+            h = h * (1.0 / math.sqrt(self.config.n_embd))
+        return self.lm_head(h)
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

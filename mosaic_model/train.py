@@ -64,20 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="start from a recipe (paper: the paper's BabiStories recipe); flags override it")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=("mosaic", "gpt"), default="mosaic")
-    m.add_argument("--n-layer", type=int, default=2)
-    m.add_argument("--n-head", type=int, default=4)
-    m.add_argument("--n-embd", type=int, default=64)
+    m.add_argument("--model", choices=("mosaic", "gpt"), default="mosaic", help="Memory Mosaic or the GPT2 baseline")
+    m.add_argument("--n-layer", type=int, default=2, help="blocks")
+    m.add_argument("--n-head", type=int, default=4, help="heads per block")
+    m.add_argument("--n-embd", type=int, default=64, help="width d")
     m.add_argument("--pmem-size", type=int, default=None, help="P-mem slots per head; None = 3.5 x n_embd")
-    m.add_argument("--dropout", type=float, default=0.05)
-    m.add_argument("--kernels", choices=("fused", "reference"), default="fused")
+    m.add_argument("--dropout", type=float, default=0.05, help="residual dropout (and P-mem slot dropout for the Memory Mosaic)")
+    m.add_argument("--kernels", choices=("fused", "reference"), default="fused", help="fused Triton ops or the PyTorch references")
     m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
     t = p.add_argument_group("in-context task (--task icl)")
     t.add_argument("--num-train", type=int, default=2000, help="training languages (one sequence each)")
     t.add_argument("--num-test", type=int, default=200, help="held-out languages (half test, half val)")
     t.add_argument("--max-string-len", type=int, default=19, help="RegBench uses 49")
-    t.add_argument("--task-seed", type=int, default=0)
+    t.add_argument("--task-seed", type=int, default=0, help="seed of the generated languages")
     d = p.add_argument_group("text (--task lm)")
     d.add_argument("--data", default=None,
                    help="training text: a file or folder (.txt/.jsonl/.json, optionally .gz/.xz), "
@@ -93,33 +93,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", default=None, help="token cache ($MOSAIC_CACHE_DIR, else ~/.cache/mosaic)")
     d.add_argument("--eval-batches", type=int, default=20, help="batches of random windows per loss estimate")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=150)
+    o.add_argument("--steps", type=int, default=150, help="optimizer steps")
     o.add_argument("--batch-size", type=int, default=32, help="sequences per micro-step per process")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    o.add_argument("--lr", type=float, default=3e-3)
+    o.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     o.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor, as a fraction of --lr")
-    o.add_argument("--warmup", type=int, default=30)
-    o.add_argument("--weight-decay", type=float, default=0.1)
+    o.add_argument("--warmup", type=int, default=30, help="linear warm-up steps")
+    o.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     o.add_argument("--decay-all", action="store_true",
                    help="decay every parameter (seq_icl's ICLL recipe) instead of the Library groups")
-    o.add_argument("--beta1", type=float, default=0.9)
-    o.add_argument("--beta2", type=float, default=0.99)
+    o.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1, in [0, 1)")
+    o.add_argument("--beta2", type=float, default=0.99, help="AdamW beta2, in [0, 1)")
     o.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto = bf16 autocast on CUDA, float32 on CPU")
     r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    r.add_argument("--seed", type=int, default=1337)
-    r.add_argument("--eval-every", type=int, default=50)
-    r.add_argument("--eval-batch-size", type=int, default=50)
-    r.add_argument("--log-every", type=int, default=10)
-    r.add_argument("--out-dir", default="runs/icl")
+    r.add_argument("--seed", type=int, default=1337, help="seed of weights, batches and dropout")
+    r.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (and checkpoints)")
+    r.add_argument("--eval-batch-size", type=int, default=50, help="sequences per evaluation batch")
+    r.add_argument("--log-every", type=int, default=10, help="steps between training-loss log lines")
+    r.add_argument("--out-dir", default="runs/icl", help="run folder: metrics.jsonl, ckpt.pt, best.pt")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its checkpoint (a larger --steps extends it)")
     r.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many steps, with a checkpoint to --resume from (time-sliced jobs)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    for action in p._actions:  # flags are shown with their defaults; a switch's default is off
+        if action.help is None:
+            action.help = " "
     return p
 
 

@@ -52,20 +52,85 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert [l["loss"] for l in la] == [l["loss"] for l in lb]
 
 
-def test_resume_refuses_a_different_configuration(tmp_path):
+def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     out = _run(tmp_path, "run", ["--steps", "2", "--eval-every", "2"])
-    with pytest.raises(SystemExit, match="other n_embd"):
+    with pytest.raises(SystemExit) as exc:
         train_mod.main(TINY[:4] + ["--n-embd", "32"] + TINY[6:] + ["--out-dir", str(out), "--steps", "2",
                                                                     "--eval-every", "2", "--resume"])
+    assert exc.value.code == 2
+    assert "other n_embd (n_embd=16)" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_adds_nothing(tmp_path, capsys):
+    out = _run(tmp_path, "run", ["--steps", "2", "--eval-every", "2"])
+    before = (out / "metrics.jsonl").read_text()
+    assert train_mod.main(TINY + ["--out-dir", str(out), "--steps", "2", "--eval-every", "2", "--resume"]) == 0
+    assert (out / "metrics.jsonl").read_text() == before
+    assert "already finished at step 2" in capsys.readouterr().err
+
+
+def test_extending_a_finished_run_follows_the_longer_schedule(tmp_path):
+    out = _run(tmp_path, "run", ["--steps", "4", "--eval-every", "2"])
+    train_mod.main(TINY + ["--out-dir", str(out), "--steps", "6", "--eval-every", "2", "--resume"])
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [l["step"] for l in lines if l["split"] == "test"] == [4, 6]
+    a = train_mod.parse_args(TINY + ["--steps", "6"])
+    assert [l["lr"] for l in lines if l["split"] == "train"][4] == train_mod.lr_at(4, a)
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 6
+    with pytest.raises(SystemExit):  # shrinking is refused
+        train_mod.main(TINY + ["--out-dir", str(out), "--steps", "3", "--resume"])
+
+
+def test_resume_errors_name_the_file(tmp_path, capsys):
+    missing = tmp_path / "none"
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(TINY + ["--out-dir", str(missing), "--resume"])
+    assert exc.value.code == 2 and f"no run to resume in {missing}" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(TINY + ["--out-dir", str(bad), "--resume"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{bad / 'ckpt.pt'}: not a readable checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_rebuilds_its_model(tmp_path):
+    from mosaic_model.checkpoint import load_model
+
+    out = _run(tmp_path, "run", ["--steps", "1", "--eval-every", "1"])
+    model, ckpt = load_model(out)
+    assert ckpt["model_type"] == "mosaic" and model.config.block_size == ckpt["model_config"]["block_size"] > 0
+    x = torch.randint(0, 20, (1, 5))
+    trained = train_mod.build_model(train_mod.parse_args(TINY), model.config.block_size, 20)
+    trained.load_state_dict(ckpt["model"])
+    assert torch.equal(model(x)[0], trained.eval()(x)[0])
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train_mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 150)" in out and "0 disables" in out
 
 
 @pytest.mark.parametrize("argv,msg", [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--n-embd", "30", "--n-head", "4"], "must be divisible"),
-    (["--lr", "-1"], "need --lr > 0"),
+    (["--lr", "-1"], "--lr must be a positive number"),
     (["--device", "tpu"], "--device must be"),
     (["--model", "rnn"], "invalid choice"),
     (["--dtype", "bfloat16", "--device", "cpu"], "on CPU use float32"),
+    (["--grad-clip", "-1"], "--grad-clip must be a positive norm, or 0 to disable"),
+    (["--beta2", "2"], "--beta2 must be in [0, 1)"),
+    (["--beta1", "-0.1"], "--beta1 must be in [0, 1)"),
+    (["--out-dir", "/dev/null/x"], "--out-dir /dev/null/x is not a writable folder"),
+    (["--task", "lm"], "--task lm needs --data"),
+    (["--data", "x.txt"], "--data and --val-data are for --task lm"),
+    (["--task", "lm", "--data", "x.txt", "--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
+    (["--block-size", "0"], "--block-size must be >= 1"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -1,0 +1,143 @@
+"""Language modelling end to end on CPU: mosaic-train --task lm, mosaic-eval, cached generation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+from mosaic_model import evaluate as eval_mod
+from mosaic_model import train as train_mod
+from mosaic_model.data import text
+from tests.model.test_text import byte_encoding
+from tests import tolerances
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park", "Lily", "Ben", "saw"]
+
+
+@pytest.fixture
+def corpus_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(text, "gpt2_encoding", lambda tokenizer_dir=None: byte_encoding())
+    monkeypatch.setenv("MOSAIC_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    docs = [" ".join(rng.choice(WORDS, rng.integers(8, 30))) + "." for _ in range(120)]
+    path = tmp_path / "stories.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in docs))
+    return path
+
+
+def _train(tmp_path, corpus_file, model, extra=()):
+    out = tmp_path / f"run-{model}"
+    argv = ["--task", "lm", "--data", str(corpus_file), "--model", model, "--n-layer", "1", "--n-head", "2",
+            "--n-embd", "16", "--block-size", "32", "--batch-size", "4", "--steps", "4", "--eval-every", "2",
+            "--eval-batches", "2", "--eval-batch-size", "4", "--warmup", "1", "--device", "cpu",
+            "--kernels", "reference", "--quiet", "--out-dir", str(out), *extra]
+    assert train_mod.main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize("model", ["mosaic", "gpt"])
+def test_lm_training_logs_train_and_val_loss(tmp_path, corpus_file, model, capsys):
+    out = _train(tmp_path, corpus_file, model)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [l for l in lines if l["split"] == "val"]
+    assert [v["step"] for v in vals] == [2, 4]
+    assert all(np.isfinite(v["loss"]) and np.isfinite(v["train_loss"]) for v in vals)
+    assert lines[-1]["split"] == "final"
+    assert "val loss" in capsys.readouterr().out
+    ck = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ck["model_config"]["vocab_size"] == 50304 and ck["model_config"]["block_size"] == 32
+
+
+def test_lm_resume_is_exact(tmp_path, corpus_file):
+    straight = _train(tmp_path, corpus_file, "mosaic", ["--dropout", "0.1"])
+    part = tmp_path / "part"
+    common = ["--task", "lm", "--data", str(corpus_file), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+              "--block-size", "32", "--batch-size", "4", "--steps", "4", "--eval-every", "2", "--eval-batches", "2",
+              "--eval-batch-size", "4", "--warmup", "1", "--device", "cpu", "--kernels", "reference", "--quiet",
+              "--dropout", "0.1", "--out-dir", str(part)]
+    train_mod.main(common + ["--max-steps-this-run", "2"])
+    train_mod.main(common + ["--resume"])
+    a, b = (torch.load(d / "ckpt.pt", weights_only=False) for d in (straight, part))
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_preset_paper_sets_the_recipe_and_flags_override():
+    a = train_mod.parse_args(["--preset", "paper", "--data", "x.txt", "--n-layer", "4", "--device", "cpu"])
+    assert a.task == "lm" and a.n_layer == 4 and a.n_embd == 768 and a.lr == 5e-3 and a.beta2 == 0.95
+    assert a.min_lr_ratio * a.lr == pytest.approx(1e-4) and a.warmup == 2000 and a.steps == 80000
+
+
+def test_bad_corpus_is_a_one_line_error(tmp_path, corpus_file, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("hi")
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(["--task", "lm", "--data", str(short), "--val-data", str(short), "--device", "cpu",
+                        "--out-dir", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "shorter than one window" in err and len(err.splitlines()) == 1
+
+
+def test_mosaic_eval_subcommands(tmp_path, corpus_file, capsys):
+    runs = [str(_train(tmp_path, corpus_file, m)) for m in ("mosaic", "gpt")]
+    common = ["--data", str(corpus_file), "--device", "cpu", "--batch-size", "8", "--quiet"]
+    out = tmp_path / "ev"
+    assert eval_mod.main(["loss", *runs, *common, "--out", str(out / "loss")]) == 0
+    loss = json.loads((out / "loss.json").read_text())["results"]
+    assert all(np.isfinite(r["loss"]) and r["tokens"] > 0 for r in loss.values())
+    assert eval_mod.main(["per-position", *runs, *common, "--max-docs", "20", "--out", str(out / "pp")]) == 0
+    pp = json.loads((out / "pp.json").read_text())["results"]
+    assert all(len(r["loss"]) == 32 for r in pp.values()) and (out / "pp.png").stat().st_size > 0
+    assert eval_mod.main(["attention", *runs, *common, "--num-seqs", "6", "--out", str(out / "att")]) == 0
+    att = json.loads((out / "att.json").read_text())["results"]
+    mosaic, gpt = (np.array(att[r]["attention"]) for r in runs)
+    assert mosaic.shape == (1, 2, 31) and gpt.shape == (1, 2, 32)  # strict mask: the Mosaic's last row sees T-1
+    assert np.allclose(mosaic.sum(-1), 1) and np.allclose(gpt.sum(-1), 1)
+    assert eval_mod.main(["long-context", *runs, *common, "--num-seqs", "4", "--max-docs", "10", "--out", str(out / "lc")]) == 0
+    lc = json.loads((out / "lc.json").read_text())["results"]
+    assert all(len(r["loss"]) == 96 for r in lc["loss_by_position"].values())
+    assert lc["loss_by_position"][runs[1]]["gpt_sliding_window"] == 32
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["the cat", "Lily saw"]))
+    assert eval_mod.main(["generate", *runs, "--prompts", str(prompts), "--max-new-tokens", "5", "--device", "cpu",
+                          "--out", str(out / "gen")]) == 0
+    md = (out / "gen.md").read_text()
+    assert "temperature 0.0" in md and md.count("1. the cat") == 2
+
+
+def test_mosaic_eval_bad_run_is_a_one_line_error(tmp_path, capsys):
+    assert eval_mod.main(["loss", str(tmp_path), "--data", "x.txt", "--device", "cpu"]) == 2
+    assert f"{tmp_path / 'ckpt.pt'}: no checkpoint there" in capsys.readouterr().err
+
+
+def test_the_24_prompts_ship_with_the_package():
+    prompts = eval_mod.default_prompts()
+    assert len(prompts) == 24 and prompts[0].startswith("Alice was so tired")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
+    lambda: GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
+], ids=["mosaic", "gpt"])
+def test_cached_decoding_equals_the_full_forward(make):
+    """The cache's logits equal the full forward's at every position (float32 sums in another order:
+    tolerances.FP32), and greedy generation gives the same tokens with and without it, also past
+    block_size, where both paths see the last block_size tokens."""
+    torch.manual_seed(0)
+    m = make().eval()
+    idx = torch.randint(0, 50, (3, 9))
+    cache: dict = {}
+    steps = torch.stack([m.decode_step(idx[:, t], cache) for t in range(9)], dim=1)
+    from tests.conftest import rel_err
+
+    assert rel_err(steps, m(idx)[0]) < tolerances.FP32
+    m.train()  # generate() switches to eval and back
+    cached = m.generate(idx, 30, temperature=0, use_cache=True)
+    assert m.training
+    assert torch.equal(cached, m.generate(idx, 30, temperature=0, use_cache=False))
+    g1, g2 = (torch.Generator().manual_seed(1) for _ in range(2))
+    assert torch.equal(m.generate(idx, 10, temperature=1.0, top_k=5, generator=g1),
+                       m.generate(idx, 10, temperature=1.0, top_k=5, generator=g2, use_cache=False))
