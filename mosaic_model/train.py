@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out-dir from its checkpoint (a larger --steps extends it)")
     r.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many steps, with a checkpoint to --resume from (time-sliced jobs)")
+    r.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many seconds of training, with a checkpoint to --resume from (one process)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     for action in p._actions:  # flags are shown with their defaults; a switch's default is off
         if action.help is None:
@@ -142,6 +144,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                  "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.time_limit is not None and not a.time_limit > 0:
+        p.error(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
+    if a.time_limit is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        p.error("--time-limit works with one process (ranks could stop at different steps); use --max-steps-this-run")
     for name in ("max_steps_this_run", "pmem_size"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
@@ -345,6 +351,7 @@ def train(a: argparse.Namespace) -> dict:
     bar = tqdm(total=a.steps, initial=start, desc="training", unit="step", disable=a.quiet, dynamic_ncols=True)
     model.train()
     tokens, t_last = 0, time.perf_counter()
+    deadline = None if a.time_limit is None else time.perf_counter() + a.time_limit
     for step in range(start, stop):
         lr = lr_at(step, a)
         for group in opt.param_groups:
@@ -383,6 +390,9 @@ def train(a: argparse.Namespace) -> dict:
                 save(step + 1, out / "best.pt")
             save(step + 1)
             t_last = time.perf_counter()
+        if deadline is not None and time.perf_counter() > deadline and step + 1 < stop:
+            stop = step + 1  # at least one step per call, so a time-sliced run always advances
+            break
     bar.close()
     if stop < a.steps:
         save(stop)

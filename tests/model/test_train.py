@@ -109,6 +109,14 @@ def test_checkpoint_rebuilds_its_model(tmp_path):
     assert torch.equal(model(x)[0], trained.eval()(x)[0])
 
 
+def test_time_limit_stops_with_a_checkpoint_to_resume(tmp_path):
+    out = _run(tmp_path, "run", ["--steps", "50", "--eval-every", "50", "--time-limit", "1e-9"])
+    ck = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 1 and not ck.get("finished")  # one step, then the limit
+    assert train_mod.main(TINY + ["--out-dir", str(out), "--steps", "3", "--eval-every", "3", "--resume"]) == 0
+    assert torch.load(out / "ckpt.pt", weights_only=False)["finished"]
+
+
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         train_mod.main(["--help"])

@@ -1,0 +1,216 @@
+"""Memory Mosaic against GPT2 on text, by depth (the paper's Figures 9, 10, 12, 13 and Table 1, scaled down).
+
+  python -m mosaic_model.experiments.lm_depth run    --data BOOKS --out runs/lm_depth [--time-limit S]
+  python -m mosaic_model.experiments.lm_depth report --out runs/lm_depth --ood SIMPLEWIKI --figures DIR
+
+``run`` trains the grid (model x depth x learning rate; same width, tokens, batches and schedule for
+both models) as separate processes on one GPU, several at once. A run that has finished is skipped and
+an interrupted one resumes from its checkpoint, so the grid can span several short GPU calls
+(``--time-limit`` stops every process cleanly with a checkpoint). It prints runs done, running and
+left, with an estimate of the time left.
+
+``report`` selects, for each model and depth, the learning rate of lowest final validation loss (never
+a test metric), then writes ``summary.json`` and the figures: training and validation curves by depth,
+out-of-distribution loss by position at equal depth, last-row attention of the one-layer models, the
+same at three times the training length, and the 24 prompts.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEPTHS = (1, 2, 4, 8)
+MODELS = ("mosaic", "gpt")
+LRS = (2e-3, 5e-3)
+
+
+def run_name(model: str, depth: int, lr: float) -> str:
+    """The folder of one grid point."""
+    return f"{model}-L{depth}-lr{lr:g}"
+
+
+def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list[str]:
+    """mosaic-train arguments of one grid point: the paper's recipe scaled down (SPEC'd in REPRODUCTION.md)."""
+    return ["--task", "lm", "--data", a.data, "--doc-split", a.doc_split, "--val-fraction", str(a.val_fraction),
+            "--model", model, "--n-layer", str(depth), "--n-embd", str(a.width), "--n-head", str(a.width // 64),
+            "--block-size", str(a.block_size), "--batch-size", str(a.batch_size), "--steps", str(a.steps),
+            "--lr", str(lr), "--warmup", str(a.steps // 10), "--min-lr-ratio", str(1e-4 / 5e-3),
+            "--beta2", "0.95", "--weight-decay", "0.1", "--dropout", "0.05", "--grad-clip", "1.0",
+            "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
+            "--device", a.device, "--quiet"]
+
+
+def _state(out: Path) -> str:
+    import torch
+
+    ck = out / "ckpt.pt"
+    if not ck.exists():
+        return "new"
+    return "done" if torch.load(ck, map_location="cpu", weights_only=False).get("finished") else "partial"
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    """Train every grid point not yet finished, ``--parallel`` at a time."""
+    root = Path(a.out)
+    root.mkdir(parents=True, exist_ok=True)
+    grid = list(itertools.product(a.models, a.depths, a.lrs))
+    todo = []
+    for model, depth, lr in grid:
+        out = root / run_name(model, depth, lr)
+        state = _state(out)
+        if state != "done":
+            todo.append((model, depth, lr, out, state))
+    print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
+    t0, running, finished = time.time(), [], 0
+    deadline = None if a.time_limit is None else t0 + a.time_limit
+    while todo or running:
+        while todo and len(running) < a.parallel:
+            model, depth, lr, out, state = todo.pop(0)
+            argv = [sys.executable, "-m", "mosaic_model.train", *train_argv(a, model, depth, lr), "--out-dir", str(out)]
+            if state == "partial":
+                argv.append("--resume")
+            if deadline is not None:
+                argv += ["--time-limit", str(max(1.0, deadline - time.time()))]
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "train.log", "a")
+            running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), out, log))
+        time.sleep(5)
+        for proc, out, log in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, out, log))
+                log.close()
+                finished += 1
+                if proc.returncode != 0:
+                    print(f"FAILED ({proc.returncode}): {out}; see {out / 'train.log'}", flush=True)
+        elapsed = time.time() - t0
+        rate = finished / elapsed if finished else 0
+        eta = f"{(len(todo) + len(running)) / rate / 60:.1f} min" if rate else "?"
+        print(f"[{elapsed:6.0f}s] exited {finished}, running {len(running)}, left {len(todo)}, eta {eta}", flush=True)
+    print(f"status: {sum(_state(root / run_name(*g)) == 'done' for g in grid)}/{len(grid)} runs finished", flush=True)
+
+
+def _curves(out: Path) -> dict:
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [l for l in lines if l["split"] == "val"]
+    return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
+
+
+def select(root: Path, models, depths, lrs) -> dict:
+    """{model: {depth: best run folder}} by final validation loss, over finished runs only."""
+    best: dict = {}
+    for model, depth in itertools.product(models, depths):
+        cands = []
+        for lr in lrs:
+            out = root / run_name(model, depth, lr)
+            if _state(out) == "done":
+                cands.append((_curves(out)["val"][-1], lr, out))
+        if cands:
+            best.setdefault(model, {})[depth] = min(cands)
+    return best
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    """Select on validation, then evaluate and plot (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import evaluate as ev
+
+    root, figs = Path(a.out), Path(a.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    best = select(root, a.models, a.depths, a.lrs)
+    summary = {"selection": "per model and depth, the learning rate of lowest final validation loss",
+               "runs": {}, "grid_lrs": list(a.lrs)}
+    for model in best:
+        for depth, (val, lr, out) in best[model].items():
+            c = _curves(out)
+            summary["runs"][f"{model}-L{depth}"] = {"lr": lr, "final_val_loss": val, "final_train_loss": c["train"][-1],
+                                                     "curves": c, "all_lrs": {f"{l:g}": _curves(root / run_name(model, depth, l))["val"][-1]
+                                                                              for l in a.lrs if _state(root / run_name(model, depth, l)) == "done"}}
+    # Figure 9 analogue: curves by depth.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colors = plt.cm.viridis([0.0, 0.3, 0.6, 0.85])
+    for ax, kind in zip(axes, ("train", "val")):
+        for (model, ls), (i, depth) in itertools.product((("mosaic", "-"), ("gpt", "--")), enumerate(a.depths)):
+            key = f"{model}-L{depth}"
+            if key in summary["runs"]:
+                c = summary["runs"][key]["curves"]
+                ax.plot(c["step"], c[kind], ls=ls, color=colors[i % 4], label=f"{'Memory Mosaic' if model == 'mosaic' else 'GPT2'} L{depth}")
+        ax.set(title=f"{kind} loss", xlabel="step", ylabel="loss")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 6.5))
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(figs / "lm_depth_curves.png", dpi=120)
+    plt.close(fig)
+    # Evaluations at equal depth (Fig 10, 13, Table 1) and of the one-layer models (Fig 12).
+    device = a.device
+    evals = {"ood_depth": a.eval_depth}
+
+    def ev_main(argv):
+        code = ev.main(argv + ["--device", device, "--quiet"])
+        if code:
+            raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
+
+    pair = [str(best[m][a.eval_depth][2]) for m in ("mosaic", "gpt") if a.eval_depth in best.get(m, {})]
+    one = [str(best[m][1][2]) for m in ("mosaic", "gpt") if 1 in best.get(m, {})]
+    if a.ood and pair and a.eval_depth in a.depths:
+        ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
+    if one and a.eval_depth in a.depths:
+        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs), "--out", str(figs / "attention_1layer")])
+        ev_main(["long-context", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
+                 "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
+    if pair and a.eval_depth in a.depths:
+        ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
+    summary["evaluations"] = evals
+    (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
+    for key, r in sorted(summary["runs"].items()):
+        print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the depth study."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("--data", required=True, help="training text (a folder of books: --doc-split file)")
+    p.add_argument("--doc-split", default="file")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--out", default="runs/lm_depth")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS))
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--parallel", type=int, default=16)
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--ood", default=None, help="out-of-distribution text for the loss by position")
+    p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
+    p.add_argument("--num-seqs", type=int, default=512)
+    p.add_argument("--figures", default="docs/figures")
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point: ``run`` or ``report``."""
+    a = build_parser().parse_args(argv)
+    if a.width % 64:
+        raise SystemExit("lm_depth: --width must be a multiple of 64 (heads of 64 dimensions, as GPT2-small)")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    (cmd_run if a.command == "run" else cmd_report)(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
