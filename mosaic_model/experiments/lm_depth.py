@@ -47,12 +47,12 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list
 
 
 def _state(out: Path) -> str:
-    import torch
-
-    ck = out / "ckpt.pt"
-    if not ck.exists():
-        return "new"
-    return "done" if torch.load(ck, map_location="cpu", weights_only=False).get("finished") else "partial"
+    """done (metrics.jsonl has its final line: results survive a machine that kept no checkpoint),
+    partial (a checkpoint to resume) or new."""
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and any(json.loads(l)["split"] == "final" for l in metrics.read_text().splitlines()):
+        return "done"
+    return "partial" if (out / "ckpt.pt").exists() else "new"
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -151,6 +151,11 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.tight_layout()
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
+    if a.no_evals:
+        (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
+        for key, r in sorted(summary["runs"].items()):
+            print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
+        return
     # Evaluations at equal depth (Fig 10, 13, Table 1) and of the one-layer models (Fig 12).
     device = a.device
     evals = {"ood_depth": a.eval_depth}
@@ -199,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
     p.add_argument("--num-seqs", type=int, default=512)
     p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--no-evals", action="store_true", help="report: selection and curves only (no checkpoints needed)")
     return p
 
 
