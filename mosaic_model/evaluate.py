@@ -205,6 +205,13 @@ def _corpus(a):
                        progress=not a.quiet)
 
 
+def _allow_context(model, ckpt: dict, T: int) -> None:
+    """Let a Memory Mosaic run T tokens (its parameters do not depend on the block size); a GPT keeps
+    its trained length, which its learned positions fix."""
+    if ckpt["model_type"] == "mosaic" and T > model.config.block_size:
+        model.config.block_size = T
+
+
 def _cmd_loss(a, runs):
     corpus = _corpus(a)
     results = {}
@@ -222,8 +229,7 @@ def _per_position(a, runs, long: bool):
         T_train = ckpt["model_config"]["block_size"]
         T = a.block_size or (3 * T_train if long else T_train)
         window = T_train if ckpt["model_type"] == "gpt" and T > T_train else None
-        if ckpt["model_type"] == "mosaic" and T > model.config.block_size:
-            model.config.block_size = T  # its parameters do not depend on the block size
+        _allow_context(model, ckpt, T)
         x, y = corpus.document_windows(T, a.max_docs)
         loss, count = loss_by_position(model, x, y, a.batch_size, a.device, a.dtype_t, window=window)
         results[run] = {"loss": loss.tolist(), "documents": count.tolist(), "block_size": T,
@@ -248,8 +254,7 @@ def _attention(a, runs, T_of):
     results = {}
     for run, (model, ckpt) in runs.items():
         T = T_of(ckpt)
-        if ckpt["model_type"] == "mosaic" and T > model.config.block_size:
-            model.config.block_size = T
+        _allow_context(model, ckpt, T)
         if ckpt["model_type"] == "gpt" and T > ckpt["model_config"]["block_size"]:
             T = ckpt["model_config"]["block_size"]  # learned positions stop at the trained length
         x, _ = corpus.random_windows(np.random.default_rng(a.seed), a.num_seqs, T)

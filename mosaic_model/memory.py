@@ -107,9 +107,13 @@ class PeekAheadValueExtractor(nn.Module):
         self.mix = nn.Parameter(torch.rand(H))
         self.value_scale = nn.Parameter(torch.full((H,), -0.05))
 
+    def scale(self) -> torch.Tensor:
+        """The per-head value scale exp(10 r), (H,)."""
+        return torch.exp(10.0 * self.value_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = split_heads(self.W_v(x), self.config.n_head)  # strided (B, H, T, hs)
-        mix, scale = self.mix, torch.exp(10.0 * self.value_scale)
+        mix, scale = self.mix, self.scale()
         if self.config.kernels == "reference":
             # The official code mixes in the activations' dtype (bf16 under autocast).
             mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
@@ -147,10 +151,10 @@ class ContextMemory(nn.Module):
         B, H = x_t.shape[0], self.config.n_head
         k_t, cache["key"] = self.key.step(x_t, cache.get("key"))
         u_t = self.value.W_v(x_t).float().view(B, H, -1)
-        if "u_prev" in cache:
-            c = self.value.mix.float().view(1, H, 1)
-            v_prev = F.normalize((1 - c) * u_t + c * cache["u_prev"], dim=-1, eps=self.config.norm_eps)
-            v_prev = v_prev * torch.exp(10.0 * self.value.value_scale.float()).view(1, H, 1)
+        if "u_prev" in cache:  # row 0 of the value op over the pair (u_{t-1}, u_t) is v_{t-1}
+            pair = torch.stack([cache["u_prev"], u_t], dim=2)
+            v_prev = reference_ops.peek_ahead_value(pair, self.value.mix.float(), scale=self.value.scale().float(),
+                                                    eps=self.config.norm_eps)[:, :, 0]
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
         cache["u_prev"] = u_t
         if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
@@ -189,9 +193,13 @@ class PersistentMemory(nn.Module):
             y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
         else:
             # Both fused paths apply the per-head output multiplier inside the retrieval.
-            c = torch.exp(10.0 * self.out_scale) / count
+            c = self.multiplier()
             y = self._triton(k, p, c) if self.config.pmem_kernel == "triton" else self._folded_sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def multiplier(self) -> torch.Tensor:
+        """The per-head output multiplier exp(10 out_scale) / pmem_count, (H,)."""
+        return torch.exp(10.0 * self.out_scale) / self.config.pmem_count
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d); only
@@ -202,7 +210,7 @@ class PersistentMemory(nn.Module):
         for i in range(self.config.pmem_count):
             p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
             y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
-        y = y * (torch.exp(10.0 * self.out_scale.float()) / self.config.pmem_count).view(1, H, 1)
+        y = y * self.multiplier().float().view(1, H, 1)
         return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
 
     def _triton(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:

@@ -85,13 +85,17 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x)
+        logits = self._head(x)
+        return logits, lm_loss(logits, targets)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm, the Library's 1/sqrt(d) logit scale, tied head: (..., d) -> (..., vocab)."""
         h = self.ln_f(x)
         if self.config.logit_scale:
             # Scaling the (B, T, d) input of the bias-free head equals scaling its (B, T, vocab) output,
             # at 1/65 of the memory traffic for GPT2's vocabulary.
             h = h * (1.0 / math.sqrt(self.config.n_embd))
-        logits = self.lm_head(h)
-        return logits, lm_loss(logits, targets)
+        return self.lm_head(h)
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``
@@ -99,10 +103,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache.setdefault(i, {}))
-        h = self.ln_f(x)
-        if self.config.logit_scale:
-            h = h * (1.0 / math.sqrt(self.config.n_embd))
-        return self.lm_head(h)
+        return self._head(x)
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

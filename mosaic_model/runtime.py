@@ -1,4 +1,4 @@
-"""Runtime helpers shared by training, evaluation and the experiments: autocast and seeded batch draws."""
+"""Runtime helpers shared by training, evaluation and the experiments."""
 from __future__ import annotations
 
 import contextlib

@@ -30,10 +30,8 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, model_type_of, read_checkpoint
-from .config import GPTConfig, MosaicConfig
+from .checkpoint import build_model as checkpoint_build_model
 from .data.text import DOC_SPLITS, DataError
-from .gpt import GPT
-from .model import MemoryMosaic
 from .runtime import autocast_for
 from .tasks import make_task
 
@@ -207,11 +205,11 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 def build_model(a: argparse.Namespace, block_size: int, vocab_size: int):
     """The model that the arguments describe."""
-    common = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
+    config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
-    if a.model == "gpt":
-        return GPT(GPTConfig(**common))
-    return MemoryMosaic(MosaicConfig(**common, pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel))
+    if a.model == "mosaic":
+        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel)
+    return checkpoint_build_model(a.model, config)
 
 
 def param_groups(model, weight_decay: float, decay_all: bool):

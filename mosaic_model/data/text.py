@@ -104,8 +104,9 @@ class Source:
             return Source("hf", parts[0], *(parts[1:] or []))
         if spec.startswith("babistories:"):
             rest = spec[len("babistories:"):]
-            location, _, split = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
-            split = split or "train"
+            location, split = rest, "train"
+            if ":" in rest and not Path(rest).exists():
+                location, split = rest.rsplit(":", 1)
             if split not in ("train", "val"):
                 raise DataError(f"data source {spec!r}: the BabiStories split must be train or val, got {split!r}")
             return Source("babistories", location, split)
@@ -418,7 +419,7 @@ def _tokenize(docs: list[str], tokenizer_dir, workers: int | None, progress: boo
 
     tokenizer_dir = tokenizer_dir_from_env(tokenizer_dir)
     workers = workers or min(8, os.cpu_count() or 1)
-    chunk = max(1, min(2000, len(docs) // (4 * workers) or 1))
+    chunk = max(1, min(2000, len(docs) // (4 * workers)))  # ~4 chunks a worker, for an even load
     batches = [docs[i:i + chunk] for i in range(0, len(docs), chunk)]
     bar = tqdm(total=len(docs), desc=f"tokenising {Path(name).name or name}", unit="doc", disable=not progress)
     out: list[np.ndarray] = []

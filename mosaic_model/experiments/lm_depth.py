@@ -101,18 +101,29 @@ def _curves(out: Path) -> dict:
     return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
 
 
+def finished_runs(root: Path, model: str, depth: int, lrs) -> dict:
+    """{lr: (run folder, curves)} of the finished runs of one model and depth."""
+    runs = {}
+    for lr in lrs:
+        out = root / run_name(model, depth, lr)
+        if _state(out) == "done":
+            runs[lr] = (out, _curves(out))
+    return runs
+
+
 def select(root: Path, models, depths, lrs) -> dict:
-    """{model: {depth: best run folder}} by final validation loss, over finished runs only."""
-    best: dict = {}
+    """{"model-Ldepth": summary} for each model and depth with a finished run: the learning rate of lowest
+    final validation loss, its folder and curves, and every learning rate's final validation loss."""
+    chosen = {}
     for model, depth in itertools.product(models, depths):
-        cands = []
-        for lr in lrs:
-            out = root / run_name(model, depth, lr)
-            if _state(out) == "done":
-                cands.append((_curves(out)["val"][-1], lr, out))
-        if cands:
-            best.setdefault(model, {})[depth] = min(cands)
-    return best
+        runs = finished_runs(root, model, depth, lrs)
+        if runs:
+            lr = min(runs, key=lambda l: runs[l][1]["val"][-1])
+            out, c = runs[lr]
+            chosen[f"{model}-L{depth}"] = {"lr": lr, "run": str(out), "final_val_loss": c["val"][-1],
+                                           "final_train_loss": c["train"][-1], "curves": c,
+                                           "all_lrs": {f"{l:g}": r[1]["val"][-1] for l, r in runs.items()}}
+    return chosen
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -126,15 +137,8 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    best = select(root, a.models, a.depths, a.lrs)
     summary = {"selection": "per model and depth, the learning rate of lowest final validation loss",
-               "runs": {}, "grid_lrs": list(a.lrs)}
-    for model in best:
-        for depth, (val, lr, out) in best[model].items():
-            c = _curves(out)
-            summary["runs"][f"{model}-L{depth}"] = {"lr": lr, "final_val_loss": val, "final_train_loss": c["train"][-1],
-                                                     "curves": c, "all_lrs": {f"{l:g}": _curves(root / run_name(model, depth, l))["val"][-1]
-                                                                              for l in a.lrs if _state(root / run_name(model, depth, l)) == "done"}}
+               "grid_lrs": list(a.lrs), "eval_depth": a.eval_depth, "runs": select(root, a.models, a.depths, a.lrs)}
     # Figure 9 analogue: curves by depth.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = plt.cm.viridis([0.0, 0.3, 0.6, 0.85])
@@ -151,34 +155,30 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.tight_layout()
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
-    if a.no_evals:
-        (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
-        for key, r in sorted(summary["runs"].items()):
-            print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
-        return
-    # Evaluations at equal depth (Fig 10, 13, Table 1) and of the one-layer models (Fig 12).
-    device = a.device
-    evals = {"ood_depth": a.eval_depth}
-
-    def ev_main(argv):
-        code = ev.main(argv + ["--device", device, "--quiet"])
-        if code:
-            raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
-
-    pair = [str(best[m][a.eval_depth][2]) for m in ("mosaic", "gpt") if a.eval_depth in best.get(m, {})]
-    one = [str(best[m][1][2]) for m in ("mosaic", "gpt") if 1 in best.get(m, {})]
-    if a.ood and pair and a.eval_depth in a.depths:
-        ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
-    if one and a.eval_depth in a.depths:
-        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs), "--out", str(figs / "attention_1layer")])
-        ev_main(["long-context", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
-                 "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
-    if pair and a.eval_depth in a.depths:
-        ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
-    summary["evaluations"] = evals
+    if not a.no_evals and a.eval_depth in a.depths:
+        _evaluate(a, summary["runs"], figs, ev)
     (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
     for key, r in sorted(summary["runs"].items()):
         print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
+
+
+def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
+    """The evaluations at equal depth (Fig 10, Table 1) and of the one-layer models (Fig 12, 13)."""
+    def ev_main(argv):
+        code = ev.main(argv + ["--device", a.device, "--quiet"])
+        if code:
+            raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
+
+    pair = [chosen[f"{m}-L{a.eval_depth}"]["run"] for m in MODELS if f"{m}-L{a.eval_depth}" in chosen]
+    one = [chosen[f"{m}-L1"]["run"] for m in MODELS if f"{m}-L1" in chosen]
+    if a.ood and pair:
+        ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
+    if one:
+        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs), "--out", str(figs / "attention_1layer")])
+        ev_main(["long-context", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
+                 "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
+    if pair:
+        ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
 
 
 def build_parser() -> argparse.ArgumentParser:
