@@ -150,7 +150,7 @@ def test_split_by_document_is_seeded_and_disjoint():
 
 
 def test_hugging_face_dataset_saved_to_disk(tmp_path):
-    import datasets
+    datasets = pytest.importorskip("datasets")  # a dependency of the package; absent from the GPU image
 
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"story": STORIES, "n": [1, 2, 3]}),
                           "validation": datasets.Dataset.from_dict({"story": ["held out"], "n": [0]})}
