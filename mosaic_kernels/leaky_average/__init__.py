@@ -48,7 +48,10 @@ def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None
     if decay is None:
         raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")
     if isinstance(decay, torch.Tensor):
-        decay = decay.clamp(0.0, 1.0)  # inside the graph: identity with gradient 1 on [0, 1]
+        # Entries in [0, 1] pass through (gradient 1, boundaries included); only the others are
+        # clamped (gradient 0). clamp alone would do, but its gradient at exactly 0 and 1 differs
+        # between torch releases (1 in 2.13, 0 in 2.15), and decays of 0 and 1 are legitimate.
+        decay = torch.where((decay >= 0) & (decay <= 1), decay, decay.clamp(0.0, 1.0))
     scale = per_head("scale", scale, H, x)
     if scale is not None and not normalize:
         raise ValueError("scale is only applied with normalize=True; pass normalize=True or scale=None")
