@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # The nine triples of candidate periods {0.5, ..., 3.5} with the smallest common period, in the
 # official code's order (its numpy argsort breaks the ties at 6); the last one is held out.
@@ -119,10 +120,15 @@ class MoonMemory(nn.Module):
         return torch.nan_to_num(p, nan=0.0)  # row 0 has no key: weight 0 everywhere
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, 6) observations -> (B, T, 6) predictions of the next observation."""
-        nxt = torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)  # v_t reads x_{t+1}; v_{T-1} = 0
-        v = self._heads(self.W_v(nxt))
-        y = (self.attention(x) @ v).transpose(1, 2).reshape(x.shape)
+        """(B, T, 6) observations -> (B, T, 6) predictions of the next observation.
+
+        Query t reads keys j < t, whose values v_j = W_v x_{j+1} are known at t. That is ordinary
+        causal attention (j <= i) of the queries 1..T-1 over the keys 0..T-2, which SDPA computes
+        without materialising the (T, T) weights; row 0 reads nothing and is 0."""
+        k = self._heads(self.W_k(x))
+        v = self._heads(self.W_v(x[:, 1:]))  # v_j = W_v x_{j+1}, j = 0..T-2
+        y = F.scaled_dot_product_attention(k[:, :, 1:], k[:, :, :-1], v, is_causal=True, scale=ATTN_SCALE)
+        y = torch.cat([torch.zeros_like(y[:, :, :1]), y], dim=2).transpose(1, 2).reshape(x.shape)
         return self.W_z(y)
 
     @torch.no_grad()

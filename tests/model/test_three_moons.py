@@ -67,3 +67,17 @@ def test_short_training_lowers_the_loss():
     # Measured: 60 steps take the loss from 0.194 to 0.11-0.13; the batch-to-batch spread is ~1%.
     model, losses = tm.train(3, steps=40, batch=8, progress=False)
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+
+
+def test_forward_equals_the_dense_strictly_causal_attention():
+    """forward() runs SDPA's causal kernel on shifted queries; the dense form (the weights of
+    attention(), times v_j = W_v x_{j+1}) must be the same function. In float64, logits of up to
+    50 |k|^2 ~ 1e2 lose ~1e2 * u64 = 1e-14 in the exponent, so 1e-10 leaves a wide margin."""
+    from tests.conftest import rel_err
+
+    torch.manual_seed(0)
+    m = tm.MoonMemory(3).double()
+    x = torch.randn(3, 50, 6, dtype=torch.float64)
+    v = m._heads(m.W_v(torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)))
+    dense = m.W_z((m.attention(x) @ v).transpose(1, 2).reshape(x.shape))
+    assert rel_err(m(x), dense) < 1e-10
