@@ -47,7 +47,7 @@ def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: in
 def build(kind: str, depth: int, a: argparse.Namespace):
     """A model of the experiment (dropout 0, the sizes of ``a``)."""
     common = dict(n_layer=depth, n_head=a.heads, n_embd=a.width, block_size=a.T, vocab_size=a.vocab, dropout=0.0)
-    return MemoryMosaic(MosaicConfig(**common)) if kind == "mosaic" else GPT(GPTConfig(**common))
+    return MemoryMosaic(MosaicConfig(**common, kernels=a.kernels)) if kind == "mosaic" else GPT(GPTConfig(**common))
 
 
 @torch.no_grad()
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+                   help="the Memory Mosaic's ops (on a CPU both run the PyTorch references unless TRITON_INTERPRET=1)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
