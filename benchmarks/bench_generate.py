@@ -25,6 +25,17 @@ def _time(fn, device) -> float:
     return time.perf_counter() - t, out
 
 
+def _profile(model, idx, n: int, use_cache: bool, title: str) -> None:
+    """Print the operators that take the most host and device time over ``n`` generated tokens."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if idx.is_cuda else [])
+    with profile(activities=acts) as prof:
+        model.generate(idx, n, temperature=0, use_cache=use_cache)
+    print(f"--- {title}: {n} tokens, top operators by self host time", flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+
+
 def main(argv=None) -> None:
     """Print one line per model: uncached and cached seconds, the speed-up, and token equality."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +44,8 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print torch.profiler's top operators over N tokens of each path")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     block = a.prompt + a.new_tokens
@@ -48,6 +61,9 @@ def main(argv=None) -> None:
             model.generate(idx, 8, temperature=0, use_cache=False)
             t_cached, cached = _time(lambda: model.generate(idx, a.new_tokens, temperature=0), device)
             t_full, full = _time(lambda: model.generate(idx, a.new_tokens, temperature=0, use_cache=False), device)
+            if a.profile:
+                for use_cache in (True, False):
+                    _profile(model, idx, a.profile, use_cache, f"{name} {'cached' if use_cache else 'uncached'}")
         same = int((cached == full).all(dim=0).sum()) - a.prompt
         print(f"{name}: {a.layers} layers d={a.width}, {a.new_tokens} new tokens after {a.prompt}: uncached {t_full:.2f} s, "
               f"cached {t_cached:.2f} s, speed-up {t_full / t_cached:.1f}x; identical tokens {same}/{a.new_tokens} "

@@ -34,7 +34,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, self.n_head, 1, C // self.n_head) for t in self.c_attn(x_t).split(C, dim=1))
         cache["k"] = torch.cat([cache["k"], k], dim=2) if "k" in cache else k
         cache["v"] = torch.cat([cache["v"], v], dim=2) if "v" in cache else v
-        y = F.scaled_dot_product_attention(q, cache["k"], cache["v"])
+        # One query row as two small matmuls, not SDPA: the key length grows by one at every token, and
+        # SDPA's fused backends are planned per shape, which cost more than the attention itself here.
+        att = torch.softmax((q @ cache["k"].transpose(-1, -2)).float() * (q.shape[-1] ** -0.5), dim=-1)
+        y = att.to(cache["v"].dtype) @ cache["v"]
         return self.c_proj(y.reshape(B, C))
 
 

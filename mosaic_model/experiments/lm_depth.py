@@ -27,12 +27,12 @@ from pathlib import Path
 
 DEPTHS = (1, 2, 4, 8)
 MODELS = ("mosaic", "gpt")
-LRS = (2e-3, 5e-3)
+LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2)  # around the paper's 5e-3, the same for both models
 
 
-def run_name(model: str, depth: int, lr: float) -> str:
-    """The folder of one grid point."""
-    return f"{model}-L{depth}-lr{lr:g}"
+def run_name(model: str, depth: int, lr: float, kernels: str = "fused") -> str:
+    """The folder of one grid point (a Memory Mosaic on the reference ops gets a ``-reference`` suffix)."""
+    return f"{model}-L{depth}-lr{lr:g}" + ("-reference" if kernels == "reference" and model == "mosaic" else "")
 
 
 def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list[str]:
@@ -43,7 +43,7 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list
             "--lr", str(lr), "--warmup", str(a.steps // 10), "--min-lr-ratio", str(1e-4 / 5e-3),
             "--beta2", "0.95", "--weight-decay", "0.1", "--dropout", "0.05", "--grad-clip", "1.0",
             "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
-            "--device", a.device, "--quiet"]
+            "--device", a.device, "--quiet"] + (["--kernels", a.kernels] if model == "mosaic" else [])
 
 
 def _state(out: Path) -> str:
@@ -62,10 +62,11 @@ def cmd_run(a: argparse.Namespace) -> None:
     grid = list(itertools.product(a.models, a.depths, a.lrs))
     todo = []
     for model, depth, lr in grid:
-        out = root / run_name(model, depth, lr)
+        out = root / run_name(model, depth, lr, a.kernels)
         state = _state(out)
         if state != "done":
             todo.append((model, depth, lr, out, state))
+    todo = _rerun_for_evals(a, root) + todo  # first: the evaluations wait for them
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
     t0, running, finished = time.time(), [], 0
     deadline = None if a.time_limit is None else t0 + a.time_limit
@@ -92,7 +93,22 @@ def cmd_run(a: argparse.Namespace) -> None:
         rate = finished / elapsed if finished else 0
         eta = f"{(len(todo) + len(running)) / rate / 60:.1f} min" if rate else "?"
         print(f"[{elapsed:6.0f}s] exited {finished}, running {len(running)}, left {len(todo)}, eta {eta}", flush=True)
-    print(f"status: {sum(_state(root / run_name(*g)) == 'done' for g in grid)}/{len(grid)} runs finished", flush=True)
+    print(f"status: {sum(_state(root / run_name(*g, a.kernels)) == 'done' for g in grid)}/{len(grid)} runs finished", flush=True)
+
+
+def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
+    """Runs to train again so that the evaluations have weights: at each ``--rerun-selected`` depth, the
+    selected (lowest validation loss) finished run of each model whose checkpoint is gone, as when its
+    results came back from an earlier GPU call without checkpoints. Its old folder is kept beside it
+    (``.prior``). A run of the grid still to train can only win by a lower loss, and then it has weights."""
+    todo = []
+    for key, r in select(root, a.models, a.rerun_selected, a.lrs, a.kernels).items():
+        out = Path(r["run"])
+        if not any((out / f).exists() for f in ("best.pt", "ckpt.pt")):
+            out.rename(out.with_name(out.name + ".prior"))
+            model, depth = key.split("-L")
+            todo.append((model, int(depth), r["lr"], out, "new"))
+    return todo
 
 
 def _curves(out: Path) -> dict:
@@ -101,22 +117,22 @@ def _curves(out: Path) -> dict:
     return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
 
 
-def finished_runs(root: Path, model: str, depth: int, lrs) -> dict:
+def finished_runs(root: Path, model: str, depth: int, lrs, kernels: str = "fused") -> dict:
     """{lr: (run folder, curves)} of the finished runs of one model and depth."""
     runs = {}
     for lr in lrs:
-        out = root / run_name(model, depth, lr)
+        out = root / run_name(model, depth, lr, kernels)
         if _state(out) == "done":
             runs[lr] = (out, _curves(out))
     return runs
 
 
-def select(root: Path, models, depths, lrs) -> dict:
+def select(root: Path, models, depths, lrs, kernels: str = "fused") -> dict:
     """{"model-Ldepth": summary} for each model and depth with a finished run: the learning rate of lowest
     final validation loss, its folder and curves, and every learning rate's final validation loss."""
     chosen = {}
     for model, depth in itertools.product(models, depths):
-        runs = finished_runs(root, model, depth, lrs)
+        runs = finished_runs(root, model, depth, lrs, kernels)
         if runs:
             lr = min(runs, key=lambda l: runs[l][1]["val"][-1])
             out, c = runs[lr]
@@ -138,7 +154,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
     summary = {"selection": "per model and depth, the learning rate of lowest final validation loss",
-               "grid_lrs": list(a.lrs), "eval_depth": a.eval_depth, "runs": select(root, a.models, a.depths, a.lrs)}
+               "grid_lrs": list(a.lrs), "eval_depth": a.eval_depth, "runs": select(root, a.models, a.depths, a.lrs, a.kernels)}
     # Figure 9 analogue: curves by depth.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = plt.cm.viridis([0.0, 0.3, 0.6, 0.85])
@@ -155,11 +171,40 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.tight_layout()
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
+    summary["fused_vs_reference"] = _compare_kernels(root, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:
         _evaluate(a, summary["runs"], figs, ev)
     (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
     for key, r in sorted(summary["runs"].items()):
         print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
+
+
+def _compare_kernels(root: Path, figs: Path, plt) -> dict:
+    """Each finished ``*-reference`` run against its fused twin (same seed, data and schedule): validation
+    curves on one plot and the largest gap between them. Both paths compute the same function, so the gap
+    is what bf16 rounding and a different summation order do to a whole run."""
+    pairs = {}
+    for ref in sorted(root.glob("*-reference")):
+        fused = root / ref.name[: -len("-reference")]
+        if _state(ref) == "done" and _state(fused) == "done":
+            cr, cf = _curves(ref), _curves(fused)
+            gaps = [abs(x - y) for x, y in zip(cr["val"], cf["val"])]
+            pairs[fused.name] = {"fused_final_val": cf["val"][-1], "reference_final_val": cr["val"][-1],
+                                 "max_abs_val_gap": max(gaps), "curves": {"fused": cf, "reference": cr}}
+    if pairs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, r in pairs.items():
+            line, = ax.plot(r["curves"]["fused"]["step"], r["curves"]["fused"]["val"], label=f"{name} fused")
+            ax.plot(r["curves"]["reference"]["step"], r["curves"]["reference"]["val"], "--", color=line.get_color(),
+                    label=f"{name} reference")
+        ax.set(title="Memory Mosaic: fused kernels against the PyTorch reference", xlabel="step", ylabel="validation loss")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(figs / "fused_vs_reference.png", dpi=120)
+        plt.close(fig)
+    return pairs
 
 
 def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
@@ -200,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=16)
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+                   help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
+    p.add_argument("--rerun-selected", nargs="*", type=int, default=[],
+                   help="run: depths whose selected runs are trained again if their checkpoint is gone (for evals)")
     p.add_argument("--ood", default=None, help="out-of-distribution text for the loss by position")
     p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
     p.add_argument("--num-seqs", type=int, default=512)

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# One device call of the depth study: train the given depths, report, pack the small results into $OUT.
-# Usage: bash mosaic_model/experiments/lm_depth_gpu.sh "1 2" TRAIN_SECONDS
-# Needs .carry/ with books.tar.xz, gpt2-tokenizer/ and simplewiki/simplewiki.json.xz (REPRODUCTION.md).
+# One device call of the language-modelling study (REPRODUCTION.md). In parallel: the books depth grid
+# (extending an earlier call's results when given, and training again the selected depth-1 and depth-2
+# runs whose weights did not come back), the Memory Mosaic at depth 8 on the reference ops against its
+# fused twin, and the TinyStories grid at depths 1 and 2. Then both reports, and the small results
+# packed into $OUT/results.tgz.
+# Usage: bash mosaic_model/experiments/lm_depth_gpu.sh TRAIN_SECONDS [PRIOR.tgz]
+# Needs .carry/ with books.tar.xz, gpt2-tokenizer/, simplewiki/simplewiki.json.xz and stories/.
 set -euo pipefail
-depths=$1; limit=$2
+limit=$1; prior=${2:-}
 export MOSAIC_TOKENIZER_DIR=$PWD/.carry/gpt2-tokenizer MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
-OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories
 tar -xJf .carry/books.tar.xz -C /tmp/books
+[ -n "$prior" ] && tar -xzf "$prior" -C /tmp
+ood=.carry/simplewiki/simplewiki.json.xz
 # Tokenise once, with every core, before the runs start (they then read the cache).
-python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False); l('.carry/simplewiki/simplewiki.json.xz', progress=False)"
-common=(--data /tmp/books --out /tmp/lm_depth --depths $depths)
-python -m mosaic_model.experiments.lm_depth run "${common[@]}" --parallel 16 --time-limit "$limit"
-python -m mosaic_model.experiments.lm_depth report "${common[@]}" --ood .carry/simplewiki/simplewiki.json.xz \
-  --figures /tmp/figures --num-seqs 512
-tar -czf "$OUT/results.tgz" -C /tmp --exclude='*.pt' figures lm_depth
+python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False); l('$ood', progress=False); l('.carry/stories', progress=False)"
+m=python; lm="-m mosaic_model.experiments.lm_depth"
+books=(--data /tmp/books --out /tmp/lm_depth)
+stories=(--data .carry/stories --doc-split auto --out /tmp/lm_stories --depths 1 2 --steps 300 --eval-every 25)
+$m $lm run "${books[@]}" --parallel 11 --time-limit "$limit" --rerun-selected 1 2 > /tmp/books.log 2>&1 &
+$m $lm run "${books[@]}" --models mosaic --depths 8 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/reference.log 2>&1 &
+$m $lm run "${stories[@]}" --parallel 4 --time-limit "$limit" > /tmp/stories.log 2>&1 &
+wait
+tail -n 2 /tmp/books.log /tmp/reference.log /tmp/stories.log
+$m $lm report "${books[@]}" --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/books_report.log 2>&1 &
+$m $lm report "${stories[@]}" --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/stories_report.log 2>&1 &
+wait
+cat /tmp/books_report.log /tmp/stories_report.log
+cp /tmp/*.log /tmp/figures/
+tar -czf "$OUT/results.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories
