@@ -100,9 +100,11 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
     """Runs to train again so that the evaluations have weights: at each ``--rerun-selected`` depth, the
     selected (lowest validation loss) finished run of each model whose checkpoint is gone, as when its
     results came back from an earlier GPU call without checkpoints. Its old folder is kept beside it
-    (``.prior``). A run of the grid still to train can only win by a lower loss, and then it has weights."""
+    (``.prior``). A run of the grid still to train can only win by a lower loss, and then it has weights.
+    The selection looks at every learning rate of the default grid as well as ``--lrs``, so that a call
+    which only extends the grid still finds the runs of the earlier ones."""
     todo = []
-    for key, r in select(root, a.models, a.rerun_selected, a.lrs, a.kernels).items():
+    for key, r in select(root, a.models, a.rerun_selected, sorted(set(a.lrs) | set(LRS)), a.kernels).items():
         out = Path(r["run"])
         if not any((out / f).exists() for f in ("best.pt", "ckpt.pt")):
             out.rename(out.with_name(out.name + ".prior"))
@@ -180,17 +182,24 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def _compare_kernels(root: Path, figs: Path, plt) -> dict:
-    """Each finished ``*-reference`` run against its fused twin (same seed, data and schedule): validation
-    curves on one plot and the largest gap between them. Both paths compute the same function, so the gap
-    is what bf16 rounding and a different summation order do to a whole run."""
+    """Each ``*-reference`` run against its fused twin (same seed, data and schedule): validation curves
+    on one plot and the largest gap over the evaluations both have (the reference run may have been
+    stopped early: it is several times slower). Both paths compute the same function, so the gap is what
+    bf16 rounding and a different summation order do to a whole run."""
     pairs = {}
     for ref in sorted(root.glob("*-reference")):
         fused = root / ref.name[: -len("-reference")]
-        if _state(ref) == "done" and _state(fused) == "done":
-            cr, cf = _curves(ref), _curves(fused)
-            gaps = [abs(x - y) for x, y in zip(cr["val"], cf["val"])]
-            pairs[fused.name] = {"fused_final_val": cf["val"][-1], "reference_final_val": cr["val"][-1],
-                                 "max_abs_val_gap": max(gaps), "curves": {"fused": cf, "reference": cr}}
+        if not ((ref / "metrics.jsonl").exists() and _state(fused) == "done"):
+            continue
+        cr, cf = _curves(ref), _curves(fused)
+        common = sorted(set(cr["step"]) & set(cf["step"]))
+        if not common:
+            continue
+        at = lambda c, s: c["val"][c["step"].index(s)]  # noqa: E731
+        gaps = [abs(at(cr, s) - at(cf, s)) for s in common]
+        pairs[fused.name] = {"steps_compared": common, "fused_val": [at(cf, s) for s in common],
+                             "reference_val": [at(cr, s) for s in common], "max_abs_val_gap": max(gaps),
+                             "reference_finished": _state(ref) == "done", "curves": {"fused": cf, "reference": cr}}
     if pairs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, r in pairs.items():
@@ -214,8 +223,14 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
         if code:
             raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
 
-    pair = [chosen[f"{m}-L{a.eval_depth}"]["run"] for m in MODELS if f"{m}-L{a.eval_depth}" in chosen]
-    one = [chosen[f"{m}-L1"]["run"] for m in MODELS if f"{m}-L1" in chosen]
+    def with_weights(depth):
+        runs = [chosen[f"{m}-L{depth}"]["run"] for m in MODELS if f"{m}-L{depth}" in chosen]
+        for run in runs:
+            if not any((Path(run) / f).exists() for f in ("best.pt", "ckpt.pt")):
+                print(f"report: {run} has no weights (run again with --rerun-selected {depth}); its evaluations are skipped")
+        return [r for r in runs if any((Path(r) / f).exists() for f in ("best.pt", "ckpt.pt"))]
+
+    pair, one = with_weights(a.eval_depth), with_weights(1)
     if a.ood and pair:
         ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
     if one:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the language-modelling study (REPRODUCTION.md). In parallel: the books depth grid
 # (extending an earlier call's results when given, and training again the selected depth-1 and depth-2
-# runs whose weights did not come back), the Memory Mosaic at depth 8 on the reference ops against its
-# fused twin, and the TinyStories grid at depths 1 and 2. Then both reports, and the small results
+# runs whose weights did not come back), the Memory Mosaic at depth 4 on the reference ops against its
+# fused twin (for as long as the others run), and the TinyStories grid at depths 1 and 2. Then both reports, and the small results
 # packed into $OUT/results.tgz.
 # Usage: bash mosaic_model/experiments/lm_depth_gpu.sh TRAIN_SECONDS [PRIOR.tgz]
 # Needs .carry/ with books.tar.xz, gpt2-tokenizer/, simplewiki/simplewiki.json.xz and stories/.
@@ -18,13 +18,17 @@ python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', 
 m=python; lm="-m mosaic_model.experiments.lm_depth"
 books=(--data /tmp/books --out /tmp/lm_depth)
 stories=(--data .carry/stories --doc-split auto --out /tmp/lm_stories --depths 1 2 --steps 300 --eval-every 25)
-$m $lm run "${books[@]}" --parallel 11 --time-limit "$limit" --rerun-selected 1 2 > /tmp/books.log 2>&1 &
-$m $lm run "${books[@]}" --models mosaic --depths 8 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/reference.log 2>&1 &
-$m $lm run "${stories[@]}" --parallel 4 --time-limit "$limit" > /tmp/stories.log 2>&1 &
+# No more than 9 processes share the GPU: with 16 (no MPS), some were starved to a few steps in minutes.
+# The books grid grows by one point past an edge that a model's best lies on (GPT_LRS, MOSAIC_LRS:
+# the rule is the same for both models, REPRODUCTION.md).
+$m $lm run "${books[@]}" --models gpt --lrs ${GPT_LRS:-0.001} --parallel 3 --time-limit "$limit" --rerun-selected 1 2 > /tmp/books_gpt.log 2>&1 &
+$m $lm run "${books[@]}" --models mosaic --lrs ${MOSAIC_LRS:-0.02} --parallel 3 --time-limit "$limit" --rerun-selected 1 2 > /tmp/books_mosaic.log 2>&1 &
+$m $lm run "${books[@]}" --models mosaic --depths 4 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/reference.log 2>&1 &
+$m $lm run "${stories[@]}" --lrs 0.002 0.005 0.01 --parallel 2 --time-limit "$limit" > /tmp/stories.log 2>&1 &
 wait
-tail -n 2 /tmp/books.log /tmp/reference.log /tmp/stories.log
+tail -n 2 /tmp/books_*.log /tmp/reference.log /tmp/stories.log
 $m $lm report "${books[@]}" --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/books_report.log 2>&1 &
-$m $lm report "${stories[@]}" --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/stories_report.log 2>&1 &
+$m $lm report "${stories[@]}" --lrs 0.002 0.005 0.01 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/stories_report.log 2>&1 &
 wait
 cat /tmp/books_report.log /tmp/stories_report.log
 cp /tmp/*.log /tmp/figures/
