@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     r.add_argument("--seed", type=int, default=1337, help="seed of weights, batches and dropout")
     r.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (and checkpoints)")
+    r.add_argument("--save-every", type=int, default=None,
+                   help="steps between checkpoints (default: at every evaluation); one is always written when "
+                        "the run stops or ends. Many runs sharing one disk can wait more on it than they train")
+    r.add_argument("--no-best", action="store_true", help="do not keep best.pt (the weights of best val loss)")
     r.add_argument("--eval-batch-size", type=int, default=50, help="sequences per evaluation batch")
     r.add_argument("--log-every", type=int, default=10, help="steps between training-loss log lines")
     r.add_argument("--out-dir", default="runs/icl", help="run folder: metrics.jsonl, ckpt.pt, best.pt")
@@ -146,7 +150,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
     if a.time_limit is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         p.error("--time-limit works with one process (ranks could stop at different steps); use --max-steps-this-run")
-    for name in ("max_steps_this_run", "pmem_size"):
+    for name in ("max_steps_this_run", "pmem_size", "save_every"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.num_test < 2:
@@ -385,8 +389,10 @@ def train(a: argparse.Namespace) -> dict:
                 bar.write(f"step {step + 1}: {task.summary(m)}", file=sys.stderr)
             if m["loss"] < best:
                 best = m["loss"]
-                save(step + 1, out / "best.pt")
-            save(step + 1)
+                if not a.no_best:
+                    save(step + 1, out / "best.pt")
+            if a.save_every is None or (step + 1) % a.save_every == 0:
+                save(step + 1)
             t_last = time.perf_counter()
         if deadline is not None and time.perf_counter() > deadline and step + 1 < stop:
             stop = step + 1  # at least one step per call, so a time-sliced run always advances
