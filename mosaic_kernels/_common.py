@@ -1,6 +1,7 @@
 """Argument validation and device dispatch shared by every op of mosaic_kernels."""
 from __future__ import annotations
 
+import functools
 import os
 from numbers import Real
 
@@ -25,6 +26,20 @@ def use_triton(t: torch.Tensor) -> bool:
     if t.is_cuda:
         return True
     return t.device.type == "cpu" and interpreter_enabled()
+
+
+def exact_under_autocast(reference):
+    """Run a PyTorch reference in the precision it states, also inside ``torch.autocast``.
+
+    Autocast would run a reference's float32 matmuls in 16 bits (it casts their inputs down whatever
+    dtype the code asked for), so ``kernels="reference"`` training under bf16 autocast rounded the
+    attention logits, of size up to the squared bandwidth, to 8 bits of mantissa."""
+    @functools.wraps(reference)
+    def wrapped(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return reference(*args, **kwargs)
+    return wrapped
 
 
 def check_tensor(name: str, t, *, ndim: int | None = None) -> None:

@@ -158,8 +158,9 @@ class ContextMemory(nn.Module):
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
         cache["u_prev"] = u_t
         if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
-            p = torch.softmax(torch.einsum("bhd,bhjd->bhj", k_t, cache["K"]), dim=-1)
-            y = torch.einsum("bhj,bhjd->bhd", p, cache["V"])
+            with torch.autocast(x_t.device.type, enabled=False):  # float32 logits, as the fused kernel keeps
+                p = torch.softmax(torch.einsum("bhd,bhjd->bhj", k_t, cache["K"]), dim=-1)
+                y = torch.einsum("bhj,bhjd->bhd", p, cache["V"])
             cache["K"] = torch.cat([cache["K"], k_t[:, :, None]], dim=2)
         else:  # position 0 has no key to read: y_0 = 0
             y = torch.zeros_like(k_t)
@@ -207,9 +208,10 @@ class PersistentMemory(nn.Module):
         B, H = x_t.shape[0], self.config.n_head
         k, cache["key"] = self.key.step(x_t, cache.get("key"))
         y = 0.0
-        for i in range(self.config.pmem_count):
-            p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
-            y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
+        with torch.autocast(x_t.device.type, enabled=False):  # float32 scores, as in the forward's kernels
+            for i in range(self.config.pmem_count):
+                p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
+                y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
         y = y * self.multiplier().float().view(1, H, 1)
         return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._common import exact_under_autocast
 
+
+@exact_under_autocast
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None, *, dropout_p: float = 0.0):
     """Strictly causal attention whose queries are its keys, computed densely.
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._common import exact_under_autocast
+
 CHUNK = 64
 
 
@@ -29,6 +31,7 @@ def _decay_powers(a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return w, carry
 
 
+@exact_under_autocast
 def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12):
     """Per-head exponential moving sum over time, optionally L2-normalised and scaled.
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._common import exact_under_autocast
 
+
+@exact_under_autocast
 def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) -> torch.Tensor:
     """``scale_h * normalize((1 - mix_h) x[t+1] + mix_h x[t])`` over the last dim, ``x[T] := 0``.
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from .._common import exact_under_autocast
 
+
+@exact_under_autocast
 def persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p: float = 0.0, generator=None):
     """``c_h * dropout(softmax_j(<q[b,h,t], K[h,j]>)) @ V[h]``, computed in float32 (float64 stays).
 
