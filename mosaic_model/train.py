@@ -130,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def provenance() -> dict:
+    """The git commit of the code (with a flag for uncommitted changes), the torch and Triton versions,
+    the device and the time: a run's results are only comparable with runs of the same code."""
+    import datetime
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    info = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        git = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,  # noqa: E731
+                                           timeout=10, check=True).stdout.strip()
+        info["commit"] = git("rev-parse", "HEAD")
+        info["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None  # not a git checkout (an installed package), or no git
+    return info
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check ``mosaic-train`` arguments (a preset first supplies the defaults)."""
     parser = build_parser()
@@ -333,6 +357,9 @@ def train(a: argparse.Namespace) -> dict:
         f"kernels={a.kernels if a.model == 'mosaic' else '-'} | {task.describe()} | device {device}, {a.dtype} | "
         f"{a.batch_size} x {a.grad_accum} micro-steps x {world} processes per step", file=sys.stderr)
     log = open(metrics_path, "a", encoding="utf-8") if main_rank else None
+    if main_rank:  # one line per start or resume: which code and versions produced the run
+        with open(out / "provenance.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"start_step": start, **provenance()}) + "\n")
 
     def record(entry: dict) -> None:
         if log is not None:
@@ -412,7 +439,8 @@ def train(a: argparse.Namespace) -> dict:
     save(a.steps, finished=True, final=final)
     _finish(log, world)
     print(f"{task.final_title}: {task.summary(final)}")
-    print(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss)",
+    print(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss), "
+          f"provenance.jsonl (commit and versions)",
           file=sys.stderr)
     return final
 

@@ -27,7 +27,10 @@ from pathlib import Path
 
 DEPTHS = (1, 2, 4, 8)
 MODELS = ("mosaic", "gpt")
-LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2)  # around the paper's 5e-3, the same for both models
+# Around the paper's 5e-3. The study started both models on {2e-3, 5e-3, 1e-2} and grew the grid by one
+# point (x2 or /2) past an edge that a model's best lay on, the same rule for both (REPRODUCTION.md);
+# report reads whichever of these runs exist.
+LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 4e-2)
 
 
 def run_name(model: str, depth: int, lr: float, kernels: str = "fused") -> str:
@@ -123,28 +126,41 @@ def _curves(out: Path) -> dict:
     return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
 
 
-def finished_runs(root: Path, model: str, depth: int, lrs, kernels: str = "fused") -> dict:
-    """{lr: (run folder, curves)} of the finished runs of one model and depth."""
+def depth_runs(root: Path, models, depth: int, lrs, kernels: str = "fused") -> tuple[dict, int | None]:
+    """The runs of one depth with at least one evaluation, finished or stopped early, as
+    {(model, lr): (folder, curves)}, and the last evaluation step that all of them reached (None if none)."""
     runs = {}
-    for lr in lrs:
+    for model, lr in itertools.product(models, lrs):
         out = root / run_name(model, depth, lr, kernels)
-        if _state(out) == "done":
-            runs[lr] = (out, _curves(out))
-    return runs
+        if (out / "metrics.jsonl").exists():
+            c = _curves(out)
+            if c["step"]:
+                runs[(model, lr)] = (out, c)
+    if not runs:
+        return {}, None
+    step = min(c["step"][-1] for _, c in runs.values())
+    return {k: r for k, r in runs.items() if step in r[1]["step"]}, step
 
 
 def select(root: Path, models, depths, lrs, kernels: str = "fused") -> dict:
-    """{"model-Ldepth": summary} for each model and depth with a finished run: the learning rate of lowest
-    final validation loss, its folder and curves, and every learning rate's final validation loss."""
+    """{"model-Ldepth": summary}: for each model and depth, the learning rate of lowest validation loss at
+    ``step``, the last evaluation that every run of that depth (both models) reached; it is the final one
+    when every run finished, and an equal step of the same schedule when a GPU call cut some short.
+    The summary holds that lr, its folder, curves and state, and every lr's loss at that step."""
     chosen = {}
-    for model, depth in itertools.product(models, depths):
-        runs = finished_runs(root, model, depth, lrs, kernels)
-        if runs:
-            lr = min(runs, key=lambda l: runs[l][1]["val"][-1])
-            out, c = runs[lr]
-            chosen[f"{model}-L{depth}"] = {"lr": lr, "run": str(out), "final_val_loss": c["val"][-1],
+    for depth in depths:
+        runs, step = depth_runs(root, models, depth, lrs, kernels)
+        for model in models:
+            mine = {lr: r for (m, lr), r in runs.items() if m == model}
+            if not mine:
+                continue
+            at = {lr: c["val"][c["step"].index(step)] for lr, (_, c) in mine.items()}
+            lr = min(at, key=at.get)
+            out, c = mine[lr]
+            chosen[f"{model}-L{depth}"] = {"lr": lr, "run": str(out), "step": step, "val_loss": at[lr],
+                                           "finished": _state(out) == "done", "final_val_loss": c["val"][-1],
                                            "final_train_loss": c["train"][-1], "curves": c,
-                                           "all_lrs": {f"{l:g}": r[1]["val"][-1] for l, r in runs.items()}}
+                                           "all_lrs": {f"{l:g}": v for l, v in sorted(at.items())}}
     return chosen
 
 
@@ -159,7 +175,8 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    summary = {"selection": "per model and depth, the learning rate of lowest final validation loss",
+    summary = {"selection": "per model and depth, the learning rate of lowest validation loss at the last "
+                            "evaluation every run of that depth reached (the final one when all finished)",
                "grid_lrs": list(a.lrs), "eval_depth": a.eval_depth, "runs": select(root, a.models, a.depths, a.lrs, a.kernels)}
     # Figure 9 analogue: curves by depth.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -178,11 +195,37 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
     summary["fused_vs_reference"] = _compare_kernels(root, figs, plt)
+    _lr_sweep_plot(summary["runs"], a.depths, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:
         _evaluate(a, summary["runs"], figs, ev)
     (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
     for key, r in sorted(summary["runs"].items()):
-        print(f"{key}: lr {r['lr']:g}, val {r['final_val_loss']:.4f}, train {r['final_train_loss']:.4f}, by lr {r['all_lrs']}")
+        print(f"{key}: lr {r['lr']:g}, val {r['val_loss']:.4f} at step {r['step']} ({'finished' if r['finished'] else 'stopped early'}), "
+              f"by lr {{{', '.join(f'{l}: {v:.4f}' for l, v in r['all_lrs'].items())}}}")
+
+
+def _lr_sweep_plot(chosen: dict, depths, figs: Path, plt) -> None:
+    """Validation loss against learning rate, one panel per depth, both models, at the selection step."""
+    depths = [d for d in depths if any(f"{m}-L{d}" in chosen for m in MODELS)]
+    if not depths:
+        return
+    fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3.4), sharey=True, squeeze=False)
+    for ax, depth in zip(axes[0], depths):
+        for model, style in (("mosaic", "o-"), ("gpt", "s--")):
+            r = chosen.get(f"{model}-L{depth}")
+            if r:
+                lrs = sorted(r["all_lrs"], key=float)
+                ax.plot([float(l) for l in lrs], [r["all_lrs"][l] for l in lrs], style,
+                        label="Memory Mosaic" if model == "mosaic" else "GPT2")
+                step = r["step"]
+        ax.set(xscale="log", title=f"depth {depth} (val loss, step {step})", xlabel="learning rate")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss")
+    axes[0][0].set_ylim(top=min(axes[0][0].get_ylim()[1], 6.0))
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figs / "lm_depth_lr_sweep.png", dpi=120)
+    plt.close(fig)
 
 
 def _compare_kernels(root: Path, figs: Path, plt) -> dict:

@@ -49,6 +49,9 @@ def test_lm_training_logs_train_and_val_loss(tmp_path, corpus_file, model, capsy
     assert "val loss" in capsys.readouterr().out
     ck = torch.load(out / "ckpt.pt", weights_only=False)
     assert ck["model_config"]["vocab_size"] == 50304 and ck["model_config"]["block_size"] == 32
+    prov = [json.loads(l) for l in (out / "provenance.jsonl").read_text().splitlines()]
+    assert len(prov) == 1 and prov[0]["start_step"] == 0 and prov[0]["torch"] == torch.__version__
+    assert "commit" in prov[0]  # a hash in a git checkout, None in an installed copy
 
 
 def test_lm_resume_is_exact(tmp_path, corpus_file):
