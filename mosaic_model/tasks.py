@@ -27,13 +27,15 @@ class ICLTrainingTask:
     def __init__(self, a: argparse.Namespace):
         self.a = a
         self.task = ICLTask(ICLTaskConfig(num_train=a.num_train, num_test=a.num_test,
-                                          max_string_len=a.max_string_len, seed=a.task_seed))
+                                          max_string_len=a.max_string_len, seed=a.task_seed,
+                                          iid=getattr(a, "iid", False)))
         t = self.task
         self.block_size = max(t.train.max_len, t.val.max_len, t.test.max_len)
 
     def describe(self) -> str:
         t = self.task
-        return (f"task: {len(t.train)} train / {len(t.test)} test / {len(t.val)} val languages, "
+        held_out = "new sequences of the training languages" if t.cfg.iid else "languages"
+        return (f"task: {len(t.train)} train languages / {len(t.test)} test / {len(t.val)} val {held_out}, "
                 f"block {self.block_size}")
 
     def batch(self, draw: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +57,11 @@ class ICLTrainingTask:
         return (f"loss {m['loss']:.4f} | in-context accuracy {m['accuracy']:.3f} (uniform-guess chance "
                 f"{m['chance_accuracy']:.3f}) | L1 {m['l1']:.3f} | TVD {m['tvd']:.3f}")
 
-    final_title = "final test (held-out languages)"
+    @property
+    def final_title(self) -> str:
+        """What the final metrics are measured on."""
+        return "final test (" + ("new sequences of the training languages" if self.task.cfg.iid
+                                 else "held-out languages") + ")"
 
 
 class LMTrainingTask:

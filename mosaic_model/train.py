@@ -43,6 +43,15 @@ PRESETS = {
                   min_lr_ratio=1e-4 / 5e-3, warmup=2000, steps=80000, weight_decay=0.1, beta1=0.9, beta2=0.95,
                   grad_clip=1.0, batch_size=32, grad_accum=16, eval_every=2000, eval_batches=10,
                   eval_batch_size=32),
+    # RegBench's in-context language learning (seq_icl's ICLL recipe): the Memory Mosaic of 2 layers,
+    # d=128, 8 heads, P=448 with C-mem attention and P-mem dropout 0.05 (lib-naive), or --model gpt, the
+    # transformer of the same depth and width; 200 epochs of AdamW on every parameter, fp32, the test
+    # metrics from the weights of best validation loss.
+    "regbench": dict(task="icl", n_layer=2, n_head=8, n_embd=128, pmem_size=448, dropout=0.05, attn_dropout=0.05,
+                     kernels="reference", max_string_len=49, num_train=100, num_test=1000, lr=5e-4,
+                     weight_decay=0.1, decay_all=True, beta1=0.9, beta2=0.999, batch_size=32, epochs=200,
+                     schedule="regbench", min_lr_ratio=0.1, grad_clip=1.0, dtype="float32", final_from="best",
+                     eval_every=None),
 }
 
 
@@ -68,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-embd", type=int, default=64, help="width d")
     m.add_argument("--pmem-size", type=int, default=None, help="P-mem slots per head; None = 3.5 x n_embd")
     m.add_argument("--dropout", type=float, default=0.05, help="residual dropout (and P-mem slot dropout for the Memory Mosaic)")
+    m.add_argument("--attn-dropout", type=float, default=0.0,
+                   help="Memory Mosaic C-mem attention dropout (lib-naive; needs --kernels reference for now). "
+                        "GPT2 drops attention weights at --dropout, so for it this is 0 or --dropout")
     m.add_argument("--kernels", choices=("fused", "reference"), default="fused", help="fused Triton ops or the PyTorch references")
     m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
@@ -76,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-test", type=int, default=200, help="held-out languages (half test, half val)")
     t.add_argument("--max-string-len", type=int, default=19, help="RegBench uses 49")
     t.add_argument("--task-seed", type=int, default=0, help="seed of the generated languages")
+    t.add_argument("--iid", action="store_true",
+                   help="test and val sequences are new sequences of the training languages (paper Table 4)")
     d = p.add_argument_group("text (--task lm)")
     d.add_argument("--data", default=None,
                    help="training text: a file or folder (.txt/.jsonl/.json, optionally .gz/.xz), "
@@ -92,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-batches", type=int, default=20, help="batches of random windows per loss estimate")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=150, help="optimizer steps")
+    o.add_argument("--epochs", type=int, default=None,
+                   help="--task icl: train this many epochs of the training languages instead of --steps "
+                        "(warm-up: the first tenth; evaluations: every epoch unless --eval-every is given)")
+    o.add_argument("--step-cap", type=int, default=None,
+                   help="with --epochs: at most this many steps; the schedule is shrunk to fit, same shape")
+    o.add_argument("--schedule", choices=("cosine", "regbench"), default="cosine",
+                   help="cosine: linear warm-up from 0, then cosine to the floor at --steps; regbench: timm's "
+                        "CosineLRScheduler as seq_icl sets it (warm-up from 1e-6, cosine measured from step 0)")
     o.add_argument("--batch-size", type=int, default=32, help="sequences per micro-step per process")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     o.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -110,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     r.add_argument("--seed", type=int, default=1337, help="seed of weights, batches and dropout")
     r.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (and checkpoints)")
+    r.add_argument("--final-from", choices=("last", "best"), default="last",
+                   help="the final (test) metrics from the last weights or those of best validation loss")
     r.add_argument("--save-every", type=int, default=None,
                    help="steps between checkpoints (default: at every evaluation); one is always written when "
                         "the run stops or ends. Many runs sharing one disk can wait more on it than they train")
@@ -166,6 +190,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.epochs is not None:
+        if a.task != "icl":
+            p.error("--epochs is for --task icl (a text corpus is sampled in random windows: use --steps)")
+        if a.epochs < 1 or a.num_train < 1 or a.batch_size < 1:
+            p.error(f"--epochs, --num-train and --batch-size must be >= 1, got {a.epochs}, {a.num_train}, {a.batch_size}")
+        per_epoch = -(-a.num_train // a.batch_size)  # the last batch of an epoch may be short
+        a.steps = a.epochs * per_epoch
+        if a.step_cap is not None:
+            if a.step_cap < 1:
+                p.error(f"--step-cap must be >= 1, got {a.step_cap}")
+            a.steps = min(a.steps, a.step_cap)
+        a.warmup = a.steps // 10  # seq_icl: 20 of 200 epochs
+        if a.eval_every is None:
+            a.eval_every = min(per_epoch, a.steps)
+    elif a.step_cap is not None:
+        p.error("--step-cap goes with --epochs")
+    if a.eval_every is None:
+        p.error("--eval-every must be given (the preset evaluates every epoch: add --epochs)")
+    if not 0 <= a.attn_dropout < 1:
+        p.error(f"--attn-dropout must be in [0, 1), got {a.attn_dropout}")
+    if a.model == "gpt" and a.attn_dropout not in (0.0, a.dropout):
+        p.error(f"--attn-dropout: GPT2's attention dropout is --dropout ({a.dropout}), got {a.attn_dropout}")
+    if a.model == "mosaic" and a.attn_dropout > 0 and a.kernels != "reference":
+        p.error("--attn-dropout (the Memory Mosaic's C-mem dropout) runs on --kernels reference for now: "
+                "the fused attention has no dropout yet")
     for name in ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
                  "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"):
         if getattr(a, name) < 1:
@@ -236,7 +285,8 @@ def build_model(a: argparse.Namespace, block_size: int, vocab_size: int):
     config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
     if a.model == "mosaic":
-        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel)
+        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel,
+                      attn_dropout=getattr(a, "attn_dropout", 0.0))
     return checkpoint_build_model(a.model, config)
 
 
@@ -250,12 +300,20 @@ def param_groups(model, weight_decay: float, decay_all: bool):
 
 
 def lr_at(step: int, a: argparse.Namespace) -> float:
-    """Linear warm-up from 0, then cosine from --lr to --lr * --min-lr-ratio at step --steps."""
+    """Linear warm-up from 0, then cosine from --lr to --lr * --min-lr-ratio at step --steps.
+
+    ``--schedule regbench`` is timm's CosineLRScheduler as seq_icl configures it: warm-up from 1e-6 to
+    --lr over --warmup steps, then ``floor + (lr - floor)(1 + cos(pi step / steps)) / 2``, the cosine
+    measured from step 0 (warmup_prefix False), so it starts below --lr when the warm-up ends."""
+    floor = a.lr * a.min_lr_ratio
+    if getattr(a, "schedule", "cosine") == "regbench":
+        if step < a.warmup:
+            return 1e-6 + step * (a.lr - 1e-6) / a.warmup
+        return floor + 0.5 * (a.lr - floor) * (1 + math.cos(math.pi * min(step / a.steps, 1.0)))
     if step < a.warmup:
         return a.lr * step / a.warmup
     span = max(a.steps - a.warmup, 1)
     progress = min((step - a.warmup) / span, 1.0)
-    floor = a.lr * a.min_lr_ratio
     return floor + 0.5 * (a.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
@@ -275,8 +333,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 # Arguments a resumed run must share with its checkpoint: they fix the model, the data and the batches.
-RUN_KEYS = ("task", "model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "kernels", "num_train",
-            "num_test", "max_string_len", "task_seed", "data", "val_data", "val_fraction", "split_seed",
+RUN_KEYS = ("task", "model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "attn_dropout", "kernels",
+            "num_train", "num_test", "max_string_len", "task_seed", "iid", "data", "val_data", "val_fraction", "split_seed",
             "doc_split", "block_size", "batch_size", "grad_accum", "world_size", "seed")
 
 
@@ -301,7 +359,7 @@ def _resume_state(a: argparse.Namespace, ckpt_path: Path) -> dict:
     saved = ckpt["args"]
     defaults = {"grad_accum": 1, "world_size": 1, "task": "icl", "doc_split": "auto"}
     unused = {"icl": ("data", "val_data", "val_fraction", "split_seed", "doc_split", "block_size"),
-              "lm": ("num_train", "num_test", "max_string_len", "task_seed")}[a.task]
+              "lm": ("num_train", "num_test", "max_string_len", "task_seed", "iid")}[a.task]
     diff = [k for k in RUN_KEYS if k not in unused and (k in saved or k in defaults)
             and saved.get(k, defaults.get(k)) != getattr(a, k, None)]
     if diff:
@@ -434,7 +492,13 @@ def train(a: argparse.Namespace) -> dict:
     if not main_rank:
         _finish(log, world)
         return {}
+    final_step = a.steps
+    if a.final_from == "best" and (out / "best.pt").is_file():
+        best_ckpt = torch.load(out / "best.pt", map_location=device, weights_only=False)
+        model.load_state_dict(best_ckpt["model"])
+        final_step = best_ckpt["step"]
     final = task.final(model, device, dtype)
+    final = {**final, "weights_from": a.final_from, "weights_step": final_step}
     record({"step": a.steps, "split": "test" if task.kind == "icl" else "final", **final})
     save(a.steps, finished=True, final=final)
     _finish(log, world)

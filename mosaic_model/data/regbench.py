@@ -118,6 +118,7 @@ class ICLTaskConfig:
     max_strings: int = 19
     max_string_len: int = 49
     seed: int = 0
+    iid: bool = False  # test and val: new sequences of the training languages (paper Table 4)
 
 
 def sample_sequence(dfa: DFA, rng: np.random.Generator, cfg: ICLTaskConfig) -> list[int]:
@@ -192,8 +193,19 @@ class ICLTask:
             return ICLSplit([dfas[i] for i in idx], [seqs[i] for i in idx])
 
         self.train = take(order[:n])
-        self.test = take(order[n:n + m])
-        self.val = take(order[n + m:])
+        if cfg.iid:
+            # Table 4: the held-out sequences are new walks of the training languages, one language after
+            # another (each split cycles through them), from their own seeds so that the training split is
+            # the same as without --iid.
+            def resample(split: str, count: int) -> ICLSplit:
+                walk = np.random.default_rng([cfg.seed, {"test": 1, "val": 2}[split]])
+                langs = [self.train.dfas[i % n] for i in range(count)]
+                return ICLSplit(langs, [sample_sequence(d, walk, cfg) for d in langs])
+
+            self.test, self.val = resample("test", m), resample("val", cfg.num_test - m)
+        else:
+            self.test = take(order[n:n + m])
+            self.val = take(order[n + m:])
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
