@@ -20,10 +20,10 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from ._pool import Job, run_jobs, run_state
 
 DEPTHS = (1, 2, 4, 8)
 MODELS = ("mosaic", "gpt")
@@ -54,12 +54,7 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list
 
 
 def _state(out: Path) -> str:
-    """done (metrics.jsonl has its final line: results survive a machine that kept no checkpoint),
-    partial (a checkpoint to resume) or new."""
-    metrics = out / "metrics.jsonl"
-    if metrics.exists() and any(json.loads(l)["split"] == "final" for l in metrics.read_text().splitlines()):
-        return "done"
-    return "partial" if (out / "ckpt.pt").exists() else "new"
+    return run_state(out, "final")
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -75,31 +70,8 @@ def cmd_run(a: argparse.Namespace) -> None:
             todo.append((model, depth, lr, out, state))
     todo = _rerun_for_evals(a, root) + todo  # first: the evaluations wait for them
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
-    t0, running, finished = time.time(), [], 0
-    deadline = None if a.time_limit is None else t0 + a.time_limit
-    while todo or running:
-        while todo and len(running) < a.parallel:
-            model, depth, lr, out, state = todo.pop(0)
-            argv = [sys.executable, "-m", "mosaic_model.train", *train_argv(a, model, depth, lr), "--out-dir", str(out)]
-            if state == "partial":
-                argv.append("--resume")
-            if deadline is not None:
-                argv += ["--time-limit", str(max(1.0, deadline - time.time()))]
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "train.log", "a")
-            running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), out, log))
-        time.sleep(5)
-        for proc, out, log in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, out, log))
-                log.close()
-                finished += 1
-                if proc.returncode != 0:
-                    print(f"FAILED ({proc.returncode}): {out}; see {out / 'train.log'}", flush=True)
-        elapsed = time.time() - t0
-        rate = finished / elapsed if finished else 0
-        eta = f"{(len(todo) + len(running)) / rate / 60:.1f} min" if rate else "?"
-        print(f"[{elapsed:6.0f}s] exited {finished}, running {len(running)}, left {len(todo)}, eta {eta}", flush=True)
+    jobs = [Job(train_argv(a, model, depth, lr), out, resume=state == "partial") for model, depth, lr, out, state in todo]
+    run_jobs(jobs, a.parallel, a.time_limit)
     print(f"status: {sum(_state(root / run_name(*g, a.kernels)) == 'done' for g in grid)}/{len(grid)} runs finished", flush=True)
 
 

@@ -1,0 +1,66 @@
+"""Run a list of ``mosaic-train`` jobs as separate processes, several at once, with progress and an
+estimate of the time left; shared by the sweep drivers (``lm_depth``, ``regbench``)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Job:
+    """One training run: its ``mosaic-train`` arguments (without ``--out-dir``) and its folder."""
+
+    argv: list
+    out: Path
+    resume: bool = False
+
+
+def run_state(out: Path, finished_split: str = "final") -> str:
+    """done (metrics.jsonl has its ``finished_split`` line: results outlive a machine that kept no
+    checkpoint), partial (a checkpoint to resume from) or new."""
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and any(json.loads(l)["split"] == finished_split for l in metrics.read_text().splitlines()):
+        return "done"
+    return "partial" if (out / "ckpt.pt").exists() else "new"
+
+
+def run_jobs(jobs: list, parallel: int, time_limit: float | None = None, poll_s: float = 5.0) -> int:
+    """Start ``jobs`` in order, ``parallel`` at a time, each logging to ``out/train.log``. With
+    ``time_limit`` (seconds, for the whole list) every process gets the time left as its own
+    ``--time-limit`` and stops cleanly with a checkpoint. Prints one progress line per poll; returns
+    the number of jobs that failed."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    todo, running = list(jobs), []
+    t0, exited, failed = time.time(), 0, 0
+    deadline = None if time_limit is None else t0 + time_limit
+    while todo or running:
+        while todo and len(running) < parallel:
+            job = todo.pop(0)
+            argv = [sys.executable, "-m", "mosaic_model.train", *job.argv, "--out-dir", str(job.out)]
+            if job.resume:
+                argv.append("--resume")
+            if deadline is not None:
+                argv += ["--time-limit", str(max(1.0, deadline - time.time()))]
+            job.out.mkdir(parents=True, exist_ok=True)
+            log = open(job.out / "train.log", "a")
+            running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), job.out, log))
+        time.sleep(poll_s)
+        for entry in list(running):
+            proc, out, log = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                log.close()
+                exited += 1
+                if proc.returncode != 0:
+                    failed += 1
+                    print(f"FAILED ({proc.returncode}): {out}; see {out / 'train.log'}", flush=True)
+        elapsed = time.time() - t0
+        rate = exited / elapsed if exited else 0
+        eta = f"{(len(todo) + len(running)) / rate / 60:.1f} min" if rate else "?"
+        print(f"[{elapsed:6.0f}s] exited {exited}, running {len(running)}, left {len(todo)}, eta {eta}", flush=True)
+    return failed

@@ -1,0 +1,242 @@
+"""In-context language learning on RegBench: Memory Mosaic against a transformer by number of training
+languages (the paper's Figure 11), and the IID test of its Table 4.
+
+  python -m mosaic_model.experiments.regbench run    --out runs/regbench [--sizes 100 500 ...] [--parallel 8]
+  python -m mosaic_model.experiments.regbench report --out runs/regbench --figures docs/figures/regbench
+
+``run`` trains the grid (size x model x depth x width x weight decay x learning rate, the same grid for
+both models) with ``mosaic-train --preset regbench``, several runs at once as separate processes. A
+finished run is skipped and an interrupted one resumes from its checkpoint, so a sweep spans several
+GPU calls; every run writes ``result.json`` (its settings, its best validation loss and its test
+metrics). ``--iid`` runs the same grid on the IID split (test sequences of the training languages).
+
+``report`` selects, per size and model, the run of lowest validation loss (the test metrics are read
+only after that choice), and also reports RegBench's own choice, the run of best test metric, which
+selects on the test set. It writes ``summary.json``, a markdown table and the plot of accuracy and
+"TVD" against the number of training languages, with the paper's values beside ours.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+from ._pool import Job, run_jobs, run_state
+
+SIZES = (100, 500, 1000, 2500, 10000, 40000)
+MODELS = ("mosaic", "gpt")
+DEPTHS = (1, 2, 4)
+WIDTHS = (64, 128, 256)
+WEIGHT_DECAYS = (0.01, 0.1)
+LRS = (2.5e-4, 5e-4, 1e-3)
+HEAD_SIZE = 16  # the preset's 128 / 8 heads, kept at every width
+
+# Figure 11 (read from the paper's plot, +-0.005) and Table 4: accuracy and RegBench's "TVD" (the L1 distance).
+PAPER_FIG11 = {
+    "mosaic": {"accuracy": {100: 0.925, 500: 0.929, 1000: 0.934, 2500: 0.940, 40000: 0.959},
+               "l1": {100: 0.569, 500: 0.254, 1000: 0.215, 2500: 0.185, 40000: 0.122}},
+    "gpt": {"accuracy": {100: 0.523, 500: 0.543, 1000: 0.53, 2500: 0.926, 40000: 0.952},
+            "l1": {100: 0.685, 500: 0.64, 1000: 0.62, 2500: 0.231, 40000: 0.144}},
+}
+PAPER_TABLE4 = {"mosaic": {"accuracy": 0.959, "l1": 0.417}, "gpt": {"accuracy": 0.856, "l1": 0.308}}
+
+
+def run_name(model: str, size: int, depth: int, width: int, wd: float, lr: float, iid: bool = False) -> str:
+    """The folder of one grid point."""
+    return f"{model}-N{size}-L{depth}-d{width}-wd{wd:g}-lr{lr:g}" + ("-iid" if iid else "")
+
+
+def grid(a: argparse.Namespace) -> list[tuple]:
+    """Every (model, size, depth, width, weight decay, lr) of the sweep."""
+    return list(itertools.product(a.models, a.sizes, a.depths, a.widths, a.wds, a.lrs))
+
+
+def train_argv(a: argparse.Namespace, model: str, size: int, depth: int, width: int, wd: float, lr: float) -> list:
+    """mosaic-train arguments of one grid point: the RegBench preset with this point's settings."""
+    argv = ["--preset", "regbench", "--model", model, "--num-train", str(size), "--n-layer", str(depth),
+            "--n-embd", str(width), "--n-head", str(width // HEAD_SIZE), "--pmem-size", str(int(3.5 * width)),
+            "--weight-decay", str(wd), "--lr", str(lr), "--epochs", str(a.epochs), "--device", a.device,
+            "--task-seed", str(a.task_seed), "--num-test", str(a.num_test), "--quiet"]
+    if a.step_cap is not None:
+        argv += ["--step-cap", str(a.step_cap)]
+    if a.iid:
+        argv.append("--iid")
+    return argv + list(a.train_args)
+
+
+def read_result(out: Path) -> dict | None:
+    """A finished run's record: best validation loss and the test metrics (from the best weights)."""
+    if run_state(out, "test") != "done":
+        return None
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [l for l in lines if l["split"] == "val"]
+    test = [l for l in lines if l["split"] == "test"][-1]
+    best = min(vals, key=lambda l: l["loss"])
+    return {"best_val_loss": best["loss"], "best_val_step": best["step"], "best_val_accuracy": best["accuracy"],
+            "test": {k: test[k] for k in ("loss", "accuracy", "l1", "tvd", "chance_accuracy", "weights_step")}}
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    """Train every grid point not yet finished; write result.json beside each finished run."""
+    root = Path(a.out)
+    root.mkdir(parents=True, exist_ok=True)
+    points = grid(a)
+    jobs = []
+    for point in points:
+        out = root / run_name(*point, iid=a.iid)
+        state = run_state(out, "test")
+        if state != "done":
+            jobs.append(Job(train_argv(a, *point), out, resume=state == "partial"))
+    print(f"sweep: {len(points)} runs, {len(points) - len(jobs)} done, {len(jobs)} to run ({a.parallel} at a time)",
+          flush=True)
+    failed = run_jobs(jobs, a.parallel, a.time_limit)
+    done = 0
+    for model, size, depth, width, wd, lr in points:
+        out = root / run_name(model, size, depth, width, wd, lr, a.iid)
+        result = read_result(out)
+        if result is not None:
+            done += 1
+            settings = dict(model=model, num_train=size, n_layer=depth, n_embd=width, weight_decay=wd, lr=lr,
+                            iid=a.iid, epochs=a.epochs, step_cap=a.step_cap)
+            (out / "result.json").write_text(json.dumps({**settings, **result}, indent=1))
+    print(f"status: {done}/{len(points)} runs finished" + (f", {failed} failed" if failed else ""), flush=True)
+
+
+def collect(root: Path, iid: bool = False) -> list[dict]:
+    """Every result.json under ``root`` (of the IID sweep or of the held-out one)."""
+    results = []
+    for path in sorted(root.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        if r.get("iid", False) == iid:
+            results.append({**r, "run": path.parent.name})
+    return results
+
+
+def select(results: list[dict]) -> dict:
+    """{model: {size: choice}}: the run of lowest validation loss (our selection), and, for comparison,
+    the runs of best test accuracy and of lowest test L1 (RegBench's notebook, which selects on the test
+    set), with the number of runs searched."""
+    chosen: dict = {}
+    for r in results:
+        chosen.setdefault(r["model"], {}).setdefault(r["num_train"], []).append(r)
+    out = {}
+    for model, by_size in chosen.items():
+        out[model] = {}
+        for size, runs in sorted(by_size.items()):
+            on_val = min(runs, key=lambda r: r["best_val_loss"])
+            best_acc = max(runs, key=lambda r: r["test"]["accuracy"])
+            best_l1 = min(runs, key=lambda r: r["test"]["l1"])
+            out[model][size] = {"runs_searched": len(runs), "selected_on_val": on_val,
+                                "test_selected_accuracy": best_acc["test"]["accuracy"],
+                                "test_selected_l1": best_l1["test"]["l1"]}
+    return out
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    """Selection, summary.json, table and the Figure 11 analogue (see the module docstring)."""
+    root, figs = Path(a.out), Path(a.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    summary = {"selection": "per size and model, the run of lowest validation loss; test metrics read after",
+               "held_out": select(collect(root, iid=False)), "iid": select(collect(root, iid=True))}
+    (figs / "regbench_summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| training languages | model | runs | accuracy | paper | L1 (\"TVD\") | paper | TVD | "
+             "accuracy, test-selected | L1, test-selected |", "|---" * 10 + "|"]
+    for model, by_size in summary["held_out"].items():
+        for size, c in by_size.items():
+            t = c["selected_on_val"]["test"]
+            paper = PAPER_FIG11.get(model, {})
+            pa, pl = paper.get("accuracy", {}).get(size), paper.get("l1", {}).get(size)
+            lines.append(f"| {size} | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
+                         f"{'-' if pa is None else f'{pa:.3f}'} | {t['l1']:.3f} | {'-' if pl is None else f'{pl:.3f}'} | "
+                         f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} |")
+    for model, by_size in summary["iid"].items():
+        for size, c in by_size.items():
+            t = c["selected_on_val"]["test"]
+            p = PAPER_TABLE4.get(model, {}) if size == 100 else {}  # the paper's IID table is at 100
+            lines.append(f"| {size} (IID) | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
+                         f"{p.get('accuracy', float('nan')):.3f} | {t['l1']:.3f} | {p.get('l1', float('nan')):.3f} | "
+                         f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} |")
+    table = "\n".join(lines)
+    (figs / "regbench_table.md").write_text(table + "\n")
+    print(table)
+    _plot(summary["held_out"], figs / "regbench_fig11.png")
+
+
+def _plot(held_out: dict, path: Path) -> None:
+    """Accuracy and L1 ("TVD") against training languages, log scale, ours (lines) and the paper's (x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not held_out:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for model, color in (("mosaic", "tab:blue"), ("gpt", "tab:orange")):
+        label = "Memory Mosaic" if model == "mosaic" else "Transformer (GPT2)"
+        for ax, metric in zip(axes, ("accuracy", "l1")):
+            if model in held_out:
+                sizes = sorted(held_out[model])
+                ax.plot(sizes, [held_out[model][s]["selected_on_val"]["test"][metric] for s in sizes], "o-",
+                        color=color, label=f"{label} (ours)")
+            paper = PAPER_FIG11[model][metric]
+            ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "x:", color=color, alpha=0.6,
+                    label=f"{label} (paper)")
+    axes[0].set(xscale="log", xlabel="training languages", ylabel="validity accuracy (test languages)")
+    axes[1].set(xscale="log", xlabel="training languages", ylabel='L1 to the true next-symbol law ("TVD")')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the RegBench sweep."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("--out", default="runs/regbench")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of training languages")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    p.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS), help=f"multiples of {HEAD_SIZE}")
+    p.add_argument("--wds", nargs="+", type=float, default=list(WEIGHT_DECAYS), help="weight decays")
+    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS))
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--step-cap", type=int, default=None, help="at most this many steps a run (same for both models)")
+    p.add_argument("--num-test", type=int, default=1000, help="held-out languages (half test, half validation)")
+    p.add_argument("--task-seed", type=int, default=0)
+    p.add_argument("--iid", action="store_true", help="the IID split (paper Table 4)")
+    p.add_argument("--parallel", type=int, default=8, help="runs at once")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                   help="anything after this goes to every mosaic-train call unchanged")
+    p.add_argument("--figures", default="docs/figures/regbench")
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point: ``run`` or ``report``."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    for name in ("sizes", "depths", "widths"):
+        if any(v < 1 for v in getattr(a, name)):
+            p.error(f"--{name} must all be >= 1, got {getattr(a, name)}")
+    if any(w % HEAD_SIZE for w in a.widths):
+        p.error(f"--widths must be multiples of {HEAD_SIZE} (heads of {HEAD_SIZE} dimensions), got {a.widths}")
+    if any(not v > 0 for v in a.lrs) or any(v < 0 for v in a.wds):
+        p.error(f"--lrs must be > 0 and --wds >= 0, got {a.lrs} and {a.wds}")
+    if a.parallel < 1:
+        p.error(f"--parallel must be >= 1, got {a.parallel}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    (cmd_run if a.command == "run" else cmd_report)(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The RegBench sweep driver: a tiny grid on the CPU, resumption, selection on validation, the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosaic_model.experiments import regbench
+
+
+def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
+    common = ["--out", str(tmp_path / "sweep"), "--sizes", "8", "--depths", "1", "--widths", "32", "--wds", "0.1",
+              "--lrs", "3e-3", "--epochs", "2", "--num-test", "4", "--parallel", "2", "--device", "cpu",
+              "--train-args", "--max-string-len", "5"]
+    assert regbench.main(["run", *common]) == 0
+    out = capsys.readouterr().out
+    assert "2 to run" in out and "status: 2/2 runs finished" in out
+    result = json.loads((tmp_path / "sweep" / "mosaic-N8-L1-d32-wd0.1-lr0.003" / "result.json").read_text())
+    assert result["num_train"] == 8 and result["test"]["weights_step"] == result["best_val_step"]
+    assert regbench.main(["run", *common]) == 0  # everything finished: nothing runs again
+    assert "0 to run" in capsys.readouterr().out
+    figs = tmp_path / "figs"
+    assert regbench.main(["report", "--out", str(tmp_path / "sweep"), "--figures", str(figs)]) == 0
+    summary = json.loads((figs / "regbench_summary.json").read_text())
+    assert set(summary["held_out"]) == {"mosaic", "gpt"} and (figs / "regbench_fig11.png").stat().st_size > 0
+    assert "| 8 | mosaic | 1 |" in (figs / "regbench_table.md").read_text()
+
+
+def _result(model, size, val, acc, l1):
+    return {"model": model, "num_train": size, "best_val_loss": val,
+            "test": {"accuracy": acc, "l1": l1, "tvd": l1 / 2}}
+
+
+def test_selection_uses_validation_and_reports_the_test_selected_choice_beside_it():
+    runs = [_result("mosaic", 100, 1.0, 0.80, 0.5), _result("mosaic", 100, 1.2, 0.90, 0.4),
+            _result("gpt", 100, 2.0, 0.5, 0.7)]
+    chosen = regbench.select(runs)
+    m = chosen["mosaic"][100]
+    assert m["runs_searched"] == 2 and m["selected_on_val"]["test"]["accuracy"] == 0.80  # not the better test run
+    assert (m["test_selected_accuracy"], m["test_selected_l1"]) == (0.90, 0.4)
+    assert chosen["gpt"][100]["selected_on_val"]["best_val_loss"] == 2.0
+
+
+def test_bad_grid_arguments_exit_2(capsys):
+    for argv, msg in ((["run", "--widths", "40"], "multiples of 16"), (["run", "--lrs", "0"], "--lrs must be > 0"),
+                      (["run", "--parallel", "0"], "--parallel must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            regbench.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
