@@ -26,7 +26,7 @@ DENSE_MAX_T = 8192  # the T x T product at T = 16384 takes seconds per call
 
 
 def dense_official(x, beta, scale):
-    """SPEC.md 1.2, nano / lib-naive: exp(-beta (t - s)) masked to s <= t, as a (T x T) @ (T x D) matmul."""
+    """docs/MODEL.md 1.2, nano / lib-naive: exp(-beta (t - s)) masked to s <= t, as a (T x T) @ (T x D) matmul."""
     T = x.shape[2]
     idx = torch.arange(T, device=x.device)
     coef = (idx[None, :] - idx[:, None]).clamp(max=0).to(torch.float32)  # -(t - s) for s <= t
@@ -66,7 +66,7 @@ def run(dtype: torch.dtype) -> list[dict]:
             t_fwd = bench_ms(lambda: fn(xr))
             t_bwd = bench_ms(lambda: torch.autograd.grad(y, xr, dy, retain_graph=True))
             t_all = bench_ms(lambda: torch.autograd.grad(fn(xr), xr, dy))
-            del y  # no autograd graph may outlive its stream into the capture
+            y = None  # no autograd graph may outlive its stream into the capture
             xg = x.detach().clone().requires_grad_()
             t_graph = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
             for mode, t, nbytes in (("fwd", t_fwd, fwd_bytes), ("bwd", t_bwd, bwd_bytes),
@@ -75,7 +75,7 @@ def run(dtype: torch.dtype) -> list[dict]:
                 gbs = nbytes / t / 1e6
                 rows.append(dict(shape=str((B, H, T, D)), provider=name, mode=mode, ms=t, GBps=gbs,
                                  x_copy_bw=gbs / copy_gbs, x_copy_time=t / copy_ms))
-            del dy, xr, xg
+            dy = xr = xg = None  # free this provider's tensors before the next one
         torch.cuda.empty_cache()
     return rows
 
@@ -87,7 +87,8 @@ def main() -> None:
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     rows = run(dtype)
-    md = (f"{header(command_line('benchmarks.bench_leaky_average'))}\n\nleaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
+    md = (f"{header(command_line('benchmarks.bench_leaky_average'))}\n\n"
+          f"leaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
           f"x_copy_bw = GBps / copy GBps; x_copy_time = time / copy time.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "GBps", "x_copy_bw", "x_copy_time"]))
     # Speed-up of ours_norm over the official dense product, fwd+bwd, eager and as CUDA graphs.

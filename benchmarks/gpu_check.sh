@@ -27,7 +27,7 @@ for PART in "${@:-all}"; do
       tail -n 7 "$OUT/bench_leaky_average.md"
       python3 -m benchmarks.bench_attention --out "$OUT/bench_attention.md" > "$OUT/bench_attention.log" 2>&1 || tail -n 20 "$OUT/bench_attention.log"
       tail -n 19 "$OUT/bench_attention.md"
-      python3 -m benchmarks.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
+      python3 -m tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
       python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     pmem|all)
       python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&

@@ -1,11 +1,15 @@
 """mosaic_kernels: fused Triton ops for Memory Mosaics, with exact PyTorch references.
 
 Public API:
-    mosaic_attention(k, v, scale=None)
-    leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12)
+    mosaic_attention(k, v, scale=None, *, heads_last=False)
+    leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12, heads_last=False)
     peek_ahead_value(x, mix, *, scale=None, eps=1e-12)
     persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None)
-    reference: the same functions, always the PyTorch reference.
+    reference: the same functions, always the PyTorch reference (no heads_last: contiguous outputs).
+
+``heads_last=True`` returns a (B, H, T, D) view of (B, T, H, D) memory, so that merging the heads
+before a projection is a view. The maths of each op is in its folder's README.md; the model they
+serve is in docs/MODEL.md.
 """
 from . import reference
 from .attention import mosaic_attention

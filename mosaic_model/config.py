@@ -1,7 +1,7 @@
 """Configurations of the Memory Mosaic language model and its GPT2 baseline."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 KERNEL_CHOICES = ("fused", "reference")
 PMEM_KERNEL_CHOICES = ("triton", "sdpa")
@@ -9,14 +9,14 @@ PMEM_KERNEL_CHOICES = ("triton", "sdpa")
 
 @dataclass
 class MosaicConfig:
-    """Memory Mosaic hyper-parameters; defaults are the Library's GPT2-small match (SPEC.md 3.3).
+    """Memory Mosaic hyper-parameters; defaults are the Library's GPT2-small match (docs/MODEL.md 3).
 
-    Choices where the official versions differ (SPEC.md section 10) are fields:
-      attn_dropout: C-mem attention-probability dropout. 0 follows lib-eft (the BabiStories runs);
-        lib-naive / nano use ``ic_dropout`` there. Only the reference ops implement it.
+    Choices where the official versions differ (docs/MODEL.md 5) are fields:
+      attn_dropout: C-mem attention-probability dropout. 0 follows Library eft (the BabiStories runs);
+        Library regular and nano apply dropout there. Only the reference ops implement it.
       key_scale_max: clamp of ``10 * q`` in the key bandwidth ``exp(min(10 q, key_scale_max))``
-        (Library: 5, zero gradient above; decision 10.6).
-      norm_eps: lower bound of the key/value L2 norms (the Library has none and can give NaN; 10.5).
+        (Library: 5, zero gradient above).
+      norm_eps: lower bound of the key/value L2 norms (the Library has none and can give NaN).
       logit_scale: multiply logits by ``1/sqrt(n_embd)`` (Library) or not (nano).
       kernels: "fused" runs mosaic_kernels' public ops (Triton on CUDA, the reference on CPU);
         "reference" always runs the PyTorch references.
@@ -69,7 +69,7 @@ class MosaicConfig:
 
 @dataclass
 class GPTConfig:
-    """GPT2 baseline as the paper used it (SPEC.md section 4): learned positions, tanh GELU, SDPA."""
+    """GPT2 baseline as the paper used it (docs/MODEL.md 4): learned positions, tanh GELU, SDPA."""
 
     n_layer: int = 12
     n_head: int = 12

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -21,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .data.regbench import ICLSplit, icl_metrics
+from .lm import IGNORE_INDEX
 from .runtime import autocast_for
-
-IGNORE_INDEX = -100
 
 
 @torch.no_grad()

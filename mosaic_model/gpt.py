@@ -1,4 +1,4 @@
-"""GPT2 baseline as the paper trained it (SPEC.md section 4; nanoGPT-style, SDPA attention)."""
+"""GPT2 baseline as the paper trained it (docs/MODEL.md 4; nanoGPT-style, SDPA attention)."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .generate import GenerateMixin
-from .model import lm_loss
+from .lm import GenerateMixin, lm_loss
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,7 +1,7 @@
 """The Memory Mosaic's memory units: contextual memory (C-mem) and persistent memory (P-mem).
 
 Shapes: x is (B, T, d); per-head tensors are (B, H, T, hs) with hs = d / H. Parameter names and
-initial values follow the Library (SPEC.md sections 1 and 2).
+initial values follow the Library (docs/MODEL.md sections 1 and 2).
 """
 from __future__ import annotations
 

@@ -1,24 +1,14 @@
-"""The Memory Mosaic language model (SPEC.md section 3, Library semantics by default)."""
+"""The Memory Mosaic language model (docs/MODEL.md 3, Library semantics by default)."""
 from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import MosaicConfig
-from .generate import GenerateMixin
+from .lm import GenerateMixin, lm_loss
 from .memory import ContextMemory, PersistentMemory
-
-IGNORE_INDEX = -100
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None):
-    """Mean cross-entropy over targets that are not IGNORE_INDEX (in float32), or None without targets."""
-    if targets is None:
-        return None
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 class MosaicBlock(nn.Module):
@@ -60,7 +50,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         self._init_library()
 
     def _init_library(self):
-        # Library init (SPEC.md 3.2): Linear N(0, 1/sqrt(fan_in)), c_proj additionally / sqrt(L);
+        # Library init (docs/MODEL.md 3): Linear N(0, 1/sqrt(fan_in)), c_proj additionally / sqrt(L);
         # the tied embedding ends at N(0, 1/sqrt(d)) because the head is initialised after it.
         L = self.config.n_layer
         for name, mod in self.named_modules():

@@ -13,7 +13,7 @@ import torch
 
 from .data.regbench import VOCAB_SIZE, ICLTask, ICLTaskConfig
 from .data.text import TokenCorpus, load_corpus
-from .evaluate import evaluate_icl, estimate_loss
+from .evaluate import estimate_loss, evaluate_icl
 
 LM_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, as the official models do
 

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attn-dropout", type=float, default=0.0,
                    help="Memory Mosaic C-mem attention dropout (lib-naive; needs --kernels reference for now). "
                         "GPT2 drops attention weights at --dropout, so for it this is 0 or --dropout")
-    m.add_argument("--kernels", choices=("fused", "reference"), default="fused", help="fused Triton ops or the PyTorch references")
+    m.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+                   help="fused Triton ops or the PyTorch references")
     m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
     t = p.add_argument_group("in-context task (--task icl)")

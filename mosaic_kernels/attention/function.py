@@ -6,7 +6,7 @@ import triton
 
 from .._common import empty_heads, interpreter_enabled, per_head_tensor
 from .._triton_common import row_delta
-from .triton_attention import _attn_bwd_key_kernel, _attn_bwd_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
+from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
@@ -22,7 +22,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Tile tables, measured with benchmarks/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
+# Tile tables, measured with tools/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
 # head dims take the nearest measured choice). Sequences from LONG_T[BLOCK_D] on are "long": the
 # forward takes its long tiles and the backward runs as two kernels (see triton_attention.py): 1.06x
 # faster at (8,12,2048,64), 1.11x at (2,12,8192,64), on par at (1,16,16384,128), slower at T <= 1024.

@@ -32,17 +32,17 @@ FWD_IN_TILE = "dot"
 # on the GPU: float32 accuracy) or "scan".
 BWD_IN_TILE = "dot"
 
-# (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with benchmarks/tune_kernels.py on
+# (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with tools/tune_kernels.py on
 # an H200 in bf16 (D = 64 and 128; the other rows are extrapolated to ~8K elements a tile).
 FWD_TILES = {16: (256, 4), 32: (256, 4), 64: (128, 4), 128: (32, 4), 256: (16, 4)}
 BWD_TILES = {16: (128, 8), 32: (128, 8), 64: (64, 8), 128: (32, 4), 256: (16, 4)}
 
 
 # Forward tiles of the decay-matrix product (FWD_IN_TILE = "dot"), measured with
-# `python -m benchmarks.tune_kernels in_tile` on an H200 in bf16 (D = 64 and 128); the product's
+# `python -m tools.tune_kernels in_tile` on an H200 in bf16 (D = 64 and 128); the product's
 # (BLOCK_T x BLOCK_T) matrix lives in registers, so tiles stay at 64 rows or fewer.
 FWD_DOT_TILES = {16: (64, 4), 32: (64, 4), 64: (64, 4), 128: (32, 2), 256: (16, 2)}
-# Backward tiles of the product, measured with `python -m benchmarks.tune_kernels leaky` (bf16, D = 64
+# Backward tiles of the product, measured with `python -m tools.tune_kernels leaky` (bf16, D = 64
 # and 128): at D = 128 the 16-row tile took 2.65 ms against 3.48 ms for (32, 4) at (16,16,16384,128);
 # at D = 64 (32, 4) took 0.30 ms against 0.49 ms for (64, 8) at (16,12,512,64), 0.36 vs 0.33 at T = 8192.
 BWD_DOT_TILES = {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 2), 256: (16, 4)}
@@ -64,7 +64,7 @@ def active_tiles(direction: str) -> dict:
 
 
 # Programs per SM the time-chunking aims for, forward and backward (measured with
-# benchmarks/tune_kernels.py). More chunks keep more bytes in flight but cost a second read of the
+# tools/tune_kernels.py). More chunks keep more bytes in flight but cost a second read of the
 # input (the chunk summaries).
 FWD_PROGRAMS_PER_SM = 2
 BWD_PROGRAMS_PER_SM = 2

@@ -4,7 +4,9 @@ Layout: x and dy are (B, H, T, D) with any strides; y and dx are (B, H, T, D) wi
 1 (the host allocates them contiguous or heads-last, see _common.empty_heads); the per-row norm
 statistic is (B, H, T) float32. One program owns one (b, h) and one chunk of time, walks its chunk
 tile by tile (BLOCK_T rows x BLOCK_D columns, the whole head dim so the L2 norm is local), and scans
-each tile with ``tl.associative_scan`` on (decay, value) pairs, all in float32. A carry links tiles.
+each tile, in float32, one of two ways: by default (USE_DOT, function.FWD_IN_TILE / BWD_IN_TILE =
+"dot") as a product with the decay matrix W[i, j] = a^(i-j), j <= i, on the tensor cores; otherwise
+with ``tl.associative_scan`` on (decay, value) pairs. A carry links tiles.
 
 When B*H alone cannot fill the GPU, time is split into NCHUNK chunks. A first launch writes each
 chunk's end state computed from a zero carry (the "summary"); the main launch folds the summaries of

@@ -13,7 +13,7 @@ def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) ->
     """Peek-ahead value extraction: a per-head mix of the next and current rows, L2-normalised, scaled.
 
     ``z[b,h,t] = (1 - mix_h) x[b,h,t+1] + mix_h x[b,h,t]`` with ``x[b,h,T] = 0``, then
-    ``y = scale_h * z / max(||z||_2, eps)`` over the last dimension (SPEC.md 1.3). Position t's value
+    ``y = scale_h * z / max(||z||_2, eps)`` over the last dimension (docs/MODEL.md 1.3). Position t's value
     holds x[t+1]: it is only causal because the attention never lets t see itself.
 
     Args:

@@ -1,7 +1,8 @@
 """Triton kernels of the peek-ahead value, forward and backward.
 
 Layout: x and the upstream gradient g are (B, H, T, D) with any strides; y is contiguous
-(B, H, T, D); dx has a last stride of 1 (the host gives it x's layout when x is heads-last). One program owns BLOCK_T rows of one (b, h) and the whole head dim, so the L2 norm is
+(B, H, T, D); dx has a last stride of 1 (the host gives it x's layout when x is heads-last).
+One program owns BLOCK_T rows of one (b, h) and the whole head dim, so the L2 norm is
 local. The shifted rows (t+1 forward; t-1 and t+1 backward) are a second load of the same lines,
 which hits the cache: DRAM traffic is one read of x (and g) and one write. Nothing is saved for the
 backward but x: the norm is recomputed.

@@ -15,7 +15,7 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
                       out_scale=None, dropout_p: float = 0.0, generator=None) -> torch.Tensor:
     """The Memory Mosaic P-mem: ``y[b,h,t] = c_h * sum_j dropout(softmax_j(<q[b,h,t], K[h,j]>)) V[h,j]``.
 
-    Scores have no scale factor (the P-mem keys carry their bandwidth, SPEC.md section 2). The slots
+    Scores have no scale factor (the P-mem keys carry their bandwidth, docs/MODEL.md 2). The slots
     are shared by the batch: the kernels read one copy per head and sum the slot gradients over the
     batch in registers, without expanding them to ``(B, H, P, D)``.
 

@@ -14,7 +14,7 @@ _empty = torch.empty
 UNIFORM_BITS = 16  # dropout compares a 16-bit uniform with round(p * 2^16)
 
 # Tiles by (BLOCK_D, dropout): forward and dq (rows, slots, warps, stages); dk/dv (slots, rows, warps,
-# stages). Measured with `python -m benchmarks.tune_kernels pmem` on an H200 in bf16 at D = 64 and
+# stages). Measured with `python -m tools.tune_kernels pmem` on an H200 in bf16 at D = 64 and
 # 128 (P = 2688); the other head dims take the nearest measured choice that fits in shared memory.
 _D64 = {"fwd": (128, 64, 8, 3), "dq": (64, 128, 4, 3), "dkdv": (128, 32, 4, 3)}
 _D64_DROP = {"fwd": (64, 128, 4, 3), "dq": (64, 32, 4, 3), "dkdv": (64, 32, 4, 3)}

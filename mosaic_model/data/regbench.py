@@ -1,4 +1,4 @@
-"""RegBench-style in-context language learning (SPEC.md section 7), generated offline from a seed.
+"""RegBench-style in-context language learning (docs/MODEL.md 6), generated offline from a seed.
 
 A language is a random DFA whose states are all accepting; its PFA picks each state's outgoing
 symbols uniformly. A sequence is 10..19 strings sampled from one PFA, joined by the separator '|'.
@@ -7,8 +7,8 @@ A model that learns in context must infer the language from the strings it has a
 Vocabulary (20): '.' = 0 (padding), 'a'..'r' = 1..18, '|' = 19. A sequence t_0..t_{L-1} gives
 inputs t_0..t_{L-2} and labels t_1..t_{L-1}; labels equal to '|' are -100 (never a target).
 
-Deviation from seq_icl, on purpose (SPEC.md 10.22): languages are de-duplicated by their minimal
-DFA, so train and held-out languages are truly disjoint. The random draws follow SPEC.md 7.2 but
+Deviation from seq_icl, on purpose (docs/MODEL.md 6): languages are de-duplicated by their minimal
+DFA, so train and held-out languages are truly disjoint. The random draws follow docs/MODEL.md 6 but
 are not bit-identical to seq_icl's (which needs pythomata and PYTHONHASHSEED).
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def minimize(dfa: DFA) -> DFA:
 
 @dataclass
 class ICLTaskConfig:
-    """Sizes of the task. Defaults are SPEC.md 7.2's; ``mosaic-train`` shrinks strings for CPU speed."""
+    """Sizes of the task. Defaults are docs/MODEL.md 6's; ``mosaic-train`` shrinks strings for CPU speed."""
 
     num_train: int = 100
     num_test: int = 500  # held-out languages, split in half: test, then val
@@ -212,7 +212,7 @@ class ICLTask:
 
 
 def icl_metrics(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, dfas: list[DFA]) -> dict:
-    """RegBench metrics of one batch (SPEC.md 7.3), as means over the batch's positions.
+    """RegBench metrics of one batch (docs/MODEL.md 6), as means over the batch's positions.
 
     accuracy: over positions whose label is a symbol (not SEP, not padding), the greedy prediction is
         correct when it is a legal next symbol of the current string's DFA state.

@@ -39,7 +39,7 @@ def run_name(model: str, depth: int, lr: float, kernels: str = "fused") -> str:
 
 
 def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list[str]:
-    """mosaic-train arguments of one grid point: the paper's recipe scaled down (SPEC'd in REPRODUCTION.md)."""
+    """mosaic-train arguments of one grid point: the paper's recipe scaled down (as REPRODUCTION.md states)."""
     # The selection is on the final validation loss and the evaluations read the final weights, so no best.pt,
     # and a checkpoint only when a run stops or ends: 9 runs writing 230 MB at each evaluation left the
     # GPU machine waiting on its disk (a 300-step run took as long as a 1,200-step one).
@@ -158,7 +158,8 @@ def cmd_report(a: argparse.Namespace) -> None:
             key = f"{model}-L{depth}"
             if key in summary["runs"]:
                 c = summary["runs"][key]["curves"]
-                ax.plot(c["step"], c[kind], ls=ls, color=colors[i % 4], label=f"{'Memory Mosaic' if model == 'mosaic' else 'GPT2'} L{depth}")
+                name = "Memory Mosaic" if model == "mosaic" else "GPT2"
+                ax.plot(c["step"], c[kind], ls=ls, color=colors[i % 4], label=f"{name} L{depth}")
         ax.set(title=f"{kind} loss", xlabel="step", ylabel="loss")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 6.5))
@@ -172,7 +173,8 @@ def cmd_report(a: argparse.Namespace) -> None:
         _evaluate(a, summary["runs"], figs, ev)
     (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
     for key, r in sorted(summary["runs"].items()):
-        print(f"{key}: lr {r['lr']:g}, val {r['val_loss']:.4f} at step {r['step']} ({'finished' if r['finished'] else 'stopped early'}), "
+        state = "finished" if r["finished"] else "stopped early"
+        print(f"{key}: lr {r['lr']:g}, val {r['val_loss']:.4f} at step {r['step']} ({state}), "
               f"by lr {{{', '.join(f'{l}: {v:.4f}' for l, v in r['all_lrs'].items())}}}")
 
 
@@ -253,7 +255,8 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
     if a.ood and pair:
         ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
     if one:
-        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs), "--out", str(figs / "attention_1layer")])
+        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
+                 "--out", str(figs / "attention_1layer")])
         ev_main(["long-context", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
     if pair:

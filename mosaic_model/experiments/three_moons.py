@@ -137,7 +137,6 @@ class MoonMemory(nn.Module):
 
         seq: (B, >= context + horizon, 6). The first prediction reads the true context; each later one
         reads the model's own earlier predictions as observations (keys and values of a cache)."""
-        H = self.n_head
         Wk, Wv, Wz = self.W_k.matrix(), self.W_v.matrix(), self.W_z.matrix()
         obs = seq[:, :context]
         keys = self._heads(obs @ Wk.T)  # (B, H, context, hs)

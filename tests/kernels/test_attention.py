@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mosaic_kernels import mosaic_attention, reference
+from tests import tolerances
 from tests.conftest import in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import attention_loop
-from tests import tolerances
 
 
 def _inputs(B, H, T, D, *, strided=False, seed=0, dtype=torch.float32):

@@ -1,4 +1,5 @@
-"""torch.library registration: opcheck of the custom ops, and torch.compile(fullgraph=True) through both ops."""
+"""torch.library registration: opcheck of the four ops' custom ops, and torch.compile(fullgraph=True)
+through the leaky average, the attention and the persistent memory."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 from mosaic_kernels import leaky_average, mosaic_attention, persistent_memory
 from mosaic_kernels.attention.function import attention_fwd
 from mosaic_kernels.leaky_average.function import leaky_average_fwd
-from tests.conftest import kernel_devices, rel_err
+from mosaic_kernels.peek_ahead.function import peek_ahead_fwd
 from tests import tolerances
+from tests.conftest import kernel_devices, rel_err
 
 
 def _pair(device):
@@ -34,6 +36,13 @@ def test_opcheck_attention(device, heads_last):
     x, _, scale = _pair(device)
     v = torch.randn_like(x)
     torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale, heads_last),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_opcheck_peek_ahead(device):
+    x, mix, scale = _pair(device)
+    torch.library.opcheck(peek_ahead_fwd, (x.requires_grad_(), mix, scale, 1e-12),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from mosaic_kernels import leaky_average, reference
+from tests import tolerances
 from tests.conftest import head_split, in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import leaky_loop
-from tests import tolerances
 
 DECAYS = [0.0, 1e-6, 0.5, 0.999, 1.0]
 
@@ -136,7 +136,7 @@ def test_kernel_multi_chunk_carries(device, chunk_len, nan_outputs):
 
 @pytest.mark.parametrize("device", kernel_devices())
 def test_kernel_decay_gradient_finite_difference(device):
-    """Analytic d/d(decay) against central differences of the float64 time loop (SPEC.md 8)."""
+    """Analytic d/d(decay) against central differences of the float64 time loop (docs/MODEL.md 1.2)."""
     x, _, scale = _inputs(1, 3, 50, 16)
     decay = torch.tensor([0.2, 0.7, 0.95])
     g = torch.randn(1, 3, 50, 16)

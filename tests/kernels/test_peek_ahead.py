@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from mosaic_kernels import peek_ahead_value, reference
+from tests import tolerances
 from tests.conftest import head_split, in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import peek_ahead_loop
-from tests import tolerances
 
 
 def _inputs(B, H, T, D, *, strided=True, seed=0):
@@ -110,4 +110,5 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 @pytest.mark.parametrize("shape", [(2, 3, 1, 16), (4, 12, 1000, 64), (2, 5, 777, 48), (1, 4, 300, 256)], ids=str)
 def test_gpu_dtypes_and_shapes(dtype, shape, nan_outputs):
     x, mix, scale = _inputs(*shape, seed=4)
-    _check_against_loop(peek_ahead_value, x, mix, scale, tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION, "cuda", dtype)
+    tol = tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
+    _check_against_loop(peek_ahead_value, x, mix, scale, tol, "cuda", dtype)

@@ -6,9 +6,9 @@ import torch
 
 from mosaic_kernels import persistent_memory, reference
 from mosaic_kernels.persistent_memory.function import dropout_keep_mask, dropout_threshold
+from tests import tolerances
 from tests.conftest import kernel_devices, rel_err
 from tests.oracles import slots_dense
-from tests import tolerances
 
 
 def _inputs(B, H, T, D, P, *, strided=True, seed=0, key_norm=7.39):

@@ -11,8 +11,8 @@ from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 from mosaic_model import evaluate as eval_mod
 from mosaic_model import train as train_mod
 from mosaic_model.data import text
-from tests.model.test_text import byte_encoding
 from tests import tolerances
+from tests.model.test_text import byte_encoding
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park", "Lily", "Ben", "saw"]
 

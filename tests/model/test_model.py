@@ -9,6 +9,9 @@ from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 from tests import tolerances
 from tests.conftest import rel_err
 
+# The fused path runs the Triton kernels on the CPU only through the interpreter.
+needs_interpreter = pytest.mark.skipif(not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 on CPU")
+
 
 def tiny_mosaic(**kw) -> MemoryMosaic:
     cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=40, vocab_size=20, dropout=0.0, kernels="reference")
@@ -17,7 +20,7 @@ def tiny_mosaic(**kw) -> MemoryMosaic:
 
 
 def test_parameter_counts_match_gpt2_small():
-    """SPEC.md 3.4: 12 layers, d=768, 12 heads, vocab 50304, no bias."""
+    """docs/MODEL.md 3: 12 layers, d=768, 12 heads, vocab 50304, no bias."""
     with torch.device("meta"):
         mm = MemoryMosaic(MosaicConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=False))
         gpt = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=False))
@@ -89,7 +92,7 @@ def test_first_position_gets_nothing_from_context_memory():
     assert torch.all(y[:, 0] == 0)  # bias off: c_proj(0) = 0
 
 
-@pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
+@needs_interpreter
 @pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
 def test_fused_and_reference_paths_agree(pmem_kernel):
     torch.manual_seed(2)
@@ -204,7 +207,7 @@ def _compiled_matches_eager(model, idx, backend):
         float((gc[n] - ge[n]).norm() / ge[n].norm().clamp_min(1e-12)) for n in ge)
 
 
-@pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
+@needs_interpreter
 @pytest.mark.parametrize("pmem_kernel", ["sdpa", "triton"])
 def test_compile_fullgraph_through_the_fused_ops(pmem_kernel):
     """torch.compile(model, fullgraph=True) traces the custom ops without a graph break (aot_eager on CPU)."""
@@ -261,7 +264,7 @@ def _layout_probe(m: MemoryMosaic, idx: torch.Tensor) -> dict:
     return seen
 
 
-@pytest.mark.skipif(not interpreter_enabled(), reason="the fused path runs the Triton kernels only with TRITON_INTERPRET=1 on CPU")
+@needs_interpreter
 def test_fused_model_merges_and_folds_heads_without_copies():
     """Heads-last outputs: the C-mem's head merge, the P-mem's batch fold and the head splits'
     backwards are views in the fused model (copies in the reference one, which has no layout option)."""

@@ -6,8 +6,18 @@ import itertools
 import numpy as np
 import torch
 
-from mosaic_model.data.regbench import (DFA, IGNORE, PAD, SEP, VOCAB_SIZE, ICLTask, ICLTaskConfig,
-                                        icl_metrics, minimize, random_dfa)
+from mosaic_model.data.regbench import (
+    DFA,
+    IGNORE,
+    PAD,
+    SEP,
+    VOCAB_SIZE,
+    ICLTask,
+    ICLTaskConfig,
+    icl_metrics,
+    minimize,
+    random_dfa,
+)
 
 
 def small_task(**kw) -> ICLTask:

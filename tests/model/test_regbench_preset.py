@@ -1,4 +1,4 @@
-"""The RegBench recipe: ``mosaic-train --preset regbench`` (SPEC'd in REPRODUCTION.md), the timm-style
+"""The RegBench recipe: ``mosaic-train --preset regbench`` (as REPRODUCTION.md states), the timm-style
 schedule, epochs, the IID split of Table 4, and test metrics from the weights of best validation loss."""
 from __future__ import annotations
 

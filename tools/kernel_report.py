@@ -5,7 +5,7 @@ resident programs per SM those allow on an H200 (65,536 registers, 227 KiB share
 per SM), with the resulting number of waves over the 132 SMs. This is what bounds a kernel when its
 timings fall short of the FLOP or bandwidth roofline.
 
-Usage: python -m benchmarks.kernel_report [--out report.md]
+Usage: python -m tools.kernel_report [--out report.md]
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def run() -> list[dict]:
 
 
 def main() -> None:
-    table_main(__doc__, "benchmarks.kernel_report", run,
+    table_main(__doc__, "tools.kernel_report", run,
                f"Every Triton launch of one fwd+bwd (bf16). per_SM = programs resident per SM from registers, "
                f"shared memory and warps (limit names the binding one); waves = programs / (per_SM x {SM_COUNT}).",
                ["op", "shape", "kernel", "programs", "warps", "regs", "spills", "smem_KiB", "per_SM", "limit", "waves"])

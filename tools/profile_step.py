@@ -4,7 +4,7 @@ Prints the GPU kernels by total time, then the same time summed by kind of work 
 and compares the sum of GPU kernel time with the unprofiled wall time of a step (the difference is
 time the GPU waits for the host).
 
-Usage: python -m benchmarks.profile_step [--model mosaic_fused] [--layers 12] [--T 512] [--compile]
+Usage: python -m tools.profile_step [--model mosaic_fused] [--layers 12] [--T 512] [--compile]
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench_training import MODELS, build, make_step
-
 
 # Kind of work, by kernel name (first match wins; matched case-insensitively).
 CATEGORIES = [

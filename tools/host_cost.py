@@ -2,7 +2,7 @@
 through the direct launches (what the eager autograd.Function calls). 200 calls without a sync, no
 grad, (2, 12, 8192, 64) bf16 on CUDA; prints microseconds per call.
 
-Usage: python -m benchmarks.host_cost
+Usage: python -m tools.host_cost
 """
 from __future__ import annotations
 

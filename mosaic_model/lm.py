@@ -1,7 +1,18 @@
-"""Sampling shared by the Memory Mosaic and the GPT2 baseline, with or without a decoding cache."""
+"""What the Memory Mosaic and the GPT2 baseline share as language models: the training loss, and
+sampling with or without a decoding cache."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets that do not count (padding, RegBench's separators)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None):
+    """Mean cross-entropy over targets that are not IGNORE_INDEX (in float32), or None without targets."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 class GenerateMixin:

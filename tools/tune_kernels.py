@@ -4,7 +4,7 @@ The winners go into the FWD_/BWD_ (LONG_) tile tables of mosaic_kernels/attentio
 active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
 no run pays for autotuning.
 The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
-Usage: python -m benchmarks.tune_kernels [leaky] [chunks] [in_tile] [attention] [pmem]
+Usage: python -m tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [pmem]
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ BWD_QUERY = [(64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (1
              (64, 64, 4, 2), (32, 32, 4, 3)]
 ATT_SHAPES = [(32, 12, 512, 64), (16, 12, 1024, 64), (8, 12, 2048, 64), (2, 12, 8192, 64), (4, 16, 2048, 128),
               (2, 16, 4096, 128), (1, 16, 16384, 128)]
-LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)], 128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
+LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)],
+         128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
 
@@ -93,7 +94,8 @@ def tune_leaky():
                     continue
             res.append((f, b, bt, w))
         copy = bench_ms(lambda: x.detach().contiguous())
-        print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res]), flush=True)
+        ranked = sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res])
+        print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", ranked, flush=True)
 
 
 CHUNK_SHAPES = [(4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
@@ -114,7 +116,8 @@ def tune_leaky_chunks():
                                                                    BWD_PROGRAMS_PER_SM=per_sm):
                     y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)
                     fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)), per_sm, bt, w))
-                    bwd.append((bench_ms(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0, False)), per_sm, bt, w))
+                    run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0, False)
+                    bwd.append((bench_ms(run_bwd), per_sm, bt, w))
         for name, res in (("fwd", fwd), ("bwd", bwd)):
             res.sort()
             print("LEAKY_CHUNKS", name, (B, H, T, D), f"copy {copy:.4f}",
