@@ -24,7 +24,7 @@ def model_type_of(model) -> str:
     raise ValueError(f"not a model of this package: {type(model).__name__}")
 
 
-def build_model(model_type: str, config: dict, **overrides):
+def build_model(model_type: str, config: dict, **overrides) -> torch.nn.Module:
     """A fresh model of ``model_type`` ("mosaic" or "gpt") from a config dict, with field overrides."""
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"model_type must be one of {tuple(MODEL_CLASSES)}, got {model_type!r}")
@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, device="cpu", **overrides):
+def load_model(path: str | Path, device="cpu", **overrides) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on ``device``, checkpoint dict) from a run folder or a ``.pt`` file.
 
     ``overrides`` replace config fields, e.g. ``block_size`` to run a Memory Mosaic longer than it was

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # targets that do not count (padding, RegBench's separators)
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None):
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
     """Mean cross-entropy over targets that are not IGNORE_INDEX (in float32), or None without targets."""
     if targets is None:
         return None

@@ -6,6 +6,7 @@ initial values follow the Library (docs/MODEL.md sections 1 and 2).
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ from mosaic_kernels import reference as reference_ops
 from .config import MosaicConfig
 
 
-def ops_for(config: MosaicConfig):
+def ops_for(config: MosaicConfig) -> ModuleType:
     """The module holding ``mosaic_attention`` and ``leaky_average`` for ``config.kernels``."""
     return reference_ops if config.kernels == "reference" else mosaic_kernels
 

@@ -21,7 +21,7 @@ class MosaicBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.pmem = PersistentMemory(config)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cmem(self.ln_1(x))
         return x + self.pmem(self.ln_2(x))
 
@@ -67,7 +67,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         cfg = MosaicConfig(**{**self.config.to_dict(), "kernels": kernels})
         self.config.kernels = cfg.kernels
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple:
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         if idx.shape[1] > self.config.block_size:

@@ -6,7 +6,7 @@ import contextlib
 import torch
 
 
-def autocast_for(device: torch.device | str, dtype: torch.dtype):
+def autocast_for(device: torch.device | str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on CUDA; nothing for float32 or on CPU."""
     device = torch.device(device)
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):

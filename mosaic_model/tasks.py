@@ -112,6 +112,6 @@ class LMTrainingTask:
     final_title = "final"
 
 
-def make_task(a: argparse.Namespace, progress: bool = True):
+def make_task(a: argparse.Namespace, progress: bool = True) -> ICLTrainingTask | LMTrainingTask:
     """The training task that ``--task`` names."""
     return LMTrainingTask(a, progress) if a.task == "lm" else ICLTrainingTask(a)

@@ -281,7 +281,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--out-dir {out} is not a writable folder ({e.strerror or e})")
 
 
-def build_model(a: argparse.Namespace, block_size: int, vocab_size: int):
+def build_model(a: argparse.Namespace, block_size: int, vocab_size: int) -> torch.nn.Module:
     """The model that the arguments describe."""
     config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
@@ -291,7 +291,7 @@ def build_model(a: argparse.Namespace, block_size: int, vocab_size: int):
     return checkpoint_build_model(a.model, config)
 
 
-def param_groups(model, weight_decay: float, decay_all: bool):
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
     """Library groups: decay tensors of dim >= 2 (weights, embedding, slots), not the rest."""
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_all:

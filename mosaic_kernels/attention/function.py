@@ -77,7 +77,7 @@ def _check_blocks(block_p: int, *loop_blocks: int):
             raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
-def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False):
+def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning)."""
     B, H, T, D = k.shape
@@ -91,7 +91,7 @@ def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False):
     return y, lse
 
 
-def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None):
+def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks)).
     ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns."""
     B, H, T, D = k.shape
@@ -184,7 +184,7 @@ class _MosaicAttention(torch.autograd.Function):
         return (*_grads(ctx, dy, _backward_summed), None)
 
 
-def mosaic_attention_triton(k, v, scale=None, heads_last=False):
+def mosaic_attention_triton(k, v, scale=None, heads_last=False) -> torch.Tensor:
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
     scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
     if torch.compiler.is_compiling():  # torch.compile traces the registered op

@@ -195,7 +195,8 @@ class _LeakyAverage(torch.autograd.Function):
         return _grads(ctx, gy, _launch_backward)
 
 
-def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None, heads_last=False):
+def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None,
+                         heads_last=False) -> torch.Tensor:
     """Run the Triton scan (no validation: call :func:`mosaic_kernels.leaky_average`).
 
     ``chunk_len`` forces the time-chunk length (rounded up to the tile height); tests use it to

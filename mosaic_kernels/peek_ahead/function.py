@@ -93,7 +93,7 @@ class _PeekAhead(torch.autograd.Function):
         return _grads(ctx, gy, _launch_backward)
 
 
-def peek_ahead_value_triton(x, mix, *, scale=None, eps=1e-12):
+def peek_ahead_value_triton(x, mix, *, scale=None, eps=1e-12) -> torch.Tensor:
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
     H = x.shape[1]
     args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))

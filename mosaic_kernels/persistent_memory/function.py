@@ -55,7 +55,7 @@ def philox_groups(P: int) -> int:
     return triton.cdiv(P, 8)
 
 
-def slots_forward(q, mk, mv, c, seed, threshold: int, config=None):
+def slots_forward(q, mk, mv, c, seed, threshold: int, config=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y as contiguous (B, T, H, D), lse (B, H, T) float32)."""
     B, H, T, D = q.shape
     P = mk.shape[1]
@@ -69,7 +69,7 @@ def slots_forward(q, mk, mv, c, seed, threshold: int, config=None):
     return y, lse
 
 
-def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=None, dkdv_config=None):
+def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=None, dkdv_config=None) -> tuple:
     """Launch the backward; ``dy`` is the (B, H, T, D) output gradient (any strides).
     Returns (dq, d slot keys, d slot values, per-program partials of d(c) of shape (B, H, n_blocks))."""
     B, H, T, D = q.shape
@@ -169,7 +169,7 @@ class _Slots(torch.autograd.Function):
         return _grads(ctx, dy, _backward_summed)
 
 
-def persistent_memory_triton(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None):
+def persistent_memory_triton(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None) -> torch.Tensor:
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.persistent_memory`).
     Returns a (B, H, T, D) view of a contiguous (B, T, H, D) buffer."""
     H = q.shape[1]

@@ -7,7 +7,8 @@ from .._common import exact_under_autocast
 
 
 @exact_under_autocast
-def persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p: float = 0.0, generator=None):
+def persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p: float = 0.0,
+                      generator=None) -> torch.Tensor:
     """``c_h * dropout(softmax_j(<q[b,h,t], K[h,j]>)) @ V[h]``, computed in float32 (float64 stays).
 
     Materialises the (B, H, T, P) scores: the plain version of :func:`mosaic_kernels.persistent_memory`.

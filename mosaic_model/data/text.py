@@ -29,10 +29,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # imported where it is used, so that the package imports without tiktoken's start-up cost
+    import tiktoken
 
 EOT = 50256
 GPT2_VOCAB = 50257
@@ -58,7 +61,7 @@ def tokenizer_dir_from_env(tokenizer_dir: str | os.PathLike | None = None) -> Pa
     return Path(chosen) if chosen else None
 
 
-def gpt2_encoding(tokenizer_dir: str | os.PathLike | None = None):
+def gpt2_encoding(tokenizer_dir: str | os.PathLike | None = None) -> tiktoken.Encoding:
     """tiktoken's GPT-2 encoding, built from local ``vocab.bpe``/``encoder.json`` when a folder is given."""
     import tiktoken
 
@@ -356,7 +359,7 @@ class TokenCorpus:
             raise DataError(f"{self.name or what}: {len(self)} tokens, shorter than one window of "
                             f"{block_size + 1} (block size {block_size} + the shifted target)")
 
-    def random_windows(self, rng: np.random.Generator, batch_size: int, block_size: int):
+    def random_windows(self, rng: np.random.Generator, batch_size: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 tensors (batch, T) at uniformly random offsets, y shifted by one (the official
         loader: windows cross document boundaries, nothing is masked)."""
         self.check_window(block_size)
@@ -365,7 +368,7 @@ class TokenCorpus:
         t = torch.from_numpy(rows)
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
-    def document_windows(self, block_size: int, max_docs: int | None = None):
+    def document_windows(self, block_size: int, max_docs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each document's first ``block_size`` tokens as (x, y), x padded with EOT and y with -100 past
         the document's end (its own EOT is not a target): for loss by position within documents."""
         n = self.num_documents if max_docs is None else min(max_docs, self.num_documents)

@@ -31,7 +31,7 @@ from ..model import MemoryMosaic
 MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2)}
 
 
-def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: int):
+def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: int) -> tuple:
     """(x, y, scored): tokens, next tokens, and a mask of the targets only induction can predict."""
     seq = rng.integers(0, vocab, size=(batch, T + 1))
     scored = np.zeros((batch, T), dtype=bool)
@@ -44,7 +44,7 @@ def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: in
     return t[:, :-1].contiguous(), t[:, 1:].contiguous(), torch.from_numpy(scored)
 
 
-def build(kind: str, depth: int, a: argparse.Namespace):
+def build(kind: str, depth: int, a: argparse.Namespace) -> torch.nn.Module:
     """A model of the experiment (dropout 0, the sizes of ``a``)."""
     common = dict(n_layer=depth, n_head=a.heads, n_embd=a.width, block_size=a.T, vocab_size=a.vocab, dropout=0.0)
     return MemoryMosaic(MosaicConfig(**common, kernels=a.kernels)) if kind == "mosaic" else GPT(GPTConfig(**common))
