@@ -40,6 +40,12 @@ def cast_once_for_autocast(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def exp10(p: torch.Tensor) -> torch.Tensor:
+    """``exp(10 p)``: the Library's parameterisation of every per-head log-scale (the factor 10 raises
+    those scalars' effective learning rate; docs/MODEL.md 1.2-2)."""
+    return torch.exp(10.0 * p)
+
+
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, d) -> (B, H, T, hs) as a strided view (no copy)."""
     B, T, d = x.shape
@@ -69,9 +75,11 @@ class LeakyKeyExtractor(nn.Module):
         self.key_scale = nn.Parameter(torch.full((H,), 0.1))
 
     def decay(self) -> torch.Tensor:
-        return torch.exp(-10.0 * self.leaky_beta.abs())
+        """lambda_h = exp(-beta_h), beta_h = 10 |leaky_beta_h|, (H,)."""
+        return exp10(-self.leaky_beta.abs())
 
     def bandwidth(self) -> torch.Tensor:
+        """s_h^power with s_h = exp(min(10 key_scale_h, key_scale_max)), (H,); zero gradient above the clamp."""
         return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +118,7 @@ class PeekAheadValueExtractor(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """The per-head value scale exp(10 r), (H,)."""
-        return torch.exp(10.0 * self.value_scale)
+        return exp10(self.value_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = split_heads(self.W_v(x), self.config.n_head)  # strided (B, H, T, hs)
@@ -123,7 +131,10 @@ class PeekAheadValueExtractor(nn.Module):
 
 
 class ContextMemory(nn.Module):
-    """C-mem: strictly causal Gaussian-kernel attention over (leaky key, peek-ahead value) pairs."""
+    """C-mem: ``y_t = sum_{s<t} softmax_s(k_t . k_s) v_s``, ``y_0 = 0``, then c_proj and dropout.
+
+    The mask is strict (s < t, the diagonal excluded) because v_s reads x_{s+1}: with the diagonal,
+    position t would see the token it predicts (docs/MODEL.md 1.4)."""
 
     def __init__(self, config: MosaicConfig):
         super().__init__()
@@ -170,7 +181,13 @@ class ContextMemory(nn.Module):
 
 
 class PersistentMemory(nn.Module):
-    """P-mem: softmax retrieval over learned (key, value) slots, shared across the batch (replaces the FFN)."""
+    """P-mem: ``y_t = exp(10 r_h) / m * sum_i sum_j softmax_j(k_t . K_i[h, j]) V_i[h, j]`` over learned
+    slots shared by the batch (in place of the MLP; docs/MODEL.md 2), then c_proj and dropout.
+
+    The retrieval backend is chosen once, from the config: the official formulation (``kernels =
+    "reference"``), our Triton kernel (``pmem_kernel = "triton"``) or SDPA on folded rows (``"sdpa"``).
+    Each takes the keys, the dropout rate and the per-head multiplier ``exp(10 r_h) / m`` and returns
+    the scaled retrieval."""
 
     def __init__(self, config: MosaicConfig):
         super().__init__()
@@ -183,25 +200,28 @@ class PersistentMemory(nn.Module):
         self.out_scale = nn.Parameter(torch.full((H,), -0.05))
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.kernels == "reference":
+            self.backend = "official"
+        else:
+            self.backend = "triton" if config.pmem_kernel == "triton" else "folded_sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
         # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
-        k = self.key(x, heads_last=self.config.pmem_kernel != "triton")  # (B, H, T, hs)
+        k = self.key(x, heads_last=self.backend != "triton")  # (B, H, T, hs)
         p = self.config.ic_dropout if self.training else 0.0
-        count = self.config.pmem_count
-        if self.config.kernels == "reference":
-            y = self._official(k, p) / count
-            y = y * torch.exp(10.0 * self.out_scale).view(1, -1, 1, 1).to(y.dtype)
+        c = self.multiplier()
+        if self.backend == "official":
+            y = self._official(k, p, c)
+        elif self.backend == "triton":
+            y = self._triton(k, p, c)
         else:
-            # Both fused paths apply the per-head output multiplier inside the retrieval.
-            c = self.multiplier()
-            y = self._triton(k, p, c) if self.config.pmem_kernel == "triton" else self._folded_sdpa(k, p, c)
+            y = self._folded_sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def multiplier(self) -> torch.Tensor:
         """The per-head output multiplier exp(10 out_scale) / pmem_count, (H,)."""
-        return torch.exp(10.0 * self.out_scale) / self.config.pmem_count
+        return exp10(self.out_scale) / self.config.pmem_count
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d); only
@@ -225,15 +245,16 @@ class PersistentMemory(nn.Module):
                 k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
         return y
 
-    def _official(self, k: torch.Tensor, p: float) -> torch.Tensor:
-        """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory."""
+    def _official(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory, and the
+        multiplier applied to the output in the activations' dtype, as the Library does."""
         B = k.shape[0]
         y = 0.0
         for i in range(self.config.pmem_count):
             mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
             mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
             y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
-        return y
+        return y * c.view(1, -1, 1, 1).to(y.dtype)
 
     def _folded_sdpa(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
         """SDPA with the batch folded into the query rows, (1, H, B*T, hs): the slots are shared by the
