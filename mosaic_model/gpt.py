@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .lm import GenerateMixin, lm_loss
+from .lm import GenerateMixin, lm_loss, write_at
 
 
 class CausalSelfAttention(nn.Module):
@@ -31,6 +31,14 @@ class CausalSelfAttention(nn.Module):
         """One position (B, C) in eval mode with a key/value cache: the query reads positions <= t."""
         B, C = x_t.shape
         q, k, v = (t.view(B, self.n_head, 1, C // self.n_head) for t in self.c_attn(x_t).split(C, dim=1))
+        if "pos" in cache:  # static cache (lm.static_cache): fixed shapes, future positions masked
+            pos, length = cache["pos"], cache["block_size"]
+            cache["k"] = write_at(cache.get("k"), k[:, :, 0], pos, length)
+            cache["v"] = write_at(cache.get("v"), v[:, :, 0], pos, length)
+            scores = (q @ cache["k"].transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
+            future = torch.arange(length, device=pos.device) > pos
+            att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+            return self.c_proj((att.to(cache["v"].dtype) @ cache["v"]).reshape(B, C))
         cache["k"] = torch.cat([cache["k"], k], dim=2) if "k" in cache else k
         cache["v"] = torch.cat([cache["v"], v], dim=2) if "v" in cache else v
         # One query row as two small matmuls, not SDPA: the key length grows by one at every token, and
@@ -106,11 +114,16 @@ class GPT(GenerateMixin, nn.Module):
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
+        static = isinstance(cache.get("pos"), torch.Tensor)
         pos = cache.get("pos", 0)
-        cache["pos"] = pos + 1
+        if not static:
+            cache["pos"] = pos + 1
         x = self.wte(tokens) + self.wpe.weight[pos]
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.setdefault(i, {}))
+            layer = cache.setdefault(i, {"pos": pos, "block_size": cache["block_size"]} if static else {})
+            x = block.step(x, layer)
+        if static:
+            pos.add_(1)  # in place: a captured graph advances it too
         return self.lm_head(self.ln_f(x))
 
     def num_params(self) -> int:

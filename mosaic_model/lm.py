@@ -15,12 +15,52 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor 
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def static_cache(block_size: int, device: torch.device | str) -> dict:
+    """An empty decoding cache of fixed shapes: every buffer is allocated once, at the size of the
+    block, on the first token, and the position is a device tensor that the steps update in place.
+    Every step then launches the same kernels on the same memory, which a CUDA graph can replay."""
+    return {"pos": torch.zeros((), dtype=torch.long, device=device), "block_size": block_size}
+
+
+def write_at(buffer: torch.Tensor | None, row: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Write ``row`` (B, H, D) at position ``pos`` of a static (B, H, length, D) buffer, allocated
+    (zeros, ``row``'s dtype) on the first call; returns the buffer."""
+    if buffer is None:
+        B, H, D = row.shape
+        buffer = row.new_zeros(B, H, length, D)
+    buffer.index_copy_(2, pos.view(1), row[:, :, None])
+    return buffer
+
+
+class _GraphedStep:
+    """``model.decode_step(tokens, cache)`` on a static cache, captured once as a CUDA graph and then
+    replayed: the tokens are copied into the captured input, and the replay writes the captured output.
+    The cache's buffers were allocated by the eager prefill, which also warmed up the kernels."""
+
+    def __init__(self, model, cache: dict):
+        self.model, self.cache, self.graph = model, cache, None
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            self.tokens = tokens.clone()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records, does not run: the replay below runs it
+                self.logits = self.model.decode_step(self.tokens, self.cache)
+        else:
+            self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
 class GenerateMixin:
     """Adds :meth:`generate` to a model with ``forward(idx) -> (logits, loss)`` and
-    ``decode_step(tokens, cache) -> logits`` (one position at a time, eval mode)."""
+    ``decode_step(tokens, cache) -> logits`` (one position at a time, eval mode). The decoding cache
+    is a dict that grows (the default) or a static one (``static_cache``, used by ``cuda_graph``)."""
 
-    def _prefill(self, context: torch.Tensor):
-        cache: dict = {}
+    _static_decoding = False  # tests set it to run the static cache without a graph (on the CPU too)
+
+    def _prefill(self, context: torch.Tensor, static: bool = False) -> tuple[torch.Tensor, dict]:
+        cache = static_cache(self.config.block_size, context.device) if static else {}
         for t in range(context.shape[1]):
             logits = self.decode_step(context[:, t], cache)
         return logits, cache
@@ -28,7 +68,8 @@ class GenerateMixin:
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, stop_token: int | None = None,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 cuda_graph: bool = False) -> torch.Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T).
 
         Args:
@@ -42,6 +83,10 @@ class GenerateMixin:
                 key/value cache). Off, every step re-runs the model on the last ``block_size`` tokens.
                 Both see the same context: once the sequence is longer than ``block_size``, the cache
                 is rebuilt from the last ``block_size`` tokens at every step, as the uncached path crops.
+            cuda_graph: on CUDA, decode with a static cache (buffers of the block's length, the
+                position a device tensor) and replay each step as one CUDA graph, captured after the
+                prompt: at batch 1 a step is otherwise bound by kernel launches. Needs ``use_cache``.
+                Past ``block_size`` tokens it falls back to rebuilding the cache, as above.
 
         Returns:
             ``(B, T + n)`` tokens, ``n <= max_new_tokens``.
@@ -52,17 +97,21 @@ class GenerateMixin:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if cuda_graph and not (use_cache and idx.is_cuda):
+            raise ValueError("cuda_graph needs use_cache=True and idx on a CUDA device")
         was_training = self.training
         self.eval()
         block = self.config.block_size
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        cache = None
+        cache, graph = None, None
         try:
             for _ in range(max_new_tokens):
                 if not use_cache:
                     logits = self(idx[:, -block:])[0][:, -1, :]
                 elif cache is None or idx.shape[1] > block:
-                    logits, cache = self._prefill(idx[:, -block:])
+                    static = (cuda_graph or self._static_decoding) and idx.shape[1] <= block
+                    logits, cache = self._prefill(idx[:, -block:], static=static)
+                    graph = _GraphedStep(self, cache) if static and cuda_graph else None
                 logits = logits.float()
                 if temperature == 0:
                     nxt = logits.argmax(dim=-1, keepdim=True)
@@ -79,7 +128,7 @@ class GenerateMixin:
                 if stop_token is not None and bool(done.all()):
                     break
                 if use_cache and idx.shape[1] <= block:
-                    logits = self.decode_step(nxt[:, 0], cache)
+                    logits = graph(nxt[:, 0]) if graph is not None else self.decode_step(nxt[:, 0], cache)
         finally:
             self.train(was_training)
         return idx

@@ -90,9 +90,13 @@ class MemoryMosaic(GenerateMixin, nn.Module):
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``
         (a dict that starts empty): O(1) key updates and one attention row per layer."""
+        static = isinstance(cache.get("pos"), torch.Tensor)
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.setdefault(i, {}))
+            layer = {"pos": cache["pos"], "block_size": cache["block_size"]} if static else {}
+            x = block.step(x, cache.setdefault(i, {"cmem": layer, "pmem": dict(layer)} if static else {}))
+        if static:
+            cache["pos"].add_(1)  # in place: a captured graph advances it too
         return self._head(x)
 
     def num_params(self) -> int:

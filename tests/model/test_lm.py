@@ -125,6 +125,46 @@ def test_the_24_prompts_ship_with_the_package():
     lambda: MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
     lambda: GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
 ], ids=["mosaic", "gpt"])
+def test_static_cache_decodes_as_the_growing_cache(make):
+    """The static cache (fixed-size buffers, the position a tensor: what a CUDA graph replays) gives the
+    growing cache's logits at every position (tolerances.FP32: the masked rows add exact zeros, but the
+    sums run over the block, in another order) and the same greedy tokens, also past block_size."""
+    from mosaic_model.lm import static_cache
+    from tests.conftest import rel_err
+
+    torch.manual_seed(0)
+    m = make().eval()
+    idx = torch.randint(0, 50, (3, 9))
+    grow, fixed = {}, static_cache(m.config.block_size, idx.device)
+    a = torch.stack([m.decode_step(idx[:, t], grow) for t in range(9)], dim=1)
+    b = torch.stack([m.decode_step(idx[:, t], fixed) for t in range(9)], dim=1)
+    assert int(fixed["pos"]) == 9 and rel_err(b, a) < tolerances.FP32
+    m._static_decoding = True
+    assert torch.equal(m.generate(idx, 30, temperature=0), m.generate(idx, 30, temperature=0, use_cache=False))
+
+
+def test_cuda_graph_needs_a_cache_on_cuda():
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50))
+    with pytest.raises(ValueError, match="cuda_graph needs use_cache=True and idx on a CUDA device"):
+        m.generate(torch.zeros(1, 3, dtype=torch.long), 2, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["mosaic", "gpt"])
+def test_gpu_cuda_graph_decoding_gives_the_eager_tokens(model):
+    """In float32 the graphed static decoding gives the eager growing cache's greedy tokens."""
+    torch.manual_seed(0)
+    common = dict(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50, dropout=0.0)
+    m = (MemoryMosaic(MosaicConfig(**common)) if model == "mosaic" else GPT(GPTConfig(**common))).cuda().eval()
+    idx = torch.randint(0, 50, (2, 5), device="cuda")
+    eager = m.generate(idx, 30, temperature=0)
+    assert torch.equal(m.generate(idx, 30, temperature=0, cuda_graph=True), eager)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MemoryMosaic(MosaicConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
+    lambda: GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)),
+], ids=["mosaic", "gpt"])
 def test_cached_decoding_equals_the_full_forward(make):
     """The cache's logits equal the full forward's at every position (float32 sums in another order:
     tolerances.FP32), and greedy generation gives the same tokens with and without it, also past
