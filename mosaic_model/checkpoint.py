@@ -16,7 +16,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not one of this package's; the message names the file."""
 
 
-def model_type_of(model) -> str:
+def model_type_of(model: torch.nn.Module) -> str:
     """"mosaic" or "gpt"."""
     for name, (cls, _) in MODEL_CLASSES.items():
         if isinstance(model, cls):
@@ -32,7 +32,7 @@ def build_model(model_type: str, config: dict, **overrides) -> torch.nn.Module:
     return cls(cfg_cls(**{**config, **overrides}))
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
     """torch.load a checkpoint of this package, or raise CheckpointError naming the file."""
     path = Path(path)
     if path.is_dir():
@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, device="cpu", **overrides) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path, device: torch.device | str = "cpu", **overrides) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on ``device``, checkpoint dict) from a run folder or a ``.pt`` file.
 
     ``overrides`` replace config fields, e.g. ``block_size`` to run a Memory Mosaic longer than it was

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from .data.regbench import ICLSplit, icl_metrics
+from .data.text import TokenCorpus
 from .lm import IGNORE_INDEX
 from .runtime import autocast_for
 
 
 @torch.no_grad()
-def evaluate_icl(model, split: ICLSplit, batch_size: int, device, dtype=torch.float32,
+def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32,
                  max_batches: int | None = None) -> dict:
     """Loss, validity accuracy, L1 and TVD over an in-context split, in fixed order.
 
@@ -63,7 +65,8 @@ def _token_losses(model, x: torch.Tensor, y: torch.Tensor, device, dtype) -> tor
 
 
 @torch.no_grad()
-def estimate_loss(model, corpus, block_size: int, batches: int, batch_size: int, device, dtype=torch.float32,
+def estimate_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batches: int, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype = torch.float32,
                   seed: int = 0) -> float:
     """Mean token loss over ``batches`` batches of random windows drawn with ``seed`` (the same windows at
     every call, so that successive estimates during training are comparable)."""
@@ -81,7 +84,8 @@ def estimate_loss(model, corpus, block_size: int, batches: int, batch_size: int,
 
 
 @torch.no_grad()
-def corpus_loss(model, corpus, block_size: int, batch_size: int, device, dtype=torch.float32,
+def corpus_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batch_size: int, device: torch.device | str,
+                dtype: torch.dtype = torch.float32,
                 max_tokens: int | None = None) -> dict:
     """Mean token loss over consecutive non-overlapping windows covering the corpus (or its first
     ``max_tokens`` tokens): every token is predicted once, from up to ``block_size`` tokens of context."""
@@ -100,7 +104,8 @@ def corpus_loss(model, corpus, block_size: int, batch_size: int, device, dtype=t
 
 
 @torch.no_grad()
-def loss_by_position(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, dtype=torch.float32,
+def loss_by_position(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
+                     dtype: torch.dtype = torch.float32,
                      window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean loss, number of documents) at each position over document-aligned rows (x, y).
 
@@ -136,7 +141,8 @@ def _sliding_losses(model, x, y, window: int, device, dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_last_row_attention(model, x: torch.Tensor, batch_size: int, device, dtype=torch.float32) -> np.ndarray:
+def mean_last_row_attention(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str,
+                            dtype: torch.dtype = torch.float32) -> np.ndarray:
     """(layers, heads, n) last-row attention averaged over the rows of ``x`` (see ``probes``)."""
     from .probes import last_row_attention
 
@@ -365,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``mosaic-eval``; exit code 2 with a one-line error on bad input."""
     from .checkpoint import CheckpointError, load_model
     from .data.text import DataError

@@ -16,7 +16,7 @@ from .model import MemoryMosaic
 
 
 @torch.no_grad()
-def last_row_attention(model, idx: torch.Tensor) -> list[torch.Tensor]:
+def last_row_attention(model: torch.nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
     """One ``(B, H, n)`` float32 tensor per layer: the last query's attention weights over the n
     positions it can see (T-1 for the Memory Mosaic, whose mask is strict; T for GPT)."""
     captured: list[torch.Tensor] = []

@@ -44,7 +44,7 @@ class DFA:
         """The symbols leaving ``state`` (the support of the PFA's next-symbol distribution)."""
         return [sym for sym, _ in self.transitions[state]]
 
-    def accepts(self, string) -> bool:
+    def accepts(self, string: list[int]) -> bool:
         """Whether the DFA accepts the symbol sequence (every reached state is accepting)."""
         state = 0
         for sym in string:
@@ -147,7 +147,7 @@ class ICLSplit:
     def max_len(self) -> int:
         return max(len(s) for s in self.sequences) - 1
 
-    def batch(self, indices, device=None) -> tuple[torch.Tensor, torch.Tensor, list[DFA]]:
+    def batch(self, indices: list[int], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[DFA]]:
         """Inputs (B, L) padded with PAD and labels (B, L) padded with -100 (SEP labels are -100)."""
         seqs = [self.sequences[i] for i in indices]
         L = max(len(s) for s in seqs) - 1

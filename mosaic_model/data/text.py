@@ -331,7 +331,7 @@ class TokenCorpus:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def documents(self, indices) -> "TokenCorpus":
+    def documents(self, indices: list[int] | np.ndarray) -> TokenCorpus:
         """A new corpus of the given documents, in the given order (copied into memory)."""
         idx = np.asarray(indices, dtype=np.int64)
         lengths = self.starts[idx + 1] - self.starts[idx]

@@ -122,7 +122,7 @@ def _attention_example(result: dict, path: Path) -> dict:
     return {"scored_rows": rows.tolist(), "argmax_is_earlier_occurrence": float(np.mean(hits)) if hits else None}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Train every model with every seed, write results.json and the figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/induction")

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: ``run`` or ``report``."""
     a = build_parser().parse_args(argv)
     if a.width % 64:

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: ``run`` or ``report``."""
     p = build_parser()
     a = p.parse_args(argv)

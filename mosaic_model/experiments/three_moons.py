@@ -186,7 +186,7 @@ def error_curve(model: MoonMemory, periods, contexts, n_seqs: int = 512, seed: i
     return [model.rollout_error(seq, c, horizon) for c in contexts]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Train 1 and 3 heads, evaluate on the held-out and a training triple, write JSON and figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/three_moons", help="folder for results.json and the PNG figures")
