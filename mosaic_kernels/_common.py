@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from numbers import Real
 
 import torch
@@ -28,7 +29,7 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and interpreter_enabled()
 
 
-def exact_under_autocast(reference):
+def exact_under_autocast(reference: Callable) -> Callable:
     """Run a PyTorch reference in the precision it states, also inside ``torch.autocast``.
 
     Autocast would run a reference's float32 matmuls in 16 bits (it casts their inputs down whatever
@@ -42,7 +43,7 @@ def exact_under_autocast(reference):
     return wrapped
 
 
-def check_tensor(name: str, t, *, ndim: int | None = None) -> None:
+def check_tensor(name: str, t: object, *, ndim: int | None = None) -> None:
     """Raise ValueError unless ``t`` is a floating tensor of a supported dtype and rank."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -64,7 +65,7 @@ def check_like(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
         raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
 
 
-def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, int, int, int]:
+def check_heads(name: str, t: torch.Tensor, *, max_head_dim: int | None = None) -> tuple[int, int, int, int]:
     """check_tensor with rank 4, then non-zero sizes and an optional head-dim bound; returns (B, H, T, D)."""
     check_tensor(name, t, ndim=4)
     B, H, T, D = t.shape
@@ -75,7 +76,8 @@ def check_heads(name: str, t, *, max_head_dim: int | None = None) -> tuple[int, 
     return B, H, T, D
 
 
-def empty_heads(alloc, shape, *, heads_last: bool, device, dtype) -> torch.Tensor:
+def empty_heads(alloc: Callable, shape: tuple, *, heads_last: bool, device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
     """A ``(B, H, T, D)`` buffer from ``alloc`` (torch.empty, or a test's NaN-filling stand-in).
 
     Contiguous, or with ``heads_last`` a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)``
@@ -102,7 +104,8 @@ def as_heads_last(t: torch.Tensor, heads_last: bool) -> torch.Tensor:
     return t
 
 
-def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high=None):
+def per_head(name: str, value: float | torch.Tensor | None, n_head: int, ref: torch.Tensor, *,
+             low: float | None = None, high: float | None = None) -> torch.Tensor | None:
     """Validate a per-head argument: None, a Python real, or a tensor of shape ``(H,)``.
 
     Returns it unchanged (None, float or tensor). Range checks apply to Python numbers only;
@@ -133,7 +136,7 @@ def per_head(name: str, value, n_head: int, ref: torch.Tensor, *, low=None, high
     return value
 
 
-def per_head_tensor(value, n_head: int, like: torch.Tensor, default: float) -> torch.Tensor:
+def per_head_tensor(value: float | torch.Tensor | None, n_head: int, like: torch.Tensor, default: float) -> torch.Tensor:
     """A per-head argument (None, float or ``(H,)`` tensor) as the contiguous float32 ``(H,)`` tensor
     the kernels read, on ``like``'s device. A tensor is cast inside the autograd graph, so its
     gradient comes back in the caller's dtype."""

@@ -1,6 +1,8 @@
 """Triton kernels shared by the ops."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -24,7 +26,7 @@ def _row_delta_kernel(Y, DY, DELTA, syb, syh, syt, sdb, sdh, sdt, sdd, H, T, D,
     tl.store(DELTA + pid_bh * T + rows, tl.sum(y * dy, 1), mask=rows < T)
 
 
-def row_delta(y, dy, block_m: int, block_d: int, empty):
+def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, empty: Callable) -> torch.Tensor:
     """delta = rowsum(y * dy) as (B, H, T) float32, for (B, H, T, D) views y (last stride 1) and dy."""
     B, H, T, D = y.shape
     delta = empty((B, H, T), device=y.device, dtype=torch.float32)

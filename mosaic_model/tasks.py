@@ -38,7 +38,7 @@ class ICLTrainingTask:
         return (f"task: {len(t.train)} train languages / {len(t.test)} test / {len(t.val)} val {held_out}, "
                 f"block {self.block_size}")
 
-    def batch(self, draw: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.task.train)
         per_epoch = -(-n // batch_size)
         epoch, i = divmod(draw, per_epoch)  # shuffled epochs; the last batch of one may be short
@@ -46,10 +46,10 @@ class ICLTrainingTask:
         x, y, _ = self.task.train.batch(perm[i * batch_size:(i + 1) * batch_size].tolist(), device)
         return x, y
 
-    def validate(self, model, device, dtype) -> dict:
+    def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         return evaluate_icl(model, self.task.val, self.a.eval_batch_size, device, dtype)
 
-    def final(self, model, device, dtype) -> dict:
+    def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         return evaluate_icl(model, self.task.test, self.a.eval_batch_size, device, dtype)
 
     @staticmethod
@@ -88,7 +88,7 @@ class LMTrainingTask:
         return (f"data: {len(tr):,} train tokens ({tr.num_documents:,} documents) / {len(va):,} val tokens "
                 f"({va.num_documents:,}), block {self.block_size}")
 
-    def batch(self, draw: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.train_corpus.random_windows(np.random.default_rng([self.a.seed, draw]), batch_size, self.block_size)
         return x.to(device), y.to(device)
 
@@ -96,13 +96,13 @@ class LMTrainingTask:
         return estimate_loss(model, corpus, self.block_size, self.a.eval_batches, self.a.eval_batch_size,
                              device, dtype, seed=self.a.seed + 1)
 
-    def validate(self, model, device, dtype) -> dict:
+    def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         """Train and validation loss on the same fixed random windows at every evaluation (the
         official ``estimate_loss``, with windows that do not change between evaluations)."""
         return {"loss": self._estimate(model, self.val_corpus, device, dtype),
                 "train_loss": self._estimate(model, self.train_corpus, device, dtype)}
 
-    def final(self, model, device, dtype) -> dict:
+    def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         return self.validate(model, device, dtype)
 
     @staticmethod

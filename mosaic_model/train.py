@@ -179,7 +179,7 @@ def provenance() -> dict:
     return info
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check ``mosaic-train`` arguments (a preset first supplies the defaults)."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
@@ -517,7 +517,7 @@ def _finish(log, world: int) -> None:
         torch.distributed.barrier()  # rank 0's final evaluation is done before anyone leaves
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``mosaic-train``; returns 0, or 2 after a one-line error."""
     a = parse_args(argv)
     try:

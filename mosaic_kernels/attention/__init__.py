@@ -9,7 +9,8 @@ from . import reference as _reference
 __all__ = ["mosaic_attention"]
 
 
-def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None, *, heads_last: bool = False) -> torch.Tensor:
+def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
+                     heads_last: bool = False) -> torch.Tensor:
     """Strictly causal softmax attention with queries = keys and a per-head bandwidth.
 
     ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, per_head_tensor
 from .._triton_common import row_delta
@@ -52,7 +53,7 @@ def _fwd_config(T: int, D: int) -> dict:
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
-def split_config(key_tiles, query_tiles) -> dict:
+def split_config(key_tiles: tuple, query_tiles: tuple) -> dict:
     """The two-kernel backward's config from (BLOCK_P, BLOCK_Q, warps, stages) of the key-role kernel
     and (BLOCK_P, BLOCK_K, warps, stages) of the query-role kernel."""
     (kp, kq, kw, ks), (qp, qk, qw, qs) = key_tiles, query_tiles
@@ -77,7 +78,8 @@ def _check_blocks(block_p: int, *loop_blocks: int):
             raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
-def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
+                      heads_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning)."""
     B, H, T, D = k.shape
@@ -91,7 +93,8 @@ def attention_forward(k, v, scale_t, fwd_config=None, heads_last=False) -> tuple
     return y, lse
 
 
-def attention_backward(k, v, y, lse, scale_t, dy, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
+                       dy: torch.Tensor, bwd_config: dict | None = None) -> tuple:
     """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks)).
     ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns."""
     B, H, T, D = k.shape
@@ -174,17 +177,19 @@ class _MosaicAttention(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx, k, v, scale, heads_last):
+    def forward(ctx: FunctionCtx, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                heads_last: bool) -> torch.Tensor:
         y, lse = attention_forward(k, v, scale, heads_last=heads_last)
         ctx.save_for_backward(k, v, y, lse, scale)
         return y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx: FunctionCtx, dy: torch.Tensor) -> tuple:
         return (*_grads(ctx, dy, _backward_summed), None)
 
 
-def mosaic_attention_triton(k, v, scale=None, heads_last=False) -> torch.Tensor:
+def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
+                            heads_last: bool = False) -> torch.Tensor:
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
     scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
     if torch.compiler.is_compiling():  # torch.compile traces the registered op

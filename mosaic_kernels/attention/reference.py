@@ -13,7 +13,8 @@ from .._common import exact_under_autocast
 
 
 @exact_under_autocast
-def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale=None, *, dropout_p: float = 0.0) -> torch.Tensor:
+def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
+                     dropout_p: float = 0.0) -> torch.Tensor:
     """Strictly causal attention whose queries are its keys, computed densely.
 
     ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``.

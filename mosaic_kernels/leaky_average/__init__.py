@@ -9,7 +9,8 @@ from . import reference as _reference
 __all__ = ["leaky_average"]
 
 
-def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12,
+def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
+                  scale: float | torch.Tensor | None = None, eps: float = 1e-12,
                   heads_last: bool = False) -> torch.Tensor:
     """Per-head exponential moving sum over time, fused with L2 normalisation and a scale.
 

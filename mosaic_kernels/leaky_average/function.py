@@ -5,6 +5,7 @@ import math
 
 import torch
 import triton
+from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
@@ -185,18 +186,20 @@ class _LeakyAverage(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx, x, decay, scale, normalize, eps, chunk_len, heads_last):
+    def forward(ctx: FunctionCtx, x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float,
+                chunk_len: int | None, heads_last: bool) -> torch.Tensor:
         y, norm = _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
         _save(ctx, x, y, norm, decay, scale, normalize, eps, chunk_len)
         return y
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx: FunctionCtx, gy: torch.Tensor) -> tuple:
         return _grads(ctx, gy, _launch_backward)
 
 
-def leaky_average_triton(x, decay, *, normalize=False, scale=None, eps=1e-12, chunk_len=None,
-                         heads_last=False) -> torch.Tensor:
+def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
+                         scale: float | torch.Tensor | None = None, eps: float = 1e-12, chunk_len: int | None = None,
+                         heads_last: bool = False) -> torch.Tensor:
     """Run the Triton scan (no validation: call :func:`mosaic_kernels.leaky_average`).
 
     ``chunk_len`` forces the time-chunk length (rounded up to the tile height); tests use it to

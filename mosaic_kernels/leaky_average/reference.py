@@ -32,7 +32,8 @@ def _decay_powers(a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @exact_under_autocast
-def leaky_average(x: torch.Tensor, decay, *, normalize: bool = False, scale=None, eps: float = 1e-12) -> torch.Tensor:
+def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
+                  scale: float | torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
     """Per-head exponential moving sum over time, optionally L2-normalised and scaled.
 
     Args:

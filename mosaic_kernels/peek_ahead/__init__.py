@@ -9,7 +9,8 @@ from . import reference as _reference
 __all__ = ["peek_ahead_value"]
 
 
-def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) -> torch.Tensor:
+def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
+                     eps: float = 1e-12) -> torch.Tensor:
     """Peek-ahead value extraction: a per-head mix of the next and current rows, L2-normalised, scaled.
 
     ``z[b,h,t] = (1 - mix_h) x[b,h,t+1] + mix_h x[b,h,t]`` with ``x[b,h,T] = 0``, then

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .triton_value import _value_bwd_kernel, _value_fwd_kernel
@@ -84,16 +85,17 @@ class _PeekAhead(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx, x, mix, scale, eps):
+    def forward(ctx: FunctionCtx, x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
         _setup_context(ctx, (x, mix, scale, eps), None)
         return _launch_forward(x, mix, scale, eps)
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx: FunctionCtx, gy: torch.Tensor) -> tuple:
         return _grads(ctx, gy, _launch_backward)
 
 
-def peek_ahead_value_triton(x, mix, *, scale=None, eps=1e-12) -> torch.Tensor:
+def peek_ahead_value_triton(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
+                            eps: float = 1e-12) -> torch.Tensor:
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
     H = x.shape[1]
     args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))

@@ -8,7 +8,8 @@ from .._common import exact_under_autocast
 
 
 @exact_under_autocast
-def peek_ahead_value(x: torch.Tensor, mix, *, scale=None, eps: float = 1e-12) -> torch.Tensor:
+def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
+                     eps: float = 1e-12) -> torch.Tensor:
     """``scale_h * normalize((1 - mix_h) x[t+1] + mix_h x[t])`` over the last dim, ``x[T] := 0``.
 
     Args:

@@ -12,7 +12,8 @@ __all__ = ["persistent_memory"]
 
 
 def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: torch.Tensor, *,
-                      out_scale=None, dropout_p: float = 0.0, generator=None) -> torch.Tensor:
+                      out_scale: float | torch.Tensor | None = None, dropout_p: float = 0.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
     """The Memory Mosaic P-mem: ``y[b,h,t] = c_h * sum_j dropout(softmax_j(<q[b,h,t], K[h,j]>)) V[h,j]``.
 
     Scores have no scale factor (the P-mem keys carry their bandwidth, docs/MODEL.md 2). The slots

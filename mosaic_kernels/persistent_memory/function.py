@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch.autograd.function import FunctionCtx
 
 from .._common import interpreter_enabled, per_head_tensor
 from .._triton_common import row_delta
@@ -55,7 +56,8 @@ def philox_groups(P: int) -> int:
     return triton.cdiv(P, 8)
 
 
-def slots_forward(q, mk, mv, c, seed, threshold: int, config=None) -> tuple[torch.Tensor, torch.Tensor]:
+def slots_forward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: int, threshold: int,
+                  config: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y as contiguous (B, T, H, D), lse (B, H, T) float32)."""
     B, H, T, D = q.shape
     P = mk.shape[1]
@@ -69,7 +71,9 @@ def slots_forward(q, mk, mv, c, seed, threshold: int, config=None) -> tuple[torc
     return y, lse
 
 
-def slots_backward(q, mk, mv, c, seed, threshold: int, y, lse, dy, dq_config=None, dkdv_config=None) -> tuple:
+def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: int,
+                   threshold: int, y: torch.Tensor, lse: torch.Tensor,
+                   dy: torch.Tensor, dq_config: tuple | None = None, dkdv_config: tuple | None = None) -> tuple:
     """Launch the backward; ``dy`` is the (B, H, T, D) output gradient (any strides).
     Returns (dq, d slot keys, d slot values, per-program partials of d(c) of shape (B, H, n_blocks))."""
     B, H, T, D = q.shape
@@ -159,17 +163,20 @@ class _Slots(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost."""
 
     @staticmethod
-    def forward(ctx, q, mk, mv, c, seed, threshold):
+    def forward(ctx: FunctionCtx, q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: int,
+                threshold: int) -> torch.Tensor:
         y, lse = slots_forward(q, mk, mv, c, seed, threshold)
         _setup_context(ctx, (q, mk, mv, c, seed, threshold), (y, lse))
         return y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx: FunctionCtx, dy: torch.Tensor) -> tuple:
         return _grads(ctx, dy, _backward_summed)
 
 
-def persistent_memory_triton(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None) -> torch.Tensor:
+def persistent_memory_triton(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: torch.Tensor, *,
+                             out_scale: float | torch.Tensor | None = None,
+                             dropout_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.persistent_memory`).
     Returns a (B, H, T, D) view of a contiguous (B, T, H, D) buffer."""
     H = q.shape[1]

@@ -7,8 +7,9 @@ from .._common import exact_under_autocast
 
 
 @exact_under_autocast
-def persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p: float = 0.0,
-                      generator=None) -> torch.Tensor:
+def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: torch.Tensor, *,
+                      out_scale: float | torch.Tensor | None = None,
+                      dropout_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """``c_h * dropout(softmax_j(<q[b,h,t], K[h,j]>)) @ V[h]``, computed in float32 (float64 stays).
 
     Materialises the (B, H, T, P) scores: the plain version of :func:`mosaic_kernels.persistent_memory`.

@@ -189,7 +189,7 @@ class ICLTask:
         order = rng.permutation(total)
         n, m = cfg.num_train, cfg.num_test // 2
 
-        def take(idx):
+        def take(idx: np.ndarray) -> ICLSplit:
             return ICLSplit([dfas[i] for i in idx], [seqs[i] for i in idx])
 
         self.train = take(order[:n])

@@ -51,7 +51,8 @@ def build(kind: str, depth: int, a: argparse.Namespace) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def induction_accuracy(model, x, y, scored) -> float:
+def induction_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       scored: torch.Tensor) -> float:
     """Greedy accuracy on the scored targets."""
     model.eval()
     pred = model(x)[0].argmax(-1)

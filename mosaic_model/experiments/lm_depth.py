@@ -98,7 +98,7 @@ def _curves(out: Path) -> dict:
     return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
 
 
-def depth_runs(root: Path, models, depth: int, lrs, kernels: str = "fused") -> tuple[dict, int | None]:
+def depth_runs(root: Path, models: list[str], depth: int, lrs: list[float], kernels: str = "fused") -> tuple[dict, int | None]:
     """The runs of one depth with at least one evaluation, finished or stopped early, as
     {(model, lr): (folder, curves)}, and the last evaluation step that all of them reached (None if none)."""
     runs = {}
@@ -114,7 +114,7 @@ def depth_runs(root: Path, models, depth: int, lrs, kernels: str = "fused") -> t
     return {k: r for k, r in runs.items() if step in r[1]["step"]}, step
 
 
-def select(root: Path, models, depths, lrs, kernels: str = "fused") -> dict:
+def select(root: Path, models: list[str], depths: list[int], lrs: list[float], kernels: str = "fused") -> dict:
     """{"model-Ldepth": summary}: for each model and depth, the learning rate of lowest validation loss at
     ``step``, the last evaluation that every run of that depth (both models) reached; it is the final one
     when every run finished, and an equal step of the same schedule when a GPU call cut some short.
@@ -239,12 +239,12 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
 
 def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
     """The evaluations at equal depth (Fig 10, Table 1) and of the one-layer models (Fig 12, 13)."""
-    def ev_main(argv):
+    def ev_main(argv: list[str]) -> None:
         code = ev.main(argv + ["--device", a.device, "--quiet"])
         if code:
             raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
 
-    def with_weights(depth):
+    def with_weights(depth: int) -> list[str]:
         runs = [chosen[f"{m}-L{depth}"]["run"] for m in MODELS if f"{m}-L{depth}" in chosen]
         for run in runs:
             if not any((Path(run) / f).exists() for f in ("best.pt", "ckpt.pt")):

@@ -48,12 +48,12 @@ PHASE = 0.3
 ATTN_SCALE = 50.0
 
 
-def lcm_of(periods) -> float:
+def lcm_of(periods: tuple) -> float:
     """Common period of a triple at 0.1 precision (the official rule)."""
     return math.lcm(*(round(10 * p) for p in periods)) / 10
 
 
-def observations(periods, start: np.ndarray, length: int = BLOCK + 1) -> torch.Tensor:
+def observations(periods: tuple, start: np.ndarray, length: int = BLOCK + 1) -> torch.Tensor:
     """(N, length, 6) float32: [sin, cos] of each moon at grid steps start..start+length-1."""
     t = (start[:, None] + np.arange(length)[None, :]) * DT
     cols = []
@@ -63,7 +63,7 @@ def observations(periods, start: np.ndarray, length: int = BLOCK + 1) -> torch.T
     return torch.from_numpy(np.stack(cols, axis=-1).astype(np.float32))
 
 
-def sample_batch(rng: np.random.Generator, batch: int, triples=TRAIN_TRIPLES) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(rng: np.random.Generator, batch: int, triples: tuple = TRAIN_TRIPLES) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y), each (batch, 800, 6): a uniformly chosen triple per sequence, a random start, y = x shifted."""
     rows = []
     for i in rng.integers(0, len(triples), size=batch):
@@ -179,7 +179,8 @@ def train(n_head: int, steps: int = 500, batch: int = 64, seed: int = 100, progr
     return model, losses
 
 
-def error_curve(model: MoonMemory, periods, contexts, n_seqs: int = 512, seed: int = 0, horizon: int = 25) -> list[float]:
+def error_curve(model: MoonMemory, periods: tuple, contexts: list[int], n_seqs: int = 512, seed: int = 0,
+                horizon: int = 25) -> list[float]:
     """Rollout error at each context length, on ``n_seqs`` random windows of one triple."""
     rng = np.random.default_rng(seed)
     seq = observations(periods, rng.integers(0, GRID - 2 * BLOCK - 1, size=n_seqs))
