@@ -186,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if first.preset:
         parser.set_defaults(**PRESETS[first.preset])
     a = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if a.epochs is not None and any(x == "--steps" or x.startswith("--steps=") for x in given):
+        parser.error("--steps is set by --epochs (the regbench preset sets --epochs): cap it with --step-cap")
     _check_args(parser, a)
     return a
 

@@ -72,6 +72,7 @@ def test_final_metrics_come_from_the_best_validation_weights(tmp_path, model):
     (["--preset", "regbench", "--model", "gpt", "--attn-dropout", "0.2"], "GPT2's attention dropout is --dropout"),
     (["--preset", "regbench", "--kernels", "fused"], "runs on --kernels reference"),
     (["--preset", "regbench", "--epochs", "0"], "must be >= 1"),
+    (["--preset", "regbench", "--steps", "10"], "cap it with --step-cap"),
 ])
 def test_recipe_arguments_are_checked(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
