@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .lm import GenerateMixin, lm_loss, write_at
+from .lm import GenerateMixin, is_static, layer_cache, lm_loss, write_at
 
 
 class CausalSelfAttention(nn.Module):
@@ -31,21 +31,22 @@ class CausalSelfAttention(nn.Module):
         """One position (B, C) in eval mode with a key/value cache: the query reads positions <= t."""
         B, C = x_t.shape
         q, k, v = (t.view(B, self.n_head, 1, C // self.n_head) for t in self.c_attn(x_t).split(C, dim=1))
-        if "pos" in cache:  # static cache (lm.static_cache): fixed shapes, future positions masked
+        future = None
+        if is_static(cache):  # lm.static_cache: buffers of the block's length, the rows past pos masked
             pos, length = cache["pos"], cache["block_size"]
             cache["k"] = write_at(cache.get("k"), k[:, :, 0], pos, length)
             cache["v"] = write_at(cache.get("v"), v[:, :, 0], pos, length)
-            scores = (q @ cache["k"].transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
             future = torch.arange(length, device=pos.device) > pos
-            att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-            return self.c_proj((att.to(cache["v"].dtype) @ cache["v"]).reshape(B, C))
-        cache["k"] = torch.cat([cache["k"], k], dim=2) if "k" in cache else k
-        cache["v"] = torch.cat([cache["v"], v], dim=2) if "v" in cache else v
+        else:
+            cache["k"] = torch.cat([cache["k"], k], dim=2) if "k" in cache else k
+            cache["v"] = torch.cat([cache["v"], v], dim=2) if "v" in cache else v
         # One query row as two small matmuls, not SDPA: the key length grows by one at every token, and
         # SDPA at a new shape each token cost 57 ms a token on the H200 against 6.4 ms for this
         # (12 layers, d=768, BENCHMARKS.md "Cached generation").
-        att = torch.softmax((q @ cache["k"].transpose(-1, -2)).float() * (q.shape[-1] ** -0.5), dim=-1)
-        y = att.to(cache["v"].dtype) @ cache["v"]
+        scores = (q @ cache["k"].transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
+        if future is not None:
+            scores = scores.masked_fill(future, float("-inf"))
+        y = torch.softmax(scores, dim=-1).to(cache["v"].dtype) @ cache["v"]
         return self.c_proj(y.reshape(B, C))
 
 
@@ -114,14 +115,13 @@ class GPT(GenerateMixin, nn.Module):
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
-        static = isinstance(cache.get("pos"), torch.Tensor)
+        static = is_static(cache)
         pos = cache.get("pos", 0)
         if not static:
             cache["pos"] = pos + 1
         x = self.wte(tokens) + self.wpe.weight[pos]
         for i, block in enumerate(self.blocks):
-            layer = cache.setdefault(i, {"pos": pos, "block_size": cache["block_size"]} if static else {})
-            x = block.step(x, layer)
+            x = block.step(x, layer_cache(cache, i))
         if static:
             pos.add_(1)  # in place: a captured graph advances it too
         return self.lm_head(self.ln_f(x))

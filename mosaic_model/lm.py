@@ -22,6 +22,19 @@ def static_cache(block_size: int, device: torch.device | str) -> dict:
     return {"pos": torch.zeros((), dtype=torch.long, device=device), "block_size": block_size}
 
 
+def is_static(cache: dict) -> bool:
+    """Whether a decoding cache (or one layer's part of it) is a static one (``static_cache``)."""
+    return isinstance(cache.get("pos"), torch.Tensor)
+
+
+def layer_cache(cache: dict, key: object) -> dict:
+    """The part of ``cache`` that one layer or unit keeps under ``key``: an empty dict for a growing
+    cache; for a static one, a dict sharing its position tensor and block size."""
+    if key not in cache:
+        cache[key] = {"pos": cache["pos"], "block_size": cache["block_size"]} if is_static(cache) else {}
+    return cache[key]
+
+
 def write_at(buffer: torch.Tensor | None, row: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
     """Write ``row`` (B, H, D) at position ``pos`` of a static (B, H, length, D) buffer, allocated
     (zeros, ``row``'s dtype) on the first call; returns the buffer."""

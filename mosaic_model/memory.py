@@ -16,7 +16,7 @@ import mosaic_kernels
 from mosaic_kernels import reference as reference_ops
 
 from .config import MosaicConfig
-from .lm import write_at
+from .lm import is_static, write_at
 
 
 def ops_for(config: MosaicConfig) -> ModuleType:
@@ -162,54 +162,59 @@ class ContextMemory(nn.Module):
         and the keys k_0..k_{t-1} and values v_0..v_{t-2}. The value v_{t-1} needs x_t (it peeks one
         step ahead), so it is completed here, just before the query k_t reads v_0..v_{t-1}."""
         B, H = x_t.shape[0], self.config.n_head
-        if "pos" in cache:
-            return _static_cmem_step(self, x_t, cache)
+        if is_static(cache):
+            return self._step_static(x_t, cache)
         k_t, cache["key"] = self.key.step(x_t, cache.get("key"))
         u_t = self.value.W_v(x_t).float().view(B, H, -1)
-        if "u_prev" in cache:  # row 0 of the value op over the pair (u_{t-1}, u_t) is v_{t-1}
-            pair = torch.stack([cache["u_prev"], u_t], dim=2)
-            v_prev = reference_ops.peek_ahead_value(pair, self.value.mix.float(), scale=self.value.scale().float(),
-                                                    eps=self.config.norm_eps)[:, :, 0]
+        if "u_prev" in cache:
+            v_prev = self._completed_value(cache["u_prev"], u_t)
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
         cache["u_prev"] = u_t
         if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
-            with torch.autocast(x_t.device.type, enabled=False):  # float32 logits, as the fused kernel keeps
-                p = torch.softmax(torch.einsum("bhd,bhjd->bhj", k_t, cache["K"]), dim=-1)
-                y = torch.einsum("bhj,bhjd->bhd", p, cache["V"])
+            y = self._read(k_t, cache["K"], cache["V"])
             cache["K"] = torch.cat([cache["K"], k_t[:, :, None]], dim=2)
         else:  # position 0 has no key to read: y_0 = 0
             y = torch.zeros_like(k_t)
             cache["K"] = k_t[:, :, None]
         return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
 
+    def _step_static(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """:meth:`step` on a static cache (``lm.static_cache``): the same arithmetic on buffers of the
+        block's length, so every position launches the same kernels on the same memory. At position p
+        the key k_p is written at row p, the completed value v_{p-1} at row p - 1, and the query reads
+        rows j < p (the rest masked); at p = 0 there is nothing to read and y_0 = 0."""
+        B, H = x_t.shape[0], self.config.n_head
+        pos, length = cache["pos"], cache["block_size"]
+        state = cache.get("key")
+        if state is None:  # first token: a zero state gives the same key as no state (y = W_k x_0)
+            state = cache["key"] = x_t.new_zeros(B, H, self.config.head_size, dtype=torch.float32)
+            cache["u_prev"] = torch.zeros_like(state)
+        k_t, new_state = self.key.step(x_t, state)
+        state.copy_(new_state)
+        u_t = self.value.W_v(x_t).float().view(B, H, -1)
+        v_prev = self._completed_value(cache["u_prev"], u_t)  # at p = 0 a dummy, overwritten at p = 1
+        cache["V"] = write_at(cache.get("V"), v_prev, (pos - 1).clamp(min=0), length)
+        cache["u_prev"].copy_(u_t)
+        cache["K"] = write_at(cache.get("K"), k_t, pos, length)
+        readable = torch.arange(length, device=pos.device) < pos  # strictly causal: rows j < p
+        return self.c_proj((self._read(k_t, cache["K"], cache["V"], readable) * (pos > 0)).reshape(B, -1).to(x_t.dtype))
 
-def _static_cmem_step(mem: "ContextMemory", x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-    """:meth:`ContextMemory.step` on a static cache (``lm.static_cache``): the same arithmetic on
-    buffers of the block's length, so every position launches the same kernels on the same memory.
-    At position p the key k_p is written at row p, the completed value v_{p-1} at row p - 1, and the
-    query reads rows j < p (the rest masked); at p = 0 there is nothing to read and y_0 = 0."""
-    B, H = x_t.shape[0], mem.config.n_head
-    pos, length = cache["pos"], cache["block_size"]
-    state = cache.get("key")
-    if state is None:  # first token: a zero state gives the same key as no state (y = W_k x_0)
-        state = cache["key"] = x_t.new_zeros(B, H, mem.config.head_size, dtype=torch.float32)
-        cache["u_prev"] = torch.zeros_like(state)
-    k_t, new_state = mem.key.step(x_t, state)
-    state.copy_(new_state)
-    u_t = mem.value.W_v(x_t).float().view(B, H, -1)
-    pair = torch.stack([cache["u_prev"], u_t], dim=2)  # at p = 0 a dummy, overwritten at p = 1
-    v_prev = reference_ops.peek_ahead_value(pair, mem.value.mix.float(), scale=mem.value.scale().float(),
-                                            eps=mem.config.norm_eps)[:, :, 0]
-    cache["V"] = write_at(cache.get("V"), v_prev, (pos - 1).clamp(min=0), length)
-    cache["u_prev"].copy_(u_t)
-    cache["K"] = write_at(cache.get("K"), k_t, pos, length)
-    readable = torch.arange(length, device=pos.device) < pos  # strictly causal: rows j < p
-    with torch.autocast(x_t.device.type, enabled=False):  # float32 logits, as the fused kernel keeps
-        scores = torch.einsum("bhd,bhjd->bhj", k_t, cache["K"])
-        # A finite fill, so that the empty row at p = 0 stays finite (and is then zeroed), not NaN.
-        p = torch.softmax(scores.masked_fill(~readable, -1e30), dim=-1)
-        y = torch.einsum("bhj,bhjd->bhd", p, cache["V"]) * (pos > 0)
-    return mem.c_proj(y.reshape(B, -1).to(x_t.dtype))
+    def _completed_value(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
+        """v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t: row 0 of the value op over the pair."""
+        pair = torch.stack([u_prev, u_t], dim=2)
+        return reference_ops.peek_ahead_value(pair, self.value.mix.float(), scale=self.value.scale().float(),
+                                              eps=self.config.norm_eps)[:, :, 0]
+
+    @staticmethod
+    def _read(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
+        """One attention row per head, ``softmax_j(k_t . K_j) V_j`` over the rows ``readable`` (all if
+        None), with float32 logits as the fused kernel keeps. A masked row gets a finite fill, so that
+        an empty one (position 0 of a static cache) stays finite, not NaN; the caller zeroes it."""
+        with torch.autocast(k_t.device.type, enabled=False):
+            scores = torch.einsum("bhd,bhjd->bhj", k_t, K)
+            if readable is not None:
+                scores = scores.masked_fill(~readable, -1e30)
+            return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
 
 
 class PersistentMemory(nn.Module):
@@ -261,7 +266,7 @@ class PersistentMemory(nn.Module):
         (``lm.static_cache``) keeps that state in one buffer, updated in place."""
         B, H = x_t.shape[0], self.config.n_head
         k, state = self.key.step(x_t, cache.get("key"))
-        if "pos" in cache and "key" in cache:
+        if is_static(cache) and "key" in cache:
             cache["key"].copy_(state)
         else:
             cache["key"] = state

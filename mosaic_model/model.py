@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .config import MosaicConfig
-from .lm import GenerateMixin, lm_loss
+from .lm import GenerateMixin, is_static, layer_cache, lm_loss
 from .memory import ContextMemory, PersistentMemory
 
 
@@ -27,8 +27,8 @@ class MosaicBlock(nn.Module):
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position (B, d) of :meth:`forward` in eval mode, reading and updating ``cache``."""
-        x_t = x_t + self.cmem.step(self.ln_1(x_t), cache.setdefault("cmem", {}))
-        return x_t + self.pmem.step(self.ln_2(x_t), cache.setdefault("pmem", {}))
+        x_t = x_t + self.cmem.step(self.ln_1(x_t), layer_cache(cache, "cmem"))
+        return x_t + self.pmem.step(self.ln_2(x_t), layer_cache(cache, "pmem"))
 
 
 class MemoryMosaic(GenerateMixin, nn.Module):
@@ -90,12 +90,10 @@ class MemoryMosaic(GenerateMixin, nn.Module):
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``
         (a dict that starts empty): O(1) key updates and one attention row per layer."""
-        static = isinstance(cache.get("pos"), torch.Tensor)
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
-            layer = {"pos": cache["pos"], "block_size": cache["block_size"]} if static else {}
-            x = block.step(x, cache.setdefault(i, {"cmem": layer, "pmem": dict(layer)} if static else {}))
-        if static:
+            x = block.step(x, layer_cache(cache, i))
+        if is_static(cache):
             cache["pos"].add_(1)  # in place: a captured graph advances it too
         return self._head(x)
 
