@@ -28,7 +28,7 @@ class ICLTrainingTask:
         self.a = a
         self.task = ICLTask(ICLTaskConfig(num_train=a.num_train, num_test=a.num_test,
                                           max_string_len=a.max_string_len, seed=a.task_seed,
-                                          iid=getattr(a, "iid", False)))
+                                          iid=a.iid))
         t = self.task
         self.block_size = max(t.train.max_len, t.val.max_len, t.test.max_len)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, model_type_of, read_checkpoint
+from .checkpoint import CheckpointError, load_model, model_type_of, read_checkpoint
 from .checkpoint import build_model as checkpoint_build_model
 from .data.text import DOC_SPLITS, DataError
 from .runtime import autocast_for
@@ -212,6 +212,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--step-cap goes with --epochs")
     if a.eval_every is None:
         p.error("--eval-every must be given (the preset evaluates every epoch: add --epochs)")
+    if a.final_from == "best" and a.no_best:
+        p.error("--final-from best needs best.pt: leave out --no-best")
     if not 0 <= a.attn_dropout < 1:
         p.error(f"--attn-dropout must be in [0, 1), got {a.attn_dropout}")
     if a.model == "gpt" and a.attn_dropout not in (0.0, a.dropout):
@@ -290,7 +292,7 @@ def build_model(a: argparse.Namespace, block_size: int, vocab_size: int) -> torc
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
     if a.model == "mosaic":
         config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel,
-                      attn_dropout=getattr(a, "attn_dropout", 0.0))
+                      attn_dropout=a.attn_dropout)
     return checkpoint_build_model(a.model, config)
 
 
@@ -310,7 +312,7 @@ def lr_at(step: int, a: argparse.Namespace) -> float:
     --lr over --warmup steps, then ``floor + (lr - floor)(1 + cos(pi step / steps)) / 2``, the cosine
     measured from step 0 (warmup_prefix False), so it starts below --lr when the warm-up ends."""
     floor = a.lr * a.min_lr_ratio
-    if getattr(a, "schedule", "cosine") == "regbench":
+    if a.schedule == "regbench":
         if step < a.warmup:
             return 1e-6 + step * (a.lr - 1e-6) / a.warmup
         return floor + 0.5 * (a.lr - floor) * (1 + math.cos(math.pi * min(step / a.steps, 1.0)))
@@ -496,13 +498,14 @@ def train(a: argparse.Namespace) -> dict:
     if not main_rank:
         _finish(log, world)
         return {}
-    final_step = a.steps
+    # The test metrics of --final-from best come from a copy built from best.pt, so that the model, and
+    # the final ckpt.pt saved below, stay the last weights (what --resume --steps N continues from).
+    scored, weights_from, weights_step = model, "last", a.steps
     if a.final_from == "best" and (out / "best.pt").is_file():
-        best_ckpt = torch.load(out / "best.pt", map_location=device, weights_only=False)
-        model.load_state_dict(best_ckpt["model"])
-        final_step = best_ckpt["step"]
-    final = task.final(model, device, dtype)
-    final = {**final, "weights_from": a.final_from, "weights_step": final_step}
+        scored, best_ckpt = load_model(out / "best.pt", device)
+        weights_from, weights_step = "best", best_ckpt["step"]
+    final = task.final(scored, device, dtype)
+    final = {**final, "weights_from": weights_from, "weights_step": weights_step}
     record({"step": a.steps, "split": "test" if task.kind == "icl" else "final", **final})
     save(a.steps, finished=True, final=final)
     _finish(log, world)
