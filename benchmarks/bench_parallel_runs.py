@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from mosaic_model.experiments._pool import Job, run_jobs
+from mosaic_model.experiments._pool import Job, metrics, run_jobs
 
 DEFAULT_RUN = ["--preset", "regbench", "--num-train", "1000", "--epochs", "1000"]
 
 
 def steady_tokens_per_s(run: Path) -> float:
     """Median tokens/s over the second half of a run's training log lines."""
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(run)
     tps = [l["tokens_per_s"] for l in lines if l["split"] == "train"]
     if not tps:
         raise RuntimeError(f"{run}: no training log lines (see {run / 'train.log'})")
@@ -37,7 +37,8 @@ def measure(count: int, steps: int, train_args: list, device: str, root: Path) -
     """Run ``count`` identical processes and return their summed steady tokens/s and the wall time."""
     by_epochs = "--epochs" in train_args or "regbench" in train_args  # the regbench preset counts epochs
     argv = [*train_args, "--step-cap" if by_epochs else "--steps", str(steps),
-            "--eval-every", str(steps), "--save-every", str(steps), "--no-best", "--device", device, "--quiet"]
+            "--eval-every", str(steps), "--save-every", str(steps), "--no-best", "--final-from", "last",
+            "--device", device, "--quiet"]
     jobs = [Job(argv, root / f"n{count}-{i}") for i in range(count)]
     t0 = time.time()
     failed = run_jobs(jobs, parallel=count, poll_s=1.0)

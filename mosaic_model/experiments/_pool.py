@@ -19,11 +19,16 @@ class Job:
     resume: bool = False
 
 
+def metrics(out: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (training logs, evaluations, the final line); [] if none."""
+    path = out / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
 def run_state(out: Path, finished_split: str = "final") -> str:
     """done (metrics.jsonl has its ``finished_split`` line: results outlive a machine that kept no
     checkpoint), partial (a checkpoint to resume from) or new."""
-    metrics = out / "metrics.jsonl"
-    if metrics.exists() and any(json.loads(l)["split"] == finished_split for l in metrics.read_text().splitlines()):
+    if any(l["split"] == finished_split for l in metrics(out)):
         return "done"
     return "partial" if (out / "ckpt.pt").exists() else "new"
 

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._pool import Job, run_jobs, run_state
+from ._pool import Job, metrics, run_jobs, run_state
 
 DEPTHS = (1, 2, 4, 8)
 MODELS = ("mosaic", "gpt")
@@ -93,7 +93,7 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
 
 
 def _curves(out: Path) -> dict:
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(out)
     val = [l for l in lines if l["split"] == "val"]
     return {"step": [l["step"] for l in val], "val": [l["loss"] for l in val], "train": [l["train_loss"] for l in val]}
 

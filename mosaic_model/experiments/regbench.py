@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._pool import Job, run_jobs, run_state
+from ._pool import Job, metrics, run_jobs, run_state
 
 SIZES = (100, 500, 1000, 2500, 10000, 40000)
 MODELS = ("mosaic", "gpt")
@@ -71,7 +71,7 @@ def read_result(out: Path) -> dict | None:
     """A finished run's record: best validation loss and the test metrics (from the best weights)."""
     if run_state(out, "test") != "done":
         return None
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(out)
     vals = [l for l in lines if l["split"] == "val"]
     test = [l for l in lines if l["split"] == "test"][-1]
     best = min(vals, key=lambda l: l["loss"])
