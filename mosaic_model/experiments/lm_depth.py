@@ -53,10 +53,6 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list
             + (["--kernels", a.kernels] if model == "mosaic" else []))
 
 
-def _state(out: Path) -> str:
-    return run_state(out, "final")
-
-
 def cmd_run(a: argparse.Namespace) -> None:
     """Train every grid point not yet finished, ``--parallel`` at a time."""
     root = Path(a.out)
@@ -65,14 +61,15 @@ def cmd_run(a: argparse.Namespace) -> None:
     todo = []
     for model, depth, lr in grid:
         out = root / run_name(model, depth, lr, a.kernels)
-        state = _state(out)
+        state = run_state(out)
         if state != "done":
             todo.append((model, depth, lr, out, state))
     todo = _rerun_for_evals(a, root) + todo  # first: the evaluations wait for them
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
     jobs = [Job(train_argv(a, model, depth, lr), out, resume=state == "partial") for model, depth, lr, out, state in todo]
     run_jobs(jobs, a.parallel, a.time_limit)
-    print(f"status: {sum(_state(root / run_name(*g, a.kernels)) == 'done' for g in grid)}/{len(grid)} runs finished", flush=True)
+    finished = sum(run_state(root / run_name(*g, a.kernels)) == "done" for g in grid)
+    print(f"status: {finished}/{len(grid)} runs finished", flush=True)
 
 
 def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
@@ -130,7 +127,7 @@ def select(root: Path, models: list[str], depths: list[int], lrs: list[float], k
             lr = min(at, key=at.get)
             out, c = mine[lr]
             chosen[f"{model}-L{depth}"] = {"lr": lr, "run": str(out), "step": step, "val_loss": at[lr],
-                                           "finished": _state(out) == "done", "final_val_loss": c["val"][-1],
+                                           "finished": run_state(out) == "done", "final_val_loss": c["val"][-1],
                                            "final_train_loss": c["train"][-1], "curves": c,
                                            "all_lrs": {f"{l:g}": v for l, v in sorted(at.items())}}
     return chosen
@@ -210,7 +207,7 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
     pairs = {}
     for ref in sorted(root.glob("*-reference")):
         fused = root / ref.name[: -len("-reference")]
-        if not ((ref / "metrics.jsonl").exists() and _state(fused) == "done"):
+        if not ((ref / "metrics.jsonl").exists() and run_state(fused) == "done"):
             continue
         cr, cf = _curves(ref), _curves(fused)
         common = sorted(set(cr["step"]) & set(cf["step"]))
@@ -220,7 +217,7 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
         gaps = [abs(at(cr, s) - at(cf, s)) for s in common]
         pairs[fused.name] = {"steps_compared": common, "fused_val": [at(cf, s) for s in common],
                              "reference_val": [at(cr, s) for s in common], "max_abs_val_gap": max(gaps),
-                             "reference_finished": _state(ref) == "done", "curves": {"fused": cf, "reference": cr}}
+                             "reference_finished": run_state(ref) == "done", "curves": {"fused": cf, "reference": cr}}
     if pairs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, r in pairs.items():
