@@ -44,10 +44,10 @@ def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, devic
             if max_batches is not None and n >= max_batches:
                 break
             idx = list(range(start, min(start + batch_size, len(split))))
-            x, y, dfas = split.batch(idx, device)
+            x, y, _ = split.batch(idx, device)
             with autocast_for(device, dtype):
                 logits, loss = model(x, y)
-            m = icl_metrics(logits, x, y, dfas)
+            m = icl_metrics(logits, y, split.legal(idx, device))
             m["loss"] = float(loss)
             for key in ("loss", "accuracy", "l1", "tvd", "chance_accuracy"):
                 totals[key] = totals.get(key, 0.0) + m[key] * len(idx)

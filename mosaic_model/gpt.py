@@ -119,7 +119,9 @@ class GPT(GenerateMixin, nn.Module):
         pos = cache.get("pos", 0)
         if not static:
             cache["pos"] = pos + 1
-        x = self.wte(tokens) + self.wpe.weight[pos]
+        # A static cache's position is a device tensor: indexing with it as an integer would read it back
+        # to the host, which a CUDA graph capture forbids; the embedding lookup stays on the device.
+        x = self.wte(tokens) + (self.wpe(pos.view(1)) if static else self.wpe.weight[pos])
         for i, block in enumerate(self.blocks):
             x = block.step(x, layer_cache(cache, i))
         if static:

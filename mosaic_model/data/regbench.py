@@ -161,6 +161,21 @@ class ICLSplit:
             y[row, : len(s) - 1] = lab
         return x.to(device), y.to(device), [self.dfas[i] for i in indices]
 
+    def legal(self, indices: list[int], device: torch.device | str | None = None) -> torch.Tensor:
+        """The (B, L, VOCAB_SIZE) legal-next-symbol masks of :meth:`batch`'s inputs
+        (:func:`legal_next_symbols`), walked once per sequence and kept: the held-out splits are
+        scored at every evaluation, and the walk is a Python loop over positions."""
+        if not hasattr(self, "_legal"):
+            self._legal: dict[int, np.ndarray] = {}
+        for i in indices:
+            if i not in self._legal:
+                self._legal[i] = _walk_legal(self.dfas[i], self.sequences[i][:-1])
+        L = max(len(self.sequences[i]) for i in indices) - 1
+        out = np.zeros((len(indices), L, VOCAB_SIZE), dtype=bool)
+        for row, i in enumerate(indices):
+            out[row, : len(self._legal[i])] = self._legal[i]
+        return torch.from_numpy(out).to(device)
+
 
 class ICLTask:
     """Train / test / val splits of distinct languages, generated from ``cfg.seed``."""
@@ -211,8 +226,35 @@ class ICLTask:
         return asdict(self.cfg)
 
 
-def icl_metrics(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, dfas: list[DFA]) -> dict:
+def _walk_legal(dfa: DFA, inputs: list[int]) -> np.ndarray:
+    """(len(inputs), VOCAB_SIZE) bool: after each input token, the symbols leaving the state that the
+    current string (the text since the last SEP) has reached; a SEP returns to the start state."""
+    legal = np.zeros((len(inputs), VOCAB_SIZE), dtype=bool)
+    state = 0
+    for t, tok in enumerate(inputs):
+        state = 0 if tok == SEP else dfa.step(state, tok)
+        legal[t, dfa.symbols(state)] = True
+    return legal
+
+
+def legal_next_symbols(inputs: torch.Tensor, dfas: list[DFA]) -> torch.Tensor:
+    """(B, L, VOCAB_SIZE) bool masks of the legal next symbols after each input position of a batch
+    (padding positions: all False), on ``inputs``' device. Every DFA state has an outgoing symbol, so
+    a position is real exactly when its row has a True."""
+    rows = inputs.cpu()
+    out = torch.zeros((*rows.shape, VOCAB_SIZE), dtype=torch.bool)
+    for b, dfa in enumerate(dfas):
+        n_pos = _real_positions(rows[b])
+        out[b, :n_pos] = torch.from_numpy(_walk_legal(dfa, rows[b, :n_pos].tolist()))
+    return out.to(inputs.device)
+
+
+def icl_metrics(logits: torch.Tensor, labels: torch.Tensor, legal: torch.Tensor) -> dict:
     """RegBench metrics of one batch (docs/MODEL.md 6), as means over the batch's positions.
+
+    ``legal`` is the (B, L, VOCAB_SIZE) mask of legal next symbols (:func:`legal_next_symbols` or
+    :meth:`ICLSplit.legal`); positions whose row is all False are padding. Computed on the logits'
+    device, with one read-back at the end.
 
     accuracy: over positions whose label is a symbol (not SEP, not padding), the greedy prediction is
         correct when it is a legal next symbol of the current string's DFA state.
@@ -220,35 +262,24 @@ def icl_metrics(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor
         uniform over the state's outgoing symbols (seq_icl's "TVD", no 1/2); tvd = l1 / 2.
     chance_accuracy: the accuracy of a uniform guess over the 18 letters, for reference.
     """
-    probs = torch.softmax(logits.float(), dim=-1).cpu()
-    pred = probs.argmax(dim=-1)
-    inputs, labels = inputs.cpu(), labels.cpu()
-    correct = scored = 0
-    chance = l1_sum = 0.0
-    l1_count = 0
-    for b, dfa in enumerate(dfas):
-        n_pos = _real_positions(inputs[b])
-        legal = np.zeros((n_pos, VOCAB_SIZE), dtype=bool)  # legal next symbols at each position
-        state = 0
-        for t, tok in enumerate(inputs[b, :n_pos].tolist()):
-            state = 0 if tok == SEP else dfa.step(state, tok)
-            legal[t, dfa.symbols(state)] = True
-        legal_t = torch.from_numpy(legal)
-        n_legal = legal_t.sum(dim=1)
-        q = legal_t.float() / n_legal[:, None]
-        l1_sum += float((probs[b, :n_pos] - q).abs().sum())
-        l1_count += n_pos
-        is_scored = labels[b, :n_pos] != IGNORE
-        hit = legal_t.gather(1, pred[b, :n_pos, None])[:, 0]
-        scored += int(is_scored.sum())
-        correct += int((hit & is_scored).sum())
-        chance += float((n_legal[is_scored] / len(LETTERS)).sum())
+    legal = legal.to(logits.device)
+    labels = labels.to(logits.device)
+    probs = torch.softmax(logits.float(), dim=-1)
+    n_legal = legal.sum(dim=-1)                                   # (B, L), 0 at padding
+    real = n_legal > 0
+    q = legal.float() / n_legal.clamp_min(1)[..., None]           # the PFA's next-symbol law
+    l1_sum = ((probs - q).abs().sum(dim=-1) * real).sum()
+    scored = real & (labels != IGNORE)
+    hit = legal.gather(-1, probs.argmax(dim=-1, keepdim=True))[..., 0]
+    stats = torch.stack([(hit & scored).sum().float(), scored.sum().float(), l1_sum.float(), real.sum().float(),
+                         (n_legal.float() * scored).sum() / len(LETTERS)]).tolist()
+    correct, n_scored, l1, n_real, chance = stats
     return {
-        "accuracy": correct / max(scored, 1),
-        "l1": l1_sum / max(l1_count, 1),
-        "tvd": 0.5 * l1_sum / max(l1_count, 1),
-        "chance_accuracy": chance / max(scored, 1),
-        "positions": scored,
+        "accuracy": correct / max(n_scored, 1),
+        "l1": l1 / max(n_real, 1),
+        "tvd": 0.5 * l1 / max(n_real, 1),
+        "chance_accuracy": chance / max(n_scored, 1),
+        "positions": int(n_scored),
     }
 
 

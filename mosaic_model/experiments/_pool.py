@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,13 @@ def run_state(out: Path, finished_split: str = "final") -> str:
     return "partial" if (out / "ckpt.pt").exists() else "new"
 
 
-def run_jobs(jobs: list, parallel: int, time_limit: float | None = None, poll_s: float = 5.0) -> int:
+def run_jobs(jobs: list, parallel: int, time_limit: float | None = None, poll_s: float = 5.0,
+             on_exit: Callable[[Job, int], None] | None = None) -> int:
     """Start ``jobs`` in order, ``parallel`` at a time, each logging to ``out/train.log``. With
     ``time_limit`` (seconds, for the whole list) every process gets the time left as its own
-    ``--time-limit`` and stops cleanly with a checkpoint. Prints one progress line per poll; returns
-    the number of jobs that failed."""
+    ``--time-limit`` and stops cleanly with a checkpoint. ``on_exit(job, returncode)`` runs as each
+    process ends (a sweep records a finished run at once, not only after the whole list). Prints one
+    progress line per poll; returns the number of jobs that failed."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     todo, running = list(jobs), []
@@ -53,17 +56,19 @@ def run_jobs(jobs: list, parallel: int, time_limit: float | None = None, poll_s:
                 argv += ["--time-limit", str(max(1.0, deadline - time.time()))]
             job.out.mkdir(parents=True, exist_ok=True)
             log = open(job.out / "train.log", "a")
-            running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), job.out, log))
+            running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), job, log))
         time.sleep(poll_s)
         for entry in list(running):
-            proc, out, log = entry
+            proc, job, log = entry
             if proc.poll() is not None:
                 running.remove(entry)
                 log.close()
                 exited += 1
                 if proc.returncode != 0:
                     failed += 1
-                    print(f"FAILED ({proc.returncode}): {out}; see {out / 'train.log'}", flush=True)
+                    print(f"FAILED ({proc.returncode}): {job.out}; see {job.out / 'train.log'}", flush=True)
+                if on_exit is not None:
+                    on_exit(job, proc.returncode)
         elapsed = time.time() - t0
         rate = exited / elapsed if exited else 0
         eta = f"{(len(todo) + len(running)) / rate / 60:.1f} min" if rate else "?"

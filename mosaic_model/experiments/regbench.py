@@ -79,29 +79,36 @@ def read_result(out: Path) -> dict | None:
             "test": {k: test[k] for k in ("loss", "accuracy", "l1", "tvd", "chance_accuracy", "weights_step")}}
 
 
+def _record(a: argparse.Namespace, point: tuple) -> bool:
+    """Write ``result.json`` beside a finished run (its settings and :func:`read_result`); False if the
+    run has not finished."""
+    out = Path(a.out) / run_name(*point, iid=a.iid)
+    result = read_result(out)
+    if result is None:
+        return False
+    model, size, depth, width, wd, lr = point
+    settings = dict(model=model, num_train=size, n_layer=depth, n_embd=width, weight_decay=wd, lr=lr,
+                    iid=a.iid, epochs=a.epochs, step_cap=a.step_cap)
+    (out / "result.json").write_text(json.dumps({**settings, **result}, indent=1))
+    return True
+
+
 def cmd_run(a: argparse.Namespace) -> None:
-    """Train every grid point not yet finished; write result.json beside each finished run."""
+    """Train every grid point not yet finished; write result.json beside each run as it finishes."""
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     points = grid(a)
-    jobs = []
+    jobs, point_of = [], {}
     for point in points:
         out = root / run_name(*point, iid=a.iid)
         state = run_state(out, "test")
         if state != "done":
             jobs.append(Job(train_argv(a, *point), out, resume=state == "partial"))
+            point_of[out] = point
     print(f"sweep: {len(points)} runs, {len(points) - len(jobs)} done, {len(jobs)} to run ({a.parallel} at a time)",
           flush=True)
-    failed = run_jobs(jobs, a.parallel, a.time_limit)
-    done = 0
-    for model, size, depth, width, wd, lr in points:
-        out = root / run_name(model, size, depth, width, wd, lr, a.iid)
-        result = read_result(out)
-        if result is not None:
-            done += 1
-            settings = dict(model=model, num_train=size, n_layer=depth, n_embd=width, weight_decay=wd, lr=lr,
-                            iid=a.iid, epochs=a.epochs, step_cap=a.step_cap)
-            (out / "result.json").write_text(json.dumps({**settings, **result}, indent=1))
+    failed = run_jobs(jobs, a.parallel, a.time_limit, on_exit=lambda job, _rc: _record(a, point_of[job.out]))
+    done = sum(_record(a, point) for point in points)
     print(f"status: {done}/{len(points)} runs finished" + (f", {failed} failed" if failed else ""), flush=True)
 
 

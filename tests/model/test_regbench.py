@@ -15,6 +15,7 @@ from mosaic_model.data.regbench import (
     ICLTask,
     ICLTaskConfig,
     icl_metrics,
+    legal_next_symbols,
     minimize,
     random_dfa,
 )
@@ -92,7 +93,7 @@ def test_metrics_perfect_model():
     probs = torch.full((1, 5, VOCAB_SIZE), 1e-12)
     for t, syms in enumerate(legal):
         probs[0, t, syms] = 1.0 / len(syms)
-    m = icl_metrics(probs.log(), x, y, [dfa])
+    m = icl_metrics(probs.log(), y, legal_next_symbols(x, [dfa]))
     assert m["accuracy"] == 1.0 and m["positions"] == 4
     assert m["l1"] < 1e-9 and abs(m["tvd"] - m["l1"] / 2) < 1e-12
     assert abs(m["chance_accuracy"] - (1 + 2 + 1 + 2) / 18 / 4) < 1e-6
@@ -102,9 +103,41 @@ def test_metrics_uniform_and_wrong_predictions():
     dfa, x, y, legal = _hand_case()
     logits = torch.zeros(1, 5, VOCAB_SIZE)
     logits[0, :, SEP] = 5.0  # argmax is the separator: never counted correct
-    m = icl_metrics(logits, x, y, [dfa])
+    m = icl_metrics(logits, y, legal_next_symbols(x, [dfa]))
     assert m["accuracy"] == 0.0
-    uniform = icl_metrics(torch.zeros(1, 5, VOCAB_SIZE), x, y, [dfa])
+    uniform = icl_metrics(torch.zeros(1, 5, VOCAB_SIZE), y, legal_next_symbols(x, [dfa]))
     # L1 of uniform(20) against uniform over n legal symbols: n*(1/n - 1/20) + (20-n)/20
     want = np.mean([len(s) * (1 / len(s) - 1 / 20) + (20 - len(s)) / 20 for s in legal])
     assert abs(uniform["l1"] - want) < 1e-6
+
+
+def test_split_legal_masks_match_the_walk_and_the_metrics_a_plain_loop():
+    # The split keeps each sequence's masks between evaluations; they must be the walk of the batch
+    # it serves, in any order and batch composition (padding rows all False).
+    task = small_task()
+    for idx in ([0, 1, 2], [5, 0], [2]):
+        x, y, dfas = task.val.batch(idx)
+        assert torch.equal(task.val.legal(idx), legal_next_symbols(x, dfas))
+    # The vectorised metrics against a plain loop over positions, on random logits.
+    idx = list(range(len(task.val)))
+    x, y, dfas = task.val.batch(idx)
+    logits = torch.randn(*x.shape, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    m = icl_metrics(logits, y, task.val.legal(idx))
+    probs = torch.softmax(logits.double(), dim=-1)
+    correct = scored = real = 0
+    l1 = 0.0
+    for b, dfa in enumerate(dfas):
+        state = 0
+        for t, tok in enumerate(x[b].tolist()):
+            if t >= len(task.val.sequences[idx[b]]) - 1:
+                break
+            state = 0 if tok == SEP else dfa.step(state, tok)
+            syms = dfa.symbols(state)
+            real += 1
+            l1 += sum(abs(float(probs[b, t, v]) - (1 / len(syms) if v in syms else 0.0)) for v in range(VOCAB_SIZE))
+            if int(y[b, t]) != IGNORE:
+                scored += 1
+                correct += int(probs[b, t].argmax()) in syms
+    assert m["positions"] == scored and m["accuracy"] == correct / scored
+    # float32 softmax and a float32 sum over ~1e3 positions of terms <= 2: relative error well under 1e-5.
+    assert abs(m["l1"] - l1 / real) < 1e-5
