@@ -9,13 +9,17 @@ Providers (one run, same pre-scaled keys, scale 1):
   flex            compiled FlexAttention with mask_mod kv < q (row 0 set to 0 after)
   naive           materialised scores, masked softmax (T <= 8192)
 Modes fwd, bwd, fwd+bwd; TFLOP/s with the causal convention 2*B*H*T^2*D forward, 2.5x that backward;
-peak extra memory of fwd+bwd.
+peak extra memory of fwd+bwd. ``--dropout P`` gives every provider dropout P on the attention weights
+(FlexAttention has none and is left out; ours regenerates its mask in the backward, SDPA's backends
+keep their own schemes).
 
-Usage: python -m benchmarks.bench_attention [--dtype bf16] [--out results.md] [--providers ...]
+Usage: python -m benchmarks.bench_attention [--dtype bf16] [--dropout 0] [--shapes B,H,T,D ...]
+       [--out results.md] [--providers ...]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -30,32 +34,34 @@ NAIVE_MAX_T = 8192
 
 
 def _shift(backend):
-    def fn(k, v):
+    def fn(k, v, p=0.0):
         with sdpa_kernel([backend]):
-            y = F.scaled_dot_product_attention(k[:, :, 1:], k[:, :, :-1], v[:, :, :-1], is_causal=True, scale=1.0)
+            y = F.scaled_dot_product_attention(k[:, :, 1:], k[:, :, :-1], v[:, :, :-1], is_causal=True, scale=1.0,
+                                               dropout_p=p)
         return torch.cat([torch.zeros_like(v[:, :, :1]), y], dim=2)
     return fn
 
 
-def sdpa_mask(k, v):
+def sdpa_mask(k, v, p=0.0):
     T = k.shape[2]
     mask = torch.ones(T - 1, T, dtype=torch.bool, device=k.device).tril()
-    y = F.scaled_dot_product_attention(k[:, :, 1:], k, v, attn_mask=mask, scale=1.0)
+    y = F.scaled_dot_product_attention(k[:, :, 1:], k, v, attn_mask=mask, scale=1.0, dropout_p=p)
     return torch.cat([torch.zeros_like(v[:, :, :1]), y], dim=2)
 
 
-def naive(k, v):
+def naive(k, v, p=0.0):
     T = k.shape[2]
     s = (k @ k.transpose(-1, -2)).float()
     keep = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)
-    p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
-    return (p.to(v.dtype) @ v)
+    w = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
+    return (F.dropout(w, p) if p > 0 else w).to(v.dtype) @ v
 
 
 _FLEX = {}
 
 
-def flex(k, v):
+def flex(k, v, p=0.0):
+    assert p == 0.0, "FlexAttention has no dropout"
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     B, H, T, D = k.shape
@@ -69,14 +75,15 @@ def flex(k, v):
     return torch.cat([torch.zeros_like(y[:, :, :1]), y[:, :, 1:]], dim=2)  # row 0 has no key
 
 
-PROVIDERS = {"ours": mosaic_attention, "sdpa_flash": _shift(SDPBackend.FLASH_ATTENTION),
+PROVIDERS = {"ours": lambda k, v, p=0.0: mosaic_attention(k, v, dropout_p=p), "sdpa_flash": _shift(SDPBackend.FLASH_ATTENTION),
              "sdpa_cudnn": _shift(SDPBackend.CUDNN_ATTENTION), "sdpa_mask": sdpa_mask, "flex": flex,
              "naive": naive}
 
 
-def run(dtype, providers) -> list[dict]:
+def run(dtype, providers, dropout: float = 0.0, shapes: list | None = None) -> list[dict]:
+    """Time every provider at every shape; one row per (shape, provider, mode)."""
     rows = []
-    for (B, H, T, D) in SHAPES:
+    for (B, H, T, D) in shapes or SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
         k = F.normalize(torch.randn(B, H, T, D, device="cuda", generator=g), dim=-1) * 2.7  # pre-scaled keys
         k = k.to(dtype)
@@ -84,9 +91,9 @@ def run(dtype, providers) -> list[dict]:
         dy = torch.randn_like(v)
         flops = 2 * B * H * T * T * D
         for name in providers:
-            if name == "naive" and T > NAIVE_MAX_T:
+            if (name == "naive" and T > NAIVE_MAX_T) or (name == "flex" and dropout > 0):
                 continue
-            fn = PROVIDERS[name]
+            fn = functools.partial(PROVIDERS[name], p=dropout)
             kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
             try:
                 y = fn(kr, vr)
@@ -127,12 +134,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=list(PROVIDERS))
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the attention weights, every provider")
+    p.add_argument("--shapes", nargs="+", default=None, help="B,H,T,D each (default: the standard list)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    if not 0.0 <= a.dropout < 1.0:
+        p.error(f"--dropout must be in [0, 1), got {a.dropout}")
+    try:
+        shapes = [tuple(int(x) for x in sh.split(",")) for sh in a.shapes] if a.shapes else None
+    except ValueError:
+        p.error(f"--shapes must be B,H,T,D integers, got {a.shapes}")
+    if shapes and any(len(sh) != 4 for sh in shapes):
+        p.error(f"--shapes must be B,H,T,D (four integers each), got {a.shapes}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
-    rows = run(dtype, a.providers)
+    rows = run(dtype, a.providers, a.dropout, shapes)
     md = (f"{header(command_line('benchmarks.bench_attention'))}\n\n"
-          f"mosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1.\n\n"
+          f"mosaic_attention, {a.dtype}, pre-scaled unit keys x 2.7, scale 1, dropout {a.dropout}.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "TFLOPs", "peak_MiB"])
           + "\n\nSpeed of ours relative to each peer (peer ms / our ms; > 1: ours faster):\n\n"
           + table(ratios(rows), ["shape", "mode", "best_sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive"]))

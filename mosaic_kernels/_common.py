@@ -145,3 +145,19 @@ def per_head_tensor(value: float | torch.Tensor | None, n_head: int, like: torch
     if isinstance(value, float):
         return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
     return value.float().contiguous()
+
+
+def check_dropout(dropout_p: object, generator: object) -> float:
+    """Validate a dropout probability in [0, 1) and an optional torch.Generator; returns p as a float."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return float(dropout_p)
+
+
+def check_philox_counters(T: int, columns: int, dropout_p: float) -> None:
+    """Dropout's Philox counter of row t, column j is t * ceil(columns / 8) + j // 8 in 32 bits."""
+    if dropout_p > 0 and T * -(-columns // 8) >= 2 ** 31:
+        raise ValueError(f"dropout needs T * ceil(columns / 8) < 2^31 (32-bit Philox counters), "
+                         f"got T={T} and {columns} columns")

@@ -1,4 +1,12 @@
-"""Triton kernels shared by the ops."""
+"""Triton kernels shared by the ops: the softmax backward's row term, and the dropout mask generator
+of the two softmax ops (attention over positions, persistent memory over slots).
+
+Dropout: a probability of (b, h, row t, column j) survives when a 16-bit uniform is >= THRESHOLD
+(= round(p * 2^16)). The uniforms come from Philox4x32 keyed by (seed + b*H + h), counter
+t * GROUPS + j // 8 with GROUPS = ceil(columns / 8): one call gives 4 x 32 bits = 8 uniforms for 8
+neighbouring columns. The mask is a function of (seed, b, h, t, j) only, so a forward and its
+backward kernels regenerate the same one whatever their tiles, and nothing is stored.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,3 +42,69 @@ def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, emp
         y, dy, delta, *y.stride()[:3], *dy.stride(), H, T, D, BLOCK_M=block_m, BLOCK_D=block_d)
     return delta
 
+
+
+UNIFORM_BITS = 16  # dropout compares a 16-bit uniform with round(p * 2^16)
+# Philox4x32 with 7 rounds is the fewest that pass TestU01's BigCrush (Salmon et al., SC'11);
+# Triton's default is 10. The generator runs once per 8 probabilities in each kernel that needs them.
+PHILOX_ROUNDS = tl.constexpr(7)
+
+
+@triton.jit
+def _keep_tile(seed, rows, col0, GROUPS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, THRESHOLD: tl.constexpr):
+    """(BLOCK_R, BLOCK_C) keep mask for rows ``rows`` and columns [col0, col0 + BLOCK_C); col0 is a
+    multiple of 8 and GROUPS the Philox calls per row."""
+    groups = col0 // 8 + tl.arange(0, BLOCK_C // 8)
+    counter = rows[:, None] * GROUPS + groups[None, :]                     # (R, C/8)
+    r0, r1, r2, r3 = tl.randint4x(seed, counter, PHILOX_ROUNDS)           # 4 x (R, C/8) uint32
+    u = tl.join(tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16)),
+                tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16)))
+    u = tl.reshape(u, (BLOCK_R, BLOCK_C))                                  # 8 uniforms per group
+    return u >= THRESHOLD
+
+
+@triton.jit
+def _keep_mask_kernel(KEEP, SEED, H, T, P, GROUPS, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                      THRESHOLD: tl.constexpr):
+    # The mask the kernels use, written out as (B, H, T, P) int8 (tests only).
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    seed = tl.load(SEED) + pid_bh
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    for col0 in range(0, P, BLOCK_P):
+        cols = col0 + tl.arange(0, BLOCK_P)
+        keep = _keep_tile(seed, rows, col0, GROUPS, BLOCK_T, BLOCK_P, THRESHOLD)
+        ptr = KEEP + (pid_bh * T + rows[:, None]) * P + cols[None, :]
+        tl.store(ptr, keep.to(tl.int8), mask=(rows[:, None] < T) & (cols[None, :] < P))
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """The integer threshold of a 16-bit uniform below which a probability is dropped."""
+    return int(round(dropout_p * (1 << UNIFORM_BITS)))
+
+
+def keep_scale(threshold: int) -> float:
+    """1 / (1 - p) for the p the threshold really gives (p rounded to a multiple of 2^-16)."""
+    return 1.0 / (1.0 - threshold / (1 << UNIFORM_BITS))
+
+
+def philox_groups(columns: int) -> int:
+    """Philox calls per row: one per 8 columns (the counter of row t, column j is t * groups + j // 8)."""
+    return triton.cdiv(columns, 8)
+
+
+def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A fresh Philox seed, an int64 tensor of one element on ``device``, from ``generator`` (or the
+    global generator of that device)."""
+    return torch.randint(0, 1 << 62, (1,), device=device, dtype=torch.int64, generator=generator)
+
+
+def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, T: int, P: int, dropout_p: float) -> torch.Tensor:
+    """The (B, H, T, P) bool mask of kept probabilities that the kernels use for ``seed`` (an int64
+    tensor of one element on the kernels' device), over T rows and P columns (slots for the
+    persistent memory; P = T positions for the attention). For tests and inspection."""
+    keep = torch.empty((B, H, T, P), device=seed.device, dtype=torch.int8)
+    bt = 16
+    _keep_mask_kernel[(triton.cdiv(T, bt), B * H)](
+        keep, seed, H, T, P, philox_groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
+    return keep.bool()

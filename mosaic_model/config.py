@@ -13,7 +13,8 @@ class MosaicConfig:
 
     Choices where the official versions differ (docs/MODEL.md 5) are fields:
       attn_dropout: C-mem attention-probability dropout. 0 follows Library eft (the BabiStories runs);
-        Library regular and nano apply dropout there. Only the reference ops implement it.
+        Library regular and nano apply dropout there. Both kernel paths implement it (the fused one
+        regenerates its mask in the backward; the two paths draw different masks).
       key_scale_max: clamp of ``10 * q`` in the key bandwidth ``exp(min(10 q, key_scale_max))``
         (Library: 5, zero gradient above).
       norm_eps: lower bound of the key/value L2 norms (the Library has none and can give NaN).
@@ -49,8 +50,8 @@ class MosaicConfig:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
         if self.pmem_kernel not in PMEM_KERNEL_CHOICES:
             raise ValueError(f"pmem_kernel must be one of {PMEM_KERNEL_CHOICES}, got {self.pmem_kernel!r}")
-        if self.attn_dropout > 0 and self.kernels != "reference":
-            raise ValueError("attn_dropout > 0 needs kernels='reference': the fused attention has no dropout")
+        if not 0.0 <= self.attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pmem_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

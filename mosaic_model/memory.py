@@ -149,10 +149,8 @@ class ContextMemory(nn.Module):
         if self.config.kernels != "reference":  # the reference keeps the official code's two casts
             x = cast_once_for_autocast(x)
         k, v = self.key(x), self.value(x)
-        if self.config.attn_dropout > 0 and self.training:
-            y = reference_ops.mosaic_attention(k, v, None, dropout_p=self.config.attn_dropout)
-        else:
-            y = ops_for(self.config).mosaic_attention(k, v, **layout_for(self.config))
+        p = self.config.attn_dropout if self.training else 0.0
+        y = ops_for(self.config).mosaic_attention(k, v, dropout_p=p, **layout_for(self.config))
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:

@@ -48,7 +48,7 @@ PRESETS = {
     # transformer of the same depth and width; 200 epochs of AdamW on every parameter, fp32, the test
     # metrics from the weights of best validation loss.
     "regbench": dict(task="icl", n_layer=2, n_head=8, n_embd=128, pmem_size=448, dropout=0.05, attn_dropout=0.05,
-                     kernels="reference", max_string_len=49, num_train=100, num_test=1000, lr=5e-4,
+                     kernels="fused", max_string_len=49, num_train=100, num_test=1000, lr=5e-4,
                      weight_decay=0.1, decay_all=True, beta1=0.9, beta2=0.999, batch_size=32, epochs=200,
                      schedule="regbench", min_lr_ratio=0.1, grad_clip=1.0, dtype="float32", final_from="best",
                      eval_every=None),
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pmem-size", type=int, default=None, help="P-mem slots per head; None = 3.5 x n_embd")
     m.add_argument("--dropout", type=float, default=0.05, help="residual dropout (and P-mem slot dropout for the Memory Mosaic)")
     m.add_argument("--attn-dropout", type=float, default=0.0,
-                   help="Memory Mosaic C-mem attention dropout (lib-naive; needs --kernels reference for now). "
+                   help="Memory Mosaic C-mem attention dropout (lib-naive). "
                         "GPT2 drops attention weights at --dropout, so for it this is 0 or --dropout")
     m.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="fused Triton ops or the PyTorch references")
@@ -218,9 +218,6 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--attn-dropout must be in [0, 1), got {a.attn_dropout}")
     if a.model == "gpt" and a.attn_dropout not in (0.0, a.dropout):
         p.error(f"--attn-dropout: GPT2's attention dropout is --dropout ({a.dropout}), got {a.attn_dropout}")
-    if a.model == "mosaic" and a.attn_dropout > 0 and a.kernels != "reference":
-        p.error("--attn-dropout (the Memory Mosaic's C-mem dropout) runs on --kernels reference for now: "
-                "the fused attention has no dropout yet")
     for name in ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
                  "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"):
         if getattr(a, name) < 1:

@@ -22,14 +22,18 @@ def leaky_loop(x, decay, normalize=False, scale=None, eps=1e-12):
     return y
 
 
-def attention_loop(k, v, scale=None):
-    """Row by row: y_t = softmax_j<t(scale <k_t, k_j>) v_{j<t}; y_0 = 0."""
+def attention_loop(k, v, scale=None, keep=None, dropout_p=0.0):
+    """Row by row: y_t = softmax_j<t(scale <k_t, k_j>) v_{j<t}; y_0 = 0. With ``keep`` (a (B, H, T, T)
+    bool mask), the weights of row t are multiplied by keep[..., t, :t] / (1 - dropout_p)."""
     B, H, T, D = k.shape
     s = 1.0 if scale is None else (scale.view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale)
     rows = [v[:, :, :1] * 0]
     for t in range(1, T):
         logits = (k[:, :, t:t + 1] @ k[:, :, :t].transpose(-1, -2)) * s
-        rows.append(torch.softmax(logits, dim=-1) @ v[:, :, :t])
+        probs = torch.softmax(logits, dim=-1)
+        if keep is not None:
+            probs = probs * keep[:, :, t:t + 1, :t] / (1.0 - dropout_p)
+        rows.append(probs @ v[:, :, :t])
     return torch.cat(rows, dim=2)
 
 

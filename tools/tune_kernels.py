@@ -16,6 +16,7 @@ import torch
 from benchmarks._common import bench_ms
 from mosaic_kernels import leaky_average
 from mosaic_kernels._common import as_heads_last
+from mosaic_kernels._triton_common import dropout_threshold
 from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 from mosaic_kernels.leaky_average import function as leaky_fn
 from mosaic_kernels.persistent_memory import function as pmem_fn
@@ -158,7 +159,7 @@ def tune_pmem():
         dy = torch.randn_like(q)
         c = torch.ones(H, device="cuda")
         for p in (0.0, 0.05):
-            thr = pmem_fn.dropout_threshold(p)
+            thr = dropout_threshold(p)
             seed = torch.tensor([123], device="cuda", dtype=torch.int64)
             y, lse = pmem_fn.slots_forward(q, mk, mv, c, seed, thr)
             dyt = as_heads_last(dy, True)  # the layout autograd passes: (B, T, H, D) memory

@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import torch
 
-from .._common import MAX_HEAD_DIM, as_heads_last, check_heads, check_like, check_tensor, per_head, use_triton
+from .._common import (
+    MAX_HEAD_DIM,
+    as_heads_last,
+    check_dropout,
+    check_heads,
+    check_like,
+    check_philox_counters,
+    check_tensor,
+    per_head,
+    use_triton,
+)
 from . import reference as _reference
 
 __all__ = ["mosaic_attention"]
 
 
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
+                     dropout_p: float = 0.0, generator: torch.Generator | None = None,
                      heads_last: bool = False) -> torch.Tensor:
     """Strictly causal softmax attention with queries = keys and a per-head bandwidth.
 
@@ -21,6 +32,11 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         v: ``(B, H, T, D)`` values, same shape, dtype and device as ``k``.
         scale: None (1.0), a float, or a ``(H,)`` tensor (its gradient is returned when it
             requires grad). The Memory Mosaic pre-scales its keys and passes None.
+        dropout_p: probability of dropping each attention weight (after the softmax; the kept ones
+            are divided by ``1 - p``), in [0, 1). The kernels draw with 16-bit resolution (p is
+            rounded to a multiple of 2^-16) and regenerate the mask in the backward from a Philox
+            seed, never storing it.
+        generator: the torch.Generator the dropout seed is drawn from (default: the global one).
         heads_last: return a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)`` buffer instead of
             a contiguous tensor, so that merging the heads before an output projection,
             ``y.transpose(1, 2).reshape(B, T, H * D)``, costs no copy (SDPA's flash and cuDNN
@@ -33,7 +49,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         through the interpreter when ``TRITON_INTERPRET=1``.
 
     Raises:
-        ValueError: on a bad shape, dtype, device or scale.
+        ValueError: on a bad shape, dtype, device, scale, dropout_p or generator.
 
     Example:
         >>> k, v = torch.randn(2, 4, 128, 64), torch.randn(2, 4, 128, 64)
@@ -45,8 +61,12 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
     check_like("v", v, "k", k)
     scale = per_head("scale", scale, H, k)
+    dropout_p = check_dropout(dropout_p, generator)
     if use_triton(k):
         from .function import mosaic_attention_triton
 
-        return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last))
-    return as_heads_last(_reference.mosaic_attention(k, v, scale), bool(heads_last))
+        check_philox_counters(T, T, dropout_p)
+        return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
+                                       generator=generator)
+    y = _reference.mosaic_attention(k, v, scale, dropout_p=dropout_p, generator=generator)
+    return as_heads_last(y, bool(heads_last))

@@ -6,7 +6,7 @@ import triton
 from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, per_head_tensor
-from .._triton_common import row_delta
+from .._triton_common import draw_seed, dropout_threshold, keep_scale, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -78,25 +78,37 @@ def _check_blocks(block_p: int, *loop_blocks: int):
             raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
+def _dropout_args(k: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor | None, threshold: int) -> tuple:
+    """The kernels' dropout arguments: (SEED, GROUPS, keep_scale), where SEED is any tensor when there is
+    no dropout (never read), and the compile-time {DROPOUT, THRESHOLD}."""
+    args = (scale_t if threshold == 0 else seed, philox_groups(k.shape[2]), keep_scale(threshold))
+    return args, dict(DROPOUT=threshold > 0, THRESHOLD=threshold)
+
+
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
-                      heads_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      heads_last: bool = False, seed: torch.Tensor | None = None,
+                      threshold: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
-    ``fwd_config`` overrides the tile choice (tuning)."""
+    ``fwd_config`` overrides the tile choice (tuning). Dropout: ``threshold`` > 0
+    (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element."""
     B, H, T, D = k.shape
     cfg = dict(fwd_config or _fwd_config(T, D))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
+    (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
     _attn_fwd_kernel[grid](
-        k, v, y, lse, scale_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D,
-        BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **cfg)
+        k, v, y, lse, scale_t, seed_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D, groups, kscale,
+        BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **cfg)
     return y, lse
 
 
 def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
-                       dy: torch.Tensor, bwd_config: dict | None = None) -> tuple:
+                       dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
+                       threshold: int = 0) -> tuple:
     """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks)).
-    ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns."""
+    ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns.
+    ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated here."""
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D))
     if "key" in cfg:
@@ -106,6 +118,8 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
         _check_blocks(cfg["BLOCK_P"], cfg["BLOCK_Q"], cfg["BLOCK_K"])
     bd = _block_d(D)
     common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
+    (seed_t, *drop_args), drop = _dropout_args(k, scale_t, seed, threshold)
+    common.update(drop)
     strides = (*k.stride(), *v.stride(), *dy.stride())
     delta = row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
@@ -114,62 +128,65 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
         n_blocks = triton.cdiv(T, cfg["BLOCK_P"])
         part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
         _attn_bwd_kernel[(n_blocks, B * H)](
-            k, v, dy, lse, delta, scale_t, dk, dv, part, *strides, H, T, D, **common, **cfg)
+            k, v, dy, lse, delta, scale_t, seed_t, dk, dv, part, *strides, H, T, D, *drop_args, **common, **cfg)
         return dk, dv, part
     key, query = cfg["key"], cfg["query"]
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
     _attn_bwd_key_kernel[(B * H, triton.cdiv(T, key["BLOCK_P"]))](
-        k, v, dy, lse, delta, scale_t, dv, dk_key, *strides, H, T, D, **common, **key)
+        k, v, dy, lse, delta, scale_t, seed_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
     n_blocks = triton.cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
     _attn_bwd_query_kernel[(B * H, n_blocks)](
-        k, v, dy, lse, delta, scale_t, dk_key, dk, part, *strides, H, T, D, **common, **query)
+        k, v, dy, lse, delta, scale_t, seed_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common, **query)
     return dk, dv, part
 
 
 # The kernels are registered as torch.library custom ops so that torch.compile traces through the
 # model without a graph break; their fake (meta) implementations give the output shapes.
 @torch.library.custom_op("mosaic::attention_fwd", mutates_args=())
-def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
-                  heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward op: (y, per-row log-sum-exp in float32); scale is (H,) float32."""
-    return attention_forward(k, v, scale, heads_last=heads_last)
+def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
+                  threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward op: (y, per-row log-sum-exp in float32); scale is (H,) float32; dropout when threshold > 0."""
+    return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold)
 
 
 @attention_fwd.register_fake
-def _(k, v, scale, heads_last):
+def _(k, v, scale, heads_last, seed, threshold):
     B, H, T, D = k.shape
     return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
             k.new_empty((B, H, T), dtype=torch.float32))
 
 
-def _backward_summed(k, v, y, lse, scale, dy):
-    dk, dv, part = attention_backward(k, v, y, lse, scale, dy)
+def _backward_summed(k, v, y, lse, scale, seed, threshold, dy):
+    dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold)
     return dk, dv, part.sum(dim=(0, 2))  # fixed order: deterministic
 
 
 @torch.library.custom_op("mosaic::attention_bwd", mutates_args=())
 def attention_bwd(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+                  seed: torch.Tensor, threshold: int,
                   dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward op: (dk, dv, d(scale) per head in float32)."""
-    return _backward_summed(k, v, y, lse, scale, dy)
+    return _backward_summed(k, v, y, lse, scale, seed, threshold, dy)
 
 
 @attention_bwd.register_fake
-def _(k, v, y, lse, scale, dy):
+def _(k, v, y, lse, scale, seed, threshold, dy):
     return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty((k.shape[1],), dtype=torch.float32)
 
 
 def _grads(ctx, dy, backward_fn):
-    k, v, y, lse, scale = ctx.saved_tensors
-    return backward_fn(k, v, y, lse, scale, dy)
+    k, v, y, lse, scale, seed = ctx.saved_tensors
+    return backward_fn(k, v, y, lse, scale, seed, ctx.threshold, dy)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2], *output, inputs[2])
+    k, v, scale, _heads_last, seed, threshold = inputs
+    ctx.save_for_backward(k, v, *output, scale, seed)
+    ctx.threshold = threshold
 
 
-attention_fwd.register_autograd(lambda ctx, dy, _dlse: (*_grads(ctx, dy, attention_bwd), None),
+attention_fwd.register_autograd(lambda ctx, dy, _dlse: (*_grads(ctx, dy, attention_bwd), None, None, None),
                                 setup_context=_setup_context)
 
 
@@ -177,21 +194,26 @@ class _MosaicAttention(torch.autograd.Function):
     """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
-                heads_last: bool) -> torch.Tensor:
-        y, lse = attention_forward(k, v, scale, heads_last=heads_last)
-        ctx.save_for_backward(k, v, y, lse, scale)
+    def forward(ctx: FunctionCtx, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool,
+                seed: torch.Tensor, threshold: int) -> torch.Tensor:
+        y, lse = attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold)
+        _setup_context(ctx, (k, v, scale, heads_last, seed, threshold), (y, lse))
         return y
 
     @staticmethod
     def backward(ctx: FunctionCtx, dy: torch.Tensor) -> tuple:
-        return (*_grads(ctx, dy, _backward_summed), None)
+        return (*_grads(ctx, dy, _backward_summed), None, None, None)
 
 
 def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
-                            heads_last: bool = False) -> torch.Tensor:
-    """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`)."""
+                            heads_last: bool = False, dropout_p: float = 0.0,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`). With
+    ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call."""
     scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
+    threshold = dropout_threshold(dropout_p)
+    seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
+    args = (k, v, scale_f, bool(heads_last), seed, threshold)
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return attention_fwd(k, v, scale_f, bool(heads_last))[0]
-    return _MosaicAttention.apply(k, v, scale_f, bool(heads_last))
+        return attention_fwd(*args)[0]
+    return _MosaicAttention.apply(*args)

@@ -7,14 +7,13 @@ so it is meant for CPU training at model sizes and for tests, not for long seque
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._common import exact_under_autocast
 
 
 @exact_under_autocast
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
-                     dropout_p: float = 0.0) -> torch.Tensor:
+                     dropout_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Strictly causal attention whose queries are its keys, computed densely.
 
     ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``.
@@ -23,8 +22,9 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         k: keys, also the queries, shape ``(B, H, T, D)``.
         v: values, shape ``(B, H, T, D)``.
         scale: None (1.0), a float, or a tensor of shape ``(H,)``.
-        dropout_p: dropout on the attention probabilities (reference-only extension, used by the
-            model's ``attn_dropout`` option; the fused kernel has no dropout).
+        dropout_p: dropout on the attention probabilities, after the softmax (kept ones divided by
+            ``1 - p``); the mask is drawn here with ``torch.rand``, so it is not the kernels' mask.
+        generator: the torch.Generator of that draw (default: the global one).
 
     Returns:
         ``(B, H, T, D)`` tensor of ``v.dtype``. Softmax and products run in float32 for 16-bit
@@ -45,5 +45,6 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
     weights = torch.exp(masked - row_max)
     probs = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(compute).tiny)
     if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p, training=True)
+        keep = torch.rand(probs.shape, generator=generator, device=probs.device) >= dropout_p
+        probs = probs * keep / (1.0 - dropout_p)
     return (probs @ vc).to(v.dtype)

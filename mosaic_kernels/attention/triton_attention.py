@@ -18,11 +18,19 @@ j < p0 + BLOCK_P). Each gradient element is written by one program (no atomics),
   query-role kernel adds its part and writes dk. Each kernel holds fewer live tiles (fewer registers,
   its own tile shape) and launches its heaviest blocks first.
 BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
+
+Dropout (DROPOUT): the probability p_tj is kept when _triton_common._keep_tile's mask of (b, h, row t,
+column j) says so, with GROUPS = ceil(T / 8) Philox calls per row, and the kept ones are scaled by
+keep_scale = 1 / (1 - p). Every kernel regenerates the mask of the tiles it visits; with z_tj =
+keep_tj * keep_scale: y_t = sum_j z_tj p_tj v_j, dv_j = sum_t z_tj p_tj dy_t, and the softmax backward
+takes dp_tj = z_tj <dy_t, v_j> (delta_t = <dy_t, y_t> already holds the dropout).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .._triton_common import _keep_tile
 
 LOG2E = 1.4426950408889634
 
@@ -39,11 +47,22 @@ def _head_and_block(H, REVERSED: tl.constexpr):
 
 
 @triton.jit
+def _philox_key(SEED, pid_bh, DROPOUT: tl.constexpr):
+    """The dropout generator's key of head pid_bh = b*H + h (0 without dropout, never read)."""
+    if DROPOUT:
+        seed = tl.load(SEED) + pid_bh
+    else:
+        seed = 0
+    return seed
+
+
+@triton.jit
 def _attn_fwd_kernel(
-    K, V, Y, LSE, SCALE,
+    K, V, Y, LSE, SCALE, SEED,
     skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt,
-    H, T, D,
+    H, T, D, GROUPS, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
     # Heaviest query blocks first: block m visits m + 1 key-block groups.
     pid_bh, b, h, pid_m = _head_and_block(H, True)
@@ -55,6 +74,7 @@ def _attn_fwd_kernel(
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
+    seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     q = tl.load(k_base + offs_m[:, None] * skt + offs_d[None, :] * skd,
                 mask=(offs_m[:, None] < T) & dmask[None, :], other=0.0)         # (BM, D)
@@ -71,7 +91,9 @@ def _attn_fwd_kernel(
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)                                   # the normaliser sees every key
+        if DROPOUT:
+            p = tl.where(_keep_tile(seed, offs_m, start_n, GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
 
@@ -90,11 +112,13 @@ def _attn_fwd_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(_keep_tile(seed, offs_m, start_n, GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
 
     has_key = l_i > 0.0
-    inv_l = tl.where(has_key, 1.0 / tl.where(has_key, l_i, 1.0), 0.0)
+    inv_l = tl.where(has_key, keep_scale / tl.where(has_key, l_i, 1.0), 0.0)   # keep_scale = 1 without dropout
     y = acc * inv_l[:, None]
     lse = tl.where(has_key, m_i + tl.log2(tl.where(has_key, l_i, 1.0)), 0.0)
     rmask = offs_m < T
@@ -117,11 +141,13 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-              skt, skd, sdt, sdd, start, stop, T,
-              BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
-    """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add p_tj dy_t
-    to dv (BP, D) and ds_tj k_t to dk (BP, D). k_p, v_p: (BP, D). The mask j < t applies to every
-    block (MASK="all"), to none ("none"), or to the blocks overlapping P ("check", a branch per block)."""
+              skt, skd, sdt, sdd, start, stop, T, seed, GROUPS, keep_scale,
+              BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
+              DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+    """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add keep_tj p_tj
+    dy_t to dv (BP, D; the caller scales it by keep_scale) and ds_tj k_t to dk (BP, D). k_p, v_p: (BP, D).
+    The mask j < t applies to every block (MASK="all"), to none ("none"), or to the blocks overlapping P
+    ("check", a branch per block)."""
     offs_q = tl.arange(0, BLOCK_Q)
     for start_q in range(start, stop, BLOCK_Q):
         rows = start_q + offs_q                                                  # (BQ,) queries t
@@ -139,8 +165,13 @@ def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_
             if start_q < p0 + BLOCK_P:
                 sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
         pT = tl.exp2(sT - lse[None, :])
-        dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
         dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)              # (BP, BQ) = <v_j, dy_t>
+        if DROPOUT:
+            keepT = tl.trans(_keep_tile(seed, rows, p0, GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))   # (BP, BQ)
+            dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
+            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
+        else:
+            dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
@@ -148,8 +179,9 @@ def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_
 
 @triton.jit
 def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
-                skt, skd, svt, svd, start, stop, T,
-                BLOCK_K: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
+                skt, skd, svt, svd, start, stop, T, seed, GROUPS, keep_scale,
+                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
+                DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as queries t, over the key blocks j in [start, stop): add ds_tj k_j
     to dk (BP, D) and ds_tj <k_t, k_j> to dscale (BP,). k_p, dy_p: (BP, D). MASK as in _key_role."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -168,7 +200,10 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, d
             if start_k + BLOCK_K > p0:
                 s2 = tl.where(cols[None, :] < offs_p[:, None], s2, float("-inf"))
         p = tl.exp2(s2 - lse_p[:, None])
-        dp = tl.dot(dy_p, tl.trans(vb), input_precision=PRECISION)
+        dp = tl.dot(dy_p, tl.trans(vb), input_precision=PRECISION)              # (BP, BK) = <dy_t, v_j>
+        if DROPOUT:
+            keep = _keep_tile(seed, offs_p, start_k, GROUPS, BLOCK_P, BLOCK_K, THRESHOLD)
+            dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta_p[:, None])
         dscale += tl.sum(ds * s, 1)
         dk += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
@@ -177,11 +212,11 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, d
 
 @triton.jit
 def _attn_bwd_kernel(
-    K, V, DY, LSE, DELTA, SCALE, DK, DV, PART_SCALE,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DK, DV, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D,
+    H, T, D, GROUPS, keep_scale,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
     # One program per (position block, b*h), both roles: about T / BLOCK of work each.
     pid_p = tl.program_id(0)
@@ -195,6 +230,7 @@ def _attn_bwd_kernel(
     row_base = pid_bh * T
     scale = tl.load(SCALE + h).to(tl.float32)
     qk_scale = scale * 1.4426950408889634
+    seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
     v_p = tl.load(v_base + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
@@ -207,13 +243,15 @@ def _attn_bwd_kernel(
 
     # One loop per role with a branch per block: fewer registers here than a loop per mask (measured).
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0, T, T, BLOCK_P, BLOCK_Q, "check", PRECISION)
+                       skt, skd, sdt, sdd, p0, T, T, seed, GROUPS, keep_scale,
+                       BLOCK_P, BLOCK_Q, "check", PRECISION, DROPOUT, THRESHOLD)
     dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, 0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_K, "check", PRECISION)
+                             dscale, skt, skd, svt, svd, 0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
+                             BLOCK_P, BLOCK_K, "check", PRECISION, DROPOUT, THRESHOLD)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pm2)
+    tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
     tl.store(PART_SCALE + pid_bh * tl.num_programs(0) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
 
 
@@ -233,10 +271,11 @@ def _split_bwd_block(K, SCALE, skb, skh, skt, skd, H, T, D, REVERSED: tl.constex
 
 @triton.jit
 def _attn_bwd_key_kernel(
-    K, V, DY, LSE, DELTA, SCALE, DV, DK_KEY,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DV, DK_KEY,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D,
+    H, T, D, GROUPS, keep_scale,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
@@ -248,21 +287,25 @@ def _attn_bwd_key_kernel(
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    seed = _philox_key(SEED, pid_bh, DROPOUT)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_P, BLOCK_Q, "all", PRECISION)
+                       skt, skd, sdt, sdd, p0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
+                       BLOCK_P, BLOCK_Q, "all", PRECISION, DROPOUT, THRESHOLD)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0 + BLOCK_P, T, T, BLOCK_P, BLOCK_Q, "none", PRECISION)
+                       skt, skd, sdt, sdd, p0 + BLOCK_P, T, T, seed, GROUPS, keep_scale,
+                       BLOCK_P, BLOCK_Q, "none", PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pm2)
+    tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
     tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the scale
 
 
 @triton.jit
 def _attn_bwd_query_kernel(
-    K, V, DY, LSE, DELTA, SCALE, DK_KEY, DK, PART_SCALE,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DK_KEY, DK, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D,
+    H, T, D, GROUPS, keep_scale,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
@@ -276,10 +319,13 @@ def _attn_bwd_query_kernel(
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
     v_base = V + b * svb + h * svh
+    seed = _philox_key(SEED, pid_bh, DROPOUT)
     dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, 0, p0, T, BLOCK_K, "none", PRECISION)
+                             dscale, skt, skd, svt, svd, 0, p0, T, seed, GROUPS, keep_scale,
+                             BLOCK_P, BLOCK_K, "none", PRECISION, DROPOUT, THRESHOLD)
     dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, p0, tl.minimum(p0 + BLOCK_P, T), T, BLOCK_K, "all", PRECISION)
+                             dscale, skt, skd, svt, svd, p0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
+                             BLOCK_P, BLOCK_K, "all", PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     dk += tl.load(DK_KEY + out, mask=pm2, other=0.0)
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)

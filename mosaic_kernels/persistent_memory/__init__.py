@@ -1,11 +1,9 @@
 """Persistent-memory retrieval: softmax attention of every query over learned slots shared by the batch."""
 from __future__ import annotations
 
-from numbers import Real
-
 import torch
 
-from .._common import MAX_HEAD_DIM, check_heads, check_like, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_dropout, check_heads, check_like, check_philox_counters, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["persistent_memory"]
@@ -55,17 +53,12 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
     if slot_values.shape != slot_keys.shape:
         raise ValueError(f"slot_values must have slot_keys' shape {tuple(slot_keys.shape)}, got {tuple(slot_values.shape)}")
     out_scale = per_head("out_scale", out_scale, H, q)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    dropout_p = check_dropout(dropout_p, generator)
     if use_triton(q):
-        from .function import persistent_memory_triton, philox_groups
+        from .function import persistent_memory_triton
 
-        P = slot_keys.shape[1]
-        if dropout_p > 0 and T * philox_groups(P) >= 2 ** 31:
-            raise ValueError(f"dropout needs T * ceil(P / 8) < 2^31 (32-bit Philox counters), got T={T}, P={P}")
+        check_philox_counters(T, slot_keys.shape[1], dropout_p)
         return persistent_memory_triton(q, slot_keys, slot_values, out_scale=out_scale,
-                                        dropout_p=float(dropout_p), generator=generator)
+                                        dropout_p=dropout_p, generator=generator)
     return _reference.persistent_memory(q, slot_keys, slot_values, out_scale=out_scale,
-                                        dropout_p=float(dropout_p), generator=generator)
+                                        dropout_p=dropout_p, generator=generator)

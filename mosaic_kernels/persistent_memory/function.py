@@ -6,13 +6,12 @@ import triton
 from torch.autograd.function import FunctionCtx
 
 from .._common import interpreter_enabled, per_head_tensor
-from .._triton_common import row_delta
-from .triton_slots import _keep_mask_kernel, _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_fwd_kernel
+from .._triton_common import draw_seed, dropout_threshold, philox_groups, row_delta
+from .._triton_common import keep_scale as _keep_scale
+from .triton_slots import _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
 _empty = torch.empty
-
-UNIFORM_BITS = 16  # dropout compares a 16-bit uniform with round(p * 2^16)
 
 # Tiles by (BLOCK_D, dropout): forward and dq (rows, slots, warps, stages); dk/dv (slots, rows, warps,
 # stages). Measured with `python -m tools.tune_kernels pmem` on an H200 in bf16 at D = 64 and
@@ -39,21 +38,6 @@ def _config(kernel: str, D: int, threshold: int) -> tuple[int, int, int, int]:
     if interpreter_enabled():
         return 16, 16, 1, 1
     return TILES[(_block_d(D), threshold > 0)][kernel]
-
-
-def dropout_threshold(dropout_p: float) -> int:
-    """The integer threshold of a 16-bit uniform below which a probability is dropped."""
-    return int(round(dropout_p * (1 << UNIFORM_BITS)))
-
-
-def _keep_scale(threshold: int) -> float:
-    # 1 / (1 - p) for the p the threshold really gives (p rounded to a multiple of 2^-16).
-    return 1.0 / (1.0 - threshold / (1 << UNIFORM_BITS))
-
-
-def philox_groups(P: int) -> int:
-    """Philox calls per query row: one per 8 slots (the counter of row t, slot j is t * groups + j // 8)."""
-    return triton.cdiv(P, 8)
 
 
 def slots_forward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: int, threshold: int,
@@ -100,16 +84,6 @@ def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch
         H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_P=P % bn == 0, num_warps=warps, num_stages=stages, **common)
     return dq, dmk, dmv, part
-
-
-def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, T: int, P: int, dropout_p: float) -> torch.Tensor:
-    """The (B, H, T, P) bool mask of kept slot probabilities that the kernels use for ``seed``
-    (an int64 tensor of one element on the kernels' device). For tests and inspection."""
-    keep = torch.empty((B, H, T, P), device=seed.device, dtype=torch.int8)
-    bt = 16
-    _keep_mask_kernel[(triton.cdiv(T, bt), B * H)](
-        keep, seed, H, T, P, philox_groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
-    return keep.bool()
 
 
 # torch.library custom ops: torch.compile traces the model through them without a graph break.
@@ -183,7 +157,7 @@ def persistent_memory_triton(q: torch.Tensor, slot_keys: torch.Tensor, slot_valu
     c = per_head_tensor(out_scale, H, q, 1.0)
     threshold = dropout_threshold(dropout_p)
     if threshold > 0:
-        seed = torch.randint(0, 1 << 62, (1,), device=q.device, dtype=torch.int64, generator=generator)
+        seed = draw_seed(generator, q.device)
     else:
         seed = c  # never read without dropout
     args = (q, slot_keys.contiguous(), slot_values.contiguous(), c, seed, threshold)

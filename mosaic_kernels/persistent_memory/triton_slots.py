@@ -7,34 +7,17 @@ contiguous (H, P, D); y is written into a contiguous (B, T, H, D) buffer (the la
 projection reads, so merging the heads is free); dq is contiguous (B, H, T, D); the log-sum-exp
 (base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
 
-Dropout: a slot probability survives when a 16-bit uniform is >= THRESHOLD (= round(p * 2^16)).
-The uniforms come from Philox4x32 keyed by (seed + b*H + h), counter t * P_GROUPS + j // 8: one
-call gives 4 x 32 bits = 8 uniforms for 8 consecutive slots. The mask is a function of (b, h, t, j)
-only, so the forward and both backward kernels regenerate the same one whatever their tiles.
+Dropout: the keep mask of (b, h, t, slot j) is _triton_common._keep_tile's, with P_GROUPS = ceil(P/8)
+Philox calls per row; the forward and both backward kernels regenerate it whatever their tiles.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from .._triton_common import _keep_tile
+
 LOG2E = tl.constexpr(1.4426950408889634)
-# Philox4x32 with 7 rounds is the fewest that pass TestU01's BigCrush (Salmon et al., SC'11);
-# Triton's default is 10. The generator runs once per 8 probabilities in each of three kernels.
-PHILOX_ROUNDS = tl.constexpr(7)
-
-
-@triton.jit
-def _keep_tile(seed, rows, col0, P_GROUPS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-               THRESHOLD: tl.constexpr):
-    """(BLOCK_R, BLOCK_C) keep mask for query rows ``rows`` and slots [col0, col0 + BLOCK_C);
-    col0 is a multiple of 8."""
-    groups = col0 // 8 + tl.arange(0, BLOCK_C // 8)
-    counter = rows[:, None] * P_GROUPS + groups[None, :]                   # (R, C/8)
-    r0, r1, r2, r3 = tl.randint4x(seed, counter, PHILOX_ROUNDS)           # 4 x (R, C/8) uint32
-    u = tl.join(tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16)),
-                tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16)))
-    u = tl.reshape(u, (BLOCK_R, BLOCK_C))                                  # 8 uniforms per group
-    return u >= THRESHOLD
 
 
 @triton.jit
@@ -45,21 +28,6 @@ def _row_block_indices(H, T, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BL
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     return pid_bh, pid_bh // H, pid_bh % H, rows, tl.arange(0, BLOCK_N), offs_d, offs_d < D, rows < T
-
-
-@triton.jit
-def _keep_mask_kernel(KEEP, SEED, H, T, P, P_GROUPS, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-                      THRESHOLD: tl.constexpr):
-    # The mask the attention kernels use, written out as (B, H, T, P) int8 (tests only).
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    seed = tl.load(SEED) + pid_bh
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    for col0 in range(0, P, BLOCK_P):
-        cols = col0 + tl.arange(0, BLOCK_P)
-        keep = _keep_tile(seed, rows, col0, P_GROUPS, BLOCK_T, BLOCK_P, THRESHOLD)
-        ptr = KEEP + (pid_bh * T + rows[:, None]) * P + cols[None, :]
-        tl.store(ptr, keep.to(tl.int8), mask=(rows[:, None] < T) & (cols[None, :] < P))
 
 
 @triton.jit

@@ -50,8 +50,10 @@ def run_name(model: str, size: int, depth: int, width: int, wd: float, lr: float
 
 
 def grid(a: argparse.Namespace) -> list[tuple]:
-    """Every (model, size, depth, width, weight decay, lr) of the sweep."""
-    return list(itertools.product(a.models, a.sizes, a.depths, a.widths, a.wds, a.lrs))
+    """Every (model, size, depth, width, weight decay, lr) of the sweep, smallest size first and both
+    models at each size before the next, so that a sweep cut short leaves whole sizes."""
+    return [(model, size, *rest) for size in sorted(a.sizes) for model in a.models
+            for rest in itertools.product(a.depths, a.widths, a.wds, a.lrs)]
 
 
 def train_argv(a: argparse.Namespace, model: str, size: int, depth: int, width: int, wd: float, lr: float) -> list:

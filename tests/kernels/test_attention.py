@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mosaic_kernels import mosaic_attention, reference
+from mosaic_kernels._triton_common import draw_seed, dropout_keep_mask, dropout_threshold
 from tests import tolerances
 from tests.conftest import in_bthd_memory, kernel_devices, rel_err
 from tests.oracles import attention_loop
@@ -172,6 +173,101 @@ def test_backward_tiles_must_nest():
                            dict(BLOCK_P=16, BLOCK_Q=32, BLOCK_K=16, num_warps=1, num_stages=1))
 
 
+# --------------------------------------------------------------------------- dropout
+
+def _drop_seed(device, generator_seed):
+    """The Philox seed the op draws from a generator seeded with ``generator_seed``."""
+    return draw_seed(torch.Generator(device=device).manual_seed(generator_seed), torch.device(device))
+
+
+def _check_dropout(k, v, s, p, tol, device, plan=None):
+    """The op with dropout (one-kernel or, with ``plan``, two-kernel backward) against the float64 loop
+    fed the kernels' own keep mask and rounded rate. Returns (y, grads)."""
+    from mosaic_kernels.attention.function import attention_backward, attention_forward
+
+    B, H, T, _ = k.shape
+    kd, vd, sd = (t.to(device).requires_grad_() for t in (k, v, s))
+    g = torch.randn(k.shape, generator=torch.Generator().manual_seed(7)).to(device, k.dtype)
+    if plan is None:
+        y = mosaic_attention(kd, vd, sd, dropout_p=p, generator=torch.Generator(device=device).manual_seed(5))
+        grads = torch.autograd.grad(y, (kd, vd, sd), g)
+    else:  # the launches directly, to pick the two-kernel plan on small tiles
+        seed, thr = _drop_seed(device, 5), dropout_threshold(p)
+        y, lse = attention_forward(kd, vd, sd, dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1),
+                                   seed=seed, threshold=thr)
+        dk, dv, part = attention_backward(kd, vd, y, lse, sd, g, plan, seed=seed, threshold=thr)
+        grads = (dk, dv, part.sum(dim=(0, 2)))
+    keep = dropout_keep_mask(_drop_seed(device, 5), B, H, T, T, p).cpu()
+    p_real = dropout_threshold(p) / 2 ** 16  # the rate the kernels really use
+    k64, v64, s64 = (t.detach().double().cpu().requires_grad_() for t in (k, v, s))
+    y64 = attention_loop(k64, v64, s64, keep=keep, dropout_p=p_real)
+    refs = torch.autograd.grad(y64, (k64, v64, s64), g.double().cpu())
+    assert torch.isfinite(y).all() and torch.all(y[:, :, 0] == 0)
+    assert rel_err(y, y64) <= tol, rel_err(y, y64)
+    for name, got, want in zip(("k", "v", "scale"), grads, refs):
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, want) <= tol, (name, rel_err(got, want))
+    return y, grads
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("T,D", [(37, 16), (64, 24)], ids=str)
+@pytest.mark.parametrize("plan", ["one-kernel", "two-kernel"])
+def test_kernel_dropout_matches_loop_with_its_mask(device, T, D, plan, nan_outputs):
+    """Output and every gradient equal the float64 loop given the kernels' keep mask, which the
+    forward and the backward kernels regenerate (nothing stored), in both backward plans."""
+    from mosaic_kernels.attention.function import split_config
+
+    k, v, s = _inputs(2, 2, T, D, strided=True)
+    cfg = split_config((32, 16, 1, 1), (16, 16, 1, 1)) if plan == "two-kernel" else None
+    _check_dropout(k, v, s, 0.3, tolerances.FP32, device, cfg)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_dropout_keeps_at_its_rate_and_rescales(device):
+    """With equal keys every weight of row t is 1/t, and one-hot values (v_j = e_j) make y_t[j] the
+    dropped-out weight itself: each is 0 or 1 / (t (1 - p)), the zeros are where the keep mask says,
+    and the kept fraction of the T(T-1)/2 weights is 1 - p within five standard deviations."""
+    B, H, T, p = 2, 2, 64, 0.25
+    k = torch.zeros(B, H, T, T, device=device)
+    v = torch.eye(T, device=device).expand(B, H, T, T).contiguous()
+    y = mosaic_attention(k, v, dropout_p=p, generator=torch.Generator(device=device).manual_seed(11)).cpu().double()
+    keep = dropout_keep_mask(_drop_seed(device, 11), B, H, T, T, p).cpu()
+    lower = torch.ones(T, T, dtype=torch.bool).tril(-1)
+    t = torch.arange(T, dtype=torch.float64).clamp_min(1)[:, None]
+    want = torch.where(keep & lower, 1.0 / (t * (1.0 - p)), 0.0)
+    assert torch.allclose(y, want, rtol=1e-6, atol=0)  # one float32 product and quotient per entry
+    kept = (keep & lower).sum().item() / (B * H * lower.sum().item())
+    n = B * H * lower.sum().item()
+    assert abs(kept - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_dropout_same_generator_same_result(device):
+    """A generator in the same state gives the same mask, output and gradients (bitwise); the next draw,
+    a different mask."""
+    k, v, s = (t.to(device) for t in _inputs(1, 2, 40, 16))
+    gen = torch.Generator(device=device).manual_seed(3)
+    outs = []
+    for seed in (3, 3):
+        kd = k.clone().requires_grad_()
+        y = mosaic_attention(kd, v, s, dropout_p=0.5, generator=gen.manual_seed(seed))
+        outs.append((y, torch.autograd.grad(y, kd, torch.ones_like(y))[0]))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert not torch.equal(outs[0][0], mosaic_attention(k, v, s, dropout_p=0.5, generator=gen))
+
+
+def test_reference_dropout_is_unbiased():
+    """The CPU reference's dropout: each weight kept with probability 1 - p and rescaled, so the mean
+    output over many draws is the output without dropout (checked to 5 standard errors)."""
+    k, v, s = _inputs(1, 1, 12, 8)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([reference.mosaic_attention(k, v, s, dropout_p=0.5, generator=gen) for _ in range(4000)])
+    exact = reference.mosaic_attention(k, v, s)
+    err = (draws.mean(0) - exact).abs()
+    assert torch.all(err <= 5 * draws.std(0) / 4000 ** 0.5 + 1e-6)
+
+
 # --------------------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("k,v,scale,match", [
@@ -188,6 +284,17 @@ def test_backward_tiles_must_nest():
 def test_bad_arguments_raise_value_error(k, v, scale, match):
     with pytest.raises(ValueError, match=match):
         mosaic_attention(k, v, scale)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(dropout_p=1.0), r"dropout_p must be a float in \[0, 1\)"),
+    (dict(dropout_p=-0.1), r"dropout_p must be a float in \[0, 1\)"),
+    (dict(dropout_p=True), r"dropout_p must be a float in \[0, 1\)"),
+    (dict(dropout_p=0.1, generator=3), "generator must be a torch.Generator"),
+], ids=["p-one", "p-negative", "p-bool", "generator"])
+def test_bad_dropout_arguments_raise_value_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        mosaic_attention(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), **kw)
 
 
 # --------------------------------------------------------------------------- GPU (H200)
@@ -265,3 +372,28 @@ def test_gpu_extra_memory_linear_in_T():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < 8 * k.numel() * k.element_size()  # a T x T bf16 score matrix would be 512 MiB
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("B,H,T,D", [(2, 3, 300, 64), (2, 2, 1000, 128), (1, 2, 2100, 64), (1, 2, 300, 96)], ids=str)
+def test_gpu_dropout_matches_loop_with_its_mask(dtype, B, H, T, D, nan_outputs):
+    """Dropout 0.05 on the H200 tiles: the one-kernel plan, and from T = 2048 at D = 64 the two-kernel
+    one, against the float64 loop fed the kernels' mask."""
+    tol = tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
+    k, v, s = _inputs(B, H, T, D, strided=True)
+    k = (k / math.sqrt(math.sqrt(D))).to(dtype)  # logits of order 1
+    _check_dropout(k, v.to(dtype), s, 0.05, tol, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_backward_bitwise_deterministic():
+    k = torch.randn(4, 12, 2048, 64, device="cuda", dtype=torch.bfloat16).mul(0.3).requires_grad_()
+    v = torch.randn_like(k).requires_grad_()
+    g = torch.randn_like(k)
+    runs = []
+    for _ in range(2):
+        y = mosaic_attention(k, v, dropout_p=0.1, generator=torch.Generator(device="cuda").manual_seed(0))
+        runs.append(torch.autograd.grad(y, (k, v), g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -32,10 +32,12 @@ def test_opcheck_leaky_average(device, normalize, heads_last):
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
-def test_opcheck_attention(device, heads_last):
+@pytest.mark.parametrize("threshold", [0, 6554], ids=["nodrop", "drop"])  # 6554 = round(0.1 * 2^16)
+def test_opcheck_attention(device, heads_last, threshold):
     x, _, scale = _pair(device)
     v = torch.randn_like(x)
-    torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale, heads_last),
+    seed = torch.tensor([17], dtype=torch.int64, device=device)
+    torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale, heads_last, seed, threshold),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

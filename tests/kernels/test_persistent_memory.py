@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mosaic_kernels import persistent_memory, reference
-from mosaic_kernels.persistent_memory.function import dropout_keep_mask, dropout_threshold
+from mosaic_kernels._triton_common import dropout_keep_mask, dropout_threshold
 from tests import tolerances
 from tests.conftest import kernel_devices, rel_err
 from tests.oracles import slots_dense

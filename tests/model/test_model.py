@@ -137,7 +137,7 @@ def test_generate_greedy_topk_and_stop_token():
     (dict(n_embd=30, n_head=4), "divisible"),
     (dict(kernels="cuda"), "kernels must be one of"),
     (dict(pmem_kernel="flash"), "pmem_kernel must be one of"),
-    (dict(attn_dropout=0.1, kernels="fused"), "attn_dropout > 0 needs kernels='reference'"),
+    (dict(attn_dropout=1.0), r"attn_dropout must be in \[0, 1\)"),
     (dict(n_layer=0), "n_layer must be >= 1"),
 ])
 def test_config_errors(kw, match):
@@ -145,8 +145,9 @@ def test_config_errors(kw, match):
         MosaicConfig(**kw)
 
 
-def test_attention_dropout_reference_only_in_training():
-    m = tiny_mosaic(attn_dropout=0.5)
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+def test_attention_dropout_only_in_training(kernels):
+    m = tiny_mosaic(attn_dropout=0.5, kernels=kernels)
     idx = torch.randint(0, 20, (2, 12))
     m.eval()
     a, _ = m(idx)
