@@ -34,19 +34,27 @@ def run_state(out: Path, finished_split: str = "final") -> str:
     return "partial" if (out / "ckpt.pt").exists() else "new"
 
 
+MIN_START_S = 30.0  # no run starts with less time left than this (CUDA start-up, first step, checkpoint)
+
+
 def run_jobs(jobs: list, parallel: int, time_limit: float | None = None, poll_s: float = 5.0,
              on_exit: Callable[[Job, int], None] | None = None) -> int:
     """Start ``jobs`` in order, ``parallel`` at a time, each logging to ``out/train.log``. With
     ``time_limit`` (seconds, for the whole list) every process gets the time left as its own
-    ``--time-limit`` and stops cleanly with a checkpoint. ``on_exit(job, returncode)`` runs as each
-    process ends (a sweep records a finished run at once, not only after the whole list). Prints one
-    progress line per poll; returns the number of jobs that failed."""
+    ``--time-limit`` and stops cleanly with a checkpoint; no job starts in the last ``MIN_START_S``
+    seconds. ``on_exit(job, returncode)`` runs as each process ends (a sweep records a finished run at
+    once, not only after the whole list). Prints one progress line per poll; returns the number of jobs
+    that failed."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     todo, running = list(jobs), []
     t0, exited, failed = time.time(), 0, 0
     deadline = None if time_limit is None else t0 + time_limit
     while todo or running:
+        if deadline is not None and todo and deadline - time.time() < MIN_START_S:
+            # Too late to start another run: a process needs longer than this to start and save.
+            print(f"time limit: {len(todo)} runs not started", flush=True)
+            todo = []
         while todo and len(running) < parallel:
             job = todo.pop(0)
             argv = [sys.executable, "-m", "mosaic_model.train", *job.argv, "--out-dir", str(job.out)]
