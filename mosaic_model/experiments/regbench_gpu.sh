@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call of the RegBench study (REPRODUCTION.md): the sweep resumes from the finished runs in
+# PRIOR (a folder of run folders, as the previous call's rb.tgz unpacks), trains what is left for
+# SECONDS, and packs every run's small files (no checkpoints) into $OUT/rb.tgz every 15 s, so that what
+# finished comes back even if the call is cut. Unfinished runs start again next time (their
+# checkpoints do not come back).
+# Usage: bash mosaic_model/experiments/regbench_gpu.sh SECONDS [PRIOR]
+#   SIZES, LRS, PARALLEL, STEP_CAP: the grid (defaults below, the same for both models); IID=1 adds the
+#   IID split at 100 languages on the same learning rates; EXTRA: more sweep flags, last on the line (a CPU smoke test:
+#   EXTRA="--device cpu --epochs 2 --num-test 4 --train-args --max-string-len 5 --kernels reference").
+set -uo pipefail
+limit=$1; prior=${2:-}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/rb
+[ -n "$prior" ] && cp -r "$prior"/. /tmp/rb/
+(while sleep 15; do tar -czf "$OUT/rb.tmp.tgz" -C /tmp --exclude='*.pt' rb 2>/dev/null && mv "$OUT/rb.tmp.tgz" "$OUT/rb.tgz"; done) &
+packer=$!
+grid=(--depths 2 --widths 128 --wds 0.1 --lrs ${LRS:-2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
+python -m mosaic_model.experiments.regbench run --out /tmp/rb --sizes ${SIZES:-100 500 1000 2500 10000 40000} \
+  "${grid[@]}" --parallel ${PARALLEL:-8} --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep.log" 2>&1 &
+if [ "${IID:-1}" = 1 ]; then
+  python -m mosaic_model.experiments.regbench run --out /tmp/rb --iid --sizes 100 "${grid[@]}" --parallel 2 \
+    --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep_iid.log" 2>&1 &
+fi
+wait $(jobs -p | grep -v "^$packer$")
+kill $packer 2>/dev/null
+python -m mosaic_model.experiments.regbench report --out /tmp/rb --figures /tmp/rb/figures > "$OUT/report.log" 2>&1
+tail -n 3 "$OUT"/sweep*.log; cat "$OUT/report.log"
+tar -czf "$OUT/rb.tgz" -C /tmp --exclude='*.pt' rb
