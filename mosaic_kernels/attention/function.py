@@ -1,11 +1,11 @@
-"""Host wrappers and autograd of the Triton attention kernels."""
+"""Host wrappers of the Triton attention kernels: tiles, launches, and the op's registration (_registration)."""
 from __future__ import annotations
 
 import torch
 import triton
-from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, per_head_tensor
+from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, keep_scale, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
@@ -141,68 +141,44 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     return dk, dv, part
 
 
-# The kernels are registered as torch.library custom ops so that torch.compile traces through the
-# model without a graph break; their fake (meta) implementations give the output shapes.
-@torch.library.custom_op("mosaic::attention_fwd", mutates_args=())
-def attention_fwd(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
-                  threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward op: (y, per-row log-sum-exp in float32); scale is (H,) float32; dropout when threshold > 0."""
+def _forward(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
+             threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, per-row log-sum-exp in float32); scale is (H,) float32; dropout when threshold > 0."""
     return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold)
 
 
-@attention_fwd.register_fake
-def _(k, v, scale, heads_last, seed, threshold):
+def _fake_forward(k, v, scale, heads_last, seed, threshold):
     B, H, T, D = k.shape
     return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
             k.new_empty((B, H, T), dtype=torch.float32))
 
 
-def _backward_summed(k, v, y, lse, scale, seed, threshold, dy):
+def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+              seed: torch.Tensor, threshold: int, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, dv, d(scale) per head in float32)."""
     dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold)
     return dk, dv, part.sum(dim=(0, 2))  # fixed order: deterministic
 
 
-@torch.library.custom_op("mosaic::attention_bwd", mutates_args=())
-def attention_bwd(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
-                  seed: torch.Tensor, threshold: int,
-                  dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward op: (dk, dv, d(scale) per head in float32)."""
-    return _backward_summed(k, v, y, lse, scale, seed, threshold, dy)
-
-
-@attention_bwd.register_fake
-def _(k, v, y, lse, scale, seed, threshold, dy):
+def _fake_backward(k, v, y, lse, scale, seed, threshold, dy):
     return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty((k.shape[1],), dtype=torch.float32)
 
 
-def _grads(ctx, dy, backward_fn):
-    k, v, y, lse, scale, seed = ctx.saved_tensors
-    return backward_fn(k, v, y, lse, scale, seed, ctx.threshold, dy)
-
-
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, outputs):
     k, v, scale, _heads_last, seed, threshold = inputs
-    ctx.save_for_backward(k, v, *output, scale, seed)
+    ctx.save_for_backward(k, v, *outputs, scale, seed)
     ctx.threshold = threshold
 
 
-attention_fwd.register_autograd(lambda ctx, dy, _dlse: (*_grads(ctx, dy, attention_bwd), None, None, None),
-                                setup_context=_setup_context)
+def _backward_args(ctx, dy):
+    k, v, y, lse, scale, seed = ctx.saved_tensors
+    return k, v, y, lse, scale, seed, ctx.threshold, dy
 
 
-class _MosaicAttention(torch.autograd.Function):
-    """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool,
-                seed: torch.Tensor, threshold: int) -> torch.Tensor:
-        y, lse = attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold)
-        _setup_context(ctx, (k, v, scale, heads_last, seed, threshold), (y, lse))
-        return y
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, dy: torch.Tensor) -> tuple:
-        return (*_grads(ctx, dy, _backward_summed), None, None, None)
+ATTENTION = fused_op("attention", forward=_forward, fake_forward=_fake_forward, backward=_backward,
+                     fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
+                     input_grads=lambda ctx, grads: (*grads, None, None, None))
+attention_fwd, attention_bwd = ATTENTION.fwd, ATTENTION.bwd
 
 
 def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
@@ -213,7 +189,4 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
     scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
     threshold = dropout_threshold(dropout_p)
     seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
-    args = (k, v, scale_f, bool(heads_last), seed, threshold)
-    if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return attention_fwd(*args)[0]
-    return _MosaicAttention.apply(*args)
+    return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold)

@@ -1,13 +1,13 @@
-"""Host wrappers and autograd of the Triton leaky-average scan."""
+"""Host wrappers of the Triton leaky-average scan: tiles, launches, and the op's registration (_registration)."""
 from __future__ import annotations
 
 import math
 
 import torch
 import triton
-from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
+from .._registration import fused_op
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -131,70 +131,50 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     return gx, parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
 
 
-# The kernels are registered as torch.library custom ops so that torch.compile traces through the
-# model without a graph break; their fake (meta) implementations give the output shapes.
-@torch.library.custom_op("mosaic::leaky_average_fwd", mutates_args=())
-def leaky_average_fwd(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool,
-                      eps: float, chunk_len: int, heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward op: (y, per-row norm statistic); decay and scale are (H,) float32."""
+def _forward(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float, chunk_len: int,
+             heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, per-row norm statistic); decay and scale are (H,) float32."""
     return _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
 
 
-@leaky_average_fwd.register_fake
-def _(x, decay, scale, normalize, eps, chunk_len, heads_last):
+def _fake_forward(x, decay, scale, normalize, eps, chunk_len, heads_last):
     B, H, T, D = x.shape
     return (empty_heads(x.new_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype),
             x.new_empty((B, H, T) if normalize else (1,), dtype=torch.float32))
 
 
-@torch.library.custom_op("mosaic::leaky_average_bwd", mutates_args=())
-def leaky_average_bwd(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor,
-                      scale: torch.Tensor, normalize: bool, eps: float,
-                      chunk_len: int, dx_heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward op: (dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
+def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor,
+              normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
     return _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last)
 
 
-@leaky_average_bwd.register_fake
-def _(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last):
+def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last):
     H = y.shape[1]
     return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
             y.new_empty((2, H), dtype=torch.float32))
 
 
-def _save(ctx, x, y, norm, decay, scale, normalize, eps, chunk_len):
-    ctx.save_for_backward(y, norm, decay, scale)
-    ctx.meta = (normalize, eps, chunk_len, is_heads_last(x))
+def _save(ctx, inputs, outputs):
+    x, decay, scale, normalize, eps, chunk_len, _heads_last = inputs
+    ctx.save_for_backward(*outputs, decay, scale)
+    ctx.meta = (normalize, eps, chunk_len, is_heads_last(x))  # dx takes x's layout
 
 
-def _grads(ctx, gy, backward_fn):
+def _backward_args(ctx, gy):
     y, norm, decay, scale = ctx.saved_tensors
-    gx, per_head = backward_fn(gy, y, norm, decay, scale, *ctx.meta)
+    return gy, y, norm, decay, scale, *ctx.meta
+
+
+def _input_grads(ctx, result):
+    gx, per_head = result
     return gx, per_head[0], (per_head[1] if ctx.meta[0] else None), None, None, None, None
 
 
-def _setup_context(ctx, inputs, output):
-    x, decay, scale, normalize, eps, chunk_len, _heads_last = inputs
-    _save(ctx, x, *output, decay, scale, normalize, eps, chunk_len)
-
-
-leaky_average_fwd.register_autograd(lambda ctx, gy, _gnorm: _grads(ctx, gy, leaky_average_bwd),
-                                    setup_context=_setup_context)
-
-
-class _LeakyAverage(torch.autograd.Function):
-    """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float,
-                chunk_len: int | None, heads_last: bool) -> torch.Tensor:
-        y, norm = _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
-        _save(ctx, x, y, norm, decay, scale, normalize, eps, chunk_len)
-        return y
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, gy: torch.Tensor) -> tuple:
-        return _grads(ctx, gy, _launch_backward)
+LEAKY_AVERAGE = fused_op("leaky_average", forward=_forward, fake_forward=_fake_forward, backward=_backward,
+                         fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
+                         input_grads=_input_grads)
+leaky_average_fwd, leaky_average_bwd = LEAKY_AVERAGE.fwd, LEAKY_AVERAGE.bwd
 
 
 def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
@@ -208,6 +188,4 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
     H = x.shape[1]
     args = (x, per_head_tensor(decay, H, x, 0.0), per_head_tensor(scale if normalize else None, H, x, 1.0),
             bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last))
-    if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return leaky_average_fwd(*args)[0]
-    return _LeakyAverage.apply(*args)
+    return LEAKY_AVERAGE.apply(*args)

@@ -1,11 +1,11 @@
-"""Host wrappers, torch.library custom ops and autograd of the Triton peek-ahead value."""
+"""Host wrappers of the Triton peek-ahead value: tiles, launches, and the op's registration (_registration)."""
 from __future__ import annotations
 
 import torch
 import triton
-from torch.autograd.function import FunctionCtx
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
+from .._registration import fused_op
 from .triton_value import _value_bwd_kernel, _value_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
@@ -29,17 +29,6 @@ def _launch_forward(x, mix, scale, eps: float):
     return y
 
 
-@torch.library.custom_op("mosaic::peek_ahead_fwd", mutates_args=())
-def peek_ahead_fwd(x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """Forward op; mix and scale are (H,) float32."""
-    return _launch_forward(x, mix, scale, eps)
-
-
-@peek_ahead_fwd.register_fake
-def _(x, mix, scale, eps):
-    return x.new_empty(x.shape)
-
-
 def _launch_backward(gy, x, mix, scale, eps: float):
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
@@ -53,45 +42,37 @@ def _launch_backward(gy, x, mix, scale, eps: float):
     return dx, parts.view(2, B, H, n_blocks).sum(dim=(1, 3))  # fixed order: deterministic
 
 
-@torch.library.custom_op("mosaic::peek_ahead_bwd", mutates_args=())
-def peek_ahead_bwd(gy: torch.Tensor, x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor,
-                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward op: (dx, (2, H) float32 per-head gradients: d(mix), then d(scale))."""
+def _forward(x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """The value; mix and scale are (H,) float32."""
+    return _launch_forward(x, mix, scale, eps)
+
+
+def _backward(gy: torch.Tensor, x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, (2, H) float32 per-head gradients: d(mix), then d(scale))."""
     return _launch_backward(gy, x, mix, scale, eps)
 
 
-@peek_ahead_bwd.register_fake
-def _(gy, x, mix, scale, eps):
+def _fake_backward(gy, x, mix, scale, eps):
     dx = empty_heads(x.new_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
     return dx, x.new_empty((2, x.shape[1]), dtype=torch.float32)
 
 
-def _grads(ctx, gy, backward_fn):
-    x, mix, scale = ctx.saved_tensors
-    dx, per_head = backward_fn(gy, x, mix, scale, ctx.eps)
-    return dx, per_head[0], per_head[1], None
-
-
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, _outputs):
     x, mix, scale, eps = inputs
     ctx.save_for_backward(x, mix, scale)
     ctx.eps = eps
 
 
-peek_ahead_fwd.register_autograd(lambda ctx, gy: _grads(ctx, gy, peek_ahead_bwd), setup_context=_setup_context)
+def _backward_args(ctx, gy):
+    x, mix, scale = ctx.saved_tensors
+    return gy, x, mix, scale, ctx.eps
 
 
-class _PeekAhead(torch.autograd.Function):
-    """The eager path: the same kernels as the custom ops, without their dispatch cost (~50 us a call)."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-        _setup_context(ctx, (x, mix, scale, eps), None)
-        return _launch_forward(x, mix, scale, eps)
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, gy: torch.Tensor) -> tuple:
-        return _grads(ctx, gy, _launch_backward)
+PEEK_AHEAD = fused_op("peek_ahead", forward=_forward, fake_forward=lambda x, mix, scale, eps: x.new_empty(x.shape),
+                      backward=_backward, fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
+                      input_grads=lambda ctx, result: (result[0], result[1][0], result[1][1], None))
+peek_ahead_fwd, peek_ahead_bwd = PEEK_AHEAD.fwd, PEEK_AHEAD.bwd
 
 
 def peek_ahead_value_triton(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
@@ -99,6 +80,4 @@ def peek_ahead_value_triton(x: torch.Tensor, mix: float | torch.Tensor, *, scale
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
     H = x.shape[1]
     args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))
-    if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return peek_ahead_fwd(*args)
-    return _PeekAhead.apply(*args)
+    return PEEK_AHEAD.apply(*args)

@@ -1,11 +1,11 @@
-"""Host wrappers, torch.library custom ops and autograd of the Triton persistent-memory retrieval."""
+"""Host wrappers of the Triton persistent-memory retrieval: tiles, launches, and the op's registration (_registration)."""
 from __future__ import annotations
 
 import torch
 import triton
-from torch.autograd.function import FunctionCtx
 
 from .._common import interpreter_enabled, per_head_tensor
+from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, philox_groups, row_delta
 from .._triton_common import keep_scale as _keep_scale
 from .triton_slots import _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_fwd_kernel
@@ -86,66 +86,44 @@ def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch
     return dq, dmk, dmv, part
 
 
-# torch.library custom ops: torch.compile traces the model through them without a graph break.
-@torch.library.custom_op("mosaic::slots_fwd", mutates_args=())
-def slots_fwd(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
-              threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward op: (y as (B, T, H, D), per-row log-sum-exp in float32); c is (H,) float32."""
+def _forward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
+             threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y as (B, T, H, D), per-row log-sum-exp in float32); c is (H,) float32."""
     return slots_forward(q, mk, mv, c, seed, threshold)
 
 
-@slots_fwd.register_fake
-def _(q, mk, mv, c, seed, threshold):
+def _fake_forward(q, mk, mv, c, seed, threshold):
     B, H, T, D = q.shape
     return q.new_empty((B, T, H, D)), q.new_empty((B, H, T), dtype=torch.float32)
 
 
-def _backward_summed(q, mk, mv, c, seed, threshold, y, lse, dy):
+def _backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
+              threshold: int, y: torch.Tensor, lse: torch.Tensor,
+              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, d slot keys, d slot values, d(c) per head in float32); dy is (B, H, T, D)."""
     dq, dmk, dmv, part = slots_backward(q, mk, mv, c, seed, threshold, y, lse, dy)
     return dq, dmk, dmv, part.sum(dim=(0, 2))  # fixed order: deterministic
 
 
-@torch.library.custom_op("mosaic::slots_bwd", mutates_args=())
-def slots_bwd(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: torch.Tensor,
-              threshold: int, y: torch.Tensor, lse: torch.Tensor,
-              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward op: (dq, d slot keys, d slot values, d(c) per head in float32)."""
-    return _backward_summed(q, mk, mv, c, seed, threshold, y, lse, dy)
-
-
-@slots_bwd.register_fake
-def _(q, mk, mv, c, seed, threshold, y, lse, dy):
+def _fake_backward(q, mk, mv, c, seed, threshold, y, lse, dy):
     return q.new_empty(q.shape), mk.new_empty(mk.shape), mv.new_empty(mv.shape), c.new_empty(c.shape)
 
 
-def _grads(ctx, dy_bthd, backward_fn):
-    q, mk, mv, c, seed, y, lse = ctx.saved_tensors
-    dq, dmk, dmv, dc = backward_fn(q, mk, mv, c, seed, ctx.threshold, y, lse, dy_bthd.permute(0, 2, 1, 3))
-    return dq, dmk, dmv, dc, None, None
-
-
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, outputs):
     q, mk, mv, c, seed, threshold = inputs
-    ctx.save_for_backward(q, mk, mv, c, seed, *output)
+    ctx.save_for_backward(q, mk, mv, c, seed, *outputs)
     ctx.threshold = threshold
 
 
-slots_fwd.register_autograd(lambda ctx, dy, _dlse: _grads(ctx, dy, slots_bwd), setup_context=_setup_context)
+def _backward_args(ctx, dy_bthd):
+    q, mk, mv, c, seed, y, lse = ctx.saved_tensors
+    return q, mk, mv, c, seed, ctx.threshold, y, lse, dy_bthd.permute(0, 2, 1, 3)
 
 
-class _Slots(torch.autograd.Function):
-    """The eager path: the same kernels as the custom ops, without their dispatch cost."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.Tensor, seed: int,
-                threshold: int) -> torch.Tensor:
-        y, lse = slots_forward(q, mk, mv, c, seed, threshold)
-        _setup_context(ctx, (q, mk, mv, c, seed, threshold), (y, lse))
-        return y
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, dy: torch.Tensor) -> tuple:
-        return _grads(ctx, dy, _backward_summed)
+SLOTS = fused_op("slots", forward=_forward, fake_forward=_fake_forward, backward=_backward,
+                 fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
+                 input_grads=lambda ctx, grads: (*grads, None, None))
+slots_fwd, slots_bwd = SLOTS.fwd, SLOTS.bwd
 
 
 def persistent_memory_triton(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: torch.Tensor, *,
@@ -160,9 +138,5 @@ def persistent_memory_triton(q: torch.Tensor, slot_keys: torch.Tensor, slot_valu
         seed = draw_seed(generator, q.device)
     else:
         seed = c  # never read without dropout
-    args = (q, slot_keys.contiguous(), slot_values.contiguous(), c, seed, threshold)
-    if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        y = slots_fwd(*args)[0]
-    else:
-        y = _Slots.apply(*args)
+    y = SLOTS.apply(q, slot_keys.contiguous(), slot_values.contiguous(), c, seed, threshold)
     return y.permute(0, 2, 1, 3)
