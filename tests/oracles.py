@@ -37,6 +37,22 @@ def attention_loop(k, v, scale=None, keep=None, dropout_p=0.0):
     return torch.cat(rows, dim=2)
 
 
+def attention_dense(k, v, scale=None, keep=None, dropout_p=0.0):
+    """attention_loop's function written densely (the T x T logits at once), for long sequences on the
+    GPU: masked softmax over j < t with row 0 exactly 0, then the optional keep mask / (1 - dropout_p)."""
+    B, H, T, D = k.shape
+    s = 1.0 if scale is None else (scale.view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale)
+    lower = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)
+    masked = ((k @ k.transpose(-1, -2)) * s).masked_fill(~lower, float("-inf"))
+    row_max = masked.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # row 0: no key
+    w = torch.exp(masked - row_max)
+    probs = w / w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    if keep is not None:
+        probs = probs * keep / (1.0 - dropout_p)
+    return probs @ v
+
+
 def peek_ahead_loop(x, mix, scale=None, eps=1e-12):
     """Row by row: z_t = (1 - c) x_{t+1} + c x_t (x_T = 0); y_t = scale * z_t / max(|z_t|, eps)."""
     B, H, T, D = x.shape

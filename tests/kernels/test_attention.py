@@ -10,7 +10,7 @@ from mosaic_kernels import mosaic_attention, reference
 from mosaic_kernels._triton_common import draw_seed, dropout_keep_mask, dropout_threshold
 from tests import tolerances
 from tests.conftest import in_bthd_memory, kernel_devices, rel_err
-from tests.oracles import attention_loop
+from tests.oracles import attention_dense, attention_loop
 
 
 def _inputs(B, H, T, D, *, strided=False, seed=0, dtype=torch.float32):
@@ -53,6 +53,19 @@ def _check(fn, k, v, scale, tol, device="cpu", scale_kind="tensor"):
 def test_reference_matches_loop(T, scale_kind):
     k, v, s = _inputs(2, 3, T, 16, strided=True)
     _check(reference.mosaic_attention, k, v, s, tolerances.FP32, scale_kind=scale_kind)
+
+
+def test_dense_oracle_matches_the_loop():
+    """The GPU tests' dense float64 oracle is the loop's function, dropout mask included."""
+    k, v, s = (t.double().requires_grad_() for t in _inputs(2, 3, 19, 8))
+    keep = torch.rand(2, 3, 19, 19, generator=torch.Generator().manual_seed(1)) > 0.3
+    g = torch.randn(2, 3, 19, 8, dtype=torch.float64)
+    for kw in ({}, dict(keep=keep, dropout_p=0.3)):
+        a, b = attention_dense(k, v, s, **kw), attention_loop(k, v, s, **kw)
+        # float64 sums of <= 19 terms in two orders: ~1e-15 relative.
+        assert rel_err(a, b) < 1e-12
+        for ga, gb in zip(torch.autograd.grad(a, (k, v, s), g), torch.autograd.grad(b, (k, v, s), g)):
+            assert rel_err(ga, gb) < 1e-12
 
 
 def test_reference_gradcheck_float64():
@@ -181,7 +194,7 @@ def _drop_seed(device, generator_seed):
 
 
 def _check_dropout(k, v, s, p, tol, device, plan=None):
-    """The op with dropout (one-kernel or, with ``plan``, two-kernel backward) against the float64 loop
+    """The op with dropout (one-kernel or, with ``plan``, two-kernel backward) against the float64 oracle
     fed the kernels' own keep mask and rounded rate. Returns (y, grads)."""
     from mosaic_kernels.attention.function import attention_backward, attention_forward
 
@@ -197,11 +210,13 @@ def _check_dropout(k, v, s, p, tol, device, plan=None):
                                    seed=seed, threshold=thr)
         dk, dv, part = attention_backward(kd, vd, y, lse, sd, g, plan, seed=seed, threshold=thr)
         grads = (dk, dv, part.sum(dim=(0, 2)))
-    keep = dropout_keep_mask(_drop_seed(device, 5), B, H, T, T, p).cpu()
+    # The oracle in float64: the row loop on the CPU, its dense form on the GPU (long sequences).
+    where, oracle = ("cpu", attention_loop) if device == "cpu" else (device, attention_dense)
+    keep = dropout_keep_mask(_drop_seed(device, 5), B, H, T, T, p).to(where)
     p_real = dropout_threshold(p) / 2 ** 16  # the rate the kernels really use
-    k64, v64, s64 = (t.detach().double().cpu().requires_grad_() for t in (k, v, s))
-    y64 = attention_loop(k64, v64, s64, keep=keep, dropout_p=p_real)
-    refs = torch.autograd.grad(y64, (k64, v64, s64), g.double().cpu())
+    k64, v64, s64 = (t.detach().double().to(where).requires_grad_() for t in (k, v, s))
+    y64 = oracle(k64, v64, s64, keep=keep, dropout_p=p_real)
+    refs = torch.autograd.grad(y64, (k64, v64, s64), g.double().to(where))
     assert torch.isfinite(y).all() and torch.all(y[:, :, 0] == 0)
     assert rel_err(y, y64) <= tol, rel_err(y, y64)
     for name, got, want in zip(("k", "v", "scale"), grads, refs):
@@ -377,9 +392,9 @@ def test_gpu_extra_memory_linear_in_T():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("B,H,T,D", [(2, 3, 300, 64), (2, 2, 1000, 128), (1, 2, 2100, 64), (1, 2, 300, 96)], ids=str)
-def test_gpu_dropout_matches_loop_with_its_mask(dtype, B, H, T, D, nan_outputs):
+def test_gpu_dropout_matches_dense_float64_with_its_mask(dtype, B, H, T, D, nan_outputs):
     """Dropout 0.05 on the H200 tiles: the one-kernel plan, and from T = 2048 at D = 64 the two-kernel
-    one, against the float64 loop fed the kernels' mask."""
+    one, against the dense float64 oracle fed the kernels' mask."""
     tol = tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
     k, v, s = _inputs(B, H, T, D, strided=True)
     k = (k / math.sqrt(math.sqrt(D))).to(dtype)  # logits of order 1
