@@ -165,13 +165,14 @@ def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_
             if start_q < p0 + BLOCK_P:
                 sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
         pT = tl.exp2(sT - lse[None, :])
-        dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)              # (BP, BQ) = <v_j, dy_t>
         if DROPOUT:
             keepT = tl.trans(_keep_tile(seed, rows, p0, GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))   # (BP, BQ)
             dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
-            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         else:
             dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
+        dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)              # (BP, BQ) = <v_j, dy_t>
+        if DROPOUT:
+            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
