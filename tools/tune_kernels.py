@@ -4,7 +4,10 @@ The winners go into the FWD_/BWD_ (LONG_) tile tables of mosaic_kernels/attentio
 active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
 no run pays for autotuning.
 The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
-Usage: python -m tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [pmem]
+``attention-dropout`` sweeps the attention's tiles with dropout 0.05 (the mask is generated in every
+kernel, so its best tiles may differ from the no-dropout ones).
+
+Usage: python -m tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [attention-dropout] [pmem]
 """
 from __future__ import annotations
 
@@ -51,22 +54,25 @@ def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3):
     return res[0][1]
 
 
-def tune_attention():
+def tune_attention(dropout_p: float = 0.0):
+    """Forward, one-kernel backward and both kernels of the split backward, each over its tile list."""
+    drop = dict(seed=torch.tensor([123], device="cuda", dtype=torch.int64), threshold=dropout_threshold(dropout_p))
+    tag = f" dropout={dropout_p}" if dropout_p else ""
     for (B, H, T, D) in ATT_SHAPES:
         k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 2.7).bfloat16()
         v = torch.randn_like(k)
         dy = torch.randn_like(k)
         s = torch.ones(H, device="cuda")
         shape = (B, H, T, D)
-        _sweep(f"FWD {shape}", lambda cfg: attention_forward(k, v, s, cfg), FWD,
+        _sweep(f"FWD{tag} {shape}", lambda cfg: attention_forward(k, v, s, cfg, **drop), FWD,
                lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
-        y, lse = attention_forward(k, v, s)
-        bwd = lambda cfg: attention_backward(k, v, y, lse, s, dy, cfg)  # noqa: E731
-        _sweep(f"BWD one kernel {shape}", bwd, BWD,
+        y, lse = attention_forward(k, v, s, **drop)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, s, dy, cfg, **drop)  # noqa: E731
+        _sweep(f"BWD{tag} one kernel {shape}", bwd, BWD,
                lambda c: dict(BLOCK_P=c[0], BLOCK_Q=c[1], BLOCK_K=c[2], num_warps=c[3], num_stages=c[4]))
         # Two kernels: the key-role tiles with the first query-role tiles, then the query-role tiles.
-        key = _sweep(f"BWD two kernels, key role {shape}", bwd, BWD_KEY, lambda c: split_config(c, BWD_QUERY[0]))
-        _sweep(f"BWD two kernels, query role {shape}", bwd, BWD_QUERY, lambda c: split_config(key, c))
+        key = _sweep(f"BWD{tag} two kernels, key role {shape}", bwd, BWD_KEY, lambda c: split_config(c, BWD_QUERY[0]))
+        _sweep(f"BWD{tag} two kernels, query role {shape}", bwd, BWD_QUERY, lambda c: split_config(key, c))
 
 
 def _leaky_tiles(D: int, tile):
@@ -182,5 +188,7 @@ if __name__ == "__main__":
         tune_leaky_chunks()
     if "attention" in parts:
         tune_attention()
+    if "attention-dropout" in parts:
+        tune_attention(0.05)
     if "pmem" in parts:
         tune_pmem()
