@@ -13,6 +13,11 @@ left, with an estimate of the time left.
 a test metric), then writes ``summary.json`` and the figures: training and validation curves by depth,
 out-of-distribution loss by position at equal depth, last-row attention of the one-layer models, the
 same at three times the training length, and the 24 prompts.
+
+Seeds: ``run --seeds 1 2`` trains the same grid points again with other seeds (model initialisation
+and batch draws; folders ``...-s1``). The selection uses seed 0; ``report --seeds 0 1 2`` adds, per
+depth, each model's validation loss at its selected learning rate for every seed, and the gap between
+the two models with its spread across seeds.
 """
 from __future__ import annotations
 
@@ -33,12 +38,17 @@ MODELS = ("mosaic", "gpt")
 LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 4e-2)
 
 
-def run_name(model: str, depth: int, lr: float, kernels: str = "fused") -> str:
-    """The folder of one grid point (a Memory Mosaic on the reference ops gets a ``-reference`` suffix)."""
-    return f"{model}-L{depth}-lr{lr:g}" + ("-reference" if kernels == "reference" and model == "mosaic" else "")
+TRAIN_SEED = 1337  # mosaic-train's default: seed 0 of the study is the runs made before seeds existed
 
 
-def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list[str]:
+def run_name(model: str, depth: int, lr: float, kernels: str = "fused", seed: int = 0) -> str:
+    """The folder of one grid point (``-s{seed}`` for seeds other than 0; a Memory Mosaic on the
+    reference ops gets a ``-reference`` suffix)."""
+    return (f"{model}-L{depth}-lr{lr:g}" + (f"-s{seed}" if seed else "")
+            + ("-reference" if kernels == "reference" and model == "mosaic" else ""))
+
+
+def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float, seed: int = 0) -> list[str]:
     """mosaic-train arguments of one grid point: the paper's recipe scaled down (as REPRODUCTION.md states)."""
     # The selection is on the final validation loss and the evaluations read the final weights, so no best.pt,
     # and a checkpoint only when a run stops or ends: 9 runs writing 230 MB at each evaluation left the
@@ -49,7 +59,7 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float) -> list
             "--lr", str(lr), "--warmup", str(a.steps // 10), "--min-lr-ratio", str(1e-4 / 5e-3),
             "--beta2", "0.95", "--weight-decay", "0.1", "--dropout", "0.05", "--grad-clip", "1.0",
             "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
-            "--device", a.device, "--quiet", "--no-best", "--save-every", str(a.steps)]
+            "--device", a.device, "--quiet", "--no-best", "--save-every", str(a.steps), "--seed", str(TRAIN_SEED + seed)]
             + (["--kernels", a.kernels] if model == "mosaic" else []))
 
 
@@ -57,18 +67,19 @@ def cmd_run(a: argparse.Namespace) -> None:
     """Train every grid point not yet finished, ``--parallel`` at a time."""
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
-    grid = list(itertools.product(a.models, a.depths, a.lrs))
+    grid = list(itertools.product(a.models, a.depths, a.lrs, a.seeds))
     todo = []
-    for model, depth, lr in grid:
-        out = root / run_name(model, depth, lr, a.kernels)
+    for model, depth, lr, seed in grid:
+        out = root / run_name(model, depth, lr, a.kernels, seed)
         state = run_state(out)
         if state != "done":
-            todo.append((model, depth, lr, out, state))
+            todo.append((model, depth, lr, seed, out, state))
     todo = _rerun_for_evals(a, root) + todo  # first: the evaluations wait for them
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
-    jobs = [Job(train_argv(a, model, depth, lr), out, resume=state == "partial") for model, depth, lr, out, state in todo]
+    jobs = [Job(train_argv(a, model, depth, lr, seed), out, resume=state == "partial")
+            for model, depth, lr, seed, out, state in todo]
     run_jobs(jobs, a.parallel, a.time_limit)
-    finished = sum(run_state(root / run_name(*g, a.kernels)) == "done" for g in grid)
+    finished = sum(run_state(root / run_name(m, d, lr, a.kernels, seed)) == "done" for m, d, lr, seed in grid)
     print(f"status: {finished}/{len(grid)} runs finished", flush=True)
 
 
@@ -85,7 +96,7 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
         if not any((out / f).exists() for f in ("best.pt", "ckpt.pt")):
             out.rename(out.with_name(out.name + ".prior"))
             model, depth = key.split("-L")
-            todo.append((model, int(depth), r["lr"], out, "new"))
+            todo.append((model, int(depth), r["lr"], 0, out, "new"))
     return todo
 
 
@@ -133,6 +144,38 @@ def select(root: Path, models: list[str], depths: list[int], lrs: list[float], k
     return chosen
 
 
+def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], kernels: str = "fused") -> dict:
+    """{depth: table} for depths where both models have runs at several seeds of their selected learning
+    rate: the step every one of those runs reached, each model's validation losses there (one per seed
+    found), their means, and the gap (GPT2 minus Memory Mosaic, positive when the Memory Mosaic is ahead)
+    of the means, with the smallest and largest gap over seed pairs."""
+    out = {}
+    for depth in depths:
+        runs = {}
+        for model in MODELS:
+            r = chosen.get(f"{model}-L{depth}")
+            if r is None:
+                continue
+            for seed in seeds:
+                folder = root / run_name(model, depth, r["lr"], kernels, seed)
+                c = _curves(folder) if (folder / "metrics.jsonl").exists() else {"step": []}
+                if c["step"]:
+                    runs[(model, seed)] = c
+        if len({m for m, _ in runs}) < 2 or len(runs) < 3:
+            continue
+        step = min(c["step"][-1] for c in runs.values())
+        at = {k: c["val"][c["step"].index(step)] for k, c in runs.items() if step in c["step"]}
+        loss = {m: {s: v for (mm, s), v in at.items() if mm == m} for m in MODELS}
+        mean = {m: sum(v.values()) / len(v) for m, v in loss.items() if v}
+        if len(mean) < 2:
+            continue
+        gaps = [g - m for g in loss["gpt"].values() for m in loss["mosaic"].values()]
+        out[depth] = {"step": step, "val_loss": {m: {str(s): v for s, v in loss[m].items()} for m in MODELS},
+                      "mean": mean, "gap_of_means": mean["gpt"] - mean["mosaic"],
+                      "gap_min": min(gaps), "gap_max": max(gaps)}
+    return out
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     """Select on validation, then evaluate and plot (see the module docstring)."""
     import matplotlib
@@ -165,6 +208,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
     summary["fused_vs_reference"] = _compare_kernels(root, figs, plt)
+    if len(a.seeds) > 1:
+        summary["seeds"] = seed_spread(root, summary["runs"], a.depths, a.seeds, a.kernels)
+        for depth, t in summary["seeds"].items():
+            print(f"depth {depth}, step {t['step']}: mean val Memory Mosaic {t['mean']['mosaic']:.4f} "
+                  f"({len(t['val_loss']['mosaic'])} seeds), GPT2 {t['mean']['gpt']:.4f} ({len(t['val_loss']['gpt'])}); "
+                  f"gap {t['gap_of_means']:+.4f} (seed pairs {t['gap_min']:+.4f} to {t['gap_max']:+.4f})")
     _lr_sweep_plot(summary["runs"], a.depths, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:
         _evaluate(a, summary["runs"], figs, ev)
@@ -281,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda")
     p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="run: train every grid point with each seed; report: the seed table over these seeds")
     p.add_argument("--rerun-selected", nargs="*", type=int, default=[],
                    help="run: depths whose selected runs are trained again if their checkpoint is gone (for evals)")
     p.add_argument("--ood", default=None, help="out-of-distribution text for the loss by position")
@@ -293,9 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``run`` or ``report``."""
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
     if a.width % 64:
-        raise SystemExit("lm_depth: --width must be a multiple of 64 (heads of 64 dimensions, as GPT2-small)")
+        p.error(f"--width must be a multiple of 64 (heads of 64 dimensions, as GPT2-small), got {a.width}")
+    if any(s < 0 for s in a.seeds):
+        p.error(f"--seeds must be >= 0, got {a.seeds}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     (cmd_run if a.command == "run" else cmd_report)(a)
     return 0

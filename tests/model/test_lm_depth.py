@@ -1,0 +1,45 @@
+"""The depth study's driver on the CPU at a toy size: the grid with seeds, resumption, the report's
+selection and its seed table."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosaic_model.data import text
+from mosaic_model.experiments import lm_depth
+from tests.model.test_lm import corpus_file  # noqa: F401  (the fixture)
+
+
+def test_grid_with_seeds_runs_skips_finished_and_reports_the_seed_table(tmp_path, corpus_file, capsys):  # noqa: F811
+    # The training processes cannot use the test's byte tokenizer; they read the corpus from the cache
+    # that this process fills (its key is the source's content, not the tokenizer object).
+    text.load_corpus(str(corpus_file), doc_split="auto", progress=False)
+    common = ["--data", str(corpus_file), "--doc-split", "auto", "--val-fraction", "0.2", "--out", str(tmp_path / "g"),
+              "--depths", "1", "--lrs", "1e-3", "--width", "64", "--block-size", "16", "--batch-size", "2",
+              "--steps", "2", "--eval-every", "1", "--parallel", "2", "--device", "cpu", "--kernels", "reference"]
+    assert lm_depth.main(["run", *common, "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 to run" in out and "status: 4/4 runs finished" in out
+    for name in ("mosaic-L1-lr0.001-reference", "mosaic-L1-lr0.001-s1-reference", "gpt-L1-lr0.001-s1"):
+        assert (tmp_path / "g" / name / "metrics.jsonl").exists()
+    assert lm_depth.main(["run", *common, "--seeds", "0", "1"]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    figs = tmp_path / "figs"
+    assert lm_depth.main(["report", *common, "--seeds", "0", "1", "--no-evals", "--figures", str(figs)]) == 0
+    summary = json.loads((figs / "lm_depth_summary.json").read_text())
+    table = summary["seeds"]["1"]
+    assert set(table["val_loss"]["mosaic"]) == {"0", "1"} and set(table["val_loss"]["gpt"]) == {"0", "1"}
+    means = table["mean"]
+    assert table["gap_of_means"] == pytest.approx(means["gpt"] - means["mosaic"])
+    assert table["gap_min"] <= table["gap_of_means"] <= table["gap_max"]
+    # Different seeds train differently (weights and batches).
+    assert table["val_loss"]["gpt"]["0"] != table["val_loss"]["gpt"]["1"]
+
+
+def test_bad_arguments_exit_2(capsys):
+    for argv, msg in ((["run", "--data", "x", "--width", "100"], "--width must be a multiple of 64"),
+                      (["run", "--data", "x", "--seeds", "-1"], "--seeds must be >= 0")):
+        with pytest.raises(SystemExit) as e:
+            lm_depth.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
