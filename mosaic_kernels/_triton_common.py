@@ -43,7 +43,6 @@ def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, emp
     return delta
 
 
-
 UNIFORM_BITS = 16  # dropout compares a 16-bit uniform with round(p * 2^16)
 # Philox4x32 with 7 rounds is the fewest that pass TestU01's BigCrush (Salmon et al., SC'11);
 # Triton's default is 10. The generator runs once per 8 probabilities in each kernel that needs them.

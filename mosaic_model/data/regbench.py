@@ -139,6 +139,7 @@ class ICLSplit:
 
     def __init__(self, dfas: list[DFA], sequences: list[list[int]]):
         self.dfas, self.sequences = dfas, sequences
+        self._legal: dict[int, np.ndarray] = {}  # legal-symbol masks, walked once per sequence (legal())
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -165,8 +166,6 @@ class ICLSplit:
         """The (B, L, VOCAB_SIZE) legal-next-symbol masks of :meth:`batch`'s inputs
         (:func:`legal_next_symbols`), walked once per sequence and kept: the held-out splits are
         scored at every evaluation, and the walk is a Python loop over positions."""
-        if not hasattr(self, "_legal"):
-            self._legal: dict[int, np.ndarray] = {}
         for i in indices:
             if i not in self._legal:
                 self._legal[i] = _walk_legal(self.dfas[i], self.sequences[i][:-1])
