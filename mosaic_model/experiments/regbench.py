@@ -12,8 +12,9 @@ metrics). ``--iid`` runs the same grid on the IID split (test sequences of the t
 
 ``report`` selects, per size and model, the run of lowest validation loss (the test metrics are read
 only after that choice), and also reports RegBench's own choice, the run of best test metric, which
-selects on the test set. It writes ``summary.json``, a markdown table and the plot of accuracy and
-"TVD" against the number of training languages, with the paper's values beside ours.
+selects on the test set. It writes ``summary.json``, a markdown table, every run of the search
+(``regbench_runs.md``) and the plot of accuracy and "TVD" against the number of training languages,
+with the paper's values beside ours.
 """
 from __future__ import annotations
 
@@ -170,8 +171,24 @@ def cmd_report(a: argparse.Namespace) -> None:
                          f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} |")
     table = "\n".join(lines)
     (figs / "regbench_table.md").write_text(table + "\n")
+    (figs / "regbench_runs.md").write_text(_runs_table(collect(root, False) + collect(root, True)))
     print(table)
     _plot(summary["held_out"], figs / "regbench_fig11.png")
+
+
+def _runs_table(results: list[dict]) -> str:
+    """Every run of the search, by split, size and model: its settings, best validation loss and step,
+    and the test metrics of those weights (so a reader sees what the selection chose from)."""
+    lines = ["| split | training languages | model | depth | width | weight decay | lr | best val loss | at step | "
+             "test accuracy | test L1 |", "|---" * 11 + "|"]
+    key = lambda r: (r.get("iid", False), r["num_train"], r["model"], r["n_layer"], r["n_embd"],  # noqa: E731
+                     r["weight_decay"], r["lr"])
+    for r in sorted(results, key=key):
+        t = r["test"]
+        lines.append(f"| {'IID' if r.get('iid') else 'held-out'} | {r['num_train']} | {r['model']} | {r['n_layer']} | "
+                     f"{r['n_embd']} | {r['weight_decay']:g} | {r['lr']:g} | {r['best_val_loss']:.4f} | "
+                     f"{r['best_val_step']} | {t['accuracy']:.3f} | {t['l1']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(held_out: dict, path: Path) -> None:

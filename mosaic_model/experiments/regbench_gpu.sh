@@ -15,7 +15,7 @@ OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/rb
 [ -n "$prior" ] && cp -r "$prior"/. /tmp/rb/
 (while sleep 15; do tar -czf "$OUT/rb.tmp.tgz" -C /tmp --exclude='*.pt' rb 2>/dev/null && mv "$OUT/rb.tmp.tgz" "$OUT/rb.tgz"; done) &
 packer=$!
-grid=(--depths 2 --widths 128 --wds 0.1 --lrs ${LRS:-2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
+grid=(--depths 2 --widths 128 --wds 0.1 --lrs ${LRS:-1.25e-4 2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
 python -m mosaic_model.experiments.regbench run --out /tmp/rb --sizes ${SIZES:-100 500 1000 2500 10000 40000} \
   "${grid[@]}" --parallel ${PARALLEL:-8} --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep.log" 2>&1 &
 if [ "${IID:-1}" = 1 ]; then
