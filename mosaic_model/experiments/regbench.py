@@ -111,7 +111,9 @@ def cmd_run(a: argparse.Namespace) -> None:
     print(f"sweep: {len(points)} runs, {len(points) - len(jobs)} done, {len(jobs)} to run ({a.parallel} at a time)",
           flush=True)
     failed = run_jobs(jobs, a.parallel, a.time_limit, on_exit=lambda job, _rc: _record(a, point_of[job.out]))
-    done = sum(_record(a, point) for point in points)
+    # Runs recorded as they ended keep their record (the settings of the call that trained them); this
+    # only records finished runs that have none yet (results of a call cut before its processes exited).
+    done = sum((root / run_name(*point, iid=a.iid) / "result.json").exists() or _record(a, point) for point in points)
     print(f"status: {done}/{len(points)} runs finished" + (f", {failed} failed" if failed else ""), flush=True)
 
 
