@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
-#   tests      the whole test suite on the GPU (GPU-marked tests plus the CUDA cases of the others);
-#              tests-kernels / tests-model run its two halves
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+#   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
+#              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
 #   pmem       bench_persistent_memory
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
@@ -15,17 +15,27 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 # The GPU tests spend most of their time compiling Triton kernels on the host (one per dtype, head dim and
-# variant: in one process the kernel half reached 38% in 400 s on 2026-11-30), so they run in parallel workers where
-# pytest-xdist is installed. The output goes to $OUT as it is written, so a cut call still tells.
-par=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-12}")
+# variant: in one process the kernel half reached 38% in 400 s on 2026-11-30), so they run in parallel
+# pytest-xdist workers where it is installed, one CPU thread each (torch's default, a thread per core in
+# every worker, would oversubscribe the cores). TEST_SECONDS caps a test part; pytest is then interrupted
+# with SIGINT, so that it still prints its summary and the slowest tests. The log goes to $OUT as written.
+par=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-16} --dist worksteal")
+gpu_tests() {  # gpu_tests LOG PYTEST-ARGS...
+  local log=$1; shift
+  OMP_NUM_THREADS=1 timeout -s INT "${TEST_SECONDS:-560}" python3 -m pytest -q "$@" $par -p no:cacheprovider \
+    -p no:benchmark -rfEx --durations=25 > "$OUT/$log" 2>&1
+  tail -n 45 "$OUT/$log"
+}
 for PART in "${@:-all}"; do
   case "$PART" in
     tests|all)
-      python3 -m pytest -q tests $par -p no:cacheprovider -rfEx > "$OUT/gpu_tests.txt" 2>&1; tail -n 40 "$OUT/gpu_tests.txt" ;;&
+      gpu_tests gpu_tests.txt tests --cuda-only ;;&
+    tests-all)
+      gpu_tests gpu_tests_all.txt tests ;;&
     tests-kernels)
-      python3 -m pytest -q tests/kernels $par -p no:cacheprovider -rfEx > "$OUT/gpu_tests_kernels.txt" 2>&1; tail -n 40 "$OUT/gpu_tests_kernels.txt" ;;&
+      gpu_tests gpu_tests_kernels.txt tests/kernels --cuda-only ;;&
     tests-model)
-      python3 -m pytest -q tests/model $par -p no:cacheprovider -rfEx > "$OUT/gpu_tests_model.txt" 2>&1; tail -n 40 "$OUT/gpu_tests_model.txt" ;;&
+      gpu_tests gpu_tests_model.txt tests/model --cuda-only ;;&
     kernels|all)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md"

@@ -7,11 +7,26 @@ import torch
 from mosaic_kernels._common import interpreter_enabled
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cuda-only", action="store_true",
+                     help="only the tests that run on a CUDA device: the gpu-marked ones and the 'cuda' cases of "
+                          "the device-parametrised ones (the rest is CPU code that CI already runs)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the H200; skipped on CPU CI)")
 
 
+def _runs_on_cuda(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "gpu" in item.keywords or any(v == "cuda" for v in params.values() if isinstance(v, str))
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--cuda-only"):
+        selected = [item for item in items if _runs_on_cuda(item)]
+        config.hook.pytest_deselected(items=[item for item in items if not _runs_on_cuda(item)])
+        items[:] = selected
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
