@@ -11,7 +11,7 @@ import argparse
 import numpy as np
 import torch
 
-from .data.regbench import VOCAB_SIZE, ICLTask, ICLTaskConfig
+from .data.regbench import IGNORE, PAD, VOCAB_SIZE, ICLTask, ICLTaskConfig
 from .data.text import TokenCorpus, load_corpus
 from .evaluate import estimate_loss, evaluate_icl
 
@@ -45,6 +45,14 @@ class ICLTrainingTask:
         perm = np.random.default_rng([self.a.seed, epoch]).permutation(n)
         x, y, _ = self.task.train.batch(perm[i * batch_size:(i + 1) * batch_size].tolist(), device)
         return x, y
+
+    def fixed_shape(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch padded to the block size, for CUDA graphs (which replay fixed shapes): the extra
+        positions are PAD inputs with ignored labels, and the models being causal, they change nothing
+        before them."""
+        extra = self.block_size - x.shape[1]
+        return (torch.nn.functional.pad(x, (0, extra), value=PAD),
+                torch.nn.functional.pad(y, (0, extra), value=IGNORE))
 
     def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         return evaluate_icl(model, self.task.val, self.a.eval_batch_size, device, dtype)
@@ -91,6 +99,11 @@ class LMTrainingTask:
     def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.train_corpus.random_windows(np.random.default_rng([self.a.seed, draw]), batch_size, self.block_size)
         return x.to(device), y.to(device)
+
+    @staticmethod
+    def fixed_shape(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as it is: windows of the block size already have one shape."""
+        return x, y
 
     def _estimate(self, model, corpus: TokenCorpus, device, dtype) -> float:
         return estimate_loss(model, corpus, self.block_size, self.a.eval_batches, self.a.eval_batch_size,

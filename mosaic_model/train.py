@@ -17,7 +17,6 @@ extended with --resume --steps N follows, from the step it stopped at, the sched
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ import torch
 from .checkpoint import CheckpointError, load_model, model_type_of, read_checkpoint
 from .checkpoint import build_model as checkpoint_build_model
 from .data.text import DOC_SPLITS, DataError
-from .runtime import autocast_for
+from .step import CudaGraphStep, make_capturable, optimizer_step, set_lr
 from .tasks import make_task
 
 # The recipe of the paper's language-modelling runs (BabiStories, 12 layers, batch 512 x 512 tokens,
@@ -131,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto = bf16 autocast on CUDA, float32 on CPU")
     r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="record each optimizer step once as a CUDA graph and replay it (small models, whose steps "
+                        "are bound by the host); in-context batches are then padded to the block size, which "
+                        "changes no result (mosaic_model/step.py)")
     r.add_argument("--seed", type=int, default=1337, help="seed of weights, batches and dropout")
     r.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (and checkpoints)")
     r.add_argument("--final-from", choices=("last", "best"), default="last",
@@ -224,6 +227,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.time_limit is not None and not a.time_limit > 0:
         p.error(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
+    if a.cuda_graph and (a.compile or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        p.error("--cuda-graph runs one process without --compile")
     if a.time_limit is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         p.error("--time-limit works with one process (ranks could stop at different steps); use --max-steps-this-run")
     for name in ("max_steps_this_run", "pmem_size", "save_every"):
@@ -265,6 +270,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--device must be cpu or cuda, got {a.device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but no CUDA device is available")
+    if a.cuda_graph and dev.type != "cuda":
+        p.error(f"--cuda-graph needs a CUDA device, got --device {a.device}")
     if a.dtype == "auto":
         a.dtype = "bfloat16" if dev.type == "cuda" else "float32"
     if a.dtype == "bfloat16" and dev.type != "cuda":
@@ -410,6 +417,16 @@ def train(a: argparse.Namespace) -> dict:
     net = torch.compile(model) if a.compile else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    params = list(model.parameters())
+
+    def step_on(batches, autocast_cache: bool = True):
+        return optimizer_step(net, params, opt, batches, a.grad_accum, a.grad_clip, device, dtype, world,
+                              autocast_cache=autocast_cache)
+
+    graphed = None
+    if a.cuda_graph:
+        make_capturable(opt, lr_at(start, a))
+        graphed = CudaGraphStep(lambda batches: step_on(batches, autocast_cache=False), opt)
 
     n_params = sum(p.numel() for p in model.parameters())
     if not main_rank:  # only rank 0 prints, logs, evaluates and saves
@@ -444,23 +461,16 @@ def train(a: argparse.Namespace) -> dict:
     deadline = None if a.time_limit is None else time.perf_counter() + a.time_limit
     for step in range(start, stop):
         lr = lr_at(step, a)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for micro in range(a.grad_accum):
-            # A fresh batch for every micro-step of every rank: a pure function of (step, micro, rank).
-            x, y = task.batch((step * a.grad_accum + micro) * world + rank, a.batch_size, device)
-            last = micro == a.grad_accum - 1
-            # DDP all-reduces the gradients only on the last micro-step.
-            with (net.no_sync() if world > 1 and not last else contextlib.nullcontext()):
-                with autocast_for(device, dtype):
-                    _, loss = net(x, y)
-                (loss / a.grad_accum).backward()
-            loss_sum = loss_sum + loss.detach() / a.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else math.inf)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens += x.numel() * a.grad_accum * world
+        set_lr(opt, lr)
+        # A fresh batch for every micro-step of every rank: a pure function of (step, micro, rank).
+        batches = [task.batch((step * a.grad_accum + micro) * world + rank, a.batch_size, device)
+                   for micro in range(a.grad_accum)]
+        tokens += sum(x.numel() for x, _ in batches) * world
+        if graphed is not None:
+            loss_sum, grad_norm = graphed([task.fixed_shape(x, y) for x, y in batches])
+        else:
+            loss_sum, grad_norm = step_on(batches)
+            opt.zero_grad(set_to_none=True)
         bar.update(1)
         if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
             loss_v = float(loss_sum)  # rank 0's mean over its micro-steps

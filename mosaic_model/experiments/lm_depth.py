@@ -60,7 +60,7 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float, seed: i
             "--beta2", "0.95", "--weight-decay", "0.1", "--dropout", "0.05", "--grad-clip", "1.0",
             "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
             "--device", a.device, "--quiet", "--no-best", "--save-every", str(a.steps), "--seed", str(TRAIN_SEED + seed)]
-            + (["--kernels", a.kernels] if model == "mosaic" else []))
+            + (["--kernels", a.kernels] if model == "mosaic" else []) + (["--cuda-graph"] if a.cuda_graph else []))
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=16)
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--cuda-graph", action="store_true", help="every run replays its steps as CUDA graphs (mosaic-train)")
     p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],

@@ -17,9 +17,9 @@ OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/rb
 packer=$!
 grid=(--depths 2 --widths 128 --wds 0.1 --lrs ${LRS:-1.25e-4 2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
 python -m mosaic_model.experiments.regbench run --out /tmp/rb --sizes ${SIZES:-100 500 1000 2500 10000 40000} \
-  "${grid[@]}" --parallel ${PARALLEL:-8} --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep.log" 2>&1 &
+  "${grid[@]}" --parallel ${PARALLEL:-4} --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep.log" 2>&1 &
 if [ "${IID:-1}" = 1 ]; then
-  python -m mosaic_model.experiments.regbench run --out /tmp/rb --iid --sizes 100 "${grid[@]}" --parallel 2 \
+  python -m mosaic_model.experiments.regbench run --out /tmp/rb --iid --sizes 100 "${grid[@]}" --parallel 1 \
     --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep_iid.log" 2>&1 &
 fi
 wait $(jobs -p | grep -v "^$packer$")

@@ -139,6 +139,8 @@ def test_help_shows_defaults(capsys):
     (["--data", "x.txt"], "--data and --val-data are for --task lm"),
     (["--task", "lm", "--data", "x.txt", "--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
     (["--block-size", "0"], "--block-size must be >= 1"),
+    (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device, got --device cpu"),
+    (["--cuda-graph", "--compile"], "--cuda-graph runs one process without --compile"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as exc:
