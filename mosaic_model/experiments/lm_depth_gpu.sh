@@ -1,40 +1,76 @@
 #!/usr/bin/env bash
-# One device call of the language-modelling study (REPRODUCTION.md). In parallel: the books depth grid
-# (extending an earlier call's results when given, and training again the selected depth-1 and depth-2
-# runs whose weights did not come back), the Memory Mosaic at depth 4 on the reference ops against its
-# fused twin (for as long as the others run), and the TinyStories grid at depths 1 and 2. Then both reports, and the small results
-# packed into $OUT/results.tgz.
-# Usage: bash mosaic_model/experiments/lm_depth_gpu.sh TRAIN_SECONDS [PRIOR.tgz]
+# One device call of the language-modelling study (REPRODUCTION.md): the parts named on the command line
+# run at once for TRAIN_SECONDS, resuming from an earlier call's results (PRIOR.tgz, as this script packs
+# them), then the reports. The small files of every run (no checkpoints) are packed into $OUT/results.tgz
+# every 15 s, so that what finished comes back even if the call is cut; an unfinished run starts again
+# next time (its checkpoint stays on the device machine).
+# Usage: bash mosaic_model/experiments/lm_depth_gpu.sh TRAIN_SECONDS PRIOR.tgz|- PART...
+#   extend     the books grid past an edge that a model's best lies on (GPT_LRS, MOSAIC_LRS; the rule is
+#              the same for both models) at DEPTHS (default 1 2 4 8)
+#   seeds      seeds 1 and 2 of each model's selected learning rate at depths 2 and 4 (SEED_DEPTHS;
+#              MOSAIC_LR, GPT_LR: the selections of REPRODUCTION.md); seed 0 is the grid's run (extend
+#              trains it again where an earlier call cut it short)
+#   reference  the depth-4 Memory Mosaic at 1e-2 on the reference ops, against its fused twin
+#   stories    the TinyStories grid at depths 1 and 2, both models, lr {2e-3, 5e-3, 1e-2}
+#   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
+#              evaluations (out-of-distribution loss, attention, long context, prompts)
+# GRAPH=1 gives every run --cuda-graph. PARALLEL (default 6) runs at once per part. EXTRA: more lm_depth run
+# flags, last on the line (a CPU smoke test: EXTRA="--device cpu --steps 4 --width 64 --batch-size 2
+# --block-size 32 --eval-every 2 --kernels reference").
 # Needs .carry/ with books.tar.xz, gpt2-tokenizer/, simplewiki/simplewiki.json.xz and stories/.
-set -euo pipefail
-limit=$1; prior=${2:-}
+set -uo pipefail
+limit=$1; prior=$2; shift 2
 export MOSAIC_TOKENIZER_DIR=$PWD/.carry/gpt2-tokenizer MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
-OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories /tmp/lm_depth /tmp/lm_stories
 tar -xJf .carry/books.tar.xz -C /tmp/books
-[ -n "$prior" ] && tar -xzf "$prior" -C /tmp
+[ "$prior" != - ] && tar -xzf "$prior" -C /tmp
 ood=.carry/simplewiki/simplewiki.json.xz
+pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories 2>/dev/null \
+           && mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"; }
+(while sleep 15; do pack; done) &
+packer=$!
 # Tokenise once, with every core, before the runs start (they then read the cache).
 python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False); l('$ood', progress=False); l('.carry/stories', progress=False)"
-m=python; lm="-m mosaic_model.experiments.lm_depth"
+lm=(python -m mosaic_model.experiments.lm_depth)
+common=(--parallel "${PARALLEL:-6}" --time-limit "$limit" $([ "${GRAPH:-0}" = 1 ] && echo --cuda-graph) ${EXTRA:-})
 books=(--data /tmp/books --out /tmp/lm_depth)
 stories=(--data .carry/stories --doc-split auto --out /tmp/lm_stories --depths 1 2 --steps 300 --eval-every 25)
-# The books grid grows by one lr past an edge that a model's best lies on (GPT_LRS, MOSAIC_LRS: the
-# rule is the same for both models, REPRODUCTION.md). BOOKS_RERUN: depths whose selected runs are trained
-# again for the evaluations when their weights are gone (empty: no evaluations, curves only).
-# REFERENCE=1 adds the depth-4 Memory Mosaic on the reference ops.
-rerun=${BOOKS_RERUN-1 2}
-$m $lm run "${books[@]}" --models gpt --lrs ${GPT_LRS:-0.001} --parallel 5 --time-limit "$limit" --rerun-selected $rerun > /tmp/books_gpt.log 2>&1 &
-$m $lm run "${books[@]}" --models mosaic --lrs ${MOSAIC_LRS:-0.02} --parallel 5 --time-limit "$limit" --rerun-selected $rerun > /tmp/books_mosaic.log 2>&1 &
-[ "${REFERENCE:-1}" = 1 ] && $m $lm run "${books[@]}" --models mosaic --depths 4 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/reference.log 2>&1 &
-$m $lm run "${stories[@]}" --lrs 0.002 0.005 0.01 --parallel 4 --time-limit "$limit" --rerun-selected 1 2 > /tmp/stories.log 2>&1 &
-wait
-tail -n 2 /tmp/books_*.log /tmp/stories.log
-$m $lm report "${books[@]}" $([ -z "$rerun" ] && echo --no-evals) --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/books_report.log 2>&1 &
-$m $lm report "${stories[@]}" --lrs 0.002 0.005 0.01 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/stories_report.log 2>&1 &
-wait
-cat /tmp/books_report.log /tmp/stories_report.log
-cp /tmp/*.log /tmp/figures/
-tar -czf "$OUT/results.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories
-if [ "${BENCH:-0}" = 1 ]; then  # cached against uncached generation, alone on the GPU (BENCHMARKS.md)
-  timeout 240 python -m benchmarks.bench_generate --profile 8 > "$OUT/bench_generate.log" 2>&1 || true
+pids=()
+for part in "$@"; do
+  case $part in
+    extend)
+      "${lm[@]}" run "${books[@]}" --depths ${DEPTHS:-1 2 4 8} --models gpt --lrs ${GPT_LRS:-0.001} "${common[@]}" > /tmp/figures/extend_gpt.log 2>&1 &
+      pids+=($!)
+      "${lm[@]}" run "${books[@]}" --depths ${DEPTHS:-1 2 4 8} --models mosaic --lrs ${MOSAIC_LRS:-0.02} "${common[@]}" > /tmp/figures/extend_mosaic.log 2>&1 &
+      pids+=($!) ;;
+    seeds)
+      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models mosaic --lrs ${MOSAIC_LR:-0.02} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_mosaic.log 2>&1 &
+      pids+=($!)
+      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models gpt --lrs ${GPT_LR:-0.002} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_gpt.log 2>&1 &
+      pids+=($!) ;;
+    reference)
+      "${lm[@]}" run "${books[@]}" --models mosaic --depths 4 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
+      pids+=($!) ;;
+    stories)
+      "${lm[@]}" run "${stories[@]}" --lrs 0.002 0.005 0.01 "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
+      pids+=($!) ;;
+    evals)
+      # --lrs of finished runs only: nothing of the grid is new, only the selected runs are trained again.
+      "${lm[@]}" run "${books[@]}" --depths 1 2 --lrs 0.002 "${common[@]}" --rerun-selected 1 2 > /tmp/figures/evals.log 2>&1 &
+      pids+=($!) ;;
+    *) echo "unknown part $part" >&2; kill $packer; exit 2 ;;
+  esac
+done
+wait "${pids[@]}"
+tail -n 2 /tmp/figures/*.log
+pack
+# Reports: the books selection and curves (evaluations only where weights exist), the stories with theirs.
+evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
+"${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
+if [[ " $* " == *" stories "* ]]; then
+  "${lm[@]}" report "${stories[@]}" --lrs 0.002 0.005 0.01 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
+wait $(jobs -p | grep -v "^$packer$")
+kill $packer 2>/dev/null
+cat /tmp/figures/*_report.log
+pack
