@@ -176,6 +176,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     (figs / "regbench_runs.md").write_text(_runs_table(collect(root, False) + collect(root, True)))
     print(table)
     _plot(summary["held_out"], figs / "regbench_fig11.png")
+    _plot_lr_search(collect(root, False), figs / "regbench_lr_search.png")
 
 
 def _runs_table(results: list[dict]) -> str:
@@ -224,6 +225,41 @@ def _plot(held_out: dict, path: Path) -> None:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_lr_search(results: list[dict], path: Path) -> None:
+    """Best validation loss against learning rate, one panel per number of training languages, both
+    models (runs of other depth, width or weight decay as separate lines): where a model's best lies on
+    an edge of the grid, the search has not bracketed it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["num_train"] for r in results})
+    if not sizes:
+        return
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        lines: dict = {}
+        for r in results:
+            if r["num_train"] == size:
+                key = (r["model"], r["n_layer"], r["n_embd"], r["weight_decay"])
+                lines.setdefault(key, []).append((r["lr"], r["best_val_loss"]))
+        for (model, depth, width, wd), points in sorted(lines.items()):
+            lrs, losses = zip(*sorted(points))
+            label = f"{'Memory Mosaic' if model == 'mosaic' else 'Transformer'} L{depth} d{width} wd{wd:g}"
+            ax.plot(lrs, losses, "o-", color="tab:blue" if model == "mosaic" else "tab:orange", label=label)
+        ax.set(xscale="log", title=f"{size} training languages", xlabel="learning rate")
+        grid_lrs = sorted({lr for points in lines.values() for lr, _ in points})
+        ax.minorticks_off()
+        ax.set_xticks(grid_lrs, [f"{lr:g}" for lr in grid_lrs], rotation=30, fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best validation loss")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
