@@ -131,6 +131,7 @@ def ratios(rows) -> list[dict]:
 
 
 def main() -> None:
+    """Parse the options, run the benchmark, print the tables and write them to --out."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=list(PROVIDERS))

@@ -36,6 +36,7 @@ def dense_official(x, beta, scale):
 
 
 def run(dtype: torch.dtype) -> list[dict]:
+    """Time ours and the peers at every shape in ``dtype``; one row per measurement."""
     rows = []
     for (B, H, T, D) in SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)  # the model's strided view
@@ -81,6 +82,7 @@ def run(dtype: torch.dtype) -> list[dict]:
 
 
 def main() -> None:
+    """Run the benchmark, print the table and write it to --out."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--out", default=None, help="also write the markdown to this file")

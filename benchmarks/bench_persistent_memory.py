@@ -88,6 +88,7 @@ def mlp_same_flops_row(B: int, H: int, T: int, hs: int, P: int) -> dict:
 
 
 def run() -> list[dict]:
+    """Time every provider at every shape, dropout off and on; one row per measurement."""
     rows = []
     for (B, H, T, hs, P) in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -127,6 +128,7 @@ def run() -> list[dict]:
 
 
 def main() -> None:
+    """Run the benchmark, print the table and write it to --out."""
     table_main(__doc__, "benchmarks.bench_persistent_memory", run,
                "P-mem retrieval fwd+bwd, bf16 (shape = B, H, T, hs, P); grad_rel_diff = largest relative "
                "difference of the three gradients to the first provider.",

@@ -131,6 +131,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
+    """Parse the case filters, time every selected case, print and write the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     p.add_argument("--warmup", type=int, default=3)

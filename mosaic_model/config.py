@@ -62,9 +62,11 @@ class MosaicConfig:
 
     @property
     def head_size(self) -> int:
+        """Dimensions per head."""
         return self.n_embd // self.n_head
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (what checkpoints store)."""
         return asdict(self)
 
 
@@ -85,4 +87,5 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (what checkpoints store)."""
         return asdict(self)

@@ -12,6 +12,9 @@ from .lm import GenerateMixin, is_static, layer_cache, lm_loss, write_at
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention (SDPA, attention dropout at the model's dropout), with the
+    growing or static key-value cache of cached generation."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.dropout = config.n_head, config.dropout
@@ -51,6 +54,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GPT2's feed-forward block: d -> 4d, tanh GELU, 4d -> d, dropout."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -62,6 +67,8 @@ class MLP(nn.Module):
 
 
 class GPTBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(LN(x)), then + MLP(LN(x))."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)

@@ -33,12 +33,15 @@ class ICLTrainingTask:
         self.block_size = max(t.train.max_len, t.val.max_len, t.test.max_len)
 
     def describe(self) -> str:
+        """One line: the splits' sizes and the block size."""
         t = self.task
         held_out = "new sequences of the training languages" if t.cfg.iid else "languages"
         return (f"task: {len(t.train)} train languages / {len(t.test)} test / {len(t.val)} val {held_out}, "
                 f"block {self.block_size}")
 
     def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``draw`` of shuffled epochs over the training languages (inputs, labels), padded to
+        its longest sequence."""
         n = len(self.task.train)
         per_epoch = -(-n // batch_size)
         epoch, i = divmod(draw, per_epoch)  # shuffled epochs; the last batch of one may be short
@@ -55,13 +58,16 @@ class ICLTrainingTask:
                 torch.nn.functional.pad(y, (0, extra), value=IGNORE))
 
     def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
+        """Loss and in-context metrics on the validation languages."""
         return evaluate_icl(model, self.task.val, self.a.eval_batch_size, device, dtype)
 
     def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
+        """Loss and in-context metrics on the test languages."""
         return evaluate_icl(model, self.task.test, self.a.eval_batch_size, device, dtype)
 
     @staticmethod
     def summary(m: dict) -> str:
+        """One line of metrics for the log."""
         return (f"loss {m['loss']:.4f} | in-context accuracy {m['accuracy']:.3f} (uniform-guess chance "
                 f"{m['chance_accuracy']:.3f}) | L1 {m['l1']:.3f} | TVD {m['tvd']:.3f}")
 
@@ -92,11 +98,13 @@ class LMTrainingTask:
             c.check_window(self.block_size)
 
     def describe(self) -> str:
+        """One line: tokens and documents of both splits, and the block size."""
         tr, va = self.train_corpus, self.val_corpus
         return (f"data: {len(tr):,} train tokens ({tr.num_documents:,} documents) / {len(va):,} val tokens "
                 f"({va.num_documents:,}), block {self.block_size}")
 
     def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``draw``: random training windows of the block size (inputs, next-token labels)."""
         x, y = self.train_corpus.random_windows(np.random.default_rng([self.a.seed, draw]), batch_size, self.block_size)
         return x.to(device), y.to(device)
 
@@ -116,10 +124,12 @@ class LMTrainingTask:
                 "train_loss": self._estimate(model, self.train_corpus, device, dtype)}
 
     def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
+        """The last evaluation: as :meth:`validate`."""
         return self.validate(model, device, dtype)
 
     @staticmethod
     def summary(m: dict) -> str:
+        """One line of metrics for the log."""
         return f"val loss {m['loss']:.4f} (perplexity {np.exp(m['loss']):.2f}) | train loss {m['train_loss']:.4f}"
 
     final_title = "final"

@@ -28,6 +28,7 @@ def host_us(fn, n: int = 200) -> float:
 
 
 def main() -> None:
+    """Print the host microseconds per call of each row."""
     x = torch.randn(2, 8192, 12, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # a head split
     a, s = torch.rand(12, device="cuda"), torch.rand(12, device="cuda") + 1
     k, v = x.contiguous(), torch.randn(2, 12, 8192, 64, device="cuda", dtype=torch.bfloat16)

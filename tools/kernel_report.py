@@ -54,6 +54,8 @@ def _row(op: str, shape, name: str, grid, kernel) -> dict:
 
 
 def run() -> list[dict]:
+    """One fwd+bwd of each op at the benchmark shapes; a row per Triton launch (grid, warps, registers,
+    spills, shared memory, residency)."""
     rows = []
     dev = "cuda"
     for shape in [(16, 12, 512, 64), (1, 12, 8192, 64), (2, 16, 4096, 128)]:
@@ -89,6 +91,7 @@ def run() -> list[dict]:
 
 
 def main() -> None:
+    """Write the report to --out and print it."""
     table_main(__doc__, "tools.kernel_report", run,
                f"Every Triton launch of one fwd+bwd (bf16). per_SM = programs resident per SM from registers, "
                f"shared memory and warps (limit names the binding one); waves = programs / (per_SM x {SM_COUNT}).",

@@ -34,6 +34,7 @@ CATEGORIES = [
 
 
 def category(name: str) -> str:
+    """The group a kernel name belongs to in the profile table."""
     low = name.lower()
     for label, keys in CATEGORIES:
         if any(k in low for k in keys):
@@ -42,6 +43,7 @@ def category(name: str) -> str:
 
 
 def main() -> None:
+    """Profile training steps of the chosen model and print the kernel time by category."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="mosaic_fused")
     p.add_argument("--layers", type=int, default=12)

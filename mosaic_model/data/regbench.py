@@ -146,6 +146,7 @@ class ICLSplit:
 
     @property
     def max_len(self) -> int:
+        """Input length of the longest sequence (its tokens but the last)."""
         return max(len(s) for s in self.sequences) - 1
 
     def batch(self, indices: list[int], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[DFA]]:
@@ -222,6 +223,7 @@ class ICLTask:
             self.val = take(order[n + m:])
 
     def config_dict(self) -> dict:
+        """The task's configuration as a plain dict."""
         return asdict(self.cfg)
 
 

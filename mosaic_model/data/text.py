@@ -326,6 +326,7 @@ class TokenCorpus:
 
     @property
     def num_documents(self) -> int:
+        """Documents in the corpus."""
         return len(self.starts) - 1
 
     def __len__(self) -> int:
