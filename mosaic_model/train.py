@@ -444,12 +444,16 @@ def train(a: argparse.Namespace) -> dict:
             log.write(json.dumps(entry) + "\n")
             log.flush()
 
-    def save(step: int, path: Path = ckpt_path, **extra) -> None:
+    def save(step: int, path: Path = ckpt_path, weights_only: bool = False, **extra) -> None:
+        # best.pt holds the weights alone (a third of the bytes: AdamW keeps two moments a weight); only
+        # ckpt.pt is resumed from. Small runs evaluate often, and their saves can outlast their steps.
         if main_rank:
             tmp = path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "args": vars(a),
-                        "model_type": model_type_of(model), "model_config": model.config.to_dict(),
-                        "rng": _rng_state(), "best_val_loss": best, **extra}, tmp)
+            state = {"model": model.state_dict(), "step": step, "args": vars(a), "model_type": model_type_of(model),
+                     "model_config": model.config.to_dict(), "best_val_loss": best, **extra}
+            if not weights_only:
+                state.update(optimizer=opt.state_dict(), rng=_rng_state())
+            torch.save(state, tmp)
             os.replace(tmp, path)  # never a half-written checkpoint
 
     stop = a.steps if a.max_steps_this_run is None else min(a.steps, start + a.max_steps_this_run)
@@ -488,7 +492,7 @@ def train(a: argparse.Namespace) -> dict:
             if m["loss"] < best:
                 best = m["loss"]
                 if not a.no_best:
-                    save(step + 1, out / "best.pt")
+                    save(step + 1, out / "best.pt", weights_only=True)
             if a.save_every is None or (step + 1) % a.save_every == 0:
                 save(step + 1)
             t_last = time.perf_counter()

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from mosaic_model import train as train_mod
 from mosaic_model.data.regbench import ICLTask, ICLTaskConfig
@@ -65,6 +66,9 @@ def test_final_metrics_come_from_the_best_validation_weights(tmp_path, model):
     for key in ("accuracy", "l1", "tvd"):
         assert math.isfinite(test[key])
     assert test["tvd"] == pytest.approx(test["l1"] / 2)
+    # best.pt keeps the weights alone; ckpt.pt, the one --resume reads, keeps the optimizer too.
+    best_ckpt, last_ckpt = (torch.load(tmp_path / "run" / f, weights_only=False) for f in ("best.pt", "ckpt.pt"))
+    assert "optimizer" not in best_ckpt and best_ckpt["step"] == best["step"] and "optimizer" in last_ckpt
 
 
 @pytest.mark.parametrize("argv, msg", [

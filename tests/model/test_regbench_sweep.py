@@ -47,7 +47,8 @@ def test_selection_uses_validation_and_reports_the_test_selected_choice_beside_i
 
 def test_bad_grid_arguments_exit_2(capsys):
     for argv, msg in ((["run", "--widths", "40"], "multiples of 16"), (["run", "--lrs", "0"], "--lrs must be > 0"),
-                      (["run", "--parallel", "0"], "--parallel must be >= 1")):
+                      (["run", "--parallel", "0"], "--parallel must be >= 1"),
+                      (["run", "--save-every", "0"], "--save-every must be >= 1")):
         with pytest.raises(SystemExit) as e:
             regbench.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
