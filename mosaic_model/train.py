@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     r.add_argument("--cuda-graph", action="store_true",
                    help="record each optimizer step once as a CUDA graph and replay it (small models, whose steps "
-                        "are bound by the host); in-context batches are then padded to the block size, which "
-                        "changes no result (mosaic_model/step.py)")
+                        "are bound by the host). Same arithmetic; other dropout masks of the same law; in-context "
+                        "batches padded to the block size, which the causal models ignore (mosaic_model/step.py)")
     r.add_argument("--seed", type=int, default=1337, help="seed of weights, batches and dropout")
     r.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (and checkpoints)")
     r.add_argument("--final-from", choices=("last", "best"), default="last",
