@@ -24,8 +24,10 @@ def _runs_on_cuda(item) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--cuda-only"):
-        selected = [item for item in items if _runs_on_cuda(item)]
-        config.hook.pytest_deselected(items=[item for item in items if not _runs_on_cuda(item)])
+        selected, deselected = [], []
+        for item in items:
+            (selected if _runs_on_cuda(item) else deselected).append(item)
+        config.hook.pytest_deselected(items=deselected)
         items[:] = selected
     if torch.cuda.is_available():
         return
