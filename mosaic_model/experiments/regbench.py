@@ -14,7 +14,9 @@ metrics). ``--iid`` runs the same grid on the IID split (test sequences of the t
 only after that choice), and also reports RegBench's own choice, the run of best test metric, which
 selects on the test set. It writes ``summary.json``, a markdown table, every run of the search
 (``regbench_runs.md``) and the plot of accuracy and "TVD" against the number of training languages,
-with the paper's values beside ours.
+with the paper's values beside ours. A size enters the plot only once both models have searched the same
+grid points there (the table marks the others), and each size shows the epochs its runs trained under
+``--step-cap``.
 """
 from __future__ import annotations
 
@@ -141,10 +143,32 @@ def select(results: list[dict]) -> dict:
             on_val = min(runs, key=lambda r: r["best_val_loss"])
             best_acc = max(runs, key=lambda r: r["test"]["accuracy"])
             best_l1 = min(runs, key=lambda r: r["test"]["l1"])
-            out[model][size] = {"runs_searched": len(runs), "selected_on_val": on_val,
+            out[model][size] = {"runs_searched": len(runs), "searched": _settings(runs), "selected_on_val": on_val,
                                 "test_selected_accuracy": best_acc["test"]["accuracy"],
                                 "test_selected_l1": best_l1["test"]["l1"]}
     return out
+
+
+def _settings(runs: list[dict]) -> list[list]:
+    """The grid points a search covered, [depth, width, weight decay, lr] each, sorted."""
+    keys = ("n_layer", "n_embd", "weight_decay", "lr")
+    return sorted([r.get(k) for k in keys] for r in runs)
+
+
+def same_search(chosen: dict) -> list[int]:
+    """Sizes at which every model of ``select``'s answer searched the same grid points: only there do the
+    two models compare on equal terms (a sweep cut short leaves sizes with one model ahead in runs)."""
+    sizes = set.intersection(*(set(by_size) for by_size in chosen.values())) if len(chosen) == len(MODELS) else set()
+    return sorted(s for s in sizes if len({json.dumps(chosen[m][s]["searched"]) for m in chosen}) == 1)
+
+
+def epochs_trained(size: int, epochs: int, step_cap: int | None) -> float:
+    """Epochs a run of ``size`` training languages makes under the step cap (one sequence per language)."""
+    from mosaic_model.train import PRESETS
+
+    per_epoch = -(-size // PRESETS["regbench"]["batch_size"])
+    steps = epochs * per_epoch if step_cap is None else min(epochs * per_epoch, step_cap)
+    return steps / per_epoch
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -153,29 +177,31 @@ def cmd_report(a: argparse.Namespace) -> None:
     figs.mkdir(parents=True, exist_ok=True)
     summary = {"selection": "per size and model, the run of lowest validation loss; test metrics read after",
                "held_out": select(collect(root, iid=False)), "iid": select(collect(root, iid=True))}
+    summary["same_search_sizes"] = same_search(summary["held_out"])
     (figs / "regbench_summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["| training languages | model | runs | accuracy | paper | L1 (\"TVD\") | paper | TVD | "
-             "accuracy, test-selected | L1, test-selected |", "|---" * 10 + "|"]
-    for model, by_size in summary["held_out"].items():
-        for size, c in by_size.items():
-            t = c["selected_on_val"]["test"]
-            paper = PAPER_FIG11.get(model, {})
-            pa, pl = paper.get("accuracy", {}).get(size), paper.get("l1", {}).get(size)
-            lines.append(f"| {size} | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
-                         f"{'-' if pa is None else f'{pa:.3f}'} | {t['l1']:.3f} | {'-' if pl is None else f'{pl:.3f}'} | "
-                         f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} |")
-    for model, by_size in summary["iid"].items():
-        for size, c in by_size.items():
-            t = c["selected_on_val"]["test"]
-            p = PAPER_TABLE4.get(model, {}) if size == 100 else {}  # the paper's IID table is at 100
-            lines.append(f"| {size} (IID) | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
-                         f"{p.get('accuracy', float('nan')):.3f} | {t['l1']:.3f} | {p.get('l1', float('nan')):.3f} | "
-                         f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} |")
+             "accuracy, test-selected | L1, test-selected | epochs trained |", "|---" * 11 + "|"]
+    for split, by_model in (("held-out", summary["held_out"]), ("IID", summary["iid"])):
+        for model, by_size in by_model.items():
+            for size, c in by_size.items():
+                r = c["selected_on_val"]
+                t = r["test"]
+                if split == "IID":
+                    p = PAPER_TABLE4.get(model, {}) if size == 100 else {}  # the paper's IID table is at 100
+                    pa, pl, label = p.get("accuracy"), p.get("l1"), f"{size} (IID)"
+                else:
+                    paper = PAPER_FIG11.get(model, {})
+                    pa, pl = paper.get("accuracy", {}).get(size), paper.get("l1", {}).get(size)
+                    label = f"{size}" + ("" if size in summary["same_search_sizes"] else " (searches differ)")
+                ep = epochs_trained(size, r["epochs"], r.get("step_cap")) if "epochs" in r else float("nan")
+                lines.append(f"| {label} | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
+                             f"{'-' if pa is None else f'{pa:.3f}'} | {t['l1']:.3f} | {'-' if pl is None else f'{pl:.3f}'} | "
+                             f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} | {ep:.3g} |")
     table = "\n".join(lines)
     (figs / "regbench_table.md").write_text(table + "\n")
     (figs / "regbench_runs.md").write_text(_runs_table(collect(root, False) + collect(root, True)))
     print(table)
-    _plot(summary["held_out"], figs / "regbench_fig11.png")
+    _plot(summary["held_out"], summary["same_search_sizes"], figs / "regbench_fig11.png")
     _plot_lr_search(collect(root, False), figs / "regbench_lr_search.png")
 
 
@@ -194,8 +220,10 @@ def _runs_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(held_out: dict, path: Path) -> None:
-    """Accuracy and L1 ("TVD") against training languages, log scale, ours (lines) and the paper's (x)."""
+def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
+    """Accuracy and L1 ("TVD") against training languages, log scale, ours (lines, at the ``sizes`` where
+    both models searched the same grid) and the paper's (x); each size's tick says the epochs its runs
+    trained under the step cap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,8 +235,7 @@ def _plot(held_out: dict, path: Path) -> None:
     for model, color in (("mosaic", "tab:blue"), ("gpt", "tab:orange")):
         label = "Memory Mosaic" if model == "mosaic" else "Transformer (GPT2)"
         for ax, metric in zip(axes, ("accuracy", "l1")):
-            if model in held_out:
-                sizes = sorted(held_out[model])
+            if model in held_out and sizes:
                 ax.plot(sizes, [held_out[model][s]["selected_on_val"]["test"][metric] for s in sizes], "o-",
                         color=color, label=f"{label} (ours)")
                 if metric == "l1":  # the true TVD, half the L1: what the paper's values match (REPRODUCTION.md)
@@ -217,10 +244,16 @@ def _plot(held_out: dict, path: Path) -> None:
             paper = PAPER_FIG11[model][metric]
             ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "x:", color=color, alpha=0.6,
                     label=f"{label} (paper)")
-    axes[0].set(xscale="log", xlabel="training languages", ylabel="validity accuracy (test languages)")
-    axes[1].set(xscale="log", xlabel="training languages", ylabel='L1 to the true next-symbol law ("TVD")')
+    axes[0].set(xscale="log", xlabel="training languages (epochs trained)", ylabel="validity accuracy (test languages)")
+    axes[1].set(xscale="log", xlabel="training languages (epochs trained)", ylabel='L1 to the true next-symbol law ("TVD")')
+    def tick(s: int) -> str:
+        r = held_out["mosaic"][s]["selected_on_val"] if s in sizes else {}
+        return f"{s:,}" + (f"\n{epochs_trained(s, r['epochs'], r.get('step_cap')):.3g} ep" if "epochs" in r else "")
+    tick_sizes = sorted(set(sizes) | set(PAPER_FIG11["mosaic"]["accuracy"]))
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.minorticks_off()
+        ax.set_xticks(tick_sizes, [tick(s) for s in tick_sizes], fontsize=7)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.tight_layout()

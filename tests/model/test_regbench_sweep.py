@@ -45,6 +45,24 @@ def test_selection_uses_validation_and_reports_the_test_selected_choice_beside_i
     assert chosen["gpt"][100]["selected_on_val"]["best_val_loss"] == 2.0
 
 
+def test_only_sizes_searched_alike_by_both_models_compare():
+    def run(model, size, lr):
+        return {**_result(model, size, 1.0, 0.5, 0.5), "n_layer": 2, "n_embd": 128, "weight_decay": 0.1, "lr": lr}
+    runs = [run(m, 100, lr) for m in ("mosaic", "gpt") for lr in (1e-3, 5e-4)]
+    runs += [run("gpt", 500, 1e-3), run("mosaic", 500, 5e-4)]  # one run each, at different points
+    runs += [run("gpt", 1000, 1e-3)]  # one model only
+    assert regbench.same_search(regbench.select(runs)) == [100]
+    assert regbench.same_search(regbench.select(runs[:2])) == []  # the transformer absent
+
+
+def test_epochs_trained_under_the_step_cap():
+    # batch 32: 100 languages make 4 steps an epoch, 40,000 make 1,250
+    assert regbench.epochs_trained(100, 200, 3200) == 200
+    assert regbench.epochs_trained(1000, 200, 3200) == 100
+    assert regbench.epochs_trained(40000, 200, 3200) == 3200 / 1250
+    assert regbench.epochs_trained(40000, 200, None) == 200
+
+
 def test_bad_grid_arguments_exit_2(capsys):
     for argv, msg in ((["run", "--widths", "40"], "multiples of 16"), (["run", "--lrs", "0"], "--lrs must be > 0"),
                       (["run", "--parallel", "0"], "--parallel must be >= 1"),
