@@ -1,5 +1,6 @@
 """Triton kernels shared by the ops: the softmax backward's row term, and the dropout mask generator
-of the two softmax ops (attention over positions, persistent memory over slots).
+of the two softmax ops (attention over positions, persistent memory over slots); and ``launch``, the
+launch with a fallback for GPUs of less shared memory than the tiles were tuned on.
 
 Dropout: a probability of (b, h, row t, column j) survives when a 16-bit uniform is >= THRESHOLD
 (= round(p * 2^16)). The uniforms come from Philox4x32 keyed by (seed + b*H + h), counter
@@ -14,6 +15,46 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
+
+# (kernel, device, its tuned launch settings) -> the pipeline depth that fits that device's shared memory,
+# for the configs that did not fit as tuned. Empty on the H200 the tables were measured on.
+_FITTED_STAGES: dict = {}
+
+
+def _fit_key(kernel, meta: dict) -> tuple:
+    device = torch.cuda.current_device() if torch.cuda.is_available() else -1  # Triton launches on the current one
+    return kernel, device, tuple(sorted(meta.items()))
+
+
+def launch(kernel, grid: tuple, *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)``, retried with one pipeline stage fewer (down to 1) while Triton
+    reports that the config needs more shared memory than this GPU has.
+
+    The tile tables were tuned on an H200 (227 KiB of shared memory a block); a GPU with less, or a
+    variant whose extra tiles push a config over (the attention forward with dropout at D=128 and long
+    T needed 240 KiB at 3 stages), would otherwise fail. ``num_stages`` only sets how many loop
+    iterations' loads are in flight: the tiles and the order of every sum stay those of the tuned
+    config, so the results do not change with it (tests/kernels/test_launch.py checks this bitwise on
+    the GPU). The depth that fit is remembered per kernel, device and config, so the failing compile
+    happens once; Triton raises before anything is enqueued, so a failed try has no effect."""
+    key = None
+    if _FITTED_STAGES:
+        key = _fit_key(kernel, meta)
+        if key in _FITTED_STAGES:
+            meta = {**meta, "num_stages": _FITTED_STAGES[key]}
+    while True:
+        try:
+            kernel[grid](*args, **meta)
+            return
+        except OutOfResources as e:
+            stages = meta.get("num_stages", 3)  # Triton's default depth
+            if e.name != "shared memory" or stages <= 1:
+                raise
+            if key is None:
+                key = _fit_key(kernel, meta)
+            meta = {**meta, "num_stages": stages - 1}
+            _FITTED_STAGES[key] = stages - 1
 
 
 @triton.jit

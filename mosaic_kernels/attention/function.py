@@ -6,7 +6,7 @@ import triton
 
 from .._common import empty_heads, interpreter_enabled, per_head_tensor
 from .._registration import fused_op
-from .._triton_common import draw_seed, dropout_threshold, keep_scale, philox_groups, row_delta
+from .._triton_common import draw_seed, dropout_threshold, keep_scale, launch, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -97,7 +97,7 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
-    _attn_fwd_kernel[grid](
+    launch(_attn_fwd_kernel, grid,
         k, v, y, lse, scale_t, seed_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D, groups, kscale,
         BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **cfg)
     return y, lse
@@ -127,16 +127,16 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     if "key" not in cfg:
         n_blocks = triton.cdiv(T, cfg["BLOCK_P"])
         part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
-        _attn_bwd_kernel[(n_blocks, B * H)](
+        launch(_attn_bwd_kernel, (n_blocks, B * H),
             k, v, dy, lse, delta, scale_t, seed_t, dk, dv, part, *strides, H, T, D, *drop_args, **common, **cfg)
         return dk, dv, part
     key, query = cfg["key"], cfg["query"]
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
-    _attn_bwd_key_kernel[(B * H, triton.cdiv(T, key["BLOCK_P"]))](
+    launch(_attn_bwd_key_kernel, (B * H, triton.cdiv(T, key["BLOCK_P"])),
         k, v, dy, lse, delta, scale_t, seed_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
     n_blocks = triton.cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
-    _attn_bwd_query_kernel[(B * H, n_blocks)](
+    launch(_attn_bwd_query_kernel, (B * H, n_blocks),
         k, v, dy, lse, delta, scale_t, seed_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common, **query)
     return dk, dv, part
 

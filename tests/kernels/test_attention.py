@@ -402,6 +402,24 @@ def test_gpu_dropout_matches_dense_float64_with_its_mask(dtype, B, H, T, D, nan_
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("p", [0.0, 0.05])
+def test_gpu_long_sequence_at_head_dim_128(dtype, p, nan_outputs):
+    """T = 8192 at D = 128 takes the long tiles, whose forward needs more shared memory than the H200
+    has with dropout (240 KiB at 3 stages, measured 2026-11-30) and, at twice the bytes, in float32: the
+    launch drops pipeline stages until it fits (_triton_common.launch). Against the dense float64
+    oracle fed the kernels' mask (all kept at p = 0)."""
+    B, H, T, D = 1, 1, 8192, 128
+    # Sums of up to T + D terms: sqrt(T + D) * u = 5.4e-6 in float32, with the same 8x margin for the
+    # condition of the softmax as tolerances.FP32 takes at T <= 300 (4.4e-5). Low precision: one to three
+    # roundings to 16 bits dominate at any T (tolerances.LOW_PRECISION).
+    tol = 8 * math.sqrt(T + D) * tolerances.U_FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
+    k, v, s = _inputs(B, H, T, D, strided=True)
+    k = (k / math.sqrt(math.sqrt(D))).to(dtype)  # logits of order 1
+    _check_dropout(k, v.to(dtype), s, p, tol, "cuda")
+
+
+@pytest.mark.gpu
 def test_gpu_dropout_backward_bitwise_deterministic():
     k = torch.randn(4, 12, 2048, 64, device="cuda", dtype=torch.bfloat16).mul(0.3).requires_grad_()
     v = torch.randn_like(k).requires_grad_()
