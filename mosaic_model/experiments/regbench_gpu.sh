@@ -2,8 +2,8 @@
 # One device call of the RegBench study (REPRODUCTION.md): the sweep resumes from the finished runs in
 # PRIOR (a folder of run folders, as the previous call's rb.tgz unpacks), trains what is left for
 # SECONDS, and packs every run's small files (no checkpoints) into $OUT/rb.tgz every 15 s, so that what
-# finished comes back even if the call is cut. Unfinished runs start again next time (their
-# checkpoints do not come back).
+# finished comes back even if the call is cut. At the end the unfinished runs' checkpoints come back too
+# ($OUT/ckpts.tar.part-*), so that the next call, given them in PRIOR, resumes those runs.
 # Usage: bash mosaic_model/experiments/regbench_gpu.sh SECONDS [PRIOR]
 #   SIZES, LRS, PARALLEL, STEP_CAP: the grid (defaults below, the same for both models); IID=1 adds the
 #   IID split at 100 languages on the same learning rates; EXTRA: more sweep flags, last on the line (a CPU smoke test:
@@ -27,3 +27,13 @@ kill $packer 2>/dev/null
 python -m mosaic_model.experiments.regbench report --out /tmp/rb --figures /tmp/rb/figures > "$OUT/report.log" 2>&1
 tail -n 3 "$OUT"/sweep*.log; cat "$OUT/report.log"
 tar -czf "$OUT/rb.tgz" -C /tmp --exclude='*.pt' rb
+# The unfinished runs' last checkpoints (about 5 MB each, written when a run stops at the time limit), in
+# parts of at most 15 MiB (what a call brings back per file): `cat ckpts.tar.part-* | tar -x -C DIR`
+# beside rb.tgz's folders, and the next call resumes those runs instead of starting them again.
+for d in /tmp/rb/*/; do
+  [ -f "$d/ckpt.pt" ] && [ ! -f "$d/result.json" ] && echo "rb/$(basename "$d")/ckpt.pt"
+done > /tmp/rb_unfinished.txt
+if [ -s /tmp/rb_unfinished.txt ]; then
+  tar -cf - -C /tmp -T /tmp/rb_unfinished.txt | split -b 15m - "$OUT/ckpts.tar.part-"
+  echo "checkpoints of $(wc -l < /tmp/rb_unfinished.txt) unfinished runs: $(ls "$OUT"/ckpts.tar.part-* | wc -l) part(s)"
+fi
