@@ -8,6 +8,7 @@ import triton
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .._registration import fused_op
+from .._triton_common import launch
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -106,8 +107,8 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
                 USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype))
     if nchunk > 1:
-        _leaky_fwd_kernel[(nchunk - 1, B * H)](*args, SUMMARY_ONLY=True, **meta)
-    _leaky_fwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=False, **meta)
+        launch(_leaky_fwd_kernel, (nchunk - 1, B * H), *args, SUMMARY_ONLY=True, **meta)
+    launch(_leaky_fwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
     return y, norm
 
 
@@ -126,8 +127,8 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
                 USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype))
     if nchunk > 1:
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
-        _leaky_bwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=True, **meta)
-    _leaky_bwd_kernel[(nchunk, B * H)](*args, SUMMARY_ONLY=False, **meta)
+        launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **meta)
+    launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
     return gx, parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
 
 

@@ -6,6 +6,7 @@ import triton
 
 from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
 from .._registration import fused_op
+from .._triton_common import launch
 from .triton_value import _value_bwd_kernel, _value_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator.
@@ -24,7 +25,7 @@ def _launch_forward(x, mix, scale, eps: float):
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
     y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
-    _value_fwd_kernel[(triton.cdiv(T, block_t), B * H)](
+    launch(_value_fwd_kernel, (triton.cdiv(T, block_t), B * H),
         x, y, mix, scale, *x.stride(), H, T, D, eps, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
     return y
 
@@ -36,7 +37,7 @@ def _launch_backward(gy, x, mix, scale, eps: float):
     # dx in x's layout when x is a head-split view, so the split's backward costs no copy.
     dx = empty_heads(_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
     parts = _empty((2, B * H * n_blocks), device=x.device, dtype=torch.float32)
-    _value_bwd_kernel[(n_blocks, B * H)](
+    launch(_value_bwd_kernel, (n_blocks, B * H),
         x, gy, dx, parts, mix, scale, *x.stride(), *gy.stride(), *dx.stride()[:3], H, T, D, eps,
         BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
     return dx, parts.view(2, B, H, n_blocks).sum(dim=(1, 3))  # fixed order: deterministic
