@@ -5,7 +5,7 @@
 # finished comes back even if the call is cut. At the end the unfinished runs' checkpoints come back too
 # ($OUT/ckpts.tar.part-*), so that the next call, given them in PRIOR, resumes those runs.
 # Usage: bash mosaic_model/experiments/regbench_gpu.sh SECONDS [PRIOR]
-#   SIZES, LRS, PARALLEL, STEP_CAP: the grid (defaults below, the same for both models); IID=1 adds the
+#   SIZES, DEPTHS, WIDTHS, WDS, LRS, PARALLEL, STEP_CAP: the grid (defaults below, the same for both models); IID=1 adds the
 #   IID split at 100 languages on the same learning rates; EXTRA: more sweep flags, last on the line (a CPU smoke test:
 #   EXTRA="--device cpu --epochs 2 --num-test 4 --train-args --max-string-len 5 --kernels reference").
 set -uo pipefail
@@ -15,7 +15,7 @@ OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/rb
 [ -n "$prior" ] && cp -r "$prior"/. /tmp/rb/
 (while sleep 15; do tar -czf "$OUT/rb.tmp.tgz" -C /tmp --exclude='*.pt' rb 2>/dev/null && mv "$OUT/rb.tmp.tgz" "$OUT/rb.tgz"; done) &
 packer=$!
-grid=(--depths 2 --widths 128 --wds 0.1 --lrs ${LRS:-1.25e-4 2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
+grid=(--depths ${DEPTHS:-2} --widths ${WIDTHS:-128} --wds ${WDS:-0.1} --lrs ${LRS:-1.25e-4 2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
 python -m mosaic_model.experiments.regbench run --out /tmp/rb --sizes ${SIZES:-100 500 1000 2500 10000 40000} \
   "${grid[@]}" --parallel ${PARALLEL:-4} --time-limit "$limit" ${EXTRA:-} > "$OUT/sweep.log" 2>&1 &
 if [ "${IID:-1}" = 1 ]; then
