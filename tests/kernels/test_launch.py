@@ -67,6 +67,7 @@ def test_gpu_stages_do_not_change_results():
     scale = torch.full((3,), 0.5, device="cuda")
     tile = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4)
     y8, lse8 = attention_forward(k, v, scale, dict(tile, num_stages=8))
-    assert list(_triton_common._FITTED_STAGES.values())[0] < 8
+    fitted = list(_triton_common._FITTED_STAGES.values())
+    assert fitted and fitted[0] < 8, "8 stages fitted: the test needs a config that does not"
     y1, lse1 = attention_forward(k, v, scale, dict(tile, num_stages=1))
     assert torch.equal(y8, y1) and torch.equal(lse8, lse1)
