@@ -196,18 +196,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def epoch_steps(num_train: int, batch_size: int, epochs: int, step_cap: int | None) -> tuple[int, int]:
+    """(steps per epoch, steps of the run) of an in-context run counted in epochs over ``num_train``
+    sequences; the last batch of an epoch may be short, and ``step_cap`` (None: none) bounds the run."""
+    per_epoch = -(-num_train // batch_size)
+    steps = epochs * per_epoch
+    return per_epoch, steps if step_cap is None else min(steps, step_cap)
+
+
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.epochs is not None:
         if a.task != "icl":
             p.error("--epochs is for --task icl (a text corpus is sampled in random windows: use --steps)")
         if a.epochs < 1 or a.num_train < 1 or a.batch_size < 1:
             p.error(f"--epochs, --num-train and --batch-size must be >= 1, got {a.epochs}, {a.num_train}, {a.batch_size}")
-        per_epoch = -(-a.num_train // a.batch_size)  # the last batch of an epoch may be short
-        a.steps = a.epochs * per_epoch
-        if a.step_cap is not None:
-            if a.step_cap < 1:
-                p.error(f"--step-cap must be >= 1, got {a.step_cap}")
-            a.steps = min(a.steps, a.step_cap)
+        if a.step_cap is not None and a.step_cap < 1:
+            p.error(f"--step-cap must be >= 1, got {a.step_cap}")
+        per_epoch, a.steps = epoch_steps(a.num_train, a.batch_size, a.epochs, a.step_cap)
         a.warmup = a.steps // 10  # seq_icl: 20 of 200 epochs
         if a.eval_every is None:
             a.eval_every = min(per_epoch, a.steps)

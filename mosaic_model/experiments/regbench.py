@@ -164,10 +164,9 @@ def same_search(chosen: dict) -> list[int]:
 
 def epochs_trained(size: int, epochs: int, step_cap: int | None) -> float:
     """Epochs a run of ``size`` training languages makes under the step cap (one sequence per language)."""
-    from mosaic_model.train import PRESETS
+    from mosaic_model.train import PRESETS, epoch_steps
 
-    per_epoch = -(-size // PRESETS["regbench"]["batch_size"])
-    steps = epochs * per_epoch if step_cap is None else min(epochs * per_epoch, step_cap)
+    per_epoch, steps = epoch_steps(size, PRESETS["regbench"]["batch_size"], epochs, step_cap)
     return steps / per_epoch
 
 
