@@ -145,22 +145,30 @@ def select(root: Path, models: list[str], depths: list[int], lrs: list[float], k
 
 
 def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], kernels: str = "fused") -> dict:
-    """{depth: table} for depths where both models have runs at several seeds of their selected learning
-    rate: the step every one of those runs reached, each model's validation losses there (one per seed
+    """{depth: table} for depths where both models have runs at several seeds: per model, the learning
+    rate of its grid with the most seeds run (its selected one on a tie: seeds may have been trained
+    before a later grid point won the selection, and a table at the selected rate would then hold one
+    seed), the step every one of those runs reached, each model's validation losses there (one per seed
     found), their means, and the gap (GPT2 minus Memory Mosaic, positive when the Memory Mosaic is ahead)
     of the means, with the smallest and largest gap over seed pairs."""
     out = {}
     for depth in depths:
-        runs = {}
+        runs, lrs = {}, {}
         for model in MODELS:
             r = chosen.get(f"{model}-L{depth}")
             if r is None:
                 continue
-            for seed in seeds:
-                folder = root / run_name(model, depth, r["lr"], kernels, seed)
-                c = _curves(folder) if (folder / "metrics.jsonl").exists() else {"step": []}
-                if c["step"]:
-                    runs[(model, seed)] = c
+            found = {}
+            for lr in sorted({r["lr"], *(float(l) for l in r["all_lrs"])}, key=lambda l: l != r["lr"]):
+                curves = {}
+                for seed in seeds:
+                    folder = root / run_name(model, depth, lr, kernels, seed)
+                    c = _curves(folder) if (folder / "metrics.jsonl").exists() else {"step": []}
+                    if c["step"]:
+                        curves[seed] = c
+                found[lr] = curves
+            lrs[model] = max(found, key=lambda l: len(found[l]))  # the selected rate comes first: ties keep it
+            runs.update({(model, seed): c for seed, c in found[lrs[model]].items()})
         if len({m for m, _ in runs}) < 2 or len(runs) < 3:
             continue
         step = min(c["step"][-1] for c in runs.values())
@@ -170,7 +178,7 @@ def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], k
         if len(mean) < 2:
             continue
         gaps = [g - m for g in loss["gpt"].values() for m in loss["mosaic"].values()]
-        out[depth] = {"step": step, "val_loss": {m: {str(s): v for s, v in loss[m].items()} for m in MODELS},
+        out[depth] = {"step": step, "lr": lrs, "val_loss": {m: {str(s): v for s, v in loss[m].items()} for m in MODELS},
                       "mean": mean, "gap_of_means": mean["gpt"] - mean["mosaic"],
                       "gap_min": min(gaps), "gap_max": max(gaps)}
     return out
@@ -212,7 +220,8 @@ def cmd_report(a: argparse.Namespace) -> None:
         summary["seeds"] = seed_spread(root, summary["runs"], a.depths, a.seeds, a.kernels)
         for depth, t in summary["seeds"].items():
             print(f"depth {depth}, step {t['step']}: mean val Memory Mosaic {t['mean']['mosaic']:.4f} "
-                  f"({len(t['val_loss']['mosaic'])} seeds), GPT2 {t['mean']['gpt']:.4f} ({len(t['val_loss']['gpt'])}); "
+                  f"({len(t['val_loss']['mosaic'])} seeds, lr {t['lr']['mosaic']:g}), GPT2 {t['mean']['gpt']:.4f} "
+                  f"({len(t['val_loss']['gpt'])}, lr {t['lr']['gpt']:g}); "
                   f"gap {t['gap_of_means']:+.4f} (seed pairs {t['gap_min']:+.4f} to {t['gap_max']:+.4f})")
     _lr_sweep_plot(summary["runs"], a.depths, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:

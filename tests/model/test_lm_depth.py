@@ -35,6 +35,16 @@ def test_grid_with_seeds_runs_skips_finished_and_reports_the_seed_table(tmp_path
     assert table["gap_min"] <= table["gap_of_means"] <= table["gap_max"]
     # Different seeds train differently (weights and batches).
     assert table["val_loss"]["gpt"]["0"] != table["val_loss"]["gpt"]["1"]
+    # A grid point added after the seeds, with seed 0 only: whichever rate the selection takes, the seed
+    # table stays at the rate that has the seeds.
+    grown = [("3e-3" if x == "1e-3" else x) for x in common]
+    assert lm_depth.main(["run", *grown]) == 0
+    both = [*common[:common.index("--lrs") + 2], "3e-3", *common[common.index("--lrs") + 2:]]
+    assert lm_depth.main(["report", *both, "--seeds", "0", "1", "--no-evals", "--figures", str(figs)]) == 0
+    summary = json.loads((figs / "lm_depth_summary.json").read_text())
+    assert summary["grid_lrs"] == [1e-3, 3e-3]
+    assert summary["seeds"]["1"]["lr"] == {"mosaic": 1e-3, "gpt": 1e-3}
+    assert set(summary["seeds"]["1"]["val_loss"]["gpt"]) == {"0", "1"}
 
 
 def test_bad_arguments_exit_2(capsys):
