@@ -11,7 +11,8 @@
 #              MOSAIC_LR, GPT_LR: the selections of REPRODUCTION.md); seed 0 is the grid's run (extend
 #              trains it again where an earlier call cut it short)
 #   reference  the depth-4 Memory Mosaic at 1e-2 on the reference ops, against its fused twin
-#   stories    the TinyStories grid at depths 1 and 2, both models, lr {2e-3, 5e-3, 1e-2}
+#   stories    the TinyStories grid at depths 1 and 2, both models, lr STORIES_LRS (default {2e-3, 5e-3, 1e-2});
+#              it is short, and starves beside many books runs: give it a call with few others
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
 #              evaluations (out-of-distribution loss, attention, long context, prompts)
 # GRAPH=1 gives every run --cuda-graph. PARALLEL (default 6) runs at once per part. EXTRA: more lm_depth run
@@ -52,7 +53,7 @@ for part in "$@"; do
       "${lm[@]}" run "${books[@]}" --models mosaic --depths 4 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
       pids+=($!) ;;
     stories)
-      "${lm[@]}" run "${stories[@]}" --lrs 0.002 0.005 0.01 "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
+      "${lm[@]}" run "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
       pids+=($!) ;;
     evals)
       # --lrs of finished runs only: nothing of the grid is new, only the selected runs are trained again.
@@ -68,7 +69,7 @@ pack
 evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
 "${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
 if [[ " $* " == *" stories "* ]]; then
-  "${lm[@]}" report "${stories[@]}" --lrs 0.002 0.005 0.01 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
+  "${lm[@]}" report "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
 wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
