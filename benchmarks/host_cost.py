@@ -1,0 +1,190 @@
+"""Host cost of one eager call of each fused op: what the CPU spends issuing a call against what the GPU
+spends running it (issue 21: the scan's forward+backward at (16,12,512,64) issued in about 0.5 ms for
+0.09 ms of GPU work).
+
+For each op at one shape, forward alone and forward+backward (``torch.autograd.grad`` of every input):
+
+    host_us      CPU time to issue one call: the device is synchronised, ``--calls`` calls are issued back
+                 to back, and the clock stops before the next synchronisation. The calls are few enough
+                 that CUDA's launch queue never fills, so the host never waits on the GPU.
+    wrapper_us   the same with every Triton launch stubbed out (the launcher returns at once): our
+                 Python, the argument checks, autograd and the tensor allocations alone.
+    launcher_us  host_us - wrapper_us: Triton's launcher and the driver.
+    eager_us     median wall time of one call (triton.testing.do_bench): what an eager step pays.
+    graph_us     the call captured once as a CUDA graph and replayed: the GPU time alone.
+    eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
+
+The ops run with the model's settings: the scan normalised and scaled by (H,) tensors, the peek-ahead
+value with (H,) mix and scale, the attention on keys that are their own queries (``--dropout`` on its
+weights and on the P-mem slots), the P-mem with ``--slots`` slots and an (H,) output scale.
+
+On the CPU (``--device cpu``) the kernels run in Triton's interpreter, whose launches take
+milliseconds; only ``wrapper_us`` means anything there, and it is all that is measured. It is the
+part of the host cost that our code controls.
+
+    python -m benchmarks.host_cost [--shape 16,12,512,64] [--dtype bfloat16] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory")
+MODES = ("fwd", "fwd+bwd")
+
+
+@contextlib.contextmanager
+def stubbed_launches() -> Iterator[None]:
+    """Every Triton launch (``kernel[grid](...)``, compiled or interpreted) returns at once inside this
+    block: nothing is compiled, bound or enqueued, and the outputs keep whatever their buffers held."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    saved = {cls: cls.__dict__["run"] for cls in (JITFunction, InterpretedFunction)}
+    try:
+        for cls in saved:
+            cls.run = lambda self, *args, **kwargs: None
+        yield
+    finally:
+        for cls, run in saved.items():
+            cls.run = run
+
+
+def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, slots: int,
+               dropout: float) -> dict[str, Callable[[], object]]:
+    """{mode: a no-argument call of ``op``}: its inputs built once (requiring grad), the forward alone,
+    and the forward followed by the gradients of every input."""
+    import mosaic_kernels as mk
+
+    B, H, T, D = shape
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def tensor(*size: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype).requires_grad_()
+
+    def per_head(value: float) -> torch.Tensor:
+        return torch.full((H,), value, device=device, dtype=torch.float32, requires_grad=True)
+
+    if op == "leaky_average":
+        inputs = (tensor(B, H, T, D), per_head(0.9), per_head(2.0))
+        forward = lambda: mk.leaky_average(inputs[0], inputs[1], normalize=True, scale=inputs[2])  # noqa: E731
+    elif op == "peek_ahead_value":
+        inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
+        forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
+    elif op == "mosaic_attention":
+        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
+        forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
+    elif op == "persistent_memory":
+        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(H, slots, D), tensor(H, slots, D), per_head(1.0))
+        forward = lambda: mk.persistent_memory(inputs[0], inputs[1], inputs[2], out_scale=inputs[3],  # noqa: E731
+                                               dropout_p=dropout)
+    else:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    grad_out = torch.ones(B, H, T, D, device=device, dtype=dtype)
+
+    def fwd() -> object:
+        with torch.no_grad():
+            return forward()
+
+    def fwd_bwd() -> object:
+        return torch.autograd.grad(forward(), inputs, grad_out)
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+
+
+def issue_us(fn: Callable[[], object], calls: int, reps: int) -> float:
+    """Median microseconds the host takes to issue one call of ``fn`` (see the module docstring)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(3):  # warm-up: compilation, caches, the allocator's pools
+        fn()
+    samples = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t0) / calls)
+    sync()
+    return statistics.median(samples) * 1e6
+
+
+def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots: int, dropout: float,
+            calls: int, reps: int) -> list[dict]:
+    """One row per op and mode: the columns of the module docstring (on the CPU, wrapper_us only)."""
+    from benchmarks._common import bench_graph_ms, bench_ms
+
+    rows = []
+    for op in ops:
+        for mode, fn in make_calls(op, shape, dtype, device, slots, dropout).items():
+            row = {"op": op, "mode": mode}
+            with stubbed_launches():
+                row["wrapper_us"] = issue_us(fn, calls, reps)
+            if device == "cuda":
+                row["host_us"] = issue_us(fn, calls, reps)
+                row["launcher_us"] = row["host_us"] - row["wrapper_us"]
+                row["eager_us"] = bench_ms(fn) * 1e3
+                row["graph_us"] = bench_graph_ms(fn) * 1e3
+                row["eager/graph"] = row["eager_us"] / row["graph_us"]
+            rows.append(row)
+            print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected B,H,T,D (four positive integers), got {text!r}")
+    return shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the markdown table, and write it to ``--out`` when given."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.host_cost", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    p.add_argument("--shape", type=_shape, default=(16, 12, 512, 64), help="B,H,T,D")
+    p.add_argument("--slots", type=int, default=2688, help="P-mem slots per head (the 12-layer model's)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--dropout", type=float, default=0.0, help="on the attention weights and the P-mem slots")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--calls", type=int, default=20, help="calls issued between two synchronisations")
+    p.add_argument("--reps", type=int, default=15, help="timed groups of calls (the median is kept)")
+    p.add_argument("--out", help="also write the markdown here")
+    a = p.parse_args(argv)
+    for name in ("slots", "calls", "reps"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if not 0.0 <= a.dropout < 1.0:
+        p.error(f"--dropout must be in [0, 1), got {a.dropout}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU here (--device cpu measures the wrapper under the interpreter)")
+    if a.device == "cpu":
+        # The kernels' launch path on the CPU is the interpreter's; without it the ops take the reference.
+        os.environ["TRITON_INTERPRET"] = "1"
+        if a.dtype != "float32":
+            print(f"--device cpu: the interpreter runs float32; using it instead of {a.dtype}", file=sys.stderr)
+            a.dtype = "float32"
+    from benchmarks._common import command_line, emit, header, table
+
+    rows = measure(a.ops, a.shape, getattr(torch, a.dtype), a.device, a.slots, a.dropout, a.calls, a.reps)
+    columns = ["op", "mode", "wrapper_us"] + (["host_us", "launcher_us", "eager_us", "graph_us", "eager/graph"]
+                                              if a.device == "cuda" else [])
+    md = (header(command_line("benchmarks.host_cost")) + "\n\n"
+          + f"Host cost of one eager call, shape {a.shape}, {a.dtype}, dropout {a.dropout}, P={a.slots}, "
+          + f"device {a.device} (microseconds; see the module docstring for each column).\n\n" + table(rows, columns))
+    emit(md, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
