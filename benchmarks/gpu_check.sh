@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|host|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
 #   pmem       bench_persistent_memory
+#   host       host_cost: our wrapper, Triton's launcher and the GPU time of one eager call of each op
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
@@ -45,6 +46,9 @@ for PART in "${@:-all}"; do
       python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     pmem|all)
       python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&
+    host|all)
+      python3 -m benchmarks.host_cost --out "$OUT/host_cost.md" 2>/dev/null | tail -n 10
+      python3 -m benchmarks.host_cost --dropout 0.05 --out "$OUT/host_cost_dropout.md" 2>/dev/null | tail -n 10 ;;&
     training|all)
       python3 -m benchmarks.bench_training --out "$OUT/bench_training.md" 2>&1 | tail -n 45 ;;&
     training-eager)

@@ -2,7 +2,10 @@
 through the direct launches (what the eager autograd.Function calls). 200 calls without a sync, no
 grad, (2, 12, 8192, 64) bf16 on CUDA; prints microseconds per call.
 
-Usage: python -m tools.host_cost
+Usage: python -m tools.dispatch_cost
+
+(The host cost of a whole eager call, forward and backward, split into our wrapper and Triton's
+launcher, is `python -m benchmarks.host_cost`.)
 """
 from __future__ import annotations
 
