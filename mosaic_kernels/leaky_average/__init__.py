@@ -48,11 +48,6 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
     if decay is None:
         raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")
-    if isinstance(decay, torch.Tensor):
-        # Entries in [0, 1] pass through (gradient 1, boundaries included); only the others are
-        # clamped (gradient 0). clamp alone would do, but its gradient at exactly 0 and 1 differs
-        # between torch releases (1 in 2.13, 0 in 2.15), and decays of 0 and 1 are legitimate.
-        decay = torch.where((decay >= 0) & (decay <= 1), decay, decay.clamp(0.0, 1.0))
     scale = per_head("scale", scale, H, x)
     if scale is not None and not normalize:
         raise ValueError("scale is only applied with normalize=True; pass normalize=True or scale=None")
@@ -61,7 +56,13 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     if use_triton(x):
         from .function import leaky_average_triton
 
+        # The kernels clamp a tensor decay themselves, with the gradient of the reference's clamp below.
         return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps),
                                     heads_last=bool(heads_last))
+    if isinstance(decay, torch.Tensor):
+        # Entries in [0, 1] pass through (gradient 1, boundaries included); only the others are
+        # clamped (gradient 0). clamp alone would do, but its gradient at exactly 0 and 1 differs
+        # between torch releases (1 in 2.13, 0 in 2.15), and decays of 0 and 1 are legitimate.
+        decay = torch.where((decay >= 0) & (decay <= 1), decay, decay.clamp(0.0, 1.0))
     y = _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps))
     return as_heads_last(y, bool(heads_last))

@@ -33,6 +33,14 @@ def _row(tile, rows_local, which: tl.constexpr):
 
 
 @triton.jit
+def _clamped_decay(raw):
+    # The decay tensor is not range-checked on the host (that would synchronise the device); the kernels
+    # clamp it to [0, 1] themselves, which saves the host five tensor operations a call and their
+    # backward. NaN stays NaN, as under torch.clamp.
+    return tl.where(raw < 0.0, 0.0, tl.where(raw > 1.0, 1.0, raw))
+
+
+@triton.jit
 def _leaky_fwd_kernel(
     X, Y, NORM, DECAY, SCALE, SUMMARY,
     sxb, sxh, sxt, sxd, syb, syh, syt,
@@ -44,7 +52,7 @@ def _leaky_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    a = tl.load(DECAY + h).to(tl.float32)
+    a = _clamped_decay(tl.load(DECAY + h).to(tl.float32))
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
@@ -127,7 +135,8 @@ def _leaky_bwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    a = tl.load(DECAY + h).to(tl.float32)
+    raw_decay = tl.load(DECAY + h).to(tl.float32)
+    a = _clamped_decay(raw_decay)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
@@ -213,6 +222,8 @@ def _leaky_bwd_kernel(
     if SUMMARY_ONLY:
         tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
     else:
-        # PARTS is (2, B*H*NCHUNK): decay partials, then scale partials.
-        tl.store(PARTS + pid_bh * NCHUNK + pid_c, tl.sum(acc_decay, axis=0))
+        # PARTS is (2, B*H*NCHUNK): decay partials, then scale partials. A decay outside [0, 1] was
+        # clamped: its gradient is the clamp's, 0 (the boundaries themselves pass the gradient).
+        in_range = (raw_decay >= 0.0) & (raw_decay <= 1.0)
+        tl.store(PARTS + pid_bh * NCHUNK + pid_c, tl.where(in_range, tl.sum(acc_decay, axis=0), 0.0))
         tl.store(PARTS + tl.num_programs(1) * NCHUNK + pid_bh * NCHUNK + pid_c, tl.sum(acc_scale, axis=0))
