@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from ._common import cdiv
+
 # (kernel, device, its tuned launch settings) -> the pipeline depth that fits that device's shared memory,
 # for the configs that did not fit as tuned. Empty on the H200 the tables were measured on.
 _FITTED_STAGES: dict = {}
@@ -79,7 +81,7 @@ def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, emp
     """delta = rowsum(y * dy) as (B, H, T) float32, for (B, H, T, D) views y (last stride 1) and dy."""
     B, H, T, D = y.shape
     delta = empty((B, H, T), device=y.device, dtype=torch.float32)
-    _row_delta_kernel[(triton.cdiv(T, block_m), B * H)](
+    _row_delta_kernel[(cdiv(T, block_m), B * H)](
         y, dy, delta, *y.stride()[:3], *dy.stride(), H, T, D, BLOCK_M=block_m, BLOCK_D=block_d)
     return delta
 
@@ -130,7 +132,7 @@ def keep_scale(threshold: int) -> float:
 
 def philox_groups(columns: int) -> int:
     """Philox calls per row: one per 8 columns (the counter of row t, column j is t * groups + j // 8)."""
-    return triton.cdiv(columns, 8)
+    return cdiv(columns, 8)
 
 
 def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -145,6 +147,6 @@ def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, T: int, P: int, dropou
     persistent memory; P = T positions for the attention). For tests and inspection."""
     keep = torch.empty((B, H, T, P), device=seed.device, dtype=torch.int8)
     bt = 16
-    _keep_mask_kernel[(triton.cdiv(T, bt), B * H)](
+    _keep_mask_kernel[(cdiv(T, bt), B * H)](
         keep, seed, H, T, P, philox_groups(P), BLOCK_T=bt, BLOCK_P=64, THRESHOLD=dropout_threshold(dropout_p))
     return keep.bool()

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-import triton
 
-from .._common import empty_heads, interpreter_enabled, per_head_tensor
+from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, per_head_tensor
 from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, keep_scale, launch, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
@@ -15,7 +14,7 @@ _empty = torch.empty
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, next_power_of_2(D))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -95,7 +94,7 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     cfg = dict(fwd_config or _fwd_config(T, D))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
-    grid = (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
+    grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
     launch(_attn_fwd_kernel, grid,
         k, v, y, lse, scale_t, seed_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D, groups, kscale,
@@ -125,16 +124,16 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     if "key" not in cfg:
-        n_blocks = triton.cdiv(T, cfg["BLOCK_P"])
+        n_blocks = cdiv(T, cfg["BLOCK_P"])
         part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
         launch(_attn_bwd_kernel, (n_blocks, B * H),
             k, v, dy, lse, delta, scale_t, seed_t, dk, dv, part, *strides, H, T, D, *drop_args, **common, **cfg)
         return dk, dv, part
     key, query = cfg["key"], cfg["query"]
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
-    launch(_attn_bwd_key_kernel, (B * H, triton.cdiv(T, key["BLOCK_P"])),
+    launch(_attn_bwd_key_kernel, (B * H, cdiv(T, key["BLOCK_P"])),
         k, v, dy, lse, delta, scale_t, seed_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
-    n_blocks = triton.cdiv(T, query["BLOCK_P"])
+    n_blocks = cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_query_kernel, (B * H, n_blocks),
         k, v, dy, lse, delta, scale_t, seed_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common, **query)

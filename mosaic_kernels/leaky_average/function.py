@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
-from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
+from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor
 from .._registration import fused_op
 from .._triton_common import launch
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
@@ -52,7 +51,7 @@ BWD_DOT_TILES = {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 2), 256: (16, 
 
 def _tiling(D: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_T fwd, warps fwd, BLOCK_T bwd, warps bwd, BLOCK_D); a tile is BLOCK_T rows x all of D."""
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_power_of_2(D))
     if interpreter_enabled():
         return 16, 1, 16, 1, block_d
     return (*active_tiles("fwd")[block_d], *active_tiles("bwd")[block_d], block_d)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-import triton
 
-from .._common import empty_heads, interpreter_enabled, is_heads_last, per_head_tensor
+from .._common import cdiv, empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor
 from .._registration import fused_op
 from .._triton_common import launch
 from .triton_value import _value_bwd_kernel, _value_fwd_kernel
@@ -15,7 +14,7 @@ _empty = torch.empty
 
 def _tiling(D: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_D, num_warps): about 4K elements a program, the whole head dim in one tile."""
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_power_of_2(D))
     if interpreter_enabled():
         return 16, block_d, 1
     return max(1, 4096 // block_d), block_d, 4
@@ -25,7 +24,7 @@ def _launch_forward(x, mix, scale, eps: float):
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
     y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
-    launch(_value_fwd_kernel, (triton.cdiv(T, block_t), B * H),
+    launch(_value_fwd_kernel, (cdiv(T, block_t), B * H),
         x, y, mix, scale, *x.stride(), H, T, D, eps, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
     return y
 
@@ -33,7 +32,7 @@ def _launch_forward(x, mix, scale, eps: float):
 def _launch_backward(gy, x, mix, scale, eps: float):
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
-    n_blocks = triton.cdiv(T, block_t)
+    n_blocks = cdiv(T, block_t)
     # dx in x's layout when x is a head-split view, so the split's backward costs no copy.
     dx = empty_heads(_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
     parts = _empty((2, B * H * n_blocks), device=x.device, dtype=torch.float32)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-import triton
 
-from .._common import interpreter_enabled, per_head_tensor
+from .._common import cdiv, interpreter_enabled, next_power_of_2, per_head_tensor
 from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, launch, philox_groups, row_delta
 from .._triton_common import keep_scale as _keep_scale
@@ -27,7 +26,7 @@ TILES = {(16, False): _D64, (32, False): _D64, (64, False): _D64, (128, False): 
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, next_power_of_2(D))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -48,7 +47,7 @@ def slots_forward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.
     bm, bn, warps, stages = config or _config("fwd", D, threshold)
     y = _empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = _empty((B, H, T), device=q.device, dtype=torch.float32)
-    launch(_slots_fwd_kernel, (triton.cdiv(T, bm), B * H),
+    launch(_slots_fwd_kernel, (cdiv(T, bm), B * H),
         q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(D), EVEN_P=P % bn == 0, PRECISION=_precision(q.dtype),
         DROPOUT=threshold > 0, THRESHOLD=threshold, num_warps=warps, num_stages=stages)
@@ -70,13 +69,13 @@ def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch
     bp, bq, warps, stages = dkdv_config or _config("dkdv", D, threshold)
     dmk = _empty((H, P, D), device=q.device, dtype=mk.dtype)
     dmv = _empty((H, P, D), device=q.device, dtype=mv.dtype)
-    launch(_slots_bwd_dkdv_kernel, (triton.cdiv(P, bp), H),
+    launch(_slots_bwd_dkdv_kernel, (cdiv(P, bp), H),
         q, mk, mv, dy, lse, delta, c, seed, dmk, dmv, *q.stride(), *dy.stride(),
         B, H, T, P, D, philox_groups(P), _keep_scale(threshold),
         BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common)
 
     bm, bn, warps, stages = dq_config or _config("dq", D, threshold)
-    n_blocks = triton.cdiv(T, bm)
+    n_blocks = cdiv(T, bm)
     dq = _empty((B, H, T, D), device=q.device, dtype=q.dtype)
     part = _empty((B, H, n_blocks), device=q.device, dtype=torch.float32)
     launch(_slots_bwd_dq_kernel, (n_blocks, B * H),
