@@ -1,7 +1,7 @@
 """Memory Mosaic against GPT2 on text, by depth (the paper's Figures 9, 10, 12, 13 and Table 1, scaled down).
 
   python -m mosaic_model.experiments.lm_depth run    --data BOOKS --out runs/lm_depth [--time-limit S]
-  python -m mosaic_model.experiments.lm_depth report --out runs/lm_depth --ood SIMPLEWIKI --figures DIR
+  python -m mosaic_model.experiments.lm_depth report --out runs/lm_depth --ood SIMPLEWIKI [MORE] --figures DIR
 
 ``run`` trains the grid (model x depth x learning rate; same width, tokens, batches and schedule for
 both models) as separate processes on one GPU, several at once. A run that has finished is skipped and
@@ -307,12 +307,15 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
         return [r for r in runs if any((Path(r) / f).exists() for f in ("best.pt", "ckpt.pt"))]
 
     pair, one = with_weights(a.eval_depth), with_weights(1)
-    if a.ood and pair:
-        ev_main(["per-position", *pair, "--data", a.ood, "--out", str(figs / "ood_loss_by_position"), "--batch-size", "16"])
+    for i, source in enumerate(a.ood if pair else []):
+        # The first source is the paper's (ood_loss_by_position.*); each other one is named after its file.
+        stem = "ood_loss_by_position" + ("" if i == 0 else "_" + Path(source).name.split(".")[0])
+        ev_main(["per-position", *pair, "--data", source, "--out", str(figs / stem), "--batch-size", "16"])
+    text = a.ood[0] if a.ood else a.data
     if one:
-        ev_main(["attention", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
+        ev_main(["attention", *one, "--data", text, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "attention_1layer")])
-        ev_main(["long-context", *one, "--data", a.ood or a.data, "--num-seqs", str(a.num_seqs),
+        ev_main(["long-context", *one, "--data", text, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
     if pair:
         ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
@@ -344,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run: train every grid point with each seed; report: the seed table over these seeds")
     p.add_argument("--rerun-selected", nargs="*", type=int, default=[],
                    help="run: depths whose selected runs are trained again if their checkpoint is gone (for evals)")
-    p.add_argument("--ood", default=None, help="out-of-distribution text for the loss by position")
+    p.add_argument("--ood", nargs="+", default=[],
+                   help="out-of-distribution texts for the loss by position (the first also feeds the attention and "
+                        "long-context evaluations; each further one gets ood_loss_by_position_NAME)")
     p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
     p.add_argument("--num-seqs", type=int, default=512)
     p.add_argument("--figures", default="docs/figures")

@@ -65,9 +65,10 @@ done
 wait "${pids[@]}"
 tail -n 2 /tmp/figures/*.log
 pack
-# Reports: the books selection and curves (evaluations only where weights exist), the stories with theirs.
+# Reports: the books selection and curves (evaluations only where weights exist; the loss by position also on
+# TinyStories, a second out-of-distribution text for book-trained models), the stories with theirs.
 evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
-"${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
+"${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood .carry/stories --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
 if [[ " $* " == *" stories "* ]]; then
   "${lm[@]}" report "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi

@@ -53,3 +53,23 @@ def test_bad_arguments_exit_2(capsys):
         with pytest.raises(SystemExit) as e:
             lm_depth.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):  # noqa: F811
+    # The first --ood source feeds every evaluation; a second one gets its own loss-by-position files.
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(json.dumps(f"the dog saw {i} cats and ran to the park.") for i in range(40)))
+    text.load_corpus(str(corpus_file), doc_split="auto", progress=False)
+    common = ["--data", str(corpus_file), "--doc-split", "auto", "--val-fraction", "0.2", "--out", str(tmp_path / "g"),
+              "--depths", "1", "--lrs", "1e-3", "--width", "64", "--block-size", "16", "--batch-size", "2",
+              "--steps", "2", "--eval-every", "1", "--parallel", "2", "--device", "cpu", "--kernels", "reference"]
+    assert lm_depth.main(["run", *common]) == 0
+    figs = tmp_path / "figs"
+    assert lm_depth.main(["report", *common, "--eval-depth", "1", "--ood", str(corpus_file), str(other),
+                          "--num-seqs", "4", "--figures", str(figs)]) == 0
+    for name in ("ood_loss_by_position.json", "ood_loss_by_position_other.json", "attention_1layer.json",
+                 "long_context_1layer.json", "prompts.md"):
+        assert (figs / name).exists(), name
+    first = json.loads((figs / "ood_loss_by_position.json").read_text())
+    second = json.loads((figs / "ood_loss_by_position_other.json").read_text())
+    assert first != second  # two sources, two measurements
