@@ -10,7 +10,8 @@
 #   seeds      seeds 1 and 2 of each model's selected learning rate at depths 2 and 4 (SEED_DEPTHS;
 #              MOSAIC_LR, GPT_LR: the selections of REPRODUCTION.md); seed 0 is the grid's run (extend
 #              trains it again where an earlier call cut it short)
-#   reference  the depth-4 Memory Mosaic at 1e-2 on the reference ops, against its fused twin
+#   reference  the Memory Mosaic at depth REF_DEPTH (default 4), lr REF_LR (default 1e-2) on the reference ops, against
+#              its fused twin (depth 8 takes most of a call with the GPU to itself)
 #   stories    the TinyStories grid at depths 1 and 2, both models, lr STORIES_LRS (default {2e-3, 5e-3, 1e-2});
 #              it is short, and starves beside many books runs: give it a call with few others
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
@@ -50,7 +51,7 @@ for part in "$@"; do
       "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models gpt --lrs ${GPT_LR:-0.002} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_gpt.log 2>&1 &
       pids+=($!) ;;
     reference)
-      "${lm[@]}" run "${books[@]}" --models mosaic --depths 4 --lrs 0.01 --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
+      "${lm[@]}" run "${books[@]}" --models mosaic --depths ${REF_DEPTH:-4} --lrs ${REF_LR:-0.01} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
       pids+=($!) ;;
     stories)
       "${lm[@]}" run "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
