@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from mosaic_model.runtime import require_at_least_one
+
 OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory")
 MODES = ("fwd", "fwd+bwd")
 
@@ -161,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=15, help="timed groups of calls (the median is kept)")
     p.add_argument("--out", help="also write the markdown here")
     a = p.parse_args(argv)
-    for name in ("slots", "calls", "reps"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("slots", "calls", "reps"))
     if not 0.0 <= a.dropout < 1.0:
         p.error(f"--dropout must be in [0, 1), got {a.dropout}")
     if a.device == "cuda" and not torch.cuda.is_available():

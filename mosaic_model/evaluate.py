@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .data.regbench import ICLSplit, icl_metrics
 from .data.text import TokenCorpus
 from .lm import IGNORE_INDEX
-from .runtime import autocast_for
+from .runtime import autocast_for, require_at_least_one
 
 
 @torch.no_grad()
@@ -378,10 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = build_parser()
     a = p.parse_args(argv)
-    for name in ("block_size", "batch_size", "num_seqs", "max_docs", "max_tokens", "max_new_tokens", "top_k"):
-        v = getattr(a, name, None)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    require_at_least_one(p, a, ("block_size", "batch_size", "num_seqs", "max_docs", "max_tokens", "max_new_tokens", "top_k"))
     if getattr(a, "temperature", 0) < 0:
         p.error(f"--temperature must be >= 0, got {a.temperature}")
     if a.device == "auto":

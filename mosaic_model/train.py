@@ -31,6 +31,7 @@ import torch
 from .checkpoint import CheckpointError, load_model, model_type_of, read_checkpoint
 from .checkpoint import build_model as checkpoint_build_model
 from .data.text import DOC_SPLITS, DataError
+from .runtime import require_at_least_one
 from .step import CudaGraphStep, make_capturable, optimizer_step, set_lr
 from .tasks import make_task
 
@@ -226,19 +227,15 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--attn-dropout must be in [0, 1), got {a.attn_dropout}")
     if a.model == "gpt" and a.attn_dropout not in (0.0, a.dropout):
         p.error(f"--attn-dropout: GPT2's attention dropout is --dropout ({a.dropout}), got {a.attn_dropout}")
-    for name in ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train", "eval_every",
-                 "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train",
+                                "eval_every", "eval_batch_size", "log_every", "max_string_len", "block_size", "eval_batches"))
     if a.time_limit is not None and not a.time_limit > 0:
         p.error(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
     if a.cuda_graph and (a.compile or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         p.error("--cuda-graph runs one process without --compile")
     if a.time_limit is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         p.error("--time-limit works with one process (ranks could stop at different steps); use --max-steps-this-run")
-    for name in ("max_steps_this_run", "pmem_size", "save_every"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("max_steps_this_run", "pmem_size", "save_every"))
     if a.num_test < 2:
         p.error(f"--num-test must be >= 2, got {a.num_test}")
     if a.n_embd % a.n_head:

@@ -27,6 +27,7 @@ import torch
 from ..config import GPTConfig, MosaicConfig
 from ..gpt import GPT
 from ..model import MemoryMosaic
+from ..runtime import require_at_least_one
 
 MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2)}
 
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    for name in ("steps", "batch", "eval_batch", "eval_every", "T", "vocab", "seg", "width", "heads", "warmup"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("steps", "batch", "eval_batch", "eval_every", "T", "vocab", "seg", "width", "heads", "warmup"))
     if 2 * a.seg > a.T:
         p.error(f"--seg ({a.seg}) must be at most half of --T ({a.T}): the segment and its repeat must fit")
     if a.width % a.heads:

@@ -27,6 +27,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..runtime import require_at_least_one
 from ._pool import Job, metrics, run_jobs, run_state
 
 SIZES = (100, 500, 1000, 2500, 10000, 40000)
@@ -336,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--widths must be multiples of {HEAD_SIZE} (heads of {HEAD_SIZE} dimensions), got {a.widths}")
     if any(not v > 0 for v in a.lrs) or any(v < 0 for v in a.wds):
         p.error(f"--lrs must be > 0 and --wds >= 0, got {a.lrs} and {a.wds}")
-    for name in ("parallel", "save_every"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("parallel", "save_every"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     (cmd_run if a.command == "run" else cmd_report)(a)
     return 0

@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..runtime import require_at_least_one
+
 # The nine triples of candidate periods {0.5, ..., 3.5} with the smallest common period, in the
 # official code's order (its numpy argsort breaks the ties at 6); the last one is held out.
 TRAIN_TRIPLES = ((0.5, 1, 2), (0.5, 1, 1.5), (0.5, 1, 3), (0.5, 1.5, 3), (1, 1.5, 3), (0.5, 1, 2.5),
@@ -197,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context-step", type=int, default=3, help="evaluate every this many context lengths (1 = all)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    for name in ("steps", "eval_seqs", "context_step"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    require_at_least_one(p, a, ("steps", "eval_seqs", "context_step"))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
