@@ -101,10 +101,10 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     return {"fwd": fwd, "fwd+bwd": fwd_bwd}
 
 
-def issue_us(fn: Callable[[], object], calls: int, reps: int) -> float:
+def issue_us(fn: Callable[[], object], calls: int, reps: int, warmup: int = 3) -> float:
     """Median microseconds the host takes to issue one call of ``fn`` (see the module docstring)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(3):  # warm-up: compilation, caches, the allocator's pools
+    for _ in range(warmup):  # compilation, caches, the allocator's pools
         fn()
     samples = []
     for _ in range(reps):

@@ -9,25 +9,11 @@ launcher, is `python -m benchmarks.host_cost`.)
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from benchmarks.host_cost import issue_us
 from mosaic_kernels.attention import function as attention_fn
 from mosaic_kernels.leaky_average import function as leaky_fn
-
-
-def host_us(fn, n: int = 200) -> float:
-    """Mean host microseconds of fn() over n calls, the GPU left to catch up afterwards."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return 1e6 * elapsed / n
 
 
 def main() -> None:
@@ -44,7 +30,7 @@ def main() -> None:
     ]
     with torch.no_grad():
         for name, fn in rows:
-            print(f"{name:<34} {host_us(fn):8.1f} us")
+            print(f"{name:<34} {issue_us(fn, calls=200, reps=1, warmup=5):8.1f} us")
 
 
 if __name__ == "__main__":
