@@ -35,7 +35,7 @@ MODELS = ("mosaic", "gpt")
 # Around the paper's 5e-3. The study started both models on {2e-3, 5e-3, 1e-2} and grew the grid by one
 # point (x2 or /2) past an edge that a model's best lay on, the same rule for both (REPRODUCTION.md);
 # report reads whichever of these runs exist.
-LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 4e-2)
+LRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
 
 
 TRAIN_SEED = 1337  # mosaic-train's default: seed 0 of the study is the runs made before seeds existed
@@ -68,13 +68,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     grid = list(itertools.product(a.models, a.depths, a.lrs, a.seeds))
-    todo = []
-    for model, depth, lr, seed in grid:
-        out = root / run_name(model, depth, lr, a.kernels, seed)
-        state = run_state(out)
-        if state != "done":
-            todo.append((model, depth, lr, seed, out, state))
-    todo = _rerun_for_evals(a, root) + todo  # first: the evaluations wait for them
+    todo = _plan(a, root, grid)
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
     jobs = [Job(train_argv(a, model, depth, lr, seed), out, resume=state == "partial")
             for model, depth, lr, seed, out, state in todo]
@@ -83,18 +77,42 @@ def cmd_run(a: argparse.Namespace) -> None:
     print(f"status: {finished}/{len(grid)} runs finished", flush=True)
 
 
+def _plan(a: argparse.Namespace, root: Path, grid: list) -> list:
+    """The runs to start, as (model, depth, lr, seed, folder, state): the selected runs to train again
+    for the evaluations first (they wait for them), then every grid point not finished. A run cut short
+    whose checkpoint is gone starts from scratch, its old folder set aside, so that its new metrics do
+    not follow the old ones in one file."""
+    todo = []
+    for model, depth, lr, seed in grid:
+        out = root / run_name(model, depth, lr, a.kernels, seed)
+        state = run_state(out)
+        if state == "new" and (out / "metrics.jsonl").exists():
+            _set_aside(out)
+        if state != "done":
+            todo.append((model, depth, lr, seed, out, state))
+    return _rerun_for_evals(a, root) + todo
+
+
+def _set_aside(out: Path) -> None:
+    """Rename a run folder to ``.prior`` (``.prior2``... when an earlier call already kept one)."""
+    prior, n = out.with_name(out.name + ".prior"), 2
+    while prior.exists():
+        prior, n = out.with_name(f"{out.name}.prior{n}"), n + 1
+    out.rename(prior)
+
+
 def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
     """Runs to train again so that the evaluations have weights: at each ``--rerun-selected`` depth, the
     selected (lowest validation loss) finished run of each model whose checkpoint is gone, as when its
     results came back from an earlier GPU call without checkpoints. Its old folder is kept beside it
-    (``.prior``). A run of the grid still to train can only win by a lower loss, and then it has weights.
+    (``_set_aside``). A run of the grid still to train can only win by a lower loss, and then it has weights.
     The selection looks at every learning rate of the default grid as well as ``--lrs``, so that a call
     which only extends the grid still finds the runs of the earlier ones."""
     todo = []
     for key, r in select(root, a.models, a.rerun_selected, sorted(set(a.lrs) | set(LRS)), a.kernels).items():
         out = Path(r["run"])
         if not any((out / f).exists() for f in ("best.pt", "ckpt.pt")):
-            out.rename(out.with_name(out.name + ".prior"))
+            _set_aside(out)
             model, depth = key.split("-L")
             todo.append((model, int(depth), r["lr"], 0, out, "new"))
     return todo

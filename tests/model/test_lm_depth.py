@@ -73,3 +73,32 @@ def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):
     first = json.loads((figs / "ood_loss_by_position.json").read_text())
     second = json.loads((figs / "ood_loss_by_position_other.json").read_text())
     assert first != second  # two sources, two measurements
+
+
+def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
+    # A selected run whose weights did not come back is trained again, and a run cut short without a
+    # checkpoint starts from scratch; each old folder is kept beside it, and a second such call must not
+    # collide with the first one's .prior (the TinyStories call of 2026-12-01 did).
+    import argparse
+
+    def run(name, loss, final=True):
+        (tmp_path / name).mkdir()
+        lines = [{"step": 10, "split": "val", "loss": loss, "train_loss": loss}]
+        lines += [{"step": 10, "split": "final", "loss": loss, "train_loss": loss}] if final else []
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+    run("mosaic-L1-lr0.001", 4.0)
+    run("mosaic-L1-lr0.001.prior", 4.5)
+    run("gpt-L1-lr0.001", 4.2)
+    (tmp_path / "gpt-L1-lr0.001" / "ckpt.pt").write_bytes(b"")  # its weights are here: not trained again
+    run("gpt-L1-lr0.002", 3.0, final=False)  # cut short, checkpoint gone: not a candidate of the selection
+    a = argparse.Namespace(models=["mosaic", "gpt"], rerun_selected=[1], lrs=[1e-3, 2e-3], kernels="fused")
+    grid = [(m, 1, lr, 0) for m in a.models for lr in a.lrs]
+    todo = lm_depth._plan(a, tmp_path, grid)
+    assert [(m, lr, out.name, state) for m, d, lr, seed, out, state in todo] == [
+        ("mosaic", 1e-3, "mosaic-L1-lr0.001", "new"), ("mosaic", 2e-3, "mosaic-L1-lr0.002", "new"),
+        ("gpt", 2e-3, "gpt-L1-lr0.002", "new")]
+    assert not (tmp_path / "mosaic-L1-lr0.001").exists() and not (tmp_path / "gpt-L1-lr0.002").exists()
+    kept = json.loads((tmp_path / "mosaic-L1-lr0.001.prior2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert kept["loss"] == 4.0 and (tmp_path / "mosaic-L1-lr0.001.prior").exists()
+    assert (tmp_path / "gpt-L1-lr0.002.prior" / "metrics.jsonl").exists()
