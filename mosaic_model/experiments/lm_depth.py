@@ -2,6 +2,7 @@
 
   python -m mosaic_model.experiments.lm_depth run    --data BOOKS --out runs/lm_depth [--time-limit S]
   python -m mosaic_model.experiments.lm_depth report --out runs/lm_depth --ood SIMPLEWIKI [MORE] --figures DIR
+  python -m mosaic_model.experiments.lm_depth claims --figures DIR   (the numbers behind each claim)
 
 ``run`` trains the grid (model x depth x learning rate; same width, tokens, batches and schedule for
 both models) as separate processes on one GPU, several at once. A run that has finished is skipped and
@@ -244,6 +245,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     _lr_sweep_plot(summary["runs"], a.depths, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:
         _evaluate(a, summary["runs"], figs, ev)
+        cmd_claims(a)
     (figs / "lm_depth_summary.json").write_text(json.dumps(summary, indent=1))
     for key, r in sorted(summary["runs"].items()):
         state = "finished" if r["finished"] else "stopped early"
@@ -339,11 +341,106 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
         ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
 
 
+# Position bands of the paper's Fig 10 claim (early context, about 50 tokens, the transformer's plateau
+# from 100-150, the end of the window), and of Fig 13 (inside the training length, then beyond it).
+OOD_BANDS = ((0, 10), (40, 60), (100, 150), (200, 300), (400, 512))
+LONG_BANDS = ((256, 512), (512, 1024), (1024, 1536))
+
+
+def _bands(loss: list, bands) -> dict:
+    """{"lo-(hi-1)": mean loss over those positions} (each position already averaged over its documents),
+    for the bands that start inside the evaluated length; positions no document reached (NaN) are left out."""
+    import numpy as np
+
+    loss = np.asarray(loss, dtype=np.float64)
+    return {f"{lo}-{hi - 1}": float(np.nanmean(loss[lo:hi])) for lo, hi in bands
+            if lo < loss.size and not np.isnan(loss[lo:hi]).all()}
+
+
+def _model_of(run: str) -> str:
+    return "mosaic" if Path(run).name.startswith("mosaic") else "gpt"
+
+
+def _last_row(att: list) -> dict:
+    """Flatness and recency of one model's mean last-row attention (layers x heads x keys, averaged over
+    layers and heads): the weight on the last 10 keys and on key 0, each beside its value under uniform
+    attention, and the entropy as a fraction of the uniform one (1: flat)."""
+    import numpy as np
+
+    row = np.asarray(att, dtype=np.float64).mean(axis=(0, 1))
+    row = row / row.sum()
+    n = row.size
+    entropy = float(-(row * np.log(np.clip(row, 1e-30, None))).sum())
+    thirds = [float(t.sum()) for t in np.array_split(row, 3)]
+    return {"keys": n, "last_10": float(row[-10:].sum()), "last_10_uniform": 10 / n, "key_0": float(row[0]),
+            "key_0_uniform": 1 / n, "entropy_over_uniform": entropy / float(np.log(n)), "thirds": thirds}
+
+
+def claim_numbers(figs: Path) -> dict:
+    """The numbers behind each claim of the paper that the evaluations test, read from the JSON that
+    ``report`` wrote into ``figs`` (whichever exist), by model: the out-of-distribution loss in the
+    ``OOD_BANDS`` with ``gain_after_50`` (band 40-60 minus band 400-511: positive while loss still falls
+    past about 50 tokens) and ``gain_after_150`` (band 100-150 minus 400-511: about 0 on a plateau); the
+    one-layer models' last-row attention (``_last_row``); the long-context loss in ``LONG_BANDS`` and
+    attention thirds."""
+    out: dict = {}
+    for f in sorted(figs.glob("ood_loss_by_position*.json")):
+        res = json.loads(f.read_text())["results"]
+        out[f.stem] = {}
+        for run, r in res.items():
+            bands = _bands(r["loss"], OOD_BANDS)
+            gains = {f"gain_after_{k}": bands[b] - bands["400-511"]
+                     for k, b in (("50", "40-59"), ("150", "100-149")) if b in bands and "400-511" in bands}
+            out[f.stem][_model_of(run)] = {"run": Path(run).name, "bands": bands, **gains}
+        if {"mosaic", "gpt"} <= set(out[f.stem]):
+            # Later positions average over fewer, longer documents (those that reach them), so a band's
+            # level mixes position with document; the two models' difference, on the same documents, does not.
+            m, g = out[f.stem]["mosaic"]["bands"], out[f.stem]["gpt"]["bands"]
+            out[f.stem]["mosaic_minus_gpt"] = {k: m[k] - g[k] for k in m}
+    f = figs / "attention_1layer.json"
+    if f.exists():
+        out["attention_1layer"] = {_model_of(run): {"run": Path(run).name, **_last_row(r["attention"])}
+                                   for run, r in json.loads(f.read_text())["results"].items()}
+    f = figs / "long_context_1layer.json"
+    if f.exists():
+        res = json.loads(f.read_text())["results"]
+        out["long_context_1layer"] = {
+            _model_of(run): {"run": Path(run).name, "window": r["gpt_sliding_window"],
+                             "bands": _bands(r["loss"], LONG_BANDS),
+                             "attention": _last_row(res["attention"][run]["attention"])}
+            for run, r in res["loss_by_position"].items()}
+    return out
+
+
+def cmd_claims(a: argparse.Namespace) -> None:
+    """Write ``claims.json`` beside the evaluations in ``--figures`` and print its numbers."""
+    figs = Path(a.figures)
+    numbers = claim_numbers(figs)
+    (figs / "claims.json").write_text(json.dumps(numbers, indent=1))
+    for name, by_model in numbers.items():
+        for model, r in by_model.items():
+            if model == "mosaic_minus_gpt":
+                detail = " ".join(f"{k}: {v:+.3f}" for k, v in r.items())
+                print(f"{name} Memory Mosaic - GPT2: {detail}")
+                continue
+            if "attention" not in r and "bands" in r:
+                detail = " ".join(f"{k}: {v:.3f}" for k, v in r["bands"].items()) + "".join(
+                    f" | {k.replace('_', ' ')}: {r[k]:+.3f}" for k in ("gain_after_50", "gain_after_150") if k in r)
+            elif "bands" in r:
+                detail = (" ".join(f"{k}: {v:.3f}" for k, v in r["bands"].items())
+                          + " | attention thirds " + " / ".join(f"{t:.2f}" for t in r["attention"]["thirds"]))
+            else:
+                detail = (f"last 10 keys {r['last_10']:.3f} (uniform {r['last_10_uniform']:.3f}), key 0 {r['key_0']:.4f} "
+                          f"(uniform {r['key_0_uniform']:.4f}), entropy/uniform {r['entropy_over_uniform']:.3f}")
+            print(f"{name} {model} ({r['run']}): {detail}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the depth study."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report"))
-    p.add_argument("--data", required=True, help="training text (a folder of books: --doc-split file)")
+    p.add_argument("command", choices=("run", "report", "claims"),
+                   help="claims: the numbers of each claim, from the evaluation JSON that report wrote (--figures)")
+    p.add_argument("--data", help="training text (a folder of books: --doc-split file); run and report need it")
     p.add_argument("--doc-split", default="file")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--out", default="runs/lm_depth")
@@ -379,12 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``run`` or ``report``."""
     p = build_parser()
     a = p.parse_args(argv)
+    if a.command != "claims" and not a.data:
+        p.error(f"{a.command} needs --data (the training text)")
     if a.width % 64:
         p.error(f"--width must be a multiple of 64 (heads of 64 dimensions, as GPT2-small), got {a.width}")
     if any(s < 0 for s in a.seeds):
         p.error(f"--seeds must be >= 0, got {a.seeds}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    (cmd_run if a.command == "run" else cmd_report)(a)
+    {"run": cmd_run, "report": cmd_report, "claims": cmd_claims}[a.command](a)
     return 0
 
 

@@ -73,6 +73,36 @@ def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):
     first = json.loads((figs / "ood_loss_by_position.json").read_text())
     second = json.loads((figs / "ood_loss_by_position_other.json").read_text())
     assert first != second  # two sources, two measurements
+    claims = json.loads((figs / "claims.json").read_text())  # written by report; bands past 16 tokens are absent
+    assert set(claims["ood_loss_by_position"]) == {"mosaic", "gpt", "mosaic_minus_gpt"}
+    assert list(claims["ood_loss_by_position"]["gpt"]["bands"]) == ["0-9"]
+    assert set(claims["attention_1layer"]) == {"mosaic", "gpt"}
+
+
+def test_claim_numbers_from_known_curves(tmp_path):
+    # Memory Mosaic: loss falls by 1e-3 a position all along; GPT2: falls until 100, then flat. Attention:
+    # uniform for one model, all on the last key for the other.
+    mm = [5.0 - 1e-3 * i for i in range(512)]
+    gpt = [5.0 - 1e-3 * min(i, 100) for i in range(512)]
+    counts = [10.0] * 512
+    per_pos = {"results": {"/x/mosaic-L2-lr0.01": {"loss": mm, "documents": counts},
+                           "/x/gpt-L2-lr0.002": {"loss": gpt, "documents": counts}}}
+    (tmp_path / "ood_loss_by_position.json").write_text(json.dumps(per_pos))
+    flat, last = [[[1.0] * 100]], [[[0.0] * 99 + [1.0]]]
+    (tmp_path / "attention_1layer.json").write_text(json.dumps(
+        {"results": {"/x/mosaic-L1-lr0.01": {"attention": flat}, "/x/gpt-L1-lr0.002": {"attention": last}}}))
+    c = lm_depth.claim_numbers(tmp_path)
+    ood = c["ood_loss_by_position"]
+    # Band 40-59 has mean position 49.5, band 400-511 has 455.5: 0.406 nats apart at 1e-3 a position.
+    assert ood["mosaic"]["gain_after_50"] == pytest.approx(0.406)
+    assert ood["gpt"]["gain_after_150"] == pytest.approx(0.0, abs=1e-12)
+    assert ood["mosaic_minus_gpt"]["0-9"] == pytest.approx(0.0, abs=1e-12)
+    assert ood["mosaic_minus_gpt"]["400-511"] == pytest.approx(-0.3555)
+    att = c["attention_1layer"]
+    assert att["mosaic"]["entropy_over_uniform"] == pytest.approx(1.0)
+    assert att["mosaic"]["last_10"] == pytest.approx(att["mosaic"]["last_10_uniform"]) == pytest.approx(0.1)
+    assert att["gpt"]["last_10"] == 1.0 and att["gpt"]["entropy_over_uniform"] == pytest.approx(0.0, abs=1e-12)
+    assert att["gpt"]["thirds"] == pytest.approx([0.0, 0.0, 1.0])
 
 
 def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
