@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.regbench import ICLSplit, icl_metrics
-from .data.text import TokenCorpus
+from .data.text import DataError, TokenCorpus
 from .lm import IGNORE_INDEX
 from .runtime import autocast_for, require_at_least_one
 
@@ -234,10 +234,12 @@ def _per_position(a, runs, long: bool):
         T = a.block_size or (3 * T_train if long else T_train)
         window = T_train if ckpt["model_type"] == "gpt" and T > T_train else None
         _allow_context(model, ckpt, T)
-        x, y = corpus.document_windows(T, a.max_docs)
+        x, y = corpus.document_windows(T, a.max_docs, full_length=a.full_length)
+        if not len(x):
+            raise DataError(f"{a.data}: no document has {T + 1} tokens or more (drop --full-length or lower --block-size)")
         loss, count = loss_by_position(model, x, y, a.batch_size, a.device, a.dtype_t, window=window)
         results[run] = {"loss": loss.tolist(), "documents": count.tolist(), "block_size": T,
-                        "trained_block_size": T_train, "gpt_sliding_window": window}
+                        "trained_block_size": T_train, "gpt_sliding_window": window, "full_length": a.full_length}
         curves[_label(run, ckpt)] = loss
         early = float(np.nanmean(loss[: min(50, T)]))
         late = float(np.nanmean(loss[min(100, T - 1):])) if T > 100 else float("nan")
@@ -354,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--num-seqs", type=int, default=256, help="random windows averaged")
         if name in ("per-position", "long-context"):
             s.add_argument("--max-docs", type=int, default=None, help="at most this many documents")
+            s.add_argument("--full-length", action="store_true",
+                           help="only documents that reach the last position, so every position averages the same ones")
         if name == "loss":
             s.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
         if name == "generate":
@@ -374,7 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``mosaic-eval``; exit code 2 with a one-line error on bad input."""
     from .checkpoint import CheckpointError, load_model
-    from .data.text import DataError
 
     p = build_parser()
     a = p.parse_args(argv)
@@ -397,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError) as e:
         print(f"mosaic-eval: error: {e}", file=sys.stderr)
         return 2
-    a.out.with_suffix(".json").write_text(json.dumps({"command": a.command, "runs": a.runs, "results": results},
-                                                     indent=1, default=float), encoding="utf-8")
+    record = {"command": a.command, "runs": a.runs, **({"data": a.data} if hasattr(a, "data") else {}), "results": results}
+    a.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
     print(f"wrote {a.out.with_suffix('.json')}", file=sys.stderr)
     return 0
 

@@ -369,14 +369,23 @@ class TokenCorpus:
         t = torch.from_numpy(rows)
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
-    def document_windows(self, block_size: int, max_docs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def document_windows(self, block_size: int, max_docs: int | None = None,
+                         full_length: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Each document's first ``block_size`` tokens as (x, y), x padded with EOT and y with -100 past
-        the document's end (its own EOT is not a target): for loss by position within documents."""
-        n = self.num_documents if max_docs is None else min(max_docs, self.num_documents)
+        the document's end (its own EOT is not a target): for loss by position within documents.
+        ``full_length`` keeps only the documents with a target at every position (at least
+        ``block_size + 1`` tokens), so that every position averages the same documents; ``max_docs``
+        then counts those."""
+        docs = range(self.num_documents)
+        if full_length:
+            lengths = np.diff(self.starts) - 1  # without the document's own EOT
+            docs = np.flatnonzero(lengths >= block_size + 1)
+        docs = docs[:max_docs] if max_docs is not None else docs
+        n = len(docs)
         x = np.full((n, block_size), EOT, dtype=np.int64)
         y = np.full((n, block_size), -100, dtype=np.int64)
-        for i in range(n):
-            doc = self.tokens[self.starts[i]:self.starts[i + 1] - 1].astype(np.int64)[: block_size + 1]
+        for i, d in enumerate(docs):
+            doc = self.tokens[self.starts[d]:self.starts[d + 1] - 1].astype(np.int64)[: block_size + 1]
             if len(doc) >= 2:
                 x[i, : len(doc) - 1] = doc[:-1]
                 y[i, : len(doc) - 1] = doc[1:]

@@ -312,6 +312,35 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
     return pairs
 
 
+def _gap_plot(figs: Path, smooth: int = 16) -> None:
+    """``ood_gap_by_position.png``: the Memory Mosaic's loss minus GPT2's at each position (the same
+    documents for both), a moving average over ``smooth`` positions, one line per out-of-distribution
+    text (each ``ood_loss_by_position*.json`` in ``figs``). Below zero the Memory Mosaic is ahead; a line
+    falling with position is the paper's Fig 10 claim."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for f in sorted(figs.glob("ood_loss_by_position*.json")):
+        record = json.loads(f.read_text())
+        by_model = {_model_of(run): np.asarray(r["loss"], dtype=np.float64) for run, r in record["results"].items()}
+        if {"mosaic", "gpt"} <= set(by_model) and by_model["mosaic"].size >= smooth:
+            gap = by_model["mosaic"] - by_model["gpt"]
+            ax.plot(np.arange(smooth - 1, gap.size), np.convolve(gap, np.ones(smooth) / smooth, mode="valid"),
+                    label=Path(record["data"]).name.split(".")[0] if "data" in record else f.stem)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(title=f"Memory Mosaic - GPT2, loss by position ({smooth}-position mean)", xlabel="position in document",
+           ylabel="loss difference (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figs / "ood_gap_by_position.png", dpi=120)
+    plt.close(fig)
+
+
 def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
     """The evaluations at equal depth (Fig 10, Table 1) and of the one-layer models (Fig 12, 13)."""
     def ev_main(argv: list[str]) -> None:
@@ -329,14 +358,16 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
     pair, one = with_weights(a.eval_depth), with_weights(1)
     for i, source in enumerate(a.ood if pair else []):
         # The first source is the paper's (ood_loss_by_position.*); each other one is named after its file.
+        # Only documents that reach the last position: every position then averages the same documents.
         stem = "ood_loss_by_position" + ("" if i == 0 else "_" + Path(source).name.split(".")[0])
-        ev_main(["per-position", *pair, "--data", source, "--out", str(figs / stem), "--batch-size", "16"])
+        ev_main(["per-position", *pair, "--data", source, "--out", str(figs / stem), "--batch-size", "16",
+                 "--full-length"])
     text = a.ood[0] if a.ood else a.data
     if one:
         ev_main(["attention", *one, "--data", text, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "attention_1layer")])
         ev_main(["long-context", *one, "--data", text, "--num-seqs", str(a.num_seqs),
-                 "--out", str(figs / "long_context_1layer"), "--batch-size", "8"])
+                 "--out", str(figs / "long_context_1layer"), "--batch-size", "8", "--full-length"])
     if pair:
         ev_main(["generate", *pair, "--out", str(figs / "prompts"), "--max-new-tokens", "40"])
 
@@ -413,9 +444,11 @@ def claim_numbers(figs: Path) -> dict:
 
 
 def cmd_claims(a: argparse.Namespace) -> None:
-    """Write ``claims.json`` beside the evaluations in ``--figures`` and print its numbers."""
+    """Write ``claims.json`` and ``ood_gap_by_position.png`` beside the evaluations in ``--figures``, and
+    print the numbers."""
     figs = Path(a.figures)
     numbers = claim_numbers(figs)
+    _gap_plot(figs)
     (figs / "claims.json").write_text(json.dumps(numbers, indent=1))
     for name, by_model in numbers.items():
         for model, r in by_model.items():

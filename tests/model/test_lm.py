@@ -94,6 +94,13 @@ def test_mosaic_eval_subcommands(tmp_path, corpus_file, capsys):
     assert eval_mod.main(["per-position", *runs, *common, "--max-docs", "20", "--out", str(out / "pp")]) == 0
     pp = json.loads((out / "pp.json").read_text())["results"]
     assert all(len(r["loss"]) == 32 for r in pp.values()) and (out / "pp.png").stat().st_size > 0
+    assert eval_mod.main(["per-position", *runs, *common, "--full-length", "--out", str(out / "full")]) == 0
+    full = json.loads((out / "full.json").read_text())["results"]
+    for r in full.values():  # the same documents at every position
+        assert r["full_length"] and len(set(r["documents"])) == 1 and r["documents"][0] >= 1
+    assert eval_mod.main(["per-position", *runs, *common, "--full-length", "--block-size", "100000",
+                          "--out", str(out / "none")]) == 2
+    assert "no document has 100001 tokens or more" in capsys.readouterr().err
     assert eval_mod.main(["attention", *runs, *common, "--num-seqs", "6", "--out", str(out / "att")]) == 0
     att = json.loads((out / "att.json").read_text())["results"]
     mosaic, gpt = (np.array(att[r]["attention"]) for r in runs)

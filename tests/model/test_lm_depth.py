@@ -77,6 +77,11 @@ def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):
     assert set(claims["ood_loss_by_position"]) == {"mosaic", "gpt", "mosaic_minus_gpt"}
     assert list(claims["ood_loss_by_position"]["gpt"]["bands"]) == ["0-9"]
     assert set(claims["attention_1layer"]) == {"mosaic", "gpt"}
+    assert (figs / "ood_gap_by_position.png").stat().st_size > 0
+    # Every position averages the same documents (those that reach the last one).
+    per_pos = json.loads((figs / "ood_loss_by_position.json").read_text())
+    assert per_pos["data"] == str(corpus_file)
+    assert all(len(set(r["documents"])) == 1 for r in per_pos["results"].values())
 
 
 def test_claim_numbers_from_known_curves(tmp_path):

@@ -135,6 +135,12 @@ def test_document_windows_start_each_document_and_mask_past_its_end():
     x, y = c.document_windows(4)
     assert x[0].tolist() == [1, 2, EOT, EOT] and y[0].tolist() == [2, 3, -100, -100]
     assert x[1].tolist() == [4, 5, 6, 7] and y[1].tolist() == [5, 6, 7, 8]
+    # Only the second document has a target at all 4 positions (5 tokens before its EOT).
+    x, y = c.document_windows(4, full_length=True)
+    assert x.tolist() == [[4, 5, 6, 7]] and y.tolist() == [[5, 6, 7, 8]]
+    assert c.document_windows(5, full_length=True)[0].tolist() == [[4, 5, 6, 7, 8]]
+    assert len(c.document_windows(6, full_length=True)[0]) == 0
+    assert c.document_windows(4, max_docs=1)[0].tolist() == [[1, 2, EOT, EOT]]
 
 
 def test_split_by_document_is_seeded_and_disjoint():
