@@ -12,8 +12,11 @@
 #              trains it again where an earlier call cut it short)
 #   reference  the Memory Mosaic at depth REF_DEPTH (default 4), lr REF_LR (default 1e-2) on the reference ops, against
 #              its fused twin (depth 8 takes most of a call with the GPU to itself)
-#   stories    the TinyStories grid at depths 1 and 2, both models, lr STORIES_LRS (default {2e-3, 5e-3, 1e-2});
-#              it is short, and starves beside many books runs: give it a call with few others
+#   stories    the TinyStories grid at depths 1 and 2, STORIES_MODELS (default both), lr STORIES_LRS (default
+#              {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}); it is short, and starves beside many books runs: give it a call
+#              with few others. Its report reads every learning rate that has runs.
+#   stories-reference  the TinyStories Memory Mosaic at depth STORIES_REF_DEPTH (default 2), lr STORIES_REF_LR
+#              (default 2e-2) on the reference ops, against its fused twin
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
 #              evaluations (out-of-distribution loss, attention, long context, prompts)
 # GRAPH=1 gives every run --cuda-graph. PARALLEL (default 6) runs at once per part. EXTRA: more lm_depth run
@@ -53,8 +56,11 @@ for part in "$@"; do
     reference)
       "${lm[@]}" run "${books[@]}" --models mosaic --depths ${REF_DEPTH:-4} --lrs ${REF_LR:-0.01} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
       pids+=($!) ;;
+    stories-reference)
+      "${lm[@]}" run "${stories[@]}" --models mosaic --depths ${STORIES_REF_DEPTH:-2} --lrs ${STORIES_REF_LR:-0.02} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/stories_reference.log 2>&1 &
+      pids+=($!) ;;
     stories)
-      "${lm[@]}" run "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
+      "${lm[@]}" run "${stories[@]}" --models ${STORIES_MODELS:-mosaic gpt} --lrs ${STORIES_LRS:-0.001 0.002 0.005 0.01 0.02} "${common[@]}" --rerun-selected 1 2 > /tmp/figures/stories.log 2>&1 &
       pids+=($!) ;;
     evals)
       # --lrs of finished runs only: nothing of the grid is new, only the selected runs are trained again.
@@ -70,8 +76,8 @@ pack
 # TinyStories, a second out-of-distribution text for book-trained models), the stories with theirs.
 evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
 "${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood .carry/stories --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
-if [[ " $* " == *" stories "* ]]; then
-  "${lm[@]}" report "${stories[@]}" --lrs ${STORIES_LRS:-0.002 0.005 0.01} --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
+if [[ " $* " == *" stories"* ]]; then
+  "${lm[@]}" report "${stories[@]}" --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
 wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
