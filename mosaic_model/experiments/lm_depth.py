@@ -364,7 +364,9 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
                  "--full-length"])
     text = a.ood[0] if a.ood else a.data
     if one:
-        ev_main(["attention", *one, "--data", text, "--num-seqs", str(a.num_seqs),
+        # The paper's Fig 12 averages windows of its training text; Fig 13 runs past the training length,
+        # which needs documents of 3x that length (the first out-of-distribution text has them).
+        ev_main(["attention", *one, "--data", a.data, "--doc-split", a.doc_split, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "attention_1layer")])
         ev_main(["long-context", *one, "--data", text, "--num-seqs", str(a.num_seqs),
                  "--out", str(figs / "long_context_1layer"), "--batch-size", "8", "--full-length"])
@@ -496,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun-selected", nargs="*", type=int, default=[],
                    help="run: depths whose selected runs are trained again if their checkpoint is gone (for evals)")
     p.add_argument("--ood", nargs="+", default=[],
-                   help="out-of-distribution texts for the loss by position (the first also feeds the attention and "
-                        "long-context evaluations; each further one gets ood_loss_by_position_NAME)")
+                   help="out-of-distribution texts for the loss by position (the first also feeds the long-context "
+                        "evaluation; each further one gets ood_loss_by_position_NAME); the attention maps read --data")
     p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
     p.add_argument("--num-seqs", type=int, default=512)
     p.add_argument("--figures", default="docs/figures")

@@ -56,31 +56,36 @@ def test_bad_arguments_exit_2(capsys):
 
 
 def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):  # noqa: F811
-    # The first --ood source feeds every evaluation; a second one gets its own loss-by-position files.
+    # The first --ood source feeds the loss by position and the long context (documents of 3 x 16 tokens
+    # and more: the byte tokenizer makes one token a character); a second one gets its own
+    # loss-by-position files; the attention maps read the training text.
     other = tmp_path / "other.jsonl"
-    other.write_text("\n".join(json.dumps(f"the dog saw {i} cats and ran to the park.") for i in range(40)))
+    other.write_text("\n".join(json.dumps(f"the dog saw {i} cats and ran to the park. " * 2) for i in range(40)))
     text.load_corpus(str(corpus_file), doc_split="auto", progress=False)
     common = ["--data", str(corpus_file), "--doc-split", "auto", "--val-fraction", "0.2", "--out", str(tmp_path / "g"),
               "--depths", "1", "--lrs", "1e-3", "--width", "64", "--block-size", "16", "--batch-size", "2",
               "--steps", "2", "--eval-every", "1", "--parallel", "2", "--device", "cpu", "--kernels", "reference"]
     assert lm_depth.main(["run", *common]) == 0
     figs = tmp_path / "figs"
-    assert lm_depth.main(["report", *common, "--eval-depth", "1", "--ood", str(corpus_file), str(other),
+    assert lm_depth.main(["report", *common, "--eval-depth", "1", "--ood", str(other), str(corpus_file),
                           "--num-seqs", "4", "--figures", str(figs)]) == 0
-    for name in ("ood_loss_by_position.json", "ood_loss_by_position_other.json", "attention_1layer.json",
+    for name in ("ood_loss_by_position.json", "ood_loss_by_position_stories.json", "attention_1layer.json",
                  "long_context_1layer.json", "prompts.md"):
         assert (figs / name).exists(), name
     first = json.loads((figs / "ood_loss_by_position.json").read_text())
-    second = json.loads((figs / "ood_loss_by_position_other.json").read_text())
+    second = json.loads((figs / "ood_loss_by_position_stories.json").read_text())
     assert first != second  # two sources, two measurements
     claims = json.loads((figs / "claims.json").read_text())  # written by report; bands past 16 tokens are absent
     assert set(claims["ood_loss_by_position"]) == {"mosaic", "gpt", "mosaic_minus_gpt"}
     assert list(claims["ood_loss_by_position"]["gpt"]["bands"]) == ["0-9"]
     assert set(claims["attention_1layer"]) == {"mosaic", "gpt"}
+    # Attention maps on the training text (as the paper's Fig 12), long context on the first --ood text.
+    assert json.loads((figs / "attention_1layer.json").read_text())["data"] == str(corpus_file)
+    assert json.loads((figs / "long_context_1layer.json").read_text())["data"] == str(other)
     assert (figs / "ood_gap_by_position.png").stat().st_size > 0
     # Every position averages the same documents (those that reach the last one).
     per_pos = json.loads((figs / "ood_loss_by_position.json").read_text())
-    assert per_pos["data"] == str(corpus_file)
+    assert per_pos["data"] == str(other)
     assert all(len(set(r["documents"])) == 1 for r in per_pos["results"].values())
 
 
