@@ -426,8 +426,8 @@ def claim_numbers(figs: Path) -> dict:
                      for k, b in (("50", "40-59"), ("150", "100-149")) if b in bands and "400-511" in bands}
             out[f.stem][_model_of(run)] = {"run": Path(run).name, "bands": bands, **gains}
         if {"mosaic", "gpt"} <= set(out[f.stem]):
-            # Later positions average over fewer, longer documents (those that reach them), so a band's
-            # level mixes position with document; the two models' difference, on the same documents, does not.
+            # Without --full-length, later positions average over fewer, longer documents (those that reach
+            # them), so a band's level mixes position with document; the two models' difference does not.
             m, g = out[f.stem]["mosaic"]["bands"], out[f.stem]["gpt"]["bands"]
             out[f.stem]["mosaic_minus_gpt"] = {k: m[k] - g[k] for k in m}
     f = figs / "attention_1layer.json"
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``run`` or ``report``."""
+    """Entry point: ``run``, ``report`` or ``claims``."""
     p = build_parser()
     a = p.parse_args(argv)
     if a.command != "claims" and not a.data:
