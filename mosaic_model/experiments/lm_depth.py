@@ -323,14 +323,19 @@ def _gap_plot(figs: Path, smooth: int = 16) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    lines = []
     for f in sorted(figs.glob("ood_loss_by_position*.json")):
         record = json.loads(f.read_text())
         by_model = {_model_of(run): np.asarray(r["loss"], dtype=np.float64) for run, r in record["results"].items()}
         if {"mosaic", "gpt"} <= set(by_model) and by_model["mosaic"].size >= smooth:
             gap = by_model["mosaic"] - by_model["gpt"]
-            ax.plot(np.arange(smooth - 1, gap.size), np.convolve(gap, np.ones(smooth) / smooth, mode="valid"),
-                    label=Path(record["data"]).name.split(".")[0] if "data" in record else f.stem)
+            lines.append((np.convolve(gap, np.ones(smooth) / smooth, mode="valid"),
+                          Path(record["data"]).name.split(".")[0] if "data" in record else f.stem))
+    if not lines:  # no pair of models evaluated: no figure
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mean, label in lines:
+        ax.plot(np.arange(smooth - 1, smooth - 1 + mean.size), mean, label=label)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(title=f"Memory Mosaic - GPT2, loss by position ({smooth}-position mean)", xlabel="position in document",
            ylabel="loss difference (nats)")

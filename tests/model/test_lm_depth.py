@@ -113,6 +113,12 @@ def test_claim_numbers_from_known_curves(tmp_path):
     assert att["mosaic"]["last_10"] == pytest.approx(att["mosaic"]["last_10_uniform"]) == pytest.approx(0.1)
     assert att["gpt"]["last_10"] == 1.0 and att["gpt"]["entropy_over_uniform"] == pytest.approx(0.0, abs=1e-12)
     assert att["gpt"]["thirds"] == pytest.approx([0.0, 0.0, 1.0])
+    lm_depth._gap_plot(tmp_path)
+    assert (tmp_path / "ood_gap_by_position.png").stat().st_size > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    lm_depth._gap_plot(empty)  # no evaluated pair: no figure
+    assert not any(empty.iterdir())
 
 
 def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
