@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ._pool import Job, metrics, run_jobs, run_state
 
 DEPTHS = (1, 2, 4, 8)
@@ -203,14 +205,21 @@ def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], k
     return out
 
 
-def cmd_report(a: argparse.Namespace) -> None:
-    """Select on validation, then evaluate and plot (see the module docstring)."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (the device machines have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    """Select on validation, then evaluate and plot (see the module docstring)."""
     from .. import evaluate as ev
+
+    plt = _pyplot()
 
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
@@ -317,12 +326,6 @@ def _gap_plot(figs: Path, smooth: int = 16) -> None:
     documents for both), a moving average over ``smooth`` positions, one line per out-of-distribution
     text (each ``ood_loss_by_position*.json`` in ``figs``). Below zero the Memory Mosaic is ahead; a line
     falling with position is the paper's Fig 10 claim."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     lines = []
     for f in sorted(figs.glob("ood_loss_by_position*.json")):
         record = json.loads(f.read_text())
@@ -333,6 +336,7 @@ def _gap_plot(figs: Path, smooth: int = 16) -> None:
                           Path(record["data"]).name.split(".")[0] if "data" in record else f.stem))
     if not lines:  # no pair of models evaluated: no figure
         return
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for mean, label in lines:
         ax.plot(np.arange(smooth - 1, smooth - 1 + mean.size), mean, label=label)
@@ -388,8 +392,6 @@ LONG_BANDS = ((256, 512), (512, 1024), (1024, 1536))
 def _bands(loss: list, bands) -> dict:
     """{"lo-(hi-1)": mean loss over those positions} (each position already averaged over its documents),
     for the bands that start inside the evaluated length; positions no document reached (NaN) are left out."""
-    import numpy as np
-
     loss = np.asarray(loss, dtype=np.float64)
     return {f"{lo}-{hi - 1}": float(np.nanmean(loss[lo:hi])) for lo, hi in bands
             if lo < loss.size and not np.isnan(loss[lo:hi]).all()}
@@ -403,8 +405,6 @@ def _last_row(att: list) -> dict:
     """Flatness and recency of one model's mean last-row attention (layers x heads x keys, averaged over
     layers and heads): the weight on the last 10 keys and on key 0, each beside its value under uniform
     attention, and the entropy as a fraction of the uniform one (1: flat)."""
-    import numpy as np
-
     row = np.asarray(att, dtype=np.float64).mean(axis=(0, 1))
     row = row / row.sum()
     n = row.size
@@ -417,10 +417,11 @@ def _last_row(att: list) -> dict:
 def claim_numbers(figs: Path) -> dict:
     """The numbers behind each claim of the paper that the evaluations test, read from the JSON that
     ``report`` wrote into ``figs`` (whichever exist), by model: the out-of-distribution loss in the
-    ``OOD_BANDS`` with ``gain_after_50`` (band 40-60 minus band 400-511: positive while loss still falls
-    past about 50 tokens) and ``gain_after_150`` (band 100-150 minus 400-511: about 0 on a plateau); the
-    one-layer models' last-row attention (``_last_row``); the long-context loss in ``LONG_BANDS`` and
-    attention thirds."""
+    ``OOD_BANDS`` with ``gain_after_50`` (band 40-59 minus band 400-511: positive while loss still falls
+    past about 50 tokens) and ``gain_after_150`` (band 100-149 minus 400-511: about 0 on a plateau), and
+    the two models' difference by band (``mosaic_minus_gpt``: falling with position if the Memory Mosaic
+    keeps improving where the transformer does not); the one-layer models' last-row attention
+    (``_last_row``); the long-context loss in ``LONG_BANDS`` and attention thirds."""
     out: dict = {}
     for f in sorted(figs.glob("ood_loss_by_position*.json")):
         res = json.loads(f.read_text())["results"]
