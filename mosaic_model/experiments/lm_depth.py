@@ -104,20 +104,44 @@ def _set_aside(out: Path) -> None:
     out.rename(prior)
 
 
+def _has_weights(out: Path) -> bool:
+    return any((out / f).exists() for f in ("best.pt", "ckpt.pt"))
+
+
+EVAL_COPY = "-eval"  # suffix of a selected run trained again for the evaluations (not part of the selection)
+
+
+def eval_folder(run: Path) -> Path | None:
+    """The folder whose weights the evaluations of a selected run read: the run itself while it has its
+    checkpoint, else its finished copy trained again for them (``EVAL_COPY``), else None."""
+    copy = run.with_name(run.name + EVAL_COPY)
+    if _has_weights(run):
+        return run
+    return copy if run_state(copy) == "done" and _has_weights(copy) else None
+
+
 def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
     """Runs to train again so that the evaluations have weights: at each ``--rerun-selected`` depth, the
     selected (lowest validation loss) finished run of each model whose checkpoint is gone, as when its
-    results came back from an earlier GPU call without checkpoints. Its old folder is kept beside it
-    (``_set_aside``). A run of the grid still to train can only win by a lower loss, and then it has weights.
-    The selection looks at every learning rate of the default grid as well as ``--lrs``, so that a call
-    which only extends the grid still finds the runs of the earlier ones."""
+    results came back from an earlier GPU call without checkpoints. The copy trains, same seed, into its
+    own folder (``EVAL_COPY``), so the selection keeps reading the grid's run: GPU training is not
+    bit-reproducible, and a copy written over its run could move the selection onto a near tie whose
+    weights are gone (the TinyStories depth-1 GPT2 did, 4.2565 -> 4.2635 against 4.2627). A copy cut short
+    resumes; one with metrics but no checkpoint is set aside (``_set_aside``). A run of the grid still to
+    train can only win by a lower loss, and then it has weights. The selection looks at every learning
+    rate of the default grid as well as ``--lrs``, so that a call which only extends the grid still finds
+    the runs of the earlier ones."""
     todo = []
     for key, r in select(root, a.models, a.rerun_selected, sorted(set(a.lrs) | set(LRS)), a.kernels).items():
         out = Path(r["run"])
-        if not any((out / f).exists() for f in ("best.pt", "ckpt.pt")):
-            _set_aside(out)
-            model, depth = key.split("-L")
-            todo.append((model, int(depth), r["lr"], 0, out, "new"))
+        if eval_folder(out) is not None:
+            continue
+        copy = out.with_name(out.name + EVAL_COPY)
+        state = run_state(copy)
+        if state == "new" and copy.exists():
+            _set_aside(copy)
+        model, depth = key.split("-L")
+        todo.append((model, int(depth), r["lr"], 0, copy, state))
     return todo
 
 
@@ -358,11 +382,20 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
             raise SystemExit(f"mosaic-eval {argv[0]} failed with code {code}")
 
     def with_weights(depth: int) -> list[str]:
-        runs = [chosen[f"{m}-L{depth}"]["run"] for m in MODELS if f"{m}-L{depth}" in chosen]
-        for run in runs:
-            if not any((Path(run) / f).exists() for f in ("best.pt", "ckpt.pt")):
+        found = []
+        for m in MODELS:
+            if f"{m}-L{depth}" not in chosen:
+                continue
+            run = Path(chosen[f"{m}-L{depth}"]["run"])
+            folder = eval_folder(run)
+            if folder is None:
                 print(f"report: {run} has no weights (run again with --rerun-selected {depth}); its evaluations are skipped")
-        return [r for r in runs if any((Path(r) / f).exists() for f in ("best.pt", "ckpt.pt"))]
+                continue
+            if folder != run:
+                print(f"report: {run.name} is evaluated on its copy {folder.name} (final val "
+                      f"{_curves(folder)['val'][-1]:.4f}, the grid's run {chosen[f'{m}-L{depth}']['final_val_loss']:.4f})")
+            found.append(str(folder))
+        return found
 
     pair, one = with_weights(a.eval_depth), with_weights(1)
     for i, source in enumerate(a.ood if pair else []):

@@ -121,10 +121,11 @@ def test_claim_numbers_from_known_curves(tmp_path):
     assert not any(empty.iterdir())
 
 
-def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
-    # A selected run whose weights did not come back is trained again, and a run cut short without a
-    # checkpoint starts from scratch; each old folder is kept beside it, and a second such call must not
-    # collide with the first one's .prior (the TinyStories call of 2026-12-01 did).
+def test_plan_trains_eval_copies_and_sets_old_folders_aside(tmp_path):
+    # A selected run whose weights did not come back is trained again into its own -eval folder (the grid's
+    # run, and so the selection, stays as it was), and a run cut short without a checkpoint starts from
+    # scratch; each old folder is kept beside it, and a second such call must not collide with the first
+    # one's .prior (the TinyStories call of 2026-12-01 did).
     import argparse
 
     def run(name, loss, final=True):
@@ -134,7 +135,8 @@ def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
 
     run("mosaic-L1-lr0.001", 4.0)
-    run("mosaic-L1-lr0.001.prior", 4.5)
+    run("mosaic-L1-lr0.001-eval", 4.1, final=False)  # an earlier copy cut short, its checkpoint gone
+    run("mosaic-L1-lr0.001-eval.prior", 4.5)
     run("gpt-L1-lr0.001", 4.2)
     (tmp_path / "gpt-L1-lr0.001" / "ckpt.pt").write_bytes(b"")  # its weights are here: not trained again
     run("gpt-L1-lr0.002", 3.0, final=False)  # cut short, checkpoint gone: not a candidate of the selection
@@ -142,9 +144,21 @@ def test_plan_sets_old_folders_aside_without_collisions(tmp_path):
     grid = [(m, 1, lr, 0) for m in a.models for lr in a.lrs]
     todo = lm_depth._plan(a, tmp_path, grid)
     assert [(m, lr, out.name, state) for m, d, lr, seed, out, state in todo] == [
-        ("mosaic", 1e-3, "mosaic-L1-lr0.001", "new"), ("mosaic", 2e-3, "mosaic-L1-lr0.002", "new"),
+        ("mosaic", 1e-3, "mosaic-L1-lr0.001-eval", "new"), ("mosaic", 2e-3, "mosaic-L1-lr0.002", "new"),
         ("gpt", 2e-3, "gpt-L1-lr0.002", "new")]
-    assert not (tmp_path / "mosaic-L1-lr0.001").exists() and not (tmp_path / "gpt-L1-lr0.002").exists()
-    kept = json.loads((tmp_path / "mosaic-L1-lr0.001.prior2" / "metrics.jsonl").read_text().splitlines()[0])
-    assert kept["loss"] == 4.0 and (tmp_path / "mosaic-L1-lr0.001.prior").exists()
+    assert (tmp_path / "mosaic-L1-lr0.001" / "metrics.jsonl").exists()  # the grid's run is untouched
+    assert not (tmp_path / "mosaic-L1-lr0.001-eval").exists() and not (tmp_path / "gpt-L1-lr0.002").exists()
+    kept = json.loads((tmp_path / "mosaic-L1-lr0.001-eval.prior2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert kept["loss"] == 4.1 and (tmp_path / "mosaic-L1-lr0.001-eval.prior").exists()
     assert (tmp_path / "gpt-L1-lr0.002.prior" / "metrics.jsonl").exists()
+    assert lm_depth.eval_folder(tmp_path / "gpt-L1-lr0.001") == tmp_path / "gpt-L1-lr0.001"
+    assert lm_depth.eval_folder(tmp_path / "mosaic-L1-lr0.001") is None
+
+    # The copy finished with worse validation loss than a neighbour of the grid: it is evaluated, not
+    # trained again, and the selection still reads the grid's run.
+    run("mosaic-L1-lr0.001-eval", 4.3)
+    (tmp_path / "mosaic-L1-lr0.001-eval" / "ckpt.pt").write_bytes(b"")
+    run("mosaic-L1-lr0.002", 4.2)
+    assert lm_depth.eval_folder(tmp_path / "mosaic-L1-lr0.001") == tmp_path / "mosaic-L1-lr0.001-eval"
+    assert lm_depth.select(tmp_path, ["mosaic"], [1], [1e-3, 2e-3])["mosaic-L1"]["lr"] == 1e-3
+    assert lm_depth._rerun_for_evals(a, tmp_path) == []  # both selected runs have weights to evaluate
