@@ -134,6 +134,20 @@ def test_kernel_multi_chunk_carries(device, chunk_len, nan_outputs):
         _check_against_loop(fn, x, decay, scale, normalize, tolerances.FP32, device)
 
 
+def test_chunking_policy(monkeypatch):
+    """One time chunk per (b, h) once B*H fills the SMs; below that about 2 programs per SM; chunks are
+    whole blocks and cover T (the counts the H200 measurements behind the policy used: 132 SMs)."""
+    from mosaic_kernels.leaky_average import function
+
+    monkeypatch.setattr(function, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    chunks = {shape: function._chunking(*shape, cuda, 64, None, 2)
+              for shape in ((16, 12, 512), (16, 16, 16384), (4, 12, 2048), (1, 12, 8192), (11, 12, 512))}
+    assert chunks == {(16, 12, 512): (512, 1), (16, 16, 16384): (16384, 1), (4, 12, 2048): (384, 6),
+                      (1, 12, 8192): (384, 22), (11, 12, 512): (512, 1)}
+    assert function._chunking(1, 1, 100, cuda, 64, 32, 2) == (64, 2)  # an explicit length: whole blocks
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 def test_kernel_decay_gradient_finite_difference(device):
     """Analytic d/d(decay) against central differences of the float64 time loop (docs/MODEL.md 1.2)."""
