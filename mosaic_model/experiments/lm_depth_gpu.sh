@@ -10,8 +10,9 @@
 #   seeds      seeds 1 and 2 of each model's selected learning rate at depths 2 and 4 (SEED_DEPTHS;
 #              MOSAIC_LR, GPT_LR: the selections of REPRODUCTION.md); seed 0 is the grid's run (extend
 #              trains it again where an earlier call cut it short)
-#   reference  the Memory Mosaic at depth REF_DEPTH (default 4), lr REF_LR (default 1e-2) on the reference ops, against
-#              its fused twin (depth 8 takes most of a call with the GPU to itself)
+#   reference  the Memory Mosaic at depth REF_DEPTH (default 4), lr REF_LR (default 1e-2), seeds REF_SEEDS (default 0)
+#              on the reference ops, REF_PARALLEL (default 1) at a time, against its fused twin of each seed
+#              (one depth-8 run took 235 s beside two short TinyStories runs on 2026-12-01)
 #   stories    the TinyStories grid at depths 1 and 2, STORIES_MODELS (default both), lr STORIES_LRS (default
 #              {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}); it is short, and starves beside many books runs: give it a call
 #              with few others. It first trains again the selected depth-1/2 runs whose weights are gone, for
@@ -55,7 +56,7 @@ for part in "$@"; do
       "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models gpt --lrs ${GPT_LR:-0.002} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_gpt.log 2>&1 &
       pids+=($!) ;;
     reference)
-      "${lm[@]}" run "${books[@]}" --models mosaic --depths ${REF_DEPTH:-4} --lrs ${REF_LR:-0.01} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
+      "${lm[@]}" run "${books[@]}" --models mosaic --depths ${REF_DEPTH:-4} --lrs ${REF_LR:-0.01} --seeds ${REF_SEEDS:-0} --kernels reference --parallel ${REF_PARALLEL:-1} --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
       pids+=($!) ;;
     stories-reference)
       "${lm[@]}" run "${stories[@]}" --models mosaic --depths ${STORIES_REF_DEPTH:-2} --lrs ${STORIES_REF_LR:-0.02} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/stories_reference.log 2>&1 &
