@@ -1,0 +1,55 @@
+"""How many time chunks the leaky-average scan should use: GPU time of the normalised, scaled scan as
+CUDA graphs (forward, forward+backward) and eager forward+backward, at each benchmark shape, for
+several chunk counts forced through ``chunk_len``, each count measured ``--reps`` times in turn.
+
+The chunk policy lives in ``mosaic_kernels/leaky_average/function.py`` (``_chunking``); this tool
+measures the alternatives it chose between.
+
+Usage: python -m tools.scan_chunking [--chunks 1 2 3 6 11 22] [--reps 2]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from benchmarks._common import bench_graph_ms, bench_ms
+from benchmarks.bench_leaky_average import SHAPES
+from mosaic_kernels.leaky_average.function import leaky_average_triton
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print one line per shape, chunk count and repetition."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 3, 6, 11, 22],
+                   help="time chunks per (b, h) to compare (those longer than T / 64 chunks are skipped)")
+    p.add_argument("--reps", type=int, default=2, help="how many times each count is measured, in turn")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("--chunks: this tool times CUDA kernels and needs a GPU")
+    print(torch.__version__, torch.cuda.get_device_name(), "SMs", torch.cuda.get_device_properties(0).multi_processor_count)
+    for (B, H, T, D) in SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # the model's view
+        decay = torch.exp(-torch.linspace(0.5, 5.0, H, device="cuda")).requires_grad_()
+        scale = torch.full((H,), 2.7, device="cuda", requires_grad=True)
+        dy = torch.randn_like(x)
+        xc = x.contiguous()
+        copy = bench_ms(lambda: torch.empty_like(xc).copy_(xc))
+        xg = x.detach().clone().requires_grad_()
+        for rep in range(a.reps):
+            for n in a.chunks:
+                if n > T // 64:
+                    continue
+                cl = math.ceil(T / n)
+                fn = lambda xr: leaky_average_triton(xr, decay, normalize=True, scale=scale, chunk_len=cl)  # noqa: E731
+                g_fwd = bench_graph_ms(lambda: fn(xg))
+                g_all = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
+                e_all = bench_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
+                print(f"{(B, H, T, D)} B*H {B * H} chunks {n} | fwd graph {g_fwd * 1e3:.1f} us | fwd+bwd graph "
+                      f"{g_all * 1e3:.1f} us ({g_all / copy:.2f} copies) | fwd+bwd eager {e_all * 1e3:.1f} us", flush=True)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
