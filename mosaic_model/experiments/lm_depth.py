@@ -19,6 +19,10 @@ Seeds: ``run --seeds 1 2`` trains the same grid points again with other seeds (m
 and batch draws; folders ``...-s1``). The selection uses seed 0; ``report --seeds 0 1 2`` adds, per
 depth, each model's validation loss at its selected learning rate for every seed, and the gap between
 the two models with its spread across seeds.
+
+Evaluations need weights, and a GPU call that only brings back metrics leaves none: ``run
+--rerun-selected 1 2`` trains the selected runs of those depths again, same seed, into ``...-eval``
+folders, which ``report`` evaluates; the selection keeps reading the grid's runs.
 """
 from __future__ import annotations
 
