@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         xc = x.contiguous()
         copy = bench_ms(lambda: torch.empty_like(xc).copy_(xc))
         xg = x.detach().clone().requires_grad_()
-        for rep in range(a.reps):
+        for _ in range(a.reps):
             for n in a.chunks:
                 if n > T // 64:
                     continue
