@@ -130,11 +130,11 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
     results came back from an earlier GPU call without checkpoints. The copy trains, same seed, into its
     own folder (``EVAL_COPY``), so the selection keeps reading the grid's run: GPU training is not
     bit-reproducible, and a copy written over its run could move the selection onto a near tie whose
-    weights are gone (the TinyStories depth-1 GPT2 did, 4.2565 -> 4.2635 against 4.2627). A copy cut short
-    resumes; one with metrics but no checkpoint is set aside (``_set_aside``). A run of the grid still to
-    train can only win by a lower loss, and then it has weights. The selection looks at every learning
-    rate of the default grid as well as ``--lrs``, so that a call which only extends the grid still finds
-    the runs of the earlier ones."""
+    weights are gone (the TinyStories depth-1 GPT2 did, 4.2565 -> 4.2635 against 4.2627). A copy cut
+    short resumes from its checkpoint; one without (finished or not) is set aside (``_set_aside``). A run
+    of the grid still to train can only win by a lower loss, and then it has weights. The selection looks
+    at every learning rate of the default grid as well as ``--lrs``, so that a call which only extends
+    the grid still finds the runs of the earlier ones."""
     todo = []
     for key, r in select(root, a.models, a.rerun_selected, sorted(set(a.lrs) | set(LRS)), a.kernels).items():
         out = Path(r["run"])
@@ -142,8 +142,10 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
             continue
         copy = out.with_name(out.name + EVAL_COPY)
         state = run_state(copy)
-        if state == "new" and copy.exists():
-            _set_aside(copy)
+        if state != "partial":  # finished or cut short, its weights gone: start again beside the old one
+            if copy.exists():
+                _set_aside(copy)
+            state = "new"
         model, depth = key.split("-L")
         todo.append((model, int(depth), r["lr"], 0, copy, state))
     return todo

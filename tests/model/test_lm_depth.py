@@ -162,3 +162,11 @@ def test_plan_trains_eval_copies_and_sets_old_folders_aside(tmp_path):
     assert lm_depth.eval_folder(tmp_path / "mosaic-L1-lr0.001") == tmp_path / "mosaic-L1-lr0.001-eval"
     assert lm_depth.select(tmp_path, ["mosaic"], [1], [1e-3, 2e-3])["mosaic-L1"]["lr"] == 1e-3
     assert lm_depth._rerun_for_evals(a, tmp_path) == []  # both selected runs have weights to evaluate
+
+    # A finished copy whose weights stayed on another machine is trained again from scratch, its folder
+    # set aside (not appended to).
+    (tmp_path / "mosaic-L1-lr0.001-eval" / "ckpt.pt").unlink()
+    todo = lm_depth._rerun_for_evals(a, tmp_path)
+    assert [(out.name, state) for *_, out, state in todo] == [("mosaic-L1-lr0.001-eval", "new")]
+    assert not (tmp_path / "mosaic-L1-lr0.001-eval").exists()
+    assert json.loads((tmp_path / "mosaic-L1-lr0.001-eval.prior3" / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 4.3
