@@ -16,7 +16,8 @@
 #   stories    the TinyStories grid at depths 1 and 2, STORIES_MODELS (default both), lr STORIES_LRS (default
 #              {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}); it is short, and starves beside many books runs: give it a call
 #              with few others. It first trains again the selected depth-1/2 runs whose weights are gone, for
-#              the evaluations (STORIES_RERUN="" skips that). Its report reads every learning rate that has runs.
+#              the evaluations (STORIES_RERUN="" skips that). Its report reads every learning rate that has runs,
+#              and seeds 1 and 2 where they exist (STORIES_SEEDS="1 2" trains them at STORIES_LRS).
 #   stories-reference  the TinyStories Memory Mosaic at depth STORIES_REF_DEPTH (default 2), lr STORIES_REF_LR
 #              (default 2e-2) on the reference ops, against its fused twin
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
@@ -62,7 +63,7 @@ for part in "$@"; do
       "${lm[@]}" run "${stories[@]}" --models mosaic --depths ${STORIES_REF_DEPTH:-2} --lrs ${STORIES_REF_LR:-0.02} --kernels reference --parallel 1 --time-limit "$limit" > /tmp/figures/stories_reference.log 2>&1 &
       pids+=($!) ;;
     stories)
-      "${lm[@]}" run "${stories[@]}" --models ${STORIES_MODELS:-mosaic gpt} --lrs ${STORIES_LRS:-0.001 0.002 0.005 0.01 0.02} "${common[@]}" --rerun-selected ${STORIES_RERUN-1 2} > /tmp/figures/stories.log 2>&1 &
+      "${lm[@]}" run "${stories[@]}" --models ${STORIES_MODELS:-mosaic gpt} --lrs ${STORIES_LRS:-0.001 0.002 0.005 0.01 0.02} --seeds ${STORIES_SEEDS:-0} "${common[@]}" --rerun-selected ${STORIES_RERUN-1 2} > /tmp/figures/stories.log 2>&1 &
       pids+=($!) ;;
     evals)
       # --lrs of finished runs only: nothing of the grid is new, only the selected runs are trained again.
@@ -79,7 +80,7 @@ pack
 evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
 "${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood .carry/stories --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
 if [[ " $* " == *" stories"* ]]; then
-  "${lm[@]}" report "${stories[@]}" --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
+  "${lm[@]}" report "${stories[@]}" --seeds 0 1 2 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
 wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
