@@ -115,12 +115,16 @@ def _has_weights(out: Path) -> bool:
 EVAL_COPY = "-eval"  # suffix of a selected run trained again for the evaluations (not part of the selection)
 
 
+def _eval_copy(run: Path) -> Path:
+    return run.with_name(run.name + EVAL_COPY)
+
+
 def eval_folder(run: Path) -> Path | None:
     """The folder whose weights the evaluations of a selected run read: the run itself while it has its
     checkpoint, else its finished copy trained again for them (``EVAL_COPY``), else None."""
-    copy = run.with_name(run.name + EVAL_COPY)
     if _has_weights(run):
         return run
+    copy = _eval_copy(run)
     return copy if run_state(copy) == "done" and _has_weights(copy) else None
 
 
@@ -140,7 +144,7 @@ def _rerun_for_evals(a: argparse.Namespace, root: Path) -> list:
         out = Path(r["run"])
         if eval_folder(out) is not None:
             continue
-        copy = out.with_name(out.name + EVAL_COPY)
+        copy = _eval_copy(out)
         state = run_state(copy)
         if state != "partial":  # finished or cut short, its weights gone: start again beside the old one
             if copy.exists():
@@ -389,17 +393,15 @@ def _evaluate(a: argparse.Namespace, chosen: dict, figs: Path, ev) -> None:
 
     def with_weights(depth: int) -> list[str]:
         found = []
-        for m in MODELS:
-            if f"{m}-L{depth}" not in chosen:
-                continue
-            run = Path(chosen[f"{m}-L{depth}"]["run"])
+        for r in (chosen[k] for k in (f"{m}-L{depth}" for m in MODELS) if k in chosen):
+            run = Path(r["run"])
             folder = eval_folder(run)
             if folder is None:
                 print(f"report: {run} has no weights (run again with --rerun-selected {depth}); its evaluations are skipped")
                 continue
             if folder != run:
                 print(f"report: {run.name} is evaluated on its copy {folder.name} (final val "
-                      f"{_curves(folder)['val'][-1]:.4f}, the grid's run {chosen[f'{m}-L{depth}']['final_val_loss']:.4f})")
+                      f"{_curves(folder)['val'][-1]:.4f}, the grid's run {r['final_val_loss']:.4f})")
             found.append(str(folder))
         return found
 
