@@ -7,9 +7,10 @@
 # Usage: bash mosaic_model/experiments/lm_depth_gpu.sh TRAIN_SECONDS PRIOR.tgz|- PART...
 #   extend     the books grid past an edge that a model's best lies on (GPT_LRS, MOSAIC_LRS; the rule is
 #              the same for both models) at DEPTHS (default 1 2 4 8)
-#   seeds      seeds 1 and 2 of each model's selected learning rate at depths 2 and 4 (SEED_DEPTHS;
+#   seeds      seeds SEEDS (default 1 2) of each model's selected learning rate at depths 2 and 4 (SEED_DEPTHS;
 #              MOSAIC_LR, GPT_LR: the selections of REPRODUCTION.md); seed 0 is the grid's run (extend
-#              trains it again where an earlier call cut it short)
+#              trains it again where an earlier call cut it short; SEEDS="0 1 2" trains it here, for a
+#              call without PRIOR)
 #   reference  the Memory Mosaic at depth REF_DEPTH (default 4), lr REF_LR (default 1e-2), seeds REF_SEEDS (default 0)
 #              on the reference ops, REF_PARALLEL (default 1) at a time, against its fused twin of each seed
 #              (one depth-8 run took 235 s beside two short TinyStories runs on 2026-12-01)
@@ -52,9 +53,9 @@ for part in "$@"; do
       "${lm[@]}" run "${books[@]}" --depths ${DEPTHS:-1 2 4 8} --models mosaic --lrs ${MOSAIC_LRS:-0.02} "${common[@]}" > /tmp/figures/extend_mosaic.log 2>&1 &
       pids+=($!) ;;
     seeds)
-      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models mosaic --lrs ${MOSAIC_LR:-0.02} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_mosaic.log 2>&1 &
+      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models mosaic --lrs ${MOSAIC_LR:-0.02} --seeds ${SEEDS:-1 2} "${common[@]}" > /tmp/figures/seeds_mosaic.log 2>&1 &
       pids+=($!)
-      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models gpt --lrs ${GPT_LR:-0.002} --seeds 1 2 "${common[@]}" > /tmp/figures/seeds_gpt.log 2>&1 &
+      "${lm[@]}" run "${books[@]}" --depths ${SEED_DEPTHS:-2 4} --models gpt --lrs ${GPT_LR:-0.002} --seeds ${SEEDS:-1 2} "${common[@]}" > /tmp/figures/seeds_gpt.log 2>&1 &
       pids+=($!) ;;
     reference)
       "${lm[@]}" run "${books[@]}" --models mosaic --depths ${REF_DEPTH:-4} --lrs ${REF_LR:-0.01} --seeds ${REF_SEEDS:-0} --kernels reference --parallel ${REF_PARALLEL:-1} --time-limit "$limit" > /tmp/figures/reference.log 2>&1 &
