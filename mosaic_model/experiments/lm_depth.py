@@ -67,7 +67,8 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float, seed: i
             "--beta2", "0.95", "--weight-decay", "0.1", "--dropout", "0.05", "--grad-clip", "1.0",
             "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
             "--device", a.device, "--quiet", "--no-best", "--save-every", str(a.steps), "--seed", str(TRAIN_SEED + seed)]
-            + (["--kernels", a.kernels] if model == "mosaic" else []) + (["--cuda-graph"] if a.cuda_graph else []))
+            + (["--kernels", a.kernels] if model == "mosaic" else []) + (["--cuda-graph"] if a.cuda_graph else [])
+            + (["--dtype", a.dtype] if a.dtype != "auto" else []))
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -538,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
     p.add_argument("--device", default="cuda")
     p.add_argument("--cuda-graph", action="store_true", help="every run replays its steps as CUDA graphs (mosaic-train)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="run: mosaic-train's --dtype (auto = bf16 autocast on CUDA); give float32 runs their own --out, "
+                        "as folder names do not carry it")
     p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
