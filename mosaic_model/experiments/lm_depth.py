@@ -3,6 +3,7 @@
   python -m mosaic_model.experiments.lm_depth run    --data BOOKS --out runs/lm_depth [--time-limit S]
   python -m mosaic_model.experiments.lm_depth report --out runs/lm_depth --ood SIMPLEWIKI [MORE] --figures DIR
   python -m mosaic_model.experiments.lm_depth claims --figures DIR   (the numbers behind each claim)
+  python -m mosaic_model.experiments.lm_depth compare --depths 8 --summaries bf16=DIR float32=DIR2 --figures DIR3
 
 ``run`` trains the grid (model x depth x learning rate; same width, tokens, batches and schedule for
 both models) as separate processes on one GPU, several at once. A run that has finished is skipped and
@@ -20,6 +21,11 @@ and batch draws; folders ``...-s1``). The selection uses seed 0; ``report --seed
 depth, each model's validation loss at its selected learning rate for every seed, and the gap between
 the two models with its spread across seeds.
 
+Precision: ``run --dtype float32`` trains without bf16 autocast (into its own ``--out``); ``report``
+compares every ``*-reference`` run with its fused twin, and, over seeds, their means
+(``fused_vs_reference_seeds``); ``compare`` puts several reports' final losses side by side, a dot per
+seed.
+
 Evaluations need weights, and a GPU call that only brings back metrics leaves none: ``run
 --rerun-selected 1 2`` trains the selected runs of those depths again, same seed, into ``...-eval``
 folders, which ``report`` evaluates; the selection keeps reading the grid's runs.
@@ -30,6 +36,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -279,6 +286,11 @@ def cmd_report(a: argparse.Namespace) -> None:
     fig.savefig(figs / "lm_depth_curves.png", dpi=120)
     plt.close(fig)
     summary["fused_vs_reference"] = _compare_kernels(root, figs, plt)
+    summary["fused_vs_reference_seeds"] = kernel_seed_means(summary["fused_vs_reference"])
+    for point, t in summary["fused_vs_reference_seeds"].items():
+        print(f"{point}, step {t['step']}, {len(t['seeds'])} seeds: mean val fused {t['mean_fused']:.4f}, "
+              f"reference {t['mean_reference']:.4f}; reference - fused by seed "
+              f"{', '.join(f'{d:+.4f}' for d in t['reference_minus_fused'])}")
     if len(a.seeds) > 1:
         summary["seeds"] = seed_spread(root, summary["runs"], a.depths, a.seeds, a.kernels)
         for depth, t in summary["seeds"].items():
@@ -354,6 +366,32 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
         fig.savefig(figs / "fused_vs_reference.png", dpi=120)
         plt.close(fig)
     return pairs
+
+
+def kernel_seed_means(pairs: dict) -> dict:
+    """{grid point: table} for grid points whose fused/reference pairs (``_compare_kernels``) exist at two
+    or more seeds: the last step every pair reached, the seeds, the mean validation loss of each path
+    there and each seed's reference-minus-fused difference (negative where the reference trained lower).
+    One pair shows a difference; the seeds say whether it is larger than a run's spread."""
+    groups: dict = {}
+    for name, r in pairs.items():
+        point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()  # run_name's seed suffix
+        groups.setdefault(point, {})[int(seed or 0)] = r
+    out = {}
+    for point, by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        step = min(r["steps_compared"][-1] for r in by_seed.values())
+        if not all(step in r["steps_compared"] for r in by_seed.values()):
+            continue
+        seeds = sorted(by_seed)
+        at = {s: by_seed[s]["steps_compared"].index(step) for s in seeds}
+        fused = [by_seed[s]["fused_val"][at[s]] for s in seeds]
+        ref = [by_seed[s]["reference_val"][at[s]] for s in seeds]
+        out[point] = {"step": step, "seeds": seeds, "mean_fused": sum(fused) / len(fused),
+                      "mean_reference": sum(ref) / len(ref),
+                      "reference_minus_fused": [r - f for r, f in zip(ref, fused)]}
+    return out
 
 
 def _gap_plot(figs: Path, smooth: int = 16) -> None:
@@ -518,12 +556,69 @@ def cmd_claims(a: argparse.Namespace) -> None:
             print(f"{name} {model} ({r['run']}): {detail}")
 
 
+PATHS = (("mosaic", "Memory Mosaic fused"), ("reference", "Memory Mosaic reference"), ("gpt", "GPT2"))
+
+
+def compare_numbers(summaries: dict, depth: int) -> dict:
+    """{label: {path: {"step", "val_loss": {seed: loss}, "mean"}}} at one depth, from report summaries
+    (``lm_depth_summary.json``) of runs that differ in one setting, such as the precision: each model's
+    seeds from the seed table, and the reference path's from the fused/reference pairs at the same step."""
+    out = {}
+    for label, summary in summaries.items():
+        table = summary.get("seeds", {}).get(str(depth))
+        if table is None:
+            raise ValueError(f"--summaries: {label} has no seed table at depth {depth} (report --seeds 0 1 2)")
+        step, losses = table["step"], {m: dict(table["val_loss"][m]) for m in MODELS}
+        losses["reference"] = {}
+        for name, r in summary.get("fused_vs_reference", {}).items():
+            point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()
+            if point == run_name("mosaic", depth, table["lr"]["mosaic"]) and step in r["steps_compared"]:
+                losses["reference"][seed or "0"] = r["reference_val"][r["steps_compared"].index(step)]
+        out[label] = {path: {"step": step, "val_loss": losses[path], "mean": sum(losses[path].values()) / len(losses[path])}
+                      for path, _ in PATHS if losses[path]}
+    return out
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    """``compare.json`` and ``compare.png`` in ``--figures``: the final validation loss of each model and
+    path at ``--depths`` (one), one dot per seed and a bar at the mean, for each report of ``--summaries``."""
+    summaries = {label: json.loads((Path(folder) / "lm_depth_summary.json").read_text())
+                 for label, _, folder in (item.partition("=") for item in a.summaries)}
+    numbers = compare_numbers(summaries, a.depths[0])
+    figs = Path(a.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    (figs / "compare.json").write_text(json.dumps(numbers, indent=1))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.3 * sum(len(v) for v in numbers.values()) + 1, 3.8))
+    ticks, x = [], 0
+    for label, by_path in numbers.items():
+        for i, (path, name) in enumerate(PATHS):
+            if path not in by_path:
+                continue
+            r = by_path[path]
+            ax.plot([x] * len(r["val_loss"]), list(r["val_loss"].values()), "o", color=f"C{i}", alpha=0.7)
+            ax.hlines(r["mean"], x - 0.3, x + 0.3, color=f"C{i}")
+            ticks.append((x, f"{label}\n{name.replace('Memory Mosaic', 'MM')}"))
+            print(f"{label} {name}: mean {r['mean']:.4f} over seeds "
+                  + ", ".join(f"{s}: {v:.4f}" for s, v in r["val_loss"].items()) + f" (step {r['step']})")
+            x += 1
+        x += 0.5
+    ax.set_xticks([t for t, _ in ticks], [n for _, n in ticks], fontsize=7)
+    ax.set(ylabel="validation loss", title=f"depth {a.depths[0]}: final validation loss, a dot per seed, a bar at the mean")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(figs / "compare.png", dpi=120)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the depth study."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report", "claims"),
-                   help="claims: the numbers of each claim, from the evaluation JSON that report wrote (--figures)")
-    p.add_argument("--data", help="training text (a folder of books: --doc-split file); run and report need it")
+    p.add_argument("command", choices=("run", "report", "claims", "compare"),
+                   help="claims: the numbers of each claim, from the evaluation JSON that report wrote (--figures); "
+                        "compare: the final losses of several reports' seeds side by side (--summaries, one --depths)")
+    p.add_argument("--data", help="training text (a folder of books: --doc-split file); run needs it, and report "
+                                  "unless --no-evals")
     p.add_argument("--doc-split", default="file")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--out", default="runs/lm_depth")
@@ -555,21 +650,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-seqs", type=int, default=512)
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--no-evals", action="store_true", help="report: selection and curves only (no checkpoints needed)")
+    p.add_argument("--summaries", nargs="+", default=[], metavar="LABEL=FOLDER",
+                   help="compare: report folders (each with lm_depth_summary.json) and their labels")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``run``, ``report`` or ``claims``."""
+    """Entry point: ``run``, ``report``, ``claims`` or ``compare``."""
     p = build_parser()
     a = p.parse_args(argv)
-    if a.command != "claims" and not a.data:
-        p.error(f"{a.command} needs --data (the training text)")
+    if (a.command == "run" or (a.command == "report" and not a.no_evals)) and not a.data:
+        p.error(f"--data: {a.command} needs the training text"
+                + (" (report --no-evals does not)" if a.command == "report" else ""))
     if a.width % 64:
         p.error(f"--width must be a multiple of 64 (heads of 64 dimensions, as GPT2-small), got {a.width}")
     if any(s < 0 for s in a.seeds):
         p.error(f"--seeds must be >= 0, got {a.seeds}")
+    if a.command == "compare":
+        if len(a.depths) != 1:
+            p.error(f"--depths: compare takes one depth, got {a.depths}")
+        bad = [i for i in a.summaries if "=" not in i or not (Path(i.partition("=")[2]) / "lm_depth_summary.json").exists()]
+        if not a.summaries or bad:
+            p.error("--summaries: expected LABEL=FOLDER, each folder holding a report's lm_depth_summary.json, "
+                    f"got {bad or 'none'}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    {"run": cmd_run, "report": cmd_report, "claims": cmd_claims}[a.command](a)
+    try:
+        {"run": cmd_run, "report": cmd_report, "claims": cmd_claims, "compare": cmd_compare}[a.command](a)
+    except ValueError as e:
+        if a.command != "compare":
+            raise
+        p.error(str(e))
     return 0
 
 

@@ -49,7 +49,10 @@ def test_grid_with_seeds_runs_skips_finished_and_reports_the_seed_table(tmp_path
 
 def test_bad_arguments_exit_2(capsys):
     for argv, msg in ((["run", "--data", "x", "--width", "100"], "--width must be a multiple of 64"),
-                      (["run", "--data", "x", "--seeds", "-1"], "--seeds must be >= 0")):
+                      (["run", "--data", "x", "--seeds", "-1"], "--seeds must be >= 0"),
+                      (["report"], "--data: report needs the training text"),
+                      (["compare", "--depths", "8", "--summaries", "x=/nowhere"], "--summaries: expected LABEL=FOLDER"),
+                      (["compare", "--depths", "4", "8"], "--depths: compare takes one depth")):
         with pytest.raises(SystemExit) as e:
             lm_depth.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -170,3 +173,51 @@ def test_plan_trains_eval_copies_and_sets_old_folders_aside(tmp_path):
     assert [(out.name, state) for *_, out, state in todo] == [("mosaic-L1-lr0.001-eval", "new")]
     assert not (tmp_path / "mosaic-L1-lr0.001-eval").exists()
     assert json.loads((tmp_path / "mosaic-L1-lr0.001-eval.prior3" / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 4.3
+
+
+def test_train_argv_passes_the_precision_only_when_asked():
+    a = lm_depth.build_parser().parse_args(["run", "--data", "x"])
+    assert "--dtype" not in lm_depth.train_argv(a, "mosaic", 1, 1e-3)
+    a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--dtype", "float32"])
+    argv = lm_depth.train_argv(a, "gpt", 1, 1e-3)
+    assert argv[argv.index("--dtype") + 1] == "float32"
+
+
+def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):
+    # Three seeds of a fused run and its reference twin, and a GPT2, with known final losses: the
+    # kernel table and the comparison across two reports must return those numbers. Seed 2's reference
+    # stopped at step 1, so the kernel table, which compares every seed at one step, is at step 1.
+    def run(root, name, losses):
+        (root / name).mkdir(parents=True)
+        lines = [{"step": i + 1, "split": "val", "loss": l, "train_loss": l} for i, l in enumerate(losses)]
+        lines.append({"step": len(losses), "split": "final", "loss": losses[-1], "train_loss": losses[-1]})
+        (root / name / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+    folders = {}
+    for label, shift in (("a", 0.0), ("b", -1.0)):
+        root = tmp_path / label
+        for seed, suffix in ((0, ""), (1, "-s1"), (2, "-s2")):
+            run(root, f"mosaic-L8-lr0.01{suffix}", [6.0 + shift + seed, 5.0 + shift + seed])
+            run(root, f"mosaic-L8-lr0.01{suffix}-reference", [5.5 + shift + seed] + ([4.0 + shift + seed] if seed < 2 else []))
+            run(root, f"gpt-L8-lr0.002{suffix}", [6.0, 4.5 + seed / 10])
+        folders[label] = tmp_path / f"figs_{label}"
+        assert lm_depth.main(["report", "--out", str(root), "--depths", "8", "--lrs", "0.002", "0.01", "--no-evals",
+                              "--seeds", "0", "1", "2", "--figures", str(folders[label])]) == 0
+    summary = json.loads((folders["a"] / "lm_depth_summary.json").read_text())
+    table = summary["fused_vs_reference_seeds"]["mosaic-L8-lr0.01"]
+    assert table["step"] == 1 and table["seeds"] == [0, 1, 2]
+    assert table["reference_minus_fused"] == pytest.approx([-0.5, -0.5, -0.5])
+    assert table["mean_fused"] == pytest.approx(7.0) and table["mean_reference"] == pytest.approx(6.5)
+    capsys.readouterr()
+    out = tmp_path / "both"
+    assert lm_depth.main(["compare", "--depths", "8", "--figures", str(out), "--summaries",
+                          f"a={folders['a']}", f"b={folders['b']}"]) == 0
+    numbers = json.loads((out / "compare.json").read_text())
+    # Fused and GPT2 come from the seed table (step 2: every fused and GPT2 run reached it), the reference
+    # from the pairs that reached that same step (seeds 0 and 1).
+    a, b = numbers["a"], numbers["b"]
+    assert a["mosaic"]["step"] == 2 and a["mosaic"]["val_loss"] == pytest.approx({"0": 5.0, "1": 6.0, "2": 7.0})
+    assert a["gpt"]["mean"] == pytest.approx(4.6)
+    assert a["reference"]["val_loss"] == pytest.approx({"0": 4.0, "1": 5.0})  # seed 2 never reached step 2
+    assert b["mosaic"]["mean"] == pytest.approx(5.0) and b["reference"]["mean"] == pytest.approx(3.5)
+    assert (out / "compare.png").exists() and "b Memory Mosaic reference: mean 3.5000" in capsys.readouterr().out
