@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 
 KERNEL_CHOICES = ("fused", "reference")
 PMEM_KERNEL_CHOICES = ("triton", "sdpa")
+REFERENCE_OP_CHOICES = ("leaky_average", "peek_ahead_value", "mosaic_attention")
 
 
 @dataclass
@@ -21,6 +22,10 @@ class MosaicConfig:
       logit_scale: multiply logits by ``1/sqrt(n_embd)`` (Library) or not (nano).
       kernels: "fused" runs mosaic_kernels' public ops (Triton on CUDA, the reference on CPU);
         "reference" always runs the PyTorch references.
+      reference_ops: with kernels="fused", the C-mem ops (of REFERENCE_OP_CHOICES) that run their
+        PyTorch reference instead of the kernel, the others staying fused: which kernel's rounding
+        matters to a whole run, one op at a time (the official code's bf16 casts stay with
+        kernels="reference" only).
       pmem_kernel: with kernels="fused", the P-mem retrieval runs mosaic_kernels.persistent_memory
         ("triton") or SDPA with the batch folded into the query rows ("sdpa", the default: cuDNN was
         faster on the H200, with and without slot dropout; BENCHMARKS.md has both).
@@ -42,6 +47,7 @@ class MosaicConfig:
     logit_scale: bool = True
     kernels: str = "fused"
     pmem_kernel: str = "sdpa"
+    reference_ops: tuple = ()
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -50,6 +56,13 @@ class MosaicConfig:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
         if self.pmem_kernel not in PMEM_KERNEL_CHOICES:
             raise ValueError(f"pmem_kernel must be one of {PMEM_KERNEL_CHOICES}, got {self.pmem_kernel!r}")
+        self.reference_ops = tuple(self.reference_ops)
+        bad = [op for op in self.reference_ops if op not in REFERENCE_OP_CHOICES]
+        if bad:
+            raise ValueError(f"reference_ops must be among {REFERENCE_OP_CHOICES}, got {bad}")
+        if self.reference_ops and self.kernels != "fused":
+            raise ValueError(f"reference_ops picks ops of the fused path; kernels={self.kernels!r} runs every op "
+                             "on the reference")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pmem_count"):

@@ -19,16 +19,17 @@ from .config import MosaicConfig
 from .lm import is_static, write_at
 
 
-def ops_for(config: MosaicConfig) -> ModuleType:
-    """The module holding ``mosaic_attention`` and ``leaky_average`` for ``config.kernels``."""
-    return reference_ops if config.kernels == "reference" else mosaic_kernels
+def ops_for(config: MosaicConfig, op: str) -> ModuleType:
+    """The module whose ``op`` (``mosaic_attention``, ``leaky_average``, ``peek_ahead_value``) the model
+    runs: the references for ``kernels="reference"`` and for the ops in ``config.reference_ops``."""
+    return reference_ops if config.kernels == "reference" or op in config.reference_ops else mosaic_kernels
 
 
-def layout_for(config: MosaicConfig, heads_last: bool = True) -> dict:
+def layout_for(config: MosaicConfig, op: str, heads_last: bool = True) -> dict:
     """Keyword arguments of a fused op's output layout: heads-last (B, H, T, hs) views of (B, T, H, hs)
     memory, the layout of a head-split projection, so that merging the heads before c_proj and folding
     the batch into the P-mem's query rows are views, not copies. The references take no layout option."""
-    return {} if config.kernels == "reference" else {"heads_last": heads_last}
+    return {} if ops_for(config, op) is reference_ops else {"heads_last": heads_last}
 
 
 def cast_once_for_autocast(x: torch.Tensor) -> torch.Tensor:
@@ -97,9 +98,9 @@ class LeakyKeyExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
-        return ops_for(self.config).leaky_average(
+        return ops_for(self.config, "leaky_average").leaky_average(
             raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
-            **layout_for(self.config, heads_last))
+            **layout_for(self.config, "leaky_average", heads_last))
 
 
 class PeekAheadValueExtractor(nn.Module):
@@ -127,7 +128,7 @@ class PeekAheadValueExtractor(nn.Module):
         if self.config.kernels == "reference":
             # The official code mixes in the activations' dtype (bf16 under autocast).
             mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
-        v = ops_for(self.config).peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
+        v = ops_for(self.config, "peek_ahead_value").peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
         return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
 
 
@@ -150,7 +151,8 @@ class ContextMemory(nn.Module):
             x = cast_once_for_autocast(x)
         k, v = self.key(x), self.value(x)
         p = self.config.attn_dropout if self.training else 0.0
-        y = ops_for(self.config).mosaic_attention(k, v, dropout_p=p, **layout_for(self.config))
+        y = ops_for(self.config, "mosaic_attention").mosaic_attention(
+            k, v, dropout_p=p, **layout_for(self.config, "mosaic_attention"))
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:

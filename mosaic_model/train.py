@@ -30,6 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, model_type_of, read_checkpoint
 from .checkpoint import build_model as checkpoint_build_model
+from .config import REFERENCE_OP_CHOICES
 from .data.text import DOC_SPLITS, DataError
 from .runtime import require_at_least_one
 from .step import CudaGraphStep, make_capturable, optimizer_step, set_lr
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPT2 drops attention weights at --dropout, so for it this is 0 or --dropout")
     m.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="fused Triton ops or the PyTorch references")
+    m.add_argument("--reference-ops", nargs="+", choices=REFERENCE_OP_CHOICES, default=[], metavar="OP",
+                   help=f"with --kernels fused, these C-mem ops run their PyTorch reference "
+                        f"({', '.join(REFERENCE_OP_CHOICES)}): which kernel's rounding a run feels")
     m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
     t = p.add_argument_group("in-context task (--task icl)")
@@ -225,6 +229,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--final-from best needs best.pt: leave out --no-best")
     if not 0 <= a.attn_dropout < 1:
         p.error(f"--attn-dropout must be in [0, 1), got {a.attn_dropout}")
+    if a.reference_ops and (a.kernels != "fused" or a.model != "mosaic"):
+        p.error(f"--reference-ops picks ops of a Memory Mosaic's fused path (--model mosaic --kernels fused), "
+                f"got --model {a.model} --kernels {a.kernels}")
     if a.model == "gpt" and a.attn_dropout not in (0.0, a.dropout):
         p.error(f"--attn-dropout: GPT2's attention dropout is --dropout ({a.dropout}), got {a.attn_dropout}")
     require_at_least_one(p, a, ("steps", "batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "num_train",
@@ -297,7 +304,7 @@ def build_model(a: argparse.Namespace, block_size: int, vocab_size: int) -> torc
     config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
     if a.model == "mosaic":
-        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel,
+        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel, reference_ops=tuple(a.reference_ops),
                       attn_dropout=a.attn_dropout)
     return checkpoint_build_model(a.model, config)
 
@@ -345,7 +352,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 # Arguments a resumed run must share with its checkpoint: they fix the model, the data and the batches.
-RUN_KEYS = ("task", "model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "attn_dropout", "kernels",
+RUN_KEYS = ("task", "model", "n_layer", "n_head", "n_embd", "pmem_size", "dropout", "attn_dropout", "kernels", "reference_ops",
             "num_train", "num_test", "max_string_len", "task_seed", "iid", "data", "val_data", "val_fraction", "split_seed",
             "doc_split", "block_size", "batch_size", "grad_accum", "world_size", "seed")
 
@@ -369,7 +376,7 @@ def init_distributed(a: argparse.Namespace) -> tuple[int, int]:
 def _resume_state(a: argparse.Namespace, ckpt_path: Path) -> dict:
     ckpt = read_checkpoint(ckpt_path)
     saved = ckpt["args"]
-    defaults = {"grad_accum": 1, "world_size": 1, "task": "icl", "doc_split": "auto"}
+    defaults = {"grad_accum": 1, "world_size": 1, "task": "icl", "doc_split": "auto", "reference_ops": []}
     unused = {"icl": ("data", "val_data", "val_fraction", "split_seed", "doc_split", "block_size"),
               "lm": ("num_train", "num_test", "max_string_len", "task_seed", "iid")}[a.task]
     diff = [k for k in RUN_KEYS if k not in unused and (k in saved or k in defaults)
@@ -433,8 +440,9 @@ def train(a: argparse.Namespace) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     if not main_rank:  # only rank 0 prints, logs, evaluates and saves
         a.quiet = True
+    kernels = a.kernels + "".join(f", {op} on the reference" for op in a.reference_ops) if a.model == "mosaic" else "-"
     say(f"{a.model}: {n_params:,} parameters, {a.n_layer} layers, d={a.n_embd}, heads={a.n_head}, "
-        f"kernels={a.kernels if a.model == 'mosaic' else '-'} | {task.describe()} | device {device}, {a.dtype} | "
+        f"kernels={kernels} | {task.describe()} | device {device}, {a.dtype} | "
         f"{a.batch_size} x {a.grad_accum} micro-steps x {world} processes per step", file=sys.stderr)
     log = open(metrics_path, "a", encoding="utf-8") if main_rank else None
     if main_rank:  # one line per start or resume: which code and versions produced the run

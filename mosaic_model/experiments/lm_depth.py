@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import REFERENCE_OP_CHOICES
 from ._pool import Job, metrics, run_jobs, run_state
 
 DEPTHS = (1, 2, 4, 8)
@@ -75,7 +76,8 @@ def train_argv(a: argparse.Namespace, model: str, depth: int, lr: float, seed: i
             "--eval-every", str(a.eval_every), "--eval-batches", "10", "--eval-batch-size", str(a.batch_size),
             "--device", a.device, "--quiet", "--no-best", "--save-every", str(a.steps), "--seed", str(TRAIN_SEED + seed)]
             + (["--kernels", a.kernels] if model == "mosaic" else []) + (["--cuda-graph"] if a.cuda_graph else [])
-            + (["--dtype", a.dtype] if a.dtype != "auto" else []))
+            + (["--dtype", a.dtype] if a.dtype != "auto" else [])
+            + (["--reference-ops", *a.reference_ops] if a.reference_ops and model == "mosaic" else []))
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -639,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as folder names do not carry it")
     p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                    help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
+    p.add_argument("--reference-ops", nargs="+", choices=REFERENCE_OP_CHOICES, default=[], metavar="OP",
+                   help="run: these C-mem ops of the fused Memory Mosaic run their PyTorch reference (mosaic-train's "
+                        "--reference-ops); give such runs their own --out")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="run: train every grid point with each seed; report: the seed table over these seeds")
     p.add_argument("--rerun-selected", nargs="*", type=int, default=[],

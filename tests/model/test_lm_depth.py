@@ -175,12 +175,16 @@ def test_plan_trains_eval_copies_and_sets_old_folders_aside(tmp_path):
     assert json.loads((tmp_path / "mosaic-L1-lr0.001-eval.prior3" / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 4.3
 
 
-def test_train_argv_passes_the_precision_only_when_asked():
+def test_train_argv_passes_the_precision_and_reference_ops_only_when_asked():
     a = lm_depth.build_parser().parse_args(["run", "--data", "x"])
     assert "--dtype" not in lm_depth.train_argv(a, "mosaic", 1, 1e-3)
     a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--dtype", "float32"])
     argv = lm_depth.train_argv(a, "gpt", 1, 1e-3)
     assert argv[argv.index("--dtype") + 1] == "float32"
+    a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--reference-ops", "mosaic_attention", "leaky_average"])
+    argv = lm_depth.train_argv(a, "mosaic", 1, 1e-3)
+    assert argv[argv.index("--reference-ops"):][:3] == ["--reference-ops", "mosaic_attention", "leaky_average"]
+    assert "--reference-ops" not in lm_depth.train_argv(a, "gpt", 1, 1e-3)  # GPT2 has no such ops
 
 
 def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):

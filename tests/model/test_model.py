@@ -114,6 +114,35 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
+@pytest.mark.parametrize("op", ["leaky_average", "peek_ahead_value", "mosaic_attention"])
+def test_reference_ops_run_the_named_op_on_its_reference_and_the_others_fused(op, monkeypatch):
+    import mosaic_model.memory as memory
+
+    calls = []
+    for module, path in ((memory.reference_ops, "reference"), (memory.mosaic_kernels, "fused")):
+        for name in ("leaky_average", "peek_ahead_value", "mosaic_attention"):
+            def spy(*args, _f=getattr(module, name), _key=(name, path), **kw):
+                calls.append(_key)
+                return _f(*args, **kw)
+            monkeypatch.setattr(module, name, spy)
+    m = tiny_mosaic(kernels="fused", reference_ops=(op,))
+    _, loss = m(torch.randint(0, 20, (2, 9)), torch.randint(0, 20, (2, 9)))
+    assert torch.isfinite(loss)
+    # Per layer: two key scans (C-mem and P-mem), one value, one attention.
+    per_layer = {"leaky_average": 2, "peek_ahead_value": 1, "mosaic_attention": 1}
+    for name, n in per_layer.items():
+        path = "reference" if name == op else "fused"
+        assert calls.count((name, path)) == 2 * n, (name, calls)
+        assert calls.count((name, "fused" if path == "reference" else "reference")) == 0, (name, calls)
+
+
+def test_reference_ops_rejects_unknown_ops_and_the_reference_path():
+    with pytest.raises(ValueError, match="reference_ops must be among"):
+        MosaicConfig(kernels="fused", reference_ops=("softmax",))
+    with pytest.raises(ValueError, match="picks ops of the fused path"):
+        MosaicConfig(kernels="reference", reference_ops=("mosaic_attention",))
+
+
 def test_generate_greedy_topk_and_stop_token():
     torch.manual_seed(3)
     m = tiny_mosaic().eval()

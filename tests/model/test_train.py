@@ -141,6 +141,9 @@ def test_help_shows_defaults(capsys):
     (["--block-size", "0"], "--block-size must be >= 1"),
     (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device, got --device cpu"),
     (["--cuda-graph", "--compile"], "--cuda-graph runs one process without --compile"),
+    (["--reference-ops", "mosaic_attention", "--kernels", "reference"], "picks ops of a Memory Mosaic's fused path"),
+    (["--reference-ops", "mosaic_attention", "--model", "gpt"], "--reference-ops picks ops"),
+    (["--reference-ops", "softmax"], "invalid choice"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as exc:
