@@ -210,12 +210,12 @@ def select(root: Path, models: list[str], depths: list[int], lrs: list[float], k
 
 
 def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], kernels: str = "fused") -> dict:
-    """{depth: table} for depths where both models have runs at several seeds: per model, the learning
+    """{depth: table} for depths where a model has runs at two or more seeds: per model, the learning
     rate of its grid with the most seeds run (its selected one on a tie: seeds may have been trained
     before a later grid point won the selection, and a table at the selected rate would then hold one
     seed), the step every one of those runs reached, each model's validation losses there (one per seed
-    found), their means, and the gap (GPT2 minus Memory Mosaic, positive when the Memory Mosaic is ahead)
-    of the means, with the smallest and largest gap over seed pairs."""
+    found), their means, and, where both models have runs, the gap (GPT2 minus Memory Mosaic, positive
+    when the Memory Mosaic is ahead) of the means, with the smallest and largest gap over seed pairs."""
     out = {}
     for depth in depths:
         runs, lrs = {}, {}
@@ -234,18 +234,18 @@ def seed_spread(root: Path, chosen: dict, depths: list[int], seeds: list[int], k
                 found[lr] = curves
             lrs[model] = max(found, key=lambda l: len(found[l]))  # the selected rate comes first: ties keep it
             runs.update({(model, seed): c for seed, c in found[lrs[model]].items()})
-        if len({m for m, _ in runs}) < 2 or len(runs) < 3:
-            continue
+        if max((sum(m == model for m, _ in runs) for model in MODELS), default=0) < 2:
+            continue  # no model has two seeds
         step = min(c["step"][-1] for c in runs.values())
         at = {k: c["val"][c["step"].index(step)] for k, c in runs.items() if step in c["step"]}
         loss = {m: {s: v for (mm, s), v in at.items() if mm == m} for m in MODELS}
-        mean = {m: sum(v.values()) / len(v) for m, v in loss.items() if v}
-        if len(mean) < 2:
-            continue
-        gaps = [g - m for g in loss["gpt"].values() for m in loss["mosaic"].values()]
-        out[depth] = {"step": step, "lr": lrs, "val_loss": {m: {str(s): v for s, v in loss[m].items()} for m in MODELS},
-                      "mean": mean, "gap_of_means": mean["gpt"] - mean["mosaic"],
-                      "gap_min": min(gaps), "gap_max": max(gaps)}
+        loss = {m: v for m, v in loss.items() if v}
+        mean = {m: sum(v.values()) / len(v) for m, v in loss.items()}
+        out[depth] = {"step": step, "lr": lrs, "val_loss": {m: {str(s): v for s, v in loss[m].items()} for m in loss},
+                      "mean": mean}
+        if len(mean) == 2:  # a study of one model (the reference-ops runs) has no gap
+            gaps = [g - m for g in loss["gpt"].values() for m in loss["mosaic"].values()]
+            out[depth].update(gap_of_means=mean["gpt"] - mean["mosaic"], gap_min=min(gaps), gap_max=max(gaps))
     return out
 
 
@@ -296,10 +296,11 @@ def cmd_report(a: argparse.Namespace) -> None:
     if len(a.seeds) > 1:
         summary["seeds"] = seed_spread(root, summary["runs"], a.depths, a.seeds, a.kernels)
         for depth, t in summary["seeds"].items():
-            print(f"depth {depth}, step {t['step']}: mean val Memory Mosaic {t['mean']['mosaic']:.4f} "
-                  f"({len(t['val_loss']['mosaic'])} seeds, lr {t['lr']['mosaic']:g}), GPT2 {t['mean']['gpt']:.4f} "
-                  f"({len(t['val_loss']['gpt'])}, lr {t['lr']['gpt']:g}); "
-                  f"gap {t['gap_of_means']:+.4f} (seed pairs {t['gap_min']:+.4f} to {t['gap_max']:+.4f})")
+            print(f"depth {depth}, step {t['step']}: mean val "
+                  + ", ".join(f"{'Memory Mosaic' if m == 'mosaic' else 'GPT2'} {t['mean'][m]:.4f} "
+                              f"({len(t['val_loss'][m])} seeds, lr {t['lr'][m]:g})" for m in t["mean"])
+                  + (f"; gap {t['gap_of_means']:+.4f} (seed pairs {t['gap_min']:+.4f} to {t['gap_max']:+.4f})"
+                     if "gap_of_means" in t else ""))
     _lr_sweep_plot(summary["runs"], a.depths, figs, plt)
     if not a.no_evals and a.eval_depth in a.depths:
         _evaluate(a, summary["runs"], figs, ev)
@@ -570,11 +571,11 @@ def compare_numbers(summaries: dict, depth: int) -> dict:
         table = summary.get("seeds", {}).get(str(depth))
         if table is None:
             raise ValueError(f"--summaries: {label} has no seed table at depth {depth} (report --seeds 0 1 2)")
-        step, losses = table["step"], {m: dict(table["val_loss"][m]) for m in MODELS}
+        step, losses = table["step"], {m: dict(table["val_loss"].get(m, {})) for m in MODELS}
         losses["reference"] = {}
         for name, r in summary.get("fused_vs_reference", {}).items():
             point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()
-            if point == run_name("mosaic", depth, table["lr"]["mosaic"]) and step in r["steps_compared"]:
+            if point == run_name("mosaic", depth, table["lr"].get("mosaic", -1)) and step in r["steps_compared"]:
                 losses["reference"][seed or "0"] = r["reference_val"][r["steps_compared"].index(step)]
         out[label] = {path: {"step": step, "val_loss": losses[path], "mean": sum(losses[path].values()) / len(losses[path])}
                       for path, _ in PATHS if losses[path]}

@@ -225,3 +225,17 @@ def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):
     assert a["reference"]["val_loss"] == pytest.approx({"0": 4.0, "1": 5.0})  # seed 2 never reached step 2
     assert b["mosaic"]["mean"] == pytest.approx(5.0) and b["reference"]["mean"] == pytest.approx(3.5)
     assert (out / "compare.png").exists() and "b Memory Mosaic reference: mean 3.5000" in capsys.readouterr().out
+
+    # A study of one model (fused runs with some ops on the reference) still gets its seed table, without a
+    # gap, and compares beside the others.
+    solo = tmp_path / "solo"
+    for seed, suffix in ((0, ""), (1, "-s1")):
+        run(solo, f"mosaic-L8-lr0.01{suffix}", [6.0, 4.0 + seed])
+    assert lm_depth.main(["report", "--out", str(solo), "--depths", "8", "--lrs", "0.01", "--no-evals",
+                          "--seeds", "0", "1", "--figures", str(tmp_path / "figs_solo")]) == 0
+    table = json.loads((tmp_path / "figs_solo" / "lm_depth_summary.json").read_text())["seeds"]["8"]
+    assert table["mean"] == pytest.approx({"mosaic": 4.5}) and "gap_of_means" not in table
+    assert lm_depth.main(["compare", "--depths", "8", "--figures", str(out), "--summaries",
+                          f"a={folders['a']}", f"solo={tmp_path / 'figs_solo'}"]) == 0
+    assert json.loads((out / "compare.json").read_text())["solo"] == {
+        "mosaic": {"step": 2, "val_loss": {"0": 4.0, "1": 5.0}, "mean": 4.5}}
