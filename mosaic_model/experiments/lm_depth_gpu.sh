@@ -21,6 +21,10 @@
 #              and seeds 1 and 2 where they exist (STORIES_SEEDS="1 2" trains them at STORIES_LRS).
 #   stories-reference  the TinyStories Memory Mosaic at depth STORIES_REF_DEPTH (default 2), lr STORIES_REF_LR
 #              (default 2e-2) on the reference ops, against its fused twin
+#   reference-ops  the fused Memory Mosaic with one C-mem op on its PyTorch reference, for each op of
+#              ABLATE_OPS (default mosaic_attention leaky_average peek_ahead_value), at depth ABLATE_DEPTH
+#              (default 8), lr ABLATE_LR (default 1e-2), seeds ABLATE_SEEDS (default 0 1 2), PARALLEL at a time
+#              per op, each op into /tmp/lm_ablate/OP; compare the reports with the committed depth8_bf16 one
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
 #              evaluations (out-of-distribution loss, attention, long context, prompts)
 # GRAPH=1 gives every run --cuda-graph. PARALLEL (default 6) runs at once per part. EXTRA: more lm_depth run
@@ -30,11 +34,11 @@
 set -uo pipefail
 limit=$1; prior=$2; shift 2
 export MOSAIC_TOKENIZER_DIR=$PWD/.carry/gpt2-tokenizer MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
-OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories /tmp/lm_depth /tmp/lm_stories
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories /tmp/lm_depth /tmp/lm_stories /tmp/lm_ablate
 tar -xJf .carry/books.tar.xz -C /tmp/books
 [ "$prior" != - ] && tar -xzf "$prior" -C /tmp
 ood=.carry/simplewiki/simplewiki.json.xz
-pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories 2>/dev/null \
+pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories lm_ablate 2>/dev/null \
            && mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"; }
 (while sleep 15; do pack; done) &
 packer=$!
@@ -66,6 +70,12 @@ for part in "$@"; do
     stories)
       "${lm[@]}" run "${stories[@]}" --models ${STORIES_MODELS:-mosaic gpt} --lrs ${STORIES_LRS:-0.001 0.002 0.005 0.01 0.02} --seeds ${STORIES_SEEDS:-0} "${common[@]}" --rerun-selected ${STORIES_RERUN-1 2} > /tmp/figures/stories.log 2>&1 &
       pids+=($!) ;;
+    reference-ops)
+      for op in ${ABLATE_OPS:-mosaic_attention leaky_average peek_ahead_value}; do
+        "${lm[@]}" run --data /tmp/books --out /tmp/lm_ablate/$op --models mosaic --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} \
+          --seeds ${ABLATE_SEEDS:-0 1 2} --reference-ops $op "${common[@]}" > /tmp/figures/ablate_$op.log 2>&1 &
+        pids+=($!)
+      done ;;
     evals)
       # --lrs of finished runs only: nothing of the grid is new, only the selected runs are trained again.
       "${lm[@]}" run "${books[@]}" --depths 1 2 --lrs 0.002 "${common[@]}" --rerun-selected 1 2 > /tmp/figures/evals.log 2>&1 &
@@ -83,6 +93,10 @@ evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
 if [[ " $* " == *" stories"* ]]; then
   "${lm[@]}" report "${stories[@]}" --seeds 0 1 2 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
+for op in $(ls /tmp/lm_ablate); do
+  "${lm[@]}" report --out /tmp/lm_ablate/$op --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} --no-evals --seeds 0 1 2 \
+    --figures /tmp/figures/ablate_$op > /tmp/figures/ablate_${op}_report.log 2>&1
+done
 wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
 cat /tmp/figures/*_report.log
