@@ -371,6 +371,12 @@ def _compare_kernels(root: Path, figs: Path, plt) -> dict:
     return pairs
 
 
+def split_seed(name: str) -> tuple[str, int]:
+    """(grid point, seed) of a fused run's folder name: the inverse of ``run_name``'s ``-s{seed}``."""
+    point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()
+    return point, int(seed or 0)
+
+
 def kernel_seed_means(pairs: dict) -> dict:
     """{grid point: table} for grid points whose fused/reference pairs (``_compare_kernels``) exist at two
     or more seeds: the last step every pair reached, the seeds, the mean validation loss of each path
@@ -378,8 +384,8 @@ def kernel_seed_means(pairs: dict) -> dict:
     One pair shows a difference; the seeds say whether it is larger than a run's spread."""
     groups: dict = {}
     for name, r in pairs.items():
-        point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()  # run_name's seed suffix
-        groups.setdefault(point, {})[int(seed or 0)] = r
+        point, seed = split_seed(name)
+        groups.setdefault(point, {})[seed] = r
     out = {}
     for point, by_seed in groups.items():
         if len(by_seed) < 2:
@@ -573,10 +579,11 @@ def compare_numbers(summaries: dict, depth: int) -> dict:
             raise ValueError(f"--summaries: {label} has no seed table at depth {depth} (report --seeds 0 1 2)")
         step, losses = table["step"], {m: dict(table["val_loss"].get(m, {})) for m in MODELS}
         losses["reference"] = {}
+        fused_point = run_name("mosaic", depth, table["lr"]["mosaic"]) if "mosaic" in table["lr"] else None
         for name, r in summary.get("fused_vs_reference", {}).items():
-            point, seed = re.fullmatch(r"(.*?)(?:-s(\d+))?", name).groups()
-            if point == run_name("mosaic", depth, table["lr"].get("mosaic", -1)) and step in r["steps_compared"]:
-                losses["reference"][seed or "0"] = r["reference_val"][r["steps_compared"].index(step)]
+            point, seed = split_seed(name)
+            if point == fused_point and step in r["steps_compared"]:
+                losses["reference"][str(seed)] = r["reference_val"][r["steps_compared"].index(step)]
         out[label] = {path: {"step": step, "val_loss": losses[path], "mean": sum(losses[path].values()) / len(losses[path])}
                       for path, _ in PATHS if losses[path]}
     return out
