@@ -5,7 +5,10 @@ several chunk counts forced through ``chunk_len``, each count measured ``--reps`
 The chunk policy lives in ``mosaic_kernels/leaky_average/function.py`` (``_chunking``); this tool
 measures the alternatives it chose between.
 
-Usage: python -m tools.scan_chunking [--chunks 1 2 3 6 11 22] [--reps 2]
+Usage: python -m tools.scan_chunking [--chunks 1 2 3 6 11 22] [--chunk-lens 128 192 256] [--reps 2]
+
+Each repetition also times the rule itself (``chunk_len`` left to ``_chunking``), in the same process,
+so that a candidate rule can be read against the current one.
 """
 from __future__ import annotations
 
@@ -24,8 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 3, 6, 11, 22],
                    help="time chunks per (b, h) to compare (those longer than T / 64 chunks are skipped)")
+    p.add_argument("--chunk-lens", type=int, nargs="+", default=[],
+                   help="time-chunk lengths to compare as well, multiples of 64 (the tile height's largest value); "
+                        "those longer than T are skipped")
     p.add_argument("--reps", type=int, default=2, help="how many times each count is measured, in turn")
     a = p.parse_args(argv)
+    if any(n < 1 for n in a.chunks) or any(cl < 64 or cl % 64 for cl in a.chunk_lens):
+        p.error(f"--chunks must be >= 1 and --chunk-lens multiples of 64, got {a.chunks} and {a.chunk_lens}")
     if not torch.cuda.is_available():
         p.error("--chunks: this tool times CUDA kernels and needs a GPU")
     print(torch.__version__, torch.cuda.get_device_name(), "SMs", torch.cuda.get_device_properties(0).multi_processor_count)
@@ -37,16 +45,15 @@ def main(argv: list[str] | None = None) -> None:
         xc = x.contiguous()
         copy = bench_ms(lambda: torch.empty_like(xc).copy_(xc))
         xg = x.detach().clone().requires_grad_()
+        lengths = [("rule", None)] + [(f"chunks {n}", math.ceil(T / n)) for n in a.chunks if n <= T // 64]
+        lengths += [(f"chunks {math.ceil(T / cl)} (length {cl})", cl) for cl in a.chunk_lens if cl <= T]
         for _ in range(a.reps):
-            for n in a.chunks:
-                if n > T // 64:
-                    continue
-                cl = math.ceil(T / n)
+            for label, cl in lengths:
                 fn = lambda xr: leaky_average_triton(xr, decay, normalize=True, scale=scale, chunk_len=cl)  # noqa: E731
                 g_fwd = bench_graph_ms(lambda: fn(xg))
                 g_all = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
                 e_all = bench_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
-                print(f"{(B, H, T, D)} B*H {B * H} chunks {n} | fwd graph {g_fwd * 1e3:.1f} us | fwd+bwd graph "
+                print(f"{(B, H, T, D)} B*H {B * H} {label} | fwd graph {g_fwd * 1e3:.1f} us | fwd+bwd graph "
                       f"{g_all * 1e3:.1f} us ({g_all / copy:.2f} copies) | fwd+bwd eager {e_all * 1e3:.1f} us", flush=True)
         torch.cuda.empty_cache()
 
