@@ -22,7 +22,8 @@
 #   stories-reference  the TinyStories Memory Mosaic at depth STORIES_REF_DEPTH (default 2), lr STORIES_REF_LR
 #              (default 2e-2) on the reference ops, against its fused twin
 #   reference-ops  the fused Memory Mosaic with one C-mem op on its PyTorch reference, for each op of
-#              ABLATE_OPS (default mosaic_attention leaky_average peek_ahead_value), at depth ABLATE_DEPTH
+#              ABLATE_OPS (default mosaic_attention leaky_average peek_ahead_value; an item may name several
+#              ops joined by commas, which then run on the reference together), at depth ABLATE_DEPTH
 #              (default 8), lr ABLATE_LR (default 1e-2), seeds ABLATE_SEEDS (default 0 1 2), PARALLEL at a time
 #              per op, each op into /tmp/lm_ablate/OP; compare the reports with the committed depth8_bf16 one
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
@@ -73,7 +74,7 @@ for part in "$@"; do
     reference-ops)
       for op in ${ABLATE_OPS:-mosaic_attention leaky_average peek_ahead_value}; do
         "${lm[@]}" run --data /tmp/books --out /tmp/lm_ablate/$op --models mosaic --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} \
-          --seeds ${ABLATE_SEEDS:-0 1 2} --reference-ops $op "${common[@]}" > /tmp/figures/ablate_$op.log 2>&1 &
+          --seeds ${ABLATE_SEEDS:-0 1 2} --reference-ops ${op//,/ } "${common[@]}" > /tmp/figures/ablate_$op.log 2>&1 &
         pids+=($!)
       done ;;
     evals)
