@@ -304,7 +304,7 @@ def build_model(a: argparse.Namespace, block_size: int, vocab_size: int) -> torc
     config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=block_size,
                   vocab_size=vocab_size, dropout=a.dropout, bias=False)
     if a.model == "mosaic":
-        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel, reference_ops=tuple(a.reference_ops),
+        config.update(pmem_size=a.pmem_size, kernels=a.kernels, pmem_kernel=a.pmem_kernel, reference_ops=a.reference_ops,
                       attn_dropout=a.attn_dropout)
     return checkpoint_build_model(a.model, config)
 
