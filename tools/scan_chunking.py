@@ -6,9 +6,12 @@ The chunk policy lives in ``mosaic_kernels/leaky_average/function.py`` (``_chunk
 measures the alternatives it chose between.
 
 Usage: python -m tools.scan_chunking [--chunks 1 2 3 6 11 22] [--chunk-lens 128 192 256] [--reps 2]
+                                    [--stages 0 2 3 4] [--no-eager]
 
 Each repetition also times the rule itself (``chunk_len`` left to ``_chunking``), in the same process,
-so that a candidate rule can be read against the current one.
+so that a candidate rule can be read against the current one. ``--stages`` repeats everything for each
+way of hiding memory latency (``function.FWD_STAGES`` and ``BWD_STAGES`` set together: 0 the register
+prefetch of one tile, S >= 1 Triton's pipelined loads S - 1 tiles ahead).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 from benchmarks._common import bench_graph_ms, bench_ms
 from benchmarks.bench_leaky_average import SHAPES
+from mosaic_kernels.leaky_average import function
 from mosaic_kernels.leaky_average.function import leaky_average_triton
 
 
@@ -31,9 +35,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="time-chunk lengths to compare as well, multiples of 64 (the tile height's largest value); "
                         "those longer than T are skipped")
     p.add_argument("--reps", type=int, default=2, help="how many times each count is measured, in turn")
+    p.add_argument("--stages", type=int, nargs="+", default=[function.FWD_STAGES],
+                   help="latency hiding to compare: 0 (register prefetch) or a pipeline depth >= 2 (default: the current)")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager fwd+bwd timing (host-bound, slow)")
     a = p.parse_args(argv)
     if any(n < 1 for n in a.chunks) or any(cl < 64 or cl % 64 for cl in a.chunk_lens):
         p.error(f"--chunks must be >= 1 and --chunk-lens multiples of 64, got {a.chunks} and {a.chunk_lens}")
+    if any(st < 0 or st == 1 for st in a.stages):
+        p.error(f"--stages must be 0 or >= 2, got {a.stages}")
     if not torch.cuda.is_available():
         p.error("--chunks: this tool times CUDA kernels and needs a GPU")
     print(torch.__version__, torch.cuda.get_device_name(), "SMs", torch.cuda.get_device_properties(0).multi_processor_count)
@@ -48,13 +57,17 @@ def main(argv: list[str] | None = None) -> None:
         lengths = [("rule", None)] + [(f"chunks {n}", math.ceil(T / n)) for n in a.chunks if n <= T // 64]
         lengths += [(f"chunks {math.ceil(T / cl)} (length {cl})", cl) for cl in a.chunk_lens if cl <= T]
         for _ in range(a.reps):
-            for label, cl in lengths:
-                fn = lambda xr: leaky_average_triton(xr, decay, normalize=True, scale=scale, chunk_len=cl)  # noqa: E731
-                g_fwd = bench_graph_ms(lambda: fn(xg))
-                g_all = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
-                e_all = bench_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
-                print(f"{(B, H, T, D)} B*H {B * H} {label} | fwd graph {g_fwd * 1e3:.1f} us | fwd+bwd graph "
-                      f"{g_all * 1e3:.1f} us ({g_all / copy:.2f} copies) | fwd+bwd eager {e_all * 1e3:.1f} us", flush=True)
+            for stages in a.stages:
+                function.FWD_STAGES = function.BWD_STAGES = stages
+                for label, cl in lengths:
+                    fn = lambda xr: leaky_average_triton(xr, decay, normalize=True, scale=scale, chunk_len=cl)  # noqa: E731
+                    g_fwd = bench_graph_ms(lambda: fn(xg))
+                    g_all = bench_graph_ms(lambda: torch.autograd.grad(fn(xg), xg, dy))
+                    eager = "" if a.no_eager else \
+                        f" | fwd+bwd eager {bench_ms(lambda: torch.autograd.grad(fn(xg), xg, dy)) * 1e3:.1f} us"
+                    print(f"{(B, H, T, D)} B*H {B * H} stages {stages} {label} | fwd graph {g_fwd * 1e3:.1f} us "
+                          f"({g_fwd / copy:.2f} copies) | fwd+bwd graph {g_all * 1e3:.1f} us ({g_all / copy:.2f} copies)"
+                          f"{eager}", flush=True)
         torch.cuda.empty_cache()
 
 

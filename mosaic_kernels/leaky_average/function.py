@@ -73,6 +73,11 @@ def active_tiles(direction: str) -> dict:
 FWD_PROGRAMS_PER_SM = 2
 BWD_PROGRAMS_PER_SM = 2
 
+# How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
+# scanned; S >= 1 lets Triton pipeline the loads S - 1 tiles ahead through shared memory.
+FWD_STAGES = 0
+BWD_STAGES = 0
+
 
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):
     """Split time into chunks (a multiple of BLOCK_T long): one per (b, h) when B*H fills the SMs, else
@@ -108,7 +113,7 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
     args = (x, y, norm, decay, scale, summary, *x.stride(), *y.stride()[:3], H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype))
+                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype), STAGES=FWD_STAGES)
     if nchunk > 1:
         launch(_leaky_fwd_kernel, (nchunk - 1, B * H), *args, SUMMARY_ONLY=True, **meta)
     launch(_leaky_fwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
@@ -127,7 +132,7 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), *y.stride()[:3], *gx.stride()[:3],
             H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype))
+                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES)
     if nchunk > 1:
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
         launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **meta)

@@ -47,6 +47,7 @@ def _leaky_fwd_kernel(
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -88,19 +89,25 @@ def _leaky_fwd_kernel(
     x_base = X + b * sxb + h * sxh
     y_base = Y + b * syb + h * syh
     out_base = pid_bh * T                                                   # NORM row base
-    # The next tile is loaded before this one is scanned, so its memory latency overlaps the scan.
-    nxt = t_start + rows_local
-    x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
-                     mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
-    for t0 in range(t_start, t_stop, BLOCK_T):
+    # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile into registers before this
+    # one is scanned; >= 1 loads each tile inside the loop and lets Triton's pipeliner keep STAGES - 1
+    # tiles in flight through shared memory.
+    if STAGES == 0:
+        nxt = t_start + rows_local
+        x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
+                         mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
+    for t0 in tl.range(t_start, t_stop, BLOCK_T, num_stages=STAGES if STAGES > 0 else None):
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
-        x_raw = x_next
+        if STAGES == 0:
+            x_raw = x_next
+            nxt = rows + BLOCK_T
+            x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
+                             mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
+        else:
+            x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
-        nxt = rows + BLOCK_T
-        x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
-                         mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
         if USE_DOT:
             if PRECISION == "split":
                 u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
@@ -130,6 +137,7 @@ def _leaky_bwd_kernel(
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -171,22 +179,27 @@ def _leaky_bwd_kernel(
     out_base = pid_bh * T                                                   # NORM row base
     acc_decay = tl.zeros((BLOCK_T,), dtype=tl.float32)
     acc_scale = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    # Tiles are visited last to first; the next one (earlier in time) is prefetched.
-    nxt = t_start + (n_tiles - 1) * BLOCK_T + rows_local
-    nm2 = (nxt < t_stop)[:, None] & cmask[None, :]
-    g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
-    y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
-    for i in range(0, n_tiles):
+    # Tiles are visited last to first; latency hidden as in the forward (STAGES).
+    if STAGES == 0:
+        nxt = t_start + (n_tiles - 1) * BLOCK_T + rows_local
+        nm2 = (nxt < t_stop)[:, None] & cmask[None, :]
+        g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
+        y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
+    for i in tl.range(0, n_tiles, num_stages=STAGES if STAGES > 0 else None):
         t0 = t_start + (n_tiles - 1 - i) * BLOCK_T
         rows = t0 + rows_local
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
-        g = g_next.to(tl.float32)
-        y = y_next.to(tl.float32)
-        nxt = rows - BLOCK_T
-        nm2 = ((nxt >= t_start) & (nxt < t_stop))[:, None] & cmask[None, :]
-        g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
-        y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
+        if STAGES == 0:
+            g = g_next.to(tl.float32)
+            y = y_next.to(tl.float32)
+            nxt = rows - BLOCK_T
+            nm2 = ((nxt >= t_start) & (nxt < t_stop))[:, None] & cmask[None, :]
+            g_next = tl.load(g_base + nxt[:, None] * sgt + cols[None, :] * sgd, mask=nm2, other=0.0)
+            y_next = tl.load(y_base + nxt[:, None] * syt + cols[None, :], mask=nm2, other=0.0)
+        else:
+            g = tl.load(g_base + rows[:, None] * sgt + cols[None, :] * sgd, mask=m2, other=0.0).to(tl.float32)
+            y = tl.load(y_base + rows[:, None] * syt + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         if NORMALIZE:
             # y = s * u / n with n = max(|u|, eps): gu = (s/n) (g - (g.yhat) yhat), or (s/n) g when clamped.
             n = tl.load(NORM + out_base + rows, mask=rmask, other=1.0)

@@ -120,6 +120,23 @@ def test_kernel_both_in_tile_scans(device, fwd, bwd, monkeypatch, nan_outputs):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("stages", [0, 3], ids=lambda s: f"stages{s}")
+def test_kernel_both_latency_hidings(device, stages, monkeypatch, nan_outputs):
+    """Register prefetch (0) and pipelined loads (3), multi-chunk, a partial last tile, strided input."""
+    from mosaic_kernels.leaky_average import function
+
+    monkeypatch.setattr(function, "FWD_STAGES", stages)
+    monkeypatch.setattr(function, "BWD_STAGES", stages)
+    x, decay, scale = _inputs(2, 3, 150, 64, strided=True)
+
+    def fn(x, a, normalize, scale):
+        return function.leaky_average_triton(x, a, normalize=normalize, scale=scale, chunk_len=64)
+
+    for normalize in (False, True):
+        _check_against_loop(fn, x, decay, scale, normalize, tolerances.FP32, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("chunk_len", [16, 48], ids=lambda c: f"chunk{c}")
 def test_kernel_multi_chunk_carries(device, chunk_len, nan_outputs):
     """Force the time-parallel path (several chunks per sequence) at small T."""
