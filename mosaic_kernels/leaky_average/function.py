@@ -65,18 +65,23 @@ def active_tiles(direction: str) -> dict:
 
 
 # Programs per SM the time-chunking aims for, forward and backward, when B*H alone cannot fill the
-# SMs (measured with tools/tune_kernels.py). More chunks keep more bytes in flight but cost a second
-# read of the input (the chunk summaries) and two more launches. Once B*H fills every SM, one chunk per
-# (b, h) wins: on the H200 (132 SMs, bf16, normalize + scale, CUDA graphs, 2026-12-01) fwd+bwd took
-# 75.5 us against 91 us with 2 chunks at (16,12,512,64), and 3.45 ms against 3.63 ms at
-# (16,16,16384,128); below one SM per (b, h), 2 per SM stayed faster (83 against 114 us at (1,12,8192,64)).
+# SMs. More chunks keep more bytes in flight but cost a second read of the input (the chunk summaries)
+# and two more launches. Once B*H fills every SM, one chunk per (b, h) wins: on the H200 (132 SMs, bf16,
+# normalize + scale, CUDA graphs, 2026-12-01) fwd+bwd took 75.5 us against 91 us with 2 chunks at
+# (16,12,512,64), and 3.45 ms against 3.63 ms at (16,16,16384,128). Below that, every chunk count forced
+# (tools/scan_chunking.py, BENCHMARKS.md) put the forward's best near 2 programs per SM and the
+# backward's at 4 or more: 55.6 us against 81.7 us at 2 per SM for the backward at (4,12,2048,64),
+# within 1 us at (1,12,8192,64).
 FWD_PROGRAMS_PER_SM = 2
-BWD_PROGRAMS_PER_SM = 2
+BWD_PROGRAMS_PER_SM = 4
 
 # How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
-# scanned; S >= 1 lets Triton pipeline the loads S - 1 tiles ahead through shared memory.
+# scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. Measured on
+# the H200 (bf16, CUDA graphs, 2026-12-01, tools/scan_chunking.py --stages 0 2 3 4): 3 stages take 4% to
+# 12% off the backward at every benchmark shape (2,604 to 2,393 us at (16,16,16384,128)), but slow the
+# forward at D = 128 (841 to 1,012 us there), so only the backward pipelines.
 FWD_STAGES = 0
-BWD_STAGES = 0
+BWD_STAGES = 3
 
 
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):

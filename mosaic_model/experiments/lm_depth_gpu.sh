@@ -23,7 +23,8 @@
 #              (default 2e-2) on the reference ops, against its fused twin
 #   reference-ops  the fused Memory Mosaic with one C-mem op on its PyTorch reference, for each op of
 #              ABLATE_OPS (default mosaic_attention leaky_average peek_ahead_value; an item may name several
-#              ops joined by commas, which then run on the reference together), at depth ABLATE_DEPTH
+#              ops joined by commas, which then run on the reference together; "none" is the all-fused model, for
+#              seeds beyond the committed depth8_bf16 ones), at depth ABLATE_DEPTH
 #              (default 8), lr ABLATE_LR (default 1e-2), seeds ABLATE_SEEDS (default 0 1 2), PARALLEL at a time
 #              per op, each op into /tmp/lm_ablate/OP; compare the reports with the committed depth8_bf16 one
 #   evals      train again the selected depth-1 and depth-2 books runs whose weights are gone, for the
@@ -73,8 +74,9 @@ for part in "$@"; do
       pids+=($!) ;;
     reference-ops)
       for op in ${ABLATE_OPS:-mosaic_attention leaky_average peek_ahead_value}; do
+        refops=(--reference-ops ${op//,/ }); [ "$op" = none ] && refops=()
         "${lm[@]}" run --data /tmp/books --out /tmp/lm_ablate/$op --models mosaic --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} \
-          --seeds ${ABLATE_SEEDS:-0 1 2} --reference-ops ${op//,/ } "${common[@]}" > /tmp/figures/ablate_$op.log 2>&1 &
+          --seeds ${ABLATE_SEEDS:-0 1 2} ${refops[@]+"${refops[@]}"} "${common[@]}" > /tmp/figures/ablate_$op.log 2>&1 &
         pids+=($!)
       done ;;
     evals)
