@@ -68,12 +68,12 @@ def active_tiles(direction: str) -> dict:
 # SMs. More chunks keep more bytes in flight but cost a second read of the input (the chunk summaries)
 # and two more launches. Once B*H fills every SM, one chunk per (b, h) wins: on the H200 (132 SMs, bf16,
 # normalize + scale, CUDA graphs, 2026-12-01) fwd+bwd took 75.5 us against 91 us with 2 chunks at
-# (16,12,512,64), and 3.45 ms against 3.63 ms at (16,16,16384,128). Below that, every chunk count forced
-# (tools/scan_chunking.py, BENCHMARKS.md) put the forward's best near 2 programs per SM and the
-# backward's at 4 or more: 55.6 us against 81.7 us at 2 per SM for the backward at (4,12,2048,64),
-# within 1 us at (1,12,8192,64).
+# (16,12,512,64), and 3.45 ms against 3.63 ms at (16,16,16384,128). Below that, 2 per SM: 4 per SM in the
+# backward (with its pipelined loads) took 87.8 against 112.0 us at (4,12,2048,64) but 608.7 against
+# 523.1 us at (8,16,4096,128), where its 5 chunks of 832 rows over 128 (b, h) need more programs than
+# fit at once, and 84.3 against 81.8 at (1,12,8192,64) (tools/scan_chunking.py --bwd-per-sm 2 4).
 FWD_PROGRAMS_PER_SM = 2
-BWD_PROGRAMS_PER_SM = 4
+BWD_PROGRAMS_PER_SM = 2
 
 # How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
 # scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. Measured on
