@@ -77,8 +77,8 @@ BWD_PROGRAMS_PER_SM = 2
 
 # How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
 # scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. Measured on
-# the H200 (bf16, CUDA graphs, 2026-12-01, tools/scan_chunking.py --stages 0 2 3 4): 3 stages take 4% to
-# 12% off the backward at every benchmark shape (2,604 to 2,393 us at (16,16,16384,128)), but slow the
+# the H200 (bf16, CUDA graphs, 2026-12-01, tools/scan_chunking.py --stages 0 2 3 4): 3 stages take 2% to
+# 12% off the backward at every benchmark shape (2,599 to 2,401 us at (16,16,16384,128)), but slow the
 # forward at D = 128 (841 to 1,012 us there), so only the backward pipelines.
 FWD_STAGES = 0
 BWD_STAGES = 3
