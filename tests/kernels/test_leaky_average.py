@@ -101,39 +101,35 @@ def test_heads_last_layouts(device, dtype, nan_outputs):
         assert torch.equal(a, b)
 
 
+def _check_kernel_variant(device, monkeypatch, settings: dict, shape: tuple, chunk_len: int):
+    """The Triton scan with ``function`` constants set to ``settings``, time-chunked, on strided input,
+    against the float64 loop, plain and normalised."""
+    from mosaic_kernels.leaky_average import function
+
+    for name, value in settings.items():
+        monkeypatch.setattr(function, name, value)
+    x, decay, scale = _inputs(*shape, strided=True)
+
+    def fn(x, a, normalize, scale):
+        return function.leaky_average_triton(x, a, normalize=normalize, scale=scale, chunk_len=chunk_len)
+
+    for normalize in (False, True):
+        _check_against_loop(fn, x, decay, scale, normalize, tolerances.FP32, device)
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("fwd", ["scan", "dot"], ids=lambda m: f"fwd_{m}")
 @pytest.mark.parametrize("bwd", ["scan", "dot"], ids=lambda m: f"bwd_{m}")
 def test_kernel_both_in_tile_scans(device, fwd, bwd, monkeypatch, nan_outputs):
     """Both in-tile scans of each direction (decay-matrix product, the default; associative scan), multi-chunk."""
-    from mosaic_kernels.leaky_average import function
-
-    monkeypatch.setattr(function, "FWD_IN_TILE", fwd)
-    monkeypatch.setattr(function, "BWD_IN_TILE", bwd)
-    x, decay, scale = _inputs(2, 5, 70, 20, strided=True)
-
-    def fn(x, a, normalize, scale):
-        return function.leaky_average_triton(x, a, normalize=normalize, scale=scale, chunk_len=32)
-
-    for normalize in (False, True):
-        _check_against_loop(fn, x, decay, scale, normalize, tolerances.FP32, device)
+    _check_kernel_variant(device, monkeypatch, {"FWD_IN_TILE": fwd, "BWD_IN_TILE": bwd}, (2, 5, 70, 20), 32)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("stages", [0, 3], ids=lambda s: f"stages{s}")
 def test_kernel_both_latency_hidings(device, stages, monkeypatch, nan_outputs):
     """Register prefetch (0) and pipelined loads (3), multi-chunk, a partial last tile, strided input."""
-    from mosaic_kernels.leaky_average import function
-
-    monkeypatch.setattr(function, "FWD_STAGES", stages)
-    monkeypatch.setattr(function, "BWD_STAGES", stages)
-    x, decay, scale = _inputs(2, 3, 150, 64, strided=True)
-
-    def fn(x, a, normalize, scale):
-        return function.leaky_average_triton(x, a, normalize=normalize, scale=scale, chunk_len=64)
-
-    for normalize in (False, True):
-        _check_against_loop(fn, x, decay, scale, normalize, tolerances.FP32, device)
+    _check_kernel_variant(device, monkeypatch, {"FWD_STAGES": stages, "BWD_STAGES": stages}, (2, 3, 150, 64), 64)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
