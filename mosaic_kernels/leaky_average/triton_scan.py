@@ -90,7 +90,7 @@ def _leaky_fwd_kernel(
     y_base = Y + b * syb + h * syh
     out_base = pid_bh * T                                                   # NORM row base
     # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile into registers before this
-    # one is scanned; >= 1 loads each tile inside the loop and lets Triton's pipeliner keep STAGES - 1
+    # one is scanned; >= 2 loads each tile inside the loop and lets Triton's pipeliner keep STAGES - 1
     # tiles in flight through shared memory.
     if STAGES == 0:
         nxt = t_start + rows_local
