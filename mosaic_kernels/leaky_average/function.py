@@ -106,6 +106,12 @@ def _bwd_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 or interpreter_enabled() else "tf32x3"
 
 
+def _summary_buffer(size: int, nchunk: int, placeholder: torch.Tensor) -> torch.Tensor:
+    """The float32 chunk summaries; with one chunk the kernels neither read nor write them, so any float32
+    tensor on the device stands in (the (H,) decay), which saves an allocation a launch."""
+    return _empty(size, device=placeholder.device, dtype=torch.float32) if nchunk > 1 else placeholder
+
+
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool):
     """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
     ``chunk_len`` 0 picks the chunking by SM count."""
@@ -115,7 +121,7 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
     y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
-    summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=x.device, dtype=torch.float32)
+    summary = _summary_buffer(B * H * nchunk * block_d, nchunk, decay)
     args = (x, y, norm, decay, scale, summary, *x.stride(), *y.stride()[:3], H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
                 USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype), STAGES=FWD_STAGES)
@@ -133,7 +139,7 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
-    summary = _empty((B * H * nchunk * block_d) if nchunk > 1 else 1, device=y.device, dtype=torch.float32)
+    summary = _summary_buffer(B * H * nchunk * block_d, nchunk, decay)
     args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), *y.stride()[:3], *gx.stride()[:3],
             H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
