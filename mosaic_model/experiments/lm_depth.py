@@ -686,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
         if not a.summaries or bad:
             p.error("--summaries: expected LABEL=FOLDER, each folder holding a report's lm_depth_summary.json, "
                     f"got {bad or 'none'}")
+    if a.command == "report" and not select(Path(a.out), a.models, a.depths, a.lrs, a.kernels):
+        p.error(f"--out: no seed-0 run of the grid (models {a.models}, depths {a.depths}, lrs {a.lrs}, "
+                f"kernels {a.kernels}) under {a.out}; the selection reads seed 0, other seeds join it through --seeds")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         {"run": cmd_run, "report": cmd_report, "claims": cmd_claims, "compare": cmd_compare}[a.command](a)

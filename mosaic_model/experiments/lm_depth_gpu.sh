@@ -97,7 +97,8 @@ if [[ " $* " == *" stories"* ]]; then
   "${lm[@]}" report "${stories[@]}" --seeds 0 1 2 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi
 for op in $(ls /tmp/lm_ablate); do
-  "${lm[@]}" report --out /tmp/lm_ablate/$op --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} --no-evals --seeds 0 1 2 \
+  # Seeds without seed 0 (ABLATE_SEEDS="3 4") exit 2 here: merge their run metrics with seed 0's first.
+  "${lm[@]}" report --out /tmp/lm_ablate/$op --depths ${ABLATE_DEPTH:-8} --lrs ${ABLATE_LR:-0.01} --no-evals --seeds ${ABLATE_SEEDS:-0 1 2} \
     --figures /tmp/figures/ablate_$op > /tmp/figures/ablate_${op}_report.log 2>&1
 done
 wait $(jobs -p | grep -v "^$packer$")

@@ -58,6 +58,15 @@ def test_bad_arguments_exit_2(capsys):
         assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+def test_report_without_seed_0_runs_exits_2(tmp_path, capsys):
+    """Runs of other seeds alone cannot be selected from: a one-line error, not an empty report."""
+    (tmp_path / "mosaic-L8-lr0.01-s3").mkdir()
+    with pytest.raises(SystemExit) as e:
+        lm_depth.main(["report", "--no-evals", "--out", str(tmp_path), "--depths", "8", "--seeds", "3",
+                       "--figures", str(tmp_path / "figs")])
+    assert e.value.code == 2 and "--out: no seed-0 run of the grid" in capsys.readouterr().err
+
+
 def test_report_runs_the_evaluations_on_every_ood_source(tmp_path, corpus_file):  # noqa: F811
     # The first --ood source feeds the loss by position and the long context (documents of 3 x 16 tokens
     # and more: the byte tokenizer makes one token a character); a second one gets its own
