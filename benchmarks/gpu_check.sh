@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|host|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
 #   pmem       bench_persistent_memory
+#   scan       the leaky-average scan alone: bench_leaky_average, the rule's latency hiding before/after in one
+#              process (tools.scan_chunking --stages 0/0 0/3), and its eager host time by path (tools.scan_host_split)
 #   host       host_cost: our wrapper, Triton's launcher and the GPU time of one eager call of each op
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
@@ -44,6 +46,11 @@ for PART in "${@:-all}"; do
       tail -n 19 "$OUT/bench_attention.md"
       python3 -m tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
       python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
+    scan)
+      python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
+      tail -n 7 "$OUT/bench_leaky_average.md"
+      python3 -m tools.scan_chunking --stages 0/0 0/3 --chunks --reps 2 --no-eager 2>&1 | tee "$OUT/scan_stages.txt" | tail -n 20
+      python3 -m tools.scan_host_split 2>&1 | tee "$OUT/scan_host_split.txt" | tail -n 5 ;;
     pmem|all)
       python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&
     host|all)
