@@ -1,6 +1,6 @@
 """Compiler report of the leaky-average scan's kernels for an H100/H200 (sm_90), made on any machine: no GPU
 needed. For each kernel (forward, backward; main pass and chunk-summary pass), head dim and latency
-hiding (``STAGES``), with the tiles ``function.py`` picks for bf16: registers a thread, shared memory,
+hiding (``STAGES``), with the tiles and precision ``function.py`` picks for bf16: registers a thread, shared memory,
 how many loads Triton turned into asynchronous copies (pipelined), and the programs per SM those allow.
 
 It compiles with the installed Triton, which may differ from the GPU's (3.9 on CI, 3.6 on the H200), so
@@ -27,26 +27,28 @@ _F32_TENSORS = {"NORM", "DECAY", "SCALE", "SUMMARY", "PARTS"}
 
 
 def compile_scan_kernel(direction: str, head_dim: int, stages: int, summary_only: bool):
-    """The scan's ``direction`` ("fwd" or "bwd") kernel compiled for sm_90 with the bf16 tiles of
-    ``function._tiling``, normalised and scaled as the model calls it."""
+    """The scan's ``direction`` ("fwd" or "bwd") kernel compiled for sm_90 with the tiles, in-tile scan and
+    bf16 precision that ``function`` picks, normalised and scaled as the model calls it."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from mosaic_kernels.leaky_average import function, triton_scan
 
-    block_d = max(16, 1 << (head_dim - 1).bit_length())
-    fwd_t, fwd_w = function.FWD_DOT_TILES[block_d]
-    bwd_t, bwd_w = function.BWD_DOT_TILES[block_d]
-    kernel = triton_scan._leaky_fwd_kernel if direction == "fwd" else triton_scan._leaky_bwd_kernel
-    consts = dict(NORMALIZE=True, SUMMARY_ONLY=summary_only, BLOCK_D=block_d, USE_DOT=True, STAGES=stages,
-                  BLOCK_T=fwd_t if direction == "fwd" else bwd_t,
-                  PRECISION="split" if direction == "fwd" else "tf32x3")
+    fwd_t, fwd_w, bwd_t, bwd_w, block_d = function._tiling(head_dim)
+    if direction == "fwd":
+        kernel, block_t, warps = triton_scan._leaky_fwd_kernel, fwd_t, fwd_w
+        use_dot, precision = function.FWD_IN_TILE == "dot", function._fwd_precision(torch.bfloat16)
+    else:
+        kernel, block_t, warps = triton_scan._leaky_bwd_kernel, bwd_t, bwd_w
+        use_dot, precision = function.BWD_IN_TILE == "dot", function._bwd_precision(torch.bfloat16)
+    consts = dict(NORMALIZE=True, SUMMARY_ONLY=summary_only, BLOCK_T=block_t, BLOCK_D=block_d, USE_DOT=use_dot,
+                  PRECISION=precision, STAGES=stages)
     consts.update({name: 1 for name in ("sxd", "sgd") if name in kernel.arg_names})  # unit last strides
     signature = {n: "constexpr" if n in consts else "*bf16" if n in _BF16_TENSORS else "*fp32" if n in _F32_TENSORS
                  else "fp32" if n == "eps" else "i32" for n in kernel.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if n not in consts and n != "eps"}
-    warps = fwd_w if direction == "fwd" else bwd_w
     return triton.compile(ASTSource(kernel, signature, constexprs=consts, attrs=attrs),
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)), warps
 
