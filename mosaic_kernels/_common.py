@@ -24,6 +24,20 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+_SM_COUNT: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 stands in for a CPU, so the interpreter runs the
+    same multi-program plans on small shapes)."""
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
 def interpreter_enabled() -> bool:
     """True when Triton's CPU interpreter is requested (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -173,3 +187,9 @@ def check_philox_counters(T: int, columns: int, dropout_p: float) -> None:
     if dropout_p > 0 and T * -(-columns // 8) >= 2 ** 31:
         raise ValueError(f"dropout needs T * ceil(columns / 8) < 2^31 (32-bit Philox counters), "
                          f"got T={T} and {columns} columns")
+
+
+def check_hash_counters(T: int, columns: int, dropout_p: float) -> None:
+    """The hash generator's counter of row t, column j is t * columns + j in 32 bits (unique per stream)."""
+    if dropout_p > 0 and T * columns > 2 ** 32:
+        raise ValueError(f"dropout needs T * slots <= 2^32 (32-bit hash counters), got T={T} and {columns} slots")

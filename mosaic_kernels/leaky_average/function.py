@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor
+from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor, sm_count
 from .._registration import fused_op
 from .._triton_common import launch
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
@@ -13,18 +13,6 @@ from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
 _empty = torch.empty
-
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
 
 # The forward's in-tile scan: "dot" (a decay-matrix product, 1.7-2.7x faster on the H200) or "scan"
 # (tl.associative_scan).
@@ -88,7 +76,7 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     """Split time into chunks (a multiple of BLOCK_T long): one per (b, h) when B*H fills the SMs, else
     enough for about ``per_sm`` programs per SM."""
     if chunk_len is None:
-        n_sm = _sm_count(device)
+        n_sm = sm_count(device)
         want = 1 if B * H >= n_sm else math.ceil(per_sm * n_sm / (B * H))
         chunk_len = math.ceil(T / want)
     chunk_len = max(block_t, math.ceil(chunk_len / block_t) * block_t)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import MAX_HEAD_DIM, check_dropout, check_heads, check_like, check_philox_counters, per_head, use_triton
+from .._common import MAX_HEAD_DIM, check_dropout, check_hash_counters, check_heads, check_like, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["persistent_memory"]
@@ -57,7 +57,7 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
     if use_triton(q):
         from .function import persistent_memory_triton
 
-        check_philox_counters(T, slot_keys.shape[1], dropout_p)
+        check_hash_counters(T, slot_keys.shape[1], dropout_p)
         return persistent_memory_triton(q, slot_keys, slot_values, out_scale=out_scale,
                                         dropout_p=dropout_p, generator=generator)
     return _reference.persistent_memory(q, slot_keys, slot_values, out_scale=out_scale,

@@ -5,7 +5,7 @@ import torch
 
 from .._common import cdiv, interpreter_enabled, next_power_of_2, per_head_tensor
 from .._registration import fused_op
-from .._triton_common import draw_seed, dropout_threshold, launch, philox_groups, row_delta
+from .._triton_common import draw_seed, dropout_threshold, launch, row_delta
 from .._triton_common import keep_scale as _keep_scale
 from .triton_slots import _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_fwd_kernel
 
@@ -15,8 +15,10 @@ _empty = torch.empty
 # Tiles by (BLOCK_D, dropout): forward and dq (rows, slots, warps, stages); dk/dv (slots, rows, warps,
 # stages). Measured with `python -m tools.tune_kernels pmem` on an H200 in bf16 at D = 64 and
 # 128 (P = 2688); the other head dims take the nearest measured choice that fits in shared memory.
+# The D = 64 dropout tiles were measured again with the hash generator (2026-12-01); the D = 128 ones
+# are from the Philox generator's sweep.
 _D64 = {"fwd": (128, 64, 8, 3), "dq": (64, 128, 4, 3), "dkdv": (128, 32, 4, 3)}
-_D64_DROP = {"fwd": (64, 128, 4, 3), "dq": (64, 32, 4, 3), "dkdv": (64, 32, 4, 3)}
+_D64_DROP = {"fwd": (64, 64, 4, 3), "dq": (64, 64, 4, 3), "dkdv": (128, 32, 4, 3)}
 _D128 = {"fwd": (128, 64, 8, 3), "dq": (128, 64, 8, 3), "dkdv": (128, 64, 8, 3)}
 _D128_DROP = {"fwd": (64, 32, 4, 3), "dq": (128, 64, 8, 3), "dkdv": (64, 32, 4, 3)}
 _D256 = {"fwd": (64, 32, 4, 2), "dq": (32, 32, 4, 1), "dkdv": (32, 32, 4, 1)}
@@ -48,7 +50,7 @@ def slots_forward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch.
     y = _empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = _empty((B, H, T), device=q.device, dtype=torch.float32)
     launch(_slots_fwd_kernel, (cdiv(T, bm), B * H),
-        q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, philox_groups(P), _keep_scale(threshold),
+        q, mk, mv, y, lse, c, seed, *q.stride(), H, T, P, D, _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(D), EVEN_P=P % bn == 0, PRECISION=_precision(q.dtype),
         DROPOUT=threshold > 0, THRESHOLD=threshold, num_warps=warps, num_stages=stages)
     return y, lse
@@ -71,7 +73,7 @@ def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch
     dmv = _empty((H, P, D), device=q.device, dtype=mv.dtype)
     launch(_slots_bwd_dkdv_kernel, (cdiv(P, bp), H),
         q, mk, mv, dy, lse, delta, c, seed, dmk, dmv, *q.stride(), *dy.stride(),
-        B, H, T, P, D, philox_groups(P), _keep_scale(threshold),
+        B, H, T, P, D, _keep_scale(threshold),
         BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common)
 
     bm, bn, warps, stages = dq_config or _config("dq", D, threshold)
@@ -80,7 +82,7 @@ def slots_backward(q: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor, c: torch
     part = _empty((B, H, n_blocks), device=q.device, dtype=torch.float32)
     launch(_slots_bwd_dq_kernel, (n_blocks, B * H),
         q, mk, mv, dy, lse, delta, c, seed, dq, part, *q.stride(), *dy.stride(),
-        H, T, P, D, philox_groups(P), _keep_scale(threshold),
+        H, T, P, D, _keep_scale(threshold),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_P=P % bn == 0, num_warps=warps, num_stages=stages, **common)
     return dq, dmk, dmv, part
 

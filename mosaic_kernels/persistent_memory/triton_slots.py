@@ -7,15 +7,16 @@ contiguous (H, P, D); y is written into a contiguous (B, T, H, D) buffer (the la
 projection reads, so merging the heads is free); dq is contiguous (B, H, T, D); the log-sum-exp
 (base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
 
-Dropout: the keep mask of (b, h, t, slot j) is _triton_common._keep_tile's, with P_GROUPS = ceil(P/8)
-Philox calls per row; the forward and both backward kernels regenerate it whatever their tiles.
+Dropout: the keep mask of (b, h, t, slot j) is one hash of counter t * P + j keyed by (seed, b, h)
+(_triton_common._hash_uniforms), computed in each tile's own layout; the forward and both backward
+kernels regenerate it whatever their tiles.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .._triton_common import _keep_tile
+from .._triton_common import _hash_key, _hash_terms, _hash_uniforms
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -31,10 +32,24 @@ def _row_block_indices(H, T, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BL
 
 
 @triton.jit
+def _keep(key, rows, cols, P, THRESHOLD: tl.constexpr):
+    """(len(rows), len(cols)) keep mask of rows ``rows`` (positions t) and slots ``cols``."""
+    row_terms, col_terms = _hash_terms(rows, cols, P)
+    return _hash_uniforms(key, row_terms[:, None], col_terms[None, :]) >= THRESHOLD
+
+
+@triton.jit
+def _keep_transposed(key, rows, cols, P, THRESHOLD: tl.constexpr):
+    """_keep's mask as (len(cols), len(rows)), built in place: slots down, rows across."""
+    row_terms, col_terms = _hash_terms(rows, cols, P)
+    return _hash_uniforms(key, col_terms[:, None], row_terms[None, :]) >= THRESHOLD
+
+
+@triton.jit
 def _slots_fwd_kernel(
     Q, MK, MV, Y, LSE, C, SEED,
     sqb, sqh, sqt, sqd,
-    H, T, P, D, P_GROUPS, keep_scale,
+    H, T, P, D, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_P: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
@@ -44,7 +59,7 @@ def _slots_fwd_kernel(
     mk_base = MK + h * P * D
     mv_base = MV + h * P * D
     if DROPOUT:
-        seed = tl.load(SEED) + pid_bh                                    # Philox key of (b, h)
+        key = _hash_key(tl.load(SEED) + pid_bh)             # the (b, h) stream
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -62,7 +77,7 @@ def _slots_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)                                 # the normaliser sees every slot
         if DROPOUT:
-            p = tl.where(_keep_tile(seed, rows, start_n, P_GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
+            p = tl.where(_keep(key, rows, cols, P, THRESHOLD), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
 
@@ -78,7 +93,7 @@ def _slots_fwd_kernel(
 def _slots_bwd_dkdv_kernel(
     Q, MK, MV, DY, LSE, DELTA, C, SEED, DMK, DMV,
     sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd,
-    B, H, T, P, D, P_GROUPS, keep_scale,
+    B, H, T, P, D, keep_scale,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
@@ -102,7 +117,7 @@ def _slots_bwd_dkdv_kernel(
         q_base = Q + b * sqb + h * sqh
         dy_base = DY + b * sdb + h * sdh
         if DROPOUT:
-            seed = tl.load(SEED) + bh
+            key = _hash_key(tl.load(SEED) + bh)
         for start_q in range(0, T, BLOCK_Q):
             rows = start_q + offs_q                                      # (BQ,) positions t
             rmask = rows < T
@@ -115,7 +130,7 @@ def _slots_bwd_dkdv_kernel(
             pT = tl.exp2(sT - lse[None, :])
             dpT = tl.dot(v_s, tl.trans(dy), input_precision=PRECISION)            # (BP, BQ) = <v_j, dy_t>
             if DROPOUT:
-                keepT = tl.trans(_keep_tile(seed, rows, p0, P_GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))
+                keepT = _keep_transposed(key, rows, slots, P, THRESHOLD)
                 dpT = tl.where(keepT, dpT, 0.0)
                 dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
             else:
@@ -131,7 +146,7 @@ def _slots_bwd_dkdv_kernel(
 def _slots_bwd_dq_kernel(
     Q, MK, MV, DY, LSE, DELTA, C, SEED, DQ, PART_C,
     sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd,
-    H, T, P, D, P_GROUPS, keep_scale,
+    H, T, P, D, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_P: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
@@ -147,7 +162,7 @@ def _slots_bwd_dq_kernel(
     mv_base = MV + h * P * D
     g = tl.load(C + h) * keep_scale
     if DROPOUT:
-        seed = tl.load(SEED) + pid_bh                                    # Philox key of (b, h)
+        key = _hash_key(tl.load(SEED) + pid_bh)             # the (b, h) stream
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     u = tl.zeros((BLOCK_M,), dtype=tl.float32)                           # sum_j p z <dy, v_j>
     for start_n in range(0, P, BLOCK_N):
@@ -161,7 +176,7 @@ def _slots_bwd_dq_kernel(
         p = tl.exp2(s - lse[:, None])                                     # (BM, BN)
         dp = tl.dot(dy, tl.trans(vb), input_precision=PRECISION)          # (BM, BN) = <dy_t, v_j>
         if DROPOUT:
-            dp = tl.where(_keep_tile(seed, rows, start_n, P_GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), dp, 0.0)
+            dp = tl.where(_keep(key, rows, cols, P, THRESHOLD), dp, 0.0)
         u += tl.sum(p * dp, 1)
         ds = p * (dp * g - delta[:, None])
         dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)

@@ -152,7 +152,7 @@ def test_chunking_policy(monkeypatch):
     whole blocks and cover T (the counts the H200 measurements behind the policy used: 132 SMs)."""
     from mosaic_kernels.leaky_average import function
 
-    monkeypatch.setattr(function, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(function, "sm_count", lambda device: 132)
     cuda = torch.device("cuda")
     chunks = {shape: function._chunking(*shape, cuda, 64, None, 2)
               for shape in ((16, 12, 512), (16, 16, 16384), (4, 12, 2048), (1, 12, 8192), (11, 12, 512))}
