@@ -192,8 +192,9 @@ def philox_groups(columns: int) -> int:
 
 
 def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """A fresh Philox seed, an int64 tensor of one element on ``device``, from ``generator`` (or the
-    global generator of that device)."""
+    """A fresh dropout seed (Philox's for the attention, the hash key's source for the persistent
+    memory), an int64 tensor of one element on ``device``, from ``generator`` (or the global generator
+    of that device)."""
     return torch.randint(0, 1 << 62, (1,), device=device, dtype=torch.int64, generator=generator)
 
 

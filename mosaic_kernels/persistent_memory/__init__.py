@@ -32,11 +32,12 @@ def persistent_memory(q: torch.Tensor, slot_keys: torch.Tensor, slot_values: tor
         A ``(B, H, T, D)`` tensor of ``q.dtype``. On the Triton path it is a view of a contiguous
         ``(B, T, H, D)`` buffer, so ``y.transpose(1, 2).reshape(B, T, H * D)`` costs no copy.
         CUDA tensors run the Triton kernels (flash-style online softmax over slot blocks; the
-        dropout mask is regenerated in the backward from a Philox seed, never stored); CPU tensors
+        dropout mask is regenerated in the backward from a seed by a hash, never stored); CPU tensors
         the PyTorch reference, or the kernels through the interpreter with ``TRITON_INTERPRET=1``.
 
     Raises:
-        ValueError: on a bad shape, dtype, device, out_scale or dropout_p.
+        ValueError: on a bad shape, dtype, device, out_scale or dropout_p, or with dropout on the
+            kernels when T * P > 2^32 (the mask's 32-bit counters).
 
     Example:
         >>> q = torch.randn(2, 4, 128, 64)

@@ -25,7 +25,7 @@ def _inputs(B, H, T, D, P, *, strided=True, seed=0, key_norm=7.39):
 
 
 def _seed_of(device, generator_seed):
-    """The Philox seed the op draws from a generator seeded with ``generator_seed``."""
+    """The dropout seed the op draws from a generator seeded with ``generator_seed``."""
     g = torch.Generator(device=device).manual_seed(generator_seed)
     return torch.randint(0, 1 << 62, (1,), device=device, dtype=torch.int64, generator=g)
 

@@ -79,7 +79,7 @@ def test_gpu_graph_trains_as_the_eager_step(tmp_path, model):
 @pytest.mark.parametrize("model", ["mosaic", "gpt"])
 def test_gpu_replays_draw_fresh_dropout_masks(model):
     """At learning rate 0 on one repeated batch, the replayed losses differ with dropout (every
-    dropout, the fused kernels' Philox seeds included, draws anew at each replay) and are all equal
+    dropout, the fused kernels' seeds included, draws anew at each replay) and are all equal
     without it (the control: nothing else changes between replays)."""
     from mosaic_model.step import CudaGraphStep, make_capturable, optimizer_step
 
