@@ -27,8 +27,9 @@ class MosaicConfig:
         matters to a whole run, one op at a time (the official code's bf16 casts stay with
         kernels="reference" only).
       pmem_kernel: with kernels="fused", the P-mem retrieval runs mosaic_kernels.persistent_memory
-        ("triton") or SDPA with the batch folded into the query rows ("sdpa", the default: cuDNN was
-        faster on the H200, with and without slot dropout; BENCHMARKS.md has both).
+        ("triton") or SDPA with the batch folded into the query rows ("sdpa", the default: on the H200
+        cuDNN is faster without slot dropout and as fast with it, and the compiled step was faster
+        with it; BENCHMARKS.md has both).
     """
 
     n_layer: int = 12
