@@ -156,6 +156,20 @@ def _hash_uniforms(key, row_terms, col_terms):
 
 
 @triton.jit
+def _keep_tile_hash(key, rows, cols, COLUMNS, THRESHOLD: tl.constexpr):
+    """(len(rows), len(cols)) keep mask of the hash generator for rows t and columns j (COLUMNS per row)."""
+    row_terms, col_terms = _hash_terms(rows, cols, COLUMNS)
+    return _hash_uniforms(key, row_terms[:, None], col_terms[None, :]) >= THRESHOLD
+
+
+@triton.jit
+def _keep_tile_hash_transposed(key, rows, cols, COLUMNS, THRESHOLD: tl.constexpr):
+    """_keep_tile_hash's mask as (len(cols), len(rows)), built in place (no transpose of a tile)."""
+    row_terms, col_terms = _hash_terms(rows, cols, COLUMNS)
+    return _hash_uniforms(key, col_terms[:, None], row_terms[None, :]) >= THRESHOLD
+
+
+@triton.jit
 def _keep_mask_kernel(KEEP, SEED, H, T, P, GROUPS, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
                       THRESHOLD: tl.constexpr, RNG: tl.constexpr):
     # The mask the kernels use, written out as (B, H, T, P) int8 (tests only).
@@ -168,8 +182,7 @@ def _keep_mask_kernel(KEEP, SEED, H, T, P, GROUPS, BLOCK_T: tl.constexpr, BLOCK_
     for col0 in range(0, P, BLOCK_P):
         cols = col0 + tl.arange(0, BLOCK_P)
         if RNG == "hash":
-            row_terms, col_terms = _hash_terms(rows, cols, P)
-            keep = _hash_uniforms(key, row_terms[:, None], col_terms[None, :]) >= THRESHOLD
+            keep = _keep_tile_hash(key, rows, cols, P, THRESHOLD)
         else:
             keep = _keep_tile(seed, rows, col0, GROUPS, BLOCK_T, BLOCK_P, THRESHOLD)
         ptr = KEEP + (pid_bh * T + rows[:, None]) * P + cols[None, :]

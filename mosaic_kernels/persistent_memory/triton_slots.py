@@ -8,7 +8,7 @@ projection reads, so merging the heads is free); dq is contiguous (B, H, T, D); 
 (base 2) and delta = rowsum(dy * y) are (B, H, T) float32.
 
 Dropout: the keep mask of (b, h, t, slot j) is one hash of counter t * P + j keyed by (seed, b, h)
-(_triton_common._hash_uniforms), computed in each tile's own layout; the forward and both backward
+(_triton_common._keep_tile_hash), computed in each tile's own layout; the forward and both backward
 kernels regenerate it whatever their tiles.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_common import _hash_key, _hash_terms, _hash_uniforms
+from .._triton_common import _hash_key, _keep_tile_hash, _keep_tile_hash_transposed
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -29,20 +29,6 @@ def _row_block_indices(H, T, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BL
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     return pid_bh, pid_bh // H, pid_bh % H, rows, tl.arange(0, BLOCK_N), offs_d, offs_d < D, rows < T
-
-
-@triton.jit
-def _keep(key, rows, cols, P, THRESHOLD: tl.constexpr):
-    """(len(rows), len(cols)) keep mask of rows ``rows`` (positions t) and slots ``cols``."""
-    row_terms, col_terms = _hash_terms(rows, cols, P)
-    return _hash_uniforms(key, row_terms[:, None], col_terms[None, :]) >= THRESHOLD
-
-
-@triton.jit
-def _keep_transposed(key, rows, cols, P, THRESHOLD: tl.constexpr):
-    """_keep's mask as (len(cols), len(rows)), built in place: slots down, rows across."""
-    row_terms, col_terms = _hash_terms(rows, cols, P)
-    return _hash_uniforms(key, col_terms[:, None], row_terms[None, :]) >= THRESHOLD
 
 
 @triton.jit
@@ -77,7 +63,7 @@ def _slots_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)                                 # the normaliser sees every slot
         if DROPOUT:
-            p = tl.where(_keep(key, rows, cols, P, THRESHOLD), p, 0.0)
+            p = tl.where(_keep_tile_hash(key, rows, cols, P, THRESHOLD), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
 
@@ -130,7 +116,7 @@ def _slots_bwd_dkdv_kernel(
             pT = tl.exp2(sT - lse[None, :])
             dpT = tl.dot(v_s, tl.trans(dy), input_precision=PRECISION)            # (BP, BQ) = <v_j, dy_t>
             if DROPOUT:
-                keepT = _keep_transposed(key, rows, slots, P, THRESHOLD)
+                keepT = _keep_tile_hash_transposed(key, rows, slots, P, THRESHOLD)
                 dpT = tl.where(keepT, dpT, 0.0)
                 dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
             else:
@@ -176,7 +162,7 @@ def _slots_bwd_dq_kernel(
         p = tl.exp2(s - lse[:, None])                                     # (BM, BN)
         dp = tl.dot(dy, tl.trans(vb), input_precision=PRECISION)          # (BM, BN) = <dy_t, v_j>
         if DROPOUT:
-            dp = tl.where(_keep(key, rows, cols, P, THRESHOLD), dp, 0.0)
+            dp = tl.where(_keep_tile_hash(key, rows, cols, P, THRESHOLD), dp, 0.0)
         u += tl.sum(p * dp, 1)
         ds = p * (dp * g - delta[:, None])
         dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
