@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, model_type_of, read_checkpoint
 from .checkpoint import build_model as checkpoint_build_model
-from .config import REFERENCE_OP_CHOICES
+from .config import KERNEL_CHOICES, PMEM_KERNEL_CHOICES, REFERENCE_OP_CHOICES
 from .data.text import DOC_SPLITS, DataError
 from .runtime import require_at_least_one
 from .step import CudaGraphStep, make_capturable, optimizer_step, set_lr
@@ -81,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attn-dropout", type=float, default=0.0,
                    help="Memory Mosaic C-mem attention dropout (lib-naive). "
                         "GPT2 drops attention weights at --dropout, so for it this is 0 or --dropout")
-    m.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+    m.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
                    help="fused Triton ops or the PyTorch references")
     m.add_argument("--reference-ops", nargs="+", choices=REFERENCE_OP_CHOICES, default=[], metavar="OP",
                    help=f"with --kernels fused, these C-mem ops run their PyTorch reference "
                         f"({', '.join(REFERENCE_OP_CHOICES)}): which kernel's rounding a run feels")
-    m.add_argument("--pmem-kernel", choices=("triton", "sdpa"), default="sdpa",
+    m.add_argument("--pmem-kernel", choices=PMEM_KERNEL_CHOICES, default="sdpa",
                    help="P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows")
     t = p.add_argument_group("in-context task (--task icl)")
     t.add_argument("--num-train", type=int, default=2000, help="training languages (one sequence each)")

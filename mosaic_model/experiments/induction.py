@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import GPTConfig, MosaicConfig
+from ..config import KERNEL_CHOICES, GPTConfig, MosaicConfig
 from ..gpt import GPT
 from ..model import MemoryMosaic
 from ..runtime import require_at_least_one
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
                    help="the Memory Mosaic's ops (on a CPU both run the PyTorch references unless TRITON_INTERPRET=1)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--quiet", action="store_true")

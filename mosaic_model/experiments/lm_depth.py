@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import REFERENCE_OP_CHOICES
+from ..config import KERNEL_CHOICES, REFERENCE_OP_CHOICES
 from ._pool import Job, metrics, run_jobs, run_state
 
 DEPTHS = (1, 2, 4, 8)
@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="run: mosaic-train's --dtype (auto = bf16 autocast on CUDA); give float32 runs their own --out, "
                         "as folder names do not carry it")
-    p.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
                    help="the Memory Mosaic's ops; reference runs are named *-reference and compared by report")
     p.add_argument("--reference-ops", nargs="+", choices=REFERENCE_OP_CHOICES, default=[], metavar="OP",
                    help="run: these C-mem ops of the fused Memory Mosaic run their PyTorch reference (mosaic-train's "
