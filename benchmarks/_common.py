@@ -92,3 +92,17 @@ def table_main(doc: str, module: str, run, caption: str, columns: list[str]) -> 
     a = p.parse_args()
     rows = run()
     emit(f"{header(command_line(module))}\n\n{caption}\n\n" + table(rows, columns), a.out)
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_and_out(doc: str, dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32")) -> tuple[str, torch.dtype, str | None]:
+    """The command line of a benchmark run in one dtype: (``--dtype`` name, its torch dtype, ``--out``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", choices=dtypes, default="bf16")
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    a = p.parse_args()
+    return a.dtype, DTYPES[a.dtype], a.out

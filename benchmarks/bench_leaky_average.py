@@ -13,12 +13,10 @@ Usage: python -m benchmarks.bench_leaky_average [--dtype bf16] [--out results.md
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import bench_graph_ms, bench_ms, command_line, emit, header, table
+from benchmarks._common import bench_graph_ms, bench_ms, command_line, dtype_and_out, emit, header, table
 from mosaic_kernels import leaky_average
 
 SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
@@ -83,14 +81,10 @@ def run(dtype: torch.dtype) -> list[dict]:
 
 def main() -> None:
     """Run the benchmark, print the table and write it to --out."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--out", default=None, help="also write the markdown to this file")
-    a = p.parse_args()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    name, dtype, out = dtype_and_out(__doc__)
     rows = run(dtype)
     md = (f"{header(command_line('benchmarks.bench_leaky_average'))}\n\n"
-          f"leaky_average, {a.dtype}; GBps counts the bytes each mode must move; "
+          f"leaky_average, {name}; GBps counts the bytes each mode must move; "
           f"x_copy_bw = GBps / copy GBps; x_copy_time = time / copy time.\n\n"
           + table(rows, ["shape", "provider", "mode", "ms", "GBps", "x_copy_bw", "x_copy_time"]))
     # Speed-up of ours_norm over the official dense product, fwd+bwd, eager and as CUDA graphs.
@@ -104,7 +98,7 @@ def main() -> None:
                               speedup_graph=get[("dense_norm", "fwd+bwd graph")] / get[("ours_norm", "fwd+bwd graph")]))
     md += ("\n\nfwd+bwd speed-up of ours_norm over dense_norm (eager, and both replayed as CUDA graphs):\n\n"
            + table(speed, ["shape", "dense_ms", "ours_norm_ms", "speedup", "speedup_graph"]))
-    emit(md, a.out)
+    emit(md, out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mosaic_model.experiments._pool import Job, metrics, run_jobs
+from experiments.pool import Job, metrics, run_jobs
+from mosaic_model.cli.train import parse_args
 
 DEFAULT_RUN = ["--preset", "regbench", "--num-train", "1000", "--epochs", "1000"]
 
@@ -39,7 +40,8 @@ def measure(count: int, steps: int, train_args: list, device: str, root: Path) -
     argv = [*train_args, "--step-cap" if by_epochs else "--steps", str(steps),
             "--eval-every", str(steps), "--save-every", str(steps), "--no-best", "--final-from", "last",
             "--device", device, "--quiet"]
-    jobs = [Job(argv, root / f"n{count}-{i}") for i in range(count)]
+    config = parse_args(argv)
+    jobs = [Job(config, root / f"n{count}-{i}") for i in range(count)]
     t0 = time.time()
     failed = run_jobs(jobs, parallel=count, poll_s=1.0)
     wall = time.time() - t0

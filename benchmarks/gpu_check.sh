@@ -3,10 +3,10 @@
 # Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
-#   kernels    bench_leaky_average, bench_attention, kernel_report, and a CUDA mosaic-train run
-#   pmem       bench_persistent_memory
-#   scan       the leaky-average scan alone: bench_leaky_average, the rule's latency hiding before/after in one
-#              process (tools.scan_chunking --stages 0/0 0/3), and its eager host time by path (tools.scan_host_split)
+#   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
+#              benchmarks/bench_*.py), the compiler report (benchmarks.tools.kernel_report), a CUDA mosaic-train run
+#   pmem       bench_persistent_memory alone
+#   scan       bench_leaky_average alone
 #   host       host_cost: our wrapper, Triton's launcher and the GPU time of one eager call of each op
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
@@ -40,18 +40,16 @@ for PART in "${@:-all}"; do
     tests-model)
       gpu_tests gpu_tests_model.txt tests/model --cuda-only ;;&
     kernels|all)
-      python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
-      tail -n 7 "$OUT/bench_leaky_average.md"
-      python3 -m benchmarks.bench_attention --out "$OUT/bench_attention.md" > "$OUT/bench_attention.log" 2>&1 || tail -n 20 "$OUT/bench_attention.log"
-      tail -n 19 "$OUT/bench_attention.md"
-      python3 -m tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
-      python3 -m mosaic_model.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
+      for B in $(python3 -c "from mosaic_kernels.registry import OPS; print(' '.join(op.benchmark for op in OPS))"); do
+        python3 -m benchmarks.$B --out "$OUT/$B.md" > "$OUT/$B.log" 2>&1 || tail -n 20 "$OUT/$B.log"
+        tail -n 12 "$OUT/$B.md"
+      done
+      python3 -m benchmarks.tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
+      python3 -m mosaic_model.cli.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
-      tail -n 7 "$OUT/bench_leaky_average.md"
-      python3 -m tools.scan_chunking --stages 0/0 0/3 --chunks --reps 2 --no-eager 2>&1 | tee "$OUT/scan_stages.txt" | tail -n 20
-      python3 -m tools.scan_host_split 2>&1 | tee "$OUT/scan_host_split.txt" | tail -n 5 ;;
-    pmem|all)
+      tail -n 7 "$OUT/bench_leaky_average.md" ;;
+    pmem)
       python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&
     host|all)
       python3 -m benchmarks.host_cost --out "$OUT/host_cost.md" 2>/dev/null | tail -n 10
@@ -69,7 +67,7 @@ for PART in "${@:-all}"; do
       done ;;&
     parity|all)
       for K in fused reference; do
-        python3 -m mosaic_model.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
+        python3 -m mosaic_model.cli.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
           --out-dir /tmp/parity-$K --quiet 2>&1 | tail -n 1
         cp /tmp/parity-$K/metrics.jsonl "$OUT/parity_$K.jsonl"
       done ;;

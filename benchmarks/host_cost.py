@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from mosaic_model.runtime import require_at_least_one
+from mosaic_model.cli.common import require_at_least_one
 
 OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory")
 MODES = ("fwd", "fwd+bwd")

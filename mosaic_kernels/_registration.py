@@ -2,9 +2,10 @@
 ``torch.library`` custom ops (what ``torch.compile`` traces), their fake implementations, their
 registered autograd, and the eager ``autograd.Function`` around the same launches.
 
-Why two paths: eager calls skip the custom-op dispatch (about 50 us a call on the H200 machine), and
-compiled graphs need the registered ops. Both run the same launches, save the same tensors and
-return the same gradients, because both are built here from the same four op-specific pieces:
+Why two paths: eager calls skip the custom-op dispatch, tens of microseconds of host time a call
+(BENCHMARKS.md "Host cost of an eager call"), and compiled graphs need the registered ops. Both run
+the same launches, save the same tensors and return the same gradients, because both are built here
+from the same four op-specific pieces:
 
     forward(*inputs) -> outputs           the launches; outputs[0] is what the caller gets
     save(ctx, inputs, outputs)            what the backward needs: ctx.save_for_backward + attributes

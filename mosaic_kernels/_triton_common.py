@@ -109,8 +109,8 @@ def _keep_tile(seed, rows, col0, GROUPS, BLOCK_R: tl.constexpr, BLOCK_C: tl.cons
 
 # The persistent memory's slot-dropout generator: one hash per probability, computed in the score tile's
 # own layout. Philox gives 8 uniforms a call but they must be interleaved into the tile (tl.join +
-# reshape), which costs layout conversions through shared memory in every tile; on the H200 the hash made
-# the P-mem's fwd+bwd with dropout 0.05 1.59x faster (2.99 -> 1.89 ms at (32,12,512,64), P = 2688).
+# reshape), which costs layout conversions through shared memory in every tile; the hash has none
+# (BENCHMARKS.md "Persistent memory" has the generators' A/B).
 HASH_MULTIPLIER = tl.constexpr(0x61C88647)  # odd (2^32 / golden ratio, negated): spreads the counter
 
 

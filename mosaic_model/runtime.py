@@ -1,10 +1,12 @@
-"""Runtime helpers shared by training, evaluation and the experiments."""
+"""Where and in what precision code runs: the device and dtype choices shared by the models' users
+(training, evaluation, the command lines). Imports nothing of this package."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 
 
 def autocast_for(device: torch.device | str, dtype: torch.dtype, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -16,10 +18,29 @@ def autocast_for(device: torch.device | str, dtype: torch.dtype, cache: bool = T
     return contextlib.nullcontext()
 
 
-def require_at_least_one(p: argparse.ArgumentParser, a: argparse.Namespace, names: tuple[str, ...]) -> None:
-    """A one-line CLI error (exit 2) for the first option of ``names`` (attribute names) that is below 1;
-    options that are None or absent (optional, or another subcommand's) pass."""
-    for name in names:
-        v = getattr(a, name, None)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+def resolve_device(device: str) -> str:
+    """``"auto"`` as ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names unchanged. ValueError
+    for a name torch does not parse, a device type other than cpu or cuda, or cuda without a GPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"must be cpu or cuda, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device} was asked for but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``"auto"`` as bf16 (autocast) on CUDA and float32 on the CPU; ValueError for bf16 on the CPU."""
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"must be one of {DTYPE_CHOICES}, got {dtype!r}")
+    cuda = torch.device(device).type == "cuda"
+    if dtype == "auto":
+        return "bfloat16" if cuda else "float32"
+    if dtype == "bfloat16" and not cuda:
+        raise ValueError("bfloat16 runs as CUDA autocast; on CPU use float32")
+    return dtype

@@ -56,22 +56,20 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / denom)
 
 
+def nan_empty(*shape, **kw) -> torch.Tensor:
+    """torch.empty, filled with NaN when floating (the poisoned allocator of :func:`nan_outputs`)."""
+    t = torch.empty(*shape, **kw)
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
 @pytest.fixture
 def nan_outputs(monkeypatch):
-    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
-    from mosaic_kernels.attention import function as attn_fn
-    from mosaic_kernels.leaky_average import function as leaky_fn
-    from mosaic_kernels.peek_ahead import function as value_fn
-    from mosaic_kernels.persistent_memory import function as slots_fn
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test: every
+    op of the registry allocates what its kernels write through its function module's ``_empty``."""
+    from mosaic_kernels.registry import OPS
 
-    def nan_empty(*shape, **kw):
-        t = torch.empty(*shape, **kw)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(attn_fn, "_empty", nan_empty)
-    monkeypatch.setattr(leaky_fn, "_empty", nan_empty)
-    monkeypatch.setattr(value_fn, "_empty", nan_empty)
-    monkeypatch.setattr(slots_fn, "_empty", nan_empty)
+    for op in OPS:
+        monkeypatch.setattr(op.function_module(), "_empty", nan_empty)
 
 
 def in_bthd_memory(t: torch.Tensor) -> bool:

@@ -22,10 +22,10 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Tile tables, measured with tools/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
+# Tile tables, measured with benchmarks/tools/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
 # head dims take the nearest measured choice). Sequences from LONG_T[BLOCK_D] on are "long": the
-# forward takes its long tiles and the backward runs as two kernels (see triton_attention.py): 1.06x
-# faster at (8,12,2048,64), 1.11x at (2,12,8192,64), on par at (1,16,16384,128), slower at T <= 1024.
+# forward takes its long tiles and the backward runs as two kernels (see triton_attention.py), which
+# measured faster from there on and slower below (BENCHMARKS.md "mosaic_attention").
 LONG_T = {16: 2048, 32: 2048, 64: 2048, 128: 8192, 256: None}
 # Forward: (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M a multiple of BLOCK_N.
 FWD_TILES = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3), 256: (64, 32, 4, 2)}

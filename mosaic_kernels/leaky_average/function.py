@@ -14,26 +14,25 @@ from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 # elements a kernel forgets to write.
 _empty = torch.empty
 
-# The forward's in-tile scan: "dot" (a decay-matrix product, 1.7-2.7x faster on the H200) or "scan"
-# (tl.associative_scan).
+# The forward's in-tile scan: "dot" (a decay-matrix product on the tensor cores, the faster one:
+# BENCHMARKS.md "leaky_average") or "scan" (tl.associative_scan).
 FWD_IN_TILE = "dot"
 # The backward's: "dot" (the transposed decay matrix times the float32 gradient, as 3xTF32 products
 # on the GPU: float32 accuracy) or "scan".
 BWD_IN_TILE = "dot"
 
-# (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with tools/tune_kernels.py on
+# (BLOCK_T, num_warps) by BLOCK_D, forward and backward; measured with benchmarks/tools/tune_kernels.py on
 # an H200 in bf16 (D = 64 and 128; the other rows are extrapolated to ~8K elements a tile).
 FWD_TILES = {16: (256, 4), 32: (256, 4), 64: (128, 4), 128: (32, 4), 256: (16, 4)}
 BWD_TILES = {16: (128, 8), 32: (128, 8), 64: (64, 8), 128: (32, 4), 256: (16, 4)}
 
 
 # Forward tiles of the decay-matrix product (FWD_IN_TILE = "dot"), measured with
-# `python -m tools.tune_kernels in_tile` on an H200 in bf16 (D = 64 and 128); the product's
+# `python -m benchmarks.tools.tune_kernels in_tile` on an H200 in bf16 (D = 64 and 128); the product's
 # (BLOCK_T x BLOCK_T) matrix lives in registers, so tiles stay at 64 rows or fewer.
 FWD_DOT_TILES = {16: (64, 4), 32: (64, 4), 64: (64, 4), 128: (32, 2), 256: (16, 2)}
-# Backward tiles of the product, measured with `python -m tools.tune_kernels leaky` (bf16, D = 64
-# and 128): at D = 128 the 16-row tile took 2.65 ms against 3.48 ms for (32, 4) at (16,16,16384,128);
-# at D = 64 (32, 4) took 0.30 ms against 0.49 ms for (64, 8) at (16,12,512,64), 0.36 vs 0.33 at T = 8192.
+# Backward tiles of the product, measured with `python -m benchmarks.tools.tune_kernels leaky` (bf16, D = 64
+# and 128): the smallest tiles win, as the reverse scan's float32 gradient tile holds registers.
 BWD_DOT_TILES = {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 2), 256: (16, 4)}
 
 
@@ -54,20 +53,16 @@ def active_tiles(direction: str) -> dict:
 
 # Programs per SM the time-chunking aims for, forward and backward, when B*H alone cannot fill the
 # SMs. More chunks keep more bytes in flight but cost a second read of the input (the chunk summaries)
-# and two more launches. Once B*H fills every SM, one chunk per (b, h) wins: on the H200 (132 SMs, bf16,
-# normalize + scale, CUDA graphs, 2026-12-01) fwd+bwd took 75.5 us against 91 us with 2 chunks at
-# (16,12,512,64), and 3.45 ms against 3.63 ms at (16,16,16384,128). Below that, 2 per SM: 4 per SM in the
-# backward (with its pipelined loads) took 87.8 against 112.0 us at (4,12,2048,64) but 608.7 against
-# 523.1 us at (8,16,4096,128), where its 5 chunks of 832 rows over 128 (b, h) need more programs than
-# fit at once, and 84.3 against 81.8 at (1,12,8192,64) (tools/scan_chunking.py --bwd-per-sm 2 4).
+# and two more launches. Once B*H fills every SM, one chunk per (b, h) wins; below that, 2 per SM in
+# both directions: 4 per SM in the backward won at some shapes and lost more at others, where its chunks
+# need more programs than fit at once (BENCHMARKS.md "leaky_average", the chunking measurements).
 FWD_PROGRAMS_PER_SM = 2
 BWD_PROGRAMS_PER_SM = 2
 
 # How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
-# scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. Measured on
-# the H200 (bf16, CUDA graphs, 2026-12-01, tools/scan_chunking.py --stages 0 2 3 4): 3 stages take 2% to
-# 12% off the backward at every benchmark shape (2,599 to 2,401 us at (16,16,16384,128)), but slow the
-# forward at D = 128 (841 to 1,012 us there), so only the backward pipelines.
+# scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. 3 stages made
+# the backward faster at every benchmark shape but slowed the forward at D = 128, so only the backward
+# pipelines (BENCHMARKS.md "leaky_average", the latency-hiding measurements).
 FWD_STAGES = 0
 BWD_STAGES = 3
 

@@ -13,10 +13,10 @@ from .triton_slots import _slots_bwd_dkdv_kernel, _slots_bwd_dq_kernel, _slots_f
 _empty = torch.empty
 
 # Tiles by (BLOCK_D, dropout): forward and dq (rows, slots, warps, stages); dk/dv (slots, rows, warps,
-# stages). Measured with `python -m tools.tune_kernels pmem` on an H200 in bf16 at D = 64 and
+# stages). Measured with `python -m benchmarks.tools.tune_kernels pmem` on an H200 in bf16 at D = 64 and
 # 128 (P = 2688); the other head dims take the nearest measured choice that fits in shared memory.
-# The D = 64 dropout tiles were measured again with the hash generator (2026-12-01); the D = 128 ones
-# are from the Philox generator's sweep.
+# The D = 64 dropout tiles were measured again with the hash generator; the D = 128 ones are from the
+# Philox generator's sweep (BENCHMARKS.md "Persistent memory").
 _D64 = {"fwd": (128, 64, 8, 3), "dq": (64, 128, 4, 3), "dkdv": (128, 32, 4, 3)}
 _D64_DROP = {"fwd": (64, 64, 4, 3), "dq": (64, 64, 4, 3), "dkdv": (128, 32, 4, 3)}
 _D128 = {"fwd": (128, 64, 8, 3), "dq": (128, 64, 8, 3), "dkdv": (128, 64, 8, 3)}

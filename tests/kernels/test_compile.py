@@ -1,14 +1,12 @@
-"""torch.library registration: opcheck of the four ops' custom ops, and torch.compile(fullgraph=True)
-through the leaky average, the attention and the persistent memory."""
+"""torch.library registration: opcheck of every registered op's forward custom op, and
+torch.compile(fullgraph=True) through the leaky average, the attention and the persistent memory."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mosaic_kernels import leaky_average, mosaic_attention, persistent_memory
-from mosaic_kernels.attention.function import attention_fwd
-from mosaic_kernels.leaky_average.function import leaky_average_fwd
-from mosaic_kernels.peek_ahead.function import peek_ahead_fwd
+from mosaic_kernels import leaky_average, mosaic_attention, persistent_memory, registry
+from mosaic_kernels.registry import OPS
 from tests import tolerances
 from tests.conftest import kernel_devices, rel_err
 
@@ -21,31 +19,19 @@ def _pair(device):
     return x, decay, scale
 
 
-@pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("normalize", [False, True], ids=["plain", "norm"])
-@pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
-def test_opcheck_leaky_average(device, normalize, heads_last):
-    x, decay, scale = _pair(device)
-    torch.library.opcheck(leaky_average_fwd, (x.requires_grad_(), decay, scale, normalize, 1e-12, 0, heads_last),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+def _opcheck_cases():
+    """(op name, case id) of every forward custom op of the registry (mosaic_kernels.registry)."""
+    return [(op.name, case_id) for op in OPS for case_id, _ in op.opcheck_cases("cpu")]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("heads_last", [False, True], ids=["contig_out", "heads_last_out"])
-@pytest.mark.parametrize("threshold", [0, 6554], ids=["nodrop", "drop"])  # 6554 = round(0.1 * 2^16)
-def test_opcheck_attention(device, heads_last, threshold):
-    x, _, scale = _pair(device)
-    v = torch.randn_like(x)
-    seed = torch.tensor([17], dtype=torch.int64, device=device)
-    torch.library.opcheck(attention_fwd, (x.requires_grad_(), v.requires_grad_(), scale, heads_last, seed, threshold),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_opcheck_peek_ahead(device):
-    x, mix, scale = _pair(device)
-    torch.library.opcheck(peek_ahead_fwd, (x.requires_grad_(), mix, scale, 1e-12),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+@pytest.mark.parametrize("name, case_id", _opcheck_cases(), ids=[f"{n}-{c}" for n, c in _opcheck_cases()])
+def test_opcheck(device, name, case_id):
+    """torch.library.opcheck of each op's forward custom op: its schema, its registered autograd and its
+    fake implementation, on the registry's sample arguments."""
+    op = registry.op(name)
+    args = dict(op.opcheck_cases(device))[case_id]
+    torch.library.opcheck(op.forward_op(), args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def _block(x, w_decay, w_scale, v, heads_last=False):
@@ -93,18 +79,6 @@ def test_compile_dynamic_sequence_length(device):
         x = torch.randn(2, T, 3, 16, generator=g).transpose(1, 2).to(device)
         v = torch.randn(2, 3, T, 16, generator=g).to(device)
         _assert_block_matches_eager(compiled, x, v, params, True)
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("threshold", [0, 3277], ids=["nodrop", "drop"])
-def test_opcheck_persistent_memory(device, threshold):
-    from mosaic_kernels.persistent_memory.function import slots_fwd
-
-    x, _, scale = _pair(device)
-    mk, mv = (torch.randn(3, 24, 16, device=device).requires_grad_() for _ in range(2))
-    seed = torch.tensor([7], dtype=torch.int64, device=device)
-    torch.library.opcheck(slots_fwd, (x.requires_grad_(), mk, mv, scale.requires_grad_(), seed, threshold),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def _pmem(q, mk, mv, w_scale, p):

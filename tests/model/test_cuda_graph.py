@@ -2,19 +2,19 @@
 as the eager one does, with fresh dropout masks at every replay (GPU)."""
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 
 import pytest
 import torch
 
-from mosaic_model import train as train_mod
-from mosaic_model.checkpoint import build_model
-from mosaic_model.tasks import ICLTrainingTask
+from mosaic_model.cli import train as train_mod
+from mosaic_model.models.build import build_model
+from mosaic_model.training import TrainConfig
+from mosaic_model.training.tasks import ICLTrainingTask
 from tests.conftest import rel_err
 
-TASK = argparse.Namespace(num_train=40, num_test=8, max_string_len=9, task_seed=0, iid=False, seed=3)
+TASK = TrainConfig(num_train=40, num_test=8, max_string_len=9, task_seed=0, iid=False, seed=3)
 
 
 @pytest.mark.parametrize("model", ["mosaic", "gpt"])
@@ -81,7 +81,7 @@ def test_gpu_replays_draw_fresh_dropout_masks(model):
     """At learning rate 0 on one repeated batch, the replayed losses differ with dropout (every
     dropout, the fused kernels' seeds included, draws anew at each replay) and are all equal
     without it (the control: nothing else changes between replays)."""
-    from mosaic_model.step import CudaGraphStep, make_capturable, optimizer_step
+    from mosaic_model.training.step import CudaGraphStep, make_capturable, optimizer_step
 
     task = ICLTrainingTask(TASK)
     x, y = task.fixed_shape(*task.batch(0, 16, "cuda"))

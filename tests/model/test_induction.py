@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mosaic_model.experiments import induction as ind
+from experiments import induction as ind
 
 
 def test_every_scored_target_is_determined_by_an_earlier_occurrence():

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
-from mosaic_model import evaluate as eval_mod
-from mosaic_model import train as train_mod
+from mosaic_model.cli import eval as eval_mod
+from mosaic_model.cli import train as train_mod
 from mosaic_model.data import text
+from mosaic_model.evaluation.prompts import default_prompts
 from tests import tolerances
 from tests.model.test_text import byte_encoding
 
@@ -124,7 +125,7 @@ def test_mosaic_eval_bad_run_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_the_24_prompts_ship_with_the_package():
-    prompts = eval_mod.default_prompts()
+    prompts = default_prompts()
     assert len(prompts) == 24 and prompts[0].startswith("Alice was so tired")
 
 
@@ -136,7 +137,7 @@ def test_static_cache_decodes_as_the_growing_cache(make):
     """The static cache (fixed-size buffers, the position a tensor: what a CUDA graph replays) gives the
     growing cache's logits at every position (tolerances.FP32: the masked rows add exact zeros, but the
     sums run over the block, in another order) and the same greedy tokens, also past block_size."""
-    from mosaic_model.lm import static_cache
+    from mosaic_model.models.generation import static_cache
     from tests.conftest import rel_err
 
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from experiments import lm_depth
 from mosaic_model.data import text
-from mosaic_model.experiments import lm_depth
 from tests.model.test_lm import corpus_file  # noqa: F401  (the fixture)
 
 
@@ -184,16 +184,24 @@ def test_plan_trains_eval_copies_and_sets_old_folders_aside(tmp_path):
     assert json.loads((tmp_path / "mosaic-L1-lr0.001-eval.prior3" / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 4.3
 
 
-def test_train_argv_passes_the_precision_and_reference_ops_only_when_asked():
+def test_train_config_is_the_paper_recipe_scaled_down():
+    a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--steps", "300", "--eval-every", "50"])
+    c = lm_depth.train_config(a, "mosaic", 2, 1e-3, seed=1)
+    # The paper's optimiser settings, one micro-step a step (the preset accumulates 16), a tenth warming up.
+    assert (c.task, c.beta1, c.beta2, c.weight_decay, c.grad_clip, c.dropout) == ("lm", 0.9, 0.95, 0.1, 1.0, 0.05)
+    assert (c.min_lr_ratio, c.eval_batches, c.grad_accum, c.warmup) == (1e-4 / 5e-3, 10, 1, 30)
+    assert (c.n_layer, c.n_embd, c.n_head, c.block_size, c.batch_size, c.eval_batch_size) == (2, 256, 4, 512, 16, 16)
+    assert (c.steps, c.eval_every, c.save_every, c.no_best, c.seed, c.lr) == (300, 50, 300, True, lm_depth.TRAIN_SEED + 1, 1e-3)
+
+
+def test_train_config_passes_the_precision_and_reference_ops_only_when_asked():
     a = lm_depth.build_parser().parse_args(["run", "--data", "x"])
-    assert "--dtype" not in lm_depth.train_argv(a, "mosaic", 1, 1e-3)
+    assert lm_depth.train_config(a, "mosaic", 1, 1e-3).dtype == "auto"
     a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--dtype", "float32"])
-    argv = lm_depth.train_argv(a, "gpt", 1, 1e-3)
-    assert argv[argv.index("--dtype") + 1] == "float32"
+    assert lm_depth.train_config(a, "gpt", 1, 1e-3).dtype == "float32"
     a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--reference-ops", "mosaic_attention", "leaky_average"])
-    argv = lm_depth.train_argv(a, "mosaic", 1, 1e-3)
-    assert argv[argv.index("--reference-ops"):][:3] == ["--reference-ops", "mosaic_attention", "leaky_average"]
-    assert "--reference-ops" not in lm_depth.train_argv(a, "gpt", 1, 1e-3)  # GPT2 has no such ops
+    assert lm_depth.train_config(a, "mosaic", 1, 1e-3).reference_ops == ("mosaic_attention", "leaky_average")
+    assert lm_depth.train_config(a, "gpt", 1, 1e-3).reference_ops == ()  # GPT2 has no such ops
 
 
 def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
 
 @pytest.mark.parametrize("op", ["leaky_average", "peek_ahead_value", "mosaic_attention"])
 def test_reference_ops_run_the_named_op_on_its_reference_and_the_others_fused(op, monkeypatch):
-    import mosaic_model.memory as memory
+    import mosaic_model.models.memory as memory
 
     calls = []
     for module, path in ((memory.reference_ops, "reference"), (memory.mosaic_kernels, "fused")):
@@ -263,7 +263,7 @@ def _layout_probe(m: MemoryMosaic, idx: torch.Tensor) -> dict:
     """One forward and backward of m, recording whether each block's c_proj inputs and the P-mem's
     SDPA queries are views (no copy made them) and whether the key and value projections' output
     gradients are."""
-    import mosaic_model.memory as memory
+    import mosaic_model.models.memory as memory
 
     seen = {"cmem_merge": [], "pmem_merge": [], "pmem_fold": [], "split_grad": []}
     hooks = []

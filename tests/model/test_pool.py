@@ -1,14 +1,15 @@
 """The sweeps' process pool: jobs run in order and report their exit, none starts too late to finish."""
 from __future__ import annotations
 
-from mosaic_model.experiments import _pool
-from mosaic_model.experiments._pool import Job
+from experiments import pool as _pool
+from experiments.pool import Job
+from mosaic_model.training import TrainConfig
 
 
 def test_no_job_starts_within_the_last_seconds_of_the_time_limit(tmp_path, capsys):
     # A limit shorter than the start margin: nothing is launched (a launch would die at once, wasted).
     exits = []
-    failed = _pool.run_jobs([Job(["--bogus"], tmp_path / "a")], parallel=1, time_limit=_pool.MIN_START_S / 2,
+    failed = _pool.run_jobs([Job(TrainConfig(), tmp_path / "a")], parallel=1, time_limit=_pool.MIN_START_S / 2,
                             poll_s=0.01, on_exit=lambda job, rc: exits.append(rc))
     assert failed == 0 and exits == [] and not (tmp_path / "a").exists()
     assert "1 runs not started" in capsys.readouterr().out
@@ -16,6 +17,6 @@ def test_no_job_starts_within_the_last_seconds_of_the_time_limit(tmp_path, capsy
 
 def test_exits_are_reported_to_on_exit(tmp_path):
     exits = []
-    failed = _pool.run_jobs([Job(["--bogus-flag"], tmp_path / "b")], parallel=1, poll_s=0.05,
+    failed = _pool.run_jobs([Job(TrainConfig(), tmp_path / "b", extra_argv=("--bogus-flag",))], parallel=1, poll_s=0.05,
                             on_exit=lambda job, rc: exits.append((job.out.name, rc)))
     assert failed == 1 and exits == [("b", 2)]  # argparse's exit code for an unknown flag

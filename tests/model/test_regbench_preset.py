@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from mosaic_model import train as train_mod
+from mosaic_model.cli import train as train_mod
 from mosaic_model.data.regbench import ICLTask, ICLTaskConfig
+from mosaic_model.training.optim import lr_at
 
 
 def test_preset_holds_the_benchmark_settings():
@@ -27,11 +28,11 @@ def test_preset_holds_the_benchmark_settings():
 def test_regbench_schedule_is_timms_cosine_from_step_zero():
     a = train_mod.parse_args(["--preset", "regbench", "--device", "cpu"])
     lr, floor = 5e-4, 5e-5
-    assert train_mod.lr_at(0, a) == pytest.approx(1e-6)
-    assert train_mod.lr_at(40, a) == pytest.approx(1e-6 + 40 * (lr - 1e-6) / 80)
+    assert lr_at(0, a) == pytest.approx(1e-6)
+    assert lr_at(40, a) == pytest.approx(1e-6 + 40 * (lr - 1e-6) / 80)
     for t in (80, 400, 799):  # after the warm-up the cosine is measured from step 0, not from step 80
-        assert train_mod.lr_at(t, a) == pytest.approx(floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * t / 800)))
-    assert train_mod.lr_at(800, a) == pytest.approx(floor)
+        assert lr_at(t, a) == pytest.approx(floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * t / 800)))
+    assert lr_at(800, a) == pytest.approx(floor)
 
 
 def test_iid_split_resamples_the_training_languages():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mosaic_model.experiments import regbench
+from experiments import regbench
 
 
 def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):

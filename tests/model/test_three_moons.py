@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mosaic_model.experiments import three_moons as tm
+from experiments import three_moons as tm
 
 
 def test_split_and_time_grid_follow_the_official_experiment():

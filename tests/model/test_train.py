@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from mosaic_model import train as train_mod
+from mosaic_model.cli import train as train_mod
+from mosaic_model.training.optim import lr_at
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--num-train", "24", "--num-test", "8",
         "--max-string-len", "5", "--batch-size", "8", "--eval-batch-size", "8", "--log-every", "1",
@@ -76,7 +77,7 @@ def test_extending_a_finished_run_follows_the_longer_schedule(tmp_path):
     assert [l["step"] for l in lines if l["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [l["step"] for l in lines if l["split"] == "test"] == [4, 6]
     a = train_mod.parse_args(TINY + ["--steps", "6"])
-    assert [l["lr"] for l in lines if l["split"] == "train"][4] == train_mod.lr_at(4, a)
+    assert [l["lr"] for l in lines if l["split"] == "train"][4] == lr_at(4, a)
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 6
     with pytest.raises(SystemExit):  # shrinking is refused
         train_mod.main(TINY + ["--out-dir", str(out), "--steps", "3", "--resume"])
@@ -98,13 +99,15 @@ def test_resume_errors_name_the_file(tmp_path, capsys):
 
 
 def test_checkpoint_rebuilds_its_model(tmp_path):
-    from mosaic_model.checkpoint import load_model
+    from mosaic_model.models import build_model
+    from mosaic_model.training.checkpoint import load_model
 
     out = _run(tmp_path, "run", ["--steps", "1", "--eval-every", "1"])
     model, ckpt = load_model(out)
     assert ckpt["model_type"] == "mosaic" and model.config.block_size == ckpt["model_config"]["block_size"] > 0
     x = torch.randint(0, 20, (1, 5))
-    trained = train_mod.build_model(train_mod.parse_args(TINY), model.config.block_size, 20)
+    config = train_mod.parse_args(TINY)
+    trained = build_model(config.model, config.model_config(model.config.block_size, 20))
     trained.load_state_dict(ckpt["model"])
     assert torch.equal(model(x)[0], trained.eval()(x)[0])
 
@@ -164,7 +167,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
     ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mosaic_model.train", *common, "--out-dir", str(ddp)],
+                           "-m", "mosaic_model.cli.train", *common, "--out-dir", str(ddp)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("in-context accuracy") == 1  # only rank 0 reports

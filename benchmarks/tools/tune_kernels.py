@@ -1,0 +1,206 @@
+"""Sweep the tile tables of both kernels on the GPU (bf16) and print the fastest per shape.
+
+The winners go into the FWD_/BWD_ (LONG_) tile tables of mosaic_kernels/attention/function.py and into the
+active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``) by hand, so that
+no run pays for autotuning.
+The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
+``attention-dropout`` sweeps the attention's tiles with dropout 0.05 (the mask is generated in every
+kernel, so its best tiles may differ from the no-dropout ones).
+
+Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [attention-dropout] [pmem]
+(the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
+"""
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import torch
+
+from benchmarks._common import bench_ms
+from mosaic_kernels import leaky_average
+from mosaic_kernels._common import as_heads_last
+from mosaic_kernels._triton_common import dropout_threshold
+from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
+from mosaic_kernels.leaky_average import function as leaky_fn
+from mosaic_kernels.persistent_memory import function as pmem_fn
+from mosaic_kernels.registry import OPS
+
+FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4),
+       (64, 32, 4, 3), (128, 64, 4, 4), (128, 128, 8, 2)]
+# One-kernel backward (BLOCK_P, BLOCK_Q, BLOCK_K, warps, stages): BLOCK_P a multiple of the loop blocks.
+BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (32, 32, 32, 4, 2), (128, 128, 128, 8, 1),
+       (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 1)]
+# Two-kernel backward: key role (BLOCK_P, BLOCK_Q, warps, stages), query role (BLOCK_P, BLOCK_K, warps, stages).
+BWD_KEY = [(128, 32, 4, 3), (128, 32, 4, 5), (64, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3),
+           (64, 64, 4, 3), (128, 32, 8, 4)]
+BWD_QUERY = [(64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 4, 3),
+             (64, 64, 4, 2), (32, 32, 4, 3)]
+ATT_SHAPES = [(32, 12, 512, 64), (16, 12, 1024, 64), (8, 12, 2048, 64), (2, 12, 8192, 64), (4, 16, 2048, 128),
+              (2, 16, 4096, 128), (1, 16, 16384, 128)]
+LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)],
+         128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
+LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3):
+    """Time fn(make_cfg(c)) for every c, print the ``top`` fastest; returns the fastest c."""
+    res = []
+    for c in configs:
+        try:
+            res.append((bench_ms(lambda: fn(make_cfg(c))), c))
+        except Exception as e:  # a tile the compiler refuses (shared memory, registers)
+            print(label, "fail", c, str(e)[:80])
+    res.sort(key=lambda r: r[0])
+    print(label, [(round(t, 4), c) for t, c in res[:top]], flush=True)
+    return res[0][1]
+
+
+def tune_attention(dropout_p: float = 0.0):
+    """Forward, one-kernel backward and both kernels of the split backward, each over its tile list."""
+    drop = dict(seed=torch.tensor([123], device="cuda", dtype=torch.int64), threshold=dropout_threshold(dropout_p))
+    tag = f" dropout={dropout_p}" if dropout_p else ""
+    for (B, H, T, D) in ATT_SHAPES:
+        k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 2.7).bfloat16()
+        v = torch.randn_like(k)
+        dy = torch.randn_like(k)
+        s = torch.ones(H, device="cuda")
+        shape = (B, H, T, D)
+        _sweep(f"FWD{tag} {shape}", lambda cfg: attention_forward(k, v, s, cfg, **drop), FWD,
+               lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
+        y, lse = attention_forward(k, v, s, **drop)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, s, dy, cfg, **drop)  # noqa: E731
+        _sweep(f"BWD{tag} one kernel {shape}", bwd, BWD,
+               lambda c: dict(BLOCK_P=c[0], BLOCK_Q=c[1], BLOCK_K=c[2], num_warps=c[3], num_stages=c[4]))
+        # Two kernels: the key-role tiles with the first query-role tiles, then the query-role tiles.
+        key = _sweep(f"BWD{tag} two kernels, key role {shape}", bwd, BWD_KEY, lambda c: split_config(c, BWD_QUERY[0]))
+        _sweep(f"BWD{tag} two kernels, query role {shape}", bwd, BWD_QUERY, lambda c: split_config(key, c))
+
+
+def _leaky_tiles(D: int, tile):
+    """Both directions' active tile tables set to ``tile`` at head dim D, restored on exit."""
+    stack = contextlib.ExitStack()
+    for direction in ("fwd", "bwd"):
+        stack.enter_context(mock.patch.dict(leaky_fn.active_tiles(direction), {D: tile}))
+    return stack
+
+
+def tune_leaky():
+    for (B, H, T, D) in LEAKY_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+        a = torch.rand(H, device="cuda").requires_grad_()
+        sc = torch.rand(H, device="cuda").add(1).requires_grad_()
+        dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+        res = []
+        for bt, w in LEAKY[D]:  # tiles of at least 16 rows: the decay-matrix tl.dot needs K >= 16
+            with _leaky_tiles(D, (bt, w)):
+                try:
+                    y = leaky_average(x, a, normalize=True, scale=sc)
+                    f = bench_ms(lambda: leaky_average(x, a, normalize=True, scale=sc))
+                    b = bench_ms(lambda: torch.autograd.grad(y, (x, a, sc), dy, retain_graph=True))
+                except Exception as e:  # a tile the compiler refuses
+                    print("fail", (B, H, T, D), bt, w, str(e)[:80])
+                    continue
+            res.append((f, b, bt, w))
+        copy = bench_ms(lambda: x.detach().contiguous())
+        ranked = sorted([(round(f, 4), round(b, 4), bt, w) for f, b, bt, w in res])
+        print("LEAKY", (B, H, T, D), f"copy {copy:.4f}", ranked, flush=True)
+
+
+CHUNK_SHAPES = [(4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def tune_leaky_chunks():
+    """Programs per SM (time chunking) x tile height, forward and backward kernels alone (normalize)."""
+    for (B, H, T, D) in CHUNK_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        a = torch.rand(H, device="cuda")
+        sc = torch.rand(H, device="cuda").add(1)
+        dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+        copy = bench_ms(lambda: x.contiguous())
+        fwd, bwd = [], []
+        for per_sm in (1, 2, 4, 8, 16):
+            for bt, w in LEAKY[D]:
+                with _leaky_tiles(D, (bt, w)), mock.patch.multiple(leaky_fn, FWD_PROGRAMS_PER_SM=per_sm,
+                                                                   BWD_PROGRAMS_PER_SM=per_sm):
+                    y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)
+                    fwd.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)), per_sm, bt, w))
+                    run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0, False)
+                    bwd.append((bench_ms(run_bwd), per_sm, bt, w))
+        for name, res in (("fwd", fwd), ("bwd", bwd)):
+            res.sort()
+            print("LEAKY_CHUNKS", name, (B, H, T, D), f"copy {copy:.4f}",
+                  [(round(t, 4), f"per_sm={p}", bt, w) for t, p, bt, w in res[:4]], flush=True)
+
+
+def tune_leaky_in_tile():
+    """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
+    for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        a = torch.rand(H, device="cuda")
+        sc = torch.rand(H, device="cuda").add(1)
+        res = []
+        for mode in ("scan", "dot"):
+            for bt, w in LEAKY[D] + [(32, 2), (64, 2)]:
+                with mock.patch.object(leaky_fn, "FWD_IN_TILE", mode), _leaky_tiles(D, (bt, w)):
+                    try:
+                        res.append((bench_ms(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, False)), mode, bt, w))
+                    except Exception as e:  # a tile the compiler refuses
+                        print("fail", mode, bt, w, str(e)[:80])
+        copy = bench_ms(lambda: x.contiguous())
+        for mode in ("scan", "dot"):
+            best = sorted(r for r in res if r[1] == mode)[:3]
+            print("LEAKY_IN_TILE", (B, H, T, D), f"strided copy {copy:.4f}", mode,
+                  [(round(t, 4), bt, w) for t, _, bt, w in best], flush=True)
+
+
+PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]
+PMEM_ROWS_SLOTS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3),
+                   (64, 64, 4, 4), (128, 64, 4, 4), (64, 32, 4, 3), (128, 128, 8, 2)]
+
+
+def tune_pmem():
+    """P-mem kernels one at a time (the others at their table entry), without and with dropout 0.05."""
+    for (B, H, T, D, P) in PMEM_SHAPES:
+        q = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 7.39).bfloat16()
+        mk, mv = (torch.randn(H, P, D, device="cuda").div(D ** 0.5).bfloat16() for _ in range(2))
+        dy = torch.randn_like(q)
+        c = torch.ones(H, device="cuda")
+        for p in (0.0, 0.05):
+            thr = dropout_threshold(p)
+            seed = torch.tensor([123], device="cuda", dtype=torch.int64)
+            y, lse = pmem_fn.slots_forward(q, mk, mv, c, seed, thr)
+            dyt = as_heads_last(dy, True)  # the layout autograd passes: (B, T, H, D) memory
+            for name, call in (
+                    ("fwd", lambda cfg: pmem_fn.slots_forward(q, mk, mv, c, seed, thr, cfg)),
+                    ("dq", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dq_config=cfg)),
+                    ("dkdv", lambda cfg: pmem_fn.slots_backward(q, mk, mv, c, seed, thr, y, lse, dyt, dkdv_config=cfg))):
+                _sweep(f"PMEM {name} dropout={p} {(B, H, T, D, P)}", call, PMEM_ROWS_SLOTS, top=4)
+
+
+# The sweeps of each op of the registry that has tile tables (mosaic_kernels.registry: ``tile_tables``),
+# by the name a command line gives them; every such op has at least one (tests/kernels/test_registry.py).
+SWEEPS = {
+    "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05)},
+    "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks},
+    "persistent_memory": {"pmem": tune_pmem},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the named sweeps (default: leaky and attention), in the registry's order of ops."""
+    import argparse
+
+    names = [name for sweeps in SWEEPS.values() for name in sweeps]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweeps", nargs="*", choices=names, default=["leaky", "attention"], metavar="SWEEP",
+                   help=f"any of {', '.join(names)}")
+    parts = p.parse_args(argv).sweeps
+    for op in OPS:
+        for name, sweep in SWEEPS.get(op.name, {}).items():
+            if name in parts:
+                sweep()
+
+
+if __name__ == "__main__":
+    main()

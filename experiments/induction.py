@@ -1,0 +1,193 @@
+"""An induction head in one layer (the paper's claim that one Memory Mosaic layer does what a transformer
+needs two for): a 1-layer Memory Mosaic against 1- and 2-layer GPT2 of the same width and budget.
+
+  python -m experiments.induction --out docs/figures/induction
+
+Task: T uniformly random tokens in which one segment of L tokens reappears later, at a random offset
+and a random place (so that learned positions cannot copy by position). Inside the repeat, every token
+after the first is determined by the token before it and the first occurrence: "find where the current
+token occurred before, read what followed". Accuracy is measured on those L - 1 tokens only; every
+other token is random and unpredictable (chance: 1 / vocabulary).
+
+A Memory Mosaic layer has this mechanism built in: its key at t describes the recent tokens, its value
+at j is a function of the token j + 1 (the peek-ahead), so a query that matches the earlier occurrence
+reads the token that followed it. A transformer needs one layer to copy the previous token into each
+position and a second to match on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mosaic_model.cli.common import require_at_least_one
+from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+from mosaic_model.models.config import KERNEL_CHOICES
+
+MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2)}
+
+
+def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: int) -> tuple:
+    """(x, y, scored): tokens, next tokens, and a mask of the targets only induction can predict."""
+    seq = rng.integers(0, vocab, size=(batch, T + 1))
+    scored = np.zeros((batch, T), dtype=bool)
+    for b in range(batch):
+        src = rng.integers(0, T + 1 - 2 * seg)  # first occurrence
+        dst = rng.integers(src + seg, T + 1 - seg)  # the repeat starts after it ends
+        seq[b, dst:dst + seg] = seq[b, src:src + seg]
+        scored[b, dst:dst + seg - 1] = True  # the input at dst+i predicts seq[dst+i+1], i < seg - 1
+    t = torch.from_numpy(seq)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous(), torch.from_numpy(scored)
+
+
+def build(kind: str, depth: int, a: argparse.Namespace) -> torch.nn.Module:
+    """A model of the experiment (dropout 0, the sizes of ``a``)."""
+    common = dict(n_layer=depth, n_head=a.heads, n_embd=a.width, block_size=a.T, vocab_size=a.vocab, dropout=0.0)
+    return MemoryMosaic(MosaicConfig(**common, kernels=a.kernels)) if kind == "mosaic" else GPT(GPTConfig(**common))
+
+
+@torch.no_grad()
+def induction_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       scored: torch.Tensor) -> float:
+    """Greedy accuracy on the scored targets."""
+    model.eval()
+    pred = model(x)[0].argmax(-1)
+    model.train()
+    return float((pred == y)[scored].float().mean())
+
+
+def run(name: str, seed: int, a: argparse.Namespace, progress: bool) -> dict:
+    """Train one model with one seed; returns its accuracy curve on a fixed held-out batch."""
+    from tqdm.auto import tqdm
+
+    kind, depth = MODELS[name]
+    torch.manual_seed(seed)
+    model = build(kind, depth, a)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    held = make_batch(np.random.default_rng(10_000 + seed), a.eval_batch, a.T, a.vocab, a.seg)
+    curve = []
+    for step in tqdm(range(1, a.steps + 1), desc=f"{name} seed {seed}", disable=not progress):
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, step / a.warmup)
+        x, y, _ = make_batch(rng, a.batch, a.T, a.vocab, a.seg)
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % a.eval_every == 0 or step == a.steps:
+            curve.append((step, induction_accuracy(model, *held)))
+    return {"model": name, "seed": seed, "params": sum(p.numel() for p in model.parameters()), "curve": curve,
+            "final": curve[-1][1], "model_obj": model, "held": held}
+
+
+def _attention_example(result: dict, path: Path) -> dict:
+    """The 1-layer Memory Mosaic's C-mem attention on one held-out sequence, and where its scored rows look."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = result["model_obj"].eval()
+    x, _, scored = (t[:1] for t in result["held"])
+    captured = []
+    hook = model.blocks[0].cmem.key.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    k = captured[0][0].float()  # (H, T, hs)
+    T = k.shape[1]
+    logits = (k @ k.transpose(-1, -2)).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(-1), float("-inf"))
+    att = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0).mean(0)  # heads averaged
+    rows = scored[0].nonzero()[:, 0]
+    # Where the first occurrence of the current token is: the position whose value holds the answer.
+    tokens = x[0]
+    hits = []
+    for t in rows.tolist():
+        earlier = (tokens[:t] == tokens[t]).nonzero()[:, 0]
+        if len(earlier):
+            hits.append(int(att[t].argmax()) == int(earlier[-1]))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(att, cmap="viridis", aspect="auto")
+    ax.set(title="1-layer Memory Mosaic: C-mem attention (heads averaged)", xlabel="key position j", ylabel="query position t")
+    for t in rows.tolist():
+        ax.axhline(t, color="red", lw=0.3, alpha=0.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"scored_rows": rows.tolist(), "argmax_is_earlier_occurrence": float(np.mean(hits)) if hits else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train every model with every seed, write results.json and the figures."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/induction")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--eval-batch", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--T", type=int, default=64, help="sequence length")
+    p.add_argument("--vocab", type=int, default=32)
+    p.add_argument("--seg", type=int, default=8, help="length of the repeated segment")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
+                   help="the Memory Mosaic's ops (on a CPU both run the PyTorch references unless TRITON_INTERPRET=1)")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    require_at_least_one(p, a, ("steps", "batch", "eval_batch", "eval_every", "T", "vocab", "seg", "width", "heads", "warmup"))
+    if 2 * a.seg > a.T:
+        p.error(f"--seg ({a.seg}) must be at most half of --T ({a.T}): the segment and its repeat must fit")
+    if a.width % a.heads:
+        p.error(f"--width ({a.width}) must be divisible by --heads ({a.heads})")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [run(name, seed, a, not a.quiet) for name in a.models for seed in a.seeds]
+    summary = {"config": {k: v for k, v in vars(a).items() if k != "quiet"}, "chance": 1 / a.vocab, "models": {}}
+    for name in a.models:
+        finals = [r["final"] for r in results if r["model"] == name]
+        summary["models"][name] = {"final_accuracy_mean": float(np.mean(finals)), "final_accuracy_std": float(np.std(finals)),
+                                   "finals": finals, "params": next(r["params"] for r in results if r["model"] == name),
+                                   "curves": [r["curve"] for r in results if r["model"] == name]}
+        print(f"{name}: induction accuracy {np.mean(finals):.3f} +- {np.std(finals):.3f} over seeds {a.seeds} "
+              f"(chance {1 / a.vocab:.3f})")
+    mosaic = [r for r in results if r["model"] == "mosaic-1"]
+    if mosaic:
+        summary["mosaic_attention_example"] = _attention_example(mosaic[0], out / "mosaic_attention_example.png")
+    _plot(summary, out / "accuracy.png")
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"mosaic-1": "C0", "gpt-1": "C1", "gpt-2": "C2"}
+    for name, r in summary["models"].items():
+        for i, curve in enumerate(r["curves"]):
+            steps, acc = zip(*curve)
+            ax.plot(steps, acc, color=colors.get(name), alpha=0.8, lw=1.2, label=name if i == 0 else None)
+    ax.axhline(summary["chance"], color="grey", ls=":", label="chance")
+    ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens", title="induction in one layer", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

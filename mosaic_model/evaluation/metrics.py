@@ -1,0 +1,146 @@
+"""Metrics of trained models: the in-context task's, token losses over a corpus, loss by position,
+and mean attention rows. Each takes a model and data and returns numbers; nothing here reads a run
+folder or prints."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.regbench import ICLSplit, icl_metrics
+from ..data.text import TokenCorpus
+from ..models.generation import IGNORE_INDEX
+from ..runtime import autocast_for
+from .probes import last_row_attention
+
+
+@torch.no_grad()
+def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32,
+                 max_batches: int | None = None) -> dict:
+    """Loss, validity accuracy, L1 and TVD over an in-context split, in fixed order.
+
+    Per-batch means are averaged with weights equal to the batch's number of sequences, as
+    seq_icl's Lightning logging does.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    totals: dict[str, float] = {}
+    weight = 0
+    try:
+        for n, start in enumerate(range(0, len(split), batch_size)):
+            if max_batches is not None and n >= max_batches:
+                break
+            idx = list(range(start, min(start + batch_size, len(split))))
+            x, y, _ = split.batch(idx, device)
+            with autocast_for(device, dtype):
+                logits, loss = model(x, y)
+            m = icl_metrics(logits, y, split.legal(idx, device))
+            m["loss"] = float(loss)
+            for key in ("loss", "accuracy", "l1", "tvd", "chance_accuracy"):
+                totals[key] = totals.get(key, 0.0) + m[key] * len(idx)
+            weight += len(idx)
+    finally:
+        model.train(was_training)
+    return {k: v / max(weight, 1) for k, v in totals.items()}
+
+
+def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Per-token cross-entropy (B, T) in float32; 0 where y is IGNORE_INDEX."""
+    with autocast_for(device, dtype):
+        logits, _ = model(x.to(device))
+    return F.cross_entropy(logits.float().transpose(1, 2), y.to(device), ignore_index=IGNORE_INDEX, reduction="none")
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batches: int, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype = torch.float32,
+                  seed: int = 0) -> float:
+    """Mean token loss over ``batches`` batches of random windows drawn with ``seed`` (the same windows at
+    every call, so that successive estimates during training are comparable)."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    try:
+        for _ in range(batches):
+            x, y = corpus.random_windows(rng, batch_size, block_size)
+            total += float(token_losses(model, x, y, device, dtype).mean())
+    finally:
+        model.train(was_training)
+    return total / batches
+
+
+@torch.no_grad()
+def corpus_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batch_size: int, device: torch.device | str,
+                dtype: torch.dtype = torch.float32,
+                max_tokens: int | None = None) -> dict:
+    """Mean token loss over consecutive non-overlapping windows covering the corpus (or its first
+    ``max_tokens`` tokens): every token is predicted once, from up to ``block_size`` tokens of context."""
+    n = len(corpus) - 1 if max_tokens is None else min(max_tokens, len(corpus) - 1)
+    starts = list(range(0, n - block_size + 1, block_size))
+    if not starts:
+        corpus.check_window(block_size)
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        rows = np.stack([corpus.tokens[s:s + block_size + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
+        t = torch.from_numpy(rows)
+        losses = token_losses(model, t[:, :-1], t[:, 1:], device, dtype)
+        total += float(losses.sum())
+        count += losses.numel()
+    return {"loss": total / count, "tokens": count}
+
+
+@torch.no_grad()
+def loss_by_position(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
+                     dtype: torch.dtype = torch.float32,
+                     window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean loss, number of documents) at each position over document-aligned rows (x, y).
+
+    With ``window`` (a GPT run past its trained length), a position p is predicted from the ``window``
+    tokens ending at p: rows are scored in windows that advance by window // 2, each position once.
+    """
+    T = x.shape[1]
+    sums, counts = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        if window is None or window >= T:
+            losses = token_losses(model, xb, yb, device, dtype).cpu()
+        else:
+            losses = sliding_losses(model, xb, yb, window, device, dtype)
+        valid = (yb != IGNORE_INDEX).double()
+        sums += (losses.double() * valid).sum(0)
+        counts += valid.sum(0)
+    return (sums / counts.clamp_min(1)).numpy(), counts.numpy()
+
+
+def sliding_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, window: int, device: torch.device | str,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Per-token losses (B, T) of rows longer than the model's window: scored in windows of ``window``
+    tokens that advance by ``window // 2``, each position once, from as much context as the window holds."""
+    T, stride = x.shape[1], max(1, window // 2)
+    out = torch.zeros(x.shape, dtype=torch.float32)
+    scored_to = 0
+    start = 0
+    while scored_to < T:
+        end = min(start + window, T)
+        losses = token_losses(model, x[:, start:end], y[:, start:end], device, dtype).cpu()
+        out[:, scored_to:end] = losses[:, scored_to - start:]
+        scored_to = end
+        start = min(start + stride, max(T - window, 0)) if end < T else start
+    return out
+
+
+@torch.no_grad()
+def mean_last_row_attention(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str,
+                            dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """(layers, heads, n) last-row attention averaged over the rows of ``x`` (see ``probes``)."""
+    total = None
+    for i in range(0, len(x), batch_size):
+        with autocast_for(device, dtype):
+            rows = last_row_attention(model, x[i:i + batch_size].to(device))
+        batch = torch.stack([r.sum(0) for r in rows]).double().cpu()
+        total = batch if total is None else total + batch
+    return (total / len(x)).numpy()

@@ -1,0 +1,317 @@
+"""The Memory Mosaic's memory units: contextual memory (C-mem) and persistent memory (P-mem).
+
+Shapes: x is (B, T, d); per-head tensors are (B, H, T, hs) with hs = d / H. Parameter names and
+initial values follow the Library (docs/MODEL.md sections 1 and 2).
+"""
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mosaic_kernels
+from mosaic_kernels import reference as reference_ops
+
+from .config import MosaicConfig
+from .generation import is_static, write_at
+
+
+def ops_for(config: MosaicConfig, op: str) -> ModuleType:
+    """The module whose ``op`` (``mosaic_attention``, ``leaky_average``, ``peek_ahead_value``) the model
+    runs: the references for ``kernels="reference"`` and for the ops in ``config.reference_ops``."""
+    return reference_ops if config.kernels == "reference" or op in config.reference_ops else mosaic_kernels
+
+
+def layout_for(config: MosaicConfig, op: str, heads_last: bool = True) -> dict:
+    """Keyword arguments of a fused op's output layout: heads-last (B, H, T, hs) views of (B, T, H, hs)
+    memory, the layout of a head-split projection, so that merging the heads before c_proj and folding
+    the batch into the P-mem's query rows are views, not copies. The references take no layout option."""
+    return {} if ops_for(config, op) is reference_ops else {"heads_last": heads_last}
+
+
+def cast_once_for_autocast(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on, so that several projections of x share one cast:
+    autocast caches the casts of parameters only and would cast x once for each projection (in eager
+    mode a copy of x and, backward, a float32 copy and sum of each projection's input gradient)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
+def exp10(p: torch.Tensor) -> torch.Tensor:
+    """``exp(10 p)``: the Library's parameterisation of every per-head log-scale (the factor 10 raises
+    those scalars' effective learning rate; docs/MODEL.md 1.2-2)."""
+    return torch.exp(10.0 * p)
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, d) -> (B, H, T, hs) as a strided view (no copy)."""
+    B, T, d = x.shape
+    return x.view(B, T, n_head, d // n_head).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, hs) -> (B, T, d)."""
+    B, H, T, hs = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * hs)
+
+
+class LeakyKeyExtractor(nn.Module):
+    """k_t = s_h^power * normalize(sum_{s<=t} exp(-beta_h (t-s)) W_k x_s), per head.
+
+    ``beta_h = 10 |leaky_beta_h|`` (init linspace(0.5, 5, H) / 10) and
+    ``s_h = exp(min(10 key_scale_h, key_scale_max))`` (init key_scale = 0.1, so s = e).
+    The P-mem squares the scale (power 2) because its slots carry none.
+    """
+
+    def __init__(self, config: MosaicConfig, power: int):
+        super().__init__()
+        H, d = config.n_head, config.n_embd
+        self.config, self.power = config, power
+        self.W_k = nn.Linear(d, d, bias=config.bias)
+        self.leaky_beta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10)
+        self.key_scale = nn.Parameter(torch.full((H,), 0.1))
+
+    def decay(self) -> torch.Tensor:
+        """lambda_h = exp(-beta_h), beta_h = 10 |leaky_beta_h|, (H,)."""
+        return exp10(-self.leaky_beta.abs())
+
+    def bandwidth(self) -> torch.Tensor:
+        """s_h^power with s_h = exp(min(10 key_scale_h, key_scale_max)), (H,); zero gradient above the clamp."""
+        return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position of :meth:`forward` for cached decoding: x_t (B, d) -> (k_t (B, H, hs), new state).
+
+        The state is the un-normalised leaky sum ``y_t = W_k x_t + decay * y_{t-1}`` in float32, so a
+        new key costs O(1) instead of a scan over the prefix."""
+        H = self.config.n_head
+        y = self.W_k(x_t).float().view(x_t.shape[0], H, -1)
+        if state is not None:
+            y = y + self.decay().view(1, H, 1) * state
+        k = F.normalize(y, dim=-1, eps=self.config.norm_eps) * self.bandwidth().view(1, H, 1)
+        return k, y
+
+    def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
+        raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
+        return ops_for(self.config, "leaky_average").leaky_average(
+            raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
+            **layout_for(self.config, "leaky_average", heads_last))
+
+
+class PeekAheadValueExtractor(nn.Module):
+    """v_t = exp(10 r_h) * normalize((1 - c_h) W_v x_{t+1} + c_h W_v x_t), with W_v x_T := 0.
+
+    ``c`` is initialised uniform(0, 1) and left unconstrained; ``r`` starts at -0.05 (factor e^-0.5).
+    The fused path reads the projection once and writes attention-ready values (one kernel each way).
+    """
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        H, d = config.n_head, config.n_embd
+        self.config = config
+        self.W_v = nn.Linear(d, d, bias=config.bias)
+        self.mix = nn.Parameter(torch.rand(H))
+        self.value_scale = nn.Parameter(torch.full((H,), -0.05))
+
+    def scale(self) -> torch.Tensor:
+        """The per-head value scale exp(10 r), (H,)."""
+        return exp10(self.value_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = split_heads(self.W_v(x), self.config.n_head)  # strided (B, H, T, hs)
+        mix, scale = self.mix, self.scale()
+        if self.config.kernels == "reference":
+            # The official code mixes in the activations' dtype (bf16 under autocast).
+            mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
+        v = ops_for(self.config, "peek_ahead_value").peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
+        return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
+
+
+class ContextMemory(nn.Module):
+    """C-mem: ``y_t = sum_{s<t} softmax_s(k_t . k_s) v_s``, ``y_0 = 0``, then c_proj and dropout.
+
+    The mask is strict (s < t, the diagonal excluded) because v_s reads x_{s+1}: with the diagonal,
+    position t would see the token it predicts (docs/MODEL.md 1.4)."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        self.config = config
+        self.key = LeakyKeyExtractor(config, power=1)
+        self.value = PeekAheadValueExtractor(config)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.kernels != "reference":  # the reference keeps the official code's two casts
+            x = cast_once_for_autocast(x)
+        k, v = self.key(x), self.value(x)
+        p = self.config.attn_dropout if self.training else 0.0
+        y = ops_for(self.config, "mosaic_attention").mosaic_attention(
+            k, v, dropout_p=p, **layout_for(self.config, "mosaic_attention"))
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d).
+
+        ``cache`` holds the key scan's state, the previous value projection ``u_{t-1} = W_v x_{t-1}``,
+        and the keys k_0..k_{t-1} and values v_0..v_{t-2}. The value v_{t-1} needs x_t (it peeks one
+        step ahead), so it is completed here, just before the query k_t reads v_0..v_{t-1}."""
+        B, H = x_t.shape[0], self.config.n_head
+        if is_static(cache):
+            return self._step_static(x_t, cache)
+        k_t, cache["key"] = self.key.step(x_t, cache.get("key"))
+        u_t = self.value.W_v(x_t).float().view(B, H, -1)
+        if "u_prev" in cache:
+            v_prev = self._completed_value(cache["u_prev"], u_t)
+            cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
+        cache["u_prev"] = u_t
+        if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
+            y = self._read(k_t, cache["K"], cache["V"])
+            cache["K"] = torch.cat([cache["K"], k_t[:, :, None]], dim=2)
+        else:  # position 0 has no key to read: y_0 = 0
+            y = torch.zeros_like(k_t)
+            cache["K"] = k_t[:, :, None]
+        return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
+
+    def _step_static(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """:meth:`step` on a static cache (``lm.static_cache``): the same arithmetic on buffers of the
+        block's length, so every position launches the same kernels on the same memory. At position p
+        the key k_p is written at row p, the completed value v_{p-1} at row p - 1, and the query reads
+        rows j < p (the rest masked); at p = 0 there is nothing to read and y_0 = 0."""
+        B, H = x_t.shape[0], self.config.n_head
+        pos, length = cache["pos"], cache["block_size"]
+        state = cache.get("key")
+        if state is None:  # first token: a zero state gives the same key as no state (y = W_k x_0)
+            state = cache["key"] = x_t.new_zeros(B, H, self.config.head_size, dtype=torch.float32)
+            cache["u_prev"] = torch.zeros_like(state)
+        k_t, new_state = self.key.step(x_t, state)
+        state.copy_(new_state)
+        u_t = self.value.W_v(x_t).float().view(B, H, -1)
+        v_prev = self._completed_value(cache["u_prev"], u_t)  # at p = 0 a dummy, overwritten at p = 1
+        cache["V"] = write_at(cache.get("V"), v_prev, (pos - 1).clamp(min=0), length)
+        cache["u_prev"].copy_(u_t)
+        cache["K"] = write_at(cache.get("K"), k_t, pos, length)
+        readable = torch.arange(length, device=pos.device) < pos  # strictly causal: rows j < p
+        return self.c_proj((self._read(k_t, cache["K"], cache["V"], readable) * (pos > 0)).reshape(B, -1).to(x_t.dtype))
+
+    def _completed_value(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
+        """v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t: row 0 of the value op over the pair."""
+        pair = torch.stack([u_prev, u_t], dim=2)
+        return reference_ops.peek_ahead_value(pair, self.value.mix.float(), scale=self.value.scale().float(),
+                                              eps=self.config.norm_eps)[:, :, 0]
+
+    @staticmethod
+    def _read(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
+        """One attention row per head, ``softmax_j(k_t . K_j) V_j`` over the rows ``readable`` (all if
+        None), with float32 logits as the fused kernel keeps. A masked row gets a finite fill, so that
+        an empty one (position 0 of a static cache) stays finite, not NaN; the caller zeroes it."""
+        with torch.autocast(k_t.device.type, enabled=False):
+            scores = torch.einsum("bhd,bhjd->bhj", k_t, K)
+            if readable is not None:
+                scores = scores.masked_fill(~readable, -1e30)
+            return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
+
+
+class PersistentMemory(nn.Module):
+    """P-mem: ``y_t = exp(10 r_h) / m * sum_i sum_j softmax_j(k_t . K_i[h, j]) V_i[h, j]`` over learned
+    slots shared by the batch (in place of the MLP; docs/MODEL.md 2), then c_proj and dropout.
+
+    The retrieval backend is chosen once, from the config: the official formulation (``kernels =
+    "reference"``), our Triton kernel (``pmem_kernel = "triton"``) or SDPA on folded rows (``"sdpa"``).
+    Each takes the keys, the dropout rate and the per-head multiplier ``exp(10 r_h) / m`` and returns
+    the scaled retrieval."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        H, hs = config.n_head, config.head_size
+        self.config = config
+        self.key = LeakyKeyExtractor(config, power=2)
+        shape = (config.pmem_count, H, config.pmem_size, hs)
+        self.M_k = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
+        self.M_v = nn.Parameter(torch.randn(shape) / math.sqrt(hs))
+        self.out_scale = nn.Parameter(torch.full((H,), -0.05))
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if config.kernels == "reference":
+            self.backend = "official"
+        else:
+            self.backend = "triton" if config.pmem_kernel == "triton" else "folded_sdpa"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
+        # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
+        k = self.key(x, heads_last=self.backend != "triton")  # (B, H, T, hs)
+        p = self.config.ic_dropout if self.training else 0.0
+        c = self.multiplier()
+        if self.backend == "official":
+            y = self._official(k, p, c)
+        elif self.backend == "triton":
+            y = self._triton(k, p, c)
+        else:
+            y = self._folded_sdpa(k, p, c)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def multiplier(self) -> torch.Tensor:
+        """The per-head output multiplier exp(10 out_scale) / pmem_count, (H,)."""
+        return exp10(self.out_scale) / self.config.pmem_count
+
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d); only
+        the key scan's state is cached (the slots are the same for every position). A static cache
+        (``lm.static_cache``) keeps that state in one buffer, updated in place."""
+        B, H = x_t.shape[0], self.config.n_head
+        k, state = self.key.step(x_t, cache.get("key"))
+        if is_static(cache) and "key" in cache:
+            cache["key"].copy_(state)
+        else:
+            cache["key"] = state
+        y = 0.0
+        with torch.autocast(x_t.device.type, enabled=False):  # float32 scores, as in the forward's kernels
+            for i in range(self.config.pmem_count):
+                p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
+                y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
+        y = y * self.multiplier().float().view(1, H, 1)
+        return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
+
+    def _triton(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """One mosaic_kernels.persistent_memory call per slot memory: reads the keys in place, sums the
+        slot gradients over the batch in registers, applies ``c`` and writes (B, T, H, hs) memory."""
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            y = y + mosaic_kernels.persistent_memory(
+                k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
+        return y
+
+    def _official(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory, and the
+        multiplier applied to the output in the activations' dtype, as the Library does."""
+        B = k.shape[0]
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
+            y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+        return y * c.view(1, -1, 1, 1).to(y.dtype)
+
+    def _folded_sdpa(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """SDPA with the batch folded into the query rows, (1, H, B*T, hs): the slots are shared by the
+        batch and each row attends independently, so SDPA runs its flash or cuDNN kernel on one slot
+        tensor per head and the slot gradients come out summed (no (B, H, P, hs) expansion).
+
+        The output is linear in the slot values, so the per-head multiplier ``c`` ((H,)) scales the
+        (H, P, hs) values instead of the (B, H, T, hs) output (two fewer full passes each way in eager
+        mode). With heads-last keys (the fused path) the fold is a view; SDPA's cuDNN and flash kernels
+        return the output, and the gradient of q, in q's layout, so merging the heads is a view too."""
+        B, H, T, hs = k.shape
+        q = k.transpose(0, 1).reshape(1, H, B * T, hs)
+        c = c.view(1, H, 1, 1)
+        y = 0.0
+        for i in range(self.config.pmem_count):
+            mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), (self.M_v[i].unsqueeze(0) * c).to(k.dtype)
+            y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
+        return y.view(H, B, T, hs).transpose(0, 1)

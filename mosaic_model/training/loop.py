@@ -1,0 +1,151 @@
+"""The training loop: ``train(config)``, readable top to bottom.
+
+Each optimizer step sees ``batch_size x grad_accum x processes`` sequences; every micro-step of every
+process draws its own fresh batch, a pure function of (seed, step, micro-step, rank), so a resumed run
+sees the batches the uninterrupted one would and a large global batch can be reproduced on fewer GPUs.
+The learning rate is a function of (step, ``steps``) (``optim.lr_at``).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.build import build_model
+from ..models.config import ConfigError
+from .checkpoint import Checkpoints, load_model, seed_everything
+from .config import TrainConfig
+from .distributed import init_distributed, wait_for_all
+from .optim import lr_at, make_optimizer
+from .run_log import RunLog
+from .step import make_step, set_lr
+from .tasks import make_task
+
+
+def train(config: TrainConfig) -> dict:
+    """Train as ``config`` says (after :meth:`TrainConfig.resolved`); returns the final metrics, or {}
+    when the run stops early (``max_steps_this_run``, ``time_limit``) with a checkpoint to resume from.
+    Raises ConfigError for a bad field, CheckpointError for a bad resume, DataError for bad text."""
+    cfg = config.resolved()
+    out = prepare_run_folder(cfg)
+    rank, world, device_name = init_distributed(cfg.device)
+    main = rank == 0
+    say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if main else (lambda *a, **k: None)
+    ckpts = Checkpoints(out, cfg, world, writes=main)
+    resumed = ckpts.resume_state() if cfg.resume else None
+    if resumed is not None and resumed.get("finished") and resumed["step"] == cfg.steps:
+        say(f"{out}: this run already finished at step {cfg.steps}; nothing to do (larger --steps extends it)")
+        wait_for_all(world)
+        return resumed.get("final", {})
+
+    device, dtype = torch.device(device_name), getattr(torch, cfg.dtype)
+    seed_everything(cfg.seed)
+    task = make_task(cfg, progress=main and not cfg.quiet)
+    model = build_model(cfg.model, cfg.model_config(task.block_size, task.vocab_size)).to(device)
+    if world > 1:
+        torch.manual_seed(cfg.seed + rank)  # distinct dropout masks per rank (the weights are broadcast)
+    opt = make_optimizer(model, cfg, device)
+    start, best = Checkpoints.restore(resumed, model, opt) if resumed else (0, math.inf)
+    if resumed:
+        say(f"resumed from {ckpts.path} at step {start}")
+    log = RunLog(out, fresh=resumed is None, writes=main)
+    step_fn = make_step(model, opt, cfg, device, dtype, world, start, task.fixed_shape)
+    say(describe(cfg, model, task, world, device_name))
+    log.config(cfg.to_dict())
+    log.provenance(start)
+
+    stop = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
+    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=cfg.quiet or not main,
+               dynamic_ncols=True)
+    model.train()
+    tokens, t_last = 0, time.perf_counter()
+    for step in range(start, stop):
+        lr = lr_at(step, cfg)
+        set_lr(opt, lr)
+        draws = ((step * cfg.grad_accum + micro) * world + rank for micro in range(cfg.grad_accum))
+        batches = [task.batch(draw, cfg.batch_size, device) for draw in draws]
+        tokens += sum(x.numel() for x, _ in batches) * world
+        loss, grad_norm = step_fn(batches)
+        bar.update(1)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            loss_v, tps = float(loss), tokens / (time.perf_counter() - t_last)  # rank 0's mean over its micro-steps
+            tokens, t_last = 0, time.perf_counter()
+            log.record({"step": step + 1, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": tps})
+            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            m = task.validate(model, device, dtype)
+            log.record({"step": step + 1, "split": "val", **m})
+            if not cfg.quiet:
+                bar.write(f"step {step + 1}: {task.summary(m)}", file=sys.stderr)
+            if m["loss"] < best:
+                best = m["loss"]
+                if not cfg.no_best:
+                    ckpts.save(step + 1, model, opt, best, best_weights=True)
+            if cfg.save_every is None or (step + 1) % cfg.save_every == 0:
+                ckpts.save(step + 1, model, opt, best)
+            t_last = time.perf_counter()
+        if deadline is not None and time.perf_counter() > deadline and step + 1 < stop:
+            stop = step + 1  # at least one step per call, so a time-sliced run always advances
+            break
+    bar.close()
+
+    if stop < cfg.steps or not main:
+        ckpts.save(stop, model, opt, best)
+        log.close()
+        wait_for_all(world)
+        if stop < cfg.steps:
+            say(f"stopped at step {stop} of {cfg.steps}; continue with: mosaic-train ... --resume --out-dir {out}")
+        return {}
+    final = final_metrics(cfg, model, task, out, device, dtype)
+    log.record({"step": cfg.steps, "split": "test" if task.kind == "icl" else "final", **final})
+    ckpts.save(cfg.steps, model, opt, best, finished=True, final=final)
+    log.close()
+    wait_for_all(world)
+    print(f"{task.final_title}: {task.summary(final)}")
+    say(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss), "
+        "config.json (the settings), provenance.jsonl (commit and versions)")
+    return final
+
+
+def prepare_run_folder(cfg: TrainConfig) -> Path:
+    """The run folder, made if needed: with ``resume`` it must hold a checkpoint, otherwise it must be
+    writable (ConfigError naming the field otherwise)."""
+    out = Path(cfg.out_dir)
+    if cfg.resume:
+        if not (out / "ckpt.pt").is_file():
+            raise ConfigError("resume", f"found no run to resume in {out} (no ckpt.pt there); leave out --resume to start one")
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{id(cfg)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("out_dir", f"{out} is not a writable folder ({e.strerror or e})") from None
+    return out
+
+
+def describe(cfg: TrainConfig, model: torch.nn.Module, task: object, world: int, device: str) -> str:
+    """One line: the model, its size, the task and how a step is made."""
+    n_params = sum(p.numel() for p in model.parameters())
+    kernels = cfg.kernels + "".join(f", {op} on the reference" for op in cfg.reference_ops) if cfg.model == "mosaic" else "-"
+    return (f"{cfg.model}: {n_params:,} parameters, {cfg.n_layer} layers, d={cfg.n_embd}, heads={cfg.n_head}, "
+            f"kernels={kernels} | {task.describe()} | device {device}, {cfg.dtype} | "
+            f"{cfg.batch_size} x {cfg.grad_accum} micro-steps x {world} processes per step")
+
+
+def final_metrics(cfg: TrainConfig, model: torch.nn.Module, task: object, out: Path, device: torch.device,
+                  dtype: torch.dtype) -> dict:
+    """The task's final metrics of the last weights, or with ``final_from="best"`` of a copy built from
+    best.pt (so the model, and the ckpt.pt saved after, stay the last weights: what a resume continues)."""
+    scored, weights_from, weights_step = model, "last", cfg.steps
+    if cfg.final_from == "best" and (out / "best.pt").is_file():
+        scored, best_ckpt = load_model(out / "best.pt", device)
+        weights_from, weights_step = "best", best_ckpt["step"]
+    return {**task.final(scored, device, dtype), "weights_from": weights_from, "weights_step": weights_step}
