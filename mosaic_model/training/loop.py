@@ -79,17 +79,8 @@ def train(config: TrainConfig) -> dict:
                         "tokens_per_s": tps})
             bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
         if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            m = task.validate(model, device, dtype)
-            log.record({"step": step + 1, "split": "val", **m})
-            if not cfg.quiet:
-                bar.write(f"step {step + 1}: {task.summary(m)}", file=sys.stderr)
-            if m["loss"] < best:
-                best = m["loss"]
-                if not cfg.no_best:
-                    ckpts.save(step + 1, model, opt, best, best_weights=True)
-            if cfg.save_every is None or (step + 1) % cfg.save_every == 0:
-                ckpts.save(step + 1, model, opt, best)
-            t_last = time.perf_counter()
+            best = validate_and_save(step + 1, cfg, task, model, opt, ckpts, log, best, bar, device, dtype)
+            t_last = time.perf_counter()  # the evaluation's time is not training throughput
         if deadline is not None and time.perf_counter() > deadline and step + 1 < stop:
             stop = step + 1  # at least one step per call, so a time-sliced run always advances
             break
@@ -111,6 +102,24 @@ def train(config: TrainConfig) -> dict:
     say(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss), "
         "config.json (the settings), provenance.jsonl (commit and versions)")
     return final
+
+
+def validate_and_save(step: int, cfg: TrainConfig, task: object, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                      ckpts: Checkpoints, log: RunLog, best: float, bar: tqdm, device: torch.device,
+                      dtype: torch.dtype) -> float:
+    """The evaluation after ``step``: validation metrics logged (and shown), best.pt when the loss is the
+    best so far, ckpt.pt at the checkpoint steps; returns the best validation loss."""
+    m = task.validate(model, device, dtype)
+    log.record({"step": step, "split": "val", **m})
+    if not cfg.quiet:
+        bar.write(f"step {step}: {task.summary(m)}", file=sys.stderr)
+    if m["loss"] < best:
+        best = m["loss"]
+        if not cfg.no_best:
+            ckpts.save(step, model, opt, best, best_weights=True)
+    if cfg.save_every is None or step % cfg.save_every == 0:
+        ckpts.save(step, model, opt, best)
+    return best
 
 
 def prepare_run_folder(cfg: TrainConfig) -> Path:
