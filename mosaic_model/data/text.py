@@ -15,8 +15,9 @@ Tokenisation follows the official preparation: tiktoken's GPT-2 encoding, ``enco
 tokens are not parsed), and the end-of-text token 50256 after every document. The token stream is
 cached as uint16 (``.npy``, memory-mapped) with the documents' start offsets, under a key computed
 from the source's content, the document rule and the tokenizer, so a second run reads the cache.
-Offline, point ``--tokenizer-dir`` or the ``MOSAIC_TOKENIZER_DIR`` environment variable at a folder
-holding GPT-2's ``vocab.bpe`` and ``encoder.json`` (checked against tiktoken's sha256).
+GPT-2's ``vocab.bpe`` and ``encoder.json`` ship with the package (``data/gpt2_bpe/``), so tokenising
+never touches the network; ``--tokenizer-dir`` or ``$MOSAIC_TOKENIZER_DIR`` names another folder
+holding them. Either is checked against tiktoken's sha256 of the files.
 """
 from __future__ import annotations
 
@@ -54,20 +55,23 @@ class DataError(ValueError):
 
 # --------------------------------------------------------------------------- tokenizer
 
-def tokenizer_dir_from_env(tokenizer_dir: str | os.PathLike | None = None) -> Path | None:
-    """The folder of GPT-2 BPE files to use: the argument, else ``$MOSAIC_TOKENIZER_DIR``, else None
-    (tiktoken's own download and cache)."""
+SHIPPED_TOKENIZER_DIR = Path(__file__).resolve().parent / "gpt2_bpe"  # GPT-2's BPE files, in the package
+
+
+def tokenizer_dir_from_env(tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of GPT-2 BPE files to use: the argument, else ``$MOSAIC_TOKENIZER_DIR``, else the
+    files shipped with the package."""
     chosen = tokenizer_dir or os.environ.get("MOSAIC_TOKENIZER_DIR") or None
-    return Path(chosen) if chosen else None
+    return Path(chosen) if chosen else SHIPPED_TOKENIZER_DIR
 
 
 def gpt2_encoding(tokenizer_dir: str | os.PathLike | None = None) -> tiktoken.Encoding:
-    """tiktoken's GPT-2 encoding, built from local ``vocab.bpe``/``encoder.json`` when a folder is given."""
+    """GPT-2's encoding (tiktoken's "gpt2": the same merges, pattern and end-of-text token), built from
+    the ``vocab.bpe`` and ``encoder.json`` of :func:`tokenizer_dir_from_env`, without the network.
+    DataError naming the folder when a file is missing or is not GPT-2's (sha256)."""
     import tiktoken
 
     folder = tokenizer_dir_from_env(tokenizer_dir)
-    if folder is None:
-        return tiktoken.get_encoding("gpt2")
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
@@ -78,8 +82,8 @@ def gpt2_encoding(tokenizer_dir: str | os.PathLike | None = None) -> tiktoken.En
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json"),
             vocab_bpe_hash=_VOCAB_BPE_SHA256, encoder_json_hash=_ENCODER_JSON_SHA256)
-    except ValueError as e:  # tiktoken checks both files' sha256
-        raise DataError(f"tokenizer folder {folder}: not GPT-2's BPE files ({e})") from None
+    except (ValueError, OSError, UnicodeDecodeError) as e:  # tiktoken checks both files' sha256
+        raise DataError(f"tokenizer folder {folder}: not GPT-2's BPE files ({str(e).splitlines()[0][:160]})") from None
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={EOT_TEXT: EOT}, explicit_n_vocab=GPT2_VOCAB)
 
@@ -228,7 +232,8 @@ def babistories_files(src: Source, cache_dir: Path) -> list[Path]:
             import multivolumefile
             import py7zr
         except ImportError:
-            raise DataError("reading BabiStories needs py7zr and multivolumefile: pip install 'mosaic[babistories]'") from None
+            raise DataError("reading BabiStories needs py7zr and multivolumefile: "
+                            "pip install 'memory-mosaics[babistories]'") from None
         base = str(parts[0])[: -len(".001")]
         with multivolumefile.open(base, mode="rb") as vol, py7zr.SevenZipFile(vol, "r") as archive:
             archive.extractall(path=tmp)
@@ -299,14 +304,22 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------- tokenisation
 
 _WORKER_ENC = None
+_WORKER_ERROR: str | None = None
 
 
 def _worker_init(tokenizer_dir):
-    global _WORKER_ENC
-    _WORKER_ENC = gpt2_encoding(tokenizer_dir)
+    # An initializer that raises makes multiprocessing start a new worker, forever: keep the error and
+    # raise it from the first task instead, which stops the whole pool with it.
+    global _WORKER_ENC, _WORKER_ERROR
+    try:
+        _WORKER_ENC = gpt2_encoding(tokenizer_dir)
+    except Exception as e:  # any failure: the parent re-raises it as one line
+        _WORKER_ERROR = f"{type(e).__name__}: {e}" if not isinstance(e, DataError) else str(e)
 
 
 def _encode_docs(docs: list[str]) -> list[np.ndarray]:
+    if _WORKER_ERROR is not None:
+        raise DataError(_WORKER_ERROR)
     out = []
     for d in docs:
         ids = _WORKER_ENC.encode_ordinary(d)
@@ -431,6 +444,7 @@ def _tokenize(docs: list[str], tokenizer_dir, workers: int | None, progress: boo
     from tqdm.auto import tqdm
 
     tokenizer_dir = tokenizer_dir_from_env(tokenizer_dir)
+    gpt2_encoding(tokenizer_dir)  # a missing or corrupt tokenizer fails here, once, before any worker starts
     workers = workers or min(8, os.cpu_count() or 1)
     chunk = max(1, min(2000, len(docs) // (4 * workers)))  # ~4 chunks a worker, for an even load
     batches = [docs[i:i + chunk] for i in range(0, len(docs), chunk)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..data.regbench import ICLSplit, icl_metrics
 from ..data.text import TokenCorpus
@@ -17,21 +18,20 @@ from .probes import last_row_attention
 @torch.no_grad()
 def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, device: torch.device | str,
                  dtype: torch.dtype = torch.float32,
-                 max_batches: int | None = None) -> dict:
+                 max_batches: int | None = None, progress: bool = False) -> dict:
     """Loss, validity accuracy, L1 and TVD over an in-context split, in fixed order.
 
     Per-batch means are averaged with weights equal to the batch's number of sequences, as
-    seq_icl's Lightning logging does.
+    seq_icl's Lightning logging does. ``progress``: a bar when it takes more than two seconds.
     """
     was_training = model.training
     model.eval()
     device = torch.device(device)
     totals: dict[str, float] = {}
     weight = 0
+    starts = list(range(0, len(split), batch_size))[:max_batches]
     try:
-        for n, start in enumerate(range(0, len(split), batch_size)):
-            if max_batches is not None and n >= max_batches:
-                break
+        for start in tqdm(starts, desc="evaluating", unit="batch", delay=2, leave=False, disable=not progress):
             idx = list(range(start, min(start + batch_size, len(split))))
             x, y, _ = split.batch(idx, device)
             with autocast_for(device, dtype):
@@ -46,18 +46,29 @@ def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, devic
     return {k: v / max(weight, 1) for k, v in totals.items()}
 
 
+# Logits (in elements) one model call makes at once during evaluation: 2^25 float32 values are 128 MiB; an
+# evaluation batch of 50 x 256 tokens at GPT-2's vocabulary would make 2.6 GB, and the loss as much again.
+EVAL_LOGITS = 2 ** 25
+
+
 def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str,
                  dtype: torch.dtype) -> torch.Tensor:
-    """Per-token cross-entropy (B, T) in float32; 0 where y is IGNORE_INDEX."""
-    with autocast_for(device, dtype):
-        logits, _ = model(x.to(device))
-    return F.cross_entropy(logits.float().transpose(1, 2), y.to(device), ignore_index=IGNORE_INDEX, reduction="none")
+    """Per-token cross-entropy (B, T) in float32; 0 where y is IGNORE_INDEX. The rows go through the
+    model a few at a time, so that one call's logits stay under ``EVAL_LOGITS`` elements."""
+    rows = max(1, EVAL_LOGITS // (x.shape[1] * model.config.vocab_size))
+    out = []
+    for start in range(0, x.shape[0], rows):
+        with autocast_for(device, dtype):
+            logits, _ = model(x[start:start + rows].to(device))
+        out.append(F.cross_entropy(logits.float().transpose(1, 2), y[start:start + rows].to(device),
+                                   ignore_index=IGNORE_INDEX, reduction="none"))
+    return torch.cat(out)
 
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batches: int, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype = torch.float32,
-                  seed: int = 0) -> float:
+                  seed: int = 0, progress: bool = False) -> float:
     """Mean token loss over ``batches`` batches of random windows drawn with ``seed`` (the same windows at
     every call, so that successive estimates during training are comparable)."""
     was_training = model.training
@@ -65,7 +76,8 @@ def estimate_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, 
     rng = np.random.default_rng(seed)
     total = 0.0
     try:
-        for _ in range(batches):
+        for _ in tqdm(range(batches), desc=f"evaluating {corpus.name}", unit="batch", delay=2, leave=False,
+                      disable=not progress):
             x, y = corpus.random_windows(rng, batch_size, block_size)
             total += float(token_losses(model, x, y, device, dtype).mean())
     finally:
@@ -76,20 +88,26 @@ def estimate_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, 
 @torch.no_grad()
 def corpus_loss(model: torch.nn.Module, corpus: TokenCorpus, block_size: int, batch_size: int, device: torch.device | str,
                 dtype: torch.dtype = torch.float32,
-                max_tokens: int | None = None) -> dict:
+                max_tokens: int | None = None, progress: bool = False) -> dict:
     """Mean token loss over consecutive non-overlapping windows covering the corpus (or its first
     ``max_tokens`` tokens): every token is predicted once, from up to ``block_size`` tokens of context."""
     n = len(corpus) - 1 if max_tokens is None else min(max_tokens, len(corpus) - 1)
     starts = list(range(0, n - block_size + 1, block_size))
     if not starts:
         corpus.check_window(block_size)
+    was_training = model.training
+    model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        rows = np.stack([corpus.tokens[s:s + block_size + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
-        t = torch.from_numpy(rows)
-        losses = token_losses(model, t[:, :-1], t[:, 1:], device, dtype)
-        total += float(losses.sum())
-        count += losses.numel()
+    try:
+        for i in tqdm(range(0, len(starts), batch_size), desc=f"evaluating {corpus.name}", unit="batch", delay=2,
+                      leave=False, disable=not progress):
+            rows = np.stack([corpus.tokens[s:s + block_size + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
+            t = torch.from_numpy(rows)
+            losses = token_losses(model, t[:, :-1], t[:, 1:], device, dtype)
+            total += float(losses.sum())
+            count += losses.numel()
+    finally:
+        model.train(was_training)
     return {"loss": total / count, "tokens": count}
 
 

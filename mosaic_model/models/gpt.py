@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .generation import GenerateMixin, is_static, layer_cache, lm_loss, write_at
+from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss, write_at
 
 
 class CausalSelfAttention(nn.Module):
@@ -86,7 +86,8 @@ class GPTBlock(nn.Module):
 
 
 class GPT(GenerateMixin, nn.Module):
-    """GPT2 with learned absolute positions and a tied head; ``model(idx, targets) -> (logits, loss)``."""
+    """GPT2 with learned absolute positions and a tied head; ``model(idx, targets) -> (logits, loss)``
+    (``loss_chunk``: as the Memory Mosaic's)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -106,7 +107,7 @@ class GPT(GenerateMixin, nn.Module):
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]
@@ -116,8 +117,14 @@ class GPT(GenerateMixin, nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        if loss_chunk and targets is not None:
+            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
+        logits = self._head(x)
         return logits, lm_loss(logits, targets)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""
+        return self.lm_head(self.ln_f(x))
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
@@ -132,7 +139,7 @@ class GPT(GenerateMixin, nn.Module):
             x = block.step(x, layer_cache(cache, i))
         if static:
             pos.add_(1)  # in place: a captured graph advances it too
-        return self.lm_head(self.ln_f(x))
+        return self._head(x)
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

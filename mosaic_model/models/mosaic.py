@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .config import MosaicConfig
-from .generation import GenerateMixin, is_static, layer_cache, lm_loss
+from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss
 from .memory import ContextMemory, PersistentMemory
 
 
@@ -36,7 +36,8 @@ class MemoryMosaic(GenerateMixin, nn.Module):
 
     ``model(idx, targets=None) -> (logits, loss)``: logits (B, T, vocab) for every position
     (scaled by 1/sqrt(n_embd) when ``config.logit_scale``); loss is the mean cross-entropy over
-    targets that are not -100, or None without targets.
+    targets that are not -100, or None without targets. ``loss_chunk=R`` (with targets) computes the
+    loss ``R`` rows at a time without keeping the logits (``chunked_lm_loss``) and returns None for them.
     """
 
     def __init__(self, config: MosaicConfig):
@@ -67,7 +68,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         cfg = MosaicConfig(**{**self.config.to_dict(), "kernels": kernels})
         self.config.kernels = cfg.kernels
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         if idx.shape[1] > self.config.block_size:
@@ -75,6 +76,8 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x)
+        if loss_chunk and targets is not None:
+            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
         logits = self._head(x)
         return logits, lm_loss(logits, targets)
 

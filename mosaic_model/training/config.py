@@ -78,7 +78,8 @@ class TextArgs:
     tokenizer_dir: str | None = arg(None, "folder with GPT-2's vocab.bpe and encoder.json for offline use "
                                           "($MOSAIC_TOKENIZER_DIR)", type=str)
     cache_dir: str | None = arg(None, "token cache ($MOSAIC_CACHE_DIR, else ~/.cache/mosaic)", type=str)
-    eval_batches: int = arg(20, "batches of random windows per loss estimate")
+    eval_batches: int | None = arg(None, "batches of random windows per split and evaluation; None = as many as "
+                                         "cover the tokens trained between two evaluations, 1 to 20", type=int)
 
 
 @dataclass
@@ -104,6 +105,10 @@ class OptimArgs:
     beta1: float = arg(0.9, "AdamW beta1, in [0, 1)")
     beta2: float = arg(0.99, "AdamW beta2, in [0, 1)")
     grad_clip: float = arg(1.0, "global gradient-norm clip; 0 disables")
+    loss_chunk: int | None = arg(None, "positions whose logits the training loss makes at a time, recomputed in the "
+                                       "backward, so that the (batch, block, vocab) logits never exist whole; 0 = all "
+                                       "at once; None = all at once on CUDA, chunks of 128 MiB of logits on the CPU",
+                                 type=int)
 
 
 @dataclass
@@ -228,12 +233,16 @@ def _check_optimisation(c: TrainConfig) -> None:
             raise ConfigError(name, f"must be in [0, 1), got {getattr(c, name)}")
     if not (c.grad_clip >= 0 and math.isfinite(c.grad_clip)):
         raise ConfigError("grad_clip", f"must be a positive norm, or 0 to disable clipping, got {c.grad_clip}")
+    if c.loss_chunk is not None and c.loss_chunk < 0:
+        raise ConfigError("loss_chunk", f"must be >= 0 (0: all at once), got {c.loss_chunk}")
     if c.schedule not in SCHEDULE_CHOICES:
         raise ConfigError("schedule", f"must be one of {SCHEDULE_CHOICES}, got {c.schedule!r}")
 
 
 def _check_data(c: TrainConfig) -> None:
-    check_at_least_one(c, ("num_train", "max_string_len", "block_size", "eval_batches"))
+    check_at_least_one(c, ("num_train", "max_string_len", "block_size"))
+    if c.eval_batches is not None and c.eval_batches < 1:
+        raise ConfigError("eval_batches", f"must be >= 1, got {c.eval_batches}")
     if c.num_test < 2:
         raise ConfigError("num_test", f"must be >= 2, got {c.num_test}")
     if c.doc_split not in DOC_SPLITS:

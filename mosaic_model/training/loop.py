@@ -44,7 +44,7 @@ def train(config: TrainConfig) -> dict:
 
     device, dtype = torch.device(device_name), getattr(torch, cfg.dtype)
     seed_everything(cfg.seed)
-    task = make_task(cfg, progress=main and not cfg.quiet)
+    task = make_task(cfg, progress=main and not cfg.quiet, world=world)
     model = build_model(cfg.model, cfg.model_config(task.block_size, task.vocab_size)).to(device)
     if world > 1:
         torch.manual_seed(cfg.seed + rank)  # distinct dropout masks per rank (the weights are broadcast)
@@ -98,7 +98,7 @@ def train(config: TrainConfig) -> dict:
     ckpts.save(cfg.steps, model, opt, best, finished=True, final=final)
     log.close()
     wait_for_all(world)
-    print(f"{task.final_title}: {task.summary(final)}")
+    print(f"{task.final_title}: {task.final_summary(final)}")
     say(f"outputs in {out}/: metrics.jsonl (every log and evaluation), ckpt.pt (last), best.pt (best val loss), "
         "config.json (the settings), provenance.jsonl (commit and versions)")
     return final

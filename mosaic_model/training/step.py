@@ -28,17 +28,19 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def optimizer_step(net: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
                    batches: Iterable[Batch], micro_steps: int, grad_clip: float, device: torch.device,
-                   dtype: torch.dtype, world: int = 1, autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype, world: int = 1, autocast_cache: bool = True,
+                   loss_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward on each of the ``micro_steps`` batches (gradients averaged), the global
     norm clipped to ``grad_clip`` (0: no clipping), one optimizer step. Returns the mean loss over the
     micro-steps and the gradient norm before clipping, as tensors (reading them waits for the GPU).
-    With ``world > 1`` (DDP), gradients are all-reduced on the last micro-step only."""
+    With ``world > 1`` (DDP), gradients are all-reduced on the last micro-step only. ``loss_chunk`` > 0:
+    the loss's head and cross-entropy run that many positions at a time (the models' ``loss_chunk``)."""
     loss_sum = torch.zeros((), device=device)
     for micro, (x, y) in enumerate(batches):
         last = micro == micro_steps - 1
         with (net.no_sync() if world > 1 and not last else contextlib.nullcontext()):
             with autocast_for(device, dtype, cache=autocast_cache):
-                _, loss = net(x, y)
+                _, loss = net(x, y, loss_chunk=loss_chunk) if loss_chunk else net(x, y)
             (loss / micro_steps).backward()
         loss_sum = loss_sum + loss.detach() / micro_steps
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
@@ -112,6 +114,22 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+# Logits (in elements) the training loss makes at once on the CPU when ``loss_chunk`` is left to the trainer:
+# 2^25 float32 values are 128 MiB, where a batch of 32 x 256 tokens at GPT-2's vocabulary makes 1.6 GiB.
+CPU_LOSS_LOGITS = 2 ** 25
+
+
+def loss_rows(config: TrainConfig, vocab_size: int, device: torch.device) -> int:
+    """Positions per chunk of the training loss (0: all at once). ``config.loss_chunk`` when given;
+    otherwise all at once on CUDA, and on the CPU chunks of ``CPU_LOSS_LOGITS`` logits when a
+    micro-batch's logits are larger than that."""
+    if config.loss_chunk is not None:
+        return config.loss_chunk
+    rows = max(1, CPU_LOSS_LOGITS // vocab_size)
+    positions = config.batch_size * config.block_size if config.task == "lm" else 0
+    return rows if device.type == "cpu" and positions > rows else 0
+
+
 def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, device: torch.device,
               dtype: torch.dtype, world: int, start: int, fixed_shape: Callable[[torch.Tensor, torch.Tensor], Batch]
               ) -> Callable[[list[Batch]], tuple[torch.Tensor, torch.Tensor]]:
@@ -120,6 +138,7 @@ def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, config: TrainC
     after each step, or with ``config.cuda_graph`` the same step replayed as a CUDA graph on batches
     brought to one shape by ``fixed_shape``. ``start`` is the first step (the graphed optimizer's
     learning rate becomes a device tensor holding that step's value)."""
+    chunk = loss_rows(config, model.config.vocab_size, device)
     net = torch.compile(model) if config.compile else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -127,7 +146,7 @@ def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, config: TrainC
 
     def eager(batches: list[Batch], autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         return optimizer_step(net, params, opt, batches, config.grad_accum, config.grad_clip, device, dtype, world,
-                              autocast_cache=autocast_cache)
+                              autocast_cache=autocast_cache, loss_chunk=chunk)
 
     if config.cuda_graph:
         make_capturable(opt, lr_at(start, config))

@@ -6,12 +6,14 @@ the validation metrics at each evaluation and the final ones.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from ..data.regbench import IGNORE, PAD, VOCAB_SIZE, ICLTask, ICLTaskConfig
 from ..data.text import TokenCorpus, load_corpus
-from ..evaluation.metrics import estimate_loss, evaluate_icl
+from ..evaluation.metrics import corpus_loss, estimate_loss, evaluate_icl
 from .config import TrainConfig
 
 LM_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, as the official models do
@@ -23,8 +25,9 @@ class ICLTrainingTask:
     kind = "icl"
     vocab_size = VOCAB_SIZE
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, progress: bool = True, world: int = 1):
         self.config = a = config
+        self.progress = progress
         self.task = ICLTask(ICLTaskConfig(num_train=a.num_train, num_test=a.num_test,
                                           max_string_len=a.max_string_len, seed=a.task_seed,
                                           iid=a.iid))
@@ -58,17 +61,19 @@ class ICLTrainingTask:
 
     def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         """Loss and in-context metrics on the validation languages."""
-        return evaluate_icl(model, self.task.val, self.config.eval_batch_size, device, dtype)
+        return evaluate_icl(model, self.task.val, self.config.eval_batch_size, device, dtype, progress=self.progress)
 
     def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         """Loss and in-context metrics on the test languages."""
-        return evaluate_icl(model, self.task.test, self.config.eval_batch_size, device, dtype)
+        return evaluate_icl(model, self.task.test, self.config.eval_batch_size, device, dtype, progress=self.progress)
 
     @staticmethod
     def summary(m: dict) -> str:
         """One line of metrics for the log."""
         return (f"loss {m['loss']:.4f} | in-context accuracy {m['accuracy']:.3f} (uniform-guess chance "
                 f"{m['chance_accuracy']:.3f}) | L1 {m['l1']:.3f} | TVD {m['tvd']:.3f}")
+
+    final_summary = summary
 
     @property
     def final_title(self) -> str:
@@ -83,8 +88,9 @@ class LMTrainingTask:
     kind = "lm"
     vocab_size = LM_VOCAB
 
-    def __init__(self, config: TrainConfig, progress: bool = True):
+    def __init__(self, config: TrainConfig, progress: bool = True, world: int = 1):
         self.config = a = config
+        self.progress, self.world = progress, world
         self.block_size = a.block_size
         opts = dict(doc_split=a.doc_split, cache_dir=a.cache_dir, tokenizer_dir=a.tokenizer_dir, progress=progress)
         corpus = load_corpus(a.data, **opts)
@@ -112,9 +118,24 @@ class LMTrainingTask:
         """The batch as it is: windows of the block size already have one shape."""
         return x, y
 
+    # The most batches an evaluation of one split draws when eval_batches is left to the run (the official
+    # estimate_loss's count at the paper's recipe is 10; this package's default was 20).
+    MAX_EVAL_BATCHES = 20
+
+    @property
+    def eval_batches(self) -> int:
+        """Batches of random windows per split and evaluation: ``eval_batches`` when given, otherwise as
+        many as cover the tokens trained between two evaluations (at least one, at most
+        ``MAX_EVAL_BATCHES``), so that a short run does not spend most of its time evaluating."""
+        c = self.config
+        if c.eval_batches is not None:
+            return c.eval_batches
+        trained = min(c.eval_every, c.steps) * c.batch_size * c.grad_accum * self.world
+        return max(1, min(self.MAX_EVAL_BATCHES, math.ceil(trained / c.eval_batch_size)))
+
     def _estimate(self, model, corpus: TokenCorpus, device, dtype) -> float:
-        return estimate_loss(model, corpus, self.block_size, self.config.eval_batches, self.config.eval_batch_size,
-                             device, dtype, seed=self.config.seed + 1)
+        return estimate_loss(model, corpus, self.block_size, self.eval_batches, self.config.eval_batch_size,
+                             device, dtype, seed=self.config.seed + 1, progress=self.progress)
 
     def validate(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
         """Train and validation loss on the same fixed random windows at every evaluation (the
@@ -123,17 +144,28 @@ class LMTrainingTask:
                 "train_loss": self._estimate(model, self.train_corpus, device, dtype)}
 
     def final(self, model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict:
-        """The last evaluation: as :meth:`validate`."""
-        return self.validate(model, device, dtype)
+        """What the periodic evaluations sample, on the whole validation split: its consecutive windows of
+        the block size, every token predicted once (``corpus_loss``). The last periodic evaluation
+        (at the same step) is the line before it in metrics.jsonl."""
+        m = corpus_loss(model, self.val_corpus, self.block_size, self.config.eval_batch_size, device, dtype,
+                        progress=self.progress)
+        return {"loss": m["loss"], "tokens": m["tokens"]}
 
     @staticmethod
     def summary(m: dict) -> str:
         """One line of metrics for the log."""
         return f"val loss {m['loss']:.4f} (perplexity {np.exp(m['loss']):.2f}) | train loss {m['train_loss']:.4f}"
 
+    @staticmethod
+    def final_summary(m: dict) -> str:
+        """One line of the final metrics."""
+        return (f"val loss {m['loss']:.4f} (perplexity {np.exp(m['loss']):.2f}) over the whole validation split "
+                f"({m['tokens']:,} tokens, consecutive windows)")
+
     final_title = "final"
 
 
-def make_task(config: TrainConfig, progress: bool = True) -> ICLTrainingTask | LMTrainingTask:
-    """The training task that ``config.task`` names."""
-    return LMTrainingTask(config, progress) if config.task == "lm" else ICLTrainingTask(config)
+def make_task(config: TrainConfig, progress: bool = True, world: int = 1) -> ICLTrainingTask | LMTrainingTask:
+    """The training task that ``config.task`` names (``progress``: bars for tokenising and long evaluations;
+    ``world``: the processes training, which share the tokens of a step)."""
+    return (LMTrainingTask if config.task == "lm" else ICLTrainingTask)(config, progress, world)

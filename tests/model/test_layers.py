@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mosaic_model"
 # Bottom to top; a module may import its own layer and those below it, never one above.
-LAYERS = {"runtime": 0, "models": 1, "data": 1, "evaluation": 2, "training": 3, "cli": 4}
+LAYERS = {"runtime": 0, "models": 1, "data": 1, "evaluation": 2, "training": 3, "hf": 4, "cli": 5}
 
 
 def _layer(module: str) -> str:

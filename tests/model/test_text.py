@@ -203,10 +203,85 @@ def test_tokenizer_folder_is_checked(tmp_path, monkeypatch):
         (tmp_path / "encoder.json").unlink() or text.gpt2_encoding(tmp_path)
 
 
-@pytest.mark.skipif(not os.environ.get("MOSAIC_TOKENIZER_DIR"), reason="set MOSAIC_TOKENIZER_DIR to GPT-2's BPE files")
-def test_real_gpt2_encoding_offline(monkeypatch):
+def test_shipped_gpt2_encoding_is_tiktokens_gpt2(monkeypatch):
+    """The BPE files shipped in the package give GPT-2's ids (those tiktoken's "gpt2" gives, for a
+    sentence whose ids are known), with no folder named and no network."""
     monkeypatch.undo()
+    monkeypatch.delenv("MOSAIC_TOKENIZER_DIR", raising=False)
+    assert text.tokenizer_dir_from_env() == text.SHIPPED_TOKENIZER_DIR
     enc = text.gpt2_encoding()
     assert enc.encode_ordinary("Hello world, Lily and Ben went to the park.") == [15496, 995, 11, 20037, 290, 3932,
                                                                                  1816, 284, 262, 3952, 13]
     assert enc.encode_ordinary("<|endoftext|>") != [EOT]  # special tokens are not parsed
+    assert enc.n_vocab == 50257 and enc.decode([15496, 995]) == "Hello world"
+
+
+def test_a_tokenizer_that_fails_in_the_workers_stops_the_pool(monkeypatch):
+    """A worker whose tokenizer fails ends the tokenisation with that error, at once (multiprocessing
+    starts a new worker for every initializer that raises, so before it was fixed this never ended)."""
+    monkeypatch.undo()
+    parent = os.getpid()
+    real = text.gpt2_encoding
+
+    def fails_in_workers(tokenizer_dir=None):
+        if os.getpid() != parent:
+            raise DataError("tokenizer folder X: not GPT-2's BPE files (broken in the worker)")
+        return real(tokenizer_dir)
+
+    monkeypatch.setattr(text, "gpt2_encoding", fails_in_workers)
+    if text.multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or os.name != "posix":
+        pytest.skip("the workers must inherit the patched module (fork)")
+    with pytest.raises(DataError, match="broken in the worker"):
+        text._tokenize([f"document {i}" for i in range(64)], None, workers=2, progress=False, name="x")
+
+
+NO_NETWORK = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("the network is blocked in this test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from mosaic_model.data import text
+if len(sys.argv) > 1 and sys.argv[1] == "--corrupt-tokenizer":
+    text.SHIPPED_TOKENIZER_DIR = __import__("pathlib").Path(sys.argv[2])
+    sys.argv[1:3] = []
+from mosaic_model.cli.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_offline(tmp_path, *extra):
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "my.txt"
+    corpus.write_text("\n\n".join(f"Story {i}: Lily and Ben went to the park and saw {i} ducks." for i in range(60)))
+    env = {k: v for k, v in os.environ.items() if k != "MOSAIC_TOKENIZER_DIR"}
+    env["MOSAIC_CACHE_DIR"] = str(tmp_path / "cache")
+    argv = [sys.executable, "-c", NO_NETWORK, *extra, "--task", "lm", "--data", str(corpus), "--steps", "2",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
+            "--eval-batches", "1", "--eval-batch-size", "2", "--eval-every", "2", "--kernels", "reference",
+            "--device", "cpu", "--quiet", "--out-dir", str(tmp_path / "run")]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_text_training_needs_no_network_and_no_tokenizer_flag(tmp_path):
+    proc = _train_offline(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final: val loss" in proc.stdout
+
+
+def test_a_corrupt_shipped_tokenizer_is_one_line_and_exit_2(tmp_path):
+    import shutil
+    import time
+
+    broken = tmp_path / "bpe"
+    shutil.copytree(text.SHIPPED_TOKENIZER_DIR, broken)
+    with open(broken / "vocab.bpe", "a") as f:
+        f.write("x y\n")  # one merge more: the sha256 no longer matches
+    t0 = time.time()
+    proc = _train_offline(tmp_path, "--corrupt-tokenizer", str(broken))
+    assert proc.returncode == 2 and time.time() - t0 < 60
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not GPT-2's BPE files" in lines[0] and str(broken) in lines[0], proc.stderr[-2000:]
