@@ -45,7 +45,7 @@ for PART in "${@:-all}"; do
         tail -n 12 "$OUT/$B.md"
       done
       python3 -m benchmarks.tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
-      python3 -m mosaic_model.cli.train --device cuda --out-dir /tmp/run-cuda --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
+      python3 -m mosaic_model.cli.train --device cuda --out-dir /tmp/run-cuda --overwrite --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;
@@ -68,7 +68,7 @@ for PART in "${@:-all}"; do
     parity|all)
       for K in fused reference; do
         python3 -m mosaic_model.cli.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
-          --out-dir /tmp/parity-$K --quiet 2>&1 | tail -n 1
+          --out-dir /tmp/parity-$K --overwrite --quiet 2>&1 | tail -n 1
         cp /tmp/parity-$K/metrics.jsonl "$OUT/parity_$K.jsonl"
       done ;;
   esac

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic_model.cli.common import DefaultsHelpFormatter
 from mosaic_model.models.config import KERNEL_CHOICES, REFERENCE_OP_CHOICES
 from mosaic_model.training import TrainConfig, preset
 
@@ -625,26 +626,26 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the depth study."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     p.add_argument("command", choices=("run", "report", "claims", "compare"),
                    help="claims: the numbers of each claim, from the evaluation JSON that report wrote (--figures); "
                         "compare: the final losses of several reports' seeds side by side (--summaries, one --depths)")
     p.add_argument("--data", help="training text (a folder of books: --doc-split file); run needs it, and report "
                                   "unless --no-evals")
-    p.add_argument("--doc-split", default="file")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--out", default="runs/lm_depth")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
-    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS))
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--parallel", type=int, default=16)
+    p.add_argument("--doc-split", default="file", help="how --data's .txt files are cut into documents (mosaic-train's)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="documents of --data held out for validation")
+    p.add_argument("--out", default="runs/lm_depth", help="the folder of the grid's run folders")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="the models of the grid")
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS), help="the depths of the grid")
+    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="the learning rates of the grid")
+    p.add_argument("--width", type=int, default=256, help="d of every model (heads of 64 dimensions)")
+    p.add_argument("--block-size", type=int, default=512, help="context length T of training")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (one micro-step)")
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run (a tenth warming up)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--parallel", type=int, default=16, help="runs at once (separate processes on one GPU)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (mosaic-train's --device)")
     p.add_argument("--cuda-graph", action="store_true", help="every run replays its steps as CUDA graphs (mosaic-train)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="run: mosaic-train's --dtype (auto = bf16 autocast on CUDA); give float32 runs their own --out, "
@@ -662,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="out-of-distribution texts for the loss by position (the first also feeds the long-context "
                         "evaluation; each further one gets ood_loss_by_position_NAME); the attention maps read --data")
     p.add_argument("--eval-depth", type=int, default=2, help="the equal depth of Fig 10 and Table 1 analogues")
-    p.add_argument("--num-seqs", type=int, default=512)
-    p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--num-seqs", type=int, default=512, help="report: random windows averaged by the attention maps")
+    p.add_argument("--figures", default="docs/figures", help="report, claims, compare: where figures and JSON go")
     p.add_argument("--no-evals", action="store_true", help="report: selection and curves only (no checkpoints needed)")
     p.add_argument("--summaries", nargs="+", default=[], metavar="LABEL=FOLDER",
                    help="compare: report folders (each with lm_depth_summary.json) and their labels")

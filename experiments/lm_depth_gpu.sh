@@ -32,24 +32,25 @@
 # GRAPH=1 gives every run --cuda-graph. PARALLEL (default 6) runs at once per part. EXTRA: more lm_depth run
 # flags, last on the line (a CPU smoke test: EXTRA="--device cpu --steps 4 --width 64 --batch-size 2
 # --block-size 32 --eval-every 2 --kernels reference").
-# Needs .carry/ with books.tar.xz, gpt2-tokenizer/, simplewiki/simplewiki.json.xz and stories/.
+# Needs the folder DATA (default .carry, in the checkout) with books.tar.xz, simplewiki/simplewiki.json.xz and stories/.
+DATA=${DATA:-.carry}
 set -uo pipefail
 limit=$1; prior=$2; shift 2
-export MOSAIC_TOKENIZER_DIR=$PWD/.carry/gpt2-tokenizer MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
+export MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figures/stories /tmp/lm_depth /tmp/lm_stories /tmp/lm_ablate
-tar -xJf .carry/books.tar.xz -C /tmp/books
+tar -xJf $DATA/books.tar.xz -C /tmp/books
 [ "$prior" != - ] && tar -xzf "$prior" -C /tmp
-ood=.carry/simplewiki/simplewiki.json.xz
+ood=$DATA/simplewiki/simplewiki.json.xz
 pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories lm_ablate 2>/dev/null \
            && mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"; }
 (while sleep 15; do pack; done) &
 packer=$!
 # Tokenise once, with every core, before the runs start (they then read the cache).
-python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False); l('$ood', progress=False); l('.carry/stories', progress=False)"
+python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False); l('$ood', progress=False); l('$DATA/stories', progress=False)"
 lm=(python -m experiments.lm_depth)
 common=(--parallel "${PARALLEL:-6}" --time-limit "$limit" $([ "${GRAPH:-0}" = 1 ] && echo --cuda-graph) ${EXTRA:-})
 books=(--data /tmp/books --out /tmp/lm_depth)
-stories=(--data .carry/stories --doc-split auto --out /tmp/lm_stories --depths 1 2 --steps 300 --eval-every 25)
+stories=(--data $DATA/stories --doc-split auto --out /tmp/lm_stories --depths 1 2 --steps 300 --eval-every 25)
 pids=()
 for part in "$@"; do
   case $part in
@@ -92,7 +93,7 @@ pack
 # Reports: the books selection and curves (evaluations only where weights exist; the loss by position also on
 # TinyStories, a second out-of-distribution text for book-trained models), the stories with theirs.
 evals=$([[ " $* " == *" evals "* ]] || echo --no-evals)
-"${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood .carry/stories --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
+"${lm[@]}" report "${books[@]}" $evals --seeds 0 1 2 --ood $ood $DATA/stories --figures /tmp/figures/books --num-seqs 512 > /tmp/figures/books_report.log 2>&1 &
 if [[ " $* " == *" stories"* ]]; then
   "${lm[@]}" report "${stories[@]}" --seeds 0 1 2 --ood $ood --figures /tmp/figures/stories --num-seqs 512 > /tmp/figures/stories_report.log 2>&1 &
 fi

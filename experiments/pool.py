@@ -28,7 +28,9 @@ class Job:
     def argv(self, time_limit: float | None) -> list[str]:
         """The command of this job's process; writes ``job.json`` (the config) into its folder."""
         self.out.mkdir(parents=True, exist_ok=True)
-        config = replace(self.config, out_dir=str(self.out), resume=self.resume, time_limit=time_limit)
+        # A job that does not resume starts its run afresh: the sweep decided the folder holds nothing to keep.
+        config = replace(self.config, out_dir=str(self.out), resume=self.resume, overwrite=not self.resume,
+                         time_limit=time_limit)
         (self.out / "job.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
         return [sys.executable, "-m", "mosaic_model.cli.train", "--config", str(self.out / "job.json"), *self.extra_argv]
 

@@ -295,18 +295,18 @@ def _plot_lr_search(results: list[dict], path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the RegBench sweep."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report"))
-    p.add_argument("--out", default="runs/regbench")
+    p.add_argument("command", choices=("run", "report"), help="run: train the grid; report: select and plot")
+    p.add_argument("--out", default="runs/regbench", help="the folder of the sweep's run folders")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of training languages")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models of the grid")
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS), help="the depths of the grid")
     p.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS), help=f"multiples of {HEAD_SIZE}")
     p.add_argument("--wds", nargs="+", type=float, default=list(WEIGHT_DECAYS), help="weight decays")
-    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS))
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="the learning rates of the grid")
+    p.add_argument("--epochs", type=int, default=200, help="epochs of the training languages (the preset's 200)")
     p.add_argument("--step-cap", type=int, default=None, help="at most this many steps a run (same for both models)")
     p.add_argument("--num-test", type=int, default=1000, help="held-out languages (half test, half validation)")
-    p.add_argument("--task-seed", type=int, default=0)
+    p.add_argument("--task-seed", type=int, default=0, help="seed of the generated languages")
     p.add_argument("--iid", action="store_true", help="the IID split (paper Table 4)")
     p.add_argument("--save-every", type=int, default=500,
                    help="steps between checkpoints of a run (one is always written when it stops or ends); the "
@@ -314,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     # 4 runs at once filled the GPU best at the preset's size (BENCHMARKS.md, bench_parallel_runs).
     p.add_argument("--parallel", type=int, default=4, help="runs at once")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (mosaic-train's --device)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="anything after this goes to every mosaic-train call unchanged")
-    p.add_argument("--figures", default="docs/figures/regbench")
+    p.add_argument("--figures", default="docs/figures/regbench", help="report: where figures, tables and JSON go")
     return p
 
 

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "CONTRIBUTING.md")
-CONSOLE = {"mosaic-train": "mosaic_model.cli.train", "mosaic-eval": "mosaic_model.cli.eval"}
+CONSOLE = {"mosaic-train": "mosaic_model.cli.train", "mosaic-eval": "mosaic_model.cli.eval", "mosaic-hf": "mosaic_model.cli.hf",
+           "mosaic-lm-eval": "mosaic_model.cli.harness"}
 SKIP = {"pip", "ruff", "git", "cd", "tar", "export"}  # installs, lint, and shell built-ins: not ours to dry-run
 
 

@@ -8,6 +8,16 @@ from typing import NoReturn
 from ..models.config import ConfigError
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows each option's default, except where it is None or
+    off (the help then says what leaving it out means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def flag(field: str) -> str:
     """The command-line flag of a config field: ``n_layer`` -> ``--n-layer``."""
     return "--" + field.replace("_", "-")

@@ -31,11 +31,7 @@ from ..training.checkpoint import CheckpointError
 from ..training.distributed import close_distributed
 from ..training.loop import train
 from ..training.presets import preset_fields
-from .common import config_error_line, fail, flag
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows every default."""
+from .common import DefaultsHelpFormatter, config_error_line, fail, flag
 
 
 def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
@@ -53,7 +49,7 @@ def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mosaic-train``: a flag per TrainConfig field, grouped by section, with the
     field's default and help."""
-    p = argparse.ArgumentParser(prog="mosaic-train", description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog="mosaic-train", description=__doc__, formatter_class=DefaultsHelpFormatter)
     own = {f.name: f for f in dataclasses.fields(TrainConfig)}
     _add_field(p, own["task"])
     p.add_argument("--preset", choices=PRESETS, default=None,
@@ -100,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     try:
         return TrainConfig(**values).resolved()
     except ConfigError as e:
-        parser.error(config_error_line(e))
+        fail("mosaic-train", config_error_line(e))  # one line: the usage is for unknown flags
 
 
 def main(argv: list[str] | None = None) -> int:

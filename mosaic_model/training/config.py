@@ -40,7 +40,7 @@ class ModelArgs:
     n_layer: int = arg(2, "blocks")
     n_head: int = arg(4, "heads per block")
     n_embd: int = arg(64, "width d")
-    pmem_size: int | None = arg(None, "P-mem slots per head; None = 3.5 x n_embd", type=int)
+    pmem_size: int | None = arg(None, "P-mem slots per head (unset: 3.5 x n_embd)", type=int)
     dropout: float = arg(0.05, "residual dropout (and P-mem slot dropout for the Memory Mosaic)")
     attn_dropout: float = arg(0.0, "Memory Mosaic C-mem attention dropout (lib-naive). GPT2 drops attention "
                                    "weights at --dropout, so for it this is 0 or --dropout")
@@ -69,17 +69,17 @@ class TextArgs:
 
     data: str | None = arg(None, "training text: a file or folder (.txt/.jsonl/.json, optionally .gz/.xz), "
                                  "hf:NAME[:SPLIT[:COLUMN]] or babistories:DIR[:SPLIT]", type=str)
-    val_data: str | None = arg(None, "validation text (same forms); default: --val-fraction of --data", type=str)
+    val_data: str | None = arg(None, "validation text (same forms; unset: --val-fraction of --data)", type=str)
     val_fraction: float = arg(0.05, "documents of --data held out for validation")
     split_seed: int = arg(0, "seed of the document split")
     doc_split: str = arg("auto", ".txt documents: auto (<|endoftext|> if present, else blank lines), eot, blank, "
                                  "line, file", choices=DOC_SPLITS)
     block_size: int = arg(256, "context length T")
-    tokenizer_dir: str | None = arg(None, "folder with GPT-2's vocab.bpe and encoder.json for offline use "
-                                          "($MOSAIC_TOKENIZER_DIR)", type=str)
-    cache_dir: str | None = arg(None, "token cache ($MOSAIC_CACHE_DIR, else ~/.cache/mosaic)", type=str)
-    eval_batches: int | None = arg(None, "batches of random windows per split and evaluation; None = as many as "
-                                         "cover the tokens trained between two evaluations, 1 to 20", type=int)
+    tokenizer_dir: str | None = arg(None, "folder with GPT-2's vocab.bpe and encoder.json (unset: "
+                                          "$MOSAIC_TOKENIZER_DIR, else the files shipped with the package)", type=str)
+    cache_dir: str | None = arg(None, "token cache (unset: $MOSAIC_CACHE_DIR, else ~/.cache/mosaic)", type=str)
+    eval_batches: int | None = arg(None, "batches of random windows per split and evaluation (unset: as many "
+                                         "as cover the tokens trained between two evaluations, 1 to 20)", type=int)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class OptimArgs:
     grad_clip: float = arg(1.0, "global gradient-norm clip; 0 disables")
     loss_chunk: int | None = arg(None, "positions whose logits the training loss makes at a time, recomputed in the "
                                        "backward, so that the (batch, block, vocab) logits never exist whole; 0 = all "
-                                       "at once; None = all at once on CUDA, chunks of 128 MiB of logits on the CPU",
+                                       "at once (unset: all at once on CUDA, chunks of 128 MiB of logits on the CPU)",
                                  type=int)
 
 
@@ -126,7 +126,7 @@ class RunArgs:
     eval_every: int | None = arg(50, "steps between evaluations (and checkpoints)", type=int)
     final_from: str = arg("last", "the final (test) metrics from the last weights or those of best validation loss",
                           choices=FINAL_FROM_CHOICES)
-    save_every: int | None = arg(None, "steps between checkpoints (default: at every evaluation); one is always "
+    save_every: int | None = arg(None, "steps between checkpoints (unset: at every evaluation); one is always "
                                        "written when the run stops or ends. Many runs sharing one disk can wait more "
                                        "on it than they train", type=int)
     no_best: bool = arg(False, "do not keep best.pt (the weights of best val loss)")
@@ -134,6 +134,8 @@ class RunArgs:
     log_every: int = arg(10, "steps between training-loss log lines")
     out_dir: str = arg("runs/icl", "run folder: metrics.jsonl, ckpt.pt, best.pt")
     resume: bool = arg(False, "continue the run in --out-dir from its checkpoint (a larger --steps extends it)")
+    overwrite: bool = arg(False, "replace the run in --out-dir (its checkpoints, metrics, config and provenance are "
+                                 "deleted first); without it or --resume, a folder holding a run is an error")
     max_steps_this_run: int | None = arg(None, "stop after this many steps, with a checkpoint to --resume from "
                                                "(time-sliced jobs)", type=int)
     time_limit: float | None = arg(None, "stop after this many seconds of training, with a checkpoint to --resume "
@@ -192,6 +194,14 @@ class TrainConfig(RunArgs, OptimArgs, TextArgs, TaskArgs, ModelArgs):
         _check_data(c)
         _check_run(c)
         return c
+
+    def warnings(self) -> list[str]:
+        """What is legal but surely not what was meant, one line each (the trainer prints them)."""
+        out = []
+        if self.warmup >= self.steps:
+            out.append(f"--warmup {self.warmup} is not shorter than the run (--steps {self.steps}): the learning rate "
+                       f"never reaches --lr {self.lr:g}")
+        return out
 
     def to_dict(self) -> dict:
         """The fields as a plain dict (what checkpoints store)."""
@@ -265,6 +275,8 @@ def _check_run(c: TrainConfig) -> None:
         raise ConfigError("final_from", f"must be one of {FINAL_FROM_CHOICES}, got {c.final_from!r}")
     if c.final_from == "best" and c.no_best:
         raise ConfigError("final_from", "best needs best.pt: leave out --no-best")
+    if c.resume and c.overwrite:
+        raise ConfigError("overwrite", "and --resume exclude each other: continue the run or replace it")
     if c.time_limit is not None and not c.time_limit > 0:
         raise ConfigError("time_limit", f"must be a positive number of seconds, got {c.time_limit}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -35,6 +35,8 @@ def train(config: TrainConfig) -> dict:
     rank, world, device_name = init_distributed(cfg.device)
     main = rank == 0
     say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if main else (lambda *a, **k: None)
+    for warning in cfg.warnings():
+        say(f"warning: {warning}")
     ckpts = Checkpoints(out, cfg, world, writes=main)
     resumed = ckpts.resume_state() if cfg.resume else None
     if resumed is not None and resumed.get("finished") and resumed["step"] == cfg.steps:
@@ -122,14 +124,24 @@ def validate_and_save(step: int, cfg: TrainConfig, task: object, model: torch.nn
     return best
 
 
+# What a run writes into its folder; --overwrite removes them, so that nothing of the old run is left.
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "provenance.jsonl", "config.json")
+
+
 def prepare_run_folder(cfg: TrainConfig) -> Path:
-    """The run folder, made if needed: with ``resume`` it must hold a checkpoint, otherwise it must be
-    writable (ConfigError naming the field otherwise)."""
+    """The run folder, made if needed. With ``resume`` it must hold a checkpoint; otherwise it must be
+    writable and hold no run (a ckpt.pt or a metrics.jsonl), unless ``overwrite`` says to delete that
+    run's files first. ConfigError naming the field otherwise."""
     out = Path(cfg.out_dir)
     if cfg.resume:
         if not (out / "ckpt.pt").is_file():
             raise ConfigError("resume", f"found no run to resume in {out} (no ckpt.pt there); leave out --resume to start one")
         return out
+    if any((out / f).is_file() for f in ("ckpt.pt", "metrics.jsonl")):
+        if not cfg.overwrite:
+            raise ConfigError("out_dir", f"{out} already holds a run: --resume continues it, --overwrite replaces it")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{id(cfg)}"

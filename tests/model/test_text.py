@@ -259,7 +259,7 @@ def _train_offline(tmp_path, *extra):
     corpus.write_text("\n\n".join(f"Story {i}: Lily and Ben went to the park and saw {i} ducks." for i in range(60)))
     env = {k: v for k, v in os.environ.items() if k != "MOSAIC_TOKENIZER_DIR"}
     env["MOSAIC_CACHE_DIR"] = str(tmp_path / "cache")
-    argv = [sys.executable, "-c", NO_NETWORK, *extra, "--task", "lm", "--data", str(corpus), "--steps", "2",
+    argv = [sys.executable, "-c", NO_NETWORK, *extra, "--task", "lm", "--data", str(corpus), "--steps", "2", "--warmup", "1",
             "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
             "--eval-batches", "1", "--eval-batch-size", "2", "--eval-every", "2", "--kernels", "reference",
             "--device", "cpu", "--quiet", "--out-dir", str(tmp_path / "run")]
