@@ -125,10 +125,15 @@ def _attention_opchecks(device: str) -> list[tuple[str, tuple]]:
     x, _, scale = _opcheck_base(device)
     v = torch.randn_like(x).requires_grad_()
     seed = torch.tensor([17], dtype=torch.int64, device=device)
-    # threshold 6554 = round(0.1 * 2^16): dropout 0.1.
-    return [(f"{layout}-{drop}", (x, v, scale, heads_last, seed, threshold))
-            for layout, heads_last in (("contig_out", False), ("heads_last_out", True))
-            for drop, threshold in (("nodrop", 0), ("drop", 6554))]
+    # threshold 6554 = round(0.1 * 2^16): dropout 0.1. The band: the strict causal mask (window -1: none,
+    # delay 1), a window with per-sequence delays, and a per-row scale.
+    delays = torch.tensor([2, 5], dtype=torch.int32, device=device)
+    row_scale = (torch.rand(x.shape[:3], generator=torch.Generator().manual_seed(3)) + 0.5).to(device)
+    cases = [(f"{layout}-{drop}", (x, v, scale, heads_last, seed, threshold, -1, 1, None))
+             for layout, heads_last in (("contig_out", False), ("heads_last_out", True))
+             for drop, threshold in (("nodrop", 0), ("drop", 6554))]
+    return cases + [("band-row_scale", (x, v, row_scale, False, seed, 0, 4, 0, delays)),
+                    ("window-drop", (x, v, scale, True, seed, 6554, 5, 2, None))]
 
 
 def _leaky_opchecks(device: str) -> list[tuple[str, tuple]]:

@@ -19,19 +19,53 @@ from . import reference as _reference
 __all__ = ["mosaic_attention"]
 
 
-def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
-                     dropout_p: float = 0.0, generator: torch.Generator | None = None,
-                     heads_last: bool = False) -> torch.Tensor:
-    """Strictly causal softmax attention with queries = keys and a per-head bandwidth.
+def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -> torch.Tensor:
+    """Check a per-row scale: (H, T) or (B, H, T), floating, on the inputs' device."""
+    if scale.shape not in ((H, T), (B, H, T)):
+        raise ValueError(f"scale must be a float or a tensor of shape ({H},) (per head), ({H}, {T}) or ({B}, {H}, {T}) "
+                         f"(per row), got {tuple(scale.shape)}")
+    if not scale.is_floating_point():
+        raise ValueError(f"scale must be a floating-point tensor, got {scale.dtype}")
+    if scale.device != ref.device:
+        raise ValueError(f"scale must be on {ref.device} like the inputs, got {scale.device}")
+    return scale
 
-    ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``
-    (position t never sees itself). Drop-in where you would call attention with ``q = k``.
+
+def _check_band(window: object, delay: object, B: int, ref: torch.Tensor) -> None:
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"window must be None or an int >= 0 (how many keys back a row sees), got {window!r}")
+    if isinstance(delay, torch.Tensor):
+        if delay.shape != (B,) or delay.is_floating_point() or delay.is_complex() or delay.dtype == torch.bool:
+            raise ValueError(f"delay must be an int or an integer tensor of shape ({B},) (one per sequence), got "
+                             f"{delay.dtype} of shape {tuple(delay.shape)}")
+        if delay.device != ref.device:
+            raise ValueError(f"delay must be on {ref.device} like the inputs, got {delay.device}")
+    elif isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise ValueError(f"delay must be an int >= 0 (the most recent key is t - delay) or a ({B},) tensor, got {delay!r}")
+
+
+def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
+                     window: int | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
+                     generator: torch.Generator | None = None, heads_last: bool = False) -> torch.Tensor:
+    """Softmax attention with queries = keys over a band of the past, with a per-head or per-row bandwidth.
+
+    ``y[b,h,t] = sum_{lo_t <= j <= hi_t} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` with
+    ``lo_t = t - window`` and ``hi_t = t - delay``; a row that sees no key is exactly 0. The default
+    (no window, delay 1) is strictly causal: position t never sees itself, and ``y[:,:,0] = 0``.
+    Drop-in where you would call attention with ``q = k``. Key blocks outside every row's band are
+    skipped, so the cost grows with the band, not with T^2.
 
     Args:
         k: ``(B, H, T, D)`` keys, also the queries; float32, float16, bfloat16 or float64; any strides.
         v: ``(B, H, T, D)`` values, same shape, dtype and device as ``k``.
-        scale: None (1.0), a float, or a ``(H,)`` tensor (its gradient is returned when it
-            requires grad). The Memory Mosaic pre-scales its keys and passes None.
+        scale: None (1.0), a float, a ``(H,)`` tensor (per head), or a ``(H, T)`` or ``(B, H, T)``
+            tensor (per row: the bandwidth of row t); a tensor's gradient is returned when it
+            requires grad. The Memory Mosaic pre-scales its keys and passes None.
+        window: None (every earlier key down to 0) or an int >= 0: row t sees keys from ``t - window``.
+            A short-term memory of h keys is ``window=h`` with ``delay=1``.
+        delay: an int >= 0, or an integer ``(B,)`` tensor (one per sequence: training draws it per
+            sequence, entries below 0 count as 0): row t sees keys up to ``t - delay``. A long-term
+            memory that skips the last m keys is ``delay=m + 1``... or m, as its model defines it.
         dropout_p: probability of dropping each attention weight (after the softmax; the kept ones
             are divided by ``1 - p``), in [0, 1). The kernels draw with 16-bit resolution (p is
             rounded to a multiple of 2^-16) and regenerate the mask in the backward from a Philox
@@ -49,24 +83,30 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         through the interpreter when ``TRITON_INTERPRET=1``.
 
     Raises:
-        ValueError: on a bad shape, dtype, device, scale, dropout_p or generator.
+        ValueError: on a bad shape, dtype, device, scale, window, delay, dropout_p or generator.
 
     Example:
         >>> k, v = torch.randn(2, 4, 128, 64), torch.randn(2, 4, 128, 64)
         >>> y = mosaic_attention(k, v, scale=0.125)
+        >>> short = mosaic_attention(k, v, scale=0.125, window=32)             # the last 32 keys
+        >>> long = mosaic_attention(k, v, delay=torch.tensor([64, 100]))       # skips the recent past
     """
     B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
     check_like("v", v, "k", k)
-    scale = per_head("scale", scale, H, k)
+    if isinstance(scale, torch.Tensor) and scale.dim() > 1:
+        scale = _row_scale(scale, B, H, T, k)
+    else:
+        scale = per_head("scale", scale, H, k)
+    _check_band(window, delay, B, k)
     dropout_p = check_dropout(dropout_p, generator)
     if use_triton(k):
         from .function import mosaic_attention_triton
 
         check_philox_counters(T, T, dropout_p)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
-                                       generator=generator)
-    y = _reference.mosaic_attention(k, v, scale, dropout_p=dropout_p, generator=generator)
+                                       generator=generator, window=window, delay=delay)
+    y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator)
     return as_heads_last(y, bool(heads_last))

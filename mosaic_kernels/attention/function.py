@@ -84,30 +84,49 @@ def _dropout_args(k: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor | N
     return args, dict(DROPOUT=threshold > 0, THRESHOLD=threshold)
 
 
+def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay: int,
+               delays: torch.Tensor | None) -> tuple[torch.Tensor, tuple, tuple, dict]:
+    """The kernels' band and scale arguments: (DELAYS pointer, the scale's (b, h, t) strides,
+    (window, delay), the compile-time {BAND, PER_BATCH_DELAY, ROW_SCALE}). A window of None is T (no
+    key is further than T - 1 back); delay 1 without a window is the strict causal mask, no band."""
+    B, H, T, _ = k.shape
+    band = window is not None or delay != 1 or delays is not None
+    row_scale = scale_t.dim() > 1
+    strides = scale_t.expand(B, H, T).stride() if row_scale else (0, 0, 0)
+    meta = dict(BAND=band, PER_BATCH_DELAY=delays is not None, ROW_SCALE=row_scale)
+    return (delays if delays is not None else scale_t), strides, (T if window is None else window, delay), meta
+
+
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
-                      heads_last: bool = False, seed: torch.Tensor | None = None,
-                      threshold: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      heads_last: bool = False, seed: torch.Tensor | None = None, threshold: int = 0,
+                      window: int | None = None, delay: int = 1,
+                      delays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning). Dropout: ``threshold`` > 0
-    (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element."""
+    (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element.
+    ``scale_t``: (H,), or per row (H, T) or (B, H, T), float32. Band: keys t - window .. t - delay,
+    ``delays`` an int32 (B,) tensor of per-batch delays (then ``delay`` is not read)."""
     B, H, T, D = k.shape
     cfg = dict(fwd_config or _fwd_config(T, D))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
+    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
     launch(_attn_fwd_kernel, grid,
-        k, v, y, lse, scale_t, seed_t, *k.stride(), *v.stride(), *y.stride()[:3], H, T, D, groups, kscale,
-        BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **cfg)
+        k, v, y, lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(), *y.stride()[:3], *sc_strides, H, T, D, groups,
+        kscale, *band, BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
     return y, lse
 
 
 def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
                        dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
-                       threshold: int = 0) -> tuple:
-    """Launch the backward; returns (dk, dv, per-program d(scale) partials of shape (B, H, n_blocks)).
-    ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns.
-    ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated here."""
+                       threshold: int = 0, window: int | None = None, delay: int = 1,
+                       delays: torch.Tensor | None = None) -> tuple:
+    """Launch the backward; returns (dk, dv, d(scale) terms): per-program partials of shape (B, H, n_blocks)
+    for a per-head scale, the per-row gradient (B, H, T) for a per-row one. ``bwd_config`` overrides
+    the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns. ``seed`` and
+    ``threshold``: the forward's dropout, whose mask is regenerated here; the band as in the forward."""
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D))
     if "key" in cfg:
@@ -118,74 +137,95 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     bd = _block_d(D)
     common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
     (seed_t, *drop_args), drop = _dropout_args(k, scale_t, seed, threshold)
-    common.update(drop)
-    strides = (*k.stride(), *v.stride(), *dy.stride())
+    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
+    common.update(drop, **meta)
+    strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
+    drop_args = (*drop_args, *band)
     delta = row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
+    row_scale = meta["ROW_SCALE"]
     if "key" not in cfg:
         n_blocks = cdiv(T, cfg["BLOCK_P"])
-        part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
+        part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
         launch(_attn_bwd_kernel, (n_blocks, B * H),
-            k, v, dy, lse, delta, scale_t, seed_t, dk, dv, part, *strides, H, T, D, *drop_args, **common, **cfg)
+            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, H, T, D, *drop_args, **common,
+            **cfg)
         return dk, dv, part
     key, query = cfg["key"], cfg["query"]
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_key_kernel, (B * H, cdiv(T, key["BLOCK_P"])),
-        k, v, dy, lse, delta, scale_t, seed_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
     n_blocks = cdiv(T, query["BLOCK_P"])
-    part = _empty((B, H, n_blocks), device=k.device, dtype=torch.float32)
+    part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_query_kernel, (B * H, n_blocks),
-        k, v, dy, lse, delta, scale_t, seed_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common, **query)
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common,
+        **query)
     return dk, dv, part
 
 
 def _forward(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
-             threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, per-row log-sum-exp in float32); scale is (H,) float32; dropout when threshold > 0."""
-    return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold)
+             threshold: int, window: int, delay: int,
+             delays: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, per-row log-sum-exp in float32); scale is float32, (H,) or per row (H, T) or (B, H, T);
+    dropout when threshold > 0; window -1 for none."""
+    return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold,
+                             window=None if window < 0 else window, delay=delay, delays=delays)
 
 
-def _fake_forward(k, v, scale, heads_last, seed, threshold):
+def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delays):
     B, H, T, D = k.shape
     return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
             k.new_empty((B, H, T), dtype=torch.float32))
 
 
 def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
-              seed: torch.Tensor, threshold: int, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dk, dv, d(scale) per head in float32)."""
-    dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold)
-    return dk, dv, part.sum(dim=(0, 2))  # fixed order: deterministic
+              seed: torch.Tensor, threshold: int, window: int, delay: int, delays: torch.Tensor | None,
+              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, dv, d(scale) in float32, of the scale's shape)."""
+    dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold,
+                                      window=None if window < 0 else window, delay=delay, delays=delays)
+    # Fixed orders of summation: deterministic. Per head, the programs' partials over (b, blocks); per row
+    # (H, T), the batch; per row (B, H, T), nothing.
+    return dk, dv, part.sum(dim=(0, 2)) if scale.dim() == 1 else part.sum(dim=0) if scale.dim() == 2 else part
 
 
-def _fake_backward(k, v, y, lse, scale, seed, threshold, dy):
-    return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty((k.shape[1],), dtype=torch.float32)
+def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, dy):
+    return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty(scale.shape, dtype=torch.float32)
 
 
 def _save(ctx, inputs, outputs):
-    k, v, scale, _heads_last, seed, threshold = inputs
-    ctx.save_for_backward(k, v, *outputs, scale, seed)
-    ctx.threshold = threshold
+    k, v, scale, _heads_last, seed, threshold, window, delay, delays = inputs
+    ctx.save_for_backward(k, v, *outputs, scale, seed, delays)
+    ctx.meta = (threshold, window, delay)
 
 
 def _backward_args(ctx, dy):
-    k, v, y, lse, scale, seed = ctx.saved_tensors
-    return k, v, y, lse, scale, seed, ctx.threshold, dy
+    k, v, y, lse, scale, seed, delays = ctx.saved_tensors
+    threshold, window, delay = ctx.meta
+    return k, v, y, lse, scale, seed, threshold, window, delay, delays, dy
 
 
 ATTENTION = fused_op("attention", forward=_forward, fake_forward=_fake_forward, backward=_backward,
                      fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
-                     input_grads=lambda ctx, grads: (*grads, None, None, None))
+                     input_grads=lambda ctx, grads: (*grads, None, None, None, None, None, None))
 attention_fwd, attention_bwd = ATTENTION.fwd, ATTENTION.bwd
 
 
 def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
                             heads_last: bool = False, dropout_p: float = 0.0,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+                            generator: torch.Generator | None = None, window: int | None = None,
+                            delay: int | torch.Tensor = 1) -> torch.Tensor:
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`). With
-    ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call."""
-    scale_f = per_head_tensor(scale, k.shape[1], k, 1.0)
+    ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call.
+    ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); ``delay``: an int or a (B,) integer tensor."""
+    H = k.shape[1]
+    if isinstance(scale, torch.Tensor) and scale.dim() > 1:
+        scale_f = scale.float().contiguous()
+    else:
+        scale_f = per_head_tensor(scale, H, k, 1.0)
     threshold = dropout_threshold(dropout_p)
     seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
-    return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold)
+    delays = delay.to(device=k.device, dtype=torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
+    return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1 if window is None else int(window),
+                           0 if delays is not None else int(delay), delays)

@@ -11,19 +11,36 @@ import torch
 from .._common import exact_under_autocast
 
 
+def band_mask(T: int, window: int | None, delay: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The keys each query sees: ``mask[..., t, j]`` is True when ``t - window <= j <= t - delay``, a
+    (T, T) mask, or (B, 1, T, T) for a (B,) tensor of delays (negative delays count as 0). Without a
+    window and with delay 1 it is the strict causal mask ``j < t``."""
+    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]  # t - j
+    if isinstance(delay, torch.Tensor):
+        lag, delay = lag.view(1, 1, T, T), delay.to(device=device).clamp(min=0).view(-1, 1, 1, 1)
+    keep = lag >= delay
+    return keep & (lag <= window) if window is not None else keep
+
+
 @exact_under_autocast
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
-                     dropout_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Strictly causal attention whose queries are its keys, computed densely.
+                     window: int | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Band-masked attention whose queries are its keys, computed densely.
 
-    ``y[b,h,t] = sum_{j<t} softmax_j(scale_h * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` and ``y[:,:,0] = 0``.
+    ``y[b,h,t] = sum_{t-window <= j <= t-delay} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]``, and 0
+    for a row that sees no key (row 0 under the default, strictly causal, mask: delay 1, no window).
 
     Args:
         k: keys, also the queries, shape ``(B, H, T, D)``.
         v: values, shape ``(B, H, T, D)``.
-        scale: None (1.0), a float, or a tensor of shape ``(H,)``.
+        scale: None (1.0), a float, a tensor of shape ``(H,)``, or per row ``(H, T)`` or ``(B, H, T)``.
+        window: how far back a row sees (None: to position 0).
+        delay: the most recent key a row sees is ``t - delay``: an int, or a ``(B,)`` tensor, one per
+            sequence.
         dropout_p: dropout on the attention probabilities, after the softmax (kept ones divided by
-            ``1 - p``); the mask is drawn here with ``torch.rand``, so it is not the kernels' mask.
+            ``1 - p``), drawn as ``torch.nn.functional.dropout`` draws it (the official code's stream on
+            the CPU); the kernels draw another mask.
         generator: the torch.Generator of that draw (default: the global one).
 
     Returns:
@@ -35,9 +52,13 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
     kc, vc = k.to(compute), v.to(compute)
     logits = kc @ kc.transpose(-1, -2)  # (B, H, T, T)
     if scale is not None:
-        s = scale.to(compute).view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale
+        if isinstance(scale, torch.Tensor):
+            s = scale.to(compute)
+            s = s.view(1, H, 1, 1) if s.dim() == 1 else s.reshape(-1, H, T, 1)  # per head, or per row t
+        else:
+            s = scale
         logits = logits * s
-    keep = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(diagonal=-1)  # j < t
+    keep = band_mask(T, window, delay, k.device)
     masked = logits.masked_fill(~keep, float("-inf"))
     # Softmax written out so that row 0 (no key) is an exact 0 with a 0 gradient, never NaN.
     row_max = masked.amax(dim=-1, keepdim=True).detach()
@@ -45,6 +66,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
     weights = torch.exp(masked - row_max)
     probs = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(compute).tiny)
     if dropout_p > 0.0:
-        keep = torch.rand(probs.shape, generator=generator, device=probs.device) >= dropout_p
-        probs = probs * keep / (1.0 - dropout_p)
+        # The random stream of torch.nn.functional.dropout (what the official code applies to these
+        # weights): one Bernoulli draw of keep-probability 1 - p per weight, the kept ones divided by 1 - p.
+        kept = torch.empty_like(probs).bernoulli_(1.0 - dropout_p, generator=generator)
+        probs = probs * kept / (1.0 - dropout_p)
     return (probs @ vc).to(v.dtype)

@@ -19,6 +19,18 @@ j < p0 + BLOCK_P). Each gradient element is written by one program (no atomics),
   its own tile shape) and launches its heaviest blocks first.
 BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
 
+Band (BAND): row t sees the keys lo_t <= j <= hi_t with lo_t = t - WINDOW and hi_t = t - delay (delay
+DELAY, or DELAYS[b] per batch row with PER_BATCH_DELAY); without BAND the mask is j < t (delay 1, no
+window). Every loop visits only the key (or query) blocks that meet the band, in three ranges per
+program: blocks that cross its lower edge (masked), blocks inside it for every row of the program
+(no mask), blocks that cross its upper edge (masked): see _band_blocks. Rows with no key write zeros.
+
+Per-row scale (ROW_SCALE): the logits of row t are scale[b, h, t] <k_t, k_j> (SCALE read through the
+strides sscb, ssch, ssct, zero where the scale is broadcast); the softmax gradient ds_tj is multiplied
+by the scale of its row before it meets the keys, and the scale gradient is written per row
+(d scale_t = sum_j ds_tj <k_t, k_j>) into a (B, H, T) buffer. Without ROW_SCALE the scale is SCALE[h]
+and its gradient is one partial sum per program.
+
 Dropout (DROPOUT): the probability p_tj is kept when _triton_common._keep_tile's mask of (b, h, row t,
 column j) says so, with GROUPS = ceil(T / 8) Philox calls per row, and the kept ones are scaled by
 keep_scale = 1 / (1 - p). Every kernel regenerates the mask of the tiles it visits; with z_tj =
@@ -57,12 +69,98 @@ def _philox_key(SEED, pid_bh, DROPOUT: tl.constexpr):
 
 
 @triton.jit
+def _band_blocks(r0, R_LAST, window, delay, T, BLOCK: tl.constexpr):
+    """Blocks of keys met by the band of the rows [r0, r0 + R_LAST]: (first block start, first start of
+    the blocks inside the band of every row, end of those starts, end of the keys). The blocks from
+    the first start to the inside ones, and from the inside ones' end to the end of the keys, cross an
+    edge of the band and are masked; the ones between are not."""
+    lo_min = tl.maximum(r0 - window, 0)
+    lo_max = tl.maximum(r0 + R_LAST - window, 0)
+    hi_min = r0 - delay
+    hi_max = tl.minimum(r0 + R_LAST - delay, T - 1)
+    first = (lo_min // BLOCK) * BLOCK
+    inside_lo = tl.cdiv(lo_max, BLOCK) * BLOCK
+    inside_hi = (tl.maximum(hi_min + 1, 0) // BLOCK) * BLOCK
+    return first, inside_lo, inside_hi, hi_max + 1
+
+
+@triton.jit
+def _band_queries(p0, P_LAST, window, delay, T, BLOCK: tl.constexpr):
+    """Blocks of queries whose band meets the keys [p0, p0 + P_LAST] (query t sees key j when
+    t - window <= j <= t - delay): as _band_blocks, for the key role."""
+    first = (tl.minimum(p0 + delay, T) // BLOCK) * BLOCK
+    inside_lo = tl.cdiv(p0 + P_LAST + delay, BLOCK) * BLOCK
+    inside_hi = (tl.maximum(p0 + window + 1, 0) // BLOCK) * BLOCK
+    last = tl.minimum(p0 + P_LAST + window, T - 1)
+    return first, inside_lo, inside_hi, last + 1
+
+
+@triton.jit
+def _visible(rows, cols, window, delay, T, BAND: tl.constexpr):
+    """(len(rows), len(cols)) mask of the keys cols that the queries rows see (and cols < T)."""
+    if BAND:
+        lag = rows[:, None] - cols[None, :]
+        return (lag >= delay) & (lag <= window) & (cols < T)[None, :]
+    else:
+        return (cols[None, :] < rows[:, None]) & (cols < T)[None, :]
+
+
+@triton.jit
+def _visible_keys(keys, queries, window, delay, BAND: tl.constexpr):
+    """(len(keys), len(queries)) mask of the pairs where query t sees key j: _visible transposed."""
+    if BAND:
+        lag = queries[None, :] - keys[:, None]
+        return (lag >= delay) & (lag <= window)
+    else:
+        return keys[:, None] < queries[None, :]
+
+
+@triton.jit
+def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T):
+    """The per-row scales of rows (len(rows),) float32 (1 past T)."""
+    return tl.load(SCALE + b * sscb + h * ssch + rows * ssct, mask=rows < T, other=1.0).to(tl.float32)
+
+
+@triton.jit
+def _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+               skt, skd, svt, svd, T, window, delay, seed, GROUPS,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BAND: tl.constexpr,
+               ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+    """One key block [start_n, start_n + BLOCK_N) of the online softmax of the query rows offs_m: returns
+    the updated (acc, m_i, l_i). MASKED applies the band (or j < t) and j < T."""
+    cols = start_n + offs_n
+    if MASKED:
+        cm2 = (cols < T)[:, None] & dmask[None, :]
+    else:
+        cm2 = dmask[None, :]
+    kb = tl.load(k_base + cols[:, None] * skt + offs_d[None, :] * skd, mask=cm2, other=0.0)
+    vb = tl.load(v_base + cols[:, None] * svt + offs_d[None, :] * svd, mask=cm2, other=0.0)
+    s = tl.dot(q, tl.trans(kb), input_precision=PRECISION)                   # (BM, BN)
+    if ROW_SCALE:
+        s = s * qk_scale[:, None]
+    else:
+        s = s * qk_scale
+    if MASKED:
+        s = tl.where(_visible(offs_m, cols, window, delay, T, BAND), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                   # rows with no key yet
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)                                         # the normaliser sees every key
+    if DROPOUT:
+        p = tl.where(_keep_tile(seed, offs_m, start_n, GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attn_fwd_kernel(
-    K, V, Y, LSE, SCALE, SEED,
-    skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt,
-    H, T, D, GROUPS, keep_scale,
+    K, V, Y, LSE, SCALE, SEED, DELAYS,
+    skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt, sscb, ssch, ssct,
+    H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
 ):
     # Heaviest query blocks first: block m visits m + 1 key-block groups.
     pid_bh, b, h, pid_m = _head_and_block(H, True)
@@ -73,7 +171,12 @@ def _attn_fwd_kernel(
     dmask = offs_d < D
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
-    qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
+    if ROW_SCALE:
+        qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634   # (BM,)
+    else:
+        qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
+    if PER_BATCH_DELAY:
+        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     q = tl.load(k_base + offs_m[:, None] * skt + offs_d[None, :] * skd,
@@ -81,41 +184,31 @@ def _attn_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-
-    # Key blocks strictly before the query block: every key visible, no mask.
-    for start_n in range(0, start_m, BLOCK_N):
-        cols = start_n + offs_n
-        kb = tl.load(k_base + cols[:, None] * skt + offs_d[None, :] * skd, mask=dmask[None, :], other=0.0)
-        vb = tl.load(v_base + cols[:, None] * svt + offs_d[None, :] * svd, mask=dmask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(kb), input_precision=PRECISION) * qk_scale        # (BM, BN)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)                                   # the normaliser sees every key
-        if DROPOUT:
-            p = tl.where(_keep_tile(seed, offs_m, start_n, GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
-        m_i = m_new
-
-    # Diagonal key blocks: keep j < t (and j < T).
-    for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
-        cols = start_n + offs_n
-        cmask = cols < T
-        kb = tl.load(k_base + cols[:, None] * skt + offs_d[None, :] * skd,
-                     mask=cmask[:, None] & dmask[None, :], other=0.0)
-        vb = tl.load(v_base + cols[:, None] * svt + offs_d[None, :] * svd,
-                     mask=cmask[:, None] & dmask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(kb), input_precision=PRECISION) * qk_scale
-        s = tl.where(cols[None, :] < offs_m[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)               # rows with no key yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            p = tl.where(_keep_tile(seed, offs_m, start_n, GROUPS, BLOCK_M, BLOCK_N, THRESHOLD), p, 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
-        m_i = m_new
+    if BAND:
+        first, inside_lo, inside_hi, end = _band_blocks(start_m, BLOCK_M - 1, window, delay, T, BLOCK_N)
+        for start_n in range(first, tl.minimum(inside_lo, end), BLOCK_N):      # across the lower edge
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
+                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+        for start_n in range(inside_lo, inside_hi, BLOCK_N):                    # inside the band of every row
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
+                                       False, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+        for start_n in range(tl.maximum(tl.maximum(inside_hi, inside_lo), first), end, BLOCK_N):  # the upper edge
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
+                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+    else:
+        # Key blocks strictly before the query block: every key visible, no mask.
+        for start_n in range(0, start_m, BLOCK_N):
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
+                                       False, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+        # Diagonal key blocks: keep j < t (and j < T).
+        for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
+                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
 
     has_key = l_i > 0.0
     inv_l = tl.where(has_key, keep_scale / tl.where(has_key, l_i, 1.0), 0.0)   # keep_scale = 1 without dropout
@@ -140,14 +233,27 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-              skt, skd, sdt, sdd, start, stop, T, seed, GROUPS, keep_scale,
-              BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
-              DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+def _masked_block(start, inside_lo, inside_hi, MASK: tl.constexpr):
+    """Whether the block at ``start`` is masked: always ("all"), never ("none"), or ("check") when it is
+    not among the blocks inside the band of every position of the program, [inside_lo, inside_hi)."""
+    if MASK == "all":
+        return True
+    elif MASK == "none":
+        return False
+    else:
+        return (start < inside_lo) | (start >= inside_hi)
+
+
+@triton.jit
+def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
+              skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, start, stop, inside_lo, inside_hi, T, window, delay,
+              seed, GROUPS, keep_scale,
+              BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
+              ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add keep_tj p_tj
-    dy_t to dv (BP, D; the caller scales it by keep_scale) and ds_tj k_t to dk (BP, D). k_p, v_p: (BP, D).
-    The mask j < t applies to every block (MASK="all"), to none ("none"), or to the blocks overlapping P
-    ("check", a branch per block)."""
+    dy_t to dv (BP, D; the caller scales it by keep_scale) and ds_tj k_t to dk (BP, D; with ROW_SCALE
+    ds_tj scale_t k_t). k_p, v_p: (BP, D). The mask (band, or j < t) applies to every block (MASK="all"),
+    to none ("none"), or to the blocks outside [inside_lo, inside_hi) ("check", a branch per block)."""
     offs_q = tl.arange(0, BLOCK_Q)
     for start_q in range(start, stop, BLOCK_Q):
         rows = start_q + offs_q                                                  # (BQ,) queries t
@@ -158,12 +264,14 @@ def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_
                      mask=rmask[:, None] & dmask[None, :], other=0.0)
         lse = tl.load(LSE + row_base + rows, mask=rmask, other=float("inf"))  # p = 0 past T
         delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
-        sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION) * qk_scale    # (BP, BQ) ~ <k_j, k_t>
-        if MASK == "all":  # masked before exp2, so nothing overflows
-            sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
-        elif MASK == "check":
-            if start_q < p0 + BLOCK_P:
-                sT = tl.where(offs_p[:, None] < rows[None, :], sT, float("-inf"))
+        sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)                # (BP, BQ) ~ <k_j, k_t>
+        if ROW_SCALE:
+            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)           # (BQ,) scale_t
+            sT = sT * (sc_q * 1.4426950408889634)[None, :]
+        else:
+            sT = sT * qk_scale
+        if _masked_block(start_q, inside_lo, inside_hi, MASK):  # masked before exp2, so nothing overflows
+            sT = tl.where(_visible_keys(offs_p, rows, window, delay, BAND), sT, float("-inf"))
         pT = tl.exp2(sT - lse[None, :])
         if DROPOUT:
             keepT = tl.trans(_keep_tile(seed, rows, p0, GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))   # (BP, BQ)
@@ -174,17 +282,21 @@ def _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_
         if DROPOUT:
             dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         dsT = pT * (dpT - delta[None, :])
+        if ROW_SCALE:
+            dsT = dsT * sc_q[None, :]
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
 
 
 @triton.jit
-def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
-                skt, skd, svt, svd, start, stop, T, seed, GROUPS, keep_scale,
-                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
-                DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
+                skt, skd, svt, svd, start, stop, inside_lo, inside_hi, T, window, delay, seed, GROUPS, keep_scale,
+                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
+                ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as queries t, over the key blocks j in [start, stop): add ds_tj k_j
-    to dk (BP, D) and ds_tj <k_t, k_j> to dscale (BP,). k_p, dy_p: (BP, D). MASK as in _key_role."""
+    to dk (BP, D; with ROW_SCALE scale_t ds_tj k_j) and ds_tj <k_t, k_j> to dscale (BP,). k_p, dy_p:
+    (BP, D); sc_p: the rows' scales (BP,) with ROW_SCALE (qk_scale is then sc_p * log2(e)). MASK as in
+    _key_role."""
     offs_k = tl.arange(0, BLOCK_K)
     for start_k in range(start, stop, BLOCK_K):
         cols = start_k + offs_k                                                  # (BK,) keys j
@@ -194,12 +306,12 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, d
         vb = tl.load(v_base + cols[:, None] * svt + offs_d[None, :] * svd,
                      mask=cmask[:, None] & dmask[None, :], other=0.0)
         s = tl.dot(k_p, tl.trans(kb), input_precision=PRECISION)                # (BP, BK) = <k_t, k_j>
-        s2 = s * qk_scale
-        if MASK == "all":
-            s2 = tl.where(cols[None, :] < offs_p[:, None], s2, float("-inf"))
-        elif MASK == "check":
-            if start_k + BLOCK_K > p0:
-                s2 = tl.where(cols[None, :] < offs_p[:, None], s2, float("-inf"))
+        if ROW_SCALE:
+            s2 = s * qk_scale[:, None]
+        else:
+            s2 = s * qk_scale
+        if _masked_block(start_k, inside_lo, inside_hi, MASK):
+            s2 = tl.where(_visible(offs_p, cols, window, delay, T, BAND), s2, float("-inf"))
         p = tl.exp2(s2 - lse_p[:, None])
         dp = tl.dot(dy_p, tl.trans(vb), input_precision=PRECISION)              # (BP, BK) = <dy_t, v_j>
         if DROPOUT:
@@ -207,17 +319,20 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, d
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta_p[:, None])
         dscale += tl.sum(ds * s, 1)
+        if ROW_SCALE:
+            ds = ds * sc_p[:, None]
         dk += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
     return dk, dscale
 
 
 @triton.jit
 def _attn_bwd_kernel(
-    K, V, DY, LSE, DELTA, SCALE, SEED, DK, DV, PART_SCALE,
-    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D, GROUPS, keep_scale,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DK, DV, PART_SCALE,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
+    H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr,
+    PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr,
 ):
     # One program per (position block, b*h), both roles: about T / BLOCK of work each.
     pid_p = tl.program_id(0)
@@ -229,8 +344,16 @@ def _attn_bwd_kernel(
     v_base = V + b * svb + h * svh
     dy_base = DY + b * sdb + h * sdh
     row_base = pid_bh * T
-    scale = tl.load(SCALE + h).to(tl.float32)
-    qk_scale = scale * 1.4426950408889634
+    if ROW_SCALE:
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)          # (BP,)
+        scale = 1.0
+        qk_scale = sc_p * 1.4426950408889634
+    else:
+        sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)                         # not read
+        scale = tl.load(SCALE + h).to(tl.float32)
+        qk_scale = scale * 1.4426950408889634
+    if PER_BATCH_DELAY:
+        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
@@ -243,77 +366,111 @@ def _attn_bwd_kernel(
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
 
     # One loop per role with a branch per block: fewer registers here than a loop per mask (measured).
-    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0, T, T, seed, GROUPS, keep_scale,
-                       BLOCK_P, BLOCK_Q, "check", PRECISION, DROPOUT, THRESHOLD)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, 0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
-                             BLOCK_P, BLOCK_K, "check", PRECISION, DROPOUT, THRESHOLD)
+    if BAND:
+        q_first, q_in_lo, q_in_hi, q_end = _band_queries(p0, BLOCK_P - 1, window, delay, T, BLOCK_Q)
+        k_first, k_in_lo, k_in_hi, k_end = _band_blocks(p0, BLOCK_P - 1, window, delay, T, BLOCK_K)
+    else:
+        q_first, q_in_lo, q_in_hi, q_end = p0, p0 + BLOCK_P, T + BLOCK_Q, T
+        k_first, k_in_lo, k_in_hi, k_end = 0, 0, p0, tl.minimum(p0 + BLOCK_P, T)
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
+                       dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, q_first, q_end, q_in_lo, q_in_hi, T, window,
+                       delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
+                       THRESHOLD)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, k_first, k_end, k_in_lo, k_in_hi, T, window, delay, seed,
+                             GROUPS, keep_scale, BLOCK_P, BLOCK_K, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
+                             THRESHOLD)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
     tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
-    tl.store(PART_SCALE + pid_bh * tl.num_programs(0) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
+    if ROW_SCALE:
+        tl.store(PART_SCALE + row_base + offs_p, dscale, mask=pmask)          # (B, H, T): one per row
+    else:
+        tl.store(PART_SCALE + pid_bh * tl.num_programs(0) + pid_p, tl.sum(tl.where(pmask, dscale, 0.0), 0))
 
 
 @triton.jit
-def _split_bwd_block(K, SCALE, skb, skh, skt, skd, H, T, D, REVERSED: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, REVERSED: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
+                     ROW_SCALE: tl.constexpr):
     """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
-    offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale, k_p = the block's
-    keys (BP, D))."""
+    offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale (1 with ROW_SCALE),
+    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the delay, k_p = the block's keys (BP, D))."""
     pid_bh, b, h, pid_p = _head_and_block(H, REVERSED)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
-    scale = tl.load(SCALE + h).to(tl.float32)
+    if ROW_SCALE:
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)
+        scale = 1.0
+        qk_scale = sc_p * 1.4426950408889634
+    else:
+        sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        scale = tl.load(SCALE + h).to(tl.float32)
+        qk_scale = scale * 1.4426950408889634
+    if PER_BATCH_DELAY:
+        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p
+    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p
 
 
 @triton.jit
 def _attn_bwd_key_kernel(
-    K, V, DY, LSE, DELTA, SCALE, SEED, DV, DK_KEY,
-    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D, GROUPS, keep_scale,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
+    H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
-    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p = _split_bwd_block(
-        K, SCALE, skb, skh, skt, skd, H, T, D, False, BLOCK_P, BLOCK_D)
+    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p = _split_bwd_block(
+        K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, False, BLOCK_P, BLOCK_D,
+        PER_BATCH_DELAY, ROW_SCALE)
     row_base = pid_bh * T
     dy_base = DY + b * sdb + h * sdh
-    qk_scale = scale * 1.4426950408889634
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
-    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
-                       BLOCK_P, BLOCK_Q, "all", PRECISION, DROPOUT, THRESHOLD)
-    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
-                       skt, skd, sdt, sdd, p0 + BLOCK_P, T, T, seed, GROUPS, keep_scale,
-                       BLOCK_P, BLOCK_Q, "none", PRECISION, DROPOUT, THRESHOLD)
+    if BAND:
+        first, in_lo, in_hi, end = _band_queries(p0, BLOCK_P - 1, window, delay, T, BLOCK_Q)
+    else:
+        first, in_lo, in_hi, end = p0, tl.minimum(p0 + BLOCK_P, T), T, T
+    # The query blocks across the band's lower edge, those inside it, those across its upper edge.
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
+                       dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, first, tl.minimum(in_lo, end), in_lo, in_hi,
+                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
+                       PRECISION, DROPOUT, THRESHOLD)
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
+                       dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, in_lo, tl.minimum(in_hi, end), in_lo, in_hi,
+                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
+                       PRECISION, DROPOUT, THRESHOLD)
+    dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
+                       dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, tl.maximum(tl.maximum(in_hi, in_lo), first),
+                       end, in_lo, in_hi, T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND,
+                       ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
-    tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the scale
+    tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the (per-head) scale
 
 
 @triton.jit
 def _attn_bwd_query_kernel(
-    K, V, DY, LSE, DELTA, SCALE, SEED, DK_KEY, DK, PART_SCALE,
-    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-    H, T, D, GROUPS, keep_scale,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DK_KEY, DK, PART_SCALE,
+    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
+    H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, k_p = _split_bwd_block(
-        K, SCALE, skb, skh, skt, skd, H, T, D, True, BLOCK_P, BLOCK_D)
+    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p = _split_bwd_block(
+        K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, True, BLOCK_P, BLOCK_D,
+        PER_BATCH_DELAY, ROW_SCALE)
     row_base = pid_bh * T
-    qk_scale = scale * 1.4426950408889634
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
     delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
@@ -321,14 +478,27 @@ def _attn_bwd_query_kernel(
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
     v_base = V + b * svb + h * svh
     seed = _philox_key(SEED, pid_bh, DROPOUT)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, 0, p0, T, seed, GROUPS, keep_scale,
-                             BLOCK_P, BLOCK_K, "none", PRECISION, DROPOUT, THRESHOLD)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, p0, tl.minimum(p0 + BLOCK_P, T), T, seed, GROUPS, keep_scale,
-                             BLOCK_P, BLOCK_K, "all", PRECISION, DROPOUT, THRESHOLD)
+    if BAND:
+        first, in_lo, in_hi, end = _band_blocks(p0, BLOCK_P - 1, window, delay, T, BLOCK_K)
+    else:
+        first, in_lo, in_hi, end = 0, 0, p0, tl.minimum(p0 + BLOCK_P, T)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, first, tl.minimum(in_lo, end), in_lo, in_hi, T, window, delay,
+                             seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "all", BAND, ROW_SCALE, PRECISION, DROPOUT,
+                             THRESHOLD)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, in_lo, tl.minimum(in_hi, end), in_lo, in_hi, T, window, delay,
+                             seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "none", BAND, ROW_SCALE, PRECISION, DROPOUT,
+                             THRESHOLD)
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, tl.maximum(tl.maximum(in_hi, in_lo), first), end, in_lo, in_hi,
+                             T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "all", BAND, ROW_SCALE,
+                             PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     dk += tl.load(DK_KEY + out, mask=pm2, other=0.0)
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
-    # PART_SCALE is (B*H, n_blocks), one partial per position block.
-    tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + p0 // BLOCK_P, tl.sum(tl.where(pmask, dscale, 0.0), 0))
+    if ROW_SCALE:
+        tl.store(PART_SCALE + row_base + offs_p, dscale, mask=pmask)          # (B, H, T): one per row
+    else:
+        # PART_SCALE is (B*H, n_blocks), one partial per position block.
+        tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + p0 // BLOCK_P, tl.sum(tl.where(pmask, dscale, 0.0), 0))

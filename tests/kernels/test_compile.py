@@ -106,3 +106,27 @@ def test_compile_fullgraph_persistent_memory(device):
     out = compiled(*ins, 0.3)
     assert all(torch.isfinite(t).all() for t in (out, *torch.autograd.grad(out, ins)))
 
+
+
+def _band(k, v, row_scale, delays):
+    return mosaic_attention(k, v, row_scale, window=5, delay=delays).square().sum()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_compile_fullgraph_band_and_row_scale(device):
+    """The band (a window, per-sequence delays) and a per-row scale through torch.compile(fullgraph=True):
+    no graph break, the values and gradients of eager."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(4)
+    k, v = (torch.randn(2, 3, 21, 16, generator=g).to(device) for _ in range(2))
+    s = (torch.rand(2, 3, 21, generator=g) + 0.5).to(device)
+    delays = torch.tensor([1, 4], device=device)
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    compiled = torch.compile(_band, fullgraph=True, backend=backend)
+    results = []
+    for fn in (_band, compiled):
+        ins = [t.detach().clone().requires_grad_() for t in (k, v, s)]
+        out = fn(*ins, delays)
+        results.append((out, *torch.autograd.grad(out, ins)))
+    for eager, comp in zip(*results):
+        assert rel_err(comp, eager) < tolerances.FP32
