@@ -90,13 +90,21 @@ def _per_head(values: list[float], H: int, device: str) -> torch.Tensor:
     return torch.tensor([values[h % len(values)] for h in range(H)], device=device).requires_grad_()
 
 
-def _attention_sample(device: str, dtype: torch.dtype = torch.float32, shape: tuple = (2, 3, 16, 16)) -> Sample:
+def _attention_sample(device: str, dtype: torch.dtype = torch.float32, shape: tuple = (2, 3, 16, 16),
+                      window: int | None = None, delay: int = 1) -> Sample:
     k = torch.nn.functional.normalize(_randn(shape, device, torch.float32, 0), dim=-1).mul(2.0).to(dtype)
-    return (k.requires_grad_(), _randn(shape, device, dtype, 1).requires_grad_()), {}
+    return (k.requires_grad_(), _randn(shape, device, dtype, 1).requires_grad_()), {"window": window, "delay": delay}
 
 
-def _leaky_sample(device: str, dtype: torch.dtype = torch.float32, shape: tuple = (2, 3, 16, 16)) -> Sample:
+def _leaky_sample(device: str, dtype: torch.dtype = torch.float32, shape: tuple = (2, 3, 16, 16),
+                  time_varying: bool = False) -> Sample:
     H = shape[1]
+    if time_varying:  # a decay and a gate per head and step
+        g = torch.Generator().manual_seed(1)
+        decay = torch.rand(shape[:3], generator=g).to(device).requires_grad_()
+        gate = (torch.rand(shape[:3], generator=g) + 0.5).to(device).requires_grad_()
+        return ((_head_split(shape, device, dtype, 0), decay),
+                {"normalize": True, "scale": _per_head([1.0, 2.0, 0.5], H, device), "gate": gate})
     return ((_head_split(shape, device, dtype, 0), _per_head([0.0, 0.5, 0.9], H, device)),
             {"normalize": True, "scale": _per_head([1.0, 2.0, 0.5], H, device)})
 
@@ -138,9 +146,15 @@ def _attention_opchecks(device: str) -> list[tuple[str, tuple]]:
 
 def _leaky_opchecks(device: str) -> list[tuple[str, tuple]]:
     x, decay, scale = _opcheck_base(device)
-    return [(f"{norm}-{layout}", (x, decay, scale, normalize, 1e-12, 0, heads_last))
-            for norm, normalize in (("plain", False), ("norm", True))
-            for layout, heads_last in (("contig_out", False), ("heads_last_out", True))]
+    g = torch.Generator().manual_seed(5)
+    per_step = torch.rand(x.shape[:3], generator=g).to(device).requires_grad_()        # (B, H, T)
+    per_channel = torch.rand(x.shape, generator=g).to(device).requires_grad_()         # (B, H, T, D)
+    gate = (torch.rand(x.shape[:3], generator=g) * 2).to(device).requires_grad_()
+    cases = [(f"{norm}-{layout}", (x, decay, scale, normalize, 1e-12, 0, heads_last, None))
+             for norm, normalize in (("plain", False), ("norm", True))
+             for layout, heads_last in (("contig_out", False), ("heads_last_out", True))]
+    return cases + [("per_step-gated-norm", (x, per_step, scale, True, 1e-12, 0, False, gate)),
+                    ("per_channel-plain", (x, per_channel, scale, False, 1e-12, 0, True, None))]
 
 
 def _peek_opchecks(device: str) -> list[tuple[str, tuple]]:
@@ -160,11 +174,13 @@ OPS: tuple[Op, ...] = (
     Op(name="mosaic_attention", folder="attention", fused="ATTENTION", benchmark="bench_attention",
        tile_tables=("FWD_TILES", "FWD_LONG_TILES", "BWD_TILES", "BWD_LONG_TILES"), model_reference=True,
        sample=_attention_sample, opcheck_cases=_attention_opchecks,
-       report_cases=(((16, 12, 512, 64), {}), ((1, 12, 8192, 64), {}), ((2, 16, 4096, 128), {}))),
+       report_cases=(((16, 12, 512, 64), {}), ((1, 12, 8192, 64), {}), ((2, 16, 4096, 128), {}),
+                     ((1, 12, 8192, 64), {"window": 256}), ((1, 12, 8192, 64), {"delay": 64}))),
     Op(name="leaky_average", folder="leaky_average", fused="LEAKY_AVERAGE", benchmark="bench_leaky_average",
        tile_tables=("FWD_DOT_TILES", "BWD_DOT_TILES", "FWD_TILES", "BWD_TILES"), model_reference=True,
        sample=_leaky_sample, opcheck_cases=_leaky_opchecks,
-       report_cases=(((16, 12, 512, 64), {}), ((1, 12, 8192, 64), {}), ((16, 16, 16384, 128), {}))),
+       report_cases=(((16, 12, 512, 64), {}), ((1, 12, 8192, 64), {}), ((16, 16, 16384, 128), {}),
+                     ((16, 12, 512, 64), {"time_varying": True}), ((1, 12, 8192, 64), {"time_varying": True}))),
     Op(name="peek_ahead_value", folder="peek_ahead", fused="PEEK_AHEAD", benchmark="bench_peek_ahead",
        tile_tables=(), model_reference=True, sample=_peek_sample, opcheck_cases=_peek_opchecks,
        report_cases=(((32, 12, 512, 64), {}),)),

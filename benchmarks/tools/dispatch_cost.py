@@ -22,7 +22,7 @@ def main() -> None:
     a, s = torch.rand(12, device="cuda"), torch.rand(12, device="cuda") + 1
     k, v = x.contiguous(), torch.randn(2, 12, 8192, 64, device="cuda", dtype=torch.bfloat16)
     rows = [
-        ("leaky_average fwd, custom op", lambda: leaky_fn.leaky_average_fwd(x, a, s, True, 1e-12, 0, True)),
+        ("leaky_average fwd, custom op", lambda: leaky_fn.leaky_average_fwd(x, a, s, True, 1e-12, 0, True, None)),
         ("leaky_average fwd, direct", lambda: leaky_fn._launch_forward(x, a, s, True, 1e-12, 0, True)),
         ("mosaic_attention fwd, custom op", lambda: attention_fn.attention_fwd(k, v, s, True, s, 0, -1, 1, None)),
         ("mosaic_attention fwd, direct", lambda: attention_fn.attention_forward(k, v, s, heads_last=True)),

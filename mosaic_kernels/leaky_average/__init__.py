@@ -1,4 +1,4 @@
-"""The leaky-average key scan: ``y[t] = x[t] + decay_h * y[t-1]``, optionally L2-normalised and scaled."""
+"""The leaky-average key scan: ``y[t] = g[t] x[t] + decay[t] * y[t-1]``, optionally L2-normalised and scaled."""
 from __future__ import annotations
 
 import torch
@@ -6,27 +6,43 @@ import torch
 from .._common import as_heads_last, check_heads, per_head, use_triton
 from . import reference as _reference
 
-__all__ = ["leaky_average"]
+__all__ = ["leaky_average", "stable_gate_and_decay"]
+
+
+def _time_varying(name: str, t: torch.Tensor, shapes: tuple, x: torch.Tensor) -> torch.Tensor:
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in shapes)}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
+    return t
 
 
 def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
-                  scale: float | torch.Tensor | None = None, eps: float = 1e-12,
+                  scale: float | torch.Tensor | None = None, eps: float = 1e-12, gate: torch.Tensor | None = None,
                   heads_last: bool = False) -> torch.Tensor:
-    """Per-head exponential moving sum over time, fused with L2 normalisation and a scale.
+    """Exponential moving sum over time, per head or time-varying, gated, fused with L2 normalisation and a scale.
 
-    ``y[b,h,t] = x[b,h,t] + decay_h * y[b,h,t-1]`` with ``y[b,h,-1] = 0``. With ``normalize=True``
-    the result is ``scale_h * y / max(||y||_2, eps)`` over the last dimension (F.normalize semantics).
+    ``y[b,h,t] = gate[b,h,t] * x[b,h,t] + decay[., t] * y[b,h,t-1]`` with ``y[b,h,-1] = 0`` (no gate: 1).
+    With ``normalize=True`` the result is ``scale_h * y / max(||y||_2, eps)`` over the last dimension
+    (F.normalize semantics).
 
     Args:
         x: ``(B, H, T, D)`` tensor, float32, float16, bfloat16 or float64, any strides.
-        decay: the per-step multiplier ``a_h`` in [0, 1]: a float (outside [0, 1] raises) or a
-            ``(H,)`` tensor (its gradient is returned when it requires grad). A tensor is clamped to
-            [0, 1] on every path, so an entry outside gives the same finite result on the kernel and
-            the reference, with the clamp's zero gradient; it is not checked, because checking would
+        decay: the per-step multiplier in [0, 1]: a float (outside [0, 1] raises), a ``(H,)`` tensor
+            (one per head), or a time-varying ``(B, H, T)`` (one per head and step) or ``(B, H, T, D)``
+            tensor (one per channel and step), any strides; ``decay[..., t]`` multiplies ``y[t-1]``.
+            A tensor's gradient is returned when it requires grad. A tensor is clamped to [0, 1] on
+            every path, so an entry outside gives the same finite result on the kernel and the
+            reference, with the clamp's zero gradient; it is not checked, because checking would
             synchronise the device with the host on every call.
         normalize: apply the L2 normalisation and the scale.
         scale: None (1.0), a float, or a ``(H,)`` tensor; requires ``normalize=True``.
         eps: lower bound of the norm, > 0.
+        gate: None, or a ``(B, H, T)`` tensor multiplying each step's input (its gradient is returned).
+            For gates whose logarithms span more than float32's range, pass the pair that
+            :func:`stable_gate_and_decay` derives from the logarithms (normalize=True).
         heads_last: return a ``(B, H, T, D)`` view of a contiguous ``(B, T, H, D)`` buffer instead of
             a contiguous tensor: the layout of a head-split ``(B, T, H*D)`` projection, so that
             merging or folding the heads afterwards costs no copy.
@@ -38,16 +54,24 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
         or the Triton kernels through the interpreter when ``TRITON_INTERPRET=1``.
 
     Raises:
-        ValueError: on a bad shape, dtype, device, decay or scale.
+        ValueError: on a bad shape, dtype, device, decay, gate or scale.
 
     Example:
         >>> x = torch.randn(2, 4, 128, 64)
         >>> k = leaky_average(x, torch.full((4,), 0.9), normalize=True, scale=2.0)
+        >>> decay, gate = torch.rand(2, 4, 128), torch.rand(2, 4, 128)        # per head and step
+        >>> k2 = leaky_average(x, decay, gate=gate, normalize=True)
     """
     B, H, T, D = check_heads("x", x)
-    decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
-    if decay is None:
-        raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), got None")
+    if isinstance(decay, torch.Tensor) and decay.dim() > 1:
+        decay = _time_varying("decay", decay, ((B, H, T), (B, H, T, D)), x)
+    else:
+        decay = per_head("decay", decay, H, x, low=0.0, high=1.0)
+        if decay is None:
+            raise ValueError(f"decay must be a float in [0, 1] or a tensor of shape ({H},), ({B}, {H}, {T}) or "
+                             f"({B}, {H}, {T}, {D}), got None")
+    if gate is not None:
+        gate = _time_varying("gate", gate, ((B, H, T),), x)
     scale = per_head("scale", scale, H, x)
     if scale is not None and not normalize:
         raise ValueError("scale is only applied with normalize=True; pass normalize=True or scale=None")
@@ -58,11 +82,40 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
 
         # The kernels clamp a tensor decay themselves, with the gradient of the reference's clamp below.
         return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps),
-                                    heads_last=bool(heads_last))
+                                    heads_last=bool(heads_last), gate=gate)
     if isinstance(decay, torch.Tensor):
         # Entries in [0, 1] pass through (gradient 1, boundaries included); only the others are
         # clamped (gradient 0). clamp alone would do, but its gradient at exactly 0 and 1 differs
         # between torch releases (1 in 2.13, 0 in 2.15), and decays of 0 and 1 are legitimate.
         decay = torch.where((decay >= 0) & (decay <= 1), decay, decay.clamp(0.0, 1.0))
-    y = _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps))
+    y = _reference.leaky_average(x, decay, normalize=normalize, scale=scale, eps=float(eps), gate=gate)
     return as_heads_last(y, bool(heads_last))
+
+
+def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (gate, decay) pair, both in [0, 1], that gives ``leaky_average(..., normalize=True)`` the
+    keys of gates ``exp(log_gate)`` and decays ``exp(log_decay)`` (each ``(B, H, T)``, natural logs,
+    ``log_decay <= 0``) whatever the gates' range: exp(log_gate) itself overflows float32 past 88.
+
+    The scan's state at step t is rescaled by exp(-M_t), with M_t = max(M_{t-1} + log_decay_t,
+    log_gate_t) the log of the largest coefficient any input has in it: gate_t = exp(log_gate_t - M_t)
+    and decay_t = exp(log_decay_t + M_{t-1} - M_t), both <= 1, and the largest input of every state
+    has coefficient 1. The normalised output is unchanged (each state is scaled by a positive number),
+    and so are its gradients, which are taken with M held constant: the output does not depend on M.
+    M is computed in float64 (its running sums of log-decays grow with T) as cumulative sums and
+    maxima: M_t = L_t + max_{s <= t} (log_gate_s - L_s) with L the cumulative log-decay. Returns
+    float32 tensors, differentiable with respect to both logs.
+    """
+    if log_gate.shape != log_decay.shape or log_gate.dim() != 3:
+        raise ValueError(f"log_gate and log_decay must both have shape (B, H, T), got {tuple(log_gate.shape)} and "
+                         f"{tuple(log_decay.shape)}")
+    with torch.no_grad():
+        cum = torch.cumsum(log_decay.double(), dim=-1)
+        peak = cum + torch.cummax(log_gate.double() - cum, dim=-1).values                    # M_t
+        before = torch.cat([peak[..., :1] - log_decay[..., :1].double(), peak[..., :-1]], dim=-1)  # M_{t-1}
+    # The exponents are differences of numbers as large as |M|: taken in float64, they are exact to
+    # float32's precision whatever T; only their (small) results are rounded to float32.
+    gate = torch.exp((log_gate.double() - peak).float())
+    arg = log_decay.double() + before - peak  # <= 0 up to float64 rounding
+    decay = torch.exp(torch.where(arg > 0, torch.zeros_like(arg), arg).float())
+    return gate, decay

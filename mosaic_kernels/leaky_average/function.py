@@ -78,8 +78,12 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
-def _fwd_precision(dtype: torch.dtype) -> str:
-    # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products.
+def _fwd_precision(dtype: torch.dtype, kind: int = 0, gated: bool = False) -> str:
+    # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products. A time-varying
+    # or gated scan multiplies float32 tiles (the gated input, the tile's own matrix): exact products for
+    # fp32 inputs and the interpreter, three TF32 products (float32-level accuracy) for 16-bit inputs.
+    if kind or gated:
+        return _bwd_precision(dtype)
     return "ieee" if dtype == torch.float32 else "split"
 
 
@@ -89,89 +93,132 @@ def _bwd_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 or interpreter_enabled() else "tf32x3"
 
 
+def _decay_kind(decay: torch.Tensor) -> int:
+    """0: one decay per head (H,); 1: per (b, h, t); 2: per (b, h, t, d)."""
+    return {1: 0, 3: 1, 4: 2}[decay.dim()]
+
+
 def _summary_buffer(size: int, nchunk: int, placeholder: torch.Tensor) -> torch.Tensor:
     """The float32 chunk summaries; with one chunk the kernels neither read nor write them, so any float32
-    tensor on the device stands in (the (H,) decay), which saves an allocation a launch."""
+    tensor on the device stands in (the decay), which saves an allocation a launch."""
     return _empty(size, device=placeholder.device, dtype=torch.float32) if nchunk > 1 else placeholder
 
 
-def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool):
+def _tv_strides(decay: torch.Tensor) -> tuple[int, int, int, int]:
+    """(b, h, t, d) strides of a time-varying decay (zeros for a per-head one, whose kernels index by h)."""
+    kind = _decay_kind(decay)
+    if kind == 0:
+        return 0, 0, 0, 0
+    return (*decay.stride()[:3], decay.stride(3) if kind == 2 else 0)
+
+
+def _gate_strides(gate: torch.Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if gate is None else gate.stride()
+
+
+def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool,
+                    gate: torch.Tensor | None = None):
     """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
-    ``chunk_len`` 0 picks the chunking by SM count."""
+    ``chunk_len`` 0 picks the chunking by SM count. ``decay``: (H,), (B, H, T) or (B, H, T, D) float32
+    (the latter two any strides); ``gate``: None or (B, H, T), multiplying x."""
     B, H, T, D = x.shape
+    kind = _decay_kind(decay)
     block_t, warps, _, _, block_d = _tiling(D)
     # The backward chunks time on its own: no forward state is reused.
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
     y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
-    summary = _summary_buffer(B * H * nchunk * block_d, nchunk, decay)
-    args = (x, y, norm, decay, scale, summary, *x.stride(), *y.stride()[:3], H, T, D, chunk_len, nchunk, eps)
+    summary = _summary_buffer(B * H * nchunk * block_d * (2 if kind else 1), nchunk, scale)
+    gate_t = gate if gate is not None else scale  # never read without a gate
+    args = (x, y, norm, decay, scale, summary, gate_t, *x.stride(), *y.stride()[:3], *_tv_strides(decay),
+            *_gate_strides(gate), H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype), STAGES=FWD_STAGES)
+                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype, kind, gate is not None),
+                STAGES=FWD_STAGES, DECAY_KIND=kind, GATED=gate is not None)
     if nchunk > 1:
         launch(_leaky_fwd_kernel, (nchunk - 1, B * H), *args, SUMMARY_ONLY=True, **meta)
     launch(_leaky_fwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
     return y, norm
 
 
-def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool):
-    """Run the backward kernels; returns (dx, (2, H) float32 per-head gradients: d(decay), then d(scale)).
-    dx is heads-last when ``dx_heads_last`` (the forward's x was), so the head split's backward is a view."""
+def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool,
+                     x: torch.Tensor | None = None, gate: torch.Tensor | None = None):
+    """Run the backward kernels; returns (dx, (d(decay), d(scale)) per head, (H,) float32 each (d(decay)
+    zero for a time-varying decay), d(decay) of a time-varying decay (its shape, float32; None for a
+    per-head one), d(gate) (B, H, T) float32 (None without a gate)). dx is heads-last when
+    ``dx_heads_last`` (the forward's x was), so the head split's backward is a view. ``x``: the ungated
+    input, read with a gate."""
     B, H, T, D = y.shape
+    kind = _decay_kind(decay)
     _, _, bwd_block_t, warps, block_d = _tiling(D)
     chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
-    summary = _summary_buffer(B * H * nchunk * block_d, nchunk, decay)
-    args = (gy, y, norm, decay, scale, summary, gx, parts, *gy.stride(), *y.stride()[:3], *gx.stride()[:3],
+    summary = _summary_buffer(B * H * nchunk * block_d * (2 if kind else 1), nchunk, scale)
+    ddecay = _empty(decay.shape, device=y.device, dtype=torch.float32) if kind else None
+    dgate = _empty((B, H, T), device=y.device, dtype=torch.float32) if gate is not None else None
+    x_t = x if gate is not None else gy  # never read without a gate
+    args = (gy, y, norm, decay, scale, summary, gx, parts, x_t, gate if gate is not None else scale,
+            ddecay if ddecay is not None else scale, dgate if dgate is not None else scale,
+            *gy.stride(), *y.stride()[:3], *gx.stride()[:3], *_tv_strides(decay), *x_t.stride(), *_gate_strides(gate),
             H, T, D, chunk_len, nchunk, eps)
     meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES)
+                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES,
+                DECAY_KIND=kind, GATED=gate is not None)
     if nchunk > 1:
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
         launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **meta)
     launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
-    return gx, parts.view(2, B, H, nchunk).sum(dim=(1, 3))  # fixed order: deterministic
+    # Fixed orders of summation: deterministic. Two sums, so that no two results share memory.
+    per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) for i in range(2))
+    return gx, per_head, ddecay, dgate
 
 
 def _forward(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float, chunk_len: int,
-             heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, per-row norm statistic); decay and scale are (H,) float32."""
-    return _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last)
+             heads_last: bool, gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, per-row norm statistic); decay (H,), (B, H, T) or (B, H, T, D) and scale (H,), float32."""
+    return _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last, gate)
 
 
-def _fake_forward(x, decay, scale, normalize, eps, chunk_len, heads_last):
+def _fake_forward(x, decay, scale, normalize, eps, chunk_len, heads_last, gate):
     B, H, T, D = x.shape
     return (empty_heads(x.new_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype),
             x.new_empty((B, H, T) if normalize else (1,), dtype=torch.float32))
 
 
 def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor,
-              normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, (2, H) float32 per-head gradients: d(decay), then d(scale))."""
-    return _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last)
+              normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool, x: torch.Tensor | None,
+              gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, d(decay) of the decay's shape, d(scale) (H,), d(gate) (B, H, T) or an empty tensor), float32
+    but for dx."""
+    gx, per_head, ddecay, dgate = _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len,
+                                                   dx_heads_last, x, gate)
+    return gx, per_head[0] if ddecay is None else ddecay, per_head[1], dgate if dgate is not None else y.new_empty(
+        (0,), dtype=torch.float32)
 
 
-def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last):
-    H = y.shape[1]
+def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last, x, gate):
+    B, H, T, D = y.shape
     return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
-            y.new_empty((2, H), dtype=torch.float32))
+            y.new_empty(decay.shape, dtype=torch.float32), y.new_empty((H,), dtype=torch.float32),
+            y.new_empty((B, H, T) if gate is not None else (0,), dtype=torch.float32))
 
 
 def _save(ctx, inputs, outputs):
-    x, decay, scale, normalize, eps, chunk_len, _heads_last = inputs
-    ctx.save_for_backward(*outputs, decay, scale)
+    x, decay, scale, normalize, eps, chunk_len, _heads_last, gate = inputs
+    ctx.save_for_backward(*outputs, decay, scale, x if gate is not None else None, gate)
     ctx.meta = (normalize, eps, chunk_len, is_heads_last(x))  # dx takes x's layout
 
 
 def _backward_args(ctx, gy):
-    y, norm, decay, scale = ctx.saved_tensors
-    return gy, y, norm, decay, scale, *ctx.meta
+    y, norm, decay, scale, x, gate = ctx.saved_tensors
+    return gy, y, norm, decay, scale, *ctx.meta, x, gate
 
 
 def _input_grads(ctx, result):
-    gx, per_head = result
-    return gx, per_head[0], (per_head[1] if ctx.meta[0] else None), None, None, None, None
+    gx, ddecay, dscale, dgate = result
+    gated = ctx.saved_tensors[5] is not None
+    return gx, ddecay, (dscale if ctx.meta[0] else None), None, None, None, None, (dgate if gated else None)
 
 
 LEAKY_AVERAGE = fused_op("leaky_average", forward=_forward, fake_forward=_fake_forward, backward=_backward,
@@ -182,13 +229,19 @@ leaky_average_fwd, leaky_average_bwd = LEAKY_AVERAGE.fwd, LEAKY_AVERAGE.bwd
 
 def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
                          scale: float | torch.Tensor | None = None, eps: float = 1e-12, chunk_len: int | None = None,
-                         heads_last: bool = False) -> torch.Tensor:
+                         heads_last: bool = False, gate: torch.Tensor | None = None) -> torch.Tensor:
     """Run the Triton scan (no validation: call :func:`mosaic_kernels.leaky_average`).
 
     ``chunk_len`` forces the time-chunk length (rounded up to the tile height); tests use it to
-    exercise the multi-chunk path at small T.
+    exercise the multi-chunk path at small T. ``decay``: a float, (H,), (B, H, T) or (B, H, T, D);
+    ``gate``: None or (B, H, T).
     """
     H = x.shape[1]
-    args = (x, per_head_tensor(decay, H, x, 0.0), per_head_tensor(scale if normalize else None, H, x, 1.0),
-            bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last))
+    if isinstance(decay, torch.Tensor) and decay.dim() > 1:
+        decay_t = decay.float()  # any strides: the kernels read time-varying decays through them
+    else:
+        decay_t = per_head_tensor(decay, H, x, 0.0)
+    gate_t = gate.float() if gate is not None else None
+    args = (x, decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),
+            bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last), gate_t)
     return LEAKY_AVERAGE.apply(*args)

@@ -1,10 +1,16 @@
-"""Chunked PyTorch reference of the leaky-average key scan.
+"""PyTorch reference of the leaky-average key scan.
 
-``y[t] = x[t] + a_h * y[t-1]`` is evaluated chunk by chunk: inside a chunk of ``CHUNK`` steps a
-lower-triangular matrix of powers ``a^(t-s)``, ``0 <= t-s < CHUNK``, does the sum as one matmul;
-between chunks a carry is propagated with ``a^(i+1)``. Only non-negative powers are formed, so the
-scan is stable for any ``a`` in [0, 1] and any T, and memory is O(B*H*T*D + H*CHUNK^2), never
-O(T^2). Autograd differentiates it, including with respect to the decay and the scale.
+A per-head decay: ``y[t] = x[t] + a_h * y[t-1]`` is evaluated chunk by chunk: inside a chunk of
+``CHUNK`` steps a lower-triangular matrix of powers ``a^(t-s)``, ``0 <= t-s < CHUNK``, does the sum as
+one matmul; between chunks a carry is propagated with ``a^(i+1)``. Only non-negative powers are
+formed, so the scan is stable for any ``a`` in [0, 1] and any T, and memory is O(B*H*T*D + H*CHUNK^2),
+never O(T^2).
+
+A time-varying decay ``a[b, h, t]`` (or ``a[b, h, t, d]``) and an optional gate: ``y[t] = g[t] x[t] +
+a[t] y[t-1]``, by recursive doubling: after the pass of shift s, y[t] holds the sum over the last 2s
+steps and A[t] the product of their decays, so log2(T) vectorised passes finish the scan. Products of
+decays only (no logarithms), so decays of exactly 0 and 1 are exact. Autograd differentiates both,
+including with respect to the decay, the gate and the scale.
 """
 from __future__ import annotations
 
@@ -31,17 +37,31 @@ def _decay_powers(a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return w, carry
 
 
+def _time_varying_scan(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``y[t] = x[t] + a[t] y[t-1]`` over dim 2 by recursive doubling; a is (B, H, T, 1) or (B, H, T, D)."""
+    y, prod = x, a
+    shift = 1
+    while shift < x.shape[2]:
+        y = torch.cat([y[:, :, :shift], y[:, :, shift:] + prod[:, :, shift:] * y[:, :, :-shift]], dim=2)
+        prod = torch.cat([prod[:, :, :shift], prod[:, :, shift:] * prod[:, :, :-shift]], dim=2)
+        shift *= 2
+    return y
+
+
 @exact_under_autocast
 def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,
-                  scale: float | torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
-    """Per-head exponential moving sum over time, optionally L2-normalised and scaled.
+                  scale: float | torch.Tensor | None = None, eps: float = 1e-12,
+                  gate: torch.Tensor | None = None) -> torch.Tensor:
+    """Exponential moving sum over time, per head or time-varying, optionally gated, L2-normalised and scaled.
 
     Args:
         x: ``(B, H, T, D)`` input.
-        decay: per-step multiplier ``a_h`` in [0, 1]: a float or a tensor of shape ``(H,)``.
+        decay: the per-step multiplier in [0, 1]: a float or a tensor of shape ``(H,)`` (per head),
+            ``(B, H, T)`` or ``(B, H, T, D)`` (time-varying: ``decay[..., t]`` multiplies ``y[t-1]``).
         normalize: divide each ``y[b,h,t]`` by ``max(||y[b,h,t]||_2, eps)``, then multiply by scale.
         scale: None (1.0), a float, or a ``(H,)`` tensor; only used with ``normalize=True``.
         eps: lower bound of the norm (F.normalize semantics).
+        gate: None, or a ``(B, H, T)`` tensor multiplying ``x[t]`` before it enters the sum.
 
     Returns:
         ``(B, H, T, D)`` tensor of ``x.dtype`` (computed in float32, or float64 for float64 input).
@@ -49,6 +69,12 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     B, H, T, D = x.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute)
+    if gate is not None:
+        xc = xc * gate.to(compute).unsqueeze(-1)
+    if isinstance(decay, torch.Tensor) and decay.dim() > 1:
+        a = decay.to(compute)
+        y = _time_varying_scan(xc, a.unsqueeze(-1) if a.dim() == 3 else a)
+        return _normalized(y, normalize, scale, eps, H, compute).to(x.dtype)
     a = decay.to(compute) if isinstance(decay, torch.Tensor) else torch.full((H,), float(decay), dtype=compute, device=x.device)
     chunks = []
     carry = xc.new_zeros(B, H, 1, D)
@@ -60,9 +86,14 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
         chunks.append(ys)
         carry = ys[:, :, -1:]
     y = torch.cat(chunks, dim=2)
+    return _normalized(y, normalize, scale, eps, H, compute).to(x.dtype)
+
+
+def _normalized(y: torch.Tensor, normalize: bool, scale: float | torch.Tensor | None, eps: float, H: int,
+                compute: torch.dtype) -> torch.Tensor:
     if normalize:
         y = F.normalize(y, dim=-1, eps=eps)
         if scale is not None:
             s = scale.to(compute).view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale
             y = y * s
-    return y.to(x.dtype)
+    return y

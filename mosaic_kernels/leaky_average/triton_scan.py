@@ -13,6 +13,18 @@ chunk's end state computed from a zero carry (the "summary"); the main launch fo
 the chunks before it into its carry-in (state = summary + a^CHUNK_LEN * state), then scans. This
 reads x twice, which is the price of parallelism over T; with NCHUNK = 1 x is read once.
 The backward is the same in reverse time, on lambda_t = dL/du_t = gu_t + a * lambda_{t+1}.
+
+Time-varying decays (DECAY_KIND): 0 is one decay a_h per head (the code above); 1 is one per (b, h, t),
+read through the strides sab, sah, sat; 2 is one per (b, h, t, d). Kind 1 keeps the decay-matrix
+product: a tile's matrix is W[i, j] = a_{j+1} ... a_i = 2^(L_i - L_j) from the inclusive cumulative sum
+L of log2(a) over the tile, and 0 where a decay exactly 0 lies in (j, i] (its count, zc, differs: the
+zero is an exact reset, not a tiny factor). Kind 2 has one matrix per column, so it scans with
+``tl.associative_scan`` on (a_t, x_t) pairs. The chunk summaries of kinds 1 and 2 hold the chunk's end
+state and the product of its decays (a^CHUNK_LEN for kind 0). In the backward of kinds 1 and 2 the
+carry between tiles (and chunks) is a_{t0} lambda_{t0}, the first row's decay already applied.
+
+Gate (GATE): x_t is multiplied by gate[b, h, t] as it is loaded; the backward returns dx_t = g_t
+lambda_t and d gate_t = <lambda_t, x_t> (x read again).
 """
 from __future__ import annotations
 
@@ -33,6 +45,47 @@ def _row(tile, rows_local, which: tl.constexpr):
 
 
 @triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _tv_forward_weights(a_rows, rows_local, BLOCK_T: tl.constexpr):
+    """Kind 1, forward: for a tile's decays a_rows (BT,), the matrix W[i, j] = a_{j+1} ... a_i (j <= i,
+    BT x BT), the carry's weights a_0 ... a_i (BT,), the last row's weights on the inputs W[BT-1, j]
+    (BT,) and the tile's product a_0 ... a_{BT-1} (scalar)."""
+    zero = a_rows == 0.0
+    lg = tl.where(zero, 0.0, tl.log2(tl.where(zero, 1.0, a_rows)))
+    cum = tl.cumsum(lg, 0)                                                   # L_i, non-increasing
+    zc = tl.cumsum(zero.to(tl.int32), 0)                                     # zeros in [0, i]
+    keep = (rows_local[:, None] >= rows_local[None, :]) & (zc[:, None] == zc[None, :])
+    w = tl.where(keep, tl.exp2(tl.minimum(cum[:, None] - cum[None, :], 0.0)), 0.0)
+    last_cum, last_zc = tl.min(cum, 0), tl.max(zc, 0)
+    carry_w = tl.where(zc == 0, tl.exp2(cum), 0.0)
+    sum_w = tl.where(zc == last_zc, tl.exp2(last_cum - cum), 0.0)
+    a_tile = tl.where(last_zc == 0, tl.exp2(last_cum), 0.0)
+    return w, carry_w, sum_w, a_tile
+
+
+@triton.jit
+def _tv_backward_weights(a_rows, rows_local, BLOCK_T: tl.constexpr):
+    """Kind 1, backward: the transposed matrix Wt[i, j] = a_{i+1} ... a_j (j >= i), the weights of the
+    carry (a_{t0+BT} lambda_{t0+BT}) a_{i+1} ... a_{BT-1} (BT,), the weights a_0 ... a_j of the carry
+    out a_0 lambda_0 on the tile's gradients (BT,), and the tile's product (scalar)."""
+    zero = a_rows == 0.0
+    lg = tl.where(zero, 0.0, tl.log2(tl.where(zero, 1.0, a_rows)))
+    cum = tl.cumsum(lg, 0)
+    zc = tl.cumsum(zero.to(tl.int32), 0)
+    keep = (rows_local[None, :] >= rows_local[:, None]) & (zc[:, None] == zc[None, :])
+    w_t = tl.where(keep, tl.exp2(tl.minimum(cum[None, :] - cum[:, None], 0.0)), 0.0)
+    last_cum, last_zc = tl.min(cum, 0), tl.max(zc, 0)
+    carry_w = tl.where(zc == last_zc, tl.exp2(last_cum - cum), 0.0)
+    sum_w = tl.where(zc == 0, tl.exp2(cum), 0.0)
+    a_tile = tl.where(last_zc == 0, tl.exp2(last_cum), 0.0)
+    return w_t, carry_w, sum_w, a_tile
+
+
+@triton.jit
 def _clamped_decay(raw):
     # The decay tensor is not range-checked on the host (that would synchronise the device); the kernels
     # clamp it to [0, 1] themselves, which saves the host five tensor operations a call and their
@@ -42,45 +95,54 @@ def _clamped_decay(raw):
 
 @triton.jit
 def _leaky_fwd_kernel(
-    X, Y, NORM, DECAY, SCALE, SUMMARY,
-    sxb, sxh, sxt, sxd, syb, syh, syt,
+    X, Y, NORM, DECAY, SCALE, SUMMARY, GATE,
+    sxb, sxh, sxt, sxd, syb, syh, syt, sab, sah, sat, sad, sgb, sgh, sgt,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    STAGES: tl.constexpr,
+    STAGES: tl.constexpr, DECAY_KIND: tl.constexpr, GATED: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    a = _clamped_decay(tl.load(DECAY + h).to(tl.float32))
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
-    if USE_DOT:
-        # In-tile scan as a product with the decay matrix W[i, j] = a^(i-j) (j <= i), the carry
-        # entering after it as a^(i+1) * carry: the carry chain is one FMA per tile, off the
-        # product's path. Exponent 0 is the constant 1 (no 0 * log2(0)); exp2(-inf) = 0 for a = 0.
-        log2a = tl.log2(a)
-        lag = rows_local[:, None] - rows_local[None, :]                     # (BLOCK_T, BLOCK_T)
-        w = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
-        carry_w = tl.exp2((rows_local + 1).to(tl.float32) * log2a)          # a^(i+1)
-        last = BLOCK_T - 1 - rows_local
-        sum_w = tl.where(last == 0, 1.0, tl.exp2(tl.maximum(last, 1).to(tl.float32) * log2a))  # a^(BT-1-j)
-        a_tile = tl.exp2(BLOCK_T * log2a)
-        if PRECISION == "split":
-            # 16-bit inputs: W as a high and a low 16-bit part, two products, float32 sums.
-            w_hi = w.to(X.dtype.element_ty)
-            w_lo = (w - w_hi.to(tl.float32)).to(X.dtype.element_ty)
+    if DECAY_KIND == 0:
+        a = _clamped_decay(tl.load(DECAY + h).to(tl.float32))
+        if USE_DOT:
+            # In-tile scan as a product with the decay matrix W[i, j] = a^(i-j) (j <= i), the carry
+            # entering after it as a^(i+1) * carry: the carry chain is one FMA per tile, off the
+            # product's path. Exponent 0 is the constant 1 (no 0 * log2(0)); exp2(-inf) = 0 for a = 0.
+            log2a = tl.log2(a)
+            lag = rows_local[:, None] - rows_local[None, :]                     # (BLOCK_T, BLOCK_T)
+            w = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
+            carry_w = tl.exp2((rows_local + 1).to(tl.float32) * log2a)          # a^(i+1)
+            last = BLOCK_T - 1 - rows_local
+            sum_w = tl.where(last == 0, 1.0, tl.exp2(tl.maximum(last, 1).to(tl.float32) * log2a))  # a^(BT-1-j)
+            a_tile = tl.exp2(BLOCK_T * log2a)
+            if PRECISION == "split":
+                # 16-bit inputs: W as a high and a low 16-bit part, two products, float32 sums.
+                w_hi = w.to(X.dtype.element_ty)
+                w_lo = (w - w_hi.to(tl.float32)).to(X.dtype.element_ty)
+    a_base = DECAY + b * sab + h * sah                                      # kinds 1 and 2
+    g_base = GATE + b * sgb + h * sgh
 
     # Carry-in: the true state at the end of the previous chunk, from the chunk summaries.
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if not SUMMARY_ONLY:
         if pid_c > 0:
-            a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))  # a^CHUNK_LEN; log2(0) = -inf gives 0, no NaN
-            for c in range(0, pid_c):
-                s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
-                carry = s + a_chunk * carry
+            if DECAY_KIND == 0:
+                a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))  # a^CHUNK_LEN; log2(0) = -inf gives 0, no NaN
+                for c in range(0, pid_c):
+                    s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
+                    carry = s + a_chunk * carry
+            else:
+                for c in range(0, pid_c):  # (state, product of the chunk's decays) per chunk
+                    base = SUMMARY + (pid_bh * NCHUNK + c) * 2 * BLOCK_D
+                    carry = tl.load(base + cols) + tl.load(base + BLOCK_D + cols) * carry
+    chunk_prod = tl.full((BLOCK_D,), 1.0, tl.float32)
     if NORMALIZE:
         s_h = tl.load(SCALE + h).to(tl.float32)
 
@@ -108,18 +170,35 @@ def _leaky_fwd_kernel(
         else:
             x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
-        if USE_DOT:
-            if PRECISION == "split":
-                u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
+        if GATED:
+            x = x * tl.load(g_base + rows * sgt, mask=rmask, other=0.0).to(tl.float32)[:, None]
+        if DECAY_KIND == 0:
+            if USE_DOT:
+                if PRECISION == "split":
+                    u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
+                else:
+                    u = tl.dot(w, x, input_precision=PRECISION)
+                u = u + carry_w[:, None] * carry[None, :]
+                # Only read on to the next tile when this one is full.
+                carry = tl.sum(sum_w[:, None] * x, axis=0) + a_tile * carry
             else:
-                u = tl.dot(w, x, input_precision=PRECISION)
-            u = u + carry_w[:, None] * carry[None, :]
-            # Only read on to the next tile when this one is full.
-            carry = tl.sum(sum_w[:, None] * x, axis=0) + a_tile * carry
+                x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
+                _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
+                carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
+        elif DECAY_KIND == 1:
+            # Rows past the end decay by 1 and add 0: the carry passes them unchanged.
+            a_rows = _clamped_decay(tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32))
+            w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_forward_weights(a_rows, rows_local, BLOCK_T)
+            u = tl.dot(w_tv, x, input_precision=PRECISION) + carry_w_tv[:, None] * carry[None, :]
+            carry = tl.sum(sum_w_tv[:, None] * x, axis=0) + a_tile_tv * carry
+            chunk_prod = chunk_prod * a_tile_tv
         else:
-            x = x + tl.where(rows_local[:, None] == 0, a * carry[None, :], 0.0)
-            _, u = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), x), 0, _decayed_sum)
-            carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
+            a_t = _clamped_decay(tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2,
+                                         other=1.0).to(tl.float32))
+            x = x + tl.where(rows_local[:, None] == 0, a_t * carry[None, :], 0.0)
+            _, u = tl.associative_scan((a_t, x), 0, _decayed_sum)
+            carry = _row(u, rows_local, BLOCK_T - 1)
+            chunk_prod = chunk_prod * tl.reduce(a_t, 0, _mul)
         if not SUMMARY_ONLY:
             if NORMALIZE:
                 n = tl.maximum(tl.sqrt(tl.sum(u * u, axis=1)), eps)          # (BLOCK_T,)
@@ -127,45 +206,61 @@ def _leaky_fwd_kernel(
                 u = u * (s_h / n)[:, None]
             tl.store(y_base + rows[:, None] * syt + cols[None, :], u.to(Y.dtype.element_ty), mask=m2)
     if SUMMARY_ONLY:
-        tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+        if DECAY_KIND == 0:
+            tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+        else:
+            base = SUMMARY + (pid_bh * NCHUNK + pid_c) * 2 * BLOCK_D
+            tl.store(base + cols, carry)
+            tl.store(base + BLOCK_D + cols, chunk_prod)
 
 
 @triton.jit
 def _leaky_bwd_kernel(
-    GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PARTS,
-    sgb, sgh, sgt, sgd, syb, syh, syt, sxb, sxh, sxt,
+    GY, Y, NORM, DECAY, SCALE, SUMMARY, GX, PARTS, X, GATE, DDECAY, DGATE,
+    sgb, sgh, sgt, sgd, syb, syh, syt, sxb, sxh, sxt, sab, sah, sat, sad, sib, sih, sit, sid, sqb, sqh, sqt,
     H, T, D, CHUNK_LEN, NCHUNK, eps,
     NORMALIZE: tl.constexpr, SUMMARY_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    STAGES: tl.constexpr,
+    STAGES: tl.constexpr, DECAY_KIND: tl.constexpr, GATED: tl.constexpr,
 ):
+    # GX is written with the strides sx*; X (the ungated input, read with GATED) has the strides si*,
+    # GATE sq*; DDECAY is (B, H, T) for kind 1, (B, H, T, D) for kind 2, DGATE (B, H, T), contiguous.
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    raw_decay = tl.load(DECAY + h).to(tl.float32)
-    a = _clamped_decay(raw_decay)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows_local = tl.arange(0, BLOCK_T)
-    if USE_DOT:
-        # Reverse in-tile scan as a product with the transposed decay matrix, Wt[i, j] = a^(j-i)
-        # (j >= i), the carry from the right entering after it as a^(BLOCK_T-i) * carry.
-        log2a = tl.log2(a)
-        lag = rows_local[None, :] - rows_local[:, None]                     # (BLOCK_T, BLOCK_T)
-        w_t = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
-        carry_w = tl.exp2((BLOCK_T - rows_local).to(tl.float32) * log2a)    # a^(BLOCK_T-i)
-        sum_w = tl.where(rows_local == 0, 1.0, tl.exp2(tl.maximum(rows_local, 1).to(tl.float32) * log2a))  # a^j
-        a_tile = tl.exp2(BLOCK_T * log2a)
+    if DECAY_KIND == 0:
+        raw_decay = tl.load(DECAY + h).to(tl.float32)
+        a = _clamped_decay(raw_decay)
+        if USE_DOT:
+            # Reverse in-tile scan as a product with the transposed decay matrix, Wt[i, j] = a^(j-i)
+            # (j >= i), the carry from the right entering after it as a^(BLOCK_T-i) * carry.
+            log2a = tl.log2(a)
+            lag = rows_local[None, :] - rows_local[:, None]                     # (BLOCK_T, BLOCK_T)
+            w_t = tl.where(lag > 0, tl.exp2(tl.maximum(lag, 1).to(tl.float32) * log2a), tl.where(lag == 0, 1.0, 0.0))
+            carry_w = tl.exp2((BLOCK_T - rows_local).to(tl.float32) * log2a)    # a^(BLOCK_T-i)
+            sum_w = tl.where(rows_local == 0, 1.0, tl.exp2(tl.maximum(rows_local, 1).to(tl.float32) * log2a))  # a^j
+            a_tile = tl.exp2(BLOCK_T * log2a)
+    a_base = DECAY + b * sab + h * sah
 
-    # Carry-in from the right: lambda at the first row of the next chunk.
+    # Carry-in from the right: lambda at the first row of the next chunk (kind 0), or that times the
+    # first row's decay (kinds 1 and 2).
     carry = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if not SUMMARY_ONLY:
-        a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))
-        for i in range(0, NCHUNK - 1 - pid_c):
-            c = NCHUNK - 1 - i
-            s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
-            carry = s + a_chunk * carry
+        if DECAY_KIND == 0:
+            a_chunk = tl.exp2(CHUNK_LEN * tl.log2(a))
+            for i in range(0, NCHUNK - 1 - pid_c):
+                c = NCHUNK - 1 - i
+                s = tl.load(SUMMARY + (pid_bh * NCHUNK + c) * BLOCK_D + cols)
+                carry = s + a_chunk * carry
+        else:
+            for i in range(0, NCHUNK - 1 - pid_c):
+                base = SUMMARY + (pid_bh * NCHUNK + NCHUNK - 1 - i) * 2 * BLOCK_D
+                carry = tl.load(base + cols) + tl.load(base + BLOCK_D + cols) * carry
+    chunk_prod = tl.full((BLOCK_D,), 1.0, tl.float32)
     if NORMALIZE:
         s_h = tl.load(SCALE + h).to(tl.float32)
         inv_s = tl.where(s_h != 0.0, 1.0 / s_h, 0.0)
@@ -210,20 +305,51 @@ def _leaky_bwd_kernel(
             gu = (g - proj) * (s_h / n)[:, None]
         else:
             gu = g
-        # The only partial tile is the last tile of the sequence, where the carry is zero.
-        if USE_DOT:
-            if SUMMARY_ONLY:
-                lam = gu  # not stored: only the carry below is needed
+        if DECAY_KIND == 0:
+            # The only partial tile is the last tile of the sequence, where the carry is zero.
+            if USE_DOT:
+                if SUMMARY_ONLY:
+                    lam = gu  # not stored: only the carry below is needed
+                else:
+                    lam = tl.dot(w_t, gu, input_precision=PRECISION) + carry_w[:, None] * carry[None, :]
+                carry = tl.sum(sum_w[:, None] * gu, axis=0) + a_tile * carry
             else:
-                lam = tl.dot(w_t, gu, input_precision=PRECISION) + carry_w[:, None] * carry[None, :]
-            carry = tl.sum(sum_w[:, None] * gu, axis=0) + a_tile * carry
+                gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, a * carry[None, :], 0.0)
+                _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum,
+                                             reverse=True)
+                carry = _row(lam, rows_local, 0)
+        elif DECAY_KIND == 1:
+            raw_rows = tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32)
+            w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_backward_weights(_clamped_decay(raw_rows), rows_local, BLOCK_T)
+            if SUMMARY_ONLY:
+                lam = gu  # not stored
+            else:
+                lam = tl.dot(w_tv, gu, input_precision=PRECISION) + carry_w_tv[:, None] * carry[None, :]
+            carry = tl.sum(sum_w_tv[:, None] * gu, axis=0) + a_tile_tv * carry
+            chunk_prod = chunk_prod * a_tile_tv
         else:
-            gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, a * carry[None, :], 0.0)
-            _, lam = tl.associative_scan((tl.full((BLOCK_T, BLOCK_D), a, tl.float32), gu), 0, _decayed_sum, reverse=True)
-            carry = _row(lam, rows_local, 0)
+            # lambda_i = gu_i + a_{i+1} lambda_{i+1}: the decays one row down; the carry already holds
+            # a_{t0+BT} lambda_{t0+BT}, so the last row's multiplier is never used.
+            down = rows + 1
+            a_down = _clamped_decay(tl.load(a_base + down[:, None] * sat + cols[None, :] * sad,
+                                            mask=(down < T)[:, None] & cmask[None, :], other=1.0).to(tl.float32))
+            raw_t = tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2, other=1.0).to(tl.float32)
+            a_here = _clamped_decay(raw_t)
+            gu = gu + tl.where(rows_local[:, None] == BLOCK_T - 1, carry[None, :], 0.0)
+            _, lam = tl.associative_scan((a_down, gu), 0, _decayed_sum, reverse=True)
+            carry = _row(a_here * lam, rows_local, 0)
+            chunk_prod = chunk_prod * tl.reduce(a_here, 0, _mul)
         if not SUMMARY_ONLY:
-            tl.store(gx_base + rows[:, None] * sxt + cols[None, :], lam.to(GX.dtype.element_ty), mask=m2)
-            # dL/da = sum_t lambda_t . u_{t-1}: the previous row of the raw scan, rebuilt from y.
+            if GATED:
+                gate = tl.load(GATE + b * sqb + h * sqh + rows * sqt, mask=rmask, other=0.0).to(tl.float32)
+                x_in = tl.load(X + b * sib + h * sih + rows[:, None] * sit + cols[None, :] * sid, mask=m2,
+                               other=0.0).to(tl.float32)
+                tl.store(DGATE + out_base + rows, tl.sum(lam * x_in, axis=1), mask=rmask)
+                dx = lam * gate[:, None]
+            else:
+                dx = lam
+            tl.store(gx_base + rows[:, None] * sxt + cols[None, :], dx.to(GX.dtype.element_ty), mask=m2)
+            # dL/da_t = lambda_t . u_{t-1}: the previous row of the raw scan, rebuilt from y.
             prev = rows - 1
             pmask = rmask & (prev >= 0)
             pm2 = pmask[:, None] & cmask[None, :]
@@ -231,12 +357,28 @@ def _leaky_bwd_kernel(
             if NORMALIZE:
                 n_prev = tl.load(NORM + out_base + prev, mask=pmask, other=0.0)
                 u_prev = u_prev * (inv_s * n_prev)[:, None]
-            acc_decay += tl.sum(lam * u_prev, axis=1)
+            if DECAY_KIND == 0:
+                acc_decay += tl.sum(lam * u_prev, axis=1)
+            elif DECAY_KIND == 1:  # a decay outside [0, 1] was clamped: its gradient is the clamp's, 0
+                in_range = (raw_rows >= 0.0) & (raw_rows <= 1.0)
+                tl.store(DDECAY + out_base + rows, tl.where(in_range, tl.sum(lam * u_prev, axis=1), 0.0), mask=rmask)
+            else:
+                in_range = (raw_t >= 0.0) & (raw_t <= 1.0)
+                tl.store(DDECAY + (out_base + rows[:, None]) * D + cols[None, :], tl.where(in_range, lam * u_prev, 0.0),
+                         mask=m2)
     if SUMMARY_ONLY:
-        tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+        if DECAY_KIND == 0:
+            tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
+        else:
+            base = SUMMARY + (pid_bh * NCHUNK + pid_c) * 2 * BLOCK_D
+            tl.store(base + cols, carry)
+            tl.store(base + BLOCK_D + cols, chunk_prod)
     else:
-        # PARTS is (2, B*H*NCHUNK): decay partials, then scale partials. A decay outside [0, 1] was
-        # clamped: its gradient is the clamp's, 0 (the boundaries themselves pass the gradient).
-        in_range = (raw_decay >= 0.0) & (raw_decay <= 1.0)
-        tl.store(PARTS + pid_bh * NCHUNK + pid_c, tl.where(in_range, tl.sum(acc_decay, axis=0), 0.0))
+        # PARTS is (2, B*H*NCHUNK): decay partials (kind 0), then scale partials. A decay outside [0, 1]
+        # was clamped: its gradient is the clamp's, 0 (the boundaries themselves pass the gradient).
+        if DECAY_KIND == 0:
+            in_range0 = (raw_decay >= 0.0) & (raw_decay <= 1.0)
+            tl.store(PARTS + pid_bh * NCHUNK + pid_c, tl.where(in_range0, tl.sum(acc_decay, axis=0), 0.0))
+        else:
+            tl.store(PARTS + pid_bh * NCHUNK + pid_c, 0.0)
         tl.store(PARTS + tl.num_programs(1) * NCHUNK + pid_bh * NCHUNK + pid_c, tl.sum(acc_scale, axis=0))

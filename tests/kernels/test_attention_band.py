@@ -197,11 +197,14 @@ def test_bad_band_arguments_name_themselves():
 
 # --------------------------------------------------------------------------- on the GPU, every dtype
 
+GPU_BANDS = [((301, 100, 1), "head"), ((301, None, 37), "batch_row"), ((517, 70, (1, 200)), "batch_row"),
+             ((255, 64, 64), "row")]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [48, 96, 128, 256], ids=lambda d: f"D{d}")
-@pytest.mark.parametrize("band", [(301, 100, 1), (301, None, 37), (517, 70, (1, 200)), (255, 64, 64)], ids=_ids)
-@pytest.mark.parametrize("scale_kind", ["head", "batch_row"])
+@pytest.mark.parametrize("band, scale_kind", GPU_BANDS, ids=[f"{_ids(b)}-{s}" for b, s in GPU_BANDS])
 def test_gpu_every_dtype_and_head_dim(dtype, D, band, scale_kind, nan_outputs):
     T, window, delay = band
     k, v, s = _inputs(2, 2, T, D, scale_kind, dtype=dtype)

@@ -1,0 +1,173 @@
+"""Benchmark of the Memory Mosaics v2 forms of the two ops against what a user would call instead, in one run.
+
+Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fwd and fwd+bwd):
+  ours_full        mosaic_attention(k, v): the strictly causal op of v1 (the baseline of the targets)
+  ours_window      window=W (the short-term memory: keys t-W .. t-1)
+  ours_delay       delay=M (the long-term memory at inference: keys 0 .. t-M)
+  ours_delays      one delay per sequence, drawn from [64, 256] (the long-term memory in training)
+  ours_row_scale   the strictly causal op with a (B, H, T) per-row scale, against ours_full's per-head one
+  flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
+  flex_delay       compiled FlexAttention, mask_mod kv <= t-M
+  sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)
+Time-varying key scan (bf16 input, normalised and scaled as the model calls it, fwd+bwd):
+  ours_head        leaky_average(x, decay (H,)): v1's per-head scan (the baseline of the target)
+  ours_step        a decay (B, H, T)
+  ours_step_gate   a decay (B, H, T) and a gate (B, H, T) fused into the kernel
+  ours_step_mul    the same gate multiplied into x before the call (x * gate, then ours_step)
+  ours_channel     a decay (B, H, T, D)
+  torch_doubling   the PyTorch reference (recursive doubling) of ours_step, eager
+  torch_dense      the (T, T) decay-matrix product of ours_step (T <= 4096)
+  fla_hgrn         fla-core's chunk_hgrn (h_t = exp(g_t) h_{t-1} + x_t per channel, no norm) if it imports,
+                   against ours_channel without the norm (ours_channel_raw)
+  copy             a device copy of x: the floor
+Every table carries the GPU, versions and command; medians of triton.testing.do_bench.
+
+Usage: python -m benchmarks.bench_v2_ops [--part attention scan] [--out results.md]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks._common import bench_ms, command_line, emit, header, table
+from mosaic_kernels import leaky_average, mosaic_attention
+from mosaic_kernels import reference as R
+
+ATT_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (1, 16, 8192, 128)]
+WINDOW, DELAY = 256, 64
+SCAN_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+
+
+def _flex(mask_mod, T, device):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = create_block_mask(mask_mod, None, None, T, T, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return lambda k, v: compiled(k, k, v, block_mask=block_mask, scale=1.0)
+
+
+def attention_rows() -> list[dict]:
+    """fwd and fwd+bwd of every attention provider at ATT_SHAPES."""
+    rows = []
+    for (B, H, T, D) in ATT_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        k = (F.normalize(torch.randn(B, H, T, D, device="cuda", generator=g), dim=-1) * 2.7).bfloat16()
+        v = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        row_scale = torch.rand(B, H, T, device="cuda", generator=g) + 0.5
+        delays = torch.randint(64, 257, (B,), device="cuda", generator=g)
+        window_mask = torch.arange(T, device="cuda")[:, None] - torch.arange(T, device="cuda")[None, :]
+        window_mask = (window_mask >= 1) & (window_mask <= WINDOW)
+        providers = {
+            "ours_full": lambda k, v: mosaic_attention(k, v),
+            "ours_window": lambda k, v: mosaic_attention(k, v, window=WINDOW),
+            "ours_delay": lambda k, v: mosaic_attention(k, v, delay=DELAY),
+            "ours_delays": lambda k, v: mosaic_attention(k, v, delay=delays),
+            "ours_row_scale": lambda k, v: mosaic_attention(k, v, row_scale),
+            "flex_window": _flex(lambda b, h, q, kv: (kv <= q - 1) & (kv >= q - WINDOW), T, "cuda"),
+            "flex_delay": _flex(lambda b, h, q, kv: kv <= q - DELAY, T, "cuda"),
+            "sdpa_window": lambda k, v: F.scaled_dot_product_attention(k, k, v, attn_mask=window_mask, scale=1.0),
+        }
+        for name, fn in providers.items():
+            kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
+            dy = torch.randn_like(v)
+            try:
+                t_fwd = bench_ms(lambda: fn(kr, vr))
+                t_all = bench_ms(lambda: torch.autograd.grad(fn(kr, vr), (kr, vr), dy))
+            except Exception as e:  # a provider that cannot run this shape (memory, compile)
+                print(f"{name} {(B, H, T, D)}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                continue
+            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_ms=t_fwd, fwd_bwd_ms=t_all))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _dense(x, a):
+    """u = W x with the (T, T) matrix W[t, s] = a_{s+1} ... a_t (s <= t), from cumulative log-decays."""
+    T = x.shape[2]
+    cum = torch.cumsum(torch.log(a.float().clamp_min(1e-30)), dim=-1)                 # (B, H, T)
+    lower = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    w = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~lower, float("-inf")))
+    return F.normalize(w @ x.float(), dim=-1).to(x.dtype)
+
+
+def scan_rows() -> list[dict]:
+    """fwd+bwd of every scan provider at SCAN_SHAPES (and the copy)."""
+    try:
+        from fla.ops.hgrn import chunk_hgrn
+    except ImportError as e:
+        print(f"fla-core is not importable ({e}): fla_hgrn left out", flush=True)
+        chunk_hgrn = None
+    rows = []
+    for (B, H, T, D) in SCAN_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(1)
+        x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)  # head split
+        head = torch.rand(H, device="cuda", generator=g) * 0.5 + 0.5
+        step = torch.rand(B, H, T, device="cuda", generator=g) * 0.5 + 0.5
+        chan = torch.rand(B, H, T, D, device="cuda", generator=g) * 0.5 + 0.5
+        gate = torch.rand(B, H, T, device="cuda", generator=g) + 0.5
+        scale = torch.full((H,), 2.7, device="cuda")
+        providers = {
+            "ours_head": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), head),
+            "ours_step": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), step),
+            "ours_step_gate": (lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True, scale=scale), step),
+            "ours_step_mul": (lambda xr, a: leaky_average(xr * gate.unsqueeze(-1).to(xr.dtype), a, normalize=True,
+                                                          scale=scale), step),
+            "ours_channel": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan),
+            "ours_channel_raw": (lambda xr, a: leaky_average(xr, a), chan),
+            "torch_doubling": (lambda xr, a: R.leaky_average(xr, a, normalize=True, scale=scale), step),
+        }
+        if T <= 4096:
+            providers["torch_dense"] = (_dense, step)
+        if chunk_hgrn is not None:
+            # HGRN's layout: (B, T, H*D) with log-decays; the same recurrence as ours_channel_raw.
+            log_chan = chan.log().permute(0, 2, 1, 3).reshape(B, T, H * D).contiguous()
+            providers["fla_hgrn"] = (lambda xr, a: chunk_hgrn(xr.transpose(1, 2).reshape(B, T, H * D), a)[0], log_chan)
+        copy_ms = bench_ms(lambda: x.contiguous())
+        rows.append(dict(shape=str((B, H, T, D)), provider="copy", fwd_bwd_ms=copy_ms, x_copy=1.0))
+        base = None
+        for name, (fn, a) in providers.items():
+            xr, ar = x.detach().clone().requires_grad_(), a.detach().clone().requires_grad_()
+            try:
+                out = fn(xr, ar)
+                dy = torch.randn_like(out)
+                t_all = bench_ms(lambda: torch.autograd.grad(fn(xr, ar), (xr, ar), dy))
+            except Exception as e:
+                print(f"{name} {(B, H, T, D)}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                continue
+            base = t_all if name == "ours_head" else base
+            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_bwd_ms=t_all, x_copy=t_all / copy_ms,
+                             x_ours_head=t_all / base if base else None))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    """Run the parts asked for and print (and write) their tables."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", nargs="+", choices=("attention", "scan"), default=["attention", "scan"],
+                   help="which ops to time")
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    a = p.parse_args()
+    md = header(command_line("benchmarks.bench_v2_ops"))
+    if "attention" in a.part:
+        rows = attention_rows()
+        full = {r["shape"]: r for r in rows if r["provider"] == "ours_full"}
+        flex = {r["shape"]: r for r in rows if r["provider"] == "flex_window"}
+        for r in rows:
+            r["x_ours_full"] = r["fwd_bwd_ms"] / full[r["shape"]]["fwd_bwd_ms"] if r["shape"] in full else None
+            r["flex_window_over"] = (flex[r["shape"]]["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                                     if r["shape"] in flex and r["provider"] == "ours_window" else None)
+        md += (f"\n\nAttention over a band, bf16, window {WINDOW}, delay {DELAY}, per-sequence delays in [64, 256]; "
+               "x_ours_full = fwd+bwd time / the strictly causal op's; flex_window_over = FlexAttention's sliding "
+               "window time / ours_window's.\n\n"
+               + table(rows, ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "x_ours_full", "flex_window_over"]))
+    if "scan" in a.part:
+        md += ("\n\nTime-varying key scan, bf16 input, fwd+bwd; x_copy = time / a copy of x; x_ours_head = time / the "
+               "per-head scan's.\n\n" + table(scan_rows(), ["shape", "provider", "fwd_bwd_ms", "x_copy", "x_ours_head"]))
+    emit(md, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""leaky_average with a time-varying decay ((B, H, T) or (B, H, T, D)) and a gate: the reference and the
+Triton kernels against a float64 time loop, chunked, gated, normalised; gates beyond float32's range
+through stable_gate_and_decay; errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_kernels import leaky_average, reference
+from mosaic_kernels.leaky_average import stable_gate_and_decay
+from tests import tolerances
+from tests.conftest import in_bthd_memory, kernel_devices, rel_err
+
+KINDS = ["per_step", "per_channel"]
+
+
+def tv_loop(x, decay, gate=None, normalize=False, scale=None, eps=1e-12):
+    """Plain time loop: h_t = g_t x_t + a_t h_{t-1} (a_t one per head or per channel), then normalised."""
+    B, H, T, D = x.shape
+    h = torch.zeros(B, H, D, dtype=x.dtype)
+    out = []
+    for t in range(T):
+        a = decay[:, :, t] if decay.dim() == 4 else decay[:, :, t, None]
+        g = gate[:, :, t, None] if gate is not None else 1.0
+        h = g * x[:, :, t] + a * h
+        out.append(h)
+    y = torch.stack(out, dim=2)
+    if normalize:
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(eps)
+        if scale is not None:
+            y = y * (scale.view(1, H, 1, 1) if isinstance(scale, torch.Tensor) else scale)
+    return y
+
+
+def _inputs(B, H, T, D, kind, gated, *, seed=0, dtype=torch.float32, edges=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, H, D, generator=g).transpose(1, 2).to(dtype)  # the model's strided head split
+    decay = torch.rand((B, H, T) if kind == "per_step" else (B, H, T, D), generator=g)
+    if edges and T > 2:  # exact resets and exact carries
+        decay[0, 0, T // 2] = 0.0
+        decay[-1, -1, 1] = 1.0
+    gate = torch.rand(B, H, T, generator=g) * 2 + 0.1 if gated else None
+    return x, decay, gate, torch.rand(H, generator=g) + 0.5
+
+
+def _check(fn, x, decay, gate, scale, normalize, tol, device, **kw):
+    xs = x.to(device).requires_grad_()
+    ds = decay.to(device).requires_grad_()
+    gs = gate.to(device).requires_grad_() if gate is not None else None
+    ss = scale.to(device).requires_grad_() if normalize else None
+    y = fn(xs, ds, gate=gs, normalize=normalize, scale=ss, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9)).to(device, y.dtype)
+    ins = [t for t in (xs, ds, gs, ss) if t is not None]
+    grads = torch.autograd.grad(y, ins, gy, allow_unused=True, materialize_grads=True)  # T = 1: no decay used
+    x64, d64 = x.double().requires_grad_(), decay.double().requires_grad_()
+    g64 = gate.double().requires_grad_() if gate is not None else None
+    s64 = scale.double().requires_grad_() if normalize else None
+    y64 = tv_loop(x64, d64, g64, normalize, s64)
+    refs = torch.autograd.grad(y64, [t for t in (x64, d64, g64, s64) if t is not None], gy.double().cpu())
+    assert torch.isfinite(y).all() and y.dtype == x.dtype
+    assert rel_err(y, y64) <= tol, rel_err(y, y64)
+    for name, got, want in zip(("x", "decay", "gate", "scale"), grads, refs):
+        assert torch.isfinite(got).all(), name
+        assert got.shape == want.shape, name
+        assert rel_err(got, want) <= tol, (name, rel_err(got, want))
+    return y
+
+
+# --------------------------------------------------------------------------- reference
+
+@pytest.mark.parametrize("T", [1, 2, 17, 63], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "norm"])
+def test_reference_matches_the_loop(T, kind, gated, normalize):
+    """float64 both; recursive doubling against the loop: sums of <= 63 terms in two orders."""
+    if T == 1 and gated and normalize:
+        pytest.skip("normalize(g x) does not depend on g: the gate's true gradient is 0 and rel_err undefined")
+    x, d, g, s = _inputs(2, 3, T, 8, kind, gated, dtype=torch.float64)
+    _check(reference.leaky_average, x, d.double(), g.double() if g is not None else None, s.double(), normalize,
+           1e-12, "cpu")
+
+
+def test_reference_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 2, 9, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    d = torch.rand(1, 2, 9, dtype=torch.float64, generator=g).requires_grad_()
+    gate = (torch.rand(1, 2, 9, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    fn = lambda x, d, gate: reference.leaky_average(x, d, gate=gate, normalize=True, scale=1.3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, d, gate))
+
+
+def test_constant_time_varying_decay_is_the_per_head_scan():
+    x, _, _, s = _inputs(2, 3, 40, 8, "per_step", False)
+    per_head = torch.tensor([0.0, 0.5, 0.95])
+    a = reference.leaky_average(x, per_head, normalize=True, scale=s)
+    b = reference.leaky_average(x, per_head.view(1, 3, 1).expand(2, 3, 40), normalize=True, scale=s)
+    assert rel_err(b, a) <= tolerances.FP32
+
+
+# --------------------------------------------------------------------------- Triton kernels
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("T", [2, 17, 63, 100], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "norm"])
+def test_kernel_matches_the_loop(device, T, kind, gated, normalize, nan_outputs):
+    x, d, g, s = _inputs(2, 3, T, 20, kind, gated)
+    _check(leaky_average, x, d, g, s, normalize, tolerances.FP32, device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk_len", [16, 32], ids=lambda c: f"chunk{c}")
+def test_kernel_time_chunks_carry_the_decay_products(device, kind, chunk_len, nan_outputs):
+    """Time split into chunks (forced lengths): each chunk's summary holds its end state and the product
+    of its decays, folded into the next chunks' carry, forward and backward."""
+    from mosaic_kernels.leaky_average.function import leaky_average_triton
+
+    x, d, g, s = _inputs(2, 2, 90, 16, kind, True)
+    _check(lambda *a, **k: leaky_average_triton(*a, **k, chunk_len=chunk_len), x, d, g, s, True, tolerances.FP32,
+           device)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_heads_last_output_and_gradient_layout(device, nan_outputs):
+    x, d, g, s = _inputs(2, 3, 33, 16, "per_step", True)
+    xs = x.to(device).requires_grad_()
+    y = leaky_average(xs, d.to(device), gate=g.to(device), normalize=True, scale=s.to(device), heads_last=True)
+    (dx,) = torch.autograd.grad(y, (xs,), torch.ones_like(y))
+    assert in_bthd_memory(y) and in_bthd_memory(dx)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_gates_beyond_float32_through_stable_gate_and_decay(device):
+    """Log-gates from -300 to 300 (exp overflows float32 past 88): the stabilised pair gives the float64
+    loop's normalised keys and the gradients of both logs; shifting every log-gate by 5,000 changes
+    nothing (the normalisation cancels a common factor). Tolerance: float32's, as the stabilised gates and
+    decays are <= 1 and every state holds an input of coefficient 1 (no cancellation of large terms)."""
+    gen = torch.Generator().manual_seed(4)
+    B, H, T, D = 2, 2, 40, 16
+    x = torch.randn(B, H, T, D, generator=gen)
+    log_gate = (torch.rand(B, H, T, generator=gen) * 600 - 300).requires_grad_()
+    log_decay = (-torch.rand(B, H, T, generator=gen) * 3).requires_grad_()
+    xs = x.to(device).requires_grad_()
+
+    def ours(lg):
+        gate, decay = stable_gate_and_decay(lg.to(device), log_decay.to(device))
+        return leaky_average(xs, decay, gate=gate, normalize=True)
+
+    y = ours(log_gate)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    grads = torch.autograd.grad(y, (xs, log_gate, log_decay), gy)
+    x64, lg64, ld64 = (t.detach().double().requires_grad_() for t in (x, log_gate, log_decay))
+    # The direction of the gated sum, without the eps floor: rescaled, the state's largest term has
+    # coefficient 1, where exp(-300) x itself would fall below eps = 1e-12.
+    y64 = tv_loop(x64, ld64.exp(), lg64.exp(), normalize=True, eps=1e-300)
+    refs = torch.autograd.grad(y64, (x64, lg64, ld64), gy.double().cpu())
+    assert torch.isfinite(y).all() and rel_err(y, y64) <= tolerances.FP32
+    assert rel_err(grads[0], refs[0]) <= tolerances.FP32
+    # d/d log_gate_s = <lambda_s, g_s x_s> and d/d log_decay_t = <lambda_t, a_t u_{t-1}>: for the input
+    # that dominates a state the output does not move with its scale, so these sums of D products cancel
+    # to far below their terms (true values ~1e-16 against terms ~1). Their float32 error is bounded by the
+    # terms' absolute sum, not by the result: compare with FP32 times the float64 sum of |terms|.
+    gate, decay = (t.double() for t in stable_gate_and_decay(log_gate.detach(), log_decay.detach()))
+    xg = (gate.unsqueeze(-1) * x.double()).requires_grad_()
+    u = tv_loop(xg, decay)
+    (lam,) = torch.autograd.grad(u / u.norm(dim=-1, keepdim=True), (xg,), gy.double().cpu())
+    u_prev = torch.cat([torch.zeros_like(u[:, :, :1]), u[:, :, :-1]], dim=2).detach()
+    for name, got, want, terms in (("log_gate", grads[1], refs[1], lam * xg),
+                                   ("log_decay", grads[2], refs[2], lam * decay.unsqueeze(-1) * u_prev)):
+        bound = tolerances.FP32 * terms.abs().sum(dim=-1).norm()
+        assert (got.double().cpu() - want).norm() <= bound, (name, float((got.double().cpu() - want).norm()), float(bound))
+    shifted = ours(log_gate.detach() + 5000.0)
+    assert rel_err(shifted, y) <= tolerances.FP32
+
+
+def test_stable_pair_stays_in_range():
+    gen = torch.Generator().manual_seed(6)
+    lg, ld = torch.randn(2, 3, 500, generator=gen) * 1e4, -torch.rand(2, 3, 500, generator=gen) * 50
+    gate, decay = stable_gate_and_decay(lg, ld)
+    assert torch.all((gate >= 0) & (gate <= 1)) and torch.all((decay >= 0) & (decay <= 1))
+    assert torch.allclose(gate.amax(dim=-1), torch.ones(2, 3))  # the largest input has coefficient 1 somewhere
+
+
+def test_bad_time_varying_arguments_name_themselves():
+    x = torch.zeros(2, 3, 8, 4)
+    for kwargs, msg in ((dict(decay=torch.rand(2, 3, 7)), r"decay must have shape \(2, 3, 8\) or \(2, 3, 8, 4\)"),
+                        (dict(decay=torch.ones(2, 3, 8, dtype=torch.int64)), "floating-point"),
+                        (dict(decay=0.5, gate=torch.ones(2, 3)), r"gate must have shape \(2, 3, 8\)"),
+                        (dict(decay=0.5, gate=torch.ones(2, 3, 8, dtype=torch.int32)), "gate must be a floating")):
+        with pytest.raises(ValueError, match=msg):
+            leaky_average(x, **kwargs)
+    with pytest.raises(ValueError, match="log_gate and log_decay"):
+        stable_gate_and_decay(torch.zeros(2, 3, 8), torch.zeros(2, 3, 7))
+
+
+# --------------------------------------------------------------------------- on the GPU, every dtype
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [48, 96, 128, 256], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_gpu_every_dtype_and_head_dim(dtype, D, kind, nan_outputs):
+    T = 1000
+    x, d, g, s = _inputs(2, 3, T, D, kind, True, dtype=dtype)
+    tol = tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
+    _check(leaky_average, x, d, g, s, True, tol, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_gpu_long_chunked_scan_and_determinism(kind):
+    """T = 20,000 at B*H = 4 (time chunked over the SMs): float32 against float64, bitwise-equal twice."""
+    x, d, g, s = _inputs(1, 4, 20000, 64, kind, True)
+    d = d * 0.02 + 0.98  # long memories: the chunks' carries matter
+    y = _check(leaky_average, x, d, g, s, True, tolerances.FP32, "cuda")
+    xs, ds, gs = (t.cuda().requires_grad_() for t in (x, d, g))
+    runs = [torch.autograd.grad(leaky_average(xs, ds, gate=gs, normalize=True), (xs, ds, gs), torch.ones_like(y))
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
