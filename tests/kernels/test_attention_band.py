@@ -10,6 +10,7 @@ import torch
 
 from mosaic_kernels import mosaic_attention, reference
 from mosaic_kernels._triton_common import dropout_keep_mask, dropout_threshold
+from mosaic_kernels.attention.reference import band_mask
 from tests import tolerances
 from tests.conftest import kernel_devices, rel_err
 from tests.oracles import band_attention_loop
@@ -58,8 +59,30 @@ def _check(k, v, scale, window, delay, tol, device, fn=mosaic_attention):
     assert rel_err(y, y64) <= tol, rel_err(y, y64)
     for name, got, want in zip(("k", "v", "scale"), grads, refs):
         assert torch.isfinite(got).all(), name
+        if name == "scale" and scale.dim() == 1 and tol > tolerances.FP32:
+            # A per-head d(scale) sums ds_tj <k_t, k_j> over every pair of the head (~60,000 here), terms of
+            # both signs that cancel ~400-fold. Each term carries a 16-bit relative error <~ tol, of random
+            # sign, so the sum's error grows as tol times the terms' root-sum-square (tests/tolerances.py),
+            # not as tol times the result.
+            bound = tol * _scale_terms(k, v, scale, window, delay, g).norm()
+            assert (got.double().cpu() - want).norm() <= bound, (name, float((got.double().cpu() - want).norm()), float(bound))
+            continue
         assert rel_err(got, want) <= tol, (name, rel_err(got, want))
     return y, grads
+
+
+def _scale_terms(k, v, scale, window, delay, g):
+    """Per head, the root-sum-square over (b, t, j) of ds_tj <k_t, k_j> in float64 (dense: the gradient of
+    the loss with respect to the raw products <k_t, k_j> is scale_h * ds_tj)."""
+    k64, v64, s64 = k.double().cpu(), v.double().cpu(), scale.double().cpu()
+    raw = (k64 @ k64.transpose(-1, -2)).requires_grad_()
+    keep = band_mask(k.shape[2], window, _delay(delay, "cpu"), "cpu")
+    logits = (raw * s64.view(1, -1, 1, 1)).masked_fill(~keep, float("-inf"))
+    row_max = logits.amax(dim=-1, keepdim=True).nan_to_num(0.0, neginf=0.0).detach()
+    w = torch.exp(logits - row_max)
+    y = (w / w.sum(dim=-1, keepdim=True).clamp_min(1e-300)) @ v64
+    (d_raw,) = torch.autograd.grad(y, (raw,), g.double().cpu())
+    return (d_raw / s64.view(1, -1, 1, 1) * raw.detach()).square().sum(dim=(0, 2, 3)).sqrt()
 
 
 # --------------------------------------------------------------------------- reference (CPU path)
@@ -198,7 +221,7 @@ def test_bad_band_arguments_name_themselves():
 # --------------------------------------------------------------------------- on the GPU, every dtype
 
 GPU_BANDS = [((301, 100, 1), "head"), ((301, None, 37), "batch_row"), ((517, 70, (1, 200)), "batch_row"),
-             ((255, 64, 64), "row")]
+             ((255, 80, 64), "row")]
 
 
 @pytest.mark.gpu
@@ -217,7 +240,7 @@ def test_gpu_every_dtype_and_head_dim(dtype, D, band, scale_kind, nan_outputs):
 def test_gpu_long_sequences_use_the_two_kernel_plan(band, nan_outputs):
     """From T = 2048 at D = 64 the backward runs as two kernels: bf16 against a float64 dense oracle."""
     T, window, delay = band
-    k, v, s = _inputs(1, 2, T, 64, "batch_row", dtype=torch.bfloat16)
+    k, v, s = _inputs(2, 2, T, 64, "batch_row", dtype=torch.bfloat16)
     kd, vd, sd = (t.cuda().requires_grad_() for t in (k, v, s))
     y = mosaic_attention(kd, vd, sd, window=window, delay=_delay(delay, "cuda"))
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).cuda().to(y.dtype)
