@@ -9,6 +9,8 @@ Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fw
   flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
   flex_delay       compiled FlexAttention, mask_mod kv <= t-M
   sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)
+  fa_window        flash-attn's flash_attn_func(causal=True, window_size=(W, 0)) if the package imports (its band
+                   keeps the diagonal: one key more per row than ours, the same cost class)
 Time-varying key scan (bf16 input, normalised and scaled as the model calls it, fwd+bwd):
   ours_head        leaky_average(x, decay (H,)): v1's per-head scan (the baseline of the target)
   ours_step        a decay (B, H, T)
@@ -17,6 +19,8 @@ Time-varying key scan (bf16 input, normalised and scaled as the model calls it, 
   ours_channel     a decay (B, H, T, D)
   torch_doubling   the PyTorch reference (recursive doubling) of ours_step, eager
   torch_dense      the (T, T) decay-matrix product of ours_step (T <= 4096)
+  torch_chunked    ours_step in PyTorch by chunks of 64 steps: a (64, 64) decay matrix inside each chunk, the
+                   state carried across chunks by a loop (the usual chunked form of a linear recurrence)
   fla_hgrn         fla-core's chunk_hgrn (h_t = exp(g_t) h_{t-1} + x_t per channel, no norm) if it imports,
                    against ours_channel without the norm (ours_channel_raw)
   copy             a device copy of x: the floor
@@ -48,6 +52,20 @@ def _flex(mask_mod, T, device):
     return lambda k, v: compiled(k, k, v, block_mask=block_mask, scale=1.0)
 
 
+def _flash_window(window: int):
+    """flash-attn's sliding window on our (B, H, T, D) layout, or None when the package does not import."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as e:
+        print(f"flash-attn is not importable ({e}): fa_window left out", flush=True)
+        return None
+
+    def run(k, v):
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)                                   # (B, T, H, D) views
+        return flash_attn_func(kt, kt, vt, softmax_scale=1.0, causal=True, window_size=(window, 0)).transpose(1, 2)
+    return run
+
+
 def attention_rows() -> list[dict]:
     """fwd and fwd+bwd of every attention provider at ATT_SHAPES."""
     rows = []
@@ -69,6 +87,9 @@ def attention_rows() -> list[dict]:
             "flex_delay": _flex(lambda b, h, q, kv: kv <= q - DELAY, T, "cuda"),
             "sdpa_window": lambda k, v: F.scaled_dot_product_attention(k, k, v, attn_mask=window_mask, scale=1.0),
         }
+        flash_window = _flash_window(WINDOW)
+        if flash_window is not None:
+            providers["fa_window"] = flash_window
         for name, fn in providers.items():
             kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
             dy = torch.randn_like(v)
@@ -90,6 +111,29 @@ def _dense(x, a):
     lower = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     w = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~lower, float("-inf")))
     return F.normalize(w @ x.float(), dim=-1).to(x.dtype)
+
+
+def chunked_scan(x, a, scale, chunk: int = 64):
+    """normalize(u) * scale for u_t = a_t u_{t-1} + x_t, in PyTorch by chunks of `chunk` steps.
+
+    x (B, H, T, D), a (B, H, T). Inside a chunk u = W x with W[t, s] = a_{s+1} ... a_t; across chunks the
+    state h_j entering chunk j obeys h_{j+1} = (a over chunk j) h_j + (chunk j's own last output).
+    """
+    B, H, T, D = x.shape
+    pad = -T % chunk
+    xf = F.pad(x.float(), (0, 0, 0, pad)).view(B, H, -1, chunk, D)                        # (B, H, n, C, D)
+    log_a = F.pad(a.float(), (0, pad), value=1.0).clamp_min(1e-30).log().view(B, H, -1, chunk)
+    cum = torch.cumsum(log_a, -1)                                                         # (B, H, n, C), per chunk
+    lower = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
+    w = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~lower, float("-inf")))
+    inner = w @ xf                                                                        # (B, H, n, C, D)
+    states, h = [], torch.zeros_like(inner[:, :, 0, -1])                                  # h: (B, H, D)
+    for j in range(inner.shape[2]):
+        states.append(h)
+        h = cum[:, :, j, -1, None].exp() * h + inner[:, :, j, -1]
+    u = inner + cum[..., None].exp() * torch.stack(states, dim=2)[:, :, :, None]
+    u = u.reshape(B, H, -1, D)[:, :, :T]
+    return (F.normalize(u, dim=-1) * scale[:, None, None]).to(x.dtype)
 
 
 def scan_rows() -> list[dict]:
@@ -117,6 +161,7 @@ def scan_rows() -> list[dict]:
             "ours_channel": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan),
             "ours_channel_raw": (lambda xr, a: leaky_average(xr, a), chan),
             "torch_doubling": (lambda xr, a: R.leaky_average(xr, a, normalize=True, scale=scale), step),
+            "torch_chunked": (lambda xr, a: chunked_scan(xr, a, scale), step),
         }
         if T <= 4096:
             providers["torch_dense"] = (_dense, step)

@@ -1,0 +1,19 @@
+"""The PyTorch peers of the v2 benchmark compute the op they stand in for."""
+import torch
+
+from benchmarks.bench_v2_ops import _dense, chunked_scan
+from mosaic_kernels import reference as R
+
+
+def test_chunked_and_dense_scans_match_the_reference():
+    # float64 throughout (the peers cast to float32 inside): agreement to float32 rounding of a sum of
+    # at most T terms of size <= 1 after normalisation, so 1e-5 is far above the error and far below any bug.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 150, 8, generator=g, dtype=torch.float64)      # T not a multiple of the chunk
+    a = torch.rand(2, 3, 150, generator=g, dtype=torch.float64)
+    a[0, 0, 40] = 0.0                                                   # a reset inside a chunk
+    a[1, 2, 63:66] = 1.0                                                # a run of ones across a chunk edge
+    scale = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    want = R.leaky_average(x, a, normalize=True, scale=scale)
+    torch.testing.assert_close(chunked_scan(x, a, scale, chunk=16), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_dense(x, a) * scale[:, None, None], want, atol=1e-5, rtol=0)
