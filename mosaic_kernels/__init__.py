@@ -1,8 +1,10 @@
 """mosaic_kernels: fused Triton ops for Memory Mosaics, with exact PyTorch references.
 
 Public API:
-    mosaic_attention(k, v, scale=None, *, heads_last=False)
-    leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12, heads_last=False)
+    mosaic_attention(k, v, scale=None, *, window=None, delay=1, dropout_p=0.0, generator=None, heads_last=False)
+        scale None, float, (H,) or per row (H, T) / (B, H, T); keys t - window <= j <= t - delay
+    leaky_average(x, decay, *, normalize=False, scale=None, eps=1e-12, gate=None, heads_last=False)
+        decay (H,), (B, H, T) or (B, H, T, D); gate None or (B, H, T)
     peek_ahead_value(x, mix, *, scale=None, eps=1e-12)
     persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None)
     reference: the same functions, always the PyTorch reference (no heads_last: contiguous outputs).
