@@ -493,17 +493,28 @@ def _model_of(run: str) -> str:
     return "mosaic" if Path(run).name.startswith("mosaic") else "gpt"
 
 
+SINK_KEYS = 8  # an attention sink is looked for among the first keys of the window, not at key 0 alone
+
+
 def _last_row(att: list) -> dict:
-    """Flatness and recency of one model's mean last-row attention (layers x heads x keys, averaged over
-    layers and heads): the weight on the last 10 keys and on key 0, each beside its value under uniform
-    attention, and the entropy as a fraction of the uniform one (1: flat)."""
-    row = np.asarray(att, dtype=np.float64).mean(axis=(0, 1))
+    """Flatness, recency and sinks of one model's mean last-row attention (layers x heads x keys).
+
+    Averaged over layers and heads: the weight on the last 10 keys and on key 0, each beside its value
+    under uniform attention, and the entropy as a fraction of the uniform one (1: flat). Per layer and
+    head (``sink``): the largest weight among the first ``SINK_KEYS`` keys over the uniform weight, and
+    which key holds it; ``sink_max`` is the largest of those ratios (a head with a sink: well above 1)."""
+    per_head = np.asarray(att, dtype=np.float64)
+    row = per_head.mean(axis=(0, 1))
     row = row / row.sum()
+    per_head = per_head / per_head.sum(axis=-1, keepdims=True)
     n = row.size
     entropy = float(-(row * np.log(np.clip(row, 1e-30, None))).sum())
     thirds = [float(t.sum()) for t in np.array_split(row, 3)]
+    first = per_head[..., :SINK_KEYS]
+    sink = {"over_uniform": (first.max(axis=-1) * n).tolist(), "key": first.argmax(axis=-1).tolist()}
     return {"keys": n, "last_10": float(row[-10:].sum()), "last_10_uniform": 10 / n, "key_0": float(row[0]),
-            "key_0_uniform": 1 / n, "entropy_over_uniform": entropy / float(np.log(n)), "thirds": thirds}
+            "key_0_uniform": 1 / n, "entropy_over_uniform": entropy / float(np.log(n)), "thirds": thirds,
+            "sink": sink, "sink_max": float(first.max() * n)}
 
 
 def claim_numbers(figs: Path) -> dict:
@@ -564,7 +575,10 @@ def cmd_claims(a: argparse.Namespace) -> None:
                           + " | attention thirds " + " / ".join(f"{t:.2f}" for t in r["attention"]["thirds"]))
             else:
                 detail = (f"last 10 keys {r['last_10']:.3f} (uniform {r['last_10_uniform']:.3f}), key 0 {r['key_0']:.4f} "
-                          f"(uniform {r['key_0_uniform']:.4f}), entropy/uniform {r['entropy_over_uniform']:.3f}")
+                          f"(uniform {r['key_0_uniform']:.4f}), entropy/uniform {r['entropy_over_uniform']:.3f}, "
+                          f"largest of the first {SINK_KEYS} keys per head / uniform: "
+                          + ", ".join(f"{v:.1f} (key {k})" for v, k in zip(np.ravel(r["sink"]["over_uniform"]),
+                                                                          np.ravel(r["sink"]["key"]))))
             print(f"{name} {model} ({r['run']}): {detail}")
 
 

@@ -256,3 +256,27 @@ def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):
                           f"a={folders['a']}", f"solo={tmp_path / 'figs_solo'}"]) == 0
     assert json.loads((out / "compare.json").read_text())["solo"] == {
         "mosaic": {"step": 2, "val_loss": {"0": 4.0, "1": 5.0}, "mean": 4.5}}
+
+
+def test_repeat_rate_counts_adjacent_equal_words():
+    from experiments.repeat_rate import continuations, repeat_rate
+
+    md = "# t\n\n## model a\n\n1. Go **to to the, the park**\n\n2. x **fine words here**\n\n## model b\n\n1. y **No no.**\n"
+    parsed = continuations(md)
+    assert list(parsed) == ["model a", "model b"]
+    assert repeat_rate(parsed["model a"]) == (2, 6)      # "to to", "the, the"; 4 + 2 pairs
+    assert repeat_rate(parsed["model b"]) == (1, 1)      # case-folded
+
+
+def test_last_row_finds_a_sink_off_key_zero_in_one_head():
+    import numpy as np
+
+    from experiments.lm_depth import _last_row
+
+    n = 100
+    att = np.full((1, 2, n), 1.0 / n)
+    att[0, 1, 2] += 0.15                    # head 1 piles weight on key 2; key 0 stays uniform
+    r = _last_row(att.tolist())
+    assert r["key_0"] < 1.0 / n             # the head-averaged key-0 metric sees no sink
+    assert r["sink"]["key"][0][1] == 2 and r["sink_max"] > 10
+    assert r["sink"]["over_uniform"][0][0] == pytest.approx(1.0)   # the flat head: uniform weight
