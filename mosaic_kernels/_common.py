@@ -155,10 +155,15 @@ def per_head(name: str, value: float | torch.Tensor | None, n_head: int, ref: to
         )
     if value.shape != (n_head,):
         raise ValueError(f"{name} must have shape ({n_head},) (one per head), got {tuple(value.shape)}")
+    return float_tensor_on(name, value, ref)
+
+
+def float_tensor_on(name: str, value: torch.Tensor, ref: torch.Tensor, ref_name: str = "the inputs") -> torch.Tensor:
+    """Check that a tensor argument is floating-point and on ``ref``'s device; return it unchanged."""
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {value.dtype}")
     if value.device != ref.device:
-        raise ValueError(f"{name} must be on {ref.device} like the inputs, got {value.device}")
+        raise ValueError(f"{name} must be on {ref.device} like {ref_name}, got {value.device}")
     return value
 
 

@@ -11,6 +11,7 @@ from .._common import (
     check_like,
     check_philox_counters,
     check_tensor,
+    float_tensor_on,
     per_head,
     use_triton,
 )
@@ -24,11 +25,7 @@ def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -
     if scale.shape not in ((H, T), (B, H, T)):
         raise ValueError(f"scale must be a float or a tensor of shape ({H},) (per head), ({H}, {T}) or ({B}, {H}, {T}) "
                          f"(per row), got {tuple(scale.shape)}")
-    if not scale.is_floating_point():
-        raise ValueError(f"scale must be a floating-point tensor, got {scale.dtype}")
-    if scale.device != ref.device:
-        raise ValueError(f"scale must be on {ref.device} like the inputs, got {scale.device}")
-    return scale
+    return float_tensor_on("scale", scale, ref)
 
 
 def _check_band(window: object, delay: object, B: int, ref: torch.Tensor) -> None:

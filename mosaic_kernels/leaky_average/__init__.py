@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import as_heads_last, check_heads, per_head, use_triton
+from .._common import as_heads_last, check_heads, float_tensor_on, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["leaky_average", "stable_gate_and_decay"]
@@ -12,11 +12,7 @@ __all__ = ["leaky_average", "stable_gate_and_decay"]
 def _time_varying(name: str, t: torch.Tensor, shapes: tuple, x: torch.Tensor) -> torch.Tensor:
     if tuple(t.shape) not in shapes:
         raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in shapes)}, got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
-    return t
+    return float_tensor_on(name, t, x, "x")
 
 
 def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bool = False,

@@ -94,6 +94,17 @@ def _clamped_decay(raw):
 
 
 @triton.jit
+def _store_summary(SUMMARY, chunk, cols, carry, chunk_prod, BLOCK_D: tl.constexpr, DECAY_KIND: tl.constexpr):
+    """A chunk's summary for the carry pass: its state (BLOCK_D,), and with a time-varying decay also the
+    product of its decays (BLOCK_D,), stored as (state, product) pairs of rows."""
+    if DECAY_KIND == 0:
+        tl.store(SUMMARY + chunk * BLOCK_D + cols, carry)
+    else:
+        tl.store(SUMMARY + chunk * 2 * BLOCK_D + cols, carry)
+        tl.store(SUMMARY + chunk * 2 * BLOCK_D + BLOCK_D + cols, chunk_prod)
+
+
+@triton.jit
 def _leaky_fwd_kernel(
     X, Y, NORM, DECAY, SCALE, SUMMARY, GATE,
     sxb, sxh, sxt, sxd, syb, syh, syt, sab, sah, sat, sad, sgb, sgh, sgt,
@@ -206,12 +217,7 @@ def _leaky_fwd_kernel(
                 u = u * (s_h / n)[:, None]
             tl.store(y_base + rows[:, None] * syt + cols[None, :], u.to(Y.dtype.element_ty), mask=m2)
     if SUMMARY_ONLY:
-        if DECAY_KIND == 0:
-            tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
-        else:
-            base = SUMMARY + (pid_bh * NCHUNK + pid_c) * 2 * BLOCK_D
-            tl.store(base + cols, carry)
-            tl.store(base + BLOCK_D + cols, chunk_prod)
+        _store_summary(SUMMARY, pid_bh * NCHUNK + pid_c, cols, carry, chunk_prod, BLOCK_D, DECAY_KIND)
 
 
 @triton.jit
@@ -367,12 +373,7 @@ def _leaky_bwd_kernel(
                 tl.store(DDECAY + (out_base + rows[:, None]) * D + cols[None, :], tl.where(in_range, lam * u_prev, 0.0),
                          mask=m2)
     if SUMMARY_ONLY:
-        if DECAY_KIND == 0:
-            tl.store(SUMMARY + (pid_bh * NCHUNK + pid_c) * BLOCK_D + cols, carry)
-        else:
-            base = SUMMARY + (pid_bh * NCHUNK + pid_c) * 2 * BLOCK_D
-            tl.store(base + cols, carry)
-            tl.store(base + BLOCK_D + cols, chunk_prod)
+        _store_summary(SUMMARY, pid_bh * NCHUNK + pid_c, cols, carry, chunk_prod, BLOCK_D, DECAY_KIND)
     else:
         # PARTS is (2, B*H*NCHUNK): decay partials (kind 0), then scale partials. A decay outside [0, 1]
         # was clamped: its gradient is the clamp's, 0 (the boundaries themselves pass the gradient).
