@@ -16,17 +16,23 @@ ago. Three heads of two dimensions can each find one moon's own period instead, 
 long before the full period: that is the disentanglement the paper shows.
 
 This is a port of the official MLX experiment: the same data (8 training triples, the held-out triple
-(1, 2, 3), the time step 0.0225), model, training (seed, 500 steps, batch 64, AdamW with a linear
+(1, 2, 3), the time step 0.0225), model, training (500 steps, batch 64, MLX's AdamW with a linear
 learning-rate decay from 1e-2 to 5e-6, the loss clipped at +-0.5) and evaluation (context of each
 length taken from the data, then 25 steps generated from the model's own predictions; mean absolute
-error). One difference: the error compares the k-th generated step with the k-th true next
-observation; the official evaluation is shifted by one step (its y[thresh-1:] against gen[thresh:]).
+error). MLX's AdamW, the official optimizer, has no bias correction by default: its steps are
+1.6x-6.6x those of torch.optim.AdamW over the 500 steps (3.2x at the first, 6.6x at step 12, 1.6x at
+the last; ``MLXAdamW`` below; ``--optimizer torch`` gives the corrected one). One difference: the
+error compares the k-th generated step with the k-th true next observation; the official evaluation
+is shifted by one step (its y[thresh-1:] against gen[thresh:]).
+The official script trains one seed (100); this one trains several (``--seeds``), each to its own
+folder, resumable: a finished (seed, heads) pair is read back, not retrained.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -160,16 +166,56 @@ def clipped_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).clamp(-0.5, 0.5).pow(2).mean()
 
 
-def train(n_head: int, steps: int = 500, batch: int = 64, seed: int = 100, progress: bool = True) -> tuple[MoonMemory, list]:
-    """Train one model as the official script does; returns it and its loss per step."""
+class MLXAdamW(torch.optim.Optimizer):
+    """AdamW as ``mlx.optimizers.AdamW`` computes it by default (``bias_correction=False``).
+
+    Per step, with gradient g: p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    p <- p - lr m / (sqrt(v) + eps). Without the 1 / (1 - b^t) corrections of torch.optim.AdamW the
+    first update is lr (1 - b1) / sqrt(1 - b2) = 3.16 lr for each sign of g instead of lr; the ratio of
+    the two, (1 - b1^t) / sqrt(1 - b2^t), peaks at 6.6 (step 12) and falls to 1 over some 1 / (1 - b2) =
+    1000 steps (1.6 at step 500).
+    """
+
+    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient (closure unsupported: None)."""
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["m"], state["v"]
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
+
+
+OPTIMIZERS = {"mlx": MLXAdamW, "torch": torch.optim.AdamW}
+
+
+def train(n_head: int, steps: int = 500, batch: int = 64, seed: int = 100, progress: bool = True,
+          optimizer: str = "mlx") -> tuple[MoonMemory, list]:
+    """Train one model as the official script does; returns it and its loss per step.
+
+    optimizer: "mlx" (the official one, AdamW without bias correction) or "torch" (torch.optim.AdamW)."""
     from tqdm.auto import tqdm
 
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MoonMemory(n_head)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
     losses = []
-    for step in tqdm(range(steps), desc=f"{n_head} head(s)", disable=not progress):
+    for step in tqdm(range(steps), desc=f"seed {seed}, {n_head} head(s)", disable=not progress):
         for g in opt.param_groups:  # linear from 1e-2 to 5e-6 over the run
             g["lr"] = 1e-2 + (5e-6 - 1e-2) * step / max(steps - 1, 1)
         x, y = sample_batch(rng, batch)
@@ -181,6 +227,27 @@ def train(n_head: int, steps: int = 500, batch: int = 64, seed: int = 100, progr
     return model, losses
 
 
+def block_magnitudes(lin: ComplexLinear) -> torch.Tensor:
+    """(3, 3) |a + ib| of each 2x2 block: row = output pair (the head, with 3 heads), column = input moon."""
+    w = lin.matrix().detach()
+    return torch.sqrt(w[0::2, 0::2] ** 2 + w[0::2, 1::2] ** 2)
+
+
+def head_assignment(model: MoonMemory) -> dict:
+    """Which moon each key pair reads: the largest block of its row of |W_k|, that block's share of the
+    row, and the row's total. "one_head_per_moon": the three rows pick three different moons, each with
+    at least half of its row, and no row is below a quarter of the largest (a near-zero key attends
+    uniformly: it has not taken a moon)."""
+    mag = block_magnitudes(model.W_k)
+    total = mag.sum(dim=1)
+    moon = mag.argmax(dim=1)
+    share = mag.max(dim=1).values / total.clamp_min(1e-12)
+    one_each = (len(set(moon.tolist())) == 3 and bool(share.min() >= 0.5)
+                and bool(total.min() >= 0.25 * total.max()))
+    return {"moon": moon.tolist(), "share": share.tolist(), "row_total": total.tolist(),
+            "one_head_per_moon": one_each}
+
+
 def error_curve(model: MoonMemory, periods: tuple, contexts: list[int], n_seqs: int = 512, seed: int = 0,
                 horizon: int = 25) -> list[float]:
     """Rollout error at each context length, on ``n_seqs`` random windows of one triple."""
@@ -189,83 +256,201 @@ def error_curve(model: MoonMemory, periods: tuple, contexts: list[int], n_seqs: 
     return [model.rollout_error(seq, c, horizon) for c in contexts]
 
 
+CONTEXT_POINTS = (40, 90, 135, 200, 270, 400)   # the held-out error reported at these context lengths
+SLOWEST_PERIOD = round(3 / DT) + 1                # 134: a context of one period of the slowest held-out moon
+AFTER_FULL_PERIOD = round(MAX_PERIOD / DT) + 10   # 277: past the held-out triple's full period
+EVAL_TRIPLES = {"held-out (1, 2, 3)": VAL_TRIPLE, "training (0.5, 1, 2.5)": TRAIN_TRIPLES[5]}
+MODELS = {1: "1 head", 3: "3 heads"}
+
+
+def period_drops(model: MoonMemory, n_seqs: int) -> list[float]:
+    """Per held-out moon (periods 44.4, 88.9, 133.3 steps): the error 4 steps after a context first
+    holds one period, over the error 3 steps before it. Well below 1: the model steps down there."""
+    ratios = []
+    for per in VAL_TRIPLE:
+        steps = per / DT
+        before, after = error_curve(model, VAL_TRIPLE, [math.floor(steps) - 3, math.ceil(steps) + 4], n_seqs)
+        ratios.append(after / before)
+    return ratios
+
+
+def run_pair(seed: int, n_head: int, folder: Path, steps: int, eval_seqs: int, contexts: list[int],
+             optimizer: str, threads: int, progress: bool) -> tuple[dict, MoonMemory]:
+    """Train (or read back) one model and evaluate it; writes ``folder/{n}head.json`` and ``.pt``."""
+    torch.set_num_threads(threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    record, weights = folder / f"{n_head}head.json", folder / f"{n_head}head.pt"
+    model = MoonMemory(n_head)
+    if record.exists() and weights.exists():
+        model.load_state_dict(torch.load(weights))
+        return json.loads(record.read_text()), model
+    model, losses = train(n_head, steps, seed=seed, progress=progress, optimizer=optimizer)
+    r = {"seed": seed, "n_head": n_head, "optimizer": optimizer, "steps": steps, "final_loss": losses[-1],
+         "loss": losses,
+         "error": {name: error_curve(model, per, contexts, eval_seqs) for name, per in EVAL_TRIPLES.items()},
+         "error_at": dict(zip(map(str, CONTEXT_POINTS), error_curve(model, VAL_TRIPLE, list(CONTEXT_POINTS),
+                                                                     eval_seqs))),
+         "error_at_slowest_period": error_curve(model, VAL_TRIPLE, [SLOWEST_PERIOD], eval_seqs)[0],
+         "error_after_full_period": error_curve(model, VAL_TRIPLE, [AFTER_FULL_PERIOD], eval_seqs)[0],
+         "period_drops": period_drops(model, eval_seqs),
+         "magnitudes": {name: block_magnitudes(lin).tolist()
+                        for name, lin in (("W_k", model.W_k), ("W_v", model.W_v), ("W_z", model.W_z))}}
+    if n_head == 3:
+        r["assignment"] = head_assignment(model)
+    torch.save(model.state_dict(), weights)
+    record.write_text(json.dumps(r, indent=1))
+    return r, model
+
+
+def summarize(runs: dict) -> dict:
+    """Medians and means over seeds of each model's headline numbers, and the seeds of each outcome."""
+    out = {}
+    for n_head, label in MODELS.items():
+        rs = [runs[s][n_head] for s in sorted(runs)]
+        row = {"seeds": sorted(runs)}
+        for key in ("error_at_slowest_period", "error_after_full_period", "final_loss"):
+            vals = [r[key] for r in rs]
+            row[key] = {"median": float(np.median(vals)), "mean": float(np.mean(vals)), "per_seed": vals}
+        if n_head == 3:
+            row["seeds_one_head_per_moon"] = [r["seed"] for r in rs if r["assignment"]["one_head_per_moon"]]
+            row["seeds_below_one_head_at_slowest_period"] = [
+                r["seed"] for r in rs if r["error_at_slowest_period"] < runs[r["seed"]][1]["error_at_slowest_period"]]
+        out[label] = row
+    return out
+
+
+def seed_table(runs: dict) -> str:
+    """Markdown: one row per seed and model, the held-out error at CONTEXT_POINTS and the headline
+    contexts, the final loss, the step at each moon's period and, with 3 heads, which moon each key reads."""
+    head = (["seed", "model"] + [str(c) for c in CONTEXT_POINTS]
+            + [f"at one slowest-moon period ({SLOWEST_PERIOD})", f"past the full period ({AFTER_FULL_PERIOD})",
+               "final loss", "error after / before each moon's period", "moon of each head's key (share of its row)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed in sorted(runs):
+        for n_head, label in MODELS.items():
+            r = runs[seed][n_head]
+            assign = ""
+            if "assignment" in r:
+                a = r["assignment"]
+                assign = ", ".join(f"{m} ({s:.2f})" for m, s in zip(a["moon"], a["share"]))
+                assign += ": one head per moon" if a["one_head_per_moon"] else ""
+            cells = ([str(seed), label] + [f"{r['error_at'][str(c)]:.3g}" for c in CONTEXT_POINTS]
+                     + [f"{r['error_at_slowest_period']:.3f}", f"{r['error_after_full_period']:.3f}",
+                        f"{r['final_loss']:.4f}", " / ".join(f"{d:.2f}" for d in r["period_drops"]), assign])
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train 1 and 3 heads, evaluate on the held-out and a training triple, write JSON and figures."""
+    """Train 1 and 3 heads for every seed, evaluate on the held-out and a training triple, write JSON and figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/three_moons", help="folder for results.json and the PNG figures")
+    p.add_argument("--out", default="runs/three_moons", help="folder for results.json, seed*/ and the PNG figures")
+    p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104],
+                   help="init and data seeds (the official script's is 100)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="mlx",
+                   help="mlx: AdamW without bias correction, the official optimizer; torch: torch.optim.AdamW")
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--seed", type=int, default=100)
     p.add_argument("--eval-seqs", type=int, default=512)
     p.add_argument("--context-step", type=int, default=3, help="evaluate every this many context lengths (1 = all)")
+    p.add_argument("--jobs", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    require_at_least_one(p, a, ("steps", "eval_seqs", "context_step"))
+    require_at_least_one(p, a, ("steps", "eval_seqs", "context_step", "jobs"))
+    if len(set(a.seeds)) != len(a.seeds):
+        p.error(f"--seeds must not repeat a seed, got {a.seeds}")
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     contexts = list(range(1, 775, a.context_step))
-    triples = {"held-out (1, 2, 3)": VAL_TRIPLE, "training (0.5, 1, 2.5)": TRAIN_TRIPLES[5]}
-    results = {"contexts": contexts, "dt": DT, "models": {}}
-    models = {}
-    for n_head in (1, 3):
-        model, losses = train(n_head, a.steps, seed=a.seed, progress=not a.quiet)
-        models[n_head] = model
-        curves = {name: error_curve(model, per, contexts, a.eval_seqs) for name, per in triples.items()}
-        results["models"][f"{n_head} head(s)"] = {"final_loss": losses[-1], "loss": losses, "error": curves}
-    # The headline number: error at a context of one period of the slowest held-out moon (3 time units).
-    one_period = round(3 / DT)
-    for name, r in results["models"].items():
-        m = models[int(name[0])]
-        r["error_at_slowest_period"] = error_curve(m, VAL_TRIPLE, [one_period + 1], a.eval_seqs)[0]
-        r["error_after_full_period"] = error_curve(m, VAL_TRIPLE, [round(MAX_PERIOD / DT) + 10], a.eval_seqs)[0]
-        if not a.quiet:
-            print(f"{name}: held-out error {r['error_at_slowest_period']:.3f} at a context of one slowest-moon "
-                  f"period ({one_period + 1} steps), {r['error_after_full_period']:.3f} after a full period")
+    threads = max(1, (os.cpu_count() or 1) // a.jobs)
+    pairs = [(seed, n_head) for seed in a.seeds for n_head in MODELS]
+    runs, models = {}, {}
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        futures = {pool.submit(run_pair, seed, n_head, out / f"seed{seed}", a.steps, a.eval_seqs, contexts,
+                               a.optimizer, threads, not a.quiet and a.jobs == 1): (seed, n_head)
+                   for seed, n_head in pairs}
+        done = tqdm(futures, total=len(futures), desc="models", disable=a.quiet)
+        for fut in done:
+            seed, n_head = futures[fut]
+            runs.setdefault(seed, {})[n_head], models[(seed, n_head)] = fut.result()
+    results = {"optimizer": a.optimizer, "steps": a.steps, "contexts": contexts, "dt": DT,
+               "context_points": list(CONTEXT_POINTS), "slowest_period": SLOWEST_PERIOD,
+               "after_full_period": AFTER_FULL_PERIOD, "summary": summarize(runs),
+               "runs": {str(s): {MODELS[n]: {k: v for k, v in r.items() if k not in ("loss", "error")}
+                                 for n, r in runs[s].items()} for s in sorted(runs)}}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    _figures(results, models, triples, out)
+    (out / "table.md").write_text(seed_table(runs))
+    if not a.quiet:
+        for label, row in results["summary"].items():
+            e = row["error_at_slowest_period"]
+            print(f"{label}: held-out error at a context of one slowest-moon period ({SLOWEST_PERIOD} steps): "
+                  f"median {e['median']:.3f} over seeds {row['seeds']} ({', '.join(f'{v:.3f}' for v in e['per_seed'])})")
+    _figures(runs, models, contexts, out)
     print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0
 
 
-def _figures(results: dict, models: dict, triples: dict, out: Path) -> None:
+MOON_TICKS = ["moon 0\n(fastest)", "moon 1", "moon 2\n(slowest)"]
+
+
+def _figures(runs: dict, models: dict, contexts: list[int], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    contexts = results["contexts"]
+    seeds = sorted(runs)
+    colors = {1: "tab:blue", 3: "tab:orange"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    for ax, (name, periods) in zip(axes, triples.items()):
-        for label, r in results["models"].items():
-            ax.plot(contexts, r["error"][name], label=label)
+    for ax, (name, periods) in zip(axes, EVAL_TRIPLES.items()):
+        for n_head, label in MODELS.items():
+            curves = np.array([runs[s][n_head]["error"][name] for s in seeds])
+            for c in curves:
+                ax.plot(contexts, c, color=colors[n_head], lw=0.6, alpha=0.35)
+            ax.plot(contexts, np.median(curves, axis=0), color=colors[n_head], lw=2,
+                    label=f"{label}: median of {len(seeds)} seeds (thin: each seed)")
         for per in periods:
             ax.axvline(per / DT, color="grey", lw=0.8, ls=":")
         ax.axvline(lcm_of(periods) / DT, color="red", lw=1, label="full period")
         ax.set(title=f"{name} triple", xlabel="context length (steps)", ylabel="mean |error|, 25 generated steps")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "error_by_context.png", dpi=120)
     plt.close(fig)
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
-    for row, (n_head, model) in enumerate(sorted(models.items())):
-        for col, (name, lin) in enumerate((("W_k", model.W_k), ("W_v", model.W_v), ("W_z", model.W_z))):
-            w = lin.matrix().detach()
-            mag = torch.sqrt(w[0::2, 0::2] ** 2 + w[0::2, 1::2] ** 2)  # |a + ib| of each 2x2 block
-            im = axes[row, col].imshow(mag, cmap="viridis", vmin=0)
-            axes[row, col].set(title=f"{n_head} head(s): |{name}|", xticks=range(3), yticks=range(3))
-            fig.colorbar(im, ax=axes[row, col], fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out / "complex_magnitudes.png", dpi=120)
-    plt.close(fig)
+    for n_head, label in MODELS.items():
+        fig, axes = plt.subplots(len(seeds), 3, figsize=(10, 2.9 * len(seeds)), squeeze=False)
+        row_label = "head" if n_head == 3 else "output pair"
+        for i, seed in enumerate(seeds):
+            for j, name in enumerate(("W_k", "W_v", "W_z")):
+                mag = np.array(runs[seed][n_head]["magnitudes"][name])
+                ax = axes[i, j]
+                ax.imshow(mag, cmap="viridis", vmin=0)
+                for (r, c), val in np.ndenumerate(mag):
+                    ax.text(c, r, f"{val:.2f}", ha="center", va="center", color="w" if val < mag.max() / 2 else "k",
+                            fontsize=8)
+                if name == "W_z":  # W_z maps the heads' outputs back to the moons
+                    ax.set(xlabel=row_label, ylabel="output moon", xticks=range(3), yticks=range(3),
+                           yticklabels=MOON_TICKS)
+                else:
+                    ax.set(xlabel="input moon", ylabel=row_label, xticks=range(3), yticks=range(3),
+                           xticklabels=MOON_TICKS)
+                ax.set_title(f"seed {seed}: |{name}|", fontsize=9)
+        fig.suptitle(f"{label}: |a + ib| of each 2x2 block of the learned maps")
+        fig.tight_layout()
+        fig.savefig(out / f"magnitudes_{n_head}head.png", dpi=100)
+        plt.close(fig)
     seq = observations(VAL_TRIPLE, np.array([1000]))[:, :-1]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
-    panels = [(models[1], 0, "1 head")] + [(models[3], h, f"3 heads: head {h}") for h in range(3)]
+    panels = [(models[(seeds[0], 1)], 0, "1 head")] + [(models[(seeds[0], 3)], h, f"3 heads: head {h}")
+                                                       for h in range(3)]
     for ax, (model, h, title) in zip(axes, panels):
         with torch.no_grad():
             ax.imshow(model.attention(seq)[0, h], cmap="viridis", aspect="auto")
-        ax.set(title=title, xlabel="key position", ylabel="query position")
+        ax.set(title=f"seed {seeds[0]}, {title}", xlabel="key position", ylabel="query position")
     fig.tight_layout()
     fig.savefig(out / "attention.png", dpi=110)
     plt.close(fig)

@@ -81,3 +81,63 @@ def test_forward_equals_the_dense_strictly_causal_attention():
     v = m._heads(m.W_v(torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)))
     dense = m.W_z((m.attention(x) @ v).transpose(1, 2).reshape(x.shape))
     assert rel_err(m(x), dense) < 1e-10
+
+
+def test_mlx_adamw_first_update_has_no_bias_correction():
+    """MLX's default AdamW (the official optimizer): after one gradient g the update is
+    lr (1 - b1) g / (sqrt((1 - b2) g^2) + eps), i.e. 0.1 / sqrt(0.001) = 3.162 lr per unit sign,
+    where torch.optim.AdamW (bias-corrected) moves by lr. Float32 arithmetic on O(1) numbers: 1e-6."""
+    g = torch.tensor([0.5, -2.0, 1e-3])
+    lr = 1e-2
+    updates = {}
+    for name, cls in tm.OPTIMIZERS.items():
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = cls([p], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        p.grad = g.clone()
+        opt.step()
+        updates[name] = p.detach().clone()
+    want = -lr * 0.1 * g / (torch.sqrt(0.001 * g * g) + 1e-8)
+    torch.testing.assert_close(updates["mlx"], want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(updates["torch"], -lr * torch.sign(g), rtol=1e-4, atol=0)  # eps / |g| = 1e-5 at g=1e-3
+
+
+def test_mlx_adamw_weight_decay_and_second_step():
+    """The second step and the decoupled weight decay, against the recurrences written out."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = tm.MLXAdamW([p], lr=0.1, betas=(0.5, 0.75), eps=1e-8, weight_decay=0.2)
+    grads = [torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 1.0])]
+    m = v = torch.zeros(2)
+    want = torch.tensor([1.0, -1.0])
+    for grad in grads:
+        p.grad = grad.clone()
+        opt.step()
+        want = want * (1 - 0.1 * 0.2)
+        m, v = 0.5 * m + 0.5 * grad, 0.75 * v + 0.25 * grad * grad
+        want = want - 0.1 * m / (v.sqrt() + 1e-8)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        tm.train(1, steps=1, optimizer="sgd")
+
+
+def test_head_assignment_reads_one_moon_per_head():
+    m = tm.MoonMemory(3)
+    with torch.no_grad():
+        perm = torch.zeros(6, 6)
+        for head, moon in enumerate((2, 0, 1)):   # head h reads moon perm[h]
+            perm[2 * head:2 * head + 2, 2 * moon:2 * moon + 2] = torch.eye(2)
+        m.W_k.weight.copy_(perm)
+    a = tm.head_assignment(m)
+    assert a["moon"] == [2, 0, 1] and a["one_head_per_moon"] and min(a["share"]) == 1.0
+    with torch.no_grad():
+        m.W_k.weight[0:2].mul_(0.1)   # head 0's key nearly zero: it attends uniformly, takes no moon
+    assert not tm.head_assignment(m)["one_head_per_moon"]
+
+
+def test_runs_resume_from_their_records(tmp_path):
+    args = dict(steps=2, eval_seqs=4, contexts=[5, 50], optimizer="mlx", threads=1, progress=False)
+    first, model = tm.run_pair(7, 3, tmp_path, **args)
+    assert (tmp_path / "3head.json").exists() and "assignment" in first and len(first["loss"]) == 2
+    again, model2 = tm.run_pair(7, 3, tmp_path, **{**args, "steps": 99})   # read back, not retrained
+    assert again == first and torch.equal(model2.W_k.weight, model.W_k.weight)
+    summary = tm.summarize({7: {1: {**first, "n_head": 1}, 3: first}})
+    assert summary["3 heads"]["error_at_slowest_period"]["per_seed"] == [first["error_at_slowest_period"]]
