@@ -241,7 +241,7 @@ def test_reference_seed_means_and_compare_from_known_curves(tmp_path, capsys):
     assert a["gpt"]["mean"] == pytest.approx(4.6)
     assert a["reference"]["val_loss"] == pytest.approx({"0": 4.0, "1": 5.0})  # seed 2 never reached step 2
     assert b["mosaic"]["mean"] == pytest.approx(5.0) and b["reference"]["mean"] == pytest.approx(3.5)
-    assert (out / "compare.png").exists() and "b Memory Mosaic reference: mean 3.5000" in capsys.readouterr().out
+    assert (out / "compare.png").exists() and "b Memory Mosaic reference ops: mean 3.5000" in capsys.readouterr().out
 
     # A study of one model (fused runs with some ops on the reference) still gets its seed table, without a
     # gap, and compares beside the others.
