@@ -24,7 +24,10 @@ Time-varying key scan (bf16 input, normalised and scaled as the model calls it, 
   fla_hgrn         fla-core's chunk_hgrn (h_t = exp(g_t) h_{t-1} + x_t per channel, no norm) if it imports,
                    against ours_channel without the norm (ours_channel_raw)
   copy             a device copy of x: the floor
-Every table carries the GPU, versions and command; medians of triton.testing.do_bench.
+Every table carries the GPU, versions and command; medians of triton.testing.do_bench. The attention's fwd+bwd
+is timed twice: called eagerly (what a plain training loop pays, host included) and replayed as one CUDA
+graph (the GPU's time alone, what a captured step pays); a band a few blocks wide is short enough work
+that the eager time measures the host.
 
 Usage: python -m benchmarks.bench_v2_ops [--part attention scan] [--out results.md]
 """
@@ -35,11 +38,12 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import bench_ms, command_line, emit, header, table
+from benchmarks._common import bench_graph_ms, bench_ms, command_line, emit, header, table
 from mosaic_kernels import leaky_average, mosaic_attention
 from mosaic_kernels import reference as R
 
-ATT_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (1, 16, 8192, 128)]
+# The last two shapes carry enough work that the window's fwd+bwd is not bound by the host.
+ATT_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (1, 16, 8192, 128), (8, 12, 8192, 64), (4, 16, 8192, 128)]
 WINDOW, DELAY = 256, 64
 SCAN_SHAPES = [(16, 12, 512, 64), (4, 12, 2048, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
@@ -70,6 +74,9 @@ def attention_rows() -> list[dict]:
     """fwd and fwd+bwd of every attention provider at ATT_SHAPES."""
     rows = []
     for (B, H, T, D) in ATT_SHAPES:
+        # Dynamo keeps a few compiled versions of flex_attention; past its limit it falls back to eager
+        # FlexAttention (a 100x slower dense path: 146 ms at the fifth shape on 2026-12-04). Start afresh.
+        torch._dynamo.reset()
         g = torch.Generator(device="cuda").manual_seed(0)
         k = (F.normalize(torch.randn(B, H, T, D, device="cuda", generator=g), dim=-1) * 2.7).bfloat16()
         v = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -93,13 +100,20 @@ def attention_rows() -> list[dict]:
         for name, fn in providers.items():
             kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
             dy = torch.randn_like(v)
+            step = lambda: torch.autograd.grad(fn(kr, vr), (kr, vr), dy)  # noqa: E731
             try:
                 t_fwd = bench_ms(lambda: fn(kr, vr))
-                t_all = bench_ms(lambda: torch.autograd.grad(fn(kr, vr), (kr, vr), dy))
+                t_all = bench_ms(step)
             except Exception as e:  # a provider that cannot run this shape (memory, compile)
                 print(f"{name} {(B, H, T, D)}: {type(e).__name__}: {str(e)[:100]}", flush=True)
                 continue
-            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_ms=t_fwd, fwd_bwd_ms=t_all))
+            try:
+                t_graph = bench_graph_ms(step)
+            except Exception as e:  # a provider that cannot be captured
+                print(f"{name} {(B, H, T, D)} as a CUDA graph: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                t_graph = None
+            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_ms=t_fwd, fwd_bwd_ms=t_all,
+                             graph_ms=t_graph))
         torch.cuda.empty_cache()
     return rows
 
@@ -188,6 +202,21 @@ def scan_rows() -> list[dict]:
     return rows
 
 
+def add_ratios(rows: list[dict]) -> None:
+    """Add to every attention row its time over ours_full's at the same shape (eager and graph), and to the
+    ours_window rows FlexAttention's window time over theirs; None where a time is missing."""
+    def ratio(num, den):
+        return num / den if num is not None and den is not None else None
+
+    by = {(r["shape"], r["provider"]): r for r in rows}
+    for r in rows:
+        full, flex = by.get((r["shape"], "ours_full"), {}), by.get((r["shape"], "flex_window"), {})
+        window = r["provider"] == "ours_window"
+        for suffix, key in (("", "fwd_bwd_ms"), ("_graph", "graph_ms")):
+            r["x_ours_full" + suffix] = ratio(r.get(key), full.get(key))
+            r["flex_window_over" + suffix] = ratio(flex.get(key), r.get(key)) if window else None
+
+
 def main() -> None:
     """Run the parts asked for and print (and write) their tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,16 +227,13 @@ def main() -> None:
     md = header(command_line("benchmarks.bench_v2_ops"))
     if "attention" in a.part:
         rows = attention_rows()
-        full = {r["shape"]: r for r in rows if r["provider"] == "ours_full"}
-        flex = {r["shape"]: r for r in rows if r["provider"] == "flex_window"}
-        for r in rows:
-            r["x_ours_full"] = r["fwd_bwd_ms"] / full[r["shape"]]["fwd_bwd_ms"] if r["shape"] in full else None
-            r["flex_window_over"] = (flex[r["shape"]]["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-                                     if r["shape"] in flex and r["provider"] == "ours_window" else None)
+        add_ratios(rows)
         md += (f"\n\nAttention over a band, bf16, window {WINDOW}, delay {DELAY}, per-sequence delays in [64, 256]; "
-               "x_ours_full = fwd+bwd time / the strictly causal op's; flex_window_over = FlexAttention's sliding "
-               "window time / ours_window's.\n\n"
-               + table(rows, ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "x_ours_full", "flex_window_over"]))
+               "fwd_bwd_ms eager, graph_ms the same fwd+bwd replayed as a CUDA graph; x_ours_full = time / the "
+               "strictly causal op's, flex_window_over = FlexAttention's sliding window time / ours_window's (eager, "
+               "and _graph as graphs).\n\n"
+               + table(rows, ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "graph_ms", "x_ours_full", "x_ours_full_graph",
+                              "flex_window_over", "flex_window_over_graph"]))
     if "scan" in a.part:
         md += ("\n\nTime-varying key scan, bf16 input, fwd+bwd; x_copy = time / a copy of x; x_ours_head = time / the "
                "per-head scan's.\n\n" + table(scan_rows(), ["shape", "provider", "fwd_bwd_ms", "x_copy", "x_ours_head"]))

@@ -5,9 +5,10 @@ active tile tables of mosaic_kernels/leaky_average/function.py (``active_tiles``
 no run pays for autotuning.
 The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 ``attention-dropout`` sweeps the attention's tiles with dropout 0.05 (the mask is generated in every
-kernel, so its best tiles may differ from the no-dropout ones).
+kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
+band (window 256), whose rows see few key blocks at any T.
 
-Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [attention-dropout] [pmem]
+Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [attention-dropout] [band] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ BWD_QUERY = [(64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (1
              (64, 64, 4, 2), (32, 32, 4, 3)]
 ATT_SHAPES = [(32, 12, 512, 64), (16, 12, 1024, 64), (8, 12, 2048, 64), (2, 12, 8192, 64), (4, 16, 2048, 128),
               (2, 16, 4096, 128), (1, 16, 16384, 128)]
+BAND_SHAPES = [(8, 12, 2048, 64), (8, 12, 8192, 64), (4, 16, 8192, 128)]
 LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)],
          128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 2), (16, 2)]}
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
@@ -56,11 +58,13 @@ def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3):
     return res[0][1]
 
 
-def tune_attention(dropout_p: float = 0.0):
-    """Forward, one-kernel backward and both kernels of the split backward, each over its tile list."""
-    drop = dict(seed=torch.tensor([123], device="cuda", dtype=torch.int64), threshold=dropout_threshold(dropout_p))
-    tag = f" dropout={dropout_p}" if dropout_p else ""
-    for (B, H, T, D) in ATT_SHAPES:
+def tune_attention(dropout_p: float = 0.0, window: int | None = None, shapes=ATT_SHAPES):
+    """Forward, one-kernel backward and both kernels of the split backward, each over its tile list
+    (with ``window``, over a band of that many keys back)."""
+    drop = dict(seed=torch.tensor([123], device="cuda", dtype=torch.int64), threshold=dropout_threshold(dropout_p),
+                window=window)
+    tag = (f" dropout={dropout_p}" if dropout_p else "") + (f" window={window}" if window is not None else "")
+    for (B, H, T, D) in shapes:
         k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device="cuda"), dim=-1) * 2.7).bfloat16()
         v = torch.randn_like(k)
         dy = torch.randn_like(k)
@@ -75,6 +79,11 @@ def tune_attention(dropout_p: float = 0.0):
         # Two kernels: the key-role tiles with the first query-role tiles, then the query-role tiles.
         key = _sweep(f"BWD{tag} two kernels, key role {shape}", bwd, BWD_KEY, lambda c: split_config(c, BWD_QUERY[0]))
         _sweep(f"BWD{tag} two kernels, query role {shape}", bwd, BWD_QUERY, lambda c: split_config(key, c))
+
+
+def tune_band():
+    """The attention's tiles over the v2 short-term band (window 256) at long T, where a row sees few key blocks."""
+    tune_attention(window=256, shapes=BAND_SHAPES)
 
 
 def _leaky_tiles(D: int, tile):
@@ -181,7 +190,8 @@ def tune_pmem():
 # The sweeps of each op of the registry that has tile tables (mosaic_kernels.registry: ``tile_tables``),
 # by the name a command line gives them; every such op has at least one (tests/kernels/test_registry.py).
 SWEEPS = {
-    "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05)},
+    "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
+                         "band": tune_band},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks},
     "persistent_memory": {"pmem": tune_pmem},
 }

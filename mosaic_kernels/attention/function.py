@@ -23,9 +23,10 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 # Tile tables, measured with benchmarks/tools/tune_kernels.py on an H200 in bf16 at D = 64 and 128 (the other
-# head dims take the nearest measured choice). Sequences from LONG_T[BLOCK_D] on are "long": the
-# forward takes its long tiles and the backward runs as two kernels (see triton_attention.py), which
-# measured faster from there on and slower below (BENCHMARKS.md "mosaic_attention").
+# head dims take the nearest measured choice). Rows of LONG_T[BLOCK_D] keys or more are "long" (T keys,
+# or window + 1 with a band): the forward takes its long tiles and the backward runs as two kernels (see
+# triton_attention.py), which measured faster from there on and slower below (BENCHMARKS.md
+# "mosaic_attention"; the band's choice: "Memory Mosaics v2 ops").
 LONG_T = {16: 2048, 32: 2048, 64: 2048, 128: 8192, 256: None}
 # Forward: (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M a multiple of BLOCK_N.
 FWD_TILES = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3), 256: (64, 32, 4, 2)}
@@ -38,16 +39,19 @@ BWD_LONG_TILES = {16: ((128, 32, 4, 3), (64, 64, 4, 3)), 32: ((128, 32, 4, 3), (
                   64: ((128, 32, 4, 3), (64, 64, 4, 3)), 128: ((128, 64, 8, 3), (128, 64, 8, 4))}
 
 
-def _is_long(T: int, D: int) -> bool:
+def _is_long(T: int, D: int, window: int | None = None) -> bool:
+    """Whether rows are long: a row sees at most T keys, or window + 1 of them with a window. A narrow band
+    at a long T is a short-row problem (few key blocks a program) and takes the short plan."""
     long_t = LONG_T[_block_d(D)]
-    return long_t is not None and T >= long_t
+    span = T if window is None else min(T, window + 1)
+    return long_t is not None and span >= long_t
 
 
-def _fwd_config(T: int, D: int) -> dict:
+def _fwd_config(T: int, D: int, window: int | None = None) -> dict:
     """BLOCK_M, BLOCK_N (BLOCK_M a multiple of BLOCK_N), num_warps, num_stages for the forward."""
     if interpreter_enabled():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    table = FWD_LONG_TILES if _is_long(T, D) else FWD_TILES
+    table = FWD_LONG_TILES if _is_long(T, D, window) else FWD_TILES
     bm, bn, warps, stages = table[_block_d(D)]
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
@@ -60,12 +64,12 @@ def split_config(key_tiles: tuple, query_tiles: tuple) -> dict:
                 query=dict(BLOCK_P=qp, BLOCK_K=qk, num_warps=qw, num_stages=qs))
 
 
-def _bwd_config(T: int, D: int) -> dict:
+def _bwd_config(T: int, D: int, window: int | None = None) -> dict:
     """One kernel: BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages.
-    Two kernels (long sequences): {"key": ..., "query": ...}, see :func:`split_config`."""
+    Two kernels (long rows, see :func:`_is_long`): {"key": ..., "query": ...}, see :func:`split_config`."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
-    if _is_long(T, D):
+    if _is_long(T, D, window):
         return split_config(*BWD_LONG_TILES[_block_d(D)])
     bp, bq, bk, warps, stages = BWD_TILES[_block_d(D)]
     return dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=warps, num_stages=stages)
@@ -107,7 +111,7 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     ``scale_t``: (H,), or per row (H, T) or (B, H, T), float32. Band: keys t - window .. t - delay,
     ``delays`` an int32 (B,) tensor of per-batch delays (then ``delay`` is not read)."""
     B, H, T, D = k.shape
-    cfg = dict(fwd_config or _fwd_config(T, D))
+    cfg = dict(fwd_config or _fwd_config(T, D, window))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
@@ -128,7 +132,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns. ``seed`` and
     ``threshold``: the forward's dropout, whose mask is regenerated here; the band as in the forward."""
     B, H, T, D = k.shape
-    cfg = dict(bwd_config or _bwd_config(T, D))
+    cfg = dict(bwd_config or _bwd_config(T, D, window))
     if "key" in cfg:
         _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
         _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])

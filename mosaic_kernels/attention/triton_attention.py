@@ -21,9 +21,12 @@ BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P ex
 
 Band (BAND): row t sees the keys lo_t <= j <= hi_t with lo_t = t - WINDOW and hi_t = t - delay (delay
 DELAY, or DELAYS[b] per batch row with PER_BATCH_DELAY); without BAND the mask is j < t (delay 1, no
-window). Every loop visits only the key (or query) blocks that meet the band, in three ranges per
-program: blocks that cross its lower edge (masked), blocks inside it for every row of the program
-(no mask), blocks that cross its upper edge (masked): see _band_blocks. Rows with no key write zeros.
+window). Every loop visits only the key (or query) blocks that meet the band (_band_blocks,
+_band_queries), and masks only the blocks that cross one of its edges; the blocks inside the band of
+every row of the program are not masked. The forward and the one-kernel backward walk the band in one
+loop with a branch per block (a band a few blocks wide makes short loops, and each loop pays its own
+pipeline prologue); the split backward, which serves long rows, walks three ranges (across the lower
+edge, inside, across the upper edge). Rows with no key write zeros.
 
 Per-row scale (ROW_SCALE): the logits of row t are scale[b, h, t] <k_t, k_j> (SCALE read through the
 strides sscb, ssch, ssct, zero where the scale is broadcast); the softmax gradient ds_tj is multiplied
@@ -122,17 +125,31 @@ def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T):
 
 
 @triton.jit
+def _masked_block(start, inside_lo, inside_hi, MASK: tl.constexpr):
+    """Whether the block at ``start`` is masked: always ("all"), never ("none"), or ("check") when it is
+    not among the blocks inside the band of every position of the program, [inside_lo, inside_hi)."""
+    if MASK == "all":
+        return True
+    elif MASK == "none":
+        return False
+    else:
+        return (start < inside_lo) | (start >= inside_hi)
+
+
+@triton.jit
 def _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
                skt, skd, svt, svd, T, window, delay, seed, GROUPS,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BAND: tl.constexpr,
-               ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+               inside_lo, inside_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+               BAND: tl.constexpr, ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
+               THRESHOLD: tl.constexpr):
     """One key block [start_n, start_n + BLOCK_N) of the online softmax of the query rows offs_m: returns
-    the updated (acc, m_i, l_i). MASKED applies the band (or j < t) and j < T."""
+    the updated (acc, m_i, l_i). The band (or j < t) applies as MASK says (_masked_block); the loads
+    stop at T unless MASK is "none"."""
     cols = start_n + offs_n
-    if MASKED:
-        cm2 = (cols < T)[:, None] & dmask[None, :]
-    else:
+    if MASK == "none":
         cm2 = dmask[None, :]
+    else:
+        cm2 = (cols < T)[:, None] & dmask[None, :]
     kb = tl.load(k_base + cols[:, None] * skt + offs_d[None, :] * skd, mask=cm2, other=0.0)
     vb = tl.load(v_base + cols[:, None] * svt + offs_d[None, :] * svd, mask=cm2, other=0.0)
     s = tl.dot(q, tl.trans(kb), input_precision=PRECISION)                   # (BM, BN)
@@ -140,7 +157,7 @@ def _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d
         s = s * qk_scale[:, None]
     else:
         s = s * qk_scale
-    if MASKED:
+    if _masked_block(start_n, inside_lo, inside_hi, MASK):
         s = tl.where(_visible(offs_m, cols, window, delay, T, BAND), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                   # rows with no key yet
@@ -185,30 +202,24 @@ def _attn_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     if BAND:
+        # One loop over the key blocks that meet the band, masking only those that cross its edges: with a
+        # band a few blocks wide, one pipelined loop costs less than a loop per kind of block.
         first, inside_lo, inside_hi, end = _band_blocks(start_m, BLOCK_M - 1, window, delay, T, BLOCK_N)
-        for start_n in range(first, tl.minimum(inside_lo, end), BLOCK_N):      # across the lower edge
+        for start_n in range(first, end, BLOCK_N):
             acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
-                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
-                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
-        for start_n in range(inside_lo, inside_hi, BLOCK_N):                    # inside the band of every row
-            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
-                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
-                                       False, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
-        for start_n in range(tl.maximum(tl.maximum(inside_hi, inside_lo), first), end, BLOCK_N):  # the upper edge
-            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
-                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
-                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, inside_lo, inside_hi,
+                                       BLOCK_M, BLOCK_N, "check", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
     else:
         # Key blocks strictly before the query block: every key visible, no mask.
         for start_n in range(0, start_m, BLOCK_N):
             acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
-                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
-                                       False, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, 0, 0,
+                                       BLOCK_M, BLOCK_N, "none", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
         # Diagonal key blocks: keep j < t (and j < T).
         for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
             acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d, dmask, qk_scale,
-                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, BLOCK_M, BLOCK_N,
-                                       True, BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+                                       skt, skd, svt, svd, T, window, delay, seed, GROUPS, 0, 0,
+                                       BLOCK_M, BLOCK_N, "all", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
 
     has_key = l_i > 0.0
     inv_l = tl.where(has_key, keep_scale / tl.where(has_key, l_i, 1.0), 0.0)   # keep_scale = 1 without dropout
@@ -230,18 +241,6 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     dmask = offs_d < D
     pmask = offs_p < T
     return p0, offs_p, offs_d, dmask, pmask, pmask[:, None] & dmask[None, :]
-
-
-@triton.jit
-def _masked_block(start, inside_lo, inside_hi, MASK: tl.constexpr):
-    """Whether the block at ``start`` is masked: always ("all"), never ("none"), or ("check") when it is
-    not among the blocks inside the band of every position of the program, [inside_lo, inside_hi)."""
-    if MASK == "all":
-        return True
-    elif MASK == "none":
-        return False
-    else:
-        return (start < inside_lo) | (start >= inside_hi)
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """The PyTorch peers of the v2 benchmark compute the op they stand in for."""
 import torch
 
-from benchmarks.bench_v2_ops import _dense, chunked_scan
+from benchmarks.bench_v2_ops import _dense, add_ratios, chunked_scan
 from mosaic_kernels import reference as R
 
 
@@ -17,3 +17,15 @@ def test_chunked_and_dense_scans_match_the_reference():
     want = R.leaky_average(x, a, normalize=True, scale=scale)
     torch.testing.assert_close(chunked_scan(x, a, scale, chunk=16), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(_dense(x, a) * scale[:, None, None], want, atol=1e-5, rtol=0)
+
+
+def test_ratios_pair_each_row_with_the_full_op_and_flex_of_its_shape():
+    rows = [dict(shape="a", provider="ours_full", fwd_bwd_ms=2.0, graph_ms=1.0),
+            dict(shape="a", provider="ours_window", fwd_bwd_ms=0.5, graph_ms=0.1),
+            dict(shape="a", provider="flex_window", fwd_bwd_ms=0.6, graph_ms=None),   # not capturable
+            dict(shape="b", provider="ours_window", fwd_bwd_ms=1.0, graph_ms=0.5)]    # no full op timed
+    add_ratios(rows)
+    assert rows[1]["x_ours_full"] == 0.25 and rows[1]["x_ours_full_graph"] == 0.1
+    assert abs(rows[1]["flex_window_over"] - 1.2) < 1e-12 and rows[1]["flex_window_over_graph"] is None
+    assert rows[0]["flex_window_over"] is None                         # only the window rows get Flex's ratio
+    assert rows[3]["x_ours_full"] is None and rows[3]["flex_window_over"] is None
