@@ -1,7 +1,15 @@
 """An induction head in one layer (the paper's claim that one Memory Mosaic layer does what a transformer
-needs two for): a 1-layer Memory Mosaic against 1- and 2-layer GPT2 of the same width and budget.
+needs two for): a 1-layer Memory Mosaic against 1-, 2- and 3-layer GPT2 of the same width and budget.
 
   python -m experiments.induction --out docs/figures/induction
+  python -m experiments.induction --out runs/induction_control --models mosaic-1 gpt-2 gpt-3 \
+      --lrs 1e-3 3e-3 1e-2 --steps 20000 --device cuda --jobs 12      (the positive control's grid)
+
+Every (model, learning rate, seed) is one run, several at once with ``--jobs``; a finished run's result
+(``runs/<model>-lr<lr>-s<seed>.json`` in ``--out``) is kept, so an interrupted grid resumes. Each model's
+learning rate is selected on the mean final accuracy over the seeds on a validation batch; the
+headline is the accuracy of that learning rate on a separate test batch (both held out, drawn from
+their own seeds).
 
 Task: T uniformly random tokens in which one segment of L tokens reappears later, at a random offset
 and a random place (so that learned positions cannot copy by position). Inside the repeat, every token
@@ -18,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +38,8 @@ from mosaic_model.cli.common import require_at_least_one
 from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 from mosaic_model.models.config import KERNEL_CHOICES
 
-MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2)}
+MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2), "gpt-3": ("gpt", 3)}
+VAL_SEED, TEST_SEED = 10_000, 20_000  # the held-out batches of seed s are drawn from VAL_SEED + s and TEST_SEED + s
 
 
 def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: int) -> tuple:
@@ -60,30 +71,80 @@ def induction_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return float((pred == y)[scored].float().mean())
 
 
-def run(name: str, seed: int, a: argparse.Namespace, progress: bool) -> dict:
-    """Train one model with one seed; returns its accuracy curve on a fixed held-out batch."""
+def run_file(out: Path, name: str, lr: float, seed: int) -> Path:
+    """Where the result of one (model, learning rate, seed) run is kept."""
+    return out / "runs" / f"{name}-lr{lr:g}-s{seed}.json"
+
+
+def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool) -> dict:
+    """Train one model with one seed and learning rate; returns its validation accuracy curve, its final
+    validation and test accuracies, and (for the attention figure) the model and its validation batch."""
     from tqdm.auto import tqdm
 
     kind, depth = MODELS[name]
     torch.manual_seed(seed)
-    model = build(kind, depth, a)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    device = torch.device(a.device)
+    model = build(kind, depth, a).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    held = make_batch(np.random.default_rng(10_000 + seed), a.eval_batch, a.T, a.vocab, a.seg)
+    val = [t.to(device) for t in make_batch(np.random.default_rng(VAL_SEED + seed), a.eval_batch, a.T, a.vocab, a.seg)]
+    test = [t.to(device) for t in make_batch(np.random.default_rng(TEST_SEED + seed), a.eval_batch, a.T, a.vocab, a.seg)]
     curve = []
-    for step in tqdm(range(1, a.steps + 1), desc=f"{name} seed {seed}", disable=not progress):
+    for step in tqdm(range(1, a.steps + 1), desc=f"{name} lr {lr:g} seed {seed}", disable=not progress):
         for g in opt.param_groups:
-            g["lr"] = a.lr * min(1.0, step / a.warmup)
-        x, y, _ = make_batch(rng, a.batch, a.T, a.vocab, a.seg)
+            g["lr"] = lr * min(1.0, step / a.warmup)
+        x, y, _ = (t.to(device) for t in make_batch(rng, a.batch, a.T, a.vocab, a.seg))
         _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % a.eval_every == 0 or step == a.steps:
-            curve.append((step, induction_accuracy(model, *held)))
-    return {"model": name, "seed": seed, "params": sum(p.numel() for p in model.parameters()), "curve": curve,
-            "final": curve[-1][1], "model_obj": model, "held": held}
+            curve.append((step, induction_accuracy(model, *val)))
+    return {"model": name, "seed": seed, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
+            "curve": curve, "final_val": curve[-1][1], "final_test": induction_accuracy(model, *test),
+            "model_obj": model.cpu(), "held": [t.cpu() for t in val]}
+
+
+def run_and_keep(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, threads: int) -> dict:
+    """One run in its own process: trains it unless its result file exists, writes the result (and, for the
+    Memory Mosaic, its attention figure); returns the result without the model."""
+    path = run_file(Path(a.out), name, lr, seed)
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(threads)
+    r = run(name, seed, lr, a, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if MODELS[name][0] == "mosaic":
+        figure = path.with_suffix(".png")
+        r["attention_example"] = {"figure": figure.name, **_attention_example(r, figure)}
+    r = {k: v for k, v in r.items() if k not in ("model_obj", "held")}
+    path.write_text(json.dumps(r))
+    return r
+
+
+def select(results: list[dict], models: list[str], lrs: list[float], seeds: list[int]) -> dict:
+    """Per model: the learning rate of highest mean final validation accuracy over ``seeds`` (only learning
+    rates with every seed finished compete), with that learning rate's test accuracies."""
+    summary = {}
+    for name in models:
+        by_lr = {}
+        for lr in lrs:
+            runs = [r for r in results if r["model"] == name and r["lr"] == lr]
+            if len(runs) == len(seeds):
+                by_lr[lr] = sorted(runs, key=lambda r: r["seed"])
+        if not by_lr:
+            continue
+        val_means = {lr: float(np.mean([r["final_val"] for r in runs])) for lr, runs in by_lr.items()}
+        best = max(val_means, key=val_means.get)
+        chosen = by_lr[best]
+        tests = [r["final_test"] for r in chosen]
+        summary[name] = {"lr": best, "val_accuracy_by_lr": {f"{lr:g}": v for lr, v in sorted(val_means.items())},
+                         "final_accuracy_mean": float(np.mean(tests)), "final_accuracy_std": float(np.std(tests)),
+                         "finals": tests, "seeds": [r["seed"] for r in chosen], "params": chosen[0]["params"],
+                         "curves": [r["curve"] for r in chosen],
+                         "steps_to_half": [next((s for s, acc in r["curve"] if acc >= 0.5), None) for r in chosen]}
+    return summary
 
 
 def _attention_example(result: dict, path: Path) -> dict:
@@ -124,11 +185,12 @@ def _attention_example(result: dict, path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train every model with every seed, write results.json and the figures."""
+    """Train every model with every learning rate and seed, select on validation, write results.json and the figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/induction")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["mosaic-1", "gpt-1", "gpt-2"], choices=list(MODELS))
+    p.add_argument("--lrs", type=float, nargs="+", default=[3e-3], help="the learning-rate grid, the same for every model")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-batch", type=int, default=256)
@@ -138,34 +200,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seg", type=int, default=8, help="length of the repeated segment")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
                    help="the Memory Mosaic's ops (on a CPU both run the PyTorch references unless TRITON_INTERPRET=1)")
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    require_at_least_one(p, a, ("steps", "batch", "eval_batch", "eval_every", "T", "vocab", "seg", "width", "heads", "warmup"))
+    require_at_least_one(p, a, ("steps", "batch", "eval_batch", "eval_every", "T", "vocab", "seg", "width", "heads",
+                                "warmup", "jobs"))
     if 2 * a.seg > a.T:
         p.error(f"--seg ({a.seg}) must be at most half of --T ({a.T}): the segment and its repeat must fit")
     if a.width % a.heads:
         p.error(f"--width ({a.width}) must be divisible by --heads ({a.heads})")
+    if any(lr <= 0 for lr in a.lrs):
+        p.error(f"--lrs must be positive, got {a.lrs}")
+    if a.device not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda, got {a.device!r}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run(name, seed, a, not a.quiet) for name in a.models for seed in a.seeds]
-    summary = {"config": {k: v for k, v in vars(a).items() if k != "quiet"}, "chance": 1 / a.vocab, "models": {}}
-    for name in a.models:
-        finals = [r["final"] for r in results if r["model"] == name]
-        summary["models"][name] = {"final_accuracy_mean": float(np.mean(finals)), "final_accuracy_std": float(np.std(finals)),
-                                   "finals": finals, "params": next(r["params"] for r in results if r["model"] == name),
-                                   "curves": [r["curve"] for r in results if r["model"] == name]}
-        print(f"{name}: induction accuracy {np.mean(finals):.3f} +- {np.std(finals):.3f} over seeds {a.seeds} "
-              f"(chance {1 / a.vocab:.3f})")
-    mosaic = [r for r in results if r["model"] == "mosaic-1"]
+    grid = [(name, seed, lr) for name in a.models for lr in a.lrs for seed in a.seeds]
+    results = _run_grid(grid, a)
+    summary = {"config": {k: v for k, v in vars(a).items() if k not in ("quiet", "jobs")}, "chance": 1 / a.vocab,
+               "selection": "per model, the learning rate of highest mean final validation accuracy; accuracies "
+                            "reported on a separate test batch", "models": select(results, a.models, a.lrs, a.seeds)}
+    for name, r in summary["models"].items():
+        print(f"{name}: lr {r['lr']:g}, induction accuracy {r['final_accuracy_mean']:.3f} +- {r['final_accuracy_std']:.3f} "
+              f"over seeds {a.seeds} (chance {1 / a.vocab:.3f})")
+    mosaic = summary["models"].get("mosaic-1")
     if mosaic:
-        summary["mosaic_attention_example"] = _attention_example(mosaic[0], out / "mosaic_attention_example.png")
+        first = json.loads(run_file(out, "mosaic-1", mosaic["lr"], a.seeds[0]).read_text())
+        summary["mosaic_attention_example"] = first["attention_example"]
+        shutil.copyfile(run_file(out, "mosaic-1", mosaic["lr"], a.seeds[0]).with_suffix(".png"),
+                        out / "mosaic_attention_example.png")
     _plot(summary, out / "accuracy.png")
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     return 0
+
+
+def _run_grid(grid: list, a: argparse.Namespace) -> list[dict]:
+    """Every (model, seed, lr) of ``grid``, ``a.jobs`` processes at once (in this process with one job)."""
+    from tqdm.auto import tqdm
+
+    if a.jobs == 1:
+        return [run_and_keep(name, seed, lr, a, not a.quiet, torch.get_num_threads()) for name, seed, lr in grid]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // a.jobs)
+    # spawn, not fork: a CUDA context does not survive a fork
+    with ProcessPoolExecutor(max_workers=a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_and_keep, name, seed, lr, a, False, threads) for name, seed, lr in grid]
+        return [f.result() for f in tqdm(futures, desc="runs", disable=a.quiet)]
 
 
 def _plot(summary: dict, path: Path) -> None:
@@ -175,13 +263,15 @@ def _plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"mosaic-1": "C0", "gpt-1": "C1", "gpt-2": "C2"}
+    colors = {"mosaic-1": "C0", "gpt-1": "C1", "gpt-2": "C2", "gpt-3": "C3"}
     for name, r in summary["models"].items():
         for i, curve in enumerate(r["curves"]):
             steps, acc = zip(*curve)
-            ax.plot(steps, acc, color=colors.get(name), alpha=0.8, lw=1.2, label=name if i == 0 else None)
+            ax.plot(steps, acc, color=colors.get(name), alpha=0.8, lw=1.2,
+                    label=f"{name} (lr {r['lr']:g})" if i == 0 else None)
     ax.axhline(summary["chance"], color="grey", ls=":", label="chance")
     ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens", title="induction in one layer", ylim=(0, 1.02))
+    ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

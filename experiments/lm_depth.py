@@ -69,13 +69,15 @@ def run_name(model: str, depth: int, lr: float, kernels: str = "fused", seed: in
 def train_config(a: argparse.Namespace, model: str, depth: int, lr: float, seed: int = 0) -> TrainConfig:
     """The training config of one grid point: the paper's recipe (``preset("paper")``) scaled down as
     REPRODUCTION.md states: the study's width (heads of 64 dimensions), depth, block, batch (one
-    micro-step a step) and steps, a tenth of them warming up, an evaluation every ``--eval-every``."""
+    micro-step a step) and steps, a tenth of them warming up (or ``--warmup``), an evaluation every
+    ``--eval-every``, the training loss logged every ``--log-every`` steps."""
     # The selection is on the final validation loss and the evaluations read the final weights, so no best.pt,
     # and a checkpoint only when a run stops or ends: 9 runs writing 230 MB at each evaluation left the
     # GPU machine waiting on its disk (a 300-step run took as long as a 1,200-step one).
     fields = dict(data=a.data, doc_split=a.doc_split, val_fraction=a.val_fraction, model=model, n_layer=depth,
                   n_embd=a.width, n_head=a.width // 64, block_size=a.block_size, batch_size=a.batch_size, grad_accum=1,
-                  steps=a.steps, lr=lr, warmup=a.steps // 10, eval_every=a.eval_every, eval_batch_size=a.batch_size,
+                  steps=a.steps, lr=lr, warmup=a.steps // 10 if a.warmup is None else a.warmup,
+                  eval_every=a.eval_every, eval_batch_size=a.batch_size, log_every=a.log_every,
                   device=a.device, quiet=True, no_best=True, save_every=a.steps, seed=TRAIN_SEED + seed,
                   cuda_graph=a.cuda_graph, dtype=a.dtype)
     if model == "mosaic":
@@ -659,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (one micro-step)")
     p.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run (a tenth warming up)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: a tenth of --steps)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between training-loss records")
     p.add_argument("--parallel", type=int, default=16, help="runs at once (separate processes on one GPU)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
     p.add_argument("--device", default="cuda", help="cuda or cpu (mosaic-train's --device)")

@@ -41,7 +41,7 @@ OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books /tmp/figures/books /tmp/figu
 tar -xJf $DATA/books.tar.xz -C /tmp/books
 [ "$prior" != - ] && tar -xzf "$prior" -C /tmp
 ood=$DATA/simplewiki/simplewiki.json.xz
-pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' figures lm_depth lm_stories lm_ablate 2>/dev/null \
+pack() { tar -czf "$OUT/results.tmp.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' figures lm_depth lm_stories lm_ablate 2>/dev/null \
            && mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"; }
 (while sleep 15; do pack; done) &
 packer=$!

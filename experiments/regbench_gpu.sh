@@ -13,7 +13,7 @@ limit=$1; prior=${2:-}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/rb
 [ -n "$prior" ] && cp -r "$prior"/. /tmp/rb/
-(while sleep 15; do tar -czf "$OUT/rb.tmp.tgz" -C /tmp --exclude='*.pt' rb 2>/dev/null && mv "$OUT/rb.tmp.tgz" "$OUT/rb.tgz"; done) &
+(while sleep 15; do tar -czf "$OUT/rb.tmp.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' rb 2>/dev/null && mv "$OUT/rb.tmp.tgz" "$OUT/rb.tgz"; done) &
 packer=$!
 grid=(--depths ${DEPTHS:-2} --widths ${WIDTHS:-128} --wds ${WDS:-0.1} --lrs ${LRS:-1.25e-4 2.5e-4 5e-4 1e-3 2e-3} --step-cap ${STEP_CAP:-3200})
 python -m experiments.regbench run --out /tmp/rb --sizes ${SIZES:-100 500 1000 2500 10000 40000} \
@@ -26,7 +26,7 @@ wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
 python -m experiments.regbench report --out /tmp/rb --figures /tmp/rb/figures > "$OUT/report.log" 2>&1
 tail -n 3 "$OUT"/sweep*.log; cat "$OUT/report.log"
-tar -czf "$OUT/rb.tgz" -C /tmp --exclude='*.pt' rb
+tar -czf "$OUT/rb.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' rb
 # The unfinished runs' last checkpoints (about 5 MB each, written when a run stops at the time limit), in
 # parts of at most 15 MiB (what a call brings back per file): `cat ckpts.tar.part-* | tar -x -C DIR`
 # beside rb.tgz's folders, and the next call resumes those runs instead of starting them again.

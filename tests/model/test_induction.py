@@ -30,12 +30,41 @@ def test_one_layer_mosaic_learns_induction_quickly():
     """Measured 2026-11-30: 200 steps give 0.93 for the 1-layer Memory Mosaic and chance (0.03) for
     1- and 2-layer GPT2; 120 steps on a smaller task must already be far above chance."""
     # The reference ops: under TRITON_INTERPRET=1 (CI) the fused ones would run the interpreted kernels.
-    a = argparse.Namespace(T=32, vocab=16, seg=6, width=32, heads=2, lr=3e-3, warmup=20, steps=120, batch=32,
-                           eval_batch=128, eval_every=60, kernels="reference")
-    r = ind.run("mosaic-1", 0, a, progress=False)
-    assert r["final"] > 4 / a.vocab  # chance is 1/16
+    a = argparse.Namespace(T=32, vocab=16, seg=6, width=32, heads=2, warmup=20, steps=120, batch=32,
+                           eval_batch=128, eval_every=60, kernels="reference", device="cpu")
+    r = ind.run("mosaic-1", 0, 3e-3, a, progress=False)
+    assert r["final_val"] > 4 / a.vocab and r["final_test"] > 4 / a.vocab  # chance is 1/16
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        ind.main(["--seg", "40", "--T", "64"])
+def _result(model, lr, seed, val, test):
+    return {"model": model, "lr": lr, "seed": seed, "final_val": val, "final_test": test, "params": 1,
+            "curve": [(10, 0.1), (20, val)]}
+
+
+def test_selection_reads_validation_and_reports_test():
+    results = [_result("gpt-2", 1e-3, 0, 0.9, 0.1), _result("gpt-2", 1e-3, 1, 0.1, 0.1),   # val mean 0.5
+               _result("gpt-2", 3e-3, 0, 0.6, 0.7), _result("gpt-2", 3e-3, 1, 0.6, 0.8),   # val mean 0.6
+               _result("gpt-2", 1e-2, 0, 0.99, 0.99)]                                     # a seed missing
+    s = ind.select(results, ["gpt-2", "gpt-3"], [1e-3, 3e-3, 1e-2], [0, 1])["gpt-2"]
+    assert s["lr"] == 3e-3 and s["finals"] == [0.7, 0.8]           # the test accuracies of the val-selected lr
+    assert abs(s["final_accuracy_mean"] - 0.75) < 1e-12 and s["steps_to_half"] == [20, 20]
+    assert "1e-2" not in s["val_accuracy_by_lr"] and "0.01" not in s["val_accuracy_by_lr"]
+
+
+def test_grid_keeps_finished_runs(tmp_path):
+    argv = ["--out", str(tmp_path), "--models", "gpt-1", "--seeds", "0", "--steps", "2", "--eval-every", "1",
+            "--T", "16", "--vocab", "8", "--seg", "4", "--width", "16", "--heads", "2", "--eval-batch", "8",
+            "--batch", "4", "--quiet"]
+    assert ind.main(argv) == 0
+    kept = ind.run_file(tmp_path, "gpt-1", 3e-3, 0)
+    kept.write_text(kept.read_text().replace('"final_test": ', '"final_test": 0.5, "was": '))
+    assert ind.main(argv) == 0                                       # reads the kept file, trains nothing
+    import json
+    assert json.loads((tmp_path / "results.json").read_text())["models"]["gpt-1"]["finals"] == [0.5]
+
+
+@pytest.mark.parametrize("argv", [["--seg", "40", "--T", "64"], ["--lrs", "0"], ["--device", "tpu"], ["--jobs", "0"]])
+def test_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        ind.main(argv)
+    assert e.value.code == 2 and "error: --" in capsys.readouterr().err

@@ -192,6 +192,9 @@ def test_train_config_is_the_paper_recipe_scaled_down():
     assert (c.min_lr_ratio, c.eval_batches, c.grad_accum, c.warmup) == (1e-4 / 5e-3, 10, 1, 30)
     assert (c.n_layer, c.n_embd, c.n_head, c.block_size, c.batch_size, c.eval_batch_size) == (2, 256, 4, 512, 16, 16)
     assert (c.steps, c.eval_every, c.save_every, c.no_best, c.seed, c.lr) == (300, 50, 300, True, lm_depth.TRAIN_SEED + 1, 1e-3)
+    a = lm_depth.build_parser().parse_args(["run", "--data", "x", "--warmup", "2000", "--log-every", "1", "--width", "768"])
+    c = lm_depth.train_config(a, "gpt", 12, 5e-3)
+    assert (c.warmup, c.log_every, c.n_embd, c.n_head) == (2000, 1, 768, 12)   # the paper-width study's schedule start
 
 
 def test_train_config_passes_the_precision_and_reference_ops_only_when_asked():
