@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from .config import GPTConfig, MosaicConfig
+from .config import GPTConfig, MosaicConfig, MosaicV2Config
 from .gpt import GPT
 from .mosaic import MemoryMosaic
+from .mosaic_v2 import MemoryMosaicV2
 
-MODEL_CLASSES = {"mosaic": (MemoryMosaic, MosaicConfig), "gpt": (GPT, GPTConfig)}
+MODEL_CLASSES = {"mosaic": (MemoryMosaic, MosaicConfig), "gpt": (GPT, GPTConfig),
+                 "mosaic-v2": (MemoryMosaicV2, MosaicV2Config)}
 MODEL_CHOICES = tuple(MODEL_CLASSES)
 
 
 def model_type_of(model: torch.nn.Module) -> str:
-    """The name of ``model``'s class in :data:`MODEL_CLASSES` ("mosaic" or "gpt")."""
+    """The name of ``model``'s class in :data:`MODEL_CLASSES` ("mosaic", "gpt" or "mosaic-v2")."""
     for name, (cls, _) in MODEL_CLASSES.items():
         if isinstance(model, cls):
             return name

@@ -135,3 +135,65 @@ class GPTConfig:
     def to_dict(self) -> dict:
         """The fields as a plain dict (what checkpoints store)."""
         return asdict(self)
+
+
+@dataclass
+class MosaicV2Config:
+    """Memory Mosaics v2 ("Memory Mosaics at scale", Zhang and Bottou, 2025) as docs/MODEL.md 8 states it.
+
+    Per block: a short-term memory (keys t - window .. t - 1), a long-term memory (keys 0 .. t - m, m drawn
+    per sequence from [delay_min, delay_max] in training, delay_eval otherwise), each with n_head heads,
+    concatenated and mixed by one projection; then a SwiGLU feed-forward layer (the persistent memory).
+    No position encoding. The paper's unknowns are fields, with the defaults MODEL.md names:
+      gated_keys: keys from the gated time-varying scan ``kbar_t = g_t W_k x_t + lambda_t kbar_{t-1}``
+        with per-head ``g_t = exp(W_g x_t)`` and ``lambda_t = exp(-|W_l x_t + b_l|)``; False gives v1's
+        keys (one constant decay per head, no gate): the ablation of the gate.
+      adaptive_bandwidth: the row's bandwidth ``beta(n) = beta1 n^alpha + beta0`` per head, n the number
+        of keys the row sees; False gives one learned bandwidth per head (v1's): the ablation.
+      mlp_hidden: SwiGLU hidden width (None: 8/3 n_embd rounded up to a multiple of 64).
+    """
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304
+    dropout: float = 0.0
+    bias: bool = False
+    window: int = 256
+    delay_min: int = 64
+    delay_max: int = 256
+    delay_eval: int = 64
+    gated_keys: bool = True
+    adaptive_bandwidth: bool = True
+    mlp_hidden: int | None = None
+    norm_eps: float = 1e-12
+    kernels: str = "fused"
+    reference_ops: tuple = ()
+
+    def __post_init__(self):
+        check_at_least_one(self, ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "window", "delay_min",
+                                  "delay_eval"))
+        check_heads(self.n_embd, self.n_head)
+        check_probability("dropout", self.dropout)
+        if self.delay_max < self.delay_min:
+            raise ConfigError("delay_max", f"({self.delay_max}) must be >= delay_min ({self.delay_min})")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ConfigError("kernels", f"must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
+        self.reference_ops = tuple(self.reference_ops)
+        bad = [op for op in self.reference_ops if op not in REFERENCE_OP_CHOICES]
+        if bad:
+            raise ConfigError("reference_ops", f"must be among {REFERENCE_OP_CHOICES}, got {bad}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ConfigError("mlp_hidden", f"must be >= 1 (or None for 8/3 n_embd), got {self.mlp_hidden}")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = -(-8 * self.n_embd // 3 // 64) * 64
+
+    @property
+    def head_size(self) -> int:
+        """Dimensions per head."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (what checkpoints store)."""
+        return asdict(self)

@@ -36,7 +36,8 @@ def arg(default: object, help: str, *, choices: tuple | None = None, type: type 
 class ModelArgs:
     """model"""
 
-    model: str = arg("mosaic", "Memory Mosaic or the GPT2 baseline", choices=MODEL_CHOICES)
+    model: str = arg("mosaic", "Memory Mosaic, the GPT2 baseline, or Memory Mosaics v2 (mosaic-v2: its own defaults "
+                               "for window and delays, docs/MODEL.md 8)", choices=MODEL_CHOICES)
     n_layer: int = arg(2, "blocks")
     n_head: int = arg(4, "heads per block")
     n_embd: int = arg(64, "width d")
@@ -165,6 +166,8 @@ class TrainConfig(RunArgs, OptimArgs, TextArgs, TaskArgs, ModelArgs):
         if self.model == "mosaic":
             config.update(pmem_size=self.pmem_size, kernels=self.kernels, pmem_kernel=self.pmem_kernel,
                           reference_ops=tuple(self.reference_ops), attn_dropout=self.attn_dropout)
+        elif self.model == "mosaic-v2":
+            config.update(kernels=self.kernels, reference_ops=tuple(self.reference_ops))
         return config
 
     def resolved(self) -> TrainConfig:

@@ -1,0 +1,216 @@
+"""Memory Mosaics v2 (docs/MODEL.md 8): the three-level memory block on the band attention and the gated scan.
+
+Shapes: x is (B, T, d); per-head tensors are (B, H, T, hs) with hs = d / H; per-row bandwidths (H, T) or
+(B, H, T). One block:
+
+    x = x + c_proj([short(LN(x)), long(LN(x))])       two associative memories, heads concatenated
+    x = x + SwiGLU(LN(x))                             the persistent memory
+
+Each associative memory has its own keys, values and bandwidth and reads
+
+    y_t = sum_{lo_t <= j <= hi_t} softmax_j(beta(n_t) <k_t, k_j>) v_j
+
+with unit keys k (the gated scan, L2-normalised), v1's peek-ahead values v, and n_t the number of keys of
+row t: short-term lo_t = t - window, hi_t = t - 1 (n_t = min(t, window)); long-term lo_t = 0,
+hi_t = t - m (n_t = max(t - m + 1, 0)), m drawn per sequence in training. A row that sees no key reads 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mosaic_kernels.leaky_average import stable_gate_and_decay
+
+from .config import MosaicV2Config
+from .generation import GenerateMixin, is_static, lm_loss
+from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, split_heads
+
+
+class GatedKeyExtractor(nn.Module):
+    """Unit keys ``k_t = normalize(kbar_t)``, ``kbar_t = g_t W_k x_t + lambda_t kbar_{t-1}`` per head.
+
+    ``g_t = exp(W_g x_t)`` (W_g starts at 0: every gate 1) and ``lambda_t = exp(-|W_l x_t + b_l|)`` with
+    b_l starting at v1's per-head rates linspace(0.5, 5, H) and W_l small, so the decays start near
+    v1's. The gates' logarithms go to the scan through ``stable_gate_and_decay`` (no overflow however
+    large W_g x grows). With ``gated_keys=False``: v1's keys, ``lambda_h = exp(-|b_l|)`` constant, no gate.
+    """
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__()
+        H, d = config.n_head, config.n_embd
+        self.config = config
+        self.W_k = nn.Linear(d, d, bias=config.bias)
+        self.rate_bias = nn.Parameter(torch.linspace(0.5, 5.0, H))
+        if config.gated_keys:
+            self.W_g = nn.Linear(d, H, bias=False)
+            self.W_l = nn.Linear(d, H, bias=False)
+            nn.init.zeros_(self.W_g.weight)
+            nn.init.normal_(self.W_l.weight, 0.0, 0.1 / math.sqrt(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> unit keys (B, H, T, hs)."""
+        raw = split_heads(self.W_k(x), self.config.n_head)
+        ops = ops_for(self.config, "leaky_average")
+        layout = layout_for(self.config, "leaky_average")
+        if not self.config.gated_keys:
+            return ops.leaky_average(raw, torch.exp(-self.rate_bias.abs()), normalize=True, eps=self.config.norm_eps,
+                                     **layout)
+        log_gate = self.W_g(x).float().transpose(1, 2)                                  # (B, H, T)
+        log_decay = -(self.W_l(x).float() + self.rate_bias).abs().transpose(1, 2)       # (B, H, T), <= 0
+        gate, decay = stable_gate_and_decay(log_gate, log_decay)
+        return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
+
+
+class Bandwidth(nn.Module):
+    """The softmax's inverse temperature per head: ``beta(n) = beta1 n^alpha + beta0`` of the keys a row
+    sees (adaptive), or one learned constant per head. beta0 = softplus(.), beta1 = softplus(.) and
+    alpha = sigmoid(.) keep beta0 >= 0, beta1 > 0, 0 < alpha < 1. Initialised at alpha = 1/2, beta0 = 1 and
+    beta1 = (e^2 - 1) / 16, so beta(256) = e^2, v1's initial bandwidth (keys of norm e, logits e^2 cos)."""
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__()
+        H = config.n_head
+        self.adaptive = config.adaptive_bandwidth
+        inv_softplus = lambda y: math.log(math.expm1(y))  # noqa: E731
+        if self.adaptive:
+            self.beta0 = nn.Parameter(torch.full((H,), inv_softplus(1.0)))
+            self.beta1 = nn.Parameter(torch.full((H,), inv_softplus((math.e ** 2 - 1) / 16)))
+            self.alpha = nn.Parameter(torch.zeros(H))
+        else:
+            self.log_beta = nn.Parameter(torch.full((H,), 2.0))
+
+    def forward(self, n: torch.Tensor) -> torch.Tensor:
+        """Row counts n (T,) or (B, T) -> bandwidths (H, T) or (B, H, T), float32 (a (H,) tensor when fixed)."""
+        if not self.adaptive:
+            return self.log_beta.exp()
+        b0, b1, a = F.softplus(self.beta0), F.softplus(self.beta1), torch.sigmoid(self.alpha)
+        n = n.float().unsqueeze(-2)                                          # (..., 1, T)
+        # n^alpha at n = 0 is 0 (rows without keys read nothing anyway); clamp keeps its gradient finite.
+        return b1[:, None] * n.clamp_min(1e-6).pow(a[:, None]) * (n > 0) + b0[:, None]
+
+
+class AssociativeMemory(nn.Module):
+    """One band of the past: keys, values, bandwidth and the band attention (no output projection)."""
+
+    def __init__(self, config: MosaicV2Config, long_term: bool):
+        super().__init__()
+        self.config, self.long_term = config, long_term
+        self.key = GatedKeyExtractor(config)
+        self.value = PeekAheadValueExtractor(config)
+        self.bandwidth = Bandwidth(config)
+
+    def band(self, T: int, delay: int | torch.Tensor, device: torch.device) -> tuple[dict, torch.Tensor]:
+        """The attention's band arguments and the rows' key counts n (T,) or (B, T)."""
+        t = torch.arange(T, device=device)
+        if not self.long_term:
+            return {"window": self.config.window, "delay": 1}, t.clamp(max=self.config.window)
+        if isinstance(delay, torch.Tensor):
+            return {"delay": delay}, (t[None, :] - delay[:, None] + 1).clamp_min(0)
+        return {"delay": delay}, (t - delay + 1).clamp_min(0)
+
+    def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, H, T, hs)."""
+        k, v = self.key(x), self.value(x)
+        band, n = self.band(x.shape[1], delay, x.device)
+        scale = self.bandwidth(n)
+        return ops_for(self.config, "mosaic_attention").mosaic_attention(
+            k, v, scale, **band, **layout_for(self.config, "mosaic_attention"))
+
+
+class SwiGLU(nn.Module):
+    """The persistent memory: ``W_2 (silu(W_1 x) * W_3 x)``, then dropout."""
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__()
+        d, h = config.n_embd, config.mlp_hidden
+        self.w1 = nn.Linear(d, h, bias=config.bias)
+        self.w3 = nn.Linear(d, h, bias=config.bias)
+        self.c_proj = nn.Linear(h, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class MosaicV2Block(nn.Module):
+    """Pre-LN block: x + c_proj([short, long](LN(x))), then + SwiGLU(LN(x))."""
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__()
+        self.config = config
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.short = AssociativeMemory(config, long_term=False)
+        self.long = AssociativeMemory(config, long_term=True)
+        self.c_proj = nn.Linear(2 * config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.pmem = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        y = torch.cat([merge_heads(self.short(h, delay)), merge_heads(self.long(h, delay))], dim=-1)
+        x = x + self.resid_dropout(self.c_proj(y))
+        return x + self.pmem(self.ln_2(x))
+
+
+class MemoryMosaicV2(GenerateMixin, nn.Module):
+    """Memory Mosaics v2 LM: token embedding (no position encoding), blocks, final LN, tied head.
+
+    ``model(idx, targets=None, delay=None) -> (logits, loss)``. The long-term memory's delay: ``delay``
+    when given (an int, or one per sequence as a (B,) integer tensor), else one drawn per sequence
+    uniformly from [delay_min, delay_max] in training mode and ``delay_eval`` in eval mode.
+    Linear layers start at N(0, 0.02) and the projections into the residual stream (``c_proj``) at
+    N(0, 0.02 / sqrt(2 n_layer)), GPT2's scheme (docs/MODEL.md 8).
+    """
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(MosaicV2Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for name, mod in self.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)) and not name.endswith(("W_g", "W_l")):
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
+                nn.init.normal_(mod.weight, 0.0, std)
+                if getattr(mod, "bias", None) is not None:
+                    nn.init.zeros_(mod.bias)
+
+    def delays(self, B: int, device: torch.device) -> int | torch.Tensor:
+        """The long-term memory's delay for a batch of B sequences in the current mode."""
+        c = self.config
+        if not self.training:
+            return c.delay_eval
+        return torch.randint(c.delay_min, c.delay_max + 1, (B,), device=device)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                delay: int | torch.Tensor | None = None) -> tuple:
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        if delay is None:
+            delay = self.delays(idx.shape[0], idx.device)
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x, delay)
+        logits = self.lm_head(self.ln_f(x))
+        return logits, lm_loss(logits, targets)
+
+    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,): the prefix is kept in ``cache`` and
+        the whole model runs over it again, so a token costs O(T). The incremental caches (the window's
+        bounded one, the long-term memory's growing one) are not built yet; the tokens are those of the
+        uncached path."""
+        if is_static(cache):
+            raise ValueError("mosaic-v2 has no static decoding cache yet: generate without cuda_graph")
+        prefix = torch.cat([cache["tokens"], tokens[:, None]], dim=1) if "tokens" in cache else tokens[:, None]
+        cache["tokens"] = prefix
+        return self(prefix)[0][:, -1]
+
+    def num_params(self) -> int:
+        """Number of parameters, counting the tied embedding once."""
+        return sum(p.numel() for p in self.parameters())

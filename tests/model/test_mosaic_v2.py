@@ -1,0 +1,139 @@
+"""Memory Mosaics v2: the model's memories against plain float64 loops, causality, the delay's draw, extreme gates."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mosaic_model.models.config import ConfigError, MosaicV2Config
+from mosaic_model.models.mosaic_v2 import AssociativeMemory, MemoryMosaicV2
+
+SMALL = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=40, window=4, delay_min=2, delay_max=5, delay_eval=3,
+             kernels="reference")
+
+
+@torch.no_grad()
+def loop_memory(mem: AssociativeMemory, x: torch.Tensor, delay: int) -> torch.Tensor:
+    """The memory's output (B, H, T, hs) written as the maths reads, one row at a time, in float64."""
+    c = mem.config
+    B, T, d = x.shape
+    H, hs = c.n_head, c.head_size
+    key, val = mem.key, mem.value
+    W_k, W_v = key.W_k.weight.double(), val.W_v.weight.double()
+    out = torch.zeros(B, H, T, hs, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            rows = slice(h * hs, (h + 1) * hs)
+            kbar, keys, vals = torch.zeros(hs, dtype=torch.float64), [], []
+            for t in range(T):
+                xt = x[b, t].double()
+                if c.gated_keys:
+                    g = math.exp(float(key.W_g.weight[h].double() @ xt))
+                    lam = math.exp(-abs(float(key.W_l.weight[h].double() @ xt + key.rate_bias[h].double())))
+                else:
+                    g, lam = 1.0, math.exp(-abs(float(key.rate_bias[h])))
+                kbar = g * (W_k[rows] @ xt) + lam * kbar
+                keys.append(kbar / kbar.norm())
+            for t in range(T):
+                nxt = W_v[rows] @ x[b, t + 1].double() if t + 1 < T else torch.zeros(hs, dtype=torch.float64)
+                mix = float(val.mix[h])
+                u = (1 - mix) * nxt + mix * (W_v[rows] @ x[b, t].double())
+                vals.append(math.exp(10 * float(val.value_scale[h])) * u / u.norm())
+            bw = mem.bandwidth
+            for t in range(T):
+                lo, hi = (t - c.window, t - 1) if not mem.long_term else (0, t - delay)
+                seen = [j for j in range(max(lo, 0), hi + 1)]
+                if not seen:
+                    continue
+                n = len(seen)
+                if c.adaptive_bandwidth:
+                    b0 = math.log1p(math.exp(float(bw.beta0[h])))
+                    b1 = math.log1p(math.exp(float(bw.beta1[h])))
+                    a = 1 / (1 + math.exp(-float(bw.alpha[h])))
+                    beta = b1 * n ** a + b0
+                else:
+                    beta = math.exp(float(bw.log_beta[h]))
+                logits = torch.stack([beta * (keys[t] @ keys[j]) for j in seen])
+                w = torch.softmax(logits, 0)
+                out[b, h, t] = sum(wj * vals[j] for wj, j in zip(w, seen))
+    return out
+
+
+@pytest.mark.parametrize("long_term", [False, True], ids=["short", "long"])
+@pytest.mark.parametrize("gated,adaptive", [(True, True), (False, False)], ids=["v2", "v1-keys-fixed-bandwidth"])
+def test_memory_matches_a_plain_loop(long_term, gated, adaptive):
+    torch.manual_seed(0)
+    cfg = MosaicV2Config(**SMALL, gated_keys=gated, adaptive_bandwidth=adaptive)
+    mem = AssociativeMemory(cfg, long_term=long_term).double()
+    with torch.no_grad():  # gates and decays away from their initial values, so that both matter
+        if gated:
+            mem.key.W_g.weight.normal_(0, 0.5)
+            mem.key.W_l.weight.normal_(0, 0.5)
+        if adaptive:
+            mem.bandwidth.alpha.fill_(0.7)
+    x = torch.randn(2, 11, cfg.n_embd, dtype=torch.float64)
+    got = mem(x, 3)
+    # float64 on both sides; the model scans with float32 gates and decays (stable_gate_and_decay rounds
+    # its exponentials to float32: relative 6e-8 per factor, compounding over at most T = 11 steps), so
+    # keys and weights agree to ~1e-6 relative; outputs are O(e^-0.5) in size.
+    torch.testing.assert_close(got, loop_memory(mem, x, 3), atol=1e-5, rtol=1e-5)
+
+
+def test_per_sequence_delays_equal_one_call_per_sequence():
+    torch.manual_seed(1)
+    mem = AssociativeMemory(MosaicV2Config(**SMALL), long_term=True).double()
+    x = torch.randn(3, 12, 16, dtype=torch.float64)
+    delays = torch.tensor([2, 5, 3])
+    together = mem(x, delays)
+    for b in range(3):
+        torch.testing.assert_close(together[b:b + 1], mem(x[b:b + 1], int(delays[b])), atol=1e-12, rtol=0)
+
+
+def test_the_model_is_causal_and_runs_past_its_block_size():
+    torch.manual_seed(2)
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL, block_size=8)).double().eval()
+    idx = torch.randint(0, 40, (2, 24))  # three times the block size: no position encoding to run out of
+    changed = idx.clone()
+    changed[:, 15] = (changed[:, 15] + 1) % 40
+    a, b = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :15], b[:, :15], atol=0, rtol=0)  # positions before 15 never read it
+    assert (a[:, 15:] - b[:, 15:]).abs().amax() > 1e-6
+
+
+def test_delays_drawn_in_training_fixed_in_eval():
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL))
+    torch.manual_seed(3)
+    drawn = torch.cat([model.delays(64, torch.device("cpu")) for _ in range(20)])
+    assert drawn.min() == 2 and drawn.max() == 5  # every value of [delay_min, delay_max] reachable
+    assert model.eval().delays(4, torch.device("cpu")) == 3
+
+
+def test_extreme_gates_stay_finite():
+    torch.manual_seed(4)
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL))
+    with torch.no_grad():
+        for block in model.blocks:
+            for mem in (block.short, block.long):
+                mem.key.W_g.weight.normal_(0, 200.0)  # log-gates of several hundred: exp() overflows float32
+    idx = torch.randint(0, 40, (2, 16))
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("field,value", [("delay_max", 1), ("window", 0), ("n_head", 3), ("kernels", "x"),
+                                         ("mlp_hidden", 0), ("dropout", 1.0)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ConfigError) as e:
+        MosaicV2Config(**{**SMALL, field: value})
+    assert e.value.field in (field, "n_embd")
+
+
+def test_generate_gives_the_uncached_tokens():
+    torch.manual_seed(5)
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL, block_size=32))
+    prompt = torch.randint(0, 40, (2, 5))
+    cached = model.generate(prompt, 8, temperature=0)
+    assert torch.equal(cached, model.generate(prompt, 8, temperature=0, use_cache=False))
+    assert cached.shape == (2, 13) and torch.equal(cached[:, :5], prompt)
