@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import torch
 
-from .config import GPTConfig, MosaicConfig, MosaicV2Config
+from .config import GPTConfig, LlamaConfig, MosaicConfig, MosaicV2Config
 from .gpt import GPT
+from .llama import Llama
 from .mosaic import MemoryMosaic
 from .mosaic_v2 import MemoryMosaicV2
 
 MODEL_CLASSES = {"mosaic": (MemoryMosaic, MosaicConfig), "gpt": (GPT, GPTConfig),
-                 "mosaic-v2": (MemoryMosaicV2, MosaicV2Config)}
+                 "mosaic-v2": (MemoryMosaicV2, MosaicV2Config), "llama": (Llama, LlamaConfig)}
 MODEL_CHOICES = tuple(MODEL_CLASSES)
 
 
 def model_type_of(model: torch.nn.Module) -> str:
-    """The name of ``model``'s class in :data:`MODEL_CLASSES` ("mosaic", "gpt" or "mosaic-v2")."""
+    """The name of ``model``'s class in :data:`MODEL_CLASSES` ("mosaic", "gpt", "mosaic-v2" or "llama")."""
     for name, (cls, _) in MODEL_CLASSES.items():
         if isinstance(model, cls):
             return name

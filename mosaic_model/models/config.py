@@ -197,3 +197,39 @@ class MosaicV2Config:
     def to_dict(self) -> dict:
         """The fields as a plain dict (what checkpoints store)."""
         return asdict(self)
+
+
+@dataclass
+class LlamaConfig:
+    """The llama-style baseline of Memory Mosaics v2 (docs/MODEL.md 9): RMSNorm, rotary positions, SDPA,
+    SwiGLU, no biases, tied head."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304
+    dropout: float = 0.0
+    bias: bool = False
+    mlp_hidden: int | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        check_at_least_one(self, ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
+        check_heads(self.n_embd, self.n_head)
+        check_probability("dropout", self.dropout)
+        if self.bias:
+            raise ConfigError("bias", "must be False: the llama-style baseline has no biases")
+        if (self.n_embd // self.n_head) % 2:
+            raise ConfigError("n_head", f"must leave an even head size for rotary pairs, got {self.n_embd // self.n_head}")
+        if self.rope_theta <= 1:
+            raise ConfigError("rope_theta", f"must be > 1, got {self.rope_theta}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ConfigError("mlp_hidden", f"must be >= 1 (or None for 8/3 n_embd), got {self.mlp_hidden}")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = -(-8 * self.n_embd // 3 // 64) * 64
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (what checkpoints store)."""
+        return asdict(self)

@@ -36,8 +36,9 @@ def arg(default: object, help: str, *, choices: tuple | None = None, type: type 
 class ModelArgs:
     """model"""
 
-    model: str = arg("mosaic", "Memory Mosaic, the GPT2 baseline, or Memory Mosaics v2 (mosaic-v2: its own defaults "
-                               "for window and delays, docs/MODEL.md 8)", choices=MODEL_CHOICES)
+    model: str = arg("mosaic", "Memory Mosaic, the GPT2 baseline, Memory Mosaics v2 (mosaic-v2: its own defaults for "
+                               "window and delays, docs/MODEL.md 8) or its llama-style baseline (llama, docs/MODEL.md 9)",
+                     choices=MODEL_CHOICES)
     n_layer: int = arg(2, "blocks")
     n_head: int = arg(4, "heads per block")
     n_embd: int = arg(64, "width d")
