@@ -63,6 +63,30 @@ class GatedKeyExtractor(nn.Module):
         gate, decay = stable_gate_and_decay(log_gate, log_decay)
         return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
 
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One position of :meth:`forward` for cached decoding: x_t (B, d) -> the unit key (B, H, hs) in float32
+        (float64 for a float64 model).
+
+        The cache holds the scan's state as ``kbar = exp(M) s`` (s and M in that dtype): the same running
+        log-scale M_t = max(M_{t-1} + log lambda_t, log g_t) as ``stable_gate_and_decay``, so no gate overflows."""
+        B, H = x_t.shape[0], self.config.n_head
+        acc = torch.promote_types(x_t.dtype, torch.float32)  # float32, or float64 for a float64 model
+        raw = self.W_k(x_t).to(acc).view(B, H, -1)
+        if not self.config.gated_keys:
+            s = raw if "s" not in cache else raw + torch.exp(-self.rate_bias.abs()).view(1, H, 1) * cache["s"]
+        else:
+            log_gate = self.W_g(x_t).to(acc)                                           # (B, H)
+            log_decay = -(self.W_l(x_t).to(acc) + self.rate_bias).abs()
+            if "s" not in cache:
+                s, peak = raw, log_gate
+            else:
+                peak = torch.maximum(cache["M"] + log_decay, log_gate)
+                s = (torch.exp(log_gate - peak)[..., None] * raw
+                     + torch.exp(cache["M"] + log_decay - peak)[..., None] * cache["s"])
+            cache["M"] = peak
+        cache["s"] = s
+        return F.normalize(s, dim=-1, eps=self.config.norm_eps)
+
 
 class Bandwidth(nn.Module):
     """The softmax's inverse temperature per head: ``beta(n) = beta1 n^alpha + beta0`` of the keys a row
@@ -119,6 +143,38 @@ class AssociativeMemory(nn.Module):
         return ops_for(self.config, "mosaic_attention").mosaic_attention(
             k, v, scale, **band, **layout_for(self.config, "mosaic_attention"))
 
+    def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
+        """Row ``pos`` of :meth:`forward` in eval mode (delay ``delay_eval``): x_t (B, d) -> (B, H, hs).
+
+        The cache keeps keys and completed values from position ``cache["start"]`` on: the value v_{pos-1}
+        needs x_pos (it peeks one step ahead), so it is completed here, before row pos reads. The
+        short-term memory keeps only the last ``window`` positions (its cache is bounded); the long-term
+        memory keeps them all and reads those up to pos - delay_eval."""
+        c, val = self.config, self.value
+        B, H = x_t.shape[0], c.n_head
+        k = self.key.step(x_t, cache.setdefault("key", {}))
+        u = val.W_v(x_t).to(k.dtype).view(B, H, -1)
+        if "u_prev" in cache:   # v_{pos-1} = scale * normalize((1 - c) W_v x_pos + c W_v x_{pos-1})
+            mix = val.mix.view(1, H, 1)
+            v_prev = F.normalize((1 - mix) * u + mix * cache["u_prev"], dim=-1, eps=c.norm_eps) * val.scale().view(1, H, 1)
+            cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
+        cache["u_prev"] = u
+        lo, hi = (max(pos - c.window, 0), pos - 1) if not self.long_term else (0, pos - c.delay_eval)
+        y = torch.zeros_like(k)
+        if hi >= lo:
+            start = cache["start"]
+            keys, vals = cache["K"][:, :, lo - start:hi + 1 - start], cache["V"][:, :, lo - start:hi + 1 - start]
+            beta = self.bandwidth(torch.tensor([hi - lo + 1], device=x_t.device))
+            beta = beta.view(1, H, 1) if beta.dim() == 2 else beta.view(1, H, 1)            # (H, 1) or (H,)
+            w = torch.softmax(beta * (keys @ k[..., None])[..., 0], dim=-1)               # (B, H, n)
+            y = (w[..., None] * vals).sum(dim=2)
+        cache["K"] = torch.cat([cache["K"], k[:, :, None]], dim=2) if "K" in cache else k[:, :, None]
+        cache.setdefault("start", pos)
+        if not self.long_term and cache["K"].shape[2] > c.window:   # keys and values older than the window go
+            cache["K"], cache["V"] = cache["K"][:, :, -c.window:], cache["V"][:, :, -(c.window - 1):]
+            cache["start"] = pos + 1 - c.window
+        return y
+
 
 class SwiGLU(nn.Module):
     """The persistent memory: ``W_2 (silu(W_1 x) * W_3 x)``, then dropout."""
@@ -154,6 +210,14 @@ class MosaicV2Block(nn.Module):
         y = torch.cat([merge_heads(self.short(h, delay)), merge_heads(self.long(h, delay))], dim=-1)
         x = x + self.resid_dropout(self.c_proj(y))
         return x + self.pmem(self.ln_2(x))
+
+    def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
+        """Row ``pos`` of :meth:`forward` in eval mode, reading and updating ``cache``: (B, d) -> (B, d)."""
+        h = self.ln_1(x_t)
+        y = torch.cat([self.short.step(h, cache.setdefault("short", {}), pos).flatten(1),
+                       self.long.step(h, cache.setdefault("long", {}), pos).flatten(1)], dim=-1)
+        x_t = x_t + self.c_proj(y.to(x_t.dtype))
+        return x_t + self.pmem(self.ln_2(x_t))
 
 
 class MemoryMosaicV2(GenerateMixin, nn.Module):
@@ -201,15 +265,17 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         return logits, lm_loss(logits, targets)
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
-        """Next-token logits (B, vocab) after feeding ``tokens`` (B,): the prefix is kept in ``cache`` and
-        the whole model runs over it again, so a token costs O(T). The incremental caches (the window's
-        bounded one, the long-term memory's growing one) are not built yet; the tokens are those of the
-        uncached path."""
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache`` (a
+        dict that starts empty), in eval mode: per memory, O(1) key updates and one attention row over
+        its band; the short-term caches hold ``window`` positions, the long-term ones grow."""
         if is_static(cache):
-            raise ValueError("mosaic-v2 has no static decoding cache yet: generate without cuda_graph")
-        prefix = torch.cat([cache["tokens"], tokens[:, None]], dim=1) if "tokens" in cache else tokens[:, None]
-        cache["tokens"] = prefix
-        return self(prefix)[0][:, -1]
+            raise ValueError("mosaic-v2 has no static decoding cache: generate without cuda_graph")
+        pos = cache.get("length", 0)
+        x = self.wte(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache.setdefault(i, {}), pos)
+        cache["length"] = pos + 1
+        return self.lm_head(self.ln_f(x))
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

@@ -130,8 +130,30 @@ def test_bad_config_names_the_field(field, value):
     assert e.value.field in (field, "n_embd")
 
 
-def test_generate_gives_the_uncached_tokens():
+@pytest.mark.parametrize("gated,adaptive", [(True, True), (False, False)], ids=["v2", "v1-keys-fixed-bandwidth"])
+def test_cached_decoding_gives_the_forward_logits_with_a_bounded_window_cache(gated, adaptive):
     torch.manual_seed(5)
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL, gated_keys=gated, adaptive_bandwidth=adaptive)).double().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            for mem in (block.short, block.long):
+                if gated:
+                    mem.key.W_g.weight.normal_(0, 0.5)
+                    mem.key.W_l.weight.normal_(0, 0.5)
+    idx = torch.randint(0, 40, (2, 14))
+    cache = {}
+    with torch.no_grad():
+        rows = torch.stack([model.decode_step(idx[:, t], cache) for t in range(14)], dim=1)
+    # float64 both ways; the forward's scan takes float32 gates and decays from stable_gate_and_decay
+    # (relative 6e-8 per factor), the decoding step float64 ones: logits of size O(1) agree to ~1e-8.
+    torch.testing.assert_close(rows, model(idx)[0], atol=1e-6, rtol=1e-6)
+    window = SMALL["window"]
+    assert cache[0]["short"]["K"].shape[2] == window and cache[0]["short"]["V"].shape[2] == window - 1
+    assert cache[0]["long"]["K"].shape[2] == 14  # the long-term memory keeps every key
+
+
+def test_generate_gives_the_uncached_tokens():
+    torch.manual_seed(6)
     model = MemoryMosaicV2(MosaicV2Config(**SMALL, block_size=32))
     prompt = torch.randint(0, 40, (2, 5))
     cached = model.generate(prompt, 8, temperature=0)
