@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +36,8 @@ import torch
 from mosaic_model.cli.common import require_at_least_one
 from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 from mosaic_model.models.config import KERNEL_CHOICES
+
+from .grid import run_grid
 
 MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2), "gpt-3": ("gpt", 3)}
 VAL_SEED, TEST_SEED = 10_000, 20_000  # the held-out batches of seed s are drawn from VAL_SEED + s and TEST_SEED + s
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [(name, seed, lr) for name in a.models for lr in a.lrs for seed in a.seeds]
-    results = _run_grid(grid, a)
+    results = run_grid(run_and_keep, [(name, seed, lr, a, not a.quiet and a.jobs == 1) for name, seed, lr in grid],
+                       a.jobs, a.quiet)
     summary = {"config": {k: v for k, v in vars(a).items() if k not in ("quiet", "jobs")}, "chance": 1 / a.vocab,
                "selection": "per model, the learning rate of highest mean final validation accuracy; accuracies "
                             "reported on a separate test batch", "models": select(results, a.models, a.lrs, a.seeds)}
@@ -238,22 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     _plot(summary, out / "accuracy.png")
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     return 0
-
-
-def _run_grid(grid: list, a: argparse.Namespace) -> list[dict]:
-    """Every (model, seed, lr) of ``grid``, ``a.jobs`` processes at once (in this process with one job)."""
-    from tqdm.auto import tqdm
-
-    if a.jobs == 1:
-        return [run_and_keep(name, seed, lr, a, not a.quiet, torch.get_num_threads()) for name, seed, lr in grid]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or 1) // a.jobs)
-    # spawn, not fork: a CUDA context does not survive a fork
-    with ProcessPoolExecutor(max_workers=a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_and_keep, name, seed, lr, a, False, threads) for name, seed, lr in grid]
-        return [f.result() for f in tqdm(futures, desc="runs", disable=a.quiet)]
 
 
 def _plot(summary: dict, path: Path) -> None:

@@ -1,0 +1,79 @@
+"""The new-knowledge task: every scored value is stated once earlier in the context, the grid resumes and
+selects on validation, the ablation empties the long-term band, bad arguments exit 2."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import new_knowledge as nk
+
+
+@pytest.mark.parametrize("T,facts,queries", [(64, 4, 2), (300, 32, 4), (30, 8, 2)])
+def test_every_query_is_answered_by_one_earlier_fact(T, facts, queries):
+    x, y, scored = nk.make_batch(np.random.default_rng(T), 16, T, facts, queries)
+    assert x.shape == y.shape == scored.shape == (16, T) and torch.equal(x[:, 1:], y[:, :-1])
+    assert int(scored.sum()) == 16 * queries
+    for b in range(16):
+        stated = {}
+        for t in range(T - 1):
+            if x[b, t] == nk.FACT:
+                assert int(x[b, t + 1]) not in stated            # distinct keys
+                stated[int(x[b, t + 1])] = int(y[b, t + 1])
+        assert len(stated) == facts                             # no fact overwrote another
+        for t in scored[b].nonzero()[:, 0].tolist():
+            assert x[b, t - 1] == nk.QUERY and stated[int(x[b, t])] == int(y[b, t])
+            assert nk.VALUE0 <= int(y[b, t]) < nk.FACT
+
+
+def test_too_many_facts_for_the_context_is_an_error():
+    with pytest.raises(ValueError, match="too short"):
+        nk.make_batch(np.random.default_rng(0), 1, 20, 6, 2)
+
+
+def test_v2_without_long_term_memory_reads_an_empty_band():
+    from mosaic_model.models.config import MosaicV2Config
+    from mosaic_model.models.mosaic_v2 import AssociativeMemory
+
+    torch.manual_seed(0)
+    mem = AssociativeMemory(MosaicV2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=10, kernels="reference"),
+                            long_term=True)
+    x = torch.randn(2, 40, 16)
+    assert mem(x, nk.evaluations("mosaic-v2")["no long-term memory"]["delay"]).abs().max() == 0
+    assert mem(x, 3).abs().max() > 0
+
+
+SMALL = ["--steps", "2", "--eval-every", "1", "--train-T", "32", "--train-facts", "3", "--queries", "1",
+         "--test-T", "32", "64", "--test-facts", "3", "--eval-tokens", "128", "--eval-seqs", "4", "--eval-chunk", "2",
+         "--width", "16", "--heads", "2", "--depth", "1", "--window", "8", "--delay-min", "2", "--delay-max", "4",
+         "--seeds", "0", "--kernels", "reference", "--quiet"]
+
+
+def test_grid_runs_keeps_finished_runs_and_tests_every_length(tmp_path):
+    argv = ["--out", str(tmp_path), "--models", "mosaic-v2", "llama", *SMALL]
+    assert nk.main(argv) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert set(summary["mosaic-v2"]["test"]) == {"facts=3|T=32", "facts=3|T=64", "no long-term memory|facts=3|T=32",
+                                                 "no long-term memory|facts=3|T=64"}
+    kept = nk.run_file(tmp_path, "llama", 1e-3, 0)
+    kept.write_text(kept.read_text().replace('"facts=3|T=64": ', '"facts=3|T=64": 0.5, "was": '))
+    assert nk.main(argv) == 0                                      # reads the kept file, trains nothing
+    assert json.loads((tmp_path / "results.json").read_text())["models"]["llama"]["test"]["facts=3|T=64"]["mean"] == 0.5
+
+
+def test_selection_reads_validation_and_reports_test():
+    def r(lr, seed, val, test):
+        return {"model": "llama", "lr": lr, "seed": seed, "final_val": val, "params": 1, "test": {"facts=8|T=256": test}}
+    results = [r(1e-3, 0, 0.9, 0.1), r(1e-3, 1, 0.1, 0.1), r(3e-3, 0, 0.6, 0.7), r(3e-3, 1, 0.6, 0.9)]
+    s = nk.select(results, ["llama"], [1e-3, 3e-3], [0, 1])["llama"]
+    assert s["lr"] == 3e-3 and s["test"]["facts=8|T=256"]["per_seed"] == [0.7, 0.9]
+
+
+@pytest.mark.parametrize("argv", [["--train-T", "10"], ["--queries", "9"], ["--delay-max", "1"], ["--lrs", "-1"],
+                                  ["--device", "tpu"], ["--jobs", "0"]])
+def test_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        nk.main(argv)
+    assert e.value.code == 2 and "error: --" in capsys.readouterr().err
