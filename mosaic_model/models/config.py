@@ -39,8 +39,38 @@ def check_heads(n_embd: int, n_head: int) -> None:
         raise ConfigError("n_embd", f"({n_embd}) must be divisible by n_head ({n_head})")
 
 
+def check_kernels(kernels: str, reference_ops: tuple) -> tuple:
+    """ConfigError unless ``kernels`` is a kernel choice and ``reference_ops`` names C-mem ops; returns them as a tuple."""
+    if kernels not in KERNEL_CHOICES:
+        raise ConfigError("kernels", f"must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    bad = [op for op in reference_ops if op not in REFERENCE_OP_CHOICES]
+    if bad:
+        raise ConfigError("reference_ops", f"must be among {REFERENCE_OP_CHOICES}, got {bad}")
+    return tuple(reference_ops)
+
+
+def swiglu_hidden(n_embd: int, mlp_hidden: int | None) -> int:
+    """The SwiGLU hidden width: ``mlp_hidden``, or 8/3 n_embd rounded up to a multiple of 64 when None."""
+    if mlp_hidden is not None and mlp_hidden < 1:
+        raise ConfigError("mlp_hidden", f"must be >= 1 (or None for 8/3 n_embd), got {mlp_hidden}")
+    return mlp_hidden if mlp_hidden is not None else -(-8 * n_embd // 3 // 64) * 64
+
+
+class ConfigFields:
+    """What every model config offers: the dimensions per head and the fields as a plain dict."""
+
+    @property
+    def head_size(self) -> int:
+        """Dimensions per head."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (what checkpoints store)."""
+        return asdict(self)
+
+
 @dataclass
-class MosaicConfig:
+class MosaicConfig(ConfigFields):
     """Memory Mosaic hyper-parameters; defaults are the Library's GPT2-small match (docs/MODEL.md 3).
 
     Choices where the official versions differ (docs/MODEL.md 5) are fields:
@@ -83,14 +113,9 @@ class MosaicConfig:
     def __post_init__(self):
         check_at_least_one(self, ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pmem_count"))
         check_heads(self.n_embd, self.n_head)
-        if self.kernels not in KERNEL_CHOICES:
-            raise ConfigError("kernels", f"must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
+        self.reference_ops = check_kernels(self.kernels, self.reference_ops)
         if self.pmem_kernel not in PMEM_KERNEL_CHOICES:
             raise ConfigError("pmem_kernel", f"must be one of {PMEM_KERNEL_CHOICES}, got {self.pmem_kernel!r}")
-        self.reference_ops = tuple(self.reference_ops)
-        bad = [op for op in self.reference_ops if op not in REFERENCE_OP_CHOICES]
-        if bad:
-            raise ConfigError("reference_ops", f"must be among {REFERENCE_OP_CHOICES}, got {bad}")
         if self.reference_ops and self.kernels != "fused":
             raise ConfigError("reference_ops", f"picks ops of the fused path; kernels={self.kernels!r} runs every op "
                                                "on the reference")
@@ -105,18 +130,9 @@ class MosaicConfig:
         if self.ic_dropout is None:
             self.ic_dropout = self.dropout
 
-    @property
-    def head_size(self) -> int:
-        """Dimensions per head."""
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        """The fields as a plain dict (what checkpoints store)."""
-        return asdict(self)
-
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigFields):
     """GPT2 baseline as the paper used it (docs/MODEL.md 4): learned positions, tanh GELU, SDPA."""
 
     n_layer: int = 12
@@ -132,13 +148,9 @@ class GPTConfig:
         check_heads(self.n_embd, self.n_head)
         check_probability("dropout", self.dropout)
 
-    def to_dict(self) -> dict:
-        """The fields as a plain dict (what checkpoints store)."""
-        return asdict(self)
-
 
 @dataclass
-class MosaicV2Config:
+class MosaicV2Config(ConfigFields):
     """Memory Mosaics v2 ("Memory Mosaics at scale", Zhang and Bottou, 2025) as docs/MODEL.md 8 states it.
 
     Per block: a short-term memory (keys t - window .. t - 1), a long-term memory (keys 0 .. t - m, m drawn
@@ -178,29 +190,12 @@ class MosaicV2Config:
         check_probability("dropout", self.dropout)
         if self.delay_max < self.delay_min:
             raise ConfigError("delay_max", f"({self.delay_max}) must be >= delay_min ({self.delay_min})")
-        if self.kernels not in KERNEL_CHOICES:
-            raise ConfigError("kernels", f"must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
-        self.reference_ops = tuple(self.reference_ops)
-        bad = [op for op in self.reference_ops if op not in REFERENCE_OP_CHOICES]
-        if bad:
-            raise ConfigError("reference_ops", f"must be among {REFERENCE_OP_CHOICES}, got {bad}")
-        if self.mlp_hidden is not None and self.mlp_hidden < 1:
-            raise ConfigError("mlp_hidden", f"must be >= 1 (or None for 8/3 n_embd), got {self.mlp_hidden}")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = -(-8 * self.n_embd // 3 // 64) * 64
-
-    @property
-    def head_size(self) -> int:
-        """Dimensions per head."""
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        """The fields as a plain dict (what checkpoints store)."""
-        return asdict(self)
+        self.reference_ops = check_kernels(self.kernels, self.reference_ops)
+        self.mlp_hidden = swiglu_hidden(self.n_embd, self.mlp_hidden)
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ConfigFields):
     """The llama-style baseline of Memory Mosaics v2 (docs/MODEL.md 9): RMSNorm, rotary positions, SDPA,
     SwiGLU, no biases, tied head."""
 
@@ -225,11 +220,4 @@ class LlamaConfig:
             raise ConfigError("n_head", f"must leave an even head size for rotary pairs, got {self.n_embd // self.n_head}")
         if self.rope_theta <= 1:
             raise ConfigError("rope_theta", f"must be > 1, got {self.rope_theta}")
-        if self.mlp_hidden is not None and self.mlp_hidden < 1:
-            raise ConfigError("mlp_hidden", f"must be >= 1 (or None for 8/3 n_embd), got {self.mlp_hidden}")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = -(-8 * self.n_embd // 3 // 64) * 64
-
-    def to_dict(self) -> dict:
-        """The fields as a plain dict (what checkpoints store)."""
-        return asdict(self)
+        self.mlp_hidden = swiglu_hidden(self.n_embd, self.mlp_hidden)
