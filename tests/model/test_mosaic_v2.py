@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 
+from mosaic_kernels._common import interpreter_enabled
 from mosaic_model.models.config import ConfigError, MosaicV2Config
 from mosaic_model.models.mosaic_v2 import AssociativeMemory, MemoryMosaicV2
+from tests import tolerances
+from tests.conftest import rel_err
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=40, window=4, delay_min=2, delay_max=5, delay_eval=3,
              kernels="reference")
@@ -159,3 +162,28 @@ def test_generate_gives_the_uncached_tokens():
     cached = model.generate(prompt, 8, temperature=0)
     assert torch.equal(cached, model.generate(prompt, 8, temperature=0, use_cache=False))
     assert cached.shape == (2, 13) and torch.equal(cached[:, :5], prompt)
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 on CPU (else both paths run the references)")
+def test_fused_and_reference_paths_agree():
+    torch.manual_seed(7)
+    model = MemoryMosaicV2(MosaicV2Config(**{**SMALL, "kernels": "fused"}))
+    with torch.no_grad():  # gates and decays away from their initial values
+        for block in model.blocks:
+            for mem in (block.short, block.long):
+                mem.key.W_g.weight.normal_(0, 0.5)
+                mem.key.W_l.weight.normal_(0, 0.5)
+    idx = torch.randint(0, 40, (2, 21))
+    delays = torch.tensor([2, 5])
+    results = {}
+    for kernels in ("reference", "fused"):
+        model.config.kernels = kernels
+        model.zero_grad()
+        logits, loss = model(idx, idx, delay=delays)
+        loss.backward()
+        results[kernels] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (l_ref, g_ref), (l_f, g_f) = results["reference"], results["fused"]
+    # float32 ops chained through two blocks as in v1's test (tests/tolerances.py FP32, FP32_CHAINED).
+    assert rel_err(l_f, l_ref) < tolerances.FP32
+    for name in g_ref:
+        assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
