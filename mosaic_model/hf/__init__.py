@@ -3,21 +3,21 @@ classes registered with ``AutoConfig`` and ``AutoModelForCausalLM`` when this mo
 the conversion of a ``mosaic-train`` run into a ``save_pretrained`` folder and back (``convert.py``;
 the command line is ``mosaic-hf``).
 
-    import mosaic_model.hf  # registers "memory_mosaic" and "mosaic_gpt2"
+    import mosaic_model.hf  # registers "memory_mosaic", "mosaic_gpt2", "memory_mosaic_v2" and "mosaic_llama"
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained("hf/my-run")
 """
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .configuration import MemoryMosaicConfig, MosaicGPT2Config
+from .configuration import MemoryMosaicConfig, MemoryMosaicV2Config, MosaicGPT2Config, MosaicLlamaConfig
+from .convert import CLASSES as HF_CLASSES
 from .convert import from_hf_folder, to_hf_folder
-from .modeling import MemoryMosaicForCausalLM, MosaicGPT2ForCausalLM
-
-HF_CLASSES = {"mosaic": (MemoryMosaicConfig, MemoryMosaicForCausalLM), "gpt": (MosaicGPT2Config, MosaicGPT2ForCausalLM)}
+from .modeling import MemoryMosaicForCausalLM, MemoryMosaicV2ForCausalLM, MosaicGPT2ForCausalLM, MosaicLlamaForCausalLM
 
 for _config, _model in HF_CLASSES.values():
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModelForCausalLM.register(_config, _model, exist_ok=True)
 
-__all__ = ["MemoryMosaicConfig", "MosaicGPT2Config", "MemoryMosaicForCausalLM", "MosaicGPT2ForCausalLM", "HF_CLASSES",
-           "to_hf_folder", "from_hf_folder"]
+__all__ = ["MemoryMosaicConfig", "MosaicGPT2Config", "MemoryMosaicV2Config", "MosaicLlamaConfig", "MemoryMosaicForCausalLM",
+           "MosaicGPT2ForCausalLM", "MemoryMosaicV2ForCausalLM", "MosaicLlamaForCausalLM", "HF_CLASSES", "to_hf_folder",
+           "from_hf_folder"]

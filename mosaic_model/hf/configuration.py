@@ -1,6 +1,7 @@
 """Hugging Face configs of the package's models: each a ``PreTrainedConfig`` whose fields are those of the
-model's own config dataclass (``MosaicConfig``, ``GPTConfig``), with the same defaults, plus GPT-2's token
-ids. The fields are read from the dataclass, so the two cannot drift apart."""
+model's own config dataclass (``MosaicConfig``, ``GPTConfig``, ``MosaicV2Config``, ``LlamaConfig``), with
+the same defaults, plus GPT-2's token ids. The fields are read from the dataclass, so the two cannot
+drift apart."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from ..models.config import GPTConfig, MosaicConfig
+from ..models.config import GPTConfig, LlamaConfig, MosaicConfig, MosaicV2Config
 
 EOT = 50256  # GPT-2's <|endoftext|>: beginning, end and padding of the exported models
 
@@ -36,9 +37,15 @@ MemoryMosaicConfig = _hf_config_class(
 MosaicGPT2Config = _hf_config_class(
     "MosaicGPT2Config", "mosaic_gpt2", GPTConfig,
     """The GPT2 baseline's config for transformers: ``GPTConfig``'s fields and defaults.""")
+MemoryMosaicV2Config = _hf_config_class(
+    "MemoryMosaicV2Config", "memory_mosaic_v2", MosaicV2Config,
+    """Memory Mosaics v2's config for transformers: ``MosaicV2Config``'s fields and defaults (docs/MODEL.md 8).""")
+MosaicLlamaConfig = _hf_config_class(
+    "MosaicLlamaConfig", "mosaic_llama", LlamaConfig,
+    """The llama-style baseline's config for transformers: ``LlamaConfig``'s fields and defaults (docs/MODEL.md 9).""")
 
 
 def own_config(config: PreTrainedConfig) -> object:
-    """The package's own config (``MosaicConfig`` or ``GPTConfig``) that an exported config describes."""
+    """The package's own config (``MosaicConfig``, ``GPTConfig``...) that an exported config describes."""
     names = {f.name for f in dataclasses.fields(config.own_config)}
     return config.own_config(**{k: getattr(config, k) for k in names})

@@ -17,10 +17,12 @@ from transformers import AutoModelForCausalLM, GPT2Tokenizer
 from ..data.text import SHIPPED_TOKENIZER_DIR
 from ..models.build import model_type_of
 from ..training.checkpoint import CheckpointError, load_model
-from .configuration import MemoryMosaicConfig, MosaicGPT2Config
-from .modeling import MemoryMosaicForCausalLM, MosaicGPT2ForCausalLM
+from .configuration import MemoryMosaicConfig, MemoryMosaicV2Config, MosaicGPT2Config, MosaicLlamaConfig
+from .modeling import MemoryMosaicForCausalLM, MemoryMosaicV2ForCausalLM, MosaicGPT2ForCausalLM, MosaicLlamaForCausalLM
 
-CLASSES = {"mosaic": (MemoryMosaicConfig, MemoryMosaicForCausalLM), "gpt": (MosaicGPT2Config, MosaicGPT2ForCausalLM)}
+# The transformers classes of each model type of mosaic_model.models.build.MODEL_CLASSES.
+CLASSES = {"mosaic": (MemoryMosaicConfig, MemoryMosaicForCausalLM), "gpt": (MosaicGPT2Config, MosaicGPT2ForCausalLM),
+           "mosaic-v2": (MemoryMosaicV2Config, MemoryMosaicV2ForCausalLM), "llama": (MosaicLlamaConfig, MosaicLlamaForCausalLM)}
 
 
 def gpt2_tokenizer() -> GPT2Tokenizer:

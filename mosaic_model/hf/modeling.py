@@ -19,8 +19,10 @@ from transformers.modeling_outputs import ModelOutput
 
 from ..models.generation import IGNORE_INDEX
 from ..models.gpt import GPT
+from ..models.llama import Llama
 from ..models.mosaic import MemoryMosaic
-from .configuration import MemoryMosaicConfig, MosaicGPT2Config, own_config
+from ..models.mosaic_v2 import MemoryMosaicV2
+from .configuration import MemoryMosaicConfig, MemoryMosaicV2Config, MosaicGPT2Config, MosaicLlamaConfig, own_config
 
 
 class DecodingCache:
@@ -131,3 +133,18 @@ class MosaicGPT2ForCausalLM(_MosaicCausalLM):
 
     config_class = MosaicGPT2Config
     model_class = GPT
+
+
+class MemoryMosaicV2ForCausalLM(_MosaicCausalLM):
+    """Memory Mosaics v2 (``mosaic_model.models.MemoryMosaicV2``) as a transformers causal LM (eval mode: the
+    long-term memory's delay is ``delay_eval``)."""
+
+    config_class = MemoryMosaicV2Config
+    model_class = MemoryMosaicV2
+
+
+class MosaicLlamaForCausalLM(_MosaicCausalLM):
+    """The llama-style baseline (``mosaic_model.models.Llama``) as a transformers causal LM."""
+
+    config_class = MosaicLlamaConfig
+    model_class = Llama

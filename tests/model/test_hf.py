@@ -14,34 +14,45 @@ import mosaic_model.hf as mh  # noqa: E402 (after the skip)
 from mosaic_model.cli import hf as hf_cli  # noqa: E402
 from mosaic_model.cli import train as train_cli  # noqa: E402
 from mosaic_model.evaluation.prompts import default_prompts  # noqa: E402
-from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig  # noqa: E402
+from mosaic_model.models.build import MODEL_CLASSES  # noqa: E402
 from mosaic_model.training.checkpoint import load_model  # noqa: E402
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50304)
+KINDS = list(MODEL_CLASSES)  # every model type of the package has its transformers classes
+EXTRA = {"mosaic": dict(kernels="reference"), "mosaic-v2": dict(kernels="reference", window=5, delay_min=3,
+                                                                 delay_max=6, delay_eval=3)}
+
+
+def _build(kind: str) -> torch.nn.Module:
+    cls, config_cls = MODEL_CLASSES[kind]
+    return cls(config_cls(**SMALL, **EXTRA.get(kind, {})))
 
 
 def _models():
     torch.manual_seed(0)
-    return {"mosaic": MemoryMosaic(MosaicConfig(**SMALL, kernels="reference")).eval(),
-            "gpt": GPT(GPTConfig(**SMALL)).eval()}
+    return {kind: _build(kind).eval() for kind in KINDS}
 
 
-@pytest.mark.parametrize("kind", ["mosaic", "gpt"])
+def test_every_model_type_has_its_transformers_classes():
+    assert set(mh.HF_CLASSES) == set(MODEL_CLASSES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_auto_classes_build_the_model_from_its_config(kind):
     config_cls, model_cls = mh.HF_CLASSES[kind]
-    config = transformers.AutoConfig.for_model(config_cls.model_type, **SMALL)
+    config = transformers.AutoConfig.for_model(config_cls.model_type, **SMALL, **EXTRA.get(kind, {}))
     assert isinstance(config, config_cls) and config.num_hidden_layers == 2 and config.hidden_size == 32
     torch.manual_seed(3)
     hf = transformers.AutoModelForCausalLM.from_config(config)
     torch.manual_seed(3)
-    ours = (MemoryMosaic if kind == "mosaic" else GPT)(mh.configuration.own_config(config))
+    ours = MODEL_CLASSES[kind][0](mh.configuration.own_config(config))
     assert type(hf) is model_cls
     # The package's own initialisation, not transformers' default one.
     for (name, a), (_, b) in zip(hf.model.state_dict().items(), ours.state_dict().items()):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("kind", ["mosaic", "gpt"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_save_and_load_give_the_same_logits(kind, tmp_path):
     model = _models()[kind]
     mh.convert.to_hf(model).save_pretrained(tmp_path)
@@ -55,7 +66,7 @@ def test_save_and_load_give_the_same_logits(kind, tmp_path):
         assert torch.equal(loaded(x, labels=labels).loss, ours)
 
 
-@pytest.mark.parametrize("kind", ["mosaic", "gpt"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_generate_gives_our_tokens(kind):
     """Greedy and sampled, past the block size (24) where both rebuild their cache from the last block."""
     model = _models()[kind]
