@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from mosaic_model.cli.common import DefaultsHelpFormatter
+from mosaic_model.models import MODEL_CHOICES
 from mosaic_model.models.config import KERNEL_CHOICES, REFERENCE_OP_CHOICES
 from mosaic_model.training import TrainConfig, preset
 
@@ -82,6 +83,8 @@ def train_config(a: argparse.Namespace, model: str, depth: int, lr: float, seed:
                   cuda_graph=a.cuda_graph, dtype=a.dtype)
     if model == "mosaic":
         fields.update(kernels=a.kernels, reference_ops=tuple(a.reference_ops))
+    elif model == "mosaic-v2":
+        fields.update(kernels=a.kernels)
     return preset("paper", **fields)
 
 
@@ -92,7 +95,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     grid = list(itertools.product(a.models, a.depths, a.lrs, a.seeds))
     todo = _plan(a, root, grid)
     print(f"grid: {len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run ({a.parallel} at a time)", flush=True)
-    jobs = [Job(train_config(a, model, depth, lr, seed), out, resume=state == "partial")
+    jobs = [Job(train_config(a, model, depth, lr, seed), out, resume=state == "partial", extra_argv=tuple(a.train_args))
             for model, depth, lr, seed, out, state in todo]
     run_jobs(jobs, a.parallel, a.time_limit)
     finished = sum(run_state(root / run_name(m, d, lr, a.kernels, seed)) == "done" for m, d, lr, seed in grid)
@@ -653,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-split", default="file", help="how --data's .txt files are cut into documents (mosaic-train's)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="documents of --data held out for validation")
     p.add_argument("--out", default="runs/lm_depth", help="the folder of the grid's run folders")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="the models of the grid")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODEL_CHOICES,
+                   help="the models of the grid (report and claims compare mosaic and gpt; run trains any of them)")
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                   help="run: mosaic-train flags given to every run (e.g. --delay-min 64 --delay-max 64), last on the line")
     p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS), help="the depths of the grid")
     p.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="the learning rates of the grid")
     p.add_argument("--width", type=int, default=256, help="d of every model (heads of 64 dimensions)")

@@ -52,6 +52,12 @@ class ModelArgs:
                                choices=REFERENCE_OP_CHOICES, nargs="+", metavar="OP")
     pmem_kernel: str = arg("sdpa", "P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows",
                            choices=PMEM_KERNEL_CHOICES)
+    window: int = arg(256, "mosaic-v2: the short-term memory's window h (keys t-h .. t-1)")
+    delay_min: int = arg(64, "mosaic-v2: the long-term memory's smallest delay m in training (keys 0 .. t-m)")
+    delay_max: int = arg(256, "mosaic-v2: its largest delay in training (delay_min = delay_max: a fixed delay)")
+    delay_eval: int = arg(64, "mosaic-v2: its delay in evaluation and generation")
+    fixed_bandwidth: bool = arg(False, "mosaic-v2: one learned bandwidth per head instead of beta(n) (an ablation)")
+    ungated_keys: bool = arg(False, "mosaic-v2: v1's keys, one constant decay per head and no gate (an ablation)")
 
 
 @dataclass
@@ -161,14 +167,17 @@ class TrainConfig(RunArgs, OptimArgs, TextArgs, TaskArgs, ModelArgs):
         self.reference_ops = tuple(self.reference_ops)  # a list from JSON or argparse
 
     def model_config(self, block_size: int, vocab_size: int) -> dict:
-        """The fields of the model's own config (``MosaicConfig`` or ``GPTConfig``) for this run."""
+        """The fields of the model's own config (``MosaicConfig``, ``GPTConfig``, ``MosaicV2Config`` or
+        ``LlamaConfig``) for this run."""
         config = dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=block_size,
                       vocab_size=vocab_size, dropout=self.dropout, bias=False)
         if self.model == "mosaic":
             config.update(pmem_size=self.pmem_size, kernels=self.kernels, pmem_kernel=self.pmem_kernel,
                           reference_ops=tuple(self.reference_ops), attn_dropout=self.attn_dropout)
         elif self.model == "mosaic-v2":
-            config.update(kernels=self.kernels, reference_ops=tuple(self.reference_ops))
+            config.update(kernels=self.kernels, reference_ops=tuple(self.reference_ops), window=self.window,
+                          delay_min=self.delay_min, delay_max=self.delay_max, delay_eval=self.delay_eval,
+                          adaptive_bandwidth=not self.fixed_bandwidth, gated_keys=not self.ungated_keys)
         return config
 
     def resolved(self) -> TrainConfig:
@@ -220,6 +229,9 @@ def epoch_steps(num_train: int, batch_size: int, epochs: int, step_cap: int | No
     return per_epoch, steps if step_cap is None else min(steps, step_cap)
 
 
+V2_FIELDS = ("window", "delay_min", "delay_max", "delay_eval", "fixed_bandwidth", "ungated_keys")
+
+
 def _check_model(c: TrainConfig) -> None:
     if c.model not in MODEL_CHOICES:
         raise ConfigError("model", f"must be one of {MODEL_CHOICES}, got {c.model!r}")
@@ -228,6 +240,10 @@ def _check_model(c: TrainConfig) -> None:
     if c.reference_ops and (c.kernels != "fused" or c.model != "mosaic"):
         raise ConfigError("reference_ops", "picks ops of a Memory Mosaic's fused path (--model mosaic --kernels fused), "
                                            f"got --model {c.model} --kernels {c.kernels}")
+    if c.model != "mosaic-v2":
+        for name in V2_FIELDS:
+            if getattr(c, name) != field_default(name):
+                raise ConfigError(name, f"is a Memory Mosaics v2 setting (--model mosaic-v2), got --model {c.model}")
     # Every other model field is the model config's to check: built once here with a stand-in vocabulary.
     config_class(c.model)(**c.model_config(block_size=c.block_size, vocab_size=1))
 

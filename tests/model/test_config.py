@@ -67,6 +67,24 @@ def test_model_fields_are_checked_by_the_model_config(field, value):
     assert e.value.field == field
 
 
+@pytest.mark.parametrize("model", ["mosaic", "gpt", "llama"])
+def test_v2_settings_on_another_model_are_an_error(model):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(model=model, delay_eval=32).resolved()
+    assert e.value.field == "delay_eval" and "mosaic-v2" in e.value.what
+
+
+def test_v2_settings_reach_the_v2_model_config():
+    c = TrainConfig(model="mosaic-v2", window=32, delay_min=8, delay_max=8, delay_eval=8, fixed_bandwidth=True,
+                    ungated_keys=True).resolved()
+    m = c.model_config(block_size=64, vocab_size=10)
+    assert (m["window"], m["delay_min"], m["delay_max"], m["delay_eval"]) == (32, 8, 8, 8)
+    assert m["adaptive_bandwidth"] is False and m["gated_keys"] is False
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(model="mosaic-v2", delay_min=9, delay_max=8).resolved()
+    assert e.value.field == "delay_max"
+
+
 def test_resolved_fills_the_derived_fields_once():
     c = preset("regbench", device="cpu", num_train=100)
     r = c.resolved()

@@ -1,0 +1,151 @@
+"""Length extrapolation (Memory Mosaics v2's claim, at our scale): trained at T, run at 16-32 T without fine-tuning.
+
+  bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...        (training and evaluation, one GPU call)
+  python -m experiments.long_context report --out DIR --figures docs/figures/long_context
+
+Arms, all at the same width, depth, tokens, batches and learning-rate grid (``lm_depth run`` into
+``DIR/<arm>``; the script's header has the sizes):
+  mosaic                      Memory Mosaic v1 (no position encoding, full causal memory)
+  mosaic-v2                   v2 with its randomised delay (m uniform in [64, 256] in training, 64 at inference)
+  mosaic-v2-fixed-delay       v2 trained with m = 64 throughout (the paper's ablation of the randomisation)
+  mosaic-v2-fixed-bandwidth   v2 with one bandwidth per head instead of beta(n)
+  mosaic-v2-v1-keys           v2 with v1's keys (constant decay, no gate)
+  llama                       the llama-style transformer (rotary positions)
+Each run is evaluated on held-out books (whole books the training never saw) with ``mosaic-eval
+per-position --full-length`` at each evaluation length, into ``DIR/evals/<arm>_T<length>.json``.
+
+``report`` selects, per arm, the learning rate of lowest mean final validation loss over its seeds (the
+training text's own held-out split; never the evaluation books), then writes ``summary.json`` (the mean
+loss per position band, per arm, over the selected runs' seeds) and ``loss_by_position.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .pool import metrics
+
+ARMS = ("mosaic", "mosaic-v2", "mosaic-v2-fixed-delay", "mosaic-v2-fixed-bandwidth", "mosaic-v2-v1-keys", "llama")
+RUN = re.compile(r".*-L(?P<depth>\d+)-lr(?P<lr>[^-]+)(-s(?P<seed>\d+))?$")
+
+
+def final_val_loss(run: Path) -> float | None:
+    """The run's final validation loss (its ``final`` record), or None when it did not finish."""
+    finals = [r["loss"] for r in metrics(run) if r.get("split") == "final"]
+    return finals[-1] if finals else None
+
+
+def select_runs(arm_dir: Path) -> dict | None:
+    """The learning rate of lowest mean final validation loss over its finished seeds (only learning rates
+    whose every seed finished compete): {"lr", "runs", "val_loss_by_lr"}; None when no run finished."""
+    by_lr: dict[str, list[tuple[Path, float | None]]] = {}
+    for run in sorted(p for p in arm_dir.iterdir() if p.is_dir() and RUN.match(p.name)):
+        by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(run)))
+    done = {lr: runs for lr, runs in by_lr.items() if all(v is not None for _, v in runs)}
+    if not done:
+        return None
+    means = {lr: float(np.mean([v for _, v in runs])) for lr, runs in done.items()}
+    best = min(means, key=means.get)
+    return {"lr": best, "runs": [str(r) for r, _ in done[best]], "val_loss_by_lr": means}
+
+
+def bands(T_train: int, length: int) -> list[tuple[int, int]]:
+    """Position bands: [0, T_train), then doublings of T_train up to ``length``."""
+    edges = [0, T_train]
+    while edges[-1] < length:
+        edges.append(min(2 * edges[-1], length))
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def band_means(loss: list[float], count: list[float], edges: list[tuple[int, int]]) -> list[float]:
+    """Mean loss per band, each position weighted by its number of documents."""
+    loss, count = np.asarray(loss, dtype=float), np.asarray(count, dtype=float)
+    out = []
+    for lo, hi in edges:
+        c = count[lo:hi]
+        out.append(float(np.sum(loss[lo:hi] * c) / np.sum(c)) if np.sum(c) else float("nan"))
+    return out
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """Select, average over seeds, write summary.json and the figure."""
+    root, figs = Path(a.out), Path(a.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    summary = {"train_T": a.train_T, "arms": {}}
+    curves = {}
+    for arm in ARMS:
+        chosen = select_runs(root / arm) if (root / arm).is_dir() else None
+        if chosen is None:
+            continue
+        entry = {**chosen, "by_length": {}}
+        for path in sorted((root / "evals").glob(f"{arm}_T*.json")):
+            length = int(path.stem.rsplit("_T", 1)[1])
+            results = json.loads(path.read_text())["results"]
+            rows = [results[r] for r in chosen["runs"] if r in results]
+            if not rows:
+                continue
+            loss = np.mean([r["loss"] for r in rows], axis=0)
+            count = rows[0]["documents"]
+            edges = bands(a.train_T, length)
+            entry["by_length"][str(length)] = {"bands": edges, "mean_loss": band_means(loss, count, edges),
+                                               "per_seed": [band_means(r["loss"], r["documents"], edges) for r in rows],
+                                               "documents": int(count[-1])}
+            curves.setdefault(length, {})[arm] = loss
+        summary["arms"][arm] = entry
+    (figs / "summary.json").write_text(json.dumps(summary, indent=1))
+    _plot(curves, a.train_T, figs / "loss_by_position.png")
+    for arm, e in summary["arms"].items():
+        for length, r in e["by_length"].items():
+            cells = ", ".join(f"{lo}-{hi}: {m:.3f}" for (lo, hi), m in zip(r["bands"], r["mean_loss"]))
+            print(f"{arm} (lr {e['lr']}, {len(e['runs'])} seeds) at {length}: {cells}")
+    return 0
+
+
+def _plot(curves: dict, T_train: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, (length, arms) in zip(axes[0], sorted(curves.items())):
+        for arm, loss in arms.items():
+            # A running mean over a window that grows with the position, so that the log axis reads evenly.
+            pos = np.arange(1, len(loss) + 1)
+            cum = np.concatenate([[0.0], np.cumsum(loss)])
+            lo = np.maximum(0, (pos * 0.8).astype(int) - 1)
+            ax.plot(pos, (cum[pos] - cum[lo]) / (pos - lo), label=arm, lw=1.2)
+        ax.axvline(T_train, color="grey", ls=":", lw=0.8, label="training length")
+        ax.set(xscale="log", xlabel="position in the held-out book", ylabel="token loss (running mean)",
+               title=f"run at {length} tokens, trained at {T_train}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``report``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("report",))
+    p.add_argument("--out", required=True, help="the study's folder (DIR/<arm>/ runs, DIR/evals/)")
+    p.add_argument("--figures", default="docs/figures/long_context", help="where summary.json and the figure go")
+    p.add_argument("--train-T", type=int, default=1024, help="the training context length")
+    a = p.parse_args(argv)
+    if a.train_T < 1:
+        p.error(f"--train-T must be >= 1, got {a.train_T}")
+    if not Path(a.out).is_dir():
+        p.error(f"--out {a.out}: no such folder")
+    return cmd_report(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One device call of the length-extrapolation study (experiments/long_context.py; REPRODUCTION.md "Memory
+# Mosaics v2 at our scale"): the arms named on the command line train at once on the children's books
+# (HELDOUT whole books, default 16, set aside first), each process stopped cleanly at TRAIN_SECONDS, then
+# every finished run is scored on the held-out books at each of LENGTHS (default 16384 32768) with
+# mosaic-eval per-position --full-length. Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS
+# "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
+# 15 s and at the end). Arms: mosaic mosaic-v2 mosaic-v2-fixed-delay mosaic-v2-fixed-bandwidth
+# mosaic-v2-v1-keys llama. Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...
+# (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
+set -uo pipefail
+limit=$1; shift
+DATA=${DATA:-.carry}
+export MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books_all /tmp/lc/train_books /tmp/lc/heldout_books /tmp/lc/evals
+tar -xJf $DATA/books.tar.xz -C /tmp/books_all
+books=$(find /tmp/books_all -name '*.txt' | sort)
+echo "$books" | head -n -"${HELDOUT:-16}" | xargs -I{} cp {} /tmp/lc/train_books/
+echo "$books" | tail -n "${HELDOUT:-16}" | xargs -I{} cp {} /tmp/lc/heldout_books/
+pack() { tar -czf "$OUT/lc.$1.tmp" -C /tmp --exclude='*.pt' --exclude='*.tmp' --exclude=lc/train_books \
+           --exclude=lc/heldout_books lc && mv "$OUT/lc.$1.tmp" "$OUT/long_context.tgz"; }
+(while sleep 15; do pack periodic; done) &
+packer=$!
+python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/lc/train_books', doc_split='file', workers=16, progress=False); l('/tmp/lc/heldout_books', doc_split='file', progress=False)"
+common=(--data /tmp/lc/train_books --width "${WIDTH:-256}" --depths "${DEPTH:-4}" --block-size "${T:-1024}"
+        --batch-size "${BATCH:-16}" --steps "${STEPS:-1500}" --lrs ${LRS:-0.001 0.002 0.005} --seeds ${SEEDS:-0}
+        --parallel "${PARALLEL:-3}" --time-limit "$limit" --cuda-graph)
+for arm in "$@"; do
+  case $arm in
+    mosaic|llama) model=$arm; extra=() ;;
+    mosaic-v2) model=mosaic-v2; extra=() ;;
+    mosaic-v2-fixed-delay) model=mosaic-v2; extra=(--train-args --delay-min 64 --delay-max 64) ;;
+    mosaic-v2-fixed-bandwidth) model=mosaic-v2; extra=(--train-args --fixed-bandwidth) ;;
+    mosaic-v2-v1-keys) model=mosaic-v2; extra=(--train-args --ungated-keys) ;;
+    *) echo "unknown arm $arm" >&2; kill $packer; exit 2 ;;
+  esac
+  python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" ${extra[@]+"${extra[@]}"} \
+    > /tmp/lc/$arm.log 2>&1 &
+done
+wait $(jobs -p | grep -v "^$packer$")
+for arm in "$@"; do
+  runs=$(for r in /tmp/lc/$arm/*-L*; do grep -q '"split": "final"' $r/metrics.jsonl 2>/dev/null && echo $r; done)
+  [ -z "$runs" ] && { echo "$arm: no finished run"; continue; }
+  for L in ${LENGTHS:-16384 32768}; do
+    mosaic-eval per-position $runs --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
+      --batch-size 1 --device cuda --quiet --out /tmp/lc/evals/${arm}_T$L > /tmp/lc/evals/${arm}_T$L.log 2>&1 \
+      || tail -n 3 /tmp/lc/evals/${arm}_T$L.log
+  done
+done
+kill $packer 2>/dev/null
+tail -n 2 /tmp/lc/*.log
+pack final

@@ -1,0 +1,48 @@
+"""The length-extrapolation report: selection on the training text's validation loss, seeds averaged,
+losses by position band."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import long_context as lc
+
+
+def _run(root, name, final):
+    run = root / name
+    run.mkdir(parents=True)
+    lines = [{"step": 1, "split": "train", "loss": 9.0}] + ([{"step": 2, "split": "final", "loss": final}] if final else [])
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    return str(run)
+
+
+def test_report_selects_on_validation_and_averages_seeds(tmp_path, capsys):
+    arm = tmp_path / "mosaic-v2"
+    a0, a1 = _run(arm, "mosaic-v2-L4-lr0.002", 4.0), _run(arm, "mosaic-v2-L4-lr0.002-s1", 4.2)   # mean 4.1
+    _run(arm, "mosaic-v2-L4-lr0.005", 3.9)
+    _run(arm, "mosaic-v2-L4-lr0.005-s1", None)          # unfinished: its learning rate does not compete
+    b0 = _run(arm, "mosaic-v2-L4-lr0.001", 4.5)
+    T = 8
+    results = {a0: {"loss": [1.0] * T, "documents": [2] * T}, a1: {"loss": [3.0] * T, "documents": [2] * T},
+               b0: {"loss": [0.0] * T, "documents": [2] * T}}
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / f"mosaic-v2_T{T}.json").write_text(json.dumps({"results": results}))
+    assert lc.main(["report", "--out", str(tmp_path), "--figures", str(tmp_path / "figs"), "--train-T", "2"]) == 0
+    s = json.loads((tmp_path / "figs" / "summary.json").read_text())["arms"]["mosaic-v2"]
+    assert s["lr"] == "0.002" and sorted(s["runs"]) == sorted([a0, a1])
+    r = s["by_length"]["8"]
+    assert r["bands"] == [[0, 2], [2, 4], [4, 8]] and r["mean_loss"] == [2.0, 2.0, 2.0]   # (1 + 3) / 2
+    assert (tmp_path / "figs" / "loss_by_position.png").is_file()
+
+
+def test_bands_double_up_to_the_length():
+    assert lc.bands(1024, 16384) == [(0, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384)]
+    assert np.isnan(lc.band_means([1.0, 2.0], [0, 0], [(0, 2)])[0])
+
+
+def test_a_missing_folder_is_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        lc.main(["report", "--out", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "error: --out" in capsys.readouterr().err
