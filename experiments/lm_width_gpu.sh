@@ -5,6 +5,8 @@
 #   short  depths DEPTHS (default 12) at lr LR (default 2e-3, GPT2's best at d=256), warm-up over a tenth of STEPS
 #   paper  depth 12 on the paper's own schedule start (lr 5e-3, 2,000 warm-up steps), where the Memory
 #          Mosaic was first seen to start slowly
+#   paper-gpt2-output  the Memory Mosaic alone on that schedule with GPT2's output layer (--output-layer gpt2),
+#          which removed the slow start in the CPU measurement (experiments/slow_start.py)
 # The training loss is logged every step and the validation loss every EVAL_EVERY steps. The small files
 # (no checkpoints) go to $OUT/width.tgz every 15 s, so what finished comes back if the call is cut.
 # Memory: on 2026-12-04 eight 768-wide runs at once (depths 1, 4, 12 and two 12-layer ones) ran the H200
@@ -32,6 +34,8 @@ for part in "$@"; do
              "${common[@]}" > /tmp/width/short.log 2>&1 & ;;
     paper) python -m experiments.lm_depth run --out /tmp/width/paper --depths 12 --lrs 0.005 --warmup 2000 \
              "${common[@]}" > /tmp/width/paper.log 2>&1 & ;;
+    paper-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/paper_gpt2_output --models mosaic --depths 12 \
+             --lrs 0.005 --warmup 2000 "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/paper_gpt2_output.log 2>&1 & ;;
     *) echo "unknown part $part" >&2; kill $packer; exit 2 ;;
   esac
 done

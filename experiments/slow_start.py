@@ -11,6 +11,7 @@ schedule (its parameter groups, bias-corrected AdamW, clipping at grad_clip):
                    the tied W_e ~ N(0, 1/sqrt(d))
   mosaic-unscaled  the same model and weights without the 1/sqrt(d) logit scale (MosaicConfig.logit_scale=False)
   mosaic-gpt-head  no logit scale and GPT2's embedding init N(0, 0.02): GPT2's output layer on the Mosaic's blocks
+                   (``mosaic-train --output-layer gpt2``)
 Recorded: at initialisation, the residual stream's RMS after each block and the logits' standard deviation;
 at every step, the training loss, the learning rate, the gradient norm and the logits' standard deviation
 on the step's batch. The arms differ in the model only, so a gap that the unscaled arm closes is the
@@ -62,14 +63,12 @@ def run_arm(arm: str, a: argparse.Namespace) -> dict:
     model_type = "gpt" if arm == "gpt" else "mosaic"
     cfg = preset("paper", model=model_type, data=a.data, n_layer=a.depth, n_embd=a.width, n_head=a.width // 64,
                  block_size=a.block_size, batch_size=a.batch_size, grad_accum=1, steps=a.total_steps,
-                 device="cpu", quiet=True, seed=a.seed, kernels="reference")
+                 device="cpu", quiet=True, seed=a.seed, kernels="reference",
+                 **({"output_layer": "gpt2"} if arm == "mosaic-gpt-head" else {}))   # mosaic-train --output-layer gpt2
     task = make_task(cfg, progress=False)
     torch.manual_seed(cfg.seed)
-    model = build_model(model_type, cfg.model_config(task.block_size, task.vocab_size))
-    if arm in ("mosaic-unscaled", "mosaic-gpt-head"):
-        model.config.logit_scale = False  # read at every forward: same weights, no 1/sqrt(d)
-    if arm == "mosaic-gpt-head":
-        torch.nn.init.normal_(model.wte.weight, 0.0, 0.02)  # tied: the head's init too
+    unscaled = {"logit_scale": False} if arm == "mosaic-unscaled" else {}
+    model = build_model(model_type, cfg.model_config(task.block_size, task.vocab_size), **unscaled)
     opt = make_optimizer(model, cfg, torch.device("cpu"))
     x0, _ = task.batch(0, cfg.batch_size, "cpu")
     record = {"arm": arm, "residual_rms_at_init": residual_rms(model, x0), "steps": []}

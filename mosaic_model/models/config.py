@@ -81,6 +81,9 @@ class MosaicConfig(ConfigFields):
         (Library: 5, zero gradient above).
       norm_eps: lower bound of the key/value L2 norms (the Library has none and can give NaN).
       logit_scale: multiply logits by ``1/sqrt(n_embd)`` (Library) or not (nano).
+      embed_std: None for the Library's tied embedding, N(0, 1/sqrt(n_embd)); a number for N(0, embed_std).
+        ``logit_scale=False, embed_std=0.02`` is GPT2's output layer, which removes the Library model's
+        slow start under a long warm-up (REPRODUCTION.md, "The paper's width").
       kernels: "fused" runs mosaic_kernels' public ops (Triton on CUDA, the reference on CPU);
         "reference" always runs the PyTorch references.
       reference_ops: with kernels="fused", the C-mem ops (of REFERENCE_OP_CHOICES) that run their
@@ -106,6 +109,7 @@ class MosaicConfig(ConfigFields):
     key_scale_max: float = 5.0
     norm_eps: float = 1e-12
     logit_scale: bool = True
+    embed_std: float | None = None
     kernels: str = "fused"
     pmem_kernel: str = "sdpa"
     reference_ops: tuple = ()
@@ -123,6 +127,8 @@ class MosaicConfig(ConfigFields):
         check_probability("attn_dropout", self.attn_dropout)
         if self.ic_dropout is not None:
             check_probability("ic_dropout", self.ic_dropout)
+        if self.embed_std is not None and not self.embed_std > 0:
+            raise ConfigError("embed_std", f"must be > 0 (or None for the Library's 1/sqrt(n_embd)), got {self.embed_std}")
         if self.pmem_size is not None and self.pmem_size < 1:
             raise ConfigError("pmem_size", f"must be >= 1 (or None for 3.5 x n_embd), got {self.pmem_size}")
         if self.pmem_size is None:

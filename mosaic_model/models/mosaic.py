@@ -62,6 +62,8 @@ class MemoryMosaic(GenerateMixin, nn.Module):
                 nn.init.normal_(mod.weight, 0.0, std)
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
+        if self.config.embed_std is not None:
+            nn.init.normal_(self.wte.weight, 0.0, self.config.embed_std)  # tied: the head's init too
 
     def set_kernels(self, kernels: str) -> None:
         """Switch every memory unit between "fused" and "reference" ops (same weights)."""

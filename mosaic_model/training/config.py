@@ -52,6 +52,9 @@ class ModelArgs:
                                choices=REFERENCE_OP_CHOICES, nargs="+", metavar="OP")
     pmem_kernel: str = arg("sdpa", "P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows",
                            choices=PMEM_KERNEL_CHOICES)
+    output_layer: str = arg("library", "mosaic: the Library's output layer (logits / sqrt(d), tied embedding N(0, 1/sqrt(d))) "
+                                       "or GPT2's (no scale, N(0, 0.02)), which starts fast under a long warm-up",
+                            choices=("library", "gpt2"))
     window: int = arg(256, "mosaic-v2: the short-term memory's window h (keys t-h .. t-1)")
     delay_min: int = arg(64, "mosaic-v2: the long-term memory's smallest delay m in training (keys 0 .. t-m)")
     delay_max: int = arg(256, "mosaic-v2: its largest delay in training (delay_min = delay_max: a fixed delay)")
@@ -174,6 +177,8 @@ class TrainConfig(RunArgs, OptimArgs, TextArgs, TaskArgs, ModelArgs):
         if self.model == "mosaic":
             config.update(pmem_size=self.pmem_size, kernels=self.kernels, pmem_kernel=self.pmem_kernel,
                           reference_ops=tuple(self.reference_ops), attn_dropout=self.attn_dropout)
+            if self.output_layer == "gpt2":
+                config.update(logit_scale=False, embed_std=0.02)
         elif self.model == "mosaic-v2":
             config.update(kernels=self.kernels, reference_ops=tuple(self.reference_ops), window=self.window,
                           delay_min=self.delay_min, delay_max=self.delay_max, delay_eval=self.delay_eval,
@@ -240,6 +245,8 @@ def _check_model(c: TrainConfig) -> None:
     if c.reference_ops and (c.kernels != "fused" or c.model != "mosaic"):
         raise ConfigError("reference_ops", "picks ops of a Memory Mosaic's fused path (--model mosaic --kernels fused), "
                                            f"got --model {c.model} --kernels {c.kernels}")
+    if c.model != "mosaic" and c.output_layer != field_default("output_layer"):
+        raise ConfigError("output_layer", f"is a Memory Mosaic setting (--model mosaic), got --model {c.model}")
     if c.model != "mosaic-v2":
         for name in V2_FIELDS:
             if getattr(c, name) != field_default(name):

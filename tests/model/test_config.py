@@ -101,3 +101,12 @@ def test_train_from_python_equals_the_command_line(tmp_path):
     assert final["loss"] == lines[-1]["loss"] and final["accuracy"] == lines[-1]["accuracy"]
     saved = json.loads((tmp_path / "py" / "config.json").read_text())
     assert TrainConfig(**saved) == TrainConfig(**TINY, steps=3, eval_every=3, out_dir=str(tmp_path / "py")).resolved()
+
+
+def test_gpt2_output_layer_reaches_the_memory_mosaic_only():
+    m = TrainConfig(model="mosaic", output_layer="gpt2").resolved().model_config(block_size=8, vocab_size=10)
+    assert m["logit_scale"] is False and m["embed_std"] == 0.02
+    assert "logit_scale" not in TrainConfig(model="mosaic").resolved().model_config(block_size=8, vocab_size=10)
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(model="gpt", output_layer="gpt2").resolved()
+    assert e.value.field == "output_layer"
