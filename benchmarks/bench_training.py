@@ -1,7 +1,9 @@
 """End-to-end training-step benchmark: Memory Mosaic (fused ops), Memory Mosaic (reference ops, the
 official algorithm), and the GPT2 baseline on SDPA; one run, same GPU, same tokens per step.
 ``mosaic_fused`` runs the P-mem retrieval on SDPA with the batch folded into the query rows (the
-default); ``mosaic_fused_triton_pmem`` runs it on mosaic_kernels.persistent_memory instead.
+default); ``mosaic_fused_triton_pmem`` runs it on mosaic_kernels.persistent_memory instead. On request
+(``--models mosaic_v2 llama``): Memory Mosaics v2 on the fused ops against its llama-style baseline
+(rotary positions, SDPA, SwiGLU) at the same width, depth and tokens (``v2_over_llama`` ratios).
 
 A step is what training does: bf16 autocast forward, backward, fused AdamW, zero_grad. Models have
 the GPT2-small width (d=768, 12 heads, vocab 50304, P-mem 2688 slots) at 1 and 12 layers; batches of
@@ -24,11 +26,12 @@ import time
 import torch
 
 from benchmarks._common import command_line, emit, header, table
-from mosaic_model import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+from mosaic_model import GPT, GPTConfig, Llama, LlamaConfig, MemoryMosaic, MemoryMosaicV2, MosaicConfig, MosaicV2Config
 
 TOKENS = 16384
 SEQ_LENS = (512, 2048, 8192)
-MODELS = ("mosaic_fused", "mosaic_fused_triton_pmem", "mosaic_reference", "gpt2")
+MODELS = ("mosaic_fused", "mosaic_fused_triton_pmem", "mosaic_reference", "gpt2")  # the default cases
+V2_MODELS = ("mosaic_v2", "llama")                                                  # on request
 
 
 def build(name: str, n_layer: int, T: int, dropout: float | None = None):
@@ -39,6 +42,10 @@ def build(name: str, n_layer: int, T: int, dropout: float | None = None):
         common["dropout"] = dropout
     if name == "gpt2":
         return GPT(GPTConfig(**common))
+    if name == "llama":
+        return Llama(LlamaConfig(**common))
+    if name == "mosaic_v2":
+        return MemoryMosaicV2(MosaicV2Config(**common))
     kernels = "reference" if name == "mosaic_reference" else "fused"
     pmem_kernel = "triton" if name == "mosaic_fused_triton_pmem" else "sdpa"
     return MemoryMosaic(MosaicConfig(**common, kernels=kernels, pmem_kernel=pmem_kernel))
@@ -117,6 +124,11 @@ def ratios(rows: list[dict]) -> list[dict]:
     out = []
     by = {(r["model"], r["layers"], r["T"], r["compile"]): r for r in rows}
     for (name, layers, T, comp), r in by.items():
+        llama = by.get(("llama", layers, T, comp), {})
+        if name == "mosaic_v2" and isinstance(r.get("ms"), float) and isinstance(llama.get("ms"), float):
+            out.append(dict(layers=layers, T=T, compile=comp, v2_over_llama_time=r["ms"] / llama["ms"],
+                            v2_over_llama_tokens_per_s=llama["ms"] / r["ms"],
+                            v2_over_llama_memory=r["peak_GiB"] / llama["peak_GiB"]))
         if name != "mosaic_fused" or not isinstance(r.get("ms"), float):
             continue
         g, ref = by.get(("gpt2", layers, T, comp), {}), by.get(("mosaic_reference", layers, T, comp), {})
@@ -141,7 +153,8 @@ def main() -> None:
     p.add_argument("--seq-lens", type=int, nargs="+", choices=SEQ_LENS, default=list(SEQ_LENS),
                    help="sequence lengths to run (default: all three)")
     p.add_argument("--layers", type=int, nargs="+", choices=(1, 12), default=[1, 12])
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=MODELS + V2_MODELS, default=list(MODELS),
+                   help="the cases' models (mosaic_v2 and llama only when named)")
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="torch.compile mode of the compiled cases (reduce-overhead: CUDA graphs, no host cost; "
                         "the allocator's peak then leaves out the graphs' memory pool)")
@@ -161,7 +174,8 @@ def main() -> None:
           f"after {a.warmup} warm-up steps.\n\n" + table(rows, cols)
           + "\n\nRatios (same run):\n\n" + table(ratios(rows), [
               "layers", "T", "compile", "fused_over_gpt2_time", "fused_over_gpt2_tokens_per_s",
-              "fused_over_gpt2_memory", "reference_over_fused_time"]))
+              "fused_over_gpt2_memory", "reference_over_fused_time", "v2_over_llama_time", "v2_over_llama_tokens_per_s",
+              "v2_over_llama_memory"]))
     emit(md, a.out)
 
 

@@ -29,3 +29,14 @@ def test_dropout_option_sets_every_rate_of_both_models():
         assert cfg.dropout == 0.0
     assert build("mosaic_reference", 1, 64, dropout=0.0).config.ic_dropout == 0.0
     assert build("mosaic_fused", 1, 64).config.ic_dropout == 0.05
+
+
+def test_v2_and_llama_build_at_the_benchmark_width_and_pair_in_the_ratios():
+    from benchmarks.bench_training import build, ratios
+
+    assert type(build("mosaic_v2", 1, 64)).__name__ == "MemoryMosaicV2"
+    assert type(build("llama", 1, 64)).__name__ == "Llama"
+    rows = [dict(model="mosaic_v2", layers=1, T=512, compile="no", ms=3.0, peak_GiB=2.0),
+            dict(model="llama", layers=1, T=512, compile="no", ms=2.0, peak_GiB=1.0)]
+    (r,) = ratios(rows)
+    assert (r["v2_over_llama_time"], r["v2_over_llama_tokens_per_s"], r["v2_over_llama_memory"]) == (1.5, 2.0 / 3.0, 2.0)
