@@ -187,3 +187,14 @@ def test_fused_and_reference_paths_agree():
     assert rel_err(l_f, l_ref) < tolerances.FP32
     for name in g_ref:
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
+
+
+def test_compiles_as_one_graph():
+    """torch.compile(fullgraph=True) of the whole model (the band attention and the gated scan are custom ops,
+    stable_gate_and_decay plain tensor code) gives the eager logits; float32 on both sides, so the
+    compiler's fusions leave only rounding (tolerances.FP32)."""
+    torch.manual_seed(8)
+    model = MemoryMosaicV2(MosaicV2Config(**{**SMALL, "n_layer": 1})).eval()
+    idx = torch.randint(0, 40, (2, 12))
+    compiled = torch.compile(model, fullgraph=True)
+    assert rel_err(compiled(idx)[0], model(idx)[0]) < tolerances.FP32
