@@ -28,13 +28,16 @@ import sys
 from pathlib import Path
 
 from mosaic_model.cli.common import require_at_least_one
+from mosaic_model.models import MODEL_CHOICES
 from mosaic_model.training import TrainConfig, preset
 from mosaic_model.training.config import epoch_steps
 
 from .pool import Job, metrics, run_jobs, run_state
 
 SIZES = (100, 500, 1000, 2500, 10000, 40000)
-MODELS = ("mosaic", "gpt")
+MODELS = ("mosaic", "gpt")  # the paper's pair, the default grid; any model of the package can join
+CURVES = (("mosaic", "tab:blue", "Memory Mosaic"), ("gpt", "tab:orange", "Transformer (GPT2)"),
+          ("mosaic-v2", "tab:green", "Memory Mosaics v2"), ("llama", "tab:red", "Transformer (llama-style)"))
 DEPTHS = (1, 2, 4)
 WIDTHS = (64, 128, 256)
 WEIGHT_DECAYS = (0.01, 0.1)
@@ -157,7 +160,7 @@ def _settings(runs: list[dict]) -> list[list]:
 def same_search(chosen: dict) -> list[int]:
     """Sizes at which every model of ``select``'s answer searched the same grid points: only there do the
     two models compare on equal terms (a sweep cut short leaves sizes with one model ahead in runs)."""
-    sizes = set.intersection(*(set(by_size) for by_size in chosen.values())) if len(chosen) == len(MODELS) else set()
+    sizes = set.intersection(*(set(by_size) for by_size in chosen.values())) if len(chosen) >= len(MODELS) else set()
     return sorted(s for s in sizes if len({json.dumps(chosen[m][s]["searched"]) for m in chosen}) == 1)
 
 
@@ -228,8 +231,7 @@ def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
     if not held_out:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for model, color in (("mosaic", "tab:blue"), ("gpt", "tab:orange")):
-        label = "Memory Mosaic" if model == "mosaic" else "Transformer (GPT2)"
+    for model, color, label in CURVES:
         for ax, metric in zip(axes, ("accuracy", "l1")):
             if model in held_out and sizes:
                 ax.plot(sizes, [held_out[model][s]["selected_on_val"]["test"][metric] for s in sizes], "o-",
@@ -237,13 +239,14 @@ def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
                 if metric == "l1":  # the true TVD, half the L1: what the paper's values match (REPRODUCTION.md)
                     ax.plot(sizes, [held_out[model][s]["selected_on_val"]["test"]["tvd"] for s in sizes], "s--",
                             color=color, mfc="none", label=f"{label} (ours, L1 / 2)")
-            paper = PAPER_FIG11[model][metric]
-            ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "x:", color=color, alpha=0.6,
-                    label=f"{label} (paper)")
+            paper = PAPER_FIG11.get(model, {}).get(metric)
+            if paper:
+                ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "x:", color=color, alpha=0.6,
+                        label=f"{label} (paper)")
     axes[0].set(xscale="log", xlabel="training languages (epochs trained)", ylabel="validity accuracy (test languages)")
     axes[1].set(xscale="log", xlabel="training languages (epochs trained)", ylabel='L1 to the true next-symbol law ("TVD")')
     def tick(s: int) -> str:
-        r = held_out["mosaic"][s]["selected_on_val"] if s in sizes else {}
+        r = next(iter(held_out.values()))[s]["selected_on_val"] if s in sizes else {}
         return f"{s:,}" + (f"\n{epochs_trained(s, r['epochs'], r.get('step_cap')):.3g} ep" if "epochs" in r else "")
     tick_sizes = sorted(set(sizes) | set(PAPER_FIG11["mosaic"]["accuracy"]))
     for ax in axes:
@@ -298,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=("run", "report"), help="run: train the grid; report: select and plot")
     p.add_argument("--out", default="runs/regbench", help="the folder of the sweep's run folders")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of training languages")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models of the grid")
+    p.add_argument("--models", nargs="+", choices=MODEL_CHOICES, default=list(MODELS),
+                   help="the models of the grid (mosaic-v2 and llama beside the paper's two: Memory Mosaics v2)")
     p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS), help="the depths of the grid")
     p.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS), help=f"multiples of {HEAD_SIZE}")
     p.add_argument("--wds", nargs="+", type=float, default=list(WEIGHT_DECAYS), help="weight decays")

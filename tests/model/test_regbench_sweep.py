@@ -70,3 +70,14 @@ def test_bad_grid_arguments_exit_2(capsys):
         with pytest.raises(SystemExit) as e:
             regbench.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_v2_and_llama_join_the_sweep_and_the_report(tmp_path):
+    common = ["--out", str(tmp_path / "sweep"), "--sizes", "8", "--depths", "1", "--widths", "32", "--wds", "0.1",
+              "--lrs", "3e-3", "--epochs", "1", "--num-test", "4", "--parallel", "2", "--device", "cpu",
+              "--models", "mosaic-v2", "llama", "--train-args", "--max-string-len", "5", "--kernels", "reference"]
+    assert regbench.main(["run", *common]) == 0
+    figs = tmp_path / "figs"
+    assert regbench.main(["report", "--out", str(tmp_path / "sweep"), "--figures", str(figs)]) == 0
+    summary = json.loads((figs / "regbench_summary.json").read_text())
+    assert set(summary["held_out"]) == {"mosaic-v2", "llama"} and (figs / "regbench_fig11.png").stat().st_size > 0
