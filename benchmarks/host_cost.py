@@ -13,6 +13,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     eager_us     median wall time of one call (triton.testing.do_bench): what an eager step pays.
     graph_us     the call captured once as a CUDA graph and replayed: the GPU time alone.
     eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
+    over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd).
+
+``sdpa`` is the peer: ``F.scaled_dot_product_attention(k, k, v, is_causal=True)`` at the same shape (its best
+backend, no Triton launch, so only host_us and what follows are measured for it; GPU only).
 
 The ops run with the model's settings: the scan normalised and scaled by (H,) tensors, the peek-ahead
 value with (H,) mix and scale, the attention on keys that are their own queries (``--dropout`` on its
@@ -38,7 +42,7 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory")
+OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory", "sdpa")
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -83,6 +87,10 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     elif op == "mosaic_attention":
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
         forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
+    elif op == "sdpa":
+        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
+        forward = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+            inputs[0], inputs[0], inputs[1], is_causal=True, dropout_p=dropout)
     elif op == "persistent_memory":
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(H, slots, D), tensor(H, slots, D), per_head(1.0))
         forward = lambda: mk.persistent_memory(inputs[0], inputs[1], inputs[2], out_scale=inputs[3],  # noqa: E731
@@ -124,20 +132,34 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
 
     rows = []
     for op in ops:
+        if op == "sdpa" and device != "cuda":
+            print("sdpa: measured on the GPU only (on the CPU it computes, it does not issue)", file=sys.stderr)
+            continue
         for mode, fn in make_calls(op, shape, dtype, device, slots, dropout).items():
             row = {"op": op, "mode": mode}
-            with stubbed_launches():
-                row["wrapper_us"] = issue_us(fn, calls, reps)
+            if op != "sdpa":  # no Triton launch to stub
+                with stubbed_launches():
+                    row["wrapper_us"] = issue_us(fn, calls, reps)
             if device == "cuda":
                 row["host_us"] = issue_us(fn, calls, reps)
-                row["launcher_us"] = row["host_us"] - row["wrapper_us"]
+                if "wrapper_us" in row:
+                    row["launcher_us"] = row["host_us"] - row["wrapper_us"]
                 row["eager_us"] = bench_ms(fn) * 1e3
                 row["graph_us"] = bench_graph_ms(fn) * 1e3
                 row["eager/graph"] = row["eager_us"] / row["graph_us"]
             rows.append(row)
             print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   file=sys.stderr, flush=True)
+    add_over_sdpa(rows)
     return rows
+
+
+def add_over_sdpa(rows: list[dict]) -> None:
+    """Each row's host time over SDPA's in the same mode (``over_sdpa``), where both were measured."""
+    sdpa = {r["mode"]: r["host_us"] for r in rows if r["op"] == "sdpa" and "host_us" in r}
+    for r in rows:
+        if "host_us" in r and r["mode"] in sdpa:
+            r["over_sdpa"] = r["host_us"] / sdpa[r["mode"]]
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -177,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._common import command_line, emit, header, table
 
     rows = measure(a.ops, a.shape, getattr(torch, a.dtype), a.device, a.slots, a.dropout, a.calls, a.reps)
-    columns = ["op", "mode", "wrapper_us"] + (["host_us", "launcher_us", "eager_us", "graph_us", "eager/graph"]
-                                              if a.device == "cuda" else [])
+    columns = ["op", "mode", "wrapper_us"] + (["host_us", "launcher_us", "eager_us", "graph_us", "eager/graph",
+                                               "over_sdpa"] if a.device == "cuda" else [])
     md = (header(command_line("benchmarks.host_cost")) + "\n\n"
           + f"Host cost of one eager call, shape {a.shape}, {a.dtype}, dropout {a.dropout}, P={a.slots}, "
           + f"device {a.device} (microseconds; see the module docstring for each column).\n\n" + table(rows, columns))
