@@ -198,3 +198,29 @@ def test_compiles_as_one_graph():
     idx = torch.randint(0, 40, (2, 12))
     compiled = torch.compile(model, fullgraph=True)
     assert rel_err(compiled(idx)[0], model(idx)[0]) < tolerances.FP32
+
+
+@pytest.mark.gpu
+def test_gpu_fused_matches_reference():
+    """On the GPU, the fused v2 model (Triton band attention and gated scan) against its reference path: float32
+    to tolerances.FP32 / FP32_CHAINED as on the CPU, and under bf16 autocast to the LOW_PRECISION steps of
+    v1's GPU test (both paths round activations to bf16 at different places)."""
+    torch.manual_seed(9)
+    model = MemoryMosaicV2(MosaicV2Config(n_layer=2, n_head=4, n_embd=128, vocab_size=64, window=48, delay_min=16,
+                                          delay_max=64, delay_eval=16)).cuda()
+    idx = torch.randint(0, 64, (4, 256), device="cuda")
+    delays = torch.tensor([16, 40, 64, 23], device="cuda")
+    for autocast, (tol, tol_grad) in ((False, (tolerances.FP32, tolerances.FP32_CHAINED)),
+                                      (True, (2 * tolerances.LOW_PRECISION, 5 * tolerances.LOW_PRECISION))):
+        out = {}
+        for kernels in ("reference", "fused"):
+            model.config.kernels = kernels
+            model.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                logits, loss = model(idx, idx, delay=delays)
+            loss.backward()
+            out[kernels] = (logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters()})
+        (l_ref, g_ref), (l_f, g_f) = out["reference"], out["fused"]
+        assert rel_err(l_f, l_ref) < tol, autocast
+        for name in g_ref:
+            assert rel_err(g_f[name], g_ref[name]) < tol_grad, (autocast, name)
