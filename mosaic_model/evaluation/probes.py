@@ -64,8 +64,8 @@ def last_row_attention(model: torch.nn.Module, idx: torch.Tensor) -> list[torch.
 def _band_row(memory: torch.nn.Module, k: torch.Tensor) -> torch.Tensor:
     """Logits (B, H, T-1) of a v2 memory's last row t = T-1 over the keys j < t: ``beta(n) <k_t, k_j>`` inside
     its band (short-term: t - window .. t - 1; long-term: 0 .. t - delay_eval), -inf outside."""
-    c, t = memory.config, k.shape[2] - 1
-    lo, hi = (max(t - c.window, 0), t - 1) if not memory.long_term else (0, t - c.delay_eval)
+    t = k.shape[2] - 1
+    lo, hi = memory.row_band(t, memory.config.delay_eval)
     beta = memory.bandwidth(torch.tensor([max(hi - lo + 1, 0)], device=k.device)).float().reshape(1, -1, 1)
     logits = beta * torch.einsum("bhd,bhjd->bhj", k[:, :, -1], k[:, :, :-1])
     j = torch.arange(t, device=k.device)

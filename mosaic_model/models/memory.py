@@ -131,6 +131,25 @@ class PeekAheadValueExtractor(nn.Module):
         v = ops_for(self.config, "peek_ahead_value").peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
         return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
 
+    def completed(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
+        """For cached decoding: v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t = W_v x_t (both in the
+        decoding dtype, float32 or float64): row 0 of the value op over the pair."""
+        pair = torch.stack([u_prev, u_t], dim=2)
+        return reference_ops.peek_ahead_value(pair, self.mix.to(u_t.dtype), scale=self.scale().to(u_t.dtype),
+                                              eps=self.config.norm_eps)[:, :, 0]
+
+
+def read_row(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
+    """For cached decoding: one attention row per head, ``softmax_j(k_t . K_j) V_j`` over the rows ``readable``
+    (all if None), with logits in the keys' dtype (float32 at least: autocast off, as the fused kernel keeps
+    them). A masked row gets a finite fill, so that an empty one (position 0 of a static cache) stays
+    finite, not NaN; the caller zeroes it."""
+    with torch.autocast(k_t.device.type, enabled=False):
+        scores = torch.einsum("bhd,bhjd->bhj", k_t, K)
+        if readable is not None:
+            scores = scores.masked_fill(~readable, -1e30)
+        return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
+
 
 class ContextMemory(nn.Module):
     """C-mem: ``y_t = sum_{s<t} softmax_s(k_t . k_s) v_s``, ``y_0 = 0``, then c_proj and dropout.
@@ -167,11 +186,11 @@ class ContextMemory(nn.Module):
         k_t, cache["key"] = self.key.step(x_t, cache.get("key"))
         u_t = self.value.W_v(x_t).float().view(B, H, -1)
         if "u_prev" in cache:
-            v_prev = self._completed_value(cache["u_prev"], u_t)
+            v_prev = self.value.completed(cache["u_prev"], u_t)
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
         cache["u_prev"] = u_t
         if "K" in cache:  # strictly causal: k_t reads the keys and values of positions j < t
-            y = self._read(k_t, cache["K"], cache["V"])
+            y = read_row(k_t, cache["K"], cache["V"])
             cache["K"] = torch.cat([cache["K"], k_t[:, :, None]], dim=2)
         else:  # position 0 has no key to read: y_0 = 0
             y = torch.zeros_like(k_t)
@@ -192,29 +211,13 @@ class ContextMemory(nn.Module):
         k_t, new_state = self.key.step(x_t, state)
         state.copy_(new_state)
         u_t = self.value.W_v(x_t).float().view(B, H, -1)
-        v_prev = self._completed_value(cache["u_prev"], u_t)  # at p = 0 a dummy, overwritten at p = 1
+        v_prev = self.value.completed(cache["u_prev"], u_t)  # at p = 0 a dummy, overwritten at p = 1
         cache["V"] = write_at(cache.get("V"), v_prev, (pos - 1).clamp(min=0), length)
         cache["u_prev"].copy_(u_t)
         cache["K"] = write_at(cache.get("K"), k_t, pos, length)
         readable = torch.arange(length, device=pos.device) < pos  # strictly causal: rows j < p
-        return self.c_proj((self._read(k_t, cache["K"], cache["V"], readable) * (pos > 0)).reshape(B, -1).to(x_t.dtype))
+        return self.c_proj((read_row(k_t, cache["K"], cache["V"], readable) * (pos > 0)).reshape(B, -1).to(x_t.dtype))
 
-    def _completed_value(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
-        """v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t: row 0 of the value op over the pair."""
-        pair = torch.stack([u_prev, u_t], dim=2)
-        return reference_ops.peek_ahead_value(pair, self.value.mix.float(), scale=self.value.scale().float(),
-                                              eps=self.config.norm_eps)[:, :, 0]
-
-    @staticmethod
-    def _read(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
-        """One attention row per head, ``softmax_j(k_t . K_j) V_j`` over the rows ``readable`` (all if
-        None), with float32 logits as the fused kernel keeps. A masked row gets a finite fill, so that
-        an empty one (position 0 of a static cache) stays finite, not NaN; the caller zeroes it."""
-        with torch.autocast(k_t.device.type, enabled=False):
-            scores = torch.einsum("bhd,bhjd->bhj", k_t, K)
-            if readable is not None:
-                scores = scores.masked_fill(~readable, -1e30)
-            return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
 
 
 class PersistentMemory(nn.Module):

@@ -26,7 +26,7 @@ from mosaic_kernels.leaky_average import stable_gate_and_decay
 
 from .config import MosaicV2Config
 from .generation import GenerateMixin, is_static, lm_loss
-from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, split_heads
+from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, read_row, split_heads
 
 
 class GatedKeyExtractor(nn.Module):
@@ -58,10 +58,13 @@ class GatedKeyExtractor(nn.Module):
         if not self.config.gated_keys:
             return ops.leaky_average(raw, torch.exp(-self.rate_bias.abs()), normalize=True, eps=self.config.norm_eps,
                                      **layout)
-        log_gate = self.W_g(x).float().transpose(1, 2)                                  # (B, H, T)
-        log_decay = -(self.W_l(x).float() + self.rate_bias).abs().transpose(1, 2)       # (B, H, T), <= 0
-        gate, decay = stable_gate_and_decay(log_gate, log_decay)
+        log_gate, log_decay = self._logs(x, torch.float32)
+        gate, decay = stable_gate_and_decay(log_gate.transpose(1, 2), log_decay.transpose(1, 2))   # (B, H, T) each
         return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
+
+    def _logs(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log g, log lambda) of x (..., d), each (..., H) in ``dtype``: ``W_g x`` and ``-|W_l x + b_l|``."""
+        return self.W_g(x).to(dtype), -(self.W_l(x).to(dtype) + self.rate_bias).abs()
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position of :meth:`forward` for cached decoding: x_t (B, d) -> the unit key (B, H, hs) in float32
@@ -75,8 +78,7 @@ class GatedKeyExtractor(nn.Module):
         if not self.config.gated_keys:
             s = raw if "s" not in cache else raw + torch.exp(-self.rate_bias.abs()).view(1, H, 1) * cache["s"]
         else:
-            log_gate = self.W_g(x_t).to(acc)                                           # (B, H)
-            log_decay = -(self.W_l(x_t).to(acc) + self.rate_bias).abs()
+            log_gate, log_decay = self._logs(x_t, acc)                                 # (B, H) each
             if "s" not in cache:
                 s, peak = raw, log_gate
             else:
@@ -135,6 +137,11 @@ class AssociativeMemory(nn.Module):
             return {"delay": delay}, (t[None, :] - delay[:, None] + 1).clamp_min(0)
         return {"delay": delay}, (t - delay + 1).clamp_min(0)
 
+    def row_band(self, t: int, delay: int) -> tuple[int, int]:
+        """(lo, hi): the keys lo <= j <= hi that row t reads (none when hi < lo): t - window .. t - 1 for the
+        short-term memory, 0 .. t - delay for the long-term one."""
+        return (max(t - self.config.window, 0), t - 1) if not self.long_term else (0, t - delay)
+
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, H, T, hs)."""
         k, v = self.key(x), self.value(x)
@@ -154,20 +161,17 @@ class AssociativeMemory(nn.Module):
         B, H = x_t.shape[0], c.n_head
         k = self.key.step(x_t, cache.setdefault("key", {}))
         u = val.W_v(x_t).to(k.dtype).view(B, H, -1)
-        if "u_prev" in cache:   # v_{pos-1} = scale * normalize((1 - c) W_v x_pos + c W_v x_{pos-1})
-            mix = val.mix.view(1, H, 1)
-            v_prev = F.normalize((1 - mix) * u + mix * cache["u_prev"], dim=-1, eps=c.norm_eps) * val.scale().view(1, H, 1)
+        if "u_prev" in cache:
+            v_prev = val.completed(cache["u_prev"], u)
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
         cache["u_prev"] = u
-        lo, hi = (max(pos - c.window, 0), pos - 1) if not self.long_term else (0, pos - c.delay_eval)
+        lo, hi = self.row_band(pos, c.delay_eval)
         y = torch.zeros_like(k)
         if hi >= lo:
             start = cache["start"]
             keys, vals = cache["K"][:, :, lo - start:hi + 1 - start], cache["V"][:, :, lo - start:hi + 1 - start]
-            beta = self.bandwidth(torch.tensor([hi - lo + 1], device=x_t.device))
-            beta = beta.view(1, H, 1) if beta.dim() == 2 else beta.view(1, H, 1)            # (H, 1) or (H,)
-            w = torch.softmax(beta * (keys @ k[..., None])[..., 0], dim=-1)               # (B, H, n)
-            y = (w[..., None] * vals).sum(dim=2)
+            beta = self.bandwidth(torch.tensor([hi - lo + 1], device=x_t.device)).reshape(1, H, 1)  # from (H, 1) or (H,)
+            y = read_row(k * beta, keys, vals)
         cache["K"] = torch.cat([cache["K"], k[:, :, None]], dim=2) if "K" in cache else k[:, :, None]
         cache.setdefault("start", pos)
         if not self.long_term and cache["K"].shape[2] > c.window:   # keys and values older than the window go
