@@ -234,7 +234,10 @@ def epoch_steps(num_train: int, batch_size: int, epochs: int, step_cap: int | No
     return per_epoch, steps if step_cap is None else min(steps, step_cap)
 
 
-V2_FIELDS = ("window", "delay_min", "delay_max", "delay_eval", "fixed_bandwidth", "ungated_keys")
+# Flags that one model alone reads: set on another model, they are an error, not silently ignored.
+MODEL_ONLY_FIELDS = {"output_layer": ("mosaic", "a Memory Mosaic"),
+                     **{name: ("mosaic-v2", "a Memory Mosaics v2") for name in
+                        ("window", "delay_min", "delay_max", "delay_eval", "fixed_bandwidth", "ungated_keys")}}
 
 
 def _check_model(c: TrainConfig) -> None:
@@ -245,12 +248,9 @@ def _check_model(c: TrainConfig) -> None:
     if c.reference_ops and (c.kernels != "fused" or c.model != "mosaic"):
         raise ConfigError("reference_ops", "picks ops of a Memory Mosaic's fused path (--model mosaic --kernels fused), "
                                            f"got --model {c.model} --kernels {c.kernels}")
-    if c.model != "mosaic" and c.output_layer != field_default("output_layer"):
-        raise ConfigError("output_layer", f"is a Memory Mosaic setting (--model mosaic), got --model {c.model}")
-    if c.model != "mosaic-v2":
-        for name in V2_FIELDS:
-            if getattr(c, name) != field_default(name):
-                raise ConfigError(name, f"is a Memory Mosaics v2 setting (--model mosaic-v2), got --model {c.model}")
+    for name, (model, label) in MODEL_ONLY_FIELDS.items():
+        if c.model != model and getattr(c, name) != field_default(name):
+            raise ConfigError(name, f"is {label} setting (--model {model}), got --model {c.model}")
     # Every other model field is the model config's to check: built once here with a stand-in vocabulary.
     config_class(c.model)(**c.model_config(block_size=c.block_size, vocab_size=1))
 
