@@ -37,7 +37,7 @@ from mosaic_model.cli.common import require_at_least_one
 from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig
 from mosaic_model.models.config import KERNEL_CHOICES
 
-from .grid import run_grid
+from .grid import keep, kept, run_file, run_grid, select_lr
 
 MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2), "gpt-3": ("gpt", 3)}
 VAL_SEED, TEST_SEED = 10_000, 20_000  # the held-out batches of seed s are drawn from VAL_SEED + s and TEST_SEED + s
@@ -70,11 +70,6 @@ def induction_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     pred = model(x)[0].argmax(-1)
     model.train()
     return float((pred == y)[scored].float().mean())
-
-
-def run_file(out: Path, name: str, lr: float, seed: int) -> Path:
-    """Where the result of one (model, learning rate, seed) run is kept."""
-    return out / "runs" / f"{name}-lr{lr:g}-s{seed}.json"
 
 
 def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool) -> dict:
@@ -111,17 +106,15 @@ def run_and_keep(name: str, seed: int, lr: float, a: argparse.Namespace, progres
     """One run in its own process: trains it unless its result file exists, writes the result (and, for the
     Memory Mosaic, its attention figure); returns the result without the model."""
     path = run_file(Path(a.out), name, lr, seed)
-    if path.exists():
-        return json.loads(path.read_text())
+    if (result := kept(path)) is not None:
+        return result
     torch.set_num_threads(threads)
     r = run(name, seed, lr, a, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     if MODELS[name][0] == "mosaic":
         figure = path.with_suffix(".png")
         r["attention_example"] = {"figure": figure.name, **_attention_example(r, figure)}
-    r = {k: v for k, v in r.items() if k not in ("model_obj", "held")}
-    path.write_text(json.dumps(r))
-    return r
+    return keep(path, {k: v for k, v in r.items() if k not in ("model_obj", "held")})
 
 
 def select(results: list[dict], models: list[str], lrs: list[float], seeds: list[int]) -> dict:
@@ -129,16 +122,9 @@ def select(results: list[dict], models: list[str], lrs: list[float], seeds: list
     rates with every seed finished compete), with that learning rate's test accuracies."""
     summary = {}
     for name in models:
-        by_lr = {}
-        for lr in lrs:
-            runs = [r for r in results if r["model"] == name and r["lr"] == lr]
-            if len(runs) == len(seeds):
-                by_lr[lr] = sorted(runs, key=lambda r: r["seed"])
-        if not by_lr:
+        if (selected := select_lr(results, name, lrs, seeds)) is None:
             continue
-        val_means = {lr: float(np.mean([r["final_val"] for r in runs])) for lr, runs in by_lr.items()}
-        best = max(val_means, key=val_means.get)
-        chosen = by_lr[best]
+        best, val_means, chosen = selected
         tests = [r["final_test"] for r in chosen]
         summary[name] = {"lr": best, "val_accuracy_by_lr": {f"{lr:g}": v for lr, v in sorted(val_means.items())},
                          "final_accuracy_mean": float(np.mean(tests)), "final_accuracy_std": float(np.std(tests)),

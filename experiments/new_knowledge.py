@@ -30,7 +30,7 @@ import torch
 from mosaic_model.cli.common import require_at_least_one
 from mosaic_model.models.build import build_model
 
-from .grid import run_grid
+from .grid import keep, kept, run_file, run_grid, select_lr
 
 NUM_FILLER, NUM_KEYS, NUM_VALUES = 64, 64, 64
 KEY0, VALUE0 = NUM_FILLER, NUM_FILLER + NUM_KEYS
@@ -98,18 +98,13 @@ def evaluations(name: str) -> dict:
     return {"": {}, "no long-term memory": {"delay": 10**9}} if name == "mosaic-v2" else {"": {}}
 
 
-def run_file(out: Path, name: str, lr: float, seed: int) -> Path:
-    """Where the result of one (model, learning rate, seed) run is kept."""
-    return out / "runs" / f"{name}-lr{lr:g}-s{seed}.json"
-
-
 def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, threads: int) -> dict:
     """Train one run (unless its result file exists) and test it at every length and fact count."""
     from tqdm.auto import tqdm
 
     path = run_file(Path(a.out), name, lr, seed)
-    if path.exists():
-        return json.loads(path.read_text())
+    if (result := kept(path)) is not None:
+        return result
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     device = torch.device(a.device)
@@ -140,11 +135,8 @@ def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, 
                 n = max(a.queries, a.eval_tokens // T)  # fewer sequences at long T, the same tokens
                 key = f"{label}|facts={facts}|T={T}" if label else f"facts={facts}|T={T}"
                 test[key] = accuracy(model, *batch(r, n, T, facts), max(1, a.eval_chunk * a.train_T // T), **forward)
-    result = {"model": name, "seed": seed, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
-              "curve": curve, "final_val": curve[-1][1], "test": test}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
+    return keep(path, {"model": name, "seed": seed, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
+                       "curve": curve, "final_val": curve[-1][1], "test": test})
 
 
 def select(results: list[dict], models: list[str], lrs: list[float], seeds: list[int]) -> dict:
@@ -152,13 +144,9 @@ def select(results: list[dict], models: list[str], lrs: list[float], seeds: list
     rates with every seed finished compete), with that learning rate's test accuracies (mean, std, per seed)."""
     summary = {}
     for name in models:
-        by_lr = {lr: [r for r in results if r["model"] == name and r["lr"] == lr] for lr in lrs}
-        by_lr = {lr: sorted(rs, key=lambda r: r["seed"]) for lr, rs in by_lr.items() if len(rs) == len(seeds)}
-        if not by_lr:
+        if (selected := select_lr(results, name, lrs, seeds)) is None:
             continue
-        val = {lr: float(np.mean([r["final_val"] for r in rs])) for lr, rs in by_lr.items()}
-        best = max(val, key=val.get)
-        chosen = by_lr[best]
+        best, val, chosen = selected
         summary[name] = {"lr": best, "val_accuracy_by_lr": {f"{lr:g}": v for lr, v in sorted(val.items())},
                          "seeds": [r["seed"] for r in chosen], "params": chosen[0]["params"],
                          "test": {k: {"mean": float(np.mean([r["test"][k] for r in chosen])),
