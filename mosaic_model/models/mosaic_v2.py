@@ -56,11 +56,14 @@ class GatedKeyExtractor(nn.Module):
         ops = ops_for(self.config, "leaky_average")
         layout = layout_for(self.config, "leaky_average")
         if not self.config.gated_keys:
-            return ops.leaky_average(raw, torch.exp(-self.rate_bias.abs()), normalize=True, eps=self.config.norm_eps,
-                                     **layout)
+            return ops.leaky_average(raw, self._constant_decay(), normalize=True, eps=self.config.norm_eps, **layout)
         log_gate, log_decay = self._logs(x, torch.float32)
         gate, decay = stable_gate_and_decay(log_gate.transpose(1, 2), log_decay.transpose(1, 2))   # (B, H, T) each
         return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
+
+    def _constant_decay(self) -> torch.Tensor:
+        """Without gated keys: v1's decay per head, ``exp(-|b_l|)`` (H,)."""
+        return torch.exp(-self.rate_bias.abs())
 
     def _logs(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(log g, log lambda) of x (..., d), each (..., H) in ``dtype``: ``W_g x`` and ``-|W_l x + b_l|``."""
@@ -76,7 +79,7 @@ class GatedKeyExtractor(nn.Module):
         acc = torch.promote_types(x_t.dtype, torch.float32)  # float32, or float64 for a float64 model
         raw = self.W_k(x_t).to(acc).view(B, H, -1)
         if not self.config.gated_keys:
-            s = raw if "s" not in cache else raw + torch.exp(-self.rate_bias.abs()).view(1, H, 1) * cache["s"]
+            s = raw if "s" not in cache else raw + self._constant_decay().view(1, H, 1) * cache["s"]
         else:
             log_gate, log_decay = self._logs(x_t, acc)                                 # (B, H) each
             if "s" not in cache:
