@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|trainer-flags|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
@@ -8,6 +8,8 @@
 #   pmem       bench_persistent_memory alone
 #   scan       bench_leaky_average alone
 #   host       host_cost: our wrapper, Triton's launcher and the GPU time of one eager call of each op
+#   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
+#              text folder $DATA (e.g. the books unpacked from .carry/books.tar.xz); MODELS picks the models
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
@@ -54,6 +56,9 @@ for PART in "${@:-all}"; do
     host|all)
       python3 -m benchmarks.host_cost --out "$OUT/host_cost.md" 2>/dev/null | tail -n 10
       python3 -m benchmarks.host_cost --dropout 0.05 --out "$OUT/host_cost_dropout.md" 2>/dev/null | tail -n 10 ;;&
+    trainer-flags)
+      python3 -m benchmarks.bench_trainer --data "${DATA:?trainer-flags: set DATA to a training text folder}" \
+        --doc-split file --models ${MODELS:-mosaic gpt} --out "$OUT/bench_trainer.md" 2>&1 | tail -n 16 ;;&
     training|all)
       python3 -m benchmarks.bench_training --out "$OUT/bench_training.md" 2>&1 | tail -n 45 ;;&
     training-eager)
