@@ -1,5 +1,6 @@
 """An induction head in one layer (the paper's claim that one Memory Mosaic layer does what a transformer
-needs two for): a 1-layer Memory Mosaic against 1-, 2- and 3-layer GPT2 of the same width and budget.
+needs two for): a 1-layer Memory Mosaic against 1-, 2- and 3-layer GPT2 (learned positions) and 1- and 2-layer
+llama-style transformers (rotary positions, SwiGLU, RMSNorm) of the same width and budget.
 
   python -m experiments.induction --out docs/figures/induction
   python -m experiments.induction --out runs/induction_control --models mosaic-1 gpt-2 gpt-3 \
@@ -34,12 +35,13 @@ import numpy as np
 import torch
 
 from mosaic_model.cli.common import require_at_least_one
-from mosaic_model.models import GPT, GPTConfig, MemoryMosaic, MosaicConfig
+from mosaic_model.models import GPT, GPTConfig, Llama, LlamaConfig, MemoryMosaic, MosaicConfig
 from mosaic_model.models.config import KERNEL_CHOICES
 
 from .grid import keep, kept, run_file, run_grid, select_lr
 
-MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2), "gpt-3": ("gpt", 3)}
+MODELS = {"mosaic-1": ("mosaic", 1), "gpt-1": ("gpt", 1), "gpt-2": ("gpt", 2), "gpt-3": ("gpt", 3),
+          "llama-1": ("llama", 1), "llama-2": ("llama", 2)}
 VAL_SEED, TEST_SEED = 10_000, 20_000  # the held-out batches of seed s are drawn from VAL_SEED + s and TEST_SEED + s
 
 
@@ -59,7 +61,9 @@ def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: in
 def build(kind: str, depth: int, a: argparse.Namespace) -> torch.nn.Module:
     """A model of the experiment (dropout 0, the sizes of ``a``)."""
     common = dict(n_layer=depth, n_head=a.heads, n_embd=a.width, block_size=a.T, vocab_size=a.vocab, dropout=0.0)
-    return MemoryMosaic(MosaicConfig(**common, kernels=a.kernels)) if kind == "mosaic" else GPT(GPTConfig(**common))
+    if kind == "mosaic":
+        return MemoryMosaic(MosaicConfig(**common, kernels=a.kernels))
+    return Llama(LlamaConfig(**common)) if kind == "llama" else GPT(GPTConfig(**common))
 
 
 @torch.no_grad()
@@ -235,7 +239,7 @@ def _plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"mosaic-1": "C0", "gpt-1": "C1", "gpt-2": "C2", "gpt-3": "C3"}
+    colors = {"mosaic-1": "C0", "gpt-1": "C1", "gpt-2": "C2", "gpt-3": "C3", "llama-1": "C4", "llama-2": "C5"}
     for name, r in summary["models"].items():
         for i, curve in enumerate(r["curves"]):
             steps, acc = zip(*curve)

@@ -68,3 +68,13 @@ def test_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as e:
         ind.main(argv)
     assert e.value.code == 2 and "error: --" in capsys.readouterr().err
+
+
+def test_llama_arms_build_at_the_width_and_depth_asked_and_train():
+    a = argparse.Namespace(T=16, vocab=8, seg=4, width=16, heads=2, warmup=1, steps=2, batch=4, eval_batch=8,
+                           eval_every=1, kernels="reference", device="cpu")
+    for name, depth in (("llama-1", 1), ("llama-2", 2)):
+        r = ind.run(name, 0, 3e-3, a, progress=False)
+        model = r["model_obj"]
+        assert type(model).__name__ == "Llama" and len(model.blocks) == depth and model.config.n_embd == 16
+        assert model.config.dropout == 0.0 and 0.0 <= r["final_test"] <= 1.0
