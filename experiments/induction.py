@@ -58,6 +58,22 @@ def make_batch(rng: np.random.Generator, batch: int, T: int, vocab: int, seg: in
     return t[:, :-1].contiguous(), t[:, 1:].contiguous(), torch.from_numpy(scored)
 
 
+def copy_rule_accuracy(x: torch.Tensor, y: torch.Tensor, scored: torch.Tensor, match: int = 1) -> float:
+    """Accuracy on the scored targets of the rule a classic induction head implements: find the most recent
+    earlier position whose last ``match`` tokens equal the current last ``match`` tokens, predict the token
+    that followed it (no such position: no prediction, counted wrong). With a small vocabulary the current
+    token has often occurred elsewhere too, so matching one token is ambiguous; a model that matches a
+    longer context can do better."""
+    hits = total = 0
+    for b, t in scored.nonzero().tolist():
+        row = x[b].tolist()
+        recent = row[t - match + 1:t + 1]
+        pred = next((row[j + 1] for j in range(t - 1, match - 2, -1) if row[j - match + 1:j + 1] == recent), None)
+        hits += pred == int(y[b, t])
+        total += 1
+    return hits / max(total, 1)
+
+
 def build(kind: str, depth: int, a: argparse.Namespace) -> torch.nn.Module:
     """A model of the experiment (dropout 0, the sizes of ``a``)."""
     common = dict(n_layer=depth, n_head=a.heads, n_embd=a.width, block_size=a.T, vocab_size=a.vocab, dropout=0.0)
@@ -218,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"config": {k: v for k, v in vars(a).items() if k not in ("quiet", "jobs")}, "chance": 1 / a.vocab,
                "selection": "per model, the learning rate of highest mean final validation accuracy; accuracies "
                             "reported on a separate test batch", "models": select(results, a.models, a.lrs, a.seeds)}
+    # What a classic induction head (one token matched) and a two-token match would score on the test batches.
+    test = [make_batch(np.random.default_rng(TEST_SEED + s), a.eval_batch, a.T, a.vocab, a.seg) for s in a.seeds]
+    summary["copy_rule_accuracy"] = {f"match {m}": float(np.mean([copy_rule_accuracy(*b, match=m) for b in test]))
+                                     for m in (1, 2)}
     for name, r in summary["models"].items():
         print(f"{name}: lr {r['lr']:g}, induction accuracy {r['final_accuracy_mean']:.3f} +- {r['final_accuracy_std']:.3f} "
               f"over seeds {a.seeds} (chance {1 / a.vocab:.3f})")

@@ -78,3 +78,16 @@ def test_llama_arms_build_at_the_width_and_depth_asked_and_train():
         model = r["model_obj"]
         assert type(model).__name__ == "Llama" and len(model.blocks) == depth and model.config.n_embd == 16
         assert model.config.dropout == 0.0 and 0.0 <= r["final_test"] <= 1.0
+
+
+def test_copy_rule_reads_the_token_after_the_most_recent_match():
+    x = torch.tensor([[5, 1, 2, 7, 1, 3, 9, 1]])
+    y = torch.tensor([[1, 2, 7, 1, 3, 9, 1, 3]])
+    scored = torch.zeros(1, 8, dtype=torch.bool)
+    scored[0, 7] = True                              # current token 1: last seen at 4, followed by 3
+    assert ind.copy_rule_accuracy(x, y, scored, match=1) == 1.0
+    # Two tokens (9, 1) never occurred before: no prediction, counted wrong.
+    assert ind.copy_rule_accuracy(x, y, scored, match=2) == 0.0
+    # On the task itself a one-token match is right whenever the segment's token is not repeated elsewhere.
+    xb, yb, sb = ind.make_batch(np.random.default_rng(0), 64, 64, 32, 8)
+    assert 0.3 < ind.copy_rule_accuracy(xb, yb, sb, match=1) < 0.9
