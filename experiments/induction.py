@@ -266,6 +266,9 @@ def _plot(summary: dict, path: Path) -> None:
             ax.plot(steps, acc, color=colors.get(name), alpha=0.8, lw=1.2,
                     label=f"{name} (lr {r['lr']:g})" if i == 0 else None)
     ax.axhline(summary["chance"], color="grey", ls=":", label="chance")
+    if "copy_rule_accuracy" in summary:
+        ax.axhline(summary["copy_rule_accuracy"]["match 1"], color="k", ls="--", lw=0.8,
+                   label="classic induction head (one-token copy rule)")
     ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens", title="induction in one layer", ylim=(0, 1.02))
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
