@@ -45,7 +45,7 @@ from mosaic_model.data import text
 from mosaic_model.evaluation.prompts import EOT, decode_tokens, default_prompts
 from mosaic_model.models.gpt import GPT
 from mosaic_model.models.memory import merge_heads
-from mosaic_model.training.checkpoint import load_model
+from mosaic_model.training.checkpoint import load_model, read_checkpoint
 from mosaic_model.training.config import TrainConfig
 from mosaic_model.training.tasks import LMTrainingTask
 
@@ -192,7 +192,10 @@ def decoding_study(model: torch.nn.Module, enc: object, a: argparse.Namespace, c
 
 def study(run: str, a: argparse.Namespace, enc: object) -> dict:
     """Every measurement of the module docstring for one run."""
-    model, ckpt = load_model(run, "cpu", **({} if ckpt_type(run) == "gpt" else {"kernels": "reference"}))
+    # Built on the reference ops (read_checkpoint first, since a GPT's config has no kernels field): the
+    # P-mem's backend is fixed when it is built, so set_kernels afterwards would not switch it.
+    kernels = {} if read_checkpoint(run)["model_type"] == "gpt" else {"kernels": "reference"}
+    model, ckpt = load_model(run, "cpu", **kernels)
     x, y = validation_windows(ckpt, a.windows, a.seed)
     r = {"run": run, "model_type": ckpt["model_type"], "step": ckpt["step"], "windows": a.windows,
          "block_size": x.shape[1], "text_repeats": float((y == x).double().mean())}
@@ -220,12 +223,6 @@ def study(run: str, a: argparse.Namespace, enc: object) -> dict:
             r["without_latest_key"] = {"teacher_forced": teacher_forced(model, x, y, a.batch),
                                        "decoding": decoding_study(model, enc, a, cached=False)}
     return r
-
-
-def ckpt_type(run: str) -> str:
-    """The model type of a run folder's checkpoint."""
-    from mosaic_model.training.checkpoint import read_checkpoint
-    return read_checkpoint(Path(run) / "ckpt.pt" if Path(run).is_dir() else run)["model_type"]
 
 
 def plot(results: list[dict], out: Path) -> None:
