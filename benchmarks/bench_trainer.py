@@ -59,15 +59,22 @@ def combinations(models: list[str], device: str) -> list[tuple[str, str, dict]]:
     return out
 
 
+SIZE_OPTIONS = ("n_layer", "n_embd", "n_head", "block_size", "batch_size")
+
+
+def size_overrides(a: argparse.Namespace) -> dict:
+    """The size options given on the command line (the preset's values stand for the others)."""
+    return {k: getattr(a, k) for k in SIZE_OPTIONS if getattr(a, k)}
+
+
 def config_for(model: str, fields: dict, a: argparse.Namespace, out_dir: Path):
     """The case's TrainConfig: the preset with the size options and the flags, one micro-step, logs every
     --warmup steps; the run stops after --warmup + --steps steps (``max_steps_this_run``) of a longer
     schedule, so that neither a periodic evaluation nor the final pass over the validation text runs."""
-    sizes = {k: getattr(a, k) for k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size") if getattr(a, k)}
     run = a.warmup + a.steps
     return preset(a.preset, model=model, data=a.data, doc_split=a.doc_split, device=a.device, grad_accum=1,
                   steps=10 * run, max_steps_this_run=run, log_every=a.warmup, eval_every=10 * run,
-                  out_dir=str(out_dir), overwrite=True, quiet=True, **sizes, **fields).resolved()
+                  out_dir=str(out_dir), overwrite=True, quiet=True, **size_overrides(a), **fields).resolved()
 
 
 def _sync(device: torch.device) -> None:
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     a = p.parse_args(argv)
-    require_at_least_one(p, a, ("warmup", "steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size"))
+    require_at_least_one(p, a, ("warmup", "steps", *SIZE_OPTIONS))
     if a.steps % a.warmup:
         p.error(f"--steps: expected a multiple of --warmup ({a.warmup}), got {a.steps}")
     if not Path(a.data).exists() and not a.data.startswith("hf:"):
@@ -165,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(model, label, fields, a, Path(work)))
             print(f"[{i}/{len(cases)}] {rows[-1]}", flush=True)
     add_over_gpt(rows)
-    sizes = {k: v for k, v in vars(a).items() if k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size") and v}
     md = (f"{header(command_line('benchmarks.bench_trainer'))}\n\nmosaic-train's step and loop, --preset {a.preset} "
-          f"with {json.dumps(sizes)}"
+          f"with {json.dumps(size_overrides(a))}"
           f", one micro-step; {a.steps} timed steps after {a.warmup}.\n\n"
           + table(rows, ["model", "flags", "step_ms", "tokens_per_s", "trainer_tok_s", "trainer_over_step", "over_gpt",
                          "peak_GiB"]))
