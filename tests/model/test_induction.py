@@ -88,6 +88,8 @@ def test_copy_rule_reads_the_token_after_the_most_recent_match():
     assert ind.copy_rule_accuracy(x, y, scored, match=1) == 1.0
     # Two tokens (9, 1) never occurred before: no prediction, counted wrong.
     assert ind.copy_rule_accuracy(x, y, scored, match=2) == 0.0
-    # On the task itself a one-token match is right whenever the segment's token is not repeated elsewhere.
+    # On the task itself a one-token match is right whenever the segment's token is not repeated elsewhere:
+    # 0.59 on 2,000 sequences; 64 sequences hold 448 scored targets, a binomial std of ~0.023, so the
+    # bounds are more than 10 std away, while a rule that never matched (0) or always did (1) fails.
     xb, yb, sb = ind.make_batch(np.random.default_rng(0), 64, 64, 32, 8)
     assert 0.3 < ind.copy_rule_accuracy(xb, yb, sb, match=1) < 0.9
