@@ -192,8 +192,7 @@ def decoding_study(model: torch.nn.Module, enc: object, a: argparse.Namespace, c
 
 def study(run: str, a: argparse.Namespace, enc: object) -> dict:
     """Every measurement of the module docstring for one run."""
-    # Built on the reference ops (read_checkpoint first, since a GPT's config has no kernels field): the
-    # P-mem's backend is fixed when it is built, so set_kernels afterwards would not switch it.
+    # Built on the reference ops (read_checkpoint first, since a GPT's config has no kernels field).
     kernels = {} if read_checkpoint(run)["model_type"] == "gpt" else {"kernels": "reference"}
     model, ckpt = load_model(run, "cpu", **kernels)
     x, y = validation_windows(ckpt, a.windows, a.seed)

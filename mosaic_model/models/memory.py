@@ -224,8 +224,9 @@ class PersistentMemory(nn.Module):
     """P-mem: ``y_t = exp(10 r_h) / m * sum_i sum_j softmax_j(k_t . K_i[h, j]) V_i[h, j]`` over learned
     slots shared by the batch (in place of the MLP; docs/MODEL.md 2), then c_proj and dropout.
 
-    The retrieval backend is chosen once, from the config: the official formulation (``kernels =
-    "reference"``), our Triton kernel (``pmem_kernel = "triton"``) or SDPA on folded rows (``"sdpa"``).
+    The retrieval backend is read from the config at every call (so that ``MemoryMosaic.set_kernels``
+    switches it with the C-mem ops): the official formulation (``kernels = "reference"``), our Triton
+    kernel (``pmem_kernel = "triton"``) or SDPA on folded rows (``"sdpa"``).
     Each takes the keys, the dropout rate and the per-head multiplier ``exp(10 r_h) / m`` and returns
     the scaled retrieval."""
 
@@ -240,10 +241,13 @@ class PersistentMemory(nn.Module):
         self.out_scale = nn.Parameter(torch.full((H,), -0.05))
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.kernels == "reference":
-            self.backend = "official"
-        else:
-            self.backend = "triton" if config.pmem_kernel == "triton" else "folded_sdpa"
+
+    @property
+    def backend(self) -> str:
+        """"official", "triton" or "folded_sdpa", from the config as it is now."""
+        if self.config.kernels == "reference":
+            return "official"
+        return "triton" if self.config.pmem_kernel == "triton" else "folded_sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its

@@ -114,6 +114,19 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
+@pytest.mark.parametrize("pmem_kernel, fused_backend", [("sdpa", "folded_sdpa"), ("triton", "triton")])
+def test_set_kernels_switches_the_persistent_memory_too(pmem_kernel, fused_backend):
+    # The P-mem backend once was fixed when the block was built, so set_kernels("reference") left the
+    # P-mem on the fused path while the C-mem ops moved.
+    m = tiny_mosaic(pmem_kernel=pmem_kernel, kernels="fused")
+    backends = lambda: {b.pmem.backend for b in m.blocks}  # noqa: E731
+    assert backends() == {fused_backend}
+    m.set_kernels("reference")
+    assert backends() == {"official"}
+    m.set_kernels("fused")
+    assert backends() == {fused_backend}
+
+
 @pytest.mark.parametrize("op", ["leaky_average", "peek_ahead_value", "mosaic_attention"])
 def test_reference_ops_run_the_named_op_on_its_reference_and_the_others_fused(op, monkeypatch):
     import mosaic_model.models.memory as memory

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Both studies of Memory Mosaics v2 (REPRODUCTION.md "Memory Mosaics v2 at our scale") at once, detached
+# from the device call that starts them, so that they run on across several calls of one warm machine
+# (a device call lasts at most 10 minutes; a process in its own session outlives it):
+#   bash experiments/v2_gpu.sh start LC_SECONDS ARM...   start long_context_gpu.sh (training stopped at
+#        LC_SECONDS, then the evaluations at 16k and 32k) with the arms named, and new_knowledge on the GPU
+#        (NK_MODELS, default "mosaic mosaic-v2 llama"; NK_SEEDS, default "0 1"; NK_JOBS runs at once,
+#        default 6; NK_ARGS, more flags), then return at once
+#   bash experiments/v2_gpu.sh collect WAIT_SECONDS     wait until both are done or WAIT_SECONDS have passed,
+#        then copy what they have written so far (no checkpoints) to $OUT: long_context.tgz,
+#        new_knowledge.tgz and both logs
+# Everything lives under /tmp/v2bg on the machine; the long-context arms and their sizes are
+# long_context_gpu.sh's (its head comment). Needs .carry/books.tar.xz.
+set -uo pipefail
+BG=/tmp/v2bg
+OUT=${OUT:-gpu-results}
+mode=${1:?usage: v2_gpu.sh start LC_SECONDS ARM... | collect WAIT_SECONDS}; shift
+case $mode in
+  start)
+    limit=${1:?start: give LC_SECONDS}; shift
+    mkdir -p $BG/lc $BG/nk
+    OUT=$BG/lc setsid nohup bash experiments/long_context_gpu.sh "$limit" "$@" > $BG/long_context.log 2>&1 < /dev/null &
+    echo $! > $BG/lc.pid
+    setsid nohup python -m experiments.new_knowledge --out $BG/nk --device cuda --jobs "${NK_JOBS:-6}" \
+      --models ${NK_MODELS:-mosaic mosaic-v2 llama} --seeds ${NK_SEEDS:-0 1} --quiet ${NK_ARGS:-} \
+      > $BG/new_knowledge.log 2>&1 < /dev/null &
+    echo $! > $BG/nk.pid
+    echo "started long_context (pid $(cat $BG/lc.pid)) and new_knowledge (pid $(cat $BG/nk.pid))" ;;
+  collect)
+    wait_s=${1:?collect: give WAIT_SECONDS}
+    mkdir -p "$OUT"
+    end=$((SECONDS + wait_s))
+    alive() { kill -0 "$(cat $BG/$1.pid)" 2>/dev/null; }
+    while (alive lc || alive nk) && [ $SECONDS -lt $end ]; do sleep 5; done
+    for s in lc nk; do alive $s && echo "$s: still running" || echo "$s: done"; done
+    cp $BG/lc/long_context.tgz "$OUT/" 2>/dev/null || echo "no long_context.tgz yet"
+    tar -czf "$OUT/new_knowledge.tgz" -C $BG --exclude='*.pt' nk
+    cp $BG/*.log "$OUT/"
+    tail -n 5 $BG/long_context.log; tail -n 5 $BG/new_knowledge.log
+    ls $BG/nk/runs 2>/dev/null | wc -l | xargs echo "new_knowledge runs finished:" ;;
+  *) echo "v2_gpu.sh: unknown mode $mode (start or collect)" >&2; exit 2 ;;
+esac
