@@ -8,6 +8,9 @@
 # 15 s and at the end). Arms: mosaic mosaic-v2 mosaic-v2-fixed-delay mosaic-v2-fixed-bandwidth
 # mosaic-v2-v1-keys llama. Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...
 # (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
+# Memory: each run takes about 16 GiB at these sizes (12 GiB of it the CUDA graph's pool); on 2026-12-05
+# eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
+# steps: keep to about seven.
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}

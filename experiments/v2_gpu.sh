@@ -9,7 +9,8 @@
 #   bash experiments/v2_gpu.sh collect WAIT_SECONDS     wait until both are done or WAIT_SECONDS have passed,
 #        then copy what they have written so far (no checkpoints) to $OUT: long_context.tgz,
 #        new_knowledge.tgz and both logs
-# Everything lives under /tmp/v2bg on the machine; the long-context arms and their sizes are
+# The machine is given back about 30 s after a call returns, and the detached runs with it: issue the next
+# collect at once. Everything lives under /tmp/v2bg on the machine; the long-context arms and their sizes are
 # long_context_gpu.sh's (its head comment). Needs .carry/books.tar.xz.
 set -uo pipefail
 BG=/tmp/v2bg
