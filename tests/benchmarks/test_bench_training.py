@@ -40,3 +40,13 @@ def test_v2_and_llama_build_at_the_benchmark_width_and_pair_in_the_ratios():
             dict(model="llama", layers=1, T=512, compile="no", ms=2.0, peak_GiB=1.0)]
     (r,) = ratios(rows)
     assert (r["v2_over_llama_time"], r["v2_over_llama_tokens_per_s"], r["v2_over_llama_memory"]) == (1.5, 2.0 / 3.0, 2.0)
+
+
+def test_heading_names_the_dropout_each_model_ran_with():
+    # The heading once printed v1's 0.05 for every case, also for v2 and llama, whose configs default to 0.
+    from benchmarks.bench_training import dropout_note
+
+    assert dropout_note(None, ["mosaic_v2", "llama"]) == "0 (the configs' default)"
+    assert dropout_note(None, ["mosaic_fused", "gpt2"]) == "0.05 (the configs' default)"
+    assert dropout_note(None, ["gpt2", "llama"]) == "the configs' defaults (gpt2 0.05, llama 0)"
+    assert dropout_note(0.1, ["gpt2", "llama"]) == "0.1"
