@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|trainer-flags|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
@@ -12,6 +12,8 @@
 #              text folder $DATA (e.g. the books unpacked from .carry/books.tar.xz); MODELS picks the models
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
+#   profiles   benchmarks.tools.profile_step: the 12-layer Memory Mosaic and GPT2 compiled at T=512 (issue 38), v2 and
+#              the llama-style model eager at T=2048 (issue 37's step): where each millisecond goes
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -70,6 +72,15 @@ for PART in "${@:-all}"; do
             --out "$OUT/bench_training_compiled_$T.md" 2>&1 | tail -n 16
         fi
       done ;;&
+    profiles)
+      for M in mosaic_fused gpt2; do
+        python3 -m benchmarks.tools.profile_step --model $M --T 512 --compile > "$OUT/profile_${M}_512_compiled.txt" 2>&1
+        tail -n 14 "$OUT/profile_${M}_512_compiled.txt"
+      done
+      for M in mosaic_v2 llama; do
+        python3 -m benchmarks.tools.profile_step --model $M --T 2048 > "$OUT/profile_${M}_2048.txt" 2>&1
+        tail -n 14 "$OUT/profile_${M}_2048.txt"
+      done ;;
     parity|all)
       for K in fused reference; do
         python3 -m mosaic_model.cli.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \

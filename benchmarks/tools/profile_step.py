@@ -5,6 +5,7 @@ and compares the sum of GPU kernel time with the unprofiled wall time of a step 
 time the GPU waits for the host).
 
 Usage: python -m benchmarks.tools.profile_step [--model mosaic_fused] [--layers 12] [--T 512] [--compile]
+       (--model mosaic_v2 or llama: Memory Mosaics v2 and its baseline, as bench_training builds them)
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench_training import MODELS, build, make_step
+from benchmarks.bench_training import MODELS, V2_MODELS, build, make_step
 
 # Kind of work, by kernel name (first match wins; matched case-insensitively).
 CATEGORIES = [
     ("inductor fused elementwise / reductions", ("triton_",)),
-    ("SDPA (cuDNN / flash): Mosaic P-mem, GPT2 attention", ("sdpa", "flash", "fmha", "cudnn")),
+    ("SDPA (cuDNN / flash): Mosaic P-mem, GPT2 and llama attention", ("sdpa", "flash", "fmha", "cudnn")),
     ("mosaic_attention (ours)", ("_attn_",)),
     ("row delta (ours: attention and P-mem backward)", ("_row_delta",)),
     ("leaky_average (ours)", ("_leaky_",)),
@@ -45,7 +46,7 @@ def category(name: str) -> str:
 def main() -> None:
     """Profile training steps of the chosen model and print the kernel time by category."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="mosaic_fused")
+    p.add_argument("--model", choices=MODELS + V2_MODELS, default="mosaic_fused")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--steps", type=int, default=3)
