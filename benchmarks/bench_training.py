@@ -57,10 +57,10 @@ def dropout_note(dropout: float | None, models) -> str:
     if dropout is not None:
         return f"{dropout:g}"
     defaults = {"mosaic_v2": MosaicV2Config.dropout, "llama": LlamaConfig.dropout, "gpt2": GPTConfig.dropout}
-    rates = sorted({defaults.get(m, MosaicConfig.dropout) for m in models})
-    if len(rates) == 1:
-        return f"{rates[0]:g} (the configs' default)"
-    return "the configs' defaults (" + ", ".join(f"{m} {defaults.get(m, MosaicConfig.dropout):g}" for m in models) + ")"
+    rate = {m: defaults.get(m, MosaicConfig.dropout) for m in models}  # the v1 cases take MosaicConfig's
+    if len(set(rate.values())) == 1:
+        return f"{next(iter(rate.values())):g} (the configs' default)"
+    return "the configs' defaults (" + ", ".join(f"{m} {r:g}" for m, r in rate.items()) + ")"
 
 
 def make_step(model, T: int, compiled: bool, compile_mode: str = "default"):

@@ -252,12 +252,13 @@ class PersistentMemory(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
         # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
-        k = self.key(x, heads_last=self.backend != "triton")  # (B, H, T, hs)
+        backend = self.backend  # derived from the config once per call
+        k = self.key(x, heads_last=backend != "triton")  # (B, H, T, hs)
         p = self.config.ic_dropout if self.training else 0.0
         c = self.multiplier()
-        if self.backend == "official":
+        if backend == "official":
             y = self._official(k, p, c)
-        elif self.backend == "triton":
+        elif backend == "triton":
             y = self._triton(k, p, c)
         else:
             y = self._folded_sdpa(k, p, c)
