@@ -9,7 +9,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
                  that CUDA's launch queue never fills, so the host never waits on the GPU.
     wrapper_us   the same with every Triton launch stubbed out (the launcher returns at once): our
                  Python, the argument checks, autograd and the tensor allocations alone.
-    launcher_us  host_us - wrapper_us: Triton's launcher and the driver.
+    launcher_us  host_us - wrapper_us: the compiled kernels' launcher and the driver.
+    host_triton_launch_us  host_us with every launch through Triton's ``kernel[grid](...)`` instead of the
+                 direct launch of the compiled kernel (mosaic_kernels/_triton_common.py, DIRECT_LAUNCH):
+                 the two alternate three times and each is the median of its three.
     eager_us     median wall time of one call (triton.testing.do_bench): what an eager step pays.
     graph_us     the call captured once as a CUDA graph and replayed: the GPU time alone.
     eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
@@ -53,7 +56,11 @@ def stubbed_launches() -> Iterator[None]:
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    from mosaic_kernels import _triton_common
+
     saved = {cls: cls.__dict__["run"] for cls in (JITFunction, InterpretedFunction)}
+    compiled = dict(_triton_common._COMPILED)  # direct launches need a compiled kernel: none while stubbed
+    _triton_common._COMPILED.clear()
     try:
         for cls in saved:
             cls.run = lambda self, *args, **kwargs: None
@@ -61,6 +68,22 @@ def stubbed_launches() -> Iterator[None]:
     finally:
         for cls, run in saved.items():
             cls.run = run
+        _triton_common._COMPILED.clear()
+        _triton_common._COMPILED.update(compiled)
+
+
+@contextlib.contextmanager
+def launch_path(direct: bool) -> Iterator[None]:
+    """Launch our kernels directly (``direct``, the default) or through Triton's ``kernel[grid]`` inside
+    this block (mosaic_kernels._triton_common.DIRECT_LAUNCH)."""
+    from mosaic_kernels import _triton_common
+
+    saved = _triton_common.DIRECT_LAUNCH
+    _triton_common.DIRECT_LAUNCH = direct
+    try:
+        yield
+    finally:
+        _triton_common.DIRECT_LAUNCH = saved
 
 
 def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, slots: int,
@@ -140,10 +163,19 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
             if op != "sdpa":  # no Triton launch to stub
                 with stubbed_launches():
                     row["wrapper_us"] = issue_us(fn, calls, reps)
-            if device == "cuda":
+            if device == "cuda" and op == "sdpa":
                 row["host_us"] = issue_us(fn, calls, reps)
-                if "wrapper_us" in row:
-                    row["launcher_us"] = row["host_us"] - row["wrapper_us"]
+            elif device == "cuda":
+                # A/B of the launch path, alternated so that the host's drift falls on both alike.
+                direct, through_triton = [], []
+                for _ in range(3):
+                    with launch_path(True):
+                        direct.append(issue_us(fn, calls, reps))
+                    with launch_path(False):
+                        through_triton.append(issue_us(fn, calls, reps))
+                row["host_us"], row["host_triton_launch_us"] = statistics.median(direct), statistics.median(through_triton)
+                row["launcher_us"] = row["host_us"] - row["wrapper_us"]
+            if device == "cuda":
                 row["eager_us"] = bench_ms(fn) * 1e3
                 row["graph_us"] = bench_graph_ms(fn) * 1e3
                 row["eager/graph"] = row["eager_us"] / row["graph_us"]
@@ -199,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._common import command_line, emit, header, table
 
     rows = measure(a.ops, a.shape, getattr(torch, a.dtype), a.device, a.slots, a.dropout, a.calls, a.reps)
-    columns = ["op", "mode", "wrapper_us"] + (["host_us", "launcher_us", "eager_us", "graph_us", "eager/graph",
+    columns = ["op", "mode", "wrapper_us"] + (["host_us", "host_triton_launch_us", "launcher_us", "eager_us",
+                                               "graph_us", "eager/graph",
                                                "over_sdpa"] if a.device == "cuda" else [])
     md = (header(command_line("benchmarks.host_cost")) + "\n\n"
           + f"Host cost of one eager call, shape {a.shape}, {a.dtype}, dropout {a.dropout}, P={a.slots}, "

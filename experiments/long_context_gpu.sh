@@ -10,11 +10,11 @@
 # (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
 # Memory: each run takes about 16 GiB at these sizes (12 GiB of it the CUDA graph's pool); on 2026-12-05
 # eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
-# steps: keep to about seven.
+# steps: keep to about seven, or set GRAPH=0 (eager steps, no graph pool) to run every arm at once.
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}
-export MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1
+export MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT" /tmp/books_all /tmp/lc/train_books /tmp/lc/heldout_books /tmp/lc/evals
 tar -xJf $DATA/books.tar.xz -C /tmp/books_all
 books=$(find /tmp/books_all -name '*.txt' | sort)
@@ -27,7 +27,8 @@ packer=$!
 python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/lc/train_books', doc_split='file', workers=16, progress=False); l('/tmp/lc/heldout_books', doc_split='file', progress=False)"
 common=(--data /tmp/lc/train_books --width "${WIDTH:-256}" --depths "${DEPTH:-4}" --block-size "${T:-1024}"
         --batch-size "${BATCH:-16}" --steps "${STEPS:-1500}" --lrs ${LRS:-0.001 0.002 0.005} --seeds ${SEEDS:-0}
-        --parallel "${PARALLEL:-3}" --time-limit "$limit" --cuda-graph)
+        --parallel "${PARALLEL:-3}" --time-limit "$limit")
+[ "${GRAPH:-1}" = 1 ] && common+=(--cuda-graph)
 for arm in "$@"; do
   case $arm in
     mosaic|llama) model=$arm; extra=() ;;

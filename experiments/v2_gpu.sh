@@ -5,7 +5,7 @@
 #   bash experiments/v2_gpu.sh start LC_SECONDS ARM...   start long_context_gpu.sh (training stopped at
 #        LC_SECONDS, then the evaluations at 16k and 32k) with the arms named, and new_knowledge on the GPU
 #        (NK_MODELS, default "mosaic mosaic-v2 llama"; NK_SEEDS, default "0 1"; NK_JOBS runs at once,
-#        default 6; NK_ARGS, more flags), then return at once
+#        default 6; NK_ARGS, more flags; NK=0 starts the long-context study alone), then return at once
 #   bash experiments/v2_gpu.sh collect WAIT_SECONDS     wait until both are done or WAIT_SECONDS have passed,
 #        then copy what they have written so far (no checkpoints) to $OUT: long_context.tgz,
 #        new_knowledge.tgz and both logs
@@ -22,6 +22,7 @@ case $mode in
     mkdir -p $BG/lc $BG/nk
     OUT=$BG/lc setsid nohup bash experiments/long_context_gpu.sh "$limit" "$@" > $BG/long_context.log 2>&1 < /dev/null &
     echo $! > $BG/lc.pid
+    [ "${NK:-1}" = 1 ] || { echo "started long_context (pid $(cat $BG/lc.pid)); new_knowledge not (NK=0)"; exit 0; }
     setsid nohup python -m experiments.new_knowledge --out $BG/nk --device cuda --jobs "${NK_JOBS:-6}" \
       --models ${NK_MODELS:-mosaic mosaic-v2 llama} --seeds ${NK_SEEDS:-0 1} --quiet ${NK_ARGS:-} \
       > $BG/new_knowledge.log 2>&1 < /dev/null &
@@ -31,13 +32,13 @@ case $mode in
     wait_s=${1:?collect: give WAIT_SECONDS}
     mkdir -p "$OUT"
     end=$((SECONDS + wait_s))
-    alive() { kill -0 "$(cat $BG/$1.pid)" 2>/dev/null; }
+    alive() { [ -f $BG/$1.pid ] && kill -0 "$(cat $BG/$1.pid)" 2>/dev/null; }
     while (alive lc || alive nk) && [ $SECONDS -lt $end ]; do sleep 5; done
     for s in lc nk; do alive $s && echo "$s: still running" || echo "$s: done"; done
     cp $BG/lc/long_context.tgz "$OUT/" 2>/dev/null || echo "no long_context.tgz yet"
-    tar -czf "$OUT/new_knowledge.tgz" -C $BG --exclude='*.pt' nk
+    [ -d $BG/nk ] && tar -czf "$OUT/new_knowledge.tgz" -C $BG --exclude='*.pt' nk
     cp $BG/*.log "$OUT/"
-    tail -n 5 $BG/long_context.log; tail -n 5 $BG/new_knowledge.log
+    tail -n 5 $BG/*.log
     ls $BG/nk/runs 2>/dev/null | wc -l | xargs echo "new_knowledge runs finished:" ;;
   *) echo "v2_gpu.sh: unknown mode $mode (start or collect)" >&2; exit 2 ;;
 esac

@@ -174,8 +174,23 @@ def per_head_tensor(value: float | torch.Tensor | None, n_head: int, like: torch
     if value is None:
         value = default
     if isinstance(value, float):
-        return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
+        if like.device.type != "cuda" or torch.compiler.is_compiling():
+            return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
+        # A constant the kernels only read: built once per (value, H, GPU), not filled on the device at every
+        # call (a fill launch each, in an eager step: issue 38). Never built during a CUDA graph capture, whose
+        # fill would run only at replay.
+        key = (value, n_head, like.device)
+        if key not in _CONSTANT_HEADS:
+            if torch.cuda.is_current_stream_capturing():
+                return torch.full((n_head,), value, dtype=torch.float32, device=like.device)
+            if len(_CONSTANT_HEADS) >= 256:
+                _CONSTANT_HEADS.clear()
+            _CONSTANT_HEADS[key] = torch.full((n_head,), value, dtype=torch.float32, device=like.device)
+        return _CONSTANT_HEADS[key]
     return value.float().contiguous()
+
+
+_CONSTANT_HEADS: dict = {}  # (value, H, device) -> the (H,) float32 tensor per_head_tensor hands the kernels
 
 
 def check_dropout(dropout_p: object, generator: object) -> float:

@@ -12,12 +12,15 @@ backward kernels regenerate the same mask whatever their tiles, and nothing is s
 """
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
+from triton.runtime.jit import JITFunction
 
 from ._common import cdiv
 
@@ -31,8 +34,66 @@ def _fit_key(kernel, meta: dict) -> tuple:
     return kernel, device, tuple(sorted(meta.items()))
 
 
+# Direct launches. ``kernel[grid](*args)`` spends most of its host time choosing the compiled variant that
+# the arguments select: it binds every argument to its parameter, specialises each (dtype, 16-byte alignment,
+# divisibility by 16 of integers), builds a cache key that includes the printed launch options, and reads
+# Triton's runtime settings. Our launches repeat a handful of argument sets per training step, so ``launch``
+# remembers the compiled kernel per (kernel, device, launch settings, arguments) and launches it directly the
+# next time the same key comes. The key holds every integer's exact value and every tensor's dtype and address
+# modulo 16: at least as fine as Triton's specialisation, so a hit can only select the variant Triton's own
+# path would select. What is skipped: the binding, the key, and Triton's check that the kernel's globals did
+# not change since it was compiled (ours are module constants), and the options Triton reads from its settings
+# at each launch (TRITON_DEBUG set after the first launch takes effect on new keys only). The launch itself is
+# the compiled kernel's own (``compiled[grid](*args, stream=...)``), so launch hooks (the profilers') still
+# run. MOSAIC_DIRECT_LAUNCH=0, or DIRECT_LAUNCH = False, takes Triton's path for every launch.
+DIRECT_LAUNCH = os.environ.get("MOSAIC_DIRECT_LAUNCH", "1") != "0"
+_COMPILED: dict = {}
+_COMPILED_MAX = 4096  # cached generation sees a new T each token: forget everything past this many keys
+_SIGNATURES: dict = {}  # kernel -> (parameter names, their defaults)
+_RUNTIME: list = []  # [get_current_device, get_current_stream] once a direct launch ran
+
+
+def launch_key(kernel, device: int, args: tuple, meta: dict) -> tuple:
+    """The direct-launch cache key of ``kernel[grid](*args, **meta)`` on CUDA device ``device``: integers
+    by value, tensors by (dtype, address mod 16), other arguments (floats, bools, None) by type and, for
+    bools and None, value; the launch settings with their names, in the caller's order."""
+    return (id(kernel), device, tuple(meta.items()),  # kernels are module globals: their ids stay theirs
+            tuple(a if type(a) is int else (a.dtype, a.data_ptr() % 16) if isinstance(a, torch.Tensor)
+                  else (float,) if type(a) is float else (type(a), a) for a in args))
+
+
+def _tail_args(kernel, n_args: int, meta: dict) -> tuple | None:
+    """The values of the parameters after the first ``n_args`` in signature order (``meta`` by name, or
+    the default): with the positional arguments, every parameter's value, which is what Triton's own launch
+    hands the compiled kernel (the constexprs too; its launcher skips them). None when one has no value."""
+    if kernel not in _SIGNATURES:
+        params = inspect.signature(kernel.fn).parameters
+        _SIGNATURES[kernel] = (tuple(params), {n: p.default for n, p in params.items()
+                                               if p.default is not inspect.Parameter.empty})
+    names, defaults = _SIGNATURES[kernel]
+    tail = []
+    for name in names[n_args:]:
+        if name in meta:
+            tail.append(meta[name])
+        elif name in defaults:
+            tail.append(defaults[name])
+        else:
+            return None
+    return tuple(tail)
+
+
+def _direct_runtime() -> list:
+    """[get_current_device, get_current_stream] of Triton's active driver: the device and stream its own
+    launch would use."""
+    if not _RUNTIME:
+        drv = triton.runtime.driver.active
+        _RUNTIME.extend((drv.get_current_device, drv.get_current_stream))
+    return _RUNTIME
+
+
 def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """``kernel[grid](*args, **meta)``, retried with one pipeline stage fewer (down to 1) while Triton
+    """``kernel[grid](*args, **meta)``, the compiled kernel launched directly when the same arguments came
+    before (see DIRECT_LAUNCH above), and retried with one pipeline stage fewer (down to 1) while Triton
     reports that the config needs more shared memory than this GPU has.
 
     The tile tables were tuned on an H200 (227 KiB of shared memory a block); a GPU with less, or a
@@ -42,6 +103,15 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     config, so the results do not change with it (tests/kernels/test_launch.py checks this bitwise on
     the GPU). The depth that fit is remembered per kernel, device and config, so the failing compile
     happens once; Triton raises before anything is enqueued, so a failed try has no effect."""
+    direct = DIRECT_LAUNCH and type(kernel) is JITFunction
+    if direct:
+        get_device, get_stream = _direct_runtime()
+        device = get_device()
+        dkey = launch_key(kernel, device, args, meta)
+        hit = _COMPILED.get(dkey)
+        if hit is not None:  # (the compiled kernel, the values of the parameters after ``args``)
+            hit[0][grid](*args, *hit[1], stream=get_stream(device))
+            return
     key = None
     if _FITTED_STAGES:
         key = _fit_key(kernel, meta)
@@ -49,7 +119,13 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
             meta = {**meta, "num_stages": _FITTED_STAGES[key]}
     while True:
         try:
-            kernel[grid](*args, **meta)
+            compiled = kernel[grid](*args, **meta)
+            # Triton returns the compiled kernel it launched (None when a test stubs the launch out).
+            tail = _tail_args(kernel, len(args), meta) if direct and compiled is not None else None
+            if tail is not None:
+                if len(_COMPILED) >= _COMPILED_MAX:
+                    _COMPILED.clear()
+                _COMPILED[dkey] = (compiled, tail)
             return
         except OutOfResources as e:
             stages = meta.get("num_stages", 3)  # Triton's default depth
@@ -83,8 +159,8 @@ def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, emp
     """delta = rowsum(y * dy) as (B, H, T) float32, for (B, H, T, D) views y (last stride 1) and dy."""
     B, H, T, D = y.shape
     delta = empty((B, H, T), device=y.device, dtype=torch.float32)
-    _row_delta_kernel[(cdiv(T, block_m), B * H)](
-        y, dy, delta, *y.stride()[:3], *dy.stride(), H, T, D, BLOCK_M=block_m, BLOCK_D=block_d)
+    launch(_row_delta_kernel, (cdiv(T, block_m), B * H),
+           y, dy, delta, *y.stride()[:3], *dy.stride(), H, T, D, BLOCK_M=block_m, BLOCK_D=block_d)
     return delta
 
 

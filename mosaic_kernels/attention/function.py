@@ -185,16 +185,18 @@ def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delay
 
 def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
               seed: torch.Tensor, threshold: int, window: int, delay: int, delays: torch.Tensor | None,
-              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dk, dv, d(scale) in float32, of the scale's shape)."""
+              scale_grad: bool, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, dv, d(scale) in float32, of the scale's shape; unwritten when not ``scale_grad``)."""
     dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold,
                                       window=None if window < 0 else window, delay=delay, delays=delays)
+    if not scale_grad:  # a constant scale (the model's None): skip the partials' sum, one launch fewer
+        return dk, dv, part.new_empty(scale.shape)
     # Fixed orders of summation: deterministic. Per head, the programs' partials over (b, blocks); per row
     # (H, T), the batch; per row (B, H, T), nothing.
     return dk, dv, part.sum(dim=(0, 2)) if scale.dim() == 1 else part.sum(dim=0) if scale.dim() == 2 else part
 
 
-def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, dy):
+def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, scale_grad, dy):
     return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty(scale.shape, dtype=torch.float32)
 
 
@@ -207,12 +209,13 @@ def _save(ctx, inputs, outputs):
 def _backward_args(ctx, dy):
     k, v, y, lse, scale, seed, delays = ctx.saved_tensors
     threshold, window, delay = ctx.meta
-    return k, v, y, lse, scale, seed, threshold, window, delay, delays, dy
+    return k, v, y, lse, scale, seed, threshold, window, delay, delays, ctx.needs_input_grad[2], dy
 
 
 ATTENTION = fused_op("attention", forward=_forward, fake_forward=_fake_forward, backward=_backward,
                      fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
-                     input_grads=lambda ctx, grads: (*grads, None, None, None, None, None, None))
+                     input_grads=lambda ctx, grads: (grads[0], grads[1], grads[2] if ctx.needs_input_grad[2] else None,
+                                                     None, None, None, None, None, None))
 attention_fwd, attention_bwd = ATTENTION.fwd, ATTENTION.bwd
 
 
