@@ -2,9 +2,9 @@
 # One device call of the length-extrapolation study (experiments/long_context.py; REPRODUCTION.md "Memory
 # Mosaics v2 at our scale"): the arms named on the command line train at once on the children's books
 # (HELDOUT whole books, default 16, set aside first), each process stopped cleanly at TRAIN_SECONDS, then
-# every finished run is scored on the held-out books at each of LENGTHS (default 16384 32768) with
-# mosaic-eval per-position --full-length. Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS
-# "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
+# every finished run (EVAL=selected: those of the selected learning rate) is scored on the held-out books at
+# each of LENGTHS (default 16384 32768) with mosaic-eval per-position --full-length, the arms at once.
+# Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
 # 15 s and at the end). Arms: mosaic mosaic-v2 mosaic-v2-fixed-delay mosaic-v2-fixed-bandwidth
 # mosaic-v2-v1-keys llama. Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...
 # (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
@@ -42,15 +42,23 @@ for arm in "$@"; do
     > /tmp/lc/$arm.log 2>&1 &
 done
 wait $(jobs -p | grep -v "^$packer$")
+# Evaluation, the arms at once: every finished run, or with EVAL=selected only the runs of the learning rate
+# that the report selects (lowest mean final validation loss: long_context.select_runs).
 for arm in "$@"; do
-  runs=$(for r in /tmp/lc/$arm/*-L*; do grep -q '"split": "final"' $r/metrics.jsonl 2>/dev/null && echo $r; done)
+  if [ "${EVAL:-all}" = selected ]; then
+    runs=$(python -c "import sys; from pathlib import Path; from experiments.long_context import select_runs as s
+r = s(Path(sys.argv[1])); print(' '.join(r['runs']) if r else '')" /tmp/lc/$arm)
+  else
+    runs=$(for r in /tmp/lc/$arm/*-L*; do grep -q '"split": "final"' $r/metrics.jsonl 2>/dev/null && echo $r; done)
+  fi
   [ -z "$runs" ] && { echo "$arm: no finished run"; continue; }
   for L in ${LENGTHS:-16384 32768}; do
     mosaic-eval per-position $runs --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
       --batch-size 1 --device cuda --quiet --out /tmp/lc/evals/${arm}_T$L > /tmp/lc/evals/${arm}_T$L.log 2>&1 \
       || tail -n 3 /tmp/lc/evals/${arm}_T$L.log
-  done
+  done &
 done
+wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
 tail -n 2 /tmp/lc/*.log
 pack final
