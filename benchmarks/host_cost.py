@@ -9,10 +9,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
                  that CUDA's launch queue never fills, so the host never waits on the GPU.
     wrapper_us   the same with every Triton launch stubbed out (the launcher returns at once): our
                  Python, the argument checks, autograd and the tensor allocations alone.
-    launcher_us  host_us - wrapper_us: the compiled kernels' launcher and the driver.
-    host_triton_launch_us  host_us with every launch through Triton's ``kernel[grid](...)`` instead of the
-                 direct launch of the compiled kernel (mosaic_kernels/_triton_common.py, DIRECT_LAUNCH):
-                 the two alternate three times and each is the median of its three.
+    launcher_us  host_us - wrapper_us: Triton's launcher and the driver.
+    host_direct_us  host_us with the direct launch of the compiled kernels (mosaic_kernels/_triton_common.py,
+                 DIRECT_LAUNCH; off by default) instead of Triton's ``kernel[grid](...)``: the two paths
+                 alternate three times and each is the median of its three.
     eager_us     median wall time of one call (triton.testing.do_bench): what an eager step pays.
     graph_us     the call captured once as a CUDA graph and replayed: the GPU time alone.
     eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
@@ -74,7 +74,7 @@ def stubbed_launches() -> Iterator[None]:
 
 @contextlib.contextmanager
 def launch_path(direct: bool) -> Iterator[None]:
-    """Launch our kernels directly (``direct``, the default) or through Triton's ``kernel[grid]`` inside
+    """Launch our kernels directly (``direct``) or through Triton's ``kernel[grid]`` (the default) inside
     this block (mosaic_kernels._triton_common.DIRECT_LAUNCH)."""
     from mosaic_kernels import _triton_common
 
@@ -173,7 +173,7 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
                         direct.append(issue_us(fn, calls, reps))
                     with launch_path(False):
                         through_triton.append(issue_us(fn, calls, reps))
-                row["host_us"], row["host_triton_launch_us"] = statistics.median(direct), statistics.median(through_triton)
+                row["host_us"], row["host_direct_us"] = statistics.median(through_triton), statistics.median(direct)
                 row["launcher_us"] = row["host_us"] - row["wrapper_us"]
             if device == "cuda":
                 row["eager_us"] = bench_ms(fn) * 1e3
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._common import command_line, emit, header, table
 
     rows = measure(a.ops, a.shape, getattr(torch, a.dtype), a.device, a.slots, a.dropout, a.calls, a.reps)
-    columns = ["op", "mode", "wrapper_us"] + (["host_us", "host_triton_launch_us", "launcher_us", "eager_us",
+    columns = ["op", "mode", "wrapper_us"] + (["host_us", "host_direct_us", "launcher_us", "eager_us",
                                                "graph_us", "eager/graph",
                                                "over_sdpa"] if a.device == "cuda" else [])
     md = (header(command_line("benchmarks.host_cost")) + "\n\n"

@@ -15,8 +15,10 @@ Each run is evaluated on held-out books (whole books the training never saw) wit
 per-position --full-length`` at each evaluation length, into ``DIR/evals/<arm>_T<length>.json``.
 
 ``report`` selects, per arm, the learning rate of lowest mean final validation loss over its seeds (the
-training text's own held-out split; never the evaluation books), then writes ``summary.json`` (the mean
-loss per position band, per arm, over the selected runs' seeds) and ``loss_by_position.png``.
+training text's own held-out split; never the evaluation books; ``--unfinished``: runs a time limit stopped
+compete on their last validation loss), then writes ``summary.json`` (the mean loss per position band and
+per bin of ``--bin`` positions, per arm, over the selected runs' seeds; the bands of every evaluated run)
+and ``loss_by_position.png``.
 """
 from __future__ import annotations
 
@@ -34,24 +36,46 @@ ARMS = ("mosaic", "mosaic-v2", "mosaic-v2-fixed-delay", "mosaic-v2-fixed-bandwid
 RUN = re.compile(r".*-L(?P<depth>\d+)-lr(?P<lr>[^-]+)(-s(?P<seed>\d+))?$")
 
 
-def final_val_loss(run: Path) -> float | None:
-    """The run's final validation loss (its ``final`` record), or None when it did not finish."""
-    finals = [r["loss"] for r in metrics(run) if r.get("split") == "final"]
-    return finals[-1] if finals else None
+def final_val_loss(run: Path, unfinished: bool = False) -> float | None:
+    """The run's final validation loss (its ``final`` record), or None when it did not finish; with
+    ``unfinished``, a run stopped early (a time limit) gives its last validation record's loss instead."""
+    records = metrics(run)
+    finals = [r["loss"] for r in records if r.get("split") == "final"]
+    if finals or not unfinished:
+        return finals[-1] if finals else None
+    vals = [r["loss"] for r in records if r.get("split") == "val"]
+    return vals[-1] if vals else None
 
 
-def select_runs(arm_dir: Path) -> dict | None:
+def last_step(run: Path) -> int | None:
+    """The step of the run's last record (where a stopped run stopped)."""
+    steps = [r["step"] for r in metrics(run) if "step" in r]
+    return max(steps) if steps else None
+
+
+def select_runs(arm_dir: Path, unfinished: bool = False) -> dict | None:
     """The learning rate of lowest mean final validation loss over its finished seeds (only learning rates
-    whose every seed finished compete): {"lr", "runs", "val_loss_by_lr"}; None when no run finished."""
+    whose every seed finished compete; with ``unfinished``, runs stopped early compete on their last
+    validation loss): {"lr", "runs", "val_loss_by_lr", "steps"}; None when no run qualifies."""
     by_lr: dict[str, list[tuple[Path, float | None]]] = {}
     for run in sorted(p for p in arm_dir.iterdir() if p.is_dir() and RUN.match(p.name)):
-        by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(run)))
+        by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(run, unfinished)))
     done = {lr: runs for lr, runs in by_lr.items() if all(v is not None for _, v in runs)}
     if not done:
         return None
     means = {lr: float(np.mean([v for _, v in runs])) for lr, runs in done.items()}
     best = min(means, key=means.get)
-    return {"lr": best, "runs": [str(r) for r, _ in done[best]], "val_loss_by_lr": means}
+    return {"lr": best, "runs": [str(r) for r, _ in done[best]], "val_loss_by_lr": means,
+            "steps": {r.name: last_step(r) for runs in done.values() for r, _ in runs}}
+
+
+def binned(loss: np.ndarray, count: np.ndarray, width: int) -> list[float]:
+    """Mean loss over consecutive bins of ``width`` positions, each position weighted by its documents."""
+    out = []
+    for lo in range(0, len(loss), width):
+        c = count[lo:lo + width]
+        out.append(float(np.sum(loss[lo:lo + width] * c) / np.sum(c)) if np.sum(c) else float("nan"))
+    return out
 
 
 def bands(T_train: int, length: int) -> list[tuple[int, int]]:
@@ -76,26 +100,31 @@ def cmd_report(a: argparse.Namespace) -> int:
     """Select, average over seeds, write summary.json and the figure."""
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    summary = {"train_T": a.train_T, "arms": {}}
+    summary = {"train_T": a.train_T, "selected_on": "last validation loss (runs stopped early)" if a.unfinished
+               else "final validation loss", "bin": a.bin, "arms": {}}
     curves = {}
     for arm in ARMS:
-        chosen = select_runs(root / arm) if (root / arm).is_dir() else None
+        chosen = select_runs(root / arm, a.unfinished) if (root / arm).is_dir() else None
         if chosen is None:
             continue
-        entry = {**chosen, "by_length": {}}
+        entry = {**chosen, "by_length": {}, "every_run": {}}
+        picked = {Path(r).name for r in chosen["runs"]}
         for path in sorted((root / "evals").glob(f"{arm}_T*.json")):
             length = int(path.stem.rsplit("_T", 1)[1])
-            results = json.loads(path.read_text())["results"]
-            rows = [results[r] for r in chosen["runs"] if r in results]
+            edges = bands(a.train_T, length)
+            # Evaluations are matched to runs by folder name, so that a study's folder can move.
+            results = {Path(r).name: v for r, v in json.loads(path.read_text())["results"].items()}
+            for name, r in results.items():  # every evaluated run, selected or not (same-rate comparisons)
+                entry["every_run"].setdefault(name, {})[str(length)] = band_means(r["loss"], r["documents"], edges)
+            rows = [results[n] for n in sorted(picked) if n in results]
             if not rows:
                 continue
             loss = np.mean([r["loss"] for r in rows], axis=0)
-            count = rows[0]["documents"]
-            edges = bands(a.train_T, length)
+            count = np.asarray(rows[0]["documents"], dtype=float)
             entry["by_length"][str(length)] = {"bands": edges, "mean_loss": band_means(loss, count, edges),
                                                "per_seed": [band_means(r["loss"], r["documents"], edges) for r in rows],
-                                               "documents": int(count[-1])}
-            curves.setdefault(length, {})[arm] = loss
+                                               "documents": int(count[-1]), "binned_loss": binned(loss, count, a.bin)}
+            curves.setdefault(length, {})[f"{arm} (lr {chosen['lr']})"] = loss
         summary["arms"][arm] = entry
     (figs / "summary.json").write_text(json.dumps(summary, indent=1))
     _plot(curves, a.train_T, figs / "loss_by_position.png")
@@ -139,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the study's folder (DIR/<arm>/ runs, DIR/evals/)")
     p.add_argument("--figures", default="docs/figures/long_context", help="where summary.json and the figure go")
     p.add_argument("--train-T", type=int, default=1024, help="the training context length")
+    p.add_argument("--unfinished", action="store_true",
+                   help="runs stopped early by a time limit compete on their last validation loss")
+    p.add_argument("--bin", type=int, default=256, help="positions per bin of the summary's binned curves")
     a = p.parse_args(argv)
     if a.train_T < 1:
         p.error(f"--train-T must be >= 1, got {a.train_T}")
+    if a.bin < 1:
+        p.error(f"--bin must be >= 1, got {a.bin}")
     if not Path(a.out).is_dir():
         p.error(f"--out {a.out}: no such folder")
     return cmd_report(a)

@@ -3,14 +3,17 @@
 # Mosaics v2 at our scale"): the arms named on the command line train at once on the children's books
 # (HELDOUT whole books, default 16, set aside first), each process stopped cleanly at TRAIN_SECONDS, then
 # every finished run (EVAL=selected: those of the selected learning rate) is scored on the held-out books at
-# each of LENGTHS (default 16384 32768) with mosaic-eval per-position --full-length, the arms at once.
+# each of LENGTHS (default 16384 32768) with `mosaic-eval per-position --full-length` (run as python -m: the
+# device's checkout is not installed, so the console script is absent there), the arms at once.
 # Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
 # 15 s and at the end). Arms: mosaic mosaic-v2 mosaic-v2-fixed-delay mosaic-v2-fixed-bandwidth
 # mosaic-v2-v1-keys llama. Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...
 # (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
 # Memory: each run takes about 16 GiB at these sizes (12 GiB of it the CUDA graph's pool); on 2026-12-05
 # eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
-# steps: keep to about seven, or set GRAPH=0 (eager steps, no graph pool) to run every arm at once.
+# steps: keep to about seven. Eager (GRAPH=0) is no cure: on 2026-12-05 twelve eager runs took 10-16 GiB each
+# (the attention's float32 buffers of the backward) and five died at start; the seven left made 500 steps
+# in 720 s (0.7 steps/s each, sharing the GPU), so 800 steps need about 1,150 s of TRAIN_SECONDS.
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}
@@ -53,7 +56,7 @@ r = s(Path(sys.argv[1])); print(' '.join(r['runs']) if r else '')" /tmp/lc/$arm)
   fi
   [ -z "$runs" ] && { echo "$arm: no finished run"; continue; }
   for L in ${LENGTHS:-16384 32768}; do
-    mosaic-eval per-position $runs --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
+    python -m mosaic_model.cli.eval per-position $runs --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
       --batch-size 1 --device cuda --quiet --out /tmp/lc/evals/${arm}_T$L > /tmp/lc/evals/${arm}_T$L.log 2>&1 \
       || tail -n 3 /tmp/lc/evals/${arm}_T$L.log
   done &

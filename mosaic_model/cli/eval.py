@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda was asked for but no CUDA device is available")
     a.dtype_t = torch.bfloat16 if a.dtype == "bfloat16" or (a.dtype == "auto" and a.device.startswith("cuda")) else torch.float32
     a.out = Path(a.out)
+    if a.out.suffix not in ("", ".json", ".png", ".md"):  # a dot inside the stem (run-lr0.003) is no suffix
+        a.out = a.out.with_name(a.out.name + ".json")
     try:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         runs = {}

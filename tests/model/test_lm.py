@@ -92,9 +92,9 @@ def test_mosaic_eval_subcommands(tmp_path, corpus_file, capsys):
     assert eval_mod.main(["loss", *runs, *common, "--out", str(out / "loss")]) == 0
     loss = json.loads((out / "loss.json").read_text())["results"]
     assert all(np.isfinite(r["loss"]) and r["tokens"] > 0 for r in loss.values())
-    assert eval_mod.main(["per-position", *runs, *common, "--max-docs", "20", "--out", str(out / "pp")]) == 0
-    pp = json.loads((out / "pp.json").read_text())["results"]
-    assert all(len(r["loss"]) == 32 for r in pp.values()) and (out / "pp.png").stat().st_size > 0
+    assert eval_mod.main(["per-position", *runs, *common, "--max-docs", "20", "--out", str(out / "pp-lr0.003")]) == 0
+    pp = json.loads((out / "pp-lr0.003.json").read_text())["results"]  # the dot of a stem is kept
+    assert all(len(r["loss"]) == 32 for r in pp.values()) and (out / "pp-lr0.003.png").stat().st_size > 0
     assert eval_mod.main(["per-position", *runs, *common, "--full-length", "--out", str(out / "full")]) == 0
     full = json.loads((out / "full.json").read_text())["results"]
     for r in full.values():  # the same documents at every position

@@ -10,10 +10,11 @@ import pytest
 from experiments import long_context as lc
 
 
-def _run(root, name, final):
+def _run(root, name, final, val=None):
     run = root / name
     run.mkdir(parents=True)
-    lines = [{"step": 1, "split": "train", "loss": 9.0}] + ([{"step": 2, "split": "final", "loss": final}] if final else [])
+    lines = [{"step": 1, "split": "train", "loss": 9.0}] + ([{"step": 2, "split": "val", "loss": val}] if val else []) \
+        + ([{"step": 2, "split": "final", "loss": final}] if final else [])
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     return str(run)
 
@@ -35,6 +36,25 @@ def test_report_selects_on_validation_and_averages_seeds(tmp_path, capsys):
     r = s["by_length"]["8"]
     assert r["bands"] == [[0, 2], [2, 4], [4, 8]] and r["mean_loss"] == [2.0, 2.0, 2.0]   # (1 + 3) / 2
     assert (tmp_path / "figs" / "loss_by_position.png").is_file()
+    assert s["every_run"]["mosaic-v2-L4-lr0.001"]["8"] == [0.0, 0.0, 0.0]   # the unselected run's bands too
+
+
+def test_unfinished_runs_compete_on_their_last_validation_loss(tmp_path):
+    arm = tmp_path / "llama"
+    _run(arm, "llama-L4-lr0.001", None, val=4.4)
+    stopped = _run(arm, "llama-L4-lr0.003", None, val=4.3)
+    assert lc.select_runs(arm) is None                       # by default only finished runs compete
+    chosen = lc.select_runs(arm, unfinished=True)
+    assert chosen["runs"] == [stopped] and chosen["steps"] == {"llama-L4-lr0.001": 2, "llama-L4-lr0.003": 2}
+    T = 6  # evaluations found by run name, wherever the study's folder was when they ran
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / f"llama_T{T}.json").write_text(json.dumps(
+        {"results": {"/elsewhere/llama/llama-L4-lr0.003": {"loss": [1.0, 1.0, 2.0, 2.0, 4.0, 6.0], "documents": [1] * T}}}))
+    assert lc.main(["report", "--out", str(tmp_path), "--figures", str(tmp_path / "f"), "--train-T", "2",
+                    "--unfinished", "--bin", "4"]) == 0
+    s = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert s["selected_on"].startswith("last validation")
+    assert s["arms"]["llama"]["by_length"]["6"]["binned_loss"] == [1.5, 5.0]
 
 
 def test_bands_double_up_to_the_length():
