@@ -13,7 +13,9 @@
 # eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
 # steps: keep to about seven. Eager (GRAPH=0) is no cure: on 2026-12-05 twelve eager runs took 10-16 GiB each
 # (the attention's float32 buffers of the backward) and five died at start; the seven left made 500 steps
-# in 720 s (0.7 steps/s each, sharing the GPU), so 800 steps need about 1,150 s of TRAIN_SECONDS.
+# in 720 s (0.7 steps/s each, sharing the GPU), so 800 steps need about 1,150 s of TRAIN_SECONDS. Most of a
+# run's memory is its logits (16 x 1024 x 50304 in float32 is 3.3 GB, with their gradient and bf16 copies):
+# LOSS_CHUNK=1024 makes the training loss's logits 1024 positions at a time (mosaic-train --loss-chunk).
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}
@@ -36,12 +38,14 @@ for arm in "$@"; do
   case $arm in
     mosaic|llama) model=$arm; extra=() ;;
     mosaic-v2) model=mosaic-v2; extra=() ;;
-    mosaic-v2-fixed-delay) model=mosaic-v2; extra=(--train-args --delay-min 64 --delay-max 64) ;;
-    mosaic-v2-fixed-bandwidth) model=mosaic-v2; extra=(--train-args --fixed-bandwidth) ;;
-    mosaic-v2-v1-keys) model=mosaic-v2; extra=(--train-args --ungated-keys) ;;
+    mosaic-v2-fixed-delay) model=mosaic-v2; extra=(--delay-min 64 --delay-max 64) ;;
+    mosaic-v2-fixed-bandwidth) model=mosaic-v2; extra=(--fixed-bandwidth) ;;
+    mosaic-v2-v1-keys) model=mosaic-v2; extra=(--ungated-keys) ;;
     *) echo "unknown arm $arm" >&2; kill $packer; exit 2 ;;
   esac
-  python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" ${extra[@]+"${extra[@]}"} \
+  [ -n "${LOSS_CHUNK:-}" ] && extra+=(--loss-chunk "$LOSS_CHUNK")
+  train_args=(); [ ${#extra[@]} -gt 0 ] && train_args=(--train-args "${extra[@]}")  # lm_depth's last flag: it takes the rest
+  python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" ${train_args[@]+"${train_args[@]}"} \
     > /tmp/lc/$arm.log 2>&1 &
 done
 wait $(jobs -p | grep -v "^$packer$")
