@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
 #              benchmarks/bench_*.py), the compiler report (benchmarks.tools.kernel_report), a CUDA mosaic-train run
 #   pmem       bench_persistent_memory alone
 #   scan       bench_leaky_average alone
-#   host       host_cost: our wrapper, Triton's launcher and the GPU time of one eager call of each op
+#   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
+#   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
+#              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
 #              text folder $DATA (e.g. the books unpacked from .carry/books.tar.xz); MODELS picks the models
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
@@ -50,6 +52,12 @@ for PART in "${@:-all}"; do
       done
       python3 -m benchmarks.tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
       python3 -m mosaic_model.cli.train --device cuda --out-dir /tmp/run-cuda --overwrite --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
+    launch)
+      # The direct launch (mosaic_kernels/_triton_common.py, off by default): its own GPU tests, then every
+      # kernel test with it on, so that each op's every variant runs through it.
+      python3 -m pytest -q tests/kernels/test_launch.py tests/kernels/test_host_helpers.py --cuda-only \
+        -p no:cacheprovider > "$OUT/launch_tests.txt" 2>&1; tail -n 5 "$OUT/launch_tests.txt"
+      MOSAIC_DIRECT_LAUNCH=1 gpu_tests gpu_tests_direct_launch.txt tests/kernels --cuda-only ;;
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;
