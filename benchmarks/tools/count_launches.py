@@ -1,0 +1,138 @@
+"""Kernel launches of one training step (forward and backward), per block, for each model, counted on the CPU.
+
+An eager step on a GPU waits on the host when its kernels are small (BENCHMARKS.md "Host cost of an eager
+call"), and the host's time grows with the number of launches. This counts them without a GPU: the model
+runs under Triton's interpreter (``TRITON_INTERPRET=1``, the fused path, as on a GPU) with every Triton
+launch stubbed out and counted, and every aten op that computes is counted through a dispatch mode (each is
+one kernel launch or more on a GPU; views, reshapes and allocations launch nothing and are left out). A
+1-block and a 2-block model are counted and subtracted, so the columns are per block; ``base`` is what a
+step has besides its blocks (embedding, final norm, head, loss). The outputs of stubbed launches are
+garbage: only the counts mean anything. Not counted: the casts that bf16 autocast adds on a GPU, and the
+optimizer. SDPA is counted as the CPU runs it: one op without dropout, but its decomposed math path (a few
+ops) with dropout (GPT2's attention, v1's P-mem), where a GPU launches one fused kernel.
+
+    python -m benchmarks.tools.count_launches [--models mosaic_fused gpt2 mosaic_v2 llama] [--layers 12]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+MODELS = ("mosaic_fused", "gpt2", "mosaic_v2", "llama")
+# Aten ops that only make views, change metadata or allocate: no kernel launch on a GPU.
+NO_LAUNCH = frozenset({
+    "empty", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view", "_reshape_alias", "reshape",
+    "transpose", "t", "permute", "expand", "as_strided", "select", "slice", "unsqueeze", "squeeze", "split",
+    "split_with_sizes", "unbind", "chunk", "unflatten", "flatten", "view_as", "detach", "alias", "lift_fresh",
+})
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten op dispatched inside it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def counted_triton_launches(counter: collections.Counter) -> Iterator[None]:
+    """Every Triton launch returns at once inside this block and adds one to ``counter[kernel name]``."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    saved = {cls: cls.__dict__["run"] for cls in (JITFunction, InterpretedFunction)}
+
+    def run(self, *args, **kwargs):
+        counter[getattr(self, "__name__", None) or getattr(self.fn, "__name__", "kernel")] += 1
+
+    try:
+        for cls in saved:
+            cls.run = run
+        yield
+    finally:
+        for cls, original in saved.items():
+            cls.run = original
+
+
+def build(name: str, n_layer: int) -> torch.nn.Module:
+    """A small model of the case (widths do not change the number of launches)."""
+    from mosaic_model import GPT, GPTConfig, Llama, LlamaConfig, MemoryMosaic, MemoryMosaicV2, MosaicConfig, MosaicV2Config
+
+    common = dict(n_layer=n_layer, n_head=4, n_embd=64, block_size=64, vocab_size=128)
+    if name == "gpt2":
+        return GPT(GPTConfig(**common))
+    if name == "llama":
+        return Llama(LlamaConfig(**common))
+    if name == "mosaic_v2":
+        return MemoryMosaicV2(MosaicV2Config(**common))
+    if name == "mosaic_fused":
+        return MemoryMosaic(MosaicConfig(**common, kernels="fused"))
+    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+
+
+def count_step(model: torch.nn.Module, T: int = 64) -> tuple[collections.Counter, collections.Counter]:
+    """(aten ops that launch, Triton launches) of one forward and backward of ``model`` on a (2, T) batch,
+    after one uncounted step (first-call work such as caches)."""
+    idx = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(0))
+    triton_launches: collections.Counter = collections.Counter()
+    with counted_triton_launches(triton_launches):
+        for counted in (False, True):
+            model.zero_grad(set_to_none=True)
+            triton_launches.clear()
+            with _OpCounter() if counted else contextlib.nullcontext() as mode:
+                _, loss = model(idx, targets=idx)
+                loss.backward()
+    aten = collections.Counter({op: n for op, n in mode.ops.items() if op not in NO_LAUNCH})
+    return aten, triton_launches
+
+
+def measure(names: list[str], layers: int) -> list[dict]:
+    """One row per model: launches per block and besides the blocks, and a step's total at ``layers``."""
+    os.environ["TRITON_INTERPRET"] = "1"  # the fused path on the CPU (read at each call)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        (aten1, tri1), (aten2, tri2) = (count_step(build(name, n)) for n in (1, 2))
+        block_aten, block_triton = aten2 - aten1, tri2 - tri1
+        per_block = sum(block_aten.values()) + sum(block_triton.values())
+        base = sum(aten1.values()) + sum(tri1.values()) - per_block
+        rows.append({"model": name, "aten_per_block": sum(block_aten.values()),
+                     "triton_per_block": sum(block_triton.values()), "base": base,
+                     f"step_at_{layers}_layers": base + layers * per_block,
+                     "most_frequent": ", ".join(f"{op} {n}" for op, n in (block_aten + block_triton).most_common(8))})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Count, print the markdown table (and write it to ``--out``)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tools.count_launches", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--layers", type=int, default=12, help="the depth of the step total")
+    p.add_argument("--out", help="also write the markdown here")
+    a = p.parse_args(argv)
+    if a.layers < 1:
+        p.error(f"--layers must be >= 1, got {a.layers}")
+    from benchmarks._common import command_line, emit, header, table
+
+    rows = measure(a.models, a.layers)
+    md = (header(command_line("benchmarks.tools.count_launches")) + "\n\n"
+          + "Kernel launches of one training step (forward + backward), counted on the CPU (see the module "
+          + "docstring).\n\n" + table(rows, list(rows[0])))
+    emit(md, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

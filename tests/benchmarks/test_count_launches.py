@@ -1,0 +1,35 @@
+"""The launch counter (benchmarks/tools/count_launches.py) on the CPU: it counts our Triton launches and the
+aten ops that compute, per block, and leaves views out."""
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from benchmarks.tools import count_launches as cl
+
+
+def test_per_block_counts_subtract_the_shared_part(tmp_path):
+    out = tmp_path / "launches.md"
+    assert cl.main(["--models", "mosaic_v2", "llama", "--layers", "3", "--out", str(out)]) == 0
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:6]]
+            for r in out.read_text().splitlines() if r.startswith("| mosaic_v2") or r.startswith("| llama")}
+    v2_aten, v2_triton, v2_base, v2_step = (int(x) for x in rows["mosaic_v2"])
+    llama_aten, llama_triton, llama_base, llama_step = (int(x) for x in rows["llama"])
+    # v2's block runs its memories through our Triton kernels (two attentions, two scans, each forward and
+    # backward); the llama-style block has none.
+    assert v2_triton >= 8 and llama_triton == 0 and v2_aten > 0 and llama_aten > 0
+    assert v2_step == v2_base + 3 * (v2_aten + v2_triton) and llama_step == llama_base + 3 * llama_aten
+
+
+def test_triton_launches_are_counted_by_kernel_and_views_are_not_ops(monkeypatch):
+    from mosaic_kernels import leaky_average
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton path on the CPU, as the counter runs it
+    x, decay = torch.randn(1, 2, 16, 8), torch.full((2,), 0.5)
+    launches = collections.Counter()
+    with cl.counted_triton_launches(launches), cl._OpCounter() as mode:
+        leaky_average(x, decay)
+        x.transpose(1, 2).reshape(1, 16, 16)
+    assert sum(launches.values()) >= 1 and all(k.startswith("_leaky") for k in launches)
+    assert "transpose" in mode.ops and "transpose" in cl.NO_LAUNCH
