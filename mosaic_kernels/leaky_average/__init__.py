@@ -105,13 +105,14 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tu
     if log_gate.shape != log_decay.shape or log_gate.dim() != 3:
         raise ValueError(f"log_gate and log_decay must both have shape (B, H, T), got {tuple(log_gate.shape)} and "
                          f"{tuple(log_decay.shape)}")
+    log_gate, log_decay = log_gate.double(), log_decay.double()  # cast once: each cast is a kernel launch
     with torch.no_grad():
-        cum = torch.cumsum(log_decay.double(), dim=-1)
-        peak = cum + torch.cummax(log_gate.double() - cum, dim=-1).values                    # M_t
-        before = torch.cat([peak[..., :1] - log_decay[..., :1].double(), peak[..., :-1]], dim=-1)  # M_{t-1}
+        cum = torch.cumsum(log_decay, dim=-1)
+        peak = cum + torch.cummax(log_gate - cum, dim=-1).values                             # M_t
+        before = torch.cat([peak[..., :1] - log_decay[..., :1], peak[..., :-1]], dim=-1)     # M_{t-1}
     # The exponents are differences of numbers as large as |M|: taken in float64, they are exact to
     # float32's precision whatever T; only their (small) results are rounded to float32.
-    gate = torch.exp((log_gate.double() - peak).float())
-    arg = log_decay.double() + before - peak  # <= 0 up to float64 rounding
-    decay = torch.exp(torch.where(arg > 0, torch.zeros_like(arg), arg).float())
+    gate = torch.exp((log_gate - peak).float())
+    arg = log_decay + before - peak  # <= 0 up to float64 rounding, which the clamp removes
+    decay = torch.exp(arg.clamp(max=0.0).float())
     return gate, decay
