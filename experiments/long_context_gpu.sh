@@ -2,7 +2,8 @@
 # One device call of the length-extrapolation study (experiments/long_context.py; REPRODUCTION.md "Memory
 # Mosaics v2 at our scale"): the arms named on the command line train at once on the children's books
 # (HELDOUT whole books, default 16, set aside first), each process stopped cleanly at TRAIN_SECONDS, then
-# every finished run (EVAL=selected: those of the selected learning rate) is scored on the held-out books at
+# every finished run (EVAL=selected: those of the selected learning rate; UNFINISHED=1: runs stopped early
+# count too) is scored on the held-out books at
 # each of LENGTHS (default 16384 32768) with `mosaic-eval per-position --full-length` (run as python -m: the
 # device's checkout is not installed, so the console script is absent there), the arms at once.
 # Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
@@ -16,6 +17,8 @@
 # in 720 s (0.7 steps/s each, sharing the GPU), so 800 steps need about 1,150 s of TRAIN_SECONDS. Most of a
 # run's memory is its logits (16 x 1024 x 50304 in float32 is 3.3 GB, with their gradient and bf16 copies):
 # LOSS_CHUNK=1024 makes the training loss's logits 1024 positions at a time (mosaic-train --loss-chunk).
+# TRAIN_ARGS: more mosaic-train flags for every arm ("--max-steps-this-run 500" stops each run at step 500 of
+# its STEPS-long schedule, as the time limit stopped the runs of 2026-12-05).
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}
@@ -44,6 +47,7 @@ for arm in "$@"; do
     *) echo "unknown arm $arm" >&2; kill $packer; exit 2 ;;
   esac
   [ -n "${LOSS_CHUNK:-}" ] && extra+=(--loss-chunk "$LOSS_CHUNK")
+  extra+=(${TRAIN_ARGS:-})  # more mosaic-train flags for every arm, e.g. "--max-steps-this-run 500"
   train_args=(); [ ${#extra[@]} -gt 0 ] && train_args=(--train-args "${extra[@]}")  # lm_depth's last flag: it takes the rest
   python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" ${train_args[@]+"${train_args[@]}"} \
     > /tmp/lc/$arm.log 2>&1 &
@@ -52,11 +56,14 @@ wait $(jobs -p | grep -v "^$packer$")
 # Evaluation, the arms at once: every finished run, or with EVAL=selected only the runs of the learning rate
 # that the report selects (lowest mean final validation loss: long_context.select_runs).
 for arm in "$@"; do
+  # UNFINISHED=1: runs stopped early (a time limit, --max-steps-this-run) count, on their last validation loss.
+  done_split=$([ "${UNFINISHED:-0}" = 1 ] && echo val || echo final)
   if [ "${EVAL:-all}" = selected ]; then
     runs=$(python -c "import sys; from pathlib import Path; from experiments.long_context import select_runs as s
-r = s(Path(sys.argv[1])); print(' '.join(r['runs']) if r else '')" /tmp/lc/$arm)
+r = s(Path(sys.argv[1]), unfinished=sys.argv[2] == '1'); print(' '.join(r['runs']) if r else '')" \
+      /tmp/lc/$arm "${UNFINISHED:-0}")
   else
-    runs=$(for r in /tmp/lc/$arm/*-L*; do grep -q '"split": "final"' $r/metrics.jsonl 2>/dev/null && echo $r; done)
+    runs=$(for r in /tmp/lc/$arm/*-L*; do grep -q "\"split\": \"$done_split\"" $r/metrics.jsonl 2>/dev/null && echo $r; done)
   fi
   [ -z "$runs" ] && { echo "$arm: no finished run"; continue; }
   for L in ${LENGTHS:-16384 32768}; do
