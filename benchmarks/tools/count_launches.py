@@ -25,6 +25,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.bench_training import build
+
 MODELS = ("mosaic_fused", "gpt2", "mosaic_v2", "llama")
 # Aten ops that only make views, change metadata or allocate: no kernel launch on a GPU.
 NO_LAUNCH = frozenset({
@@ -66,22 +68,6 @@ def counted_triton_launches(counter: collections.Counter) -> Iterator[None]:
             cls.run = original
 
 
-def build(name: str, n_layer: int) -> torch.nn.Module:
-    """A small model of the case (widths do not change the number of launches)."""
-    from mosaic_model import GPT, GPTConfig, Llama, LlamaConfig, MemoryMosaic, MemoryMosaicV2, MosaicConfig, MosaicV2Config
-
-    common = dict(n_layer=n_layer, n_head=4, n_embd=64, block_size=64, vocab_size=128)
-    if name == "gpt2":
-        return GPT(GPTConfig(**common))
-    if name == "llama":
-        return Llama(LlamaConfig(**common))
-    if name == "mosaic_v2":
-        return MemoryMosaicV2(MosaicV2Config(**common))
-    if name == "mosaic_fused":
-        return MemoryMosaic(MosaicConfig(**common, kernels="fused"))
-    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
-
-
 def count_step(model: torch.nn.Module, T: int = 64) -> tuple[collections.Counter, collections.Counter]:
     """(aten ops that launch, Triton launches) of one forward and backward of ``model`` on a (2, T) batch,
     after one uncounted step (first-call work such as caches)."""
@@ -104,7 +90,8 @@ def measure(names: list[str], layers: int) -> list[dict]:
     rows = []
     for name in names:
         torch.manual_seed(0)
-        (aten1, tri1), (aten2, tri2) = (count_step(build(name, n)) for n in (1, 2))
+        # bench_training's models (d=768, 12 heads): the widths do not change the number of launches
+        (aten1, tri1), (aten2, tri2) = (count_step(build(name, n, T=64)) for n in (1, 2))
         block_aten, block_triton = aten2 - aten1, tri2 - tri1
         per_block = sum(block_aten.values()) + sum(block_triton.values())
         base = sum(aten1.values()) + sum(tri1.values()) - per_block
