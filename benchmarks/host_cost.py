@@ -163,19 +163,18 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
             if op != "sdpa":  # no Triton launch to stub
                 with stubbed_launches():
                     row["wrapper_us"] = issue_us(fn, calls, reps)
-            if device == "cuda" and op == "sdpa":
-                row["host_us"] = issue_us(fn, calls, reps)
-            elif device == "cuda":
-                # A/B of the launch path, alternated so that the host's drift falls on both alike.
-                direct, through_triton = [], []
-                for _ in range(3):
-                    with launch_path(True):
-                        direct.append(issue_us(fn, calls, reps))
-                    with launch_path(False):
-                        through_triton.append(issue_us(fn, calls, reps))
-                row["host_us"], row["host_direct_us"] = statistics.median(through_triton), statistics.median(direct)
-                row["launcher_us"] = row["host_us"] - row["wrapper_us"]
             if device == "cuda":
+                if op == "sdpa":
+                    row["host_us"] = issue_us(fn, calls, reps)
+                else:  # A/B of the launch path, alternated so that the host's drift falls on both alike
+                    direct, through_triton = [], []
+                    for _ in range(3):
+                        with launch_path(True):
+                            direct.append(issue_us(fn, calls, reps))
+                        with launch_path(False):
+                            through_triton.append(issue_us(fn, calls, reps))
+                    row["host_us"], row["host_direct_us"] = statistics.median(through_triton), statistics.median(direct)
+                    row["launcher_us"] = row["host_us"] - row["wrapper_us"]
                 row["eager_us"] = bench_ms(fn) * 1e3
                 row["graph_us"] = bench_graph_ms(fn) * 1e3
                 row["eager/graph"] = row["eager_us"] / row["graph_us"]

@@ -36,10 +36,9 @@ ARMS = ("mosaic", "mosaic-v2", "mosaic-v2-fixed-delay", "mosaic-v2-fixed-bandwid
 RUN = re.compile(r".*-L(?P<depth>\d+)-lr(?P<lr>[^-]+)(-s(?P<seed>\d+))?$")
 
 
-def final_val_loss(run: Path, unfinished: bool = False) -> float | None:
-    """The run's final validation loss (its ``final`` record), or None when it did not finish; with
-    ``unfinished``, a run stopped early (a time limit) gives its last validation record's loss instead."""
-    records = metrics(run)
+def final_val_loss(records: list[dict], unfinished: bool = False) -> float | None:
+    """A run's final validation loss (its ``final`` record) from its metrics records, or None when it did
+    not finish; with ``unfinished``, a run stopped early (a time limit) gives its last validation loss."""
     finals = [r["loss"] for r in records if r.get("split") == "final"]
     if finals or not unfinished:
         return finals[-1] if finals else None
@@ -47,9 +46,9 @@ def final_val_loss(run: Path, unfinished: bool = False) -> float | None:
     return vals[-1] if vals else None
 
 
-def last_step(run: Path) -> int | None:
-    """The step of the run's last record (where a stopped run stopped)."""
-    steps = [r["step"] for r in metrics(run) if "step" in r]
+def last_step(records: list[dict]) -> int | None:
+    """The step of a run's last record (where a stopped run stopped)."""
+    steps = [r["step"] for r in records if "step" in r]
     return max(steps) if steps else None
 
 
@@ -58,24 +57,23 @@ def select_runs(arm_dir: Path, unfinished: bool = False) -> dict | None:
     whose every seed finished compete; with ``unfinished``, runs stopped early compete on their last
     validation loss): {"lr", "runs", "val_loss_by_lr", "steps"}; None when no run qualifies."""
     by_lr: dict[str, list[tuple[Path, float | None]]] = {}
+    steps = {}
     for run in sorted(p for p in arm_dir.iterdir() if p.is_dir() and RUN.match(p.name)):
-        by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(run, unfinished)))
+        records = metrics(run)
+        by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(records, unfinished)))
+        steps[run.name] = last_step(records)
     done = {lr: runs for lr, runs in by_lr.items() if all(v is not None for _, v in runs)}
     if not done:
         return None
     means = {lr: float(np.mean([v for _, v in runs])) for lr, runs in done.items()}
     best = min(means, key=means.get)
     return {"lr": best, "runs": [str(r) for r, _ in done[best]], "val_loss_by_lr": means,
-            "steps": {r.name: last_step(r) for runs in done.values() for r, _ in runs}}
+            "steps": {r.name: steps[r.name] for runs in done.values() for r, _ in runs}}
 
 
 def binned(loss: np.ndarray, count: np.ndarray, width: int) -> list[float]:
     """Mean loss over consecutive bins of ``width`` positions, each position weighted by its documents."""
-    out = []
-    for lo in range(0, len(loss), width):
-        c = count[lo:lo + width]
-        out.append(float(np.sum(loss[lo:lo + width] * c) / np.sum(c)) if np.sum(c) else float("nan"))
-    return out
+    return band_means(loss, count, [(lo, min(lo + width, len(loss))) for lo in range(0, len(loss), width)])
 
 
 def bands(T_train: int, length: int) -> list[tuple[int, int]]:
