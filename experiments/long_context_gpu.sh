@@ -8,7 +8,8 @@
 # device's checkout is not installed, so the console script is absent there), the arms at once.
 # Sizes: WIDTH 256, DEPTH 4, T 1024, BATCH 16, STEPS 1500, LRS "1e-3 2e-3 5e-3", SEEDS "0", PARALLEL 3 per arm. The small files come back in $OUT/long_context.tgz (every
 # 15 s and at the end). Arms: mosaic mosaic-v2 mosaic-v2-fixed-delay mosaic-v2-fixed-bandwidth
-# mosaic-v2-v1-keys llama. Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM...
+# mosaic-v2-v1-keys llama; ARM:LR,LR trains that arm on those learning rates instead of LRS (to complete an arm
+# whose other runs an earlier call made). Usage: bash experiments/long_context_gpu.sh TRAIN_SECONDS ARM[:LR,...]...
 # (needs .carry/books.tar.xz; a later `python -m experiments.long_context report --out DIR` reads the result)
 # Memory: each run takes about 16 GiB at these sizes (12 GiB of it the CUDA graph's pool); on 2026-12-05
 # eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
@@ -34,10 +35,13 @@ pack() { tar -czf "$OUT/lc.$1.tmp" -C /tmp --exclude='*.pt' --exclude='*.tmp' --
 packer=$!
 python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/lc/train_books', doc_split='file', workers=16, progress=False); l('/tmp/lc/heldout_books', doc_split='file', progress=False)"
 common=(--data /tmp/lc/train_books --width "${WIDTH:-256}" --depths "${DEPTH:-4}" --block-size "${T:-1024}"
-        --batch-size "${BATCH:-16}" --steps "${STEPS:-1500}" --lrs ${LRS:-0.001 0.002 0.005} --seeds ${SEEDS:-0}
+        --batch-size "${BATCH:-16}" --steps "${STEPS:-1500}" --seeds ${SEEDS:-0}
         --parallel "${PARALLEL:-3}" --time-limit "$limit")
 [ "${GRAPH:-1}" = 1 ] && common+=(--cuda-graph)
-for arm in "$@"; do
+arms=()
+for spec in "$@"; do
+  arm=${spec%%:*}; arms+=("$arm")
+  lrs=${LRS:-0.001 0.002 0.005}; [[ $spec == *:* ]] && lrs=${spec#*:} && lrs=${lrs//,/ }
   case $arm in
     mosaic|llama) model=$arm; extra=() ;;
     mosaic-v2) model=mosaic-v2; extra=() ;;
@@ -49,13 +53,13 @@ for arm in "$@"; do
   [ -n "${LOSS_CHUNK:-}" ] && extra+=(--loss-chunk "$LOSS_CHUNK")
   extra+=(${TRAIN_ARGS:-})  # more mosaic-train flags for every arm, e.g. "--max-steps-this-run 500"
   train_args=(); [ ${#extra[@]} -gt 0 ] && train_args=(--train-args "${extra[@]}")  # lm_depth's last flag: it takes the rest
-  python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" ${train_args[@]+"${train_args[@]}"} \
+  python -m experiments.lm_depth run --out /tmp/lc/$arm --models $model "${common[@]}" --lrs $lrs ${train_args[@]+"${train_args[@]}"} \
     > /tmp/lc/$arm.log 2>&1 &
 done
 wait $(jobs -p | grep -v "^$packer$")
 # Evaluation, the arms at once: every finished run, or with EVAL=selected only the runs of the learning rate
 # that the report selects (lowest mean final validation loss: long_context.select_runs).
-for arm in "$@"; do
+for arm in "${arms[@]}"; do
   # UNFINISHED=1: runs stopped early (a time limit, --max-steps-this-run) count, on their last validation loss.
   done_split=$([ "${UNFINISHED:-0}" = 1 ] && echo val || echo final)
   if [ "${EVAL:-all}" = selected ]; then
