@@ -105,7 +105,9 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tu
     if log_gate.shape != log_decay.shape or log_gate.dim() != 3:
         raise ValueError(f"log_gate and log_decay must both have shape (B, H, T), got {tuple(log_gate.shape)} and "
                          f"{tuple(log_decay.shape)}")
-    log_gate, log_decay = log_gate.double(), log_decay.double()  # cast once: each cast is a kernel launch
+    # One cast each (a kernel launch), into contiguous memory: the cumulative sum and maximum run along T,
+    # which a caller's transposed (B, T, H) projection would leave strided (a slow scan kernel on the GPU).
+    log_gate, log_decay = (t.to(torch.float64, memory_format=torch.contiguous_format) for t in (log_gate, log_decay))
     with torch.no_grad():
         cum = torch.cumsum(log_decay, dim=-1)
         peak = cum + torch.cummax(log_gate - cum, dim=-1).values                             # M_t

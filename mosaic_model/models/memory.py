@@ -122,8 +122,10 @@ class PeekAheadValueExtractor(nn.Module):
         """The per-head value scale exp(10 r), (H,)."""
         return exp10(self.value_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = split_heads(self.W_v(x), self.config.n_head)  # strided (B, H, T, hs)
+    def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d) -> values (B, H, T, hs). ``projected``: ``W_v x`` (B, T, d, any strides) when the caller
+        computed it (Memory Mosaics v2 runs several projections of x as one product)."""
+        raw = split_heads(self.W_v(x) if projected is None else projected, self.config.n_head)  # strided (B, H, T, hs)
         mix, scale = self.mix, self.scale()
         if self.config.kernels == "reference":
             # The official code mixes in the activations' dtype (bf16 under autocast).

@@ -29,6 +29,21 @@ from .generation import GenerateMixin, is_static, lm_loss
 from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, read_row, split_heads
 
 
+def project(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
+    """``[lin(x) for lin in linears]`` as one matrix product: the layers' weights (and biases) stacked, the
+    output split back into one strided view per layer. Every output element is the same dot product as the
+    layer's own; one GEMM launch instead of one per layer and, under autocast, one cast of x (and, backward,
+    one input gradient instead of a float32 sum of one per layer)."""
+    if len(linears) == 1:
+        return [linears[0](x)]
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                          for lin in linears])
+    return list(F.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1))
+
+
 class GatedKeyExtractor(nn.Module):
     """Unit keys ``k_t = normalize(kbar_t)``, ``kbar_t = g_t W_k x_t + lambda_t kbar_{t-1}`` per head.
 
@@ -50,14 +65,21 @@ class GatedKeyExtractor(nn.Module):
             nn.init.zeros_(self.W_g.weight)
             nn.init.normal_(self.W_l.weight, 0.0, 0.1 / math.sqrt(d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) -> unit keys (B, H, T, hs)."""
-        raw = split_heads(self.W_k(x), self.config.n_head)
+    def projections(self) -> list[nn.Linear]:
+        """The layers that read x: W_k, then W_g and W_l with gated keys."""
+        return [self.W_k, self.W_g, self.W_l] if self.config.gated_keys else [self.W_k]
+
+    def forward(self, x: torch.Tensor, projected: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T, d) -> unit keys (B, H, T, hs). ``projected``: the outputs of :meth:`projections` on x when the
+        caller computed them (``W_k x`` (B, T, d) and, with gated keys, ``W_g x`` and ``W_l x`` (B, T, H); any
+        strides); otherwise computed here, as one product."""
+        wk_x, *logits = project(x, self.projections()) if projected is None else projected
+        raw = split_heads(wk_x, self.config.n_head)
         ops = ops_for(self.config, "leaky_average")
         layout = layout_for(self.config, "leaky_average")
         if not self.config.gated_keys:
             return ops.leaky_average(raw, self._constant_decay(), normalize=True, eps=self.config.norm_eps, **layout)
-        log_gate, log_decay = self._logs(x, torch.float32)
+        log_gate, log_decay = self._logs(*logits, torch.float32)
         gate, decay = stable_gate_and_decay(log_gate.transpose(1, 2), log_decay.transpose(1, 2))   # (B, H, T) each
         return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
 
@@ -65,9 +87,10 @@ class GatedKeyExtractor(nn.Module):
         """Without gated keys: v1's decay per head, ``exp(-|b_l|)`` (H,)."""
         return torch.exp(-self.rate_bias.abs())
 
-    def _logs(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log g, log lambda) of x (..., d), each (..., H) in ``dtype``: ``W_g x`` and ``-|W_l x + b_l|``."""
-        return self.W_g(x).to(dtype), -(self.W_l(x).to(dtype) + self.rate_bias).abs()
+    def _logs(self, wg_x: torch.Tensor, wl_x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log g, log lambda), each (..., H) in ``dtype``, from ``W_g x`` and ``W_l x``: ``W_g x`` and
+        ``-|W_l x + b_l|``."""
+        return wg_x.to(dtype), -(wl_x.to(dtype) + self.rate_bias).abs()
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position of :meth:`forward` for cached decoding: x_t (B, d) -> the unit key (B, H, hs) in float32
@@ -81,7 +104,7 @@ class GatedKeyExtractor(nn.Module):
         if not self.config.gated_keys:
             s = raw if "s" not in cache else raw + self._constant_decay().view(1, H, 1) * cache["s"]
         else:
-            log_gate, log_decay = self._logs(x_t, acc)                                 # (B, H) each
+            log_gate, log_decay = self._logs(self.W_g(x_t), self.W_l(x_t), acc)        # (B, H) each
             if "s" not in cache:
                 s, peak = raw, log_gate
             else:
@@ -145,9 +168,16 @@ class AssociativeMemory(nn.Module):
         short-term memory, 0 .. t - delay for the long-term one."""
         return (max(t - self.config.window, 0), t - 1) if not self.long_term else (0, t - delay)
 
-    def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
-        """(B, T, d) -> (B, H, T, hs)."""
-        k, v = self.key(x), self.value(x)
+    def projections(self) -> list[nn.Linear]:
+        """The layers that read x, keys' first, then W_v: a block runs both memories' as one product."""
+        return [*self.key.projections(), self.value.W_v]
+
+    def forward(self, x: torch.Tensor, delay: int | torch.Tensor,
+                projected: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, H, T, hs). ``projected``: the outputs of :meth:`projections` on x, when the caller
+        computed them (otherwise computed here, as one product)."""
+        projected = project(x, self.projections()) if projected is None else projected
+        k, v = self.key(x, projected[:-1]), self.value(x, projected[-1])
         band, n = self.band(x.shape[1], delay, x.device)
         scale = self.bandwidth(n)
         return ops_for(self.config, "mosaic_attention").mosaic_attention(
@@ -195,7 +225,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+        gate, up = project(x, [self.w1, self.w3])
+        return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
 class MosaicV2Block(nn.Module):
@@ -214,7 +245,11 @@ class MosaicV2Block(nn.Module):
 
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
         h = self.ln_1(x)
-        y = torch.cat([merge_heads(self.short(h, delay)), merge_heads(self.long(h, delay))], dim=-1)
+        # Both memories' input projections (keys, gates, decays, values) as one matrix product of h.
+        short_in, long_in = self.short.projections(), self.long.projections()
+        projected = project(h, short_in + long_in)
+        y = torch.cat([merge_heads(self.short(h, delay, projected[:len(short_in)])),
+                       merge_heads(self.long(h, delay, projected[len(short_in):]))], dim=-1)
         x = x + self.resid_dropout(self.c_proj(y))
         return x + self.pmem(self.ln_2(x))
 
