@@ -59,9 +59,9 @@ done
 wait $(jobs -p | grep -v "^$packer$")
 # Evaluation, the arms at once: every finished run, or with EVAL=selected only the runs of the learning rate
 # that the report selects (lowest mean final validation loss: long_context.select_runs).
+# UNFINISHED=1: runs stopped early (a time limit, --max-steps-this-run) count, on their last validation loss.
+done_split=$([ "${UNFINISHED:-0}" = 1 ] && echo val || echo final)
 for arm in "${arms[@]}"; do
-  # UNFINISHED=1: runs stopped early (a time limit, --max-steps-this-run) count, on their last validation loss.
-  done_split=$([ "${UNFINISHED:-0}" = 1 ] && echo val || echo final)
   if [ "${EVAL:-all}" = selected ]; then
     runs=$(python -c "import sys; from pathlib import Path; from experiments.long_context import select_runs as s
 r = s(Path(sys.argv[1]), unfinished=sys.argv[2] == '1'); print(' '.join(r['runs']) if r else '')" \
