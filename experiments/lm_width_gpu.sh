@@ -7,6 +7,7 @@
 #          Mosaic was first seen to start slowly
 #   paper-gpt2-output  the Memory Mosaic alone on that schedule with GPT2's output layer (--output-layer gpt2),
 #          which removed the slow start in the CPU measurement (experiments/slow_start.py)
+#   short-gpt2-output  the Memory Mosaic at depth 12 with GPT2's output layer on the short part's schedule
 # The training loss is logged every step and the validation loss every EVAL_EVERY steps. The small files
 # (no checkpoints) go to $OUT/width.tgz every 15 s, so what finished comes back if the call is cut.
 # Memory: on 2026-12-04 eight 768-wide runs at once (depths 1, 4, 12 and two 12-layer ones) ran the H200
@@ -36,6 +37,8 @@ for part in "$@"; do
              "${common[@]}" > /tmp/width/paper.log 2>&1 & ;;
     paper-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/paper_gpt2_output --models mosaic --depths 12 \
              --lrs 0.005 --warmup 2000 "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/paper_gpt2_output.log 2>&1 & ;;
+    short-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/short_gpt2_output --models mosaic --depths 12 \
+             --lrs "${LR:-0.002}" "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/short_gpt2_output.log 2>&1 & ;;
     *) echo "unknown part $part" >&2; kill $packer; exit 2 ;;
   esac
 done

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The v1 reproduction's GPU studies (REPRODUCTION.md: the paper's width, RegBench trained longer, the stutter
+# at width 256, the induction positive control), started detached from the device call, so that they run on
+# across the calls of one warm machine (a call lasts at most 10 minutes; a process in its own session
+# outlives it), then collected:
+#   bash experiments/reproduction_gpu.sh start SECONDS PART...   start each PART in the background, each
+#        stopped at SECONDS of training where it can be, and return at once. Parts:
+#     width    lm_width_gpu.sh's short and short-gpt2-output parts (d=768, T=512, batch 32): DEPTHS (default
+#              "1 4 12") at LR for both models, STEPS (default 1500), EVAL_EVERY (default 100), all at once
+#     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
+#              (default "5e-4 1e-3 2e-3") for both models, STEP_CAP (default 15600, the preset's 200 epochs at
+#              2,500 languages), RB_PARALLEL at once (default 6), every run replaying CUDA graphs
+#     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
+#              selected lr 4e-2, GPT2 at 2e-3) trained again, then experiments/stutter.py on both (waits
+#              for the width part's tokenised books when that part runs)
+#     induction  experiments/induction.py's positive-control grid on the GPU: IND_MODELS (default "gpt-2 gpt-3
+#              llama-2") on IND_LRS (default "1e-3 3e-3"), IND_SEEDS (default "0"), IND_STEPS (default 50000)
+#   bash experiments/reproduction_gpu.sh collect WAIT_SECONDS    wait until every started part is done or
+#        WAIT_SECONDS have passed, then copy what they wrote so far (no checkpoints) to $OUT as PART.tgz, with
+#        the logs
+# Everything lives under /tmp/repro on the machine. Needs .carry/books.tar.xz for width and stutter.
+set -uo pipefail
+BG=/tmp/repro
+OUT=${OUT:-gpu-results}
+DATA=${DATA:-.carry}
+export MOSAIC_CACHE_DIR=/tmp/mosaic-cache PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+mode=${1:?usage: reproduction_gpu.sh start SECONDS PART... | collect WAIT_SECONDS}; shift
+detach() {  # detach NAME COMMAND...: run COMMAND in its own session, its output in $BG/NAME.log
+  local name=$1; shift
+  setsid nohup "$@" > "$BG/$name.log" 2>&1 < /dev/null &
+  echo $! > "$BG/$name.pid"; echo "started $name (pid $!)"
+}
+case $mode in
+  start)
+    limit=${1:?start: give SECONDS}; shift
+    mkdir -p $BG
+    for part in "$@"; do
+      case $part in
+        width) mkdir -p $BG/width
+          detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1500}" EVAL_EVERY="${EVAL_EVERY:-100}" \
+            PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" short short-gpt2-output ;;
+        rb) mkdir -p $BG/rb
+          detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
+            LRS="${RB_LRS:-5e-4 1e-3 2e-3}" STEP_CAP="${STEP_CAP:-15600}" PARALLEL="${RB_PARALLEL:-6}" \
+            EXTRA="--train-args --cuda-graph" bash experiments/regbench_gpu.sh "$limit" ;;
+        stutter) mkdir -p $BG/stutter
+          detach stutter bash -c "
+            if [ -f $BG/width.pid ]; then  # the width part untars and tokenises the books: wait for its runs
+              until ls /tmp/width/*.log >/dev/null 2>&1 || ! kill -0 \$(cat $BG/width.pid) 2>/dev/null; do sleep 5; done
+            else
+              mkdir -p /tmp/books && tar -xJf $DATA/books.tar.xz -C /tmp/books
+            fi
+            common=(--data /tmp/books --out $BG/stutter/runs --depths 2 --cuda-graph --time-limit $limit)
+            python -m experiments.lm_depth run --models mosaic --lrs 0.04 \"\${common[@]}\" &
+            python -m experiments.lm_depth run --models gpt --lrs 0.002 \"\${common[@]}\" &
+            wait
+            OMP_NUM_THREADS=4 python -m experiments.stutter $BG/stutter/runs/mosaic-L2-lr0.04 $BG/stutter/runs/gpt-L2-lr0.002 \
+              --out $BG/stutter/study --windows 64 --samples 3" ;;
+        induction) mkdir -p $BG/induction
+          read -ra models <<< "${IND_MODELS:-gpt-2 gpt-3 llama-2}"; read -ra lrs <<< "${IND_LRS:-1e-3 3e-3}"
+          read -ra seeds <<< "${IND_SEEDS:-0}"
+          detach induction python -m experiments.induction --out $BG/induction --models "${models[@]}" \
+            --lrs "${lrs[@]}" --seeds "${seeds[@]}" --steps "${IND_STEPS:-50000}" --eval-every 1000 --device cuda \
+            --jobs $(( ${#models[@]} * ${#lrs[@]} * ${#seeds[@]} )) --quiet ;;
+        *) echo "reproduction_gpu.sh: unknown part $part (width, rb, stutter or induction)" >&2; exit 2 ;;
+      esac
+    done ;;
+  collect)
+    wait_s=${1:?collect: give WAIT_SECONDS}
+    mkdir -p "$OUT"
+    end=$((SECONDS + wait_s))
+    alive() { kill -0 "$(cat "$1")" 2>/dev/null; }
+    running() { for f in $BG/*.pid; do [ -f "$f" ] && alive "$f" && return 0; done; return 1; }
+    while running && [ $SECONDS -lt $end ]; do sleep 5; done
+    for f in $BG/*.pid; do [ -f "$f" ] || continue; p=$(basename "$f" .pid)
+      alive "$f" && echo "$p: still running" || echo "$p: done"; done
+    # width and rb pack their own archives (checkpoints left out); the others are packed here.
+    cp $BG/width/width.tgz $BG/rb/rb.tgz $BG/rb/*.log "$OUT/" 2>/dev/null
+    [ -d /tmp/width ] && tar -czf "$OUT/width_now.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' width
+    for p in stutter induction; do
+      [ -d $BG/$p ] && tar -czf "$OUT/$p.tgz" -C $BG --exclude='*.pt' --exclude='*.tmp' $p; done
+    cp $BG/*.log "$OUT/" 2>/dev/null
+    tail -n 4 $BG/*.log ;;
+  *) echo "reproduction_gpu.sh: unknown mode $mode (start or collect)" >&2; exit 2 ;;
+esac
