@@ -92,19 +92,20 @@ class GatedKeyExtractor(nn.Module):
         ``-|W_l x + b_l|``."""
         return wg_x.to(dtype), -(wl_x.to(dtype) + self.rate_bias).abs()
 
-    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, cache: dict, projected: list[torch.Tensor] | None = None) -> torch.Tensor:
         """One position of :meth:`forward` for cached decoding: x_t (B, d) -> the unit key (B, H, hs) in float32
-        (float64 for a float64 model).
+        (float64 for a float64 model). ``projected``: the outputs of :meth:`projections` on x_t, as in forward.
 
         The cache holds the scan's state as ``kbar = exp(M) s`` (s and M in that dtype): the same running
         log-scale M_t = max(M_{t-1} + log lambda_t, log g_t) as ``stable_gate_and_decay``, so no gate overflows."""
         B, H = x_t.shape[0], self.config.n_head
         acc = torch.promote_types(x_t.dtype, torch.float32)  # float32, or float64 for a float64 model
-        raw = self.W_k(x_t).to(acc).view(B, H, -1)
+        wk_x, *logits = project(x_t, self.projections()) if projected is None else projected
+        raw = wk_x.to(acc).view(B, H, -1)
         if not self.config.gated_keys:
             s = raw if "s" not in cache else raw + self._constant_decay().view(1, H, 1) * cache["s"]
         else:
-            log_gate, log_decay = self._logs(self.W_g(x_t), self.W_l(x_t), acc)        # (B, H) each
+            log_gate, log_decay = self._logs(*logits, acc)        # (B, H) each
             if "s" not in cache:
                 s, peak = raw, log_gate
             else:
@@ -183,8 +184,10 @@ class AssociativeMemory(nn.Module):
         return ops_for(self.config, "mosaic_attention").mosaic_attention(
             k, v, scale, **band, **layout_for(self.config, "mosaic_attention"))
 
-    def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, cache: dict, pos: int,
+             projected: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Row ``pos`` of :meth:`forward` in eval mode (delay ``delay_eval``): x_t (B, d) -> (B, H, hs).
+        ``projected``: the outputs of :meth:`projections` on x_t, as in forward.
 
         The cache keeps keys and completed values from position ``cache["start"]`` on: the value v_{pos-1}
         needs x_pos (it peeks one step ahead), so it is completed here, before row pos reads. The
@@ -192,8 +195,9 @@ class AssociativeMemory(nn.Module):
         memory keeps them all and reads those up to pos - delay_eval."""
         c, val = self.config, self.value
         B, H = x_t.shape[0], c.n_head
-        k = self.key.step(x_t, cache.setdefault("key", {}))
-        u = val.W_v(x_t).to(k.dtype).view(B, H, -1)
+        projected = project(x_t, self.projections()) if projected is None else projected
+        k = self.key.step(x_t, cache.setdefault("key", {}), projected[:-1])
+        u = projected[-1].to(k.dtype).view(B, H, -1)
         if "u_prev" in cache:
             v_prev = val.completed(cache["u_prev"], u)
             cache["V"] = torch.cat([cache["V"], v_prev[:, :, None]], dim=2) if "V" in cache else v_prev[:, :, None]
@@ -256,8 +260,11 @@ class MosaicV2Block(nn.Module):
     def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
         """Row ``pos`` of :meth:`forward` in eval mode, reading and updating ``cache``: (B, d) -> (B, d)."""
         h = self.ln_1(x_t)
-        y = torch.cat([self.short.step(h, cache.setdefault("short", {}), pos).flatten(1),
-                       self.long.step(h, cache.setdefault("long", {}), pos).flatten(1)], dim=-1)
+        short_in, long_in = self.short.projections(), self.long.projections()
+        projected = project(h, short_in + long_in)   # one product, as in forward
+        y = torch.cat([self.short.step(h, cache.setdefault("short", {}), pos, projected[:len(short_in)]).flatten(1),
+                       self.long.step(h, cache.setdefault("long", {}), pos, projected[len(short_in):]).flatten(1)],
+                      dim=-1)
         x_t = x_t + self.c_proj(y.to(x_t.dtype))
         return x_t + self.pmem(self.ln_2(x_t))
 
