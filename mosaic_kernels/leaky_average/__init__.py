@@ -100,11 +100,21 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tu
     and so are its gradients, which are taken with M held constant: the output does not depend on M.
     M is computed in float64 (its running sums of log-decays grow with T) as cumulative sums and
     maxima: M_t = L_t + max_{s <= t} (log_gate_s - L_s) with L the cumulative log-decay. Returns
-    float32 tensors, differentiable with respect to both logs.
+    float32 tensors (views of one (2, B, H, T) tensor on the kernel path), differentiable with respect
+    to both logs. CUDA tensors (and CPU ones under ``TRITON_INTERPRET=1``) run one Triton launch for the
+    pair (leaky_average/triton_gates.py); float64 and other CPU tensors the PyTorch code below, with
+    the same formulas and gradients.
     """
     if log_gate.shape != log_decay.shape or log_gate.dim() != 3:
         raise ValueError(f"log_gate and log_decay must both have shape (B, H, T), got {tuple(log_gate.shape)} and "
                          f"{tuple(log_decay.shape)}")
+    float_tensor_on("log_gate", log_gate, log_gate)
+    float_tensor_on("log_decay", log_decay, log_gate, "log_gate")
+    if use_triton(log_gate) and log_decay.dtype != torch.float64:
+        from .function import STABLE_GATES
+
+        pair = STABLE_GATES.apply(log_gate, log_decay)
+        return pair[0], pair[1]
     # One cast each (a kernel launch), into contiguous memory: the cumulative sum and maximum run along T,
     # which a caller's transposed (B, T, H) projection would leave strided (a slow scan kernel on the GPU).
     log_gate, log_decay = (t.to(torch.float64, memory_format=torch.contiguous_format) for t in (log_gate, log_decay))
@@ -115,6 +125,10 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tu
     # The exponents are differences of numbers as large as |M|: taken in float64, they are exact to
     # float32's precision whatever T; only their (small) results are rounded to float32.
     gate = torch.exp((log_gate - peak).float())
-    arg = log_decay + before - peak  # <= 0 up to float64 rounding, which the clamp removes
-    decay = torch.exp(arg.clamp(max=0.0).float())
+    # arg <= 0 up to float64 rounding, which the min removes; it is exactly 0 wherever the state outweighs
+    # the new input, so the gradient must pass there: clamp's gradient at its bound is 1 in some torch
+    # releases and 0 in others, and would drop d/d log_decay at every such step. Subtracting the
+    # (detached) excess keeps the value min(arg, 0) and the gradient 1, as the kernel's backward has it.
+    arg = log_decay + before - peak
+    decay = torch.exp((arg - arg.detach().clamp(min=0.0)).float())
     return gate, decay

@@ -1,4 +1,5 @@
-"""Host wrappers of the Triton leaky-average scan: tiles, launches, and the op's registration (_registration)."""
+"""Host wrappers of the Triton leaky-average scan: tiles, launches, and the op's registration (_registration);
+and of the kernel of its helper ``stable_gate_and_decay``."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import torch
 from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor, sm_count
 from .._registration import fused_op
 from .._triton_common import launch
+from .triton_gates import _stable_gate_decay_kernel
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -245,3 +247,53 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
     args = (x, decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),
             bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last), gate_t)
     return LEAKY_AVERAGE.apply(*args)
+
+
+# --------------------------------------------------------------------------- stable_gate_and_decay
+
+# Time steps a program of the gate kernel scans at once (the whole row up to this length).
+GATES_BLOCK_T = 1024
+
+
+def _gates_forward(log_gate: torch.Tensor, log_decay: torch.Tensor) -> torch.Tensor:
+    """The stabilised pair of (B, H, T) logs (any float dtype and strides) as one contiguous (2, B, H, T)
+    float32 tensor, gates first: one launch, one program per (b, h) (triton_gates.py)."""
+    B, H, T = log_gate.shape
+    pair = _empty((2, B, H, T), device=log_gate.device, dtype=torch.float32)
+    block_t = 16 if interpreter_enabled() else min(GATES_BLOCK_T, max(16, next_power_of_2(T)))
+    launch(_stable_gate_decay_kernel, (B * H,), log_gate, log_decay, pair, H, T, B * H * T,
+           *log_gate.stride(), *log_decay.stride(), BLOCK_T=block_t, num_warps=4)
+    return pair
+
+
+def _gates_fake_forward(log_gate, log_decay):
+    return log_gate.new_empty((2, *log_gate.shape), dtype=torch.float32)
+
+
+def _gates_backward(grad: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """Gradients of both logs with the running log-scale M held fixed (the normalised keys do not depend
+    on it): d gate_t / d log_gate_t = gate_t, d decay_t / d log_decay_t = decay_t, so each is its element's
+    value times its gradient."""
+    return grad * pair
+
+
+def _gates_fake_backward(grad, pair):
+    return torch.empty_like(pair)
+
+
+def _gates_save(ctx, inputs, pair):
+    ctx.save_for_backward(pair)
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+
+
+def _gates_backward_args(ctx, grad):
+    return grad, ctx.saved_tensors[0]
+
+
+def _gates_input_grads(ctx, result):
+    return result[0].to(ctx.dtypes[0]), result[1].to(ctx.dtypes[1])
+
+
+STABLE_GATES = fused_op("stable_gate_and_decay", forward=_gates_forward, fake_forward=_gates_fake_forward,
+                        backward=_gates_backward, fake_backward=_gates_fake_backward, save=_gates_save,
+                        backward_args=_gates_backward_args, input_grads=_gates_input_grads)

@@ -184,6 +184,94 @@ def test_stable_pair_stays_in_range():
     assert torch.allclose(gate.amax(dim=-1), torch.ones(2, 3))  # the largest input has coefficient 1 somewhere
 
 
+def _logs(B, H, T, gate_spread, decay_spread, seed, dtype=torch.float32):
+    """Log-gates and log-decays as the model passes them: (B, H, T) transposed views of (B, T, H)."""
+    g = torch.Generator().manual_seed(seed)
+    lg = torch.randn(B, T, H, generator=g) * gate_spread
+    ld = -torch.rand(B, T, H, generator=g) * decay_spread
+    return lg.to(dtype).transpose(1, 2), ld.to(dtype).transpose(1, 2)
+
+
+@pytest.mark.parametrize("spreads", [(0.3, 0.1), (3.0, 1.0)], ids=["state_wins", "mixed"])
+def test_decay_gradient_passes_where_the_state_outweighs_the_input(spreads):
+    """Gates that vary less than the decays (the state's earlier inputs outweigh the new one at most
+    steps, where the stabilised decay's exponent is exactly 0) and wider ones: the pair's gradients
+    through the scan are the float64 loop's. A gradient lost at those steps (clamp's gradient at its
+    bound is 0 in some torch releases) is off by O(1). The PyTorch path, on the CPU in float64 (to
+    the pair's float32 rounding: FP32). Wider gates are the test above's."""
+    lg, ld = (t.double().requires_grad_() for t in _logs(2, 3, 64, *spreads, seed=8))
+    x = torch.randn(2, 3, 64, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    gate, decay = stable_gate_and_decay(lg, ld)
+    y = leaky_average(x, decay.double(), gate=gate.double(), normalize=True)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    got = torch.autograd.grad(y, (lg, ld), gy)
+    lg64, ld64 = (t.detach().clone().requires_grad_() for t in (lg, ld))
+    want = torch.autograd.grad(tv_loop(x, ld64.exp(), lg64.exp(), normalize=True), (lg64, ld64), gy)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) <= tolerances.FP32
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("spreads", [(0.3, 0.1), (300.0, 3.0), (1e4, 50.0)], ids=["state_wins", "wide", "extreme"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_stable_pair_kernel_gives_the_pytorch_pair(device, spreads, dtype, nan_outputs):
+    """The one-launch kernel (strided (B, T, H) logs, several tiles: T = 45 against the interpreter's
+    16-step tiles, T = 2,500 against the GPU's 1,024) against the PyTorch path on the same logs in
+    float64: the same formulas in float64 up to the order of the cumulative sum (relative 1e-16 of
+    the exponents, which are as large as T times the decay spread: <= 1.3e5, so <= 1e-11 absolute),
+    then each exponent rounded to float32 and exponentiated in float32 (a few ulps, plus the
+    argument's relative rounding times its size for the GPU's exp2-based exp: up to ~90 * 2^-24 where
+    the result underflows anyway). Elementwise: |a - b| <= 8 u (1 + |x|) b + 1e-30 with x the
+    exponent. Gradients are each value times its gradient: the same bound. Every element written
+    (nan_outputs)."""
+    for T in (45, 2500) if device == "cuda" else (45,):
+        lg, ld = _logs(2, 3, T, *spreads, seed=11, dtype=dtype)
+        lg, ld = (t.to(device).requires_grad_() for t in (lg, ld))
+        lg64, ld64 = (t.detach().cpu().double().requires_grad_() for t in (lg, ld))
+        pair = stable_gate_and_decay(lg, ld)
+        ref = stable_gate_and_decay(lg64, ld64)
+        w = [torch.randn(2, 3, T, generator=torch.Generator().manual_seed(12 + i)) for i in range(2)]
+        got = torch.autograd.grad(sum((p * wi.to(device)).sum() for p, wi in zip(pair, w)), (lg, ld))
+        want = torch.autograd.grad(sum((p * wi).sum() for p, wi in zip(ref, w)), (lg64, ld64))
+        for a, b, wi in zip(pair, ref, w):
+            assert a.dtype == torch.float32 and torch.isfinite(a).all()
+            x = b.double().clamp_min(1e-300).log().abs()       # the exponent's size
+            bound = 8 * tolerances.U_FP32 * (1 + x) * b.double() + 1e-30
+            assert ((a.double().cpu() - b.double()).abs() <= bound).all()
+        for a, b, p in zip(got, want, ref):
+            assert a.dtype == dtype
+            x = p.double().clamp_min(1e-300).log().abs()
+            low = 0.0 if dtype == torch.float32 else tolerances.U_BF16 * b.double().abs()  # the gradient's store
+            bound = 8 * tolerances.U_FP32 * (1 + x) * b.double().abs() + low + 1e-30
+            assert ((a.double().cpu() - b.double()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_stable_pair_custom_op_opcheck_and_compile(device):
+    """The pair's custom op: torch.library.opcheck (schema, registered autograd, fake), and through
+    torch.compile(fullgraph=True) with the scan, the eager values and gradients (FP32)."""
+    from mosaic_kernels.leaky_average.function import STABLE_GATES
+
+    lg, ld = (t.to(device) for t in _logs(2, 3, 40, 2.0, 1.0, seed=13))
+    torch.library.opcheck(STABLE_GATES.fwd, (lg.requires_grad_(), ld.requires_grad_()),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    x = torch.randn(2, 3, 40, 16, generator=torch.Generator().manual_seed(14)).to(device)
+
+    def keys(lg, ld):
+        gate, decay = stable_gate_and_decay(lg, ld)
+        return leaky_average(x, decay, gate=gate, normalize=True).square().mul(torch.arange(16, device=device)).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(keys, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    results = []
+    for fn in (keys, compiled):
+        a, b = (t.detach().clone().requires_grad_() for t in (lg, ld))
+        out = fn(a, b)
+        results.append((out, *torch.autograd.grad(out, (a, b))))
+    for eager, comp in zip(*results):
+        assert rel_err(comp, eager) <= tolerances.FP32
+
+
 def test_bad_time_varying_arguments_name_themselves():
     x = torch.zeros(2, 3, 8, 4)
     for kwargs, msg in ((dict(decay=torch.rand(2, 3, 7)), r"decay must have shape \(2, 3, 8\) or \(2, 3, 8, 4\)"),
