@@ -5,8 +5,9 @@
 # outlives it), then collected:
 #   bash experiments/reproduction_gpu.sh start SECONDS PART...   start each PART in the background, each
 #        stopped at SECONDS of training where it can be, and return at once. Parts:
-#     width    lm_width_gpu.sh's short and short-gpt2-output parts (d=768, T=512, batch 32): DEPTHS (default
-#              "1 4 12") at LR for both models, STEPS (default 1500), EVAL_EVERY (default 100), all at once
+#     width    lm_width_gpu.sh's parts WIDTH_PARTS (default "short short-gpt2-output"; d=768, T=512, batch 32):
+#              DEPTHS (default "1 4 12") at LR for both models, STEPS (default 1500), EVAL_EVERY (default 100),
+#              all at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
 #              (default "5e-4 1e-3 2e-3") for both models, STEP_CAP (default 15600, the preset's 200 epochs at
 #              2,500 languages), RB_PARALLEL at once (default 6), every run replaying CUDA graphs
@@ -38,7 +39,7 @@ case $mode in
       case $part in
         width) mkdir -p $BG/width
           detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1500}" EVAL_EVERY="${EVAL_EVERY:-100}" \
-            PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" short short-gpt2-output ;;
+            PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
             LRS="${RB_LRS:-5e-4 1e-3 2e-3}" STEP_CAP="${STEP_CAP:-15600}" PARALLEL="${RB_PARALLEL:-6}" \
