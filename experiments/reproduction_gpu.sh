@@ -9,8 +9,9 @@
 #              DEPTHS (default "1 4 12") at LR for both models, STEPS (default 1500), EVAL_EVERY (default 100),
 #              all at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
-#              (default "5e-4 1e-3 2e-3") for both models, STEP_CAP (default 15600, the preset's 200 epochs at
-#              2,500 languages), RB_PARALLEL at once (default 6), every run replaying CUDA graphs
+#              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both
+#              models, STEP_CAP (default 10000: 64 epochs at 2,500 languages, 32 at 10,000, against the
+#              earlier 3,200), RB_PARALLEL at once (default 8), every run replaying CUDA graphs
 #     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
 #              selected lr 4e-2, GPT2 at 2e-3) trained again, then experiments/stutter.py on both (waits
 #              for the width part's tokenised books when that part runs)
@@ -42,7 +43,7 @@ case $mode in
             PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
-            LRS="${RB_LRS:-5e-4 1e-3 2e-3}" STEP_CAP="${STEP_CAP:-15600}" PARALLEL="${RB_PARALLEL:-6}" \
+            LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-10000}" PARALLEL="${RB_PARALLEL:-8}" \
             EXTRA="--train-args --cuda-graph" bash experiments/regbench_gpu.sh "$limit" ;;
         stutter) mkdir -p $BG/stutter
           detach stutter bash -c "
