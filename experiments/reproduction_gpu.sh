@@ -6,7 +6,7 @@
 #   bash experiments/reproduction_gpu.sh start SECONDS PART...   start each PART in the background, each
 #        stopped at SECONDS of training where it can be, and return at once. Parts:
 #     width    lm_width_gpu.sh's parts WIDTH_PARTS (default "short short-gpt2-output"; d=768, T=512, batch 32):
-#              DEPTHS (default "1 4 12") at LR for both models, STEPS (default 1500), EVAL_EVERY (default 100),
+#              DEPTHS (default "1 4 12") at LR for both models, STEPS (default 1200), EVAL_EVERY (default 100),
 #              all at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
 #              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both
@@ -39,7 +39,7 @@ case $mode in
     for part in "$@"; do
       case $part in
         width) mkdir -p $BG/width
-          detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1500}" EVAL_EVERY="${EVAL_EVERY:-100}" \
+          detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1200}" EVAL_EVERY="${EVAL_EVERY:-100}" \
             PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
