@@ -17,7 +17,7 @@ from .._common import (
 )
 from . import reference as _reference
 
-__all__ = ["mosaic_attention"]
+__all__ = ["mosaic_attention", "row_bandwidth"]
 
 
 def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -> torch.Tensor:
@@ -107,3 +107,47 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
                                        generator=generator, window=window, delay=delay)
     y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator)
     return as_heads_last(y, bool(heads_last))
+
+
+def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
+                  delay: int | torch.Tensor = 1) -> torch.Tensor:
+    """The per-row scale ``beta(n_t) = beta1 * n_t**alpha + beta0`` of a band, for ``mosaic_attention``'s ``scale``.
+
+    ``n_t`` is how many keys row t of ``mosaic_attention(..., window=window, delay=delay)`` sees:
+    ``max(t - delay - max(t - window, 0) + 1, 0)`` (``n_t**alpha`` is 0 where ``n_t = 0``; such rows read no
+    key). Memory Mosaics v2's adaptive bandwidth: the softmax sharpens as a row sees more keys.
+
+    Args:
+        beta0, beta1, alpha: ``(H,)`` floating tensors on one device (gradients returned for each).
+        T: the sequence length, >= 1.
+        window, delay: the band, as in ``mosaic_attention`` (delay an int or an integer ``(B,)`` tensor).
+
+    Returns:
+        float32 ``(H, T)`` for an int delay, ``(B, H, T)`` for a tensor one. CUDA tensors (and CPU ones
+        under ``TRITON_INTERPRET=1``) run one Triton launch forward and one backward (every head's three
+        gradients, summed in a fixed order); the others the same formula in PyTorch.
+
+    Raises:
+        ValueError: on a bad shape, dtype, device, T, window or delay.
+
+    Example:
+        >>> H = 4
+        >>> scale = row_bandwidth(torch.ones(H), torch.full((H,), 0.4), torch.full((H,), 0.5), 128, window=32)
+    """
+    check_tensor("beta0", beta0, ndim=1)
+    H = beta0.shape[0]
+    for name, t in (("beta0", beta0), ("beta1", beta1), ("alpha", alpha)):
+        if t.shape != (H,):
+            raise ValueError(f"{name} must have shape ({H},) like beta0, got {tuple(t.shape)}")
+        float_tensor_on(name, t, beta0, "beta0")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an int >= 1, got {T!r}")
+    B = delay.shape[0] if isinstance(delay, torch.Tensor) and delay.dim() == 1 else 1
+    _check_band(window, delay, B, beta0)
+    if use_triton(beta0):
+        from .function import ROW_BANDWIDTH
+
+        delays = delay.to(torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
+        return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
+                                   -1 if window is None else int(window), 0 if delays is not None else int(delay), delays)
+    return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay)

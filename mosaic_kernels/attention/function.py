@@ -7,6 +7,7 @@ from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, p
 from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, keep_scale, launch, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
+from .triton_bandwidth import _bandwidth_bwd_kernel, _bandwidth_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
@@ -236,3 +237,68 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
     delays = delay.to(device=k.device, dtype=torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
     return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1 if window is None else int(window),
                            0 if delays is not None else int(delay), delays)
+
+
+# --------------------------------------------------------------------------- row_bandwidth
+
+# Time steps per program of the bandwidth kernels (the interpreter's small tiles exercise the loops).
+BANDWIDTH_BLOCK_T = 1024
+
+
+def _bandwidth_block(T: int) -> int:
+    return 16 if interpreter_enabled() else min(BANDWIDTH_BLOCK_T, max(16, next_power_of_2(T)))
+
+
+def _bandwidth_forward(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
+                       delay: int, delays: torch.Tensor | None) -> torch.Tensor:
+    """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,)); window -1 for none."""
+    H = beta0.shape[0]
+    rows = delays.shape[0] if delays is not None else 1
+    out = _empty((rows, H, T), device=beta0.device, dtype=torch.float32)
+    block_t = _bandwidth_block(T)
+    launch(_bandwidth_fwd_kernel, (rows * H, cdiv(T, block_t)), beta0, beta1, alpha,
+           delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay,
+           PER_BATCH_DELAY=delays is not None, BLOCK_T=block_t, num_warps=4)
+    return out if delays is not None else out[0]
+
+
+def _bandwidth_fake_forward(beta0, beta1, alpha, T, window, delay, delays):
+    shape = (beta0.shape[0], T) if delays is None else (delays.shape[0], beta0.shape[0], T)
+    return beta0.new_empty(shape, dtype=torch.float32)
+
+
+def _bandwidth_backward(grad: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
+                        delay: int, delays: torch.Tensor | None) -> torch.Tensor:
+    """(3, H) float32: the gradients of beta0, beta1 and alpha, summed over the rows in a fixed order."""
+    H = beta1.shape[0]
+    g = grad if grad.dim() == 3 else grad.unsqueeze(0)
+    out = _empty((3, H), device=grad.device, dtype=torch.float32)
+    launch(_bandwidth_bwd_kernel, (H,), g, beta1, alpha, delays if delays is not None else beta1, out,
+           g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(), PER_BATCH_DELAY=delays is not None,
+           BLOCK_T=_bandwidth_block(T), num_warps=4)
+    return out
+
+
+def _bandwidth_fake_backward(grad, beta1, alpha, T, window, delay, delays):
+    return beta1.new_empty((3, beta1.shape[0]), dtype=torch.float32)
+
+
+def _bandwidth_save(ctx, inputs, _out):
+    beta0, beta1, alpha, T, window, delay, delays = inputs
+    ctx.save_for_backward(beta1, alpha, delays)
+    ctx.meta = (T, window, delay)
+    ctx.dtypes = (beta0.dtype, beta1.dtype, alpha.dtype)
+
+
+def _bandwidth_backward_args(ctx, grad):
+    beta1, alpha, delays = ctx.saved_tensors
+    return grad, beta1, alpha, *ctx.meta, delays
+
+
+def _bandwidth_input_grads(ctx, result):
+    return (*(r.to(dtype) for r, dtype in zip(result, ctx.dtypes)), None, None, None, None)
+
+
+ROW_BANDWIDTH = fused_op("row_bandwidth", forward=_bandwidth_forward, fake_forward=_bandwidth_fake_forward,
+                         backward=_bandwidth_backward, fake_backward=_bandwidth_fake_backward, save=_bandwidth_save,
+                         backward_args=_bandwidth_backward_args, input_grads=_bandwidth_input_grads)

@@ -71,3 +71,25 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         kept = torch.empty_like(probs).bernoulli_(1.0 - dropout_p, generator=generator)
         probs = probs * kept / (1.0 - dropout_p)
     return (probs @ vc).to(v.dtype)
+
+
+def row_counts(T: int, window: int | None, delay: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """How many keys each row of the band sees, ``max(t - delay - max(t - window, 0) + 1, 0)``: (T,), or (B, T)
+    for a (B,) tensor of delays (negative delays count as 0). The row sums of :func:`band_mask`, without
+    the (T, T) mask."""
+    t = torch.arange(T, device=device)
+    if isinstance(delay, torch.Tensor):
+        t, delay = t[None, :], delay.to(device=device).clamp(min=0)[:, None]
+    lo = (t - window).clamp(min=0) if window is not None else torch.zeros_like(t)
+    return (t - delay - lo + 1).clamp(min=0)
+
+
+def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
+                  delay: int | torch.Tensor = 1) -> torch.Tensor:
+    """``beta1 * n_t**alpha + beta0`` per head and row (``n_t**alpha`` = 0 where n_t = 0): float32 (H, T), or
+    (B, H, T) for a tensor delay; float64 for float64 parameters."""
+    dtype = torch.promote_types(beta0.dtype, torch.float32)
+    n = row_counts(T, window, delay, beta0.device).to(dtype).unsqueeze(-2)          # (..., 1, T)
+    b0, b1, a = (p.to(dtype)[:, None] for p in (beta0, beta1, alpha))
+    # clamp_min keeps pow's gradient finite at n = 0, where the mask zeroes the term.
+    return b1 * n.clamp_min(1.0).pow(a) * (n > 0) + b0

@@ -66,7 +66,7 @@ def _band_row(memory: torch.nn.Module, k: torch.Tensor) -> torch.Tensor:
     its band (short-term: t - window .. t - 1; long-term: 0 .. t - delay_eval), -inf outside."""
     t = k.shape[2] - 1
     lo, hi = memory.row_band(t, memory.config.delay_eval)
-    beta = memory.bandwidth(torch.tensor([max(hi - lo + 1, 0)], device=k.device)).float().reshape(1, -1, 1)
+    beta = memory.bandwidth.of_count(max(hi - lo + 1, 0)).float().reshape(1, -1, 1)
     logits = beta * torch.einsum("bhd,bhjd->bhj", k[:, :, -1], k[:, :, :-1])
     j = torch.arange(t, device=k.device)
     return logits.masked_fill(~((j >= lo) & (j <= hi)), float("-inf"))

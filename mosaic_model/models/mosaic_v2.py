@@ -22,6 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mosaic_kernels import reference as reference_ops
+from mosaic_kernels.attention import row_bandwidth
+from mosaic_kernels.attention.reference import row_bandwidth as reference_row_bandwidth
 from mosaic_kernels.leaky_average import stable_gate_and_decay
 
 from .config import MosaicV2Config
@@ -126,7 +129,7 @@ class Bandwidth(nn.Module):
     def __init__(self, config: MosaicV2Config):
         super().__init__()
         H = config.n_head
-        self.adaptive = config.adaptive_bandwidth
+        self.config, self.adaptive = config, config.adaptive_bandwidth
         inv_softplus = lambda y: math.log(math.expm1(y))  # noqa: E731
         if self.adaptive:
             self.beta0 = nn.Parameter(torch.full((H,), inv_softplus(1.0)))
@@ -135,14 +138,25 @@ class Bandwidth(nn.Module):
         else:
             self.log_beta = nn.Parameter(torch.full((H,), 2.0))
 
-    def forward(self, n: torch.Tensor) -> torch.Tensor:
-        """Row counts n (T,) or (B, T) -> bandwidths (H, T) or (B, H, T), float32 (a (H,) tensor when fixed)."""
+    def forward(self, T: int, band: dict) -> torch.Tensor:
+        """The bandwidths of the rows of a band (``mosaic_attention``'s window and delay): (H, T), or (B, H, T)
+        for one delay per sequence, float32; an (H,) tensor when fixed. One fused launch each way on the
+        fused ops (``mosaic_kernels.attention.row_bandwidth``), the attention's reference otherwise."""
         if not self.adaptive:
             return self.log_beta.exp()
-        b0, b1, a = F.softplus(self.beta0), F.softplus(self.beta1), torch.sigmoid(self.alpha)
-        n = n.float().unsqueeze(-2)                                          # (..., 1, T)
-        # n^alpha at n = 0 is 0 (rows without keys read nothing anyway); clamp keeps its gradient finite.
-        return b1[:, None] * n.clamp_min(1e-6).pow(a[:, None]) * (n > 0) + b0[:, None]
+        fused = ops_for(self.config, "mosaic_attention") is not reference_ops
+        return (row_bandwidth if fused else reference_row_bandwidth)(*self.coefficients(), T, **band)
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(beta0, beta1, alpha), each (H,), from their unconstrained parameters."""
+        return F.softplus(self.beta0), F.softplus(self.beta1), torch.sigmoid(self.alpha)
+
+    def of_count(self, n: int) -> torch.Tensor:
+        """The bandwidth (H,) of a row that sees n keys (cached decoding): the formula of :meth:`forward`."""
+        if not self.adaptive:
+            return self.log_beta.exp()
+        b0, b1, a = self.coefficients()
+        return b1 * float(n) ** a * (n > 0) + b0
 
 
 class AssociativeMemory(nn.Module):
@@ -155,14 +169,10 @@ class AssociativeMemory(nn.Module):
         self.value = PeekAheadValueExtractor(config)
         self.bandwidth = Bandwidth(config)
 
-    def band(self, T: int, delay: int | torch.Tensor, device: torch.device) -> tuple[dict, torch.Tensor]:
-        """The attention's band arguments and the rows' key counts n (T,) or (B, T)."""
-        t = torch.arange(T, device=device)
-        if not self.long_term:
-            return {"window": self.config.window, "delay": 1}, t.clamp(max=self.config.window)
-        if isinstance(delay, torch.Tensor):
-            return {"delay": delay}, (t[None, :] - delay[:, None] + 1).clamp_min(0)
-        return {"delay": delay}, (t - delay + 1).clamp_min(0)
+    def band(self, delay: int | torch.Tensor) -> dict:
+        """The attention's band arguments: the last ``window`` keys (short-term), or every key up to t - delay
+        (long-term; delay an int or one per sequence)."""
+        return {"window": self.config.window, "delay": 1} if not self.long_term else {"delay": delay}
 
     def row_band(self, t: int, delay: int) -> tuple[int, int]:
         """(lo, hi): the keys lo <= j <= hi that row t reads (none when hi < lo): t - window .. t - 1 for the
@@ -179,8 +189,8 @@ class AssociativeMemory(nn.Module):
         computed them (otherwise computed here, as one product)."""
         projected = project(x, self.projections()) if projected is None else projected
         k, v = self.key(x, projected[:-1]), self.value(x, projected[-1])
-        band, n = self.band(x.shape[1], delay, x.device)
-        scale = self.bandwidth(n)
+        band = self.band(delay)
+        scale = self.bandwidth(x.shape[1], band)
         return ops_for(self.config, "mosaic_attention").mosaic_attention(
             k, v, scale, **band, **layout_for(self.config, "mosaic_attention"))
 
@@ -207,7 +217,7 @@ class AssociativeMemory(nn.Module):
         if hi >= lo:
             start = cache["start"]
             keys, vals = cache["K"][:, :, lo - start:hi + 1 - start], cache["V"][:, :, lo - start:hi + 1 - start]
-            beta = self.bandwidth(torch.tensor([hi - lo + 1], device=x_t.device)).reshape(1, H, 1)  # from (H, 1) or (H,)
+            beta = self.bandwidth.of_count(hi - lo + 1).reshape(1, H, 1)
             y = read_row(k * beta, keys, vals)
         cache["K"] = torch.cat([cache["K"], k[:, :, None]], dim=2) if "K" in cache else k[:, :, None]
         cache.setdefault("start", pos)
@@ -299,7 +309,8 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         c = self.config
         if not self.training:
             return c.delay_eval
-        return torch.randint(c.delay_min, c.delay_max + 1, (B,), device=device)
+        # int32: the dtype the attention and bandwidth kernels read (no cast per layer).
+        return torch.randint(c.delay_min, c.delay_max + 1, (B,), device=device, dtype=torch.int32)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 delay: int | torch.Tensor | None = None) -> tuple:

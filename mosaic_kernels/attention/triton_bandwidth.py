@@ -1,0 +1,75 @@
+"""Triton kernels of ``row_bandwidth``: the per-row scale ``beta(n_t) = beta1 n_t^alpha + beta0`` of a band.
+
+n_t is how many keys row t of the band attention sees: keys lo_t <= j <= hi_t with hi_t = t - delay and
+lo_t = max(t - window, 0), so n_t = max(hi_t - lo_t + 1, 0), computed from t here (no count tensor is
+read). beta0, beta1, alpha are (H,) float32; the scale is (R, H, T) float32, contiguous, with R = B when
+each sequence has its own delay (DELAYS, int32 (B,)) and R = 1 otherwise. n^alpha is exp2(alpha log2 n),
+and 0 where n = 0 (such rows read no key; their scale is beta0).
+
+Backward: one program per head sums, over every row it owns, in a fixed order (deterministic):
+    d beta0 = sum g,   d beta1 = sum g n^alpha,   d alpha = sum g beta1 n^alpha ln n      (n > 0)
+with g the scale's gradient (any strides), into a (3, H) float32 tensor.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _row_counts(t, window, delay):
+    # Keys max(t - window, 0) .. t - delay: how many (0 when the band is empty). A delay below 0 counts as 0,
+    # as in the attention's kernels.
+    return tl.maximum(t - tl.maximum(delay, 0) - tl.maximum(t - window, 0) + 1, 0)
+
+
+@triton.jit
+def _bandwidth_fwd_kernel(
+    B0, B1, ALPHA,               # (H,) float32
+    DELAYS,                      # (B,) int32 when PER_BATCH_DELAY (else never read)
+    OUT,                         # (R, H, T) float32, contiguous
+    H, T, window, delay,
+    PER_BATCH_DELAY: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    row = tl.program_id(0)       # r * H + h
+    h = row % H
+    if PER_BATCH_DELAY:
+        delay = tl.load(DELAYS + row // H)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    n = _row_counts(t, window, delay)
+    power = tl.where(n > 0, tl.exp2(tl.load(ALPHA + h) * tl.log2(tl.maximum(n, 1).to(tl.float32))), 0.0)
+    tl.store(OUT + row * T + t, tl.load(B1 + h) * power + tl.load(B0 + h), mask=t < T)
+
+
+@triton.jit
+def _bandwidth_bwd_kernel(
+    G,                           # (R, H, T) gradient of the scale, any strides
+    B1, ALPHA,                   # (H,) float32
+    DELAYS,                      # (B,) int32 when PER_BATCH_DELAY
+    OUT,                         # (3, H) float32: d beta0, d beta1, d alpha
+    R, H, T, window, delay,
+    s_gr, s_gh, s_gt,
+    PER_BATCH_DELAY: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    h = tl.program_id(0)
+    b1 = tl.load(B1 + h)
+    alpha = tl.load(ALPHA + h)
+    acc0 = tl.zeros([BLOCK_T], tl.float32)
+    acc1 = tl.zeros([BLOCK_T], tl.float32)
+    acc_a = tl.zeros([BLOCK_T], tl.float32)
+    for r in range(0, R):
+        d = tl.load(DELAYS + r) if PER_BATCH_DELAY else delay
+        for start in range(0, T, BLOCK_T):
+            t = start + tl.arange(0, BLOCK_T)
+            g = tl.load(G + r * s_gr + h * s_gh + t * s_gt, mask=t < T, other=0.0).to(tl.float32)
+            n = _row_counts(t, window, d)
+            log2n = tl.log2(tl.maximum(n, 1).to(tl.float32))
+            power = tl.where(n > 0, tl.exp2(alpha * log2n), 0.0)
+            acc0 += g
+            acc1 += g * power
+            acc_a += g * power * log2n       # ln n = log2 n * ln 2, applied once below
+    tl.store(OUT + h, tl.sum(acc0, 0))
+    tl.store(OUT + H + h, tl.sum(acc1, 0))
+    tl.store(OUT + 2 * H + h, tl.sum(acc_a, 0) * b1 * LN2)

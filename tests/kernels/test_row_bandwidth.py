@@ -1,0 +1,153 @@
+"""row_bandwidth, the per-row scale beta(n_t) = beta1 n_t^alpha + beta0 of a band: the counts against the band
+mask, the reference against a plain loop, the kernels against the reference in float64 (values and the three
+gradients), the custom op's registration and compile, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mosaic_kernels import mosaic_attention
+from mosaic_kernels.attention import row_bandwidth
+from mosaic_kernels.attention.reference import band_mask, row_counts
+from mosaic_kernels.attention.reference import row_bandwidth as reference_row_bandwidth
+from tests import tolerances
+from tests.conftest import kernel_devices, rel_err
+
+# (window, delay) pairs: strict causal, short-term windows, long-term delays, one delay per sequence (a
+# negative one counts as 0, one past T leaves every row empty).
+BANDS = [(None, 1), (7, 1), (None, 5), (10, 3), (0, 0), (None, [0, 3, 60, -2]), (5, [1, 2])]
+IDS = ["causal", "window7", "delay5", "window10_delay3", "self_only", "per_sequence", "window5_per_sequence"]
+
+
+def _delay(delay, device="cpu"):
+    return torch.tensor(delay, device=device) if isinstance(delay, list) else delay
+
+
+def _params(H, seed, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    b0, b1 = torch.rand(H, generator=g) * 2, torch.rand(H, generator=g) * 2 + 0.1
+    alpha = torch.rand(H, generator=g)
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (b0, b1, alpha)]
+
+
+@pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
+def test_row_counts_are_the_band_masks_row_sums(window, delay):
+    T = 45
+    mask = band_mask(T, window, _delay(delay), "cpu")
+    want = mask.sum(-1)[:, 0] if mask.dim() == 4 else mask.sum(-1)
+    assert torch.equal(row_counts(T, window, _delay(delay), "cpu"), want)
+
+
+@pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
+def test_reference_is_the_formula_row_by_row(window, delay):
+    """A plain loop over heads, rows (and sequences) in Python floats: beta1 n^alpha + beta0, beta0 at n = 0."""
+    H, T = 3, 21
+    b0, b1, a = (t.detach() for t in _params(H, 0, torch.float64))
+    out = reference_row_bandwidth(b0, b1, a, T, window=window, delay=_delay(delay))
+    delays = delay if isinstance(delay, list) else [delay]
+    assert out.shape == ((len(delays), H, T) if isinstance(delay, list) else (H, T))
+    for r, d in enumerate(delays):
+        for h in range(H):
+            for t in range(T):
+                lo, hi = (0 if window is None else max(t - window, 0)), t - max(d, 0)
+                n = max(hi - lo + 1, 0)
+                want = float(b1[h]) * n ** float(a[h]) + float(b0[h]) if n else float(b0[h])
+                got = out[r, h, t] if isinstance(delay, list) else out[h, t]
+                assert math.isclose(float(got), want, rel_tol=1e-14), (r, h, t)
+
+
+def _check_kernel(device, T, window, delay, H=3, seed=1):
+    """The kernels (float32) against the float64 reference: values and the gradients of the three
+    parameters.
+
+    Values: n^alpha is exp2(alpha log2 n) in float32: log2 n and its product with alpha are each rounded
+    (relative u), an exponent of size <= alpha log2 T <= 13 then errs by <= 2 * 13 u absolute, and exp2
+    adds a few ulps: <= 32 u relative per element (2e-6), inside FP32's 1e-5 for the RMS error.
+    Gradients: sums over every row (R * T terms) of the incoming gradient times values of the accuracy
+    above; a float32 sum of N terms errs by at most N u times the sum of |terms| (Higham 4.2), whatever
+    the kernel's order, so the bound is (32 + N) u sum|terms| per head."""
+    delay_t = _delay(delay, device)
+    p32 = _params(H, seed, device=device)
+    p64 = [p.detach().cpu().double().requires_grad_() for p in p32]
+    got = row_bandwidth(*p32, T, window=window, delay=delay_t)
+    want = reference_row_bandwidth(*p64, T, window=window, delay=_delay(delay))
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.device.type == device
+    assert rel_err(got, want) <= tolerances.FP32
+    w = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    grads = torch.autograd.grad((got * w.to(device)).sum(), p32)
+    refs = torch.autograd.grad((want * w).sum(), p64)
+    n = row_counts(T, window, _delay(delay), "cpu").double().unsqueeze(-2)
+    b1, a = p64[1].detach()[:, None], p64[2].detach()[:, None]
+    power = torch.where(n > 0, n.clamp_min(1).pow(a), 0.0)
+    terms = [w, w * power, w * b1 * power * n.clamp_min(1).log()]            # each gradient's summands
+    N = want.numel() // H
+    for name, g, ref, term in zip(("beta0", "beta1", "alpha"), grads, refs, terms):
+        assert g.dtype == torch.float32
+        dims = tuple(i for i in range(term.dim()) if i != term.dim() - 2)  # every axis but the head's
+        bound = (32 + N) * tolerances.U_FP32 * term.abs().sum(dim=dims)
+        assert ((g.double().cpu() - ref).abs() <= bound).all(), (name, (g.double().cpu() - ref).abs(), bound)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
+def test_kernels_give_the_reference(device, window, delay, nan_outputs):
+    """T = 45: three of the interpreter's 16-step tiles (one of the GPU's); every element written."""
+    _check_kernel(device, 45, window, delay)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("window, delay", [(256, 1), (None, 64), (None, [64, 100, 256, 200, 70, 64, 128, 255])],
+                         ids=["short_term", "long_term", "long_term_per_sequence"])
+def test_gpu_long_rows(window, delay, nan_outputs):
+    """T = 8,192 at v2's bands: 8 of the GPU's 1,024-step tiles, in both directions; deterministic."""
+    _check_kernel("cuda", 8192, window, delay, H=12)
+    p = _params(12, 3, device="cuda")
+    runs = [torch.autograd.grad(row_bandwidth(*p, 8192, window=window, delay=_delay(delay, "cuda")).sum(), p)
+            for _ in range(2)]
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_custom_op_opcheck_and_compile_with_the_attention(device):
+    """torch.library.opcheck of the registered op, and row_bandwidth feeding mosaic_attention's per-row
+    scale inside torch.compile(fullgraph=True): the eager values and gradients (FP32_CHAINED: two ops)."""
+    from mosaic_kernels.attention.function import ROW_BANDWIDTH
+
+    p = _params(3, 4, device=device)
+    delays = torch.tensor([3, 9], device=device, dtype=torch.int32)
+    for args in ((*p, 40, 8, 1, None), (*p, 40, -1, 0, delays)):
+        torch.library.opcheck(ROW_BANDWIDTH.fwd, args,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    g = torch.Generator().manual_seed(5)
+    k = torch.nn.functional.normalize(torch.randn(2, 3, 40, 16, generator=g), dim=-1).to(device)
+    v = torch.randn(2, 3, 40, 16, generator=g).to(device)
+
+    def read(b0, b1, a):
+        scale = row_bandwidth(b0, b1, a, 40, delay=delays)
+        return mosaic_attention(k, v, scale, delay=delays).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(read, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    results = []
+    for fn in (read, compiled):
+        ps = [t.detach().clone().requires_grad_() for t in p]
+        out = fn(*ps)
+        results.append((out, *torch.autograd.grad(out, ps)))
+    for eager, comp in zip(*results):
+        assert rel_err(comp, eager) <= tolerances.FP32_CHAINED
+
+
+def test_bad_arguments_name_themselves():
+    b = torch.ones(3)
+    for call, msg in ((lambda: row_bandwidth(torch.ones(3, 1), b, b, 8), "beta0"),
+                      (lambda: row_bandwidth(b, torch.ones(4), b, 8), r"beta1 must have shape \(3,\)"),
+                      (lambda: row_bandwidth(b, b, torch.ones(3, dtype=torch.int64), 8), "alpha must be a floating"),
+                      (lambda: row_bandwidth(b, b, b, 0), "T must be an int >= 1"),
+                      (lambda: row_bandwidth(b, b, b, 8, window=-1), "window must be None or an int >= 0"),
+                      (lambda: row_bandwidth(b, b, b, 8, delay=-1), "delay must be an int >= 0"),
+                      (lambda: row_bandwidth(b, b, b, 8, delay=torch.ones(2)), "delay must be an int or an integer")):
+        with pytest.raises(ValueError, match=msg):
+            call()
