@@ -12,7 +12,9 @@
 # (no checkpoints) go to $OUT/width.tgz every 15 s, so what finished comes back if the call is cut.
 # Memory: on 2026-12-04 eight 768-wide runs at once (depths 1, 4, 12 and two 12-layer ones) ran the H200
 # out of memory (each 12-13 GiB to 22 GiB) and every Memory Mosaic died in its first steps; keep to about
-# four processes. Usage: bash experiments/lm_width_gpu.sh TRAIN_SECONDS PART... (needs .carry/books.tar.xz)
+# four processes. On 2026-12-05 six at once on an H100 beside other studies ran out of memory again (three
+# died) and the survivors trained at a tenth of their speed alone: run this part alone.
+# Usage: bash experiments/lm_width_gpu.sh TRAIN_SECONDS PART... (needs .carry/books.tar.xz)
 set -uo pipefail
 limit=$1; shift
 DATA=${DATA:-.carry}

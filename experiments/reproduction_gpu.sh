@@ -21,6 +21,10 @@
 #        WAIT_SECONDS have passed, then copy what they wrote so far (no checkpoints) to $OUT as PART.tgz, with
 #        the logs
 # Everything lives under /tmp/repro on the machine. Needs .carry/books.tar.xz for width and stutter.
+# Memory and speed, 2026-12-05 on an H100 (80 GB): width (short, six runs), stutter and rb (four at once) with a
+# GPU test sweep beside them held 70 GiB; three width runs (GPT2 12 layers, Memory Mosaic 1 and 4 layers) died
+# of out-of-memory, and the rest trained at a tenth of their speed alone (the 12-layer Memory Mosaic at 24k
+# tokens/s: step 100 of 1,200 after 7 minutes). Start the width part alone, on an H200, and the others after it.
 set -uo pipefail
 BG=/tmp/repro
 OUT=${OUT:-gpu-results}
