@@ -60,7 +60,9 @@ def _bandwidth_bwd_kernel(
     acc1 = tl.zeros([BLOCK_T], tl.float32)
     acc_a = tl.zeros([BLOCK_T], tl.float32)
     for r in range(0, R):
-        d = tl.load(DELAYS + r) if PER_BATCH_DELAY else delay
+        d = delay
+        if PER_BATCH_DELAY:
+            d = tl.load(DELAYS + r)
         for start in range(0, T, BLOCK_T):
             t = start + tl.arange(0, BLOCK_T)
             g = tl.load(G + r * s_gr + h * s_gh + t * s_gt, mask=t < T, other=0.0).to(tl.float32)
