@@ -9,6 +9,10 @@ Public API:
     persistent_memory(q, slot_keys, slot_values, *, out_scale=None, dropout_p=0.0, generator=None)
     reference: the same functions, always the PyTorch reference (no heads_last: contiguous outputs).
 
+Helpers of Memory Mosaics v2, in the ops' packages: ``attention.row_bandwidth`` (the per-row scale
+beta(n) = beta1 n^alpha + beta0 of a band) and ``leaky_average.stable_gate_and_decay`` (gates beyond
+float32's range for the scan).
+
 ``heads_last=True`` returns a (B, H, T, D) view of (B, T, H, D) memory, so that merging the heads
 before a projection is a view. The maths of each op is in its folder's README.md; the model they
 serve is in docs/MODEL.md.
