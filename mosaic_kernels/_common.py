@@ -43,6 +43,13 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def time_tile(T: int, cap: int) -> int:
+    """Time steps per tile of a kernel whose program walks a whole row of T steps: the row rounded up to a
+    power of two, at least 16 and at most ``cap``; 16 under the interpreter, so that the CPU tests cross
+    several tiles."""
+    return 16 if interpreter_enabled() else min(cap, max(16, next_power_of_2(T)))
+
+
 def use_triton(t: torch.Tensor) -> bool:
     """Whether an op on ``t`` runs its Triton kernel (CUDA, or CPU under the interpreter).
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, per_head_tensor
+from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, per_head_tensor, time_tile
 from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, keep_scale, launch, philox_groups, row_delta
 from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
@@ -245,17 +245,13 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
 BANDWIDTH_BLOCK_T = 1024
 
 
-def _bandwidth_block(T: int) -> int:
-    return 16 if interpreter_enabled() else min(BANDWIDTH_BLOCK_T, max(16, next_power_of_2(T)))
-
-
 def _bandwidth_forward(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
                        delay: int, delays: torch.Tensor | None) -> torch.Tensor:
     """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,)); window -1 for none."""
     H = beta0.shape[0]
     rows = delays.shape[0] if delays is not None else 1
     out = _empty((rows, H, T), device=beta0.device, dtype=torch.float32)
-    block_t = _bandwidth_block(T)
+    block_t = time_tile(T, BANDWIDTH_BLOCK_T)
     launch(_bandwidth_fwd_kernel, (rows * H, cdiv(T, block_t)), beta0, beta1, alpha,
            delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay,
            PER_BATCH_DELAY=delays is not None, BLOCK_T=block_t, num_warps=4)
@@ -275,7 +271,7 @@ def _bandwidth_backward(grad: torch.Tensor, beta1: torch.Tensor, alpha: torch.Te
     out = _empty((3, H), device=grad.device, dtype=torch.float32)
     launch(_bandwidth_bwd_kernel, (H,), g, beta1, alpha, delays if delays is not None else beta1, out,
            g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(), PER_BATCH_DELAY=delays is not None,
-           BLOCK_T=_bandwidth_block(T), num_warps=4)
+           BLOCK_T=time_tile(T, BANDWIDTH_BLOCK_T), num_warps=4)
     return out
 
 

@@ -26,6 +26,13 @@ def _row_counts(t, window, delay):
 
 
 @triton.jit
+def _count_power(n, alpha):
+    # (n^alpha, log2 n) of integer counts, n^alpha = exp2(alpha log2 n) and 0 where n = 0 (log2 n is then 0).
+    log2n = tl.log2(tl.maximum(n, 1).to(tl.float32))
+    return tl.where(n > 0, tl.exp2(alpha * log2n), 0.0), log2n
+
+
+@triton.jit
 def _bandwidth_fwd_kernel(
     B0, B1, ALPHA,               # (H,) float32
     DELAYS,                      # (B,) int32 when PER_BATCH_DELAY (else never read)
@@ -39,7 +46,7 @@ def _bandwidth_fwd_kernel(
         delay = tl.load(DELAYS + row // H)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     n = _row_counts(t, window, delay)
-    power = tl.where(n > 0, tl.exp2(tl.load(ALPHA + h) * tl.log2(tl.maximum(n, 1).to(tl.float32))), 0.0)
+    power, _ = _count_power(n, tl.load(ALPHA + h))
     tl.store(OUT + row * T + t, tl.load(B1 + h) * power + tl.load(B0 + h), mask=t < T)
 
 
@@ -67,8 +74,7 @@ def _bandwidth_bwd_kernel(
             t = start + tl.arange(0, BLOCK_T)
             g = tl.load(G + r * s_gr + h * s_gh + t * s_gt, mask=t < T, other=0.0).to(tl.float32)
             n = _row_counts(t, window, d)
-            log2n = tl.log2(tl.maximum(n, 1).to(tl.float32))
-            power = tl.where(n > 0, tl.exp2(alpha * log2n), 0.0)
+            power, log2n = _count_power(n, alpha)
             acc0 += g
             acc1 += g * power
             acc_a += g * power * log2n       # ln n = log2 n * ln 2, applied once below

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor, sm_count
+from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor, sm_count, time_tile
 from .._registration import fused_op
 from .._triton_common import launch
 from .triton_gates import _stable_gate_decay_kernel
@@ -260,9 +260,8 @@ def _gates_forward(log_gate: torch.Tensor, log_decay: torch.Tensor) -> torch.Ten
     float32 tensor, gates first: one launch, one program per (b, h) (triton_gates.py)."""
     B, H, T = log_gate.shape
     pair = _empty((2, B, H, T), device=log_gate.device, dtype=torch.float32)
-    block_t = 16 if interpreter_enabled() else min(GATES_BLOCK_T, max(16, next_power_of_2(T)))
     launch(_stable_gate_decay_kernel, (B * H,), log_gate, log_decay, pair, H, T, B * H * T,
-           *log_gate.stride(), *log_decay.stride(), BLOCK_T=block_t, num_warps=4)
+           *log_gate.stride(), *log_decay.stride(), BLOCK_T=time_tile(T, GATES_BLOCK_T), num_warps=4)
     return pair
 
 

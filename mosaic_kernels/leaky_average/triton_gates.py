@@ -53,9 +53,10 @@ def _stable_gate_decay_kernel(
         peak = L + tl.maximum(max_carry, tl.associative_scan(w, 0, _maximum))      # M_t
         # The same for t - 1: lane t reads step t - 1 (L_{t-1} = L_t - log_decay_t).
         has_prev = inside & (t > 0)
+        L_prev = L - ld
         lg_prev = tl.load(lg_row + (t - 1) * s_gt, mask=has_prev, other=neg_inf).to(tl.float64)
-        w_prev = tl.where(has_prev, lg_prev - (L - ld), neg_inf)
-        before = (L - ld) + tl.maximum(max_carry, tl.associative_scan(w_prev, 0, _maximum))   # M_{t-1}
+        w_prev = tl.where(has_prev, lg_prev - L_prev, neg_inf)
+        before = L_prev + tl.maximum(max_carry, tl.associative_scan(w_prev, 0, _maximum))   # M_{t-1}
         arg = tl.where(t > 0, ld + before - peak, 0.0)    # <= 0 up to float64 rounding (the min removes it)
         gate = tl.exp((lg - peak).to(tl.float32))
         decay = tl.exp(tl.minimum(arg, 0.0).to(tl.float32))

@@ -257,24 +257,26 @@ class MosaicV2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.pmem = SwiGLU(config)
 
+    def memory_inputs(self, h: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Both memories' input projections of h (keys, gates, decays, values) as one matrix product,
+        split into the short-term memory's list and the long-term memory's (each its ``projections()``)."""
+        n_short = len(self.short.projections())
+        projected = project(h, self.short.projections() + self.long.projections())
+        return projected[:n_short], projected[n_short:]
+
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
         h = self.ln_1(x)
-        # Both memories' input projections (keys, gates, decays, values) as one matrix product of h.
-        short_in, long_in = self.short.projections(), self.long.projections()
-        projected = project(h, short_in + long_in)
-        y = torch.cat([merge_heads(self.short(h, delay, projected[:len(short_in)])),
-                       merge_heads(self.long(h, delay, projected[len(short_in):]))], dim=-1)
+        short_in, long_in = self.memory_inputs(h)
+        y = torch.cat([merge_heads(self.short(h, delay, short_in)), merge_heads(self.long(h, delay, long_in))], dim=-1)
         x = x + self.resid_dropout(self.c_proj(y))
         return x + self.pmem(self.ln_2(x))
 
     def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
         """Row ``pos`` of :meth:`forward` in eval mode, reading and updating ``cache``: (B, d) -> (B, d)."""
         h = self.ln_1(x_t)
-        short_in, long_in = self.short.projections(), self.long.projections()
-        projected = project(h, short_in + long_in)   # one product, as in forward
-        y = torch.cat([self.short.step(h, cache.setdefault("short", {}), pos, projected[:len(short_in)]).flatten(1),
-                       self.long.step(h, cache.setdefault("long", {}), pos, projected[len(short_in):]).flatten(1)],
-                      dim=-1)
+        short_in, long_in = self.memory_inputs(h)
+        y = torch.cat([self.short.step(h, cache.setdefault("short", {}), pos, short_in).flatten(1),
+                       self.long.step(h, cache.setdefault("long", {}), pos, long_in).flatten(1)], dim=-1)
         x_t = x_t + self.c_proj(y.to(x_t.dtype))
         return x_t + self.pmem(self.ln_2(x_t))
 
