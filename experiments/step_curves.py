@@ -1,0 +1,106 @@
+"""Loss curves from step 1 of runs that log every step (``mosaic-train --log-every 1``), for runs stopped
+early too: the training loss of every step (and a running mean) and the validation loss of every
+evaluation, one colour per depth, solid for the Memory Mosaic and dashed for GPT2.
+
+  python -m experiments.step_curves RUN_DIR... --out docs/figures/width_d768 [--smooth 10]
+
+Each RUN_DIR holds the ``metrics.jsonl`` and ``config.json`` that ``mosaic-train`` writes. Writes
+``curves.png`` and ``curves.json`` (per run: model, depth, the last step, the validation losses by
+step, and the training loss's running mean at steps 1, 50, 100 and the last), and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+LABELS = {"mosaic": "Memory Mosaic", "gpt": "GPT2", "mosaic-v2": "Memory Mosaic v2", "llama": "llama-style"}
+
+
+def read_run(folder: Path) -> dict:
+    """{name, model, depth, train: [(step, loss)], val: [(step, loss)]} of one run folder."""
+    config = json.loads((folder / "config.json").read_text())
+    train, val = [], []
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        (train if row["split"] == "train" else val if row["split"] == "val" else []).append(
+            (row["step"], row["loss"]))
+    return dict(name=folder.name, model=config["model"], depth=config["n_layer"], train=train, val=val)
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the window - 1 before it (fewer at the start)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def summary(run: dict, smooth: int) -> dict:
+    """A run's numbers for curves.json: the validation losses and the smoothed training loss at a few steps."""
+    steps = [s for s, _ in run["train"]]
+    mean = running_mean([v for _, v in run["train"]], smooth)
+    at = {s: round(m, 4) for s, m in zip(steps, mean) if s in (1, 50, 100) or s == steps[-1]}
+    return dict(model=run["model"], depth=run["depth"], last_step=steps[-1] if steps else 0,
+                val={s: round(v, 4) for s, v in run["val"]}, train_running_mean=at)
+
+
+def plot(runs: list[dict], path: Path, smooth: int) -> None:
+    """Training loss (running mean) and validation loss against the step, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({r["depth"] for r in runs})
+    colours = {d: plt.cm.viridis(i / max(len(depths) - 1, 1) * 0.85) for i, d in enumerate(depths)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for r in sorted(runs, key=lambda r: (r["model"], r["depth"])):
+        style = dict(color=colours[r["depth"]], linestyle="-" if r["model"].startswith("mosaic") else "--",
+                     label=f"{LABELS.get(r['model'], r['model'])}, {r['depth']} layer{'s' if r['depth'] > 1 else ''}")
+        left.plot([s for s, _ in r["train"]], running_mean([v for _, v in r["train"]], smooth), **style)
+        right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker="o", **style)
+    left.set_title(f"training loss (running mean of {smooth} steps)")
+    right.set_title("validation loss")
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("loss (nats per token)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Read the runs, write curves.png and curves.json to --out, print the validation losses."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.jsonl and config.json)")
+    p.add_argument("--out", type=Path, required=True, help="folder for curves.png and curves.json")
+    p.add_argument("--smooth", type=int, default=10, help="steps in the training loss's running mean")
+    a = p.parse_args(argv)
+    if a.smooth < 1:
+        p.error(f"--smooth must be >= 1, got {a.smooth}")
+    for folder in a.runs:
+        if not (folder / "metrics.jsonl").is_file() or not (folder / "config.json").is_file():
+            p.error(f"run folder {folder} must hold metrics.jsonl and config.json")
+    runs = [read_run(f) for f in a.runs]
+    a.out.mkdir(parents=True, exist_ok=True)
+    table = {r["name"]: summary(r, a.smooth) for r in runs}
+    (a.out / "curves.json").write_text(json.dumps(table, indent=1) + "\n")
+    plot(runs, a.out / "curves.png", a.smooth)
+    for name, row in table.items():
+        print(f"{name}: last step {row['last_step']}, val {row['val']}, train (running mean) {row['train_running_mean']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
