@@ -271,6 +271,11 @@ def _plot(summary: dict, path: Path) -> None:
                    label="classic induction head (one-token copy rule)")
     ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens", title="induction in one layer", ylim=(0, 1.02))
     ax.set_xscale("log")
+    # Plain labels at 1-2-5 steps (the log axis's own minor labels overlap past a decade).
+    lo, hi = ax.get_xlim()
+    ticks = [m * 10 ** e for e in range(1, 7) for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
+    ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
