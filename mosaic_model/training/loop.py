@@ -66,6 +66,7 @@ def train(config: TrainConfig) -> dict:
                dynamic_ncols=True)
     model.train()
     tokens, t_last = 0, time.perf_counter()
+    t_start = t_last  # elapsed_s: wall time of this call's loop, evaluations included (where a slow run's time went)
     for step in range(start, stop):
         lr = lr_at(step, cfg)
         set_lr(opt, lr)
@@ -78,7 +79,7 @@ def train(config: TrainConfig) -> dict:
             loss_v, tps = float(loss), tokens / (time.perf_counter() - t_last)  # rank 0's mean over its micro-steps
             tokens, t_last = 0, time.perf_counter()
             log.record({"step": step + 1, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens_per_s": tps})
+                        "tokens_per_s": tps, "elapsed_s": round(t_last - t_start, 3)})
             bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
         if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             best = validate_and_save(step + 1, cfg, task, model, opt, ckpts, log, best, bar, device, dtype)

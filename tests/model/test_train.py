@@ -26,6 +26,8 @@ def test_short_run_writes_metrics_and_checkpoint(tmp_path, model, capsys):
     out = _run(tmp_path, model, ["--steps", "4", "--eval-every", "2", "--model", model])
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["split"] for l in lines].count("train") == 4
+    elapsed = [l["elapsed_s"] for l in lines if l["split"] == "train"]  # the loop's wall clock, evaluations included
+    assert elapsed[0] >= 0 and elapsed == sorted(elapsed)
     assert [l["step"] for l in lines if l["split"] == "val"] == [2, 4]
     final = lines[-1]
     assert final["split"] == "test" and 0 <= final["accuracy"] <= 1 and final["tvd"] == final["l1"] / 2
