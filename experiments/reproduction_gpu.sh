@@ -25,6 +25,9 @@
 # GPU test sweep beside them held 70 GiB; three width runs (GPT2 12 layers, Memory Mosaic 1 and 4 layers) died
 # of out-of-memory, and the rest trained at a tenth of their speed alone (the 12-layer Memory Mosaic at 24k
 # tokens/s: step 100 of 1,200 after 7 minutes). Start the width part alone, on an H200, and the others after it.
+# 2026-12-05 on an H200: the width part's short runs (six) alone with 4 pytest workers beside them held 94 GiB and
+# reached step 200 of 1,200 in the 400 s limit, their steps' own times summing to 25-90 s (where the rest went:
+# the metrics' elapsed_s says from now on). A full 1,200 steps needs several calls of one warm machine.
 set -uo pipefail
 BG=/tmp/repro
 OUT=${OUT:-gpu-results}
