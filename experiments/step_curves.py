@@ -15,19 +15,16 @@ import json
 import sys
 from pathlib import Path
 
+from .pool import metrics
+
 LABELS = {"mosaic": "Memory Mosaic", "gpt": "GPT2", "mosaic-v2": "Memory Mosaic v2", "llama": "llama-style"}
 
 
 def read_run(folder: Path) -> dict:
     """{name, model, depth, train: [(step, loss)], val: [(step, loss)]} of one run folder."""
     config = json.loads((folder / "config.json").read_text())
-    train, val = [], []
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        (train if row["split"] == "train" else val if row["split"] == "val" else []).append(
-            (row["step"], row["loss"]))
+    records = metrics(folder)
+    train, val = ([(r["step"], r["loss"]) for r in records if r["split"] == split] for split in ("train", "val"))
     return dict(name=folder.name, model=config["model"], depth=config["n_layer"], train=train, val=val)
 
 
