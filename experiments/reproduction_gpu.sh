@@ -6,8 +6,8 @@
 #   bash experiments/reproduction_gpu.sh start SECONDS PART...   start each PART in the background, each
 #        stopped at SECONDS of training where it can be, and return at once. Parts:
 #     width    lm_width_gpu.sh's parts WIDTH_PARTS (default "short short-gpt2-output"; d=768, T=512, batch 32):
-#              DEPTHS (default "1 4 12") at LR for both models, STEPS (default 1200), EVAL_EVERY (default 100),
-#              all at once
+#              DEPTHS (default "12 4 1": the longest runs first) at LR for both models, STEPS (default 1200),
+#              EVAL_EVERY (default 100), WIDTH_PARALLEL (default 3) processes of the short part at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
 #              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both
 #              models, STEP_CAP (default 10000: 64 epochs at 2,500 languages, 32 at 10,000, against the
@@ -27,7 +27,10 @@
 # tokens/s: step 100 of 1,200 after 7 minutes). Start the width part alone, on an H200, and the others after it.
 # 2026-12-05 on an H200: the width part's short runs (six) alone with 4 pytest workers beside them held 94 GiB and
 # reached step 200 of 1,200 in the 400 s limit, their steps' own times summing to 25-90 s (where the rest went:
-# the metrics' elapsed_s says from now on). A full 1,200 steps needs several calls of one warm machine.
+# the metrics' elapsed_s says from now on). 2026-12-05, again on an H200 with seven runs at once: elapsed_s put
+# 284-299 s of every run's 400 into its first evaluation (one window a model call, 640 small eager calls from each
+# of seven processes time-sharing the GPU); evaluations now take many windows a call on a GPU
+# (mosaic_model/evaluation/metrics.py), and fewer runs share the GPU at once.
 set -uo pipefail
 BG=/tmp/repro
 OUT=${OUT:-gpu-results}
@@ -47,7 +50,7 @@ case $mode in
       case $part in
         width) mkdir -p $BG/width
           detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1200}" EVAL_EVERY="${EVAL_EVERY:-100}" \
-            PARALLEL=6 DEPTHS="${DEPTHS:-1 4 12}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
+            PARALLEL="${WIDTH_PARALLEL:-3}" DEPTHS="${DEPTHS:-12 4 1}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
             LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-10000}" PARALLEL="${RB_PARALLEL:-8}" \

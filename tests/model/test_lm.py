@@ -192,3 +192,24 @@ def test_cached_decoding_equals_the_full_forward(make):
     g1, g2 = (torch.Generator().manual_seed(1) for _ in range(2))
     assert torch.equal(m.generate(idx, 10, temperature=1.0, top_k=5, generator=g1),
                        m.generate(idx, 10, temperature=1.0, top_k=5, generator=g2, use_cache=False))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_token_losses_do_not_depend_on_the_rows_per_model_call(monkeypatch, device):
+    """The evaluation's per-token losses are the same whether the batch goes through the model one row a call
+    (the CPU's budget at GPT-2's vocabulary) or all at once (the GPU's): the rows are independent."""
+    from mosaic_model.evaluation import metrics
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).to(device).eval()
+    x, y = torch.randint(0, 50, (6, 16)), torch.randint(0, 50, (6, 16))
+    y[0, :3] = -100  # ignored targets give 0
+    budgets = {"one": 16 * 50, "all": 6 * 16 * 50}
+    out = {}
+    for name, budget in budgets.items():
+        monkeypatch.setattr(metrics, "EVAL_LOGITS", budget)
+        monkeypatch.setattr(metrics, "EVAL_LOGITS_GPU", budget)
+        out[name] = metrics.token_losses(model, x, y, device, torch.float32).cpu()
+    assert out["one"].shape == (6, 16) and (out["one"][0, :3] == 0).all()
+    # float32 rows of one model: a batched GEMM may sum in another order than six single-row ones; each loss is
+    # a log-sum-exp of 50 logits of size O(1), so rounding is a few float32 ulps of O(1) values.
+    torch.testing.assert_close(out["one"], out["all"], rtol=0, atol=1e-5)
