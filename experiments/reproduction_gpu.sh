@@ -7,7 +7,8 @@
 #        stopped at SECONDS of training where it can be, and return at once. Parts:
 #     width    lm_width_gpu.sh's parts WIDTH_PARTS (default "short short-gpt2-output"; d=768, T=512, batch 32):
 #              DEPTHS (default "12 4 1": the longest runs first) at LR for both models, STEPS (default 1200),
-#              EVAL_EVERY (default 100), WIDTH_PARALLEL (default 3) processes of the short part at once
+#              EVAL_EVERY (default 100), WIDTH_PARALLEL (default 3; 1 on a card under 100 GB, beside
+#              the output-layer arm) processes of the short part at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
 #              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both
 #              models, STEP_CAP (default 10000: 64 epochs at 2,500 languages, 32 at 10,000, against the
@@ -49,6 +50,10 @@ case $mode in
     for part in "$@"; do
       case $part in
         width) mkdir -p $BG/width
+          # four 768-wide runs at once ran an 80 GB H100 out of memory (2026-12-05): two there (one short run
+          # beside the output-layer arm)
+          mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+          [ "${mem:-0}" -lt 100000 ] && : "${WIDTH_PARALLEL:=1}"
           detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1200}" EVAL_EVERY="${EVAL_EVERY:-100}" \
             PARALLEL="${WIDTH_PARALLEL:-3}" DEPTHS="${DEPTHS:-12 4 1}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb

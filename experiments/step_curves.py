@@ -1,6 +1,7 @@
 """Loss curves from step 1 of runs that log every step (``mosaic-train --log-every 1``), for runs stopped
 early too: the training loss of every step (and a running mean) and the validation loss of every
-evaluation, one colour per depth, solid for the Memory Mosaic and dashed for GPT2.
+evaluation, one colour per depth, solid for the Memory Mosaic, dotted for it with GPT2's output layer
+(``--output-layer gpt2``) and dashed for GPT2.
 
   python -m experiments.step_curves RUN_DIR... --out docs/figures/width_d768 [--smooth 10]
 
@@ -25,7 +26,8 @@ def read_run(folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     records = metrics(folder)
     train, val = ([(r["step"], r["loss"]) for r in records if r["split"] == split] for split in ("train", "val"))
-    return dict(name=folder.name, model=config["model"], depth=config["n_layer"], train=train, val=val)
+    return dict(name=folder.name, model=config["model"], depth=config["n_layer"], train=train, val=val,
+                output_layer=config.get("output_layer", "library"))
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -46,7 +48,7 @@ def summary(run: dict, smooth: int) -> dict:
     steps = [s for s, _ in run["train"]]
     mean = running_mean([v for _, v in run["train"]], smooth)
     at = {s: round(m, 4) for s, m in zip(steps, mean) if s in (1, 50, 100) or s == steps[-1]}
-    return dict(model=run["model"], depth=run["depth"], last_step=steps[-1] if steps else 0,
+    return dict(model=run["model"], depth=run["depth"], output_layer=run["output_layer"], last_step=steps[-1] if steps else 0,
                 val={s: round(v, 4) for s, v in run["val"]}, train_running_mean=at)
 
 
@@ -60,9 +62,12 @@ def plot(runs: list[dict], path: Path, smooth: int) -> None:
     depths = sorted({r["depth"] for r in runs})
     colours = {d: plt.cm.viridis(i / max(len(depths) - 1, 1) * 0.85) for i, d in enumerate(depths)}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for r in sorted(runs, key=lambda r: (r["model"], r["depth"])):
-        style = dict(color=colours[r["depth"]], linestyle="-" if r["model"].startswith("mosaic") else "--",
-                     label=f"{LABELS.get(r['model'], r['model'])}, {r['depth']} layer{'s' if r['depth'] > 1 else ''}")
+    for r in sorted(runs, key=lambda r: (r["model"], r["output_layer"], r["depth"])):
+        mosaic = r["model"].startswith("mosaic")
+        gpt2_head = mosaic and r["output_layer"] == "gpt2"
+        name = LABELS.get(r["model"], r["model"]) + (" with GPT2's output layer" if gpt2_head else "")
+        style = dict(color=colours[r["depth"]], linestyle=":" if gpt2_head else "-" if mosaic else "--",
+                     label=f"{name}, {r['depth']} layer{'s' if r['depth'] > 1 else ''}")
         left.plot([s for s, _ in r["train"]], running_mean([v for _, v in r["train"]], smooth), **style)
         right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker="o", **style)
     left.set_title(f"training loss (running mean of {smooth} steps)")

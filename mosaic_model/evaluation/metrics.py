@@ -66,8 +66,10 @@ def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, devic
     for start in range(0, x.shape[0], rows):
         with autocast_for(device, dtype):
             logits, _ = model(x[start:start + rows].to(device))
-        out.append(F.cross_entropy(logits.float().transpose(1, 2), y[start:start + rows].to(device),
-                                   ignore_index=IGNORE_INDEX, reduction="none"))
+        target = y[start:start + rows].to(device)
+        # (rows x T, V) with the classes last, as the training loss lays them out
+        out.append(F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="none").view_as(target))
     return torch.cat(out)
 
 

@@ -8,9 +8,9 @@ import pytest
 from experiments import step_curves
 
 
-def _run(folder, model, depth, losses, val):
+def _run(folder, model, depth, losses, val, **config):
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model": model, "n_layer": depth}))
+    (folder / "config.json").write_text(json.dumps({"model": model, "n_layer": depth, **config}))
     rows = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(losses)]
     rows += [{"step": s, "split": "val", "loss": v, "train_loss": v} for s, v in val]
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -33,6 +33,15 @@ def test_curves_of_runs_stopped_at_different_steps(tmp_path):
     assert table["a"]["last_step"] == 100 and table["a"]["val"] == {"100": 7.9}
     assert table["b"]["train_running_mean"] == {"1": 10.0, "50": 7.55, "100": 5.05, "200": 0.05}
     assert (out / "curves.png").stat().st_size > 0
+
+
+def test_the_output_layer_arm_is_told_apart(tmp_path):
+    _run(tmp_path / "lib", "mosaic", 12, [10.0] * 10, [(10, 7.9)], output_layer="library")
+    _run(tmp_path / "head", "mosaic", 12, [6.0] * 10, [(10, 5.4)], output_layer="gpt2")
+    out = tmp_path / "out"
+    assert step_curves.main([str(tmp_path / "lib"), str(tmp_path / "head"), "--out", str(out)]) == 0
+    table = json.loads((out / "curves.json").read_text())
+    assert table["head"]["output_layer"] == "gpt2" and table["lib"]["output_layer"] == "library"
 
 
 @pytest.mark.parametrize("argv", [["--smooth", "0"], []])
