@@ -2,12 +2,14 @@
 # One device call of the paper-width study (REPRODUCTION.md, "The paper's width"): the Memory Mosaic and
 # GPT2 at d=768, 12 heads, T=512, batch 32 on the children's books, each process stopped cleanly at
 # TRAIN_SECONDS. The parts named on the command line run at once, PARALLEL (default 2) processes each:
-#   short  depths DEPTHS (default 12) at lr LR (default 2e-3, GPT2's best at d=256), warm-up over a tenth of STEPS
+#   short  depths DEPTHS (default 12) at the learning rates LR (default 2e-3, GPT2's best at d=256; several: "1e-3 5e-3"),
+#          warm-up over a tenth of STEPS, both models or those of MODELS ("gpt" or "mosaic")
 #   paper  depth 12 on the paper's own schedule start (lr 5e-3, 2,000 warm-up steps), where the Memory
 #          Mosaic was first seen to start slowly
 #   paper-gpt2-output  the Memory Mosaic alone on that schedule with GPT2's output layer (--output-layer gpt2),
 #          which removed the slow start in the CPU measurement (experiments/slow_start.py)
-#   short-gpt2-output  the Memory Mosaic at depth 12 with GPT2's output layer on the short part's schedule
+#   short-gpt2-output  the Memory Mosaic at depths GPT2_OUTPUT_DEPTHS (default 12) with GPT2's output layer on the
+#          short part's schedule and learning rates
 # The training loss is logged every step and the validation loss every EVAL_EVERY steps. The small files
 # (no checkpoints) go to $OUT/width.tgz every 15 s, so what finished comes back if the call is cut.
 # Memory: on 2026-12-04 eight 768-wide runs at once (depths 1, 4, 12 and two 12-layer ones) ran the H200
@@ -33,14 +35,14 @@ common=(--data /tmp/books --width 768 --block-size 512 --batch-size 32 --steps "
         --log-every 1 --cuda-graph --time-limit "$limit" --parallel "${PARALLEL:-2}")
 for part in "$@"; do
   case $part in
-    short) python -m experiments.lm_depth run --out /tmp/width/short --depths ${DEPTHS:-12} --lrs "${LR:-0.002}" \
+    short) python -m experiments.lm_depth run --out /tmp/width/short ${MODELS:+--models $MODELS} --depths ${DEPTHS:-12} --lrs ${LR:-0.002} \
              "${common[@]}" > /tmp/width/short.log 2>&1 & ;;
     paper) python -m experiments.lm_depth run --out /tmp/width/paper --depths 12 --lrs 0.005 --warmup 2000 \
              "${common[@]}" > /tmp/width/paper.log 2>&1 & ;;
     paper-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/paper_gpt2_output --models mosaic --depths 12 \
              --lrs 0.005 --warmup 2000 "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/paper_gpt2_output.log 2>&1 & ;;
-    short-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/short_gpt2_output --models mosaic --depths 12 \
-             --lrs "${LR:-0.002}" "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/short_gpt2_output.log 2>&1 & ;;
+    short-gpt2-output) python -m experiments.lm_depth run --out /tmp/width/short_gpt2_output --models mosaic \
+             --depths ${GPT2_OUTPUT_DEPTHS:-12} --lrs ${LR:-0.002} "${common[@]}" --train-args --output-layer gpt2 > /tmp/width/short_gpt2_output.log 2>&1 & ;;
     *) echo "unknown part $part" >&2; kill $packer; exit 2 ;;
   esac
 done
