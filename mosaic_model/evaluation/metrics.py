@@ -50,7 +50,7 @@ def evaluate_icl(model: torch.nn.Module, split: ICLSplit, batch_size: int, devic
 # (an evaluation batch of 50 x 256 tokens at GPT-2's vocabulary would make 2.6 GB, and the loss as much again);
 # on a GPU 2^28, 1 GiB. At GPT-2's vocabulary and T=512 the CPU's budget is one row a model call: on 2026-12-05
 # (H200, seven 768-wide training processes sharing the GPU) an evaluation of 20 batches of 32 windows, 640
-# small eager calls, took 284 s against 8 s for the 100 training steps before it; the GPU's budget makes it 64.
+# small eager calls, took 284 s against 8 s for the 100 training steps before it; the GPU's budget makes it 80.
 EVAL_LOGITS = 2 ** 25
 EVAL_LOGITS_GPU = 2 ** 28
 
