@@ -210,6 +210,7 @@ def test_token_losses_do_not_depend_on_the_rows_per_model_call(monkeypatch, devi
         monkeypatch.setattr(metrics, "EVAL_LOGITS_GPU", budget)
         out[name] = metrics.token_losses(model, x, y, device, torch.float32).cpu()
     assert out["one"].shape == (6, 16) and (out["one"][0, :3] == 0).all()
-    # float32 rows of one model: a batched GEMM may sum in another order than six single-row ones; each loss is
-    # a log-sum-exp of 50 logits of size O(1), so rounding is a few float32 ulps of O(1) values.
+    # float32 rows of one model: a batched GEMM may sum its 32-term (width) products in another order than six
+    # single-row ones, a difference of at most about 32 * 6e-8 = 2e-6 of O(1) values per product; through two
+    # blocks, the head and a log-sum-exp of 50 logits of size O(1) that stays a few times 2e-6: 1e-5.
     torch.testing.assert_close(out["one"], out["all"], rtol=0, atol=1e-5)
