@@ -10,6 +10,7 @@
 #          which removed the slow start in the CPU measurement (experiments/slow_start.py)
 #   short-gpt2-output  the Memory Mosaic at depths GPT2_OUTPUT_DEPTHS (default 12) with GPT2's output layer on the
 #          short part's schedule and learning rates
+# SEEDS (default: seed 0 only) trains every part's runs with those seeds instead (folders ...-s1 for seed 1).
 # The training loss is logged every step and the validation loss every EVAL_EVERY steps. The small files
 # (no checkpoints) go to $OUT/width.tgz every 15 s, so what finished comes back if the call is cut.
 # Memory: on 2026-12-04 eight 768-wide runs at once (depths 1, 4, 12 and two 12-layer ones) ran the H200
@@ -32,7 +33,7 @@ packer=$!
 # Tokenise once, with every core, before the runs start (they then read the cache).
 python -c "from mosaic_model.data.text import load_corpus as l; l('/tmp/books', doc_split='file', workers=16, progress=False)"
 common=(--data /tmp/books --width 768 --block-size 512 --batch-size 32 --steps "$STEPS" --eval-every "$EVAL_EVERY"
-        --log-every 1 --cuda-graph --time-limit "$limit" --parallel "${PARALLEL:-2}")
+        --log-every 1 --cuda-graph --time-limit "$limit" --parallel "${PARALLEL:-2}" ${SEEDS:+--seeds $SEEDS})
 for part in "$@"; do
   case $part in
     short) python -m experiments.lm_depth run --out /tmp/width/short ${MODELS:+--models $MODELS} --depths ${DEPTHS:-12} --lrs ${LR:-0.002} \

@@ -7,7 +7,7 @@
 #        stopped at SECONDS of training where it can be, and return at once. Parts:
 #     width    lm_width_gpu.sh's parts WIDTH_PARTS (default "short short-gpt2-output"; d=768, T=512, batch 32):
 #              DEPTHS (default "12 4 1": the longest runs first) at LR for both models, STEPS (default 1200),
-#              EVAL_EVERY (default 100), WIDTH_PARALLEL (default 3; 1 on a card under 100 GB, beside
+#              EVAL_EVERY (default 100), SEEDS (default 0), WIDTH_PARALLEL (default 3; 1 on a card under 100 GB, beside
 #              the output-layer arm) processes of the short part at once
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
 #              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both

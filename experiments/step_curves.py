@@ -1,9 +1,10 @@
 """Loss curves from step 1 of runs that log every step (``mosaic-train --log-every 1``), for runs stopped
 early too: the training loss of every step (and a running mean) and the validation loss of every
-evaluation, one colour per depth, solid for the Memory Mosaic, dotted for it with GPT2's output layer
-(``--output-layer gpt2``) and dashed for GPT2.
+evaluation, one colour per depth (or per learning rate or seed: ``--colour-by``), solid for the Memory
+Mosaic, dotted for it with GPT2's output layer (``--output-layer gpt2``) and dashed for GPT2. Where the
+runs differ in learning rate or seed, the legend names them.
 
-  python -m experiments.step_curves RUN_DIR... --out docs/figures/width_d768 [--smooth 10]
+  python -m experiments.step_curves RUN_DIR... --out docs/figures/width_d768 [--smooth 10] [--colour-by depth]
 
 Each RUN_DIR holds the ``metrics.jsonl`` and ``config.json`` that ``mosaic-train`` writes. Writes
 ``curves.png`` and ``curves.json`` (per run: model, depth, the last step, the validation losses by
@@ -22,12 +23,12 @@ LABELS = {"mosaic": "Memory Mosaic", "gpt": "GPT2", "mosaic-v2": "Memory Mosaic 
 
 
 def read_run(folder: Path) -> dict:
-    """{name, model, depth, train: [(step, loss)], val: [(step, loss)]} of one run folder."""
+    """{name, model, depth, lr, seed, output_layer, train: [(step, loss)], val: [(step, loss)]} of one run folder."""
     config = json.loads((folder / "config.json").read_text())
     records = metrics(folder)
     train, val = ([(r["step"], r["loss"]) for r in records if r["split"] == split] for split in ("train", "val"))
     return dict(name=folder.name, model=config["model"], depth=config["n_layer"], train=train, val=val,
-                output_layer=config.get("output_layer", "library"))
+                output_layer=config.get("output_layer", "library"), lr=config.get("lr"), seed=config.get("seed"))
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -48,26 +49,43 @@ def summary(run: dict, smooth: int) -> dict:
     steps = [s for s, _ in run["train"]]
     mean = running_mean([v for _, v in run["train"]], smooth)
     at = {s: round(m, 4) for s, m in zip(steps, mean) if s in (1, 50, 100) or s == steps[-1]}
-    return dict(model=run["model"], depth=run["depth"], output_layer=run["output_layer"], last_step=steps[-1] if steps else 0,
+    return dict(model=run["model"], depth=run["depth"], output_layer=run["output_layer"], lr=run["lr"], seed=run["seed"],
+                last_step=steps[-1] if steps else 0,
                 val={s: round(v, 4) for s, v in run["val"]}, train_running_mean=at)
 
 
-def plot(runs: list[dict], path: Path, smooth: int) -> None:
-    """Training loss (running mean) and validation loss against the step, one panel each."""
+def label(run: dict, varying: set[str]) -> str:
+    """The legend entry of a run: model, output layer, depth, and the learning rate and seed where they vary."""
+    gpt2_head = run["model"].startswith("mosaic") and run["output_layer"] == "gpt2"
+    text = LABELS.get(run["model"], run["model"]) + (" with GPT2's output layer" if gpt2_head else "")
+    text += f", {run['depth']} layer{'s' if run['depth'] > 1 else ''}"
+    if "lr" in varying:
+        text += f", lr {run['lr']:g}"
+    if "seed" in varying:
+        text += f", seed {run['seed']}"
+    return text
+
+
+def plot(runs: list[dict], path: Path, smooth: int, colour_by: str = "depth",
+         ylim: tuple[float, float] | None = None) -> None:
+    """Training loss (running mean) and validation loss against the step, one panel each; one colour per
+    value of ``colour_by`` (a run's depth, lr or seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    depths = sorted({r["depth"] for r in runs})
-    colours = {d: plt.cm.viridis(i / max(len(depths) - 1, 1) * 0.85) for i, d in enumerate(depths)}
+    if colour_by not in ("depth", "lr", "seed"):
+        raise ValueError(f"colour_by must be depth, lr or seed, got {colour_by!r}")
+    values = sorted({r[colour_by] for r in runs})
+    colours = {v: plt.cm.viridis(i / max(len(values) - 1, 1) * 0.85) for i, v in enumerate(values)}
+    varying = {k for k in ("lr", "seed") if len({r[k] for r in runs}) > 1}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for r in sorted(runs, key=lambda r: (r["model"], r["output_layer"], r["depth"])):
+    for r in sorted(runs, key=lambda r: (r["model"], r["output_layer"], r["depth"], r["lr"], r["seed"])):
         mosaic = r["model"].startswith("mosaic")
         gpt2_head = mosaic and r["output_layer"] == "gpt2"
-        name = LABELS.get(r["model"], r["model"]) + (" with GPT2's output layer" if gpt2_head else "")
-        style = dict(color=colours[r["depth"]], linestyle=":" if gpt2_head else "-" if mosaic else "--",
-                     label=f"{name}, {r['depth']} layer{'s' if r['depth'] > 1 else ''}")
+        style = dict(color=colours[r[colour_by]], linestyle=":" if gpt2_head else "-" if mosaic else "--",
+                     label=label(r, varying))
         left.plot([s for s, _ in r["train"]], running_mean([v for _, v in r["train"]], smooth), **style)
         right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker="o", **style)
     left.set_title(f"training loss (running mean of {smooth} steps)")
@@ -76,6 +94,8 @@ def plot(runs: list[dict], path: Path, smooth: int) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     left.set_ylabel("loss (nats per token)")
+    if ylim is not None:
+        left.set_ylim(*ylim)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -88,9 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.jsonl and config.json)")
     p.add_argument("--out", type=Path, required=True, help="folder for curves.png and curves.json")
     p.add_argument("--smooth", type=int, default=10, help="steps in the training loss's running mean")
+    p.add_argument("--colour-by", choices=("depth", "lr", "seed"), default="depth",
+                   help="what the curves' colours tell apart (default: depth)")
+    p.add_argument("--ylim", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="the loss axis's range (default: matplotlib's, which the first steps' loss of 10.8 stretches)")
     a = p.parse_args(argv)
     if a.smooth < 1:
         p.error(f"--smooth must be >= 1, got {a.smooth}")
+    if a.ylim is not None and not a.ylim[0] < a.ylim[1]:
+        p.error(f"--ylim must be LOW HIGH with LOW < HIGH, got {a.ylim[0]:g} {a.ylim[1]:g}")
     for folder in a.runs:
         if not (folder / "metrics.jsonl").is_file() or not (folder / "config.json").is_file():
             p.error(f"run folder {folder} must hold metrics.jsonl and config.json")
@@ -98,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     table = {r["name"]: summary(r, a.smooth) for r in runs}
     (a.out / "curves.json").write_text(json.dumps(table, indent=1) + "\n")
-    plot(runs, a.out / "curves.png", a.smooth)
+    plot(runs, a.out / "curves.png", a.smooth, a.colour_by, a.ylim)
     for name, row in table.items():
         print(f"{name}: last step {row['last_step']}, val {row['val']}, train (running mean) {row['train_running_mean']}")
     return 0

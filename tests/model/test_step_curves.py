@@ -44,10 +44,26 @@ def test_the_output_layer_arm_is_told_apart(tmp_path):
     assert table["head"]["output_layer"] == "gpt2" and table["lib"]["output_layer"] == "library"
 
 
-@pytest.mark.parametrize("argv", [["--smooth", "0"], []])
+def test_the_legend_names_the_learning_rate_and_seed_only_where_they_vary(tmp_path):
+    runs = [dict(model="gpt", depth=12, output_layer="library", lr=lr, seed=seed) for lr, seed in
+            [(1e-3, 1337), (2e-3, 1337), (2e-3, 1338)]]
+    assert step_curves.label(runs[0], {"lr", "seed"}) == "GPT2, 12 layers, lr 0.001, seed 1337"
+    assert step_curves.label(runs[0], set()) == "GPT2, 12 layers"
+    for i, r in enumerate(runs):
+        _run(tmp_path / f"r{i}", r["model"], r["depth"], [6.0] * 10, [(10, 5.0 + i)], lr=r["lr"], seed=r["seed"])
+    out = tmp_path / "out"
+    argv = [str(tmp_path / f"r{i}") for i in range(3)] + ["--out", str(out), "--colour-by", "lr", "--ylim", "3", "7"]
+    assert step_curves.main(argv) == 0
+    table = json.loads((out / "curves.json").read_text())
+    assert [table[f"r{i}"]["lr"] for i in range(3)] == [1e-3, 2e-3, 2e-3] and table["r2"]["seed"] == 1338
+    with pytest.raises(ValueError, match="colour_by"):
+        step_curves.plot([], out / "x.png", 1, colour_by="width")
+
+
+@pytest.mark.parametrize("argv", [["--smooth", "0"], ["--ylim", "5", "4"], []])
 def test_bad_arguments(argv, tmp_path, capsys):
     run = tmp_path / "empty"
     run.mkdir()
     with pytest.raises(SystemExit) as e:
         step_curves.main([str(run), "--out", str(tmp_path / "o"), *argv])
-    assert e.value.code == 2 and ("--smooth" in capsys.readouterr().err if argv else True)
+    assert e.value.code == 2 and (argv[0] in capsys.readouterr().err if argv else True)
