@@ -8,7 +8,7 @@ The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
 band (window 256), whose rows see few key blocks at any T.
 
-Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [in_tile] [attention] [attention-dropout] [band] [pmem]
+Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [in_tile] [attention] [attention-dropout] [band] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -142,6 +142,34 @@ def tune_leaky_chunks():
                   [(round(t, 4), f"per_sm={p}", bt, w) for t, p, bt, w in res[:4]], flush=True)
 
 
+# The v2 gated key scan at the shapes of the v2 training step (bench_training: 16,384 tokens, 12 heads of 64).
+TV_CHUNK_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (16, 12, 512, 64)]
+
+
+def tune_leaky_chunks_tv():
+    """Programs per SM (time chunking) of the time-varying scan with a gate, as the v2 keys call it: x a
+    heads-last view of a wider projection, decay and gate (B, H, T) float32, normalised, tiles as tabled."""
+    for (B, H, T, D) in TV_CHUNK_SHAPES:
+        wide = torch.randn(B, T, 2 * H * D + 2 * H, device="cuda", dtype=torch.bfloat16)
+        x = wide[..., :H * D].view(B, T, H, D).transpose(1, 2)
+        decay = torch.rand(B, H, T, device="cuda").mul(0.5).add(0.5)
+        gate = torch.rand(B, H, T, device="cuda").add(0.5)
+        sc = torch.ones(H, device="cuda")
+        dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+        copy = bench_ms(lambda: x.contiguous())
+        fwd, bwd = [], []
+        for per_sm in (1, 2, 4, 8, 16, 32):
+            with mock.patch.multiple(leaky_fn, FWD_PROGRAMS_PER_SM=per_sm, BWD_PROGRAMS_PER_SM=per_sm):
+                run_fwd = lambda: leaky_fn._launch_forward(x, decay, sc, True, 1e-12, 0, True, gate)  # noqa: E731
+                y, norm = run_fwd()
+                fwd.append((bench_ms(run_fwd), per_sm))
+                run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, True, x, gate)  # noqa: E731
+                bwd.append((bench_ms(run_bwd), per_sm))
+        for name, res in (("fwd", fwd), ("bwd", bwd)):
+            print("LEAKY_CHUNKS_TV", name, (B, H, T, D), f"copy {copy:.4f}",
+                  [(round(t, 4), f"per_sm={p}") for t, p in res], flush=True)
+
+
 def tune_leaky_in_tile():
     """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
     for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
@@ -192,7 +220,8 @@ def tune_pmem():
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
                          "band": tune_band},
-    "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks},
+    "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
+                      "chunks-tv": tune_leaky_chunks_tv},
     "persistent_memory": {"pmem": tune_pmem},
 }
 
