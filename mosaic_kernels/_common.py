@@ -124,9 +124,21 @@ def empty_heads(alloc: Callable, shape: tuple, *, heads_last: bool, device: torc
 
 
 def is_heads_last(t: torch.Tensor) -> bool:
-    """Whether the ``(B, H, T, D)`` tensor ``t`` is a view of a contiguous ``(B, T, H, D)`` buffer
-    (and not also contiguous as it stands, which happens when H or T is 1)."""
-    return t.transpose(1, 2).is_contiguous() and not t.is_contiguous()
+    """Whether the ``(B, H, T, D)`` tensor ``t`` lies in memory in ``(B, T, H, D)`` order: a view of a
+    contiguous ``(B, T, H, D)`` buffer, or of a slice of a wider ``(B, T, N)`` projection (the heads of a
+    row side by side, rows further apart: v2's keys and values read their columns of one product of all
+    a block's projections). Not when ``t`` is also contiguous as it stands (H or T of 1).
+
+    The ops give a gradient this layout when their input has it (``empty_heads``), so that the backward
+    of the head split and of the column slice are views, not copies. Only speed depends on it: the
+    kernels read and write through strides."""
+    if t.is_contiguous():
+        return False
+    u = t.transpose(1, 2)  # (B, T, H, D)
+    B, T, H, D = u.shape
+    heads_side_by_side = (D == 1 or u.stride(3) == 1) and (H == 1 or u.stride(2) == D)
+    rows_apart = T == 1 or u.stride(1) >= H * D
+    return heads_side_by_side and rows_apart and (B == 1 or u.stride(0) >= T * u.stride(1))
 
 
 def as_heads_last(t: torch.Tensor, heads_last: bool) -> torch.Tensor:

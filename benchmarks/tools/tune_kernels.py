@@ -8,7 +8,8 @@ The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
 band (window 256), whose rows see few key blocks at any T.
 
-Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [in_tile] [attention] [attention-dropout] [band] [pmem]
+Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [in_tile] [attention] [attention-dropout]
+       [band] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations

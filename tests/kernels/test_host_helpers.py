@@ -1,13 +1,18 @@
 """The host-side helpers that save host time: the integer helpers that stand in for ``triton.cdiv`` and
 ``triton.next_power_of_2`` (whose calls cost microseconds in recent Triton) give Triton's results; the
-constant per-head scale is built once per GPU, never inside a CUDA graph capture."""
+constant per-head scale is built once per GPU, never inside a CUDA graph capture; the ops' gradients take
+their input's heads-last layout, a column slice of a wider projection included, so that the backward of
+the head split copies nothing."""
 from __future__ import annotations
 
 import pytest
 import torch
 import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from mosaic_kernels._common import cdiv, next_power_of_2, per_head_tensor
+from mosaic_kernels import leaky_average, peek_ahead_value
+from mosaic_kernels._common import cdiv, is_heads_last, next_power_of_2, per_head_tensor
+from tests.conftest import kernel_devices
 
 
 def test_cdiv_and_next_power_of_2_match_triton():
@@ -36,3 +41,44 @@ def test_gpu_constant_per_head_scale_is_built_once_and_not_in_a_capture():
     with torch.cuda.graph(graph):
         inside = per_head_tensor(0.125, 7, like, 1.0)
     assert per_head_tensor(0.125, 7, like, 1.0) is not inside  # the captured one was not kept
+
+
+def test_is_heads_last_on_each_layout():
+    B, T, H, D = 2, 5, 3, 4
+    assert is_heads_last(torch.zeros(B, T, H, D).transpose(1, 2))                  # a head split
+    wide = torch.zeros(B, T, 2 * H * D + H)
+    assert is_heads_last(wide[..., H * D:2 * H * D].unflatten(-1, (H, D)).transpose(1, 2))  # a column slice
+    assert not is_heads_last(torch.zeros(B, H, T, D))                              # heads first
+    assert not is_heads_last(torch.zeros(B, T, D, H).permute(0, 3, 1, 2))          # D not innermost
+    assert not is_heads_last(torch.zeros(B, 1, T, D).transpose(1, 2).transpose(1, 2))  # contiguous as it stands
+
+
+class _Copies(TorchDispatchMode):
+    """Counts the aten copies of tensors of two or more dimensions dispatched inside it (Triton's CPU
+    interpreter copies each kernel's flat buffers back with ``copy_``: those are not the model's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("clone", "copy_", "_to_copy") and args[0].dim() >= 2:
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_the_backward_of_a_column_sliced_head_split_copies_nothing(device):
+    """v2 reads its keys and values as column slices of one product of all a block's projections: the
+    ops' input gradients come back in that layout, so autograd's backward of the head split is a view
+    (before, a contiguous (B, H, T, D) gradient cost one clone per op, four per v2 block)."""
+    B, T, H, D = 2, 16, 3, 8
+    wide = torch.randn(B, T, 2 * H * D, device=device, requires_grad=True)
+    keys_in, values_in = wide.split(H * D, dim=-1)
+    split = lambda t: t.unflatten(-1, (H, D)).transpose(1, 2)  # noqa: E731  (mosaic_model's split_heads)
+    decay = torch.rand(B, H, T, device=device).mul(0.5).add(0.4)
+    y = leaky_average(split(keys_in), decay, normalize=True) + peek_ahead_value(split(values_in), 0.3)
+    counter = _Copies()
+    with counter:
+        y.sum().backward()
+    assert counter.copies == 0 and wide.grad.shape == wide.shape and torch.isfinite(wide.grad).all()
