@@ -114,7 +114,10 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor) -> tu
         from .function import STABLE_GATES
 
         pair = STABLE_GATES.apply(log_gate, log_decay)
-        return pair[0], pair[1]
+        # unbind, not pair[0] and pair[1]: its backward stacks both gradients in one launch, where two
+        # selects' backward fills two zero tensors, copies each gradient in and adds them (five launches)
+        gate, decay = pair.unbind(0)
+        return gate, decay
     # One cast each (a kernel launch), into contiguous memory: the cumulative sum and maximum run along T,
     # which a caller's transposed (B, T, H) projection would leave strided (a slow scan kernel on the GPU).
     log_gate, log_decay = (t.to(torch.float64, memory_format=torch.contiguous_format) for t in (log_gate, log_decay))
