@@ -144,12 +144,15 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
 
 
 def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool,
-                     x: torch.Tensor | None = None, gate: torch.Tensor | None = None):
+                     x: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+                     head_sums: tuple[bool, bool] = (True, True)):
     """Run the backward kernels; returns (dx, (d(decay), d(scale)) per head, (H,) float32 each (d(decay)
     zero for a time-varying decay), d(decay) of a time-varying decay (its shape, float32; None for a
     per-head one), d(gate) (B, H, T) float32 (None without a gate)). dx is heads-last when
     ``dx_heads_last`` (the forward's x was), so the head split's backward is a view. ``x``: the ungated
-    input, read with a gate."""
+    input, read with a gate. ``head_sums``: whether to sum the programs' partials of d(decay) per head and of
+    d(scale); one left out (a time-varying decay's, a constant scale's) is returned unwritten, one launch
+    fewer each."""
     B, H, T, D = y.shape
     kind = _decay_kind(decay)
     _, _, bwd_block_t, warps, block_d = _tiling(D)
@@ -172,7 +175,8 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
         launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **meta)
     launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
     # Fixed orders of summation: deterministic. Two sums, so that no two results share memory.
-    per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) for i in range(2))
+    per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) if head_sums[i] else parts.new_empty(H)
+                     for i in range(2))
     return gx, per_head, ddecay, dgate
 
 
@@ -190,16 +194,18 @@ def _fake_forward(x, decay, scale, normalize, eps, chunk_len, heads_last, gate):
 
 def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor,
               normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool, x: torch.Tensor | None,
-              gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              gate: torch.Tensor | None, decay_grad: bool,
+              scale_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, d(decay) of the decay's shape, d(scale) (H,), d(gate) (B, H, T) or an empty tensor), float32
-    but for dx."""
+    but for dx; a per-head d(decay) unwritten when not ``decay_grad``, d(scale) when not ``scale_grad``."""
+    head_sums = (decay_grad and decay.dim() == 1, scale_grad)  # a time-varying d(decay) is the kernel's own
     gx, per_head, ddecay, dgate = _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len,
-                                                   dx_heads_last, x, gate)
+                                                   dx_heads_last, x, gate, head_sums)
     return gx, per_head[0] if ddecay is None else ddecay, per_head[1], dgate if dgate is not None else y.new_empty(
         (0,), dtype=torch.float32)
 
 
-def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last, x, gate):
+def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last, x, gate, decay_grad, scale_grad):
     B, H, T, D = y.shape
     return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
             y.new_empty(decay.shape, dtype=torch.float32), y.new_empty((H,), dtype=torch.float32),
@@ -214,7 +220,7 @@ def _save(ctx, inputs, outputs):
 
 def _backward_args(ctx, gy):
     y, norm, decay, scale, x, gate = ctx.saved_tensors
-    return gy, y, norm, decay, scale, *ctx.meta, x, gate
+    return gy, y, norm, decay, scale, *ctx.meta, x, gate, ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.meta[0]
 
 
 def _input_grads(ctx, result):

@@ -82,3 +82,37 @@ def test_the_backward_of_a_column_sliced_head_split_copies_nothing(device):
     with counter:
         y.sum().backward()
     assert counter.copies == 0 and wide.grad.shape == wide.shape and torch.isfinite(wide.grad).all()
+
+
+class _Sums(TorchDispatchMode):
+    """Counts the aten ``sum`` ops dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.sums = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.sums += func.overloadpacket.__name__ == "sum"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_the_scan_backward_sums_only_the_per_head_gradients_that_are_needed(device):
+    """The per-head sums of d(decay) and d(scale) are launches of their own: a time-varying decay's gradient
+    is the kernel's, and a constant scale (v2's keys) needs none."""
+    B, H, T, D = 2, 3, 16, 8
+    x = torch.randn(B, H, T, D, device=device, requires_grad=True)
+    per_head = torch.rand(H, device=device).mul(0.5).add(0.4)
+    time_varying = torch.rand(B, H, T, device=device).mul(0.5).add(0.4)
+    scale = torch.rand(H, device=device).add(1.0)
+    cases = [(per_head.clone().requires_grad_(), scale.clone().requires_grad_(), 2),
+             (per_head.clone().requires_grad_(), None, 1),
+             (per_head, scale.clone().requires_grad_(), 1),
+             (time_varying.clone().requires_grad_(), None, 0)]
+    for decay, s, sums in cases:
+        y = leaky_average(x, decay, normalize=True, scale=s)
+        counter = _Sums()
+        with counter:
+            y.backward(torch.ones_like(y))
+        assert counter.sums == sums, (decay.shape, s is not None)
+        assert all(t.grad is not None for t in (x, decay, s) if t is not None and t.requires_grad)
