@@ -7,11 +7,12 @@ launch stubbed out and counted, and every aten op that computes is counted throu
 one kernel launch or more on a GPU; views, reshapes and allocations launch nothing and are left out). A
 1-block and a 2-block model are counted and subtracted, so the columns are per block; ``base`` is what a
 step has besides its blocks (embedding, final norm, head, loss). The outputs of stubbed launches are
-garbage: only the counts mean anything. Not counted: the casts that bf16 autocast adds on a GPU, and the
-optimizer. SDPA is counted as the CPU runs it: one op without dropout, but its decomposed math path (a few
-ops) with dropout (GPT2's attention, v1's P-mem), where a GPU launches one fused kernel.
+garbage: only the counts mean anything. ``--autocast`` runs the forward under the CPU's bf16 autocast, which
+adds the casts a GPU step's autocast makes (the default leaves them out). Not counted: the optimizer. SDPA
+is counted as the CPU runs it: one op without dropout, but its decomposed math path (a few ops) with
+dropout (GPT2's attention, v1's P-mem), where a GPU launches one fused kernel.
 
-    python -m benchmarks.tools.count_launches [--models mosaic_fused gpt2 mosaic_v2 llama] [--layers 12]
+    python -m benchmarks.tools.count_launches [--models mosaic_fused gpt2 mosaic_v2 llama] [--layers 12] [--autocast]
 """
 from __future__ import annotations
 
@@ -68,9 +69,10 @@ def counted_triton_launches(counter: collections.Counter) -> Iterator[None]:
             cls.run = original
 
 
-def count_step(model: torch.nn.Module, T: int = 64) -> tuple[collections.Counter, collections.Counter]:
+def count_step(model: torch.nn.Module, T: int = 64,
+               autocast: bool = False) -> tuple[collections.Counter, collections.Counter]:
     """(aten ops that launch, Triton launches) of one forward and backward of ``model`` on a (2, T) batch,
-    after one uncounted step (first-call work such as caches)."""
+    after one uncounted step (first-call work such as caches); with ``autocast``, under bf16 autocast."""
     idx = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(0))
     triton_launches: collections.Counter = collections.Counter()
     with counted_triton_launches(triton_launches):
@@ -78,20 +80,21 @@ def count_step(model: torch.nn.Module, T: int = 64) -> tuple[collections.Counter
             model.zero_grad(set_to_none=True)
             triton_launches.clear()
             with _OpCounter() if counted else contextlib.nullcontext() as mode:
-                _, loss = model(idx, targets=idx)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    _, loss = model(idx, targets=idx)
                 loss.backward()
     aten = collections.Counter({op: n for op, n in mode.ops.items() if op not in NO_LAUNCH})
     return aten, triton_launches
 
 
-def measure(names: list[str], layers: int) -> list[dict]:
+def measure(names: list[str], layers: int, autocast: bool = False) -> list[dict]:
     """One row per model: launches per block and besides the blocks, and a step's total at ``layers``."""
     os.environ["TRITON_INTERPRET"] = "1"  # the fused path on the CPU (read at each call)
     rows = []
     for name in names:
         torch.manual_seed(0)
         # bench_training's models (d=768, 12 heads): the widths do not change the number of launches
-        (aten1, tri1), (aten2, tri2) = (count_step(build(name, n, T=64)) for n in (1, 2))
+        (aten1, tri1), (aten2, tri2) = (count_step(build(name, n, T=64), autocast=autocast) for n in (1, 2))
         block_aten, block_triton = aten2 - aten1, tri2 - tri1
         per_block = sum(block_aten.values()) + sum(block_triton.values())
         base = sum(aten1.values()) + sum(tri1.values()) - per_block
@@ -108,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--layers", type=int, default=12, help="the depth of the step total")
     p.add_argument("--out", help="also write the markdown here")
+    p.add_argument("--autocast", action="store_true", help="count under bf16 autocast (its casts included)")
     a = p.parse_args(argv)
     if a.layers < 1:
         p.error(f"--layers must be >= 1, got {a.layers}")
     from benchmarks._common import command_line, emit, header, table
 
-    rows = measure(a.models, a.layers)
+    rows = measure(a.models, a.layers, a.autocast)
     md = (header(command_line("benchmarks.tools.count_launches")) + "\n\n"
           + "Kernel launches of one training step (forward + backward), counted on the CPU (see the module "
           + "docstring).\n\n" + table(rows, list(rows[0])))

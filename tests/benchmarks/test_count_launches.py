@@ -33,3 +33,15 @@ def test_triton_launches_are_counted_by_kernel_and_views_are_not_ops(monkeypatch
         x.transpose(1, 2).reshape(1, 16, 16)
     assert sum(launches.values()) >= 1 and all(k.startswith("_leaky") for k in launches)
     assert "transpose" in mode.ops and "transpose" in cl.NO_LAUNCH
+
+
+def test_autocast_adds_the_casts_of_a_gpu_step(monkeypatch):
+    """Under bf16 autocast the forward casts the block's inputs and weights (``_to_copy``) that a GPU step
+    casts too; without it there are fewer such ops, and the Triton launches do not change."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from benchmarks.bench_training import build
+
+    torch.manual_seed(0)
+    model = build("llama", 1, T=16)
+    (plain, plain_triton), (cast, cast_triton) = (cl.count_step(model, T=16, autocast=a) for a in (False, True))
+    assert cast["_to_copy"] > plain["_to_copy"] and cast_triton == plain_triton
