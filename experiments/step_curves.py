@@ -2,7 +2,8 @@
 early too: the training loss of every step (and a running mean) and the validation loss of every
 evaluation, one colour per depth (or per learning rate or seed: ``--colour-by``), solid for the Memory
 Mosaic, dotted for it with GPT2's output layer (``--output-layer gpt2``) and dashed for GPT2. Where the
-runs differ in learning rate or seed, the legend names them.
+runs differ in learning rate or seed, the legend names them, and the one the colours do not tell apart
+gets a marker of its own on the validation points.
 
   python -m experiments.step_curves RUN_DIR... --out docs/figures/width_d768 [--smooth 10] [--colour-by depth]
 
@@ -80,6 +81,9 @@ def plot(runs: list[dict], path: Path, smooth: int, colour_by: str = "depth",
     values = sorted({r[colour_by] for r in runs})
     colours = {v: plt.cm.viridis(i / max(len(values) - 1, 1) * 0.85) for i, v in enumerate(values)}
     varying = {k for k in ("lr", "seed") if len({r[k] for r in runs}) > 1}
+    # A varying lr or seed that the colours do not tell apart gets its own marker on the validation points.
+    marked = next((k for k in ("seed", "lr") if k in varying and k != colour_by), None)
+    markers = {v: "os^Dv"[i % 5] for i, v in enumerate(sorted({r[marked] for r in runs}))} if marked else {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for r in sorted(runs, key=lambda r: (r["model"], r["output_layer"], r["depth"], r["lr"], r["seed"])):
         mosaic = r["model"].startswith("mosaic")
@@ -87,7 +91,8 @@ def plot(runs: list[dict], path: Path, smooth: int, colour_by: str = "depth",
         style = dict(color=colours[r[colour_by]], linestyle=":" if gpt2_head else "-" if mosaic else "--",
                      label=label(r, varying))
         left.plot([s for s, _ in r["train"]], running_mean([v for _, v in r["train"]], smooth), **style)
-        right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker="o", **style)
+        right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker=markers.get(r[marked], "o") if marked
+                   else "o", **style)
     left.set_title(f"training loss (running mean of {smooth} steps)")
     right.set_title("validation loss")
     for ax in (left, right):
