@@ -55,10 +55,14 @@ def summary(run: dict, smooth: int) -> dict:
                 val={s: round(v, 4) for s, v in run["val"]}, train_running_mean=at)
 
 
+def gpt2_head(run: dict) -> bool:
+    """Whether the run is a Memory Mosaic with GPT2's output layer (``--output-layer gpt2``)."""
+    return run["model"].startswith("mosaic") and run["output_layer"] == "gpt2"
+
+
 def label(run: dict, varying: set[str]) -> str:
     """The legend entry of a run: model, output layer, depth, and the learning rate and seed where they vary."""
-    gpt2_head = run["model"].startswith("mosaic") and run["output_layer"] == "gpt2"
-    text = LABELS.get(run["model"], run["model"]) + (" with GPT2's output layer" if gpt2_head else "")
+    text = LABELS.get(run["model"], run["model"]) + (" with GPT2's output layer" if gpt2_head(run) else "")
     text += f", {run['depth']} layer{'s' if run['depth'] > 1 else ''}"
     if "lr" in varying:
         text += f", lr {run['lr']:g}"
@@ -86,13 +90,11 @@ def plot(runs: list[dict], path: Path, smooth: int, colour_by: str = "depth",
     markers = {v: "os^Dv"[i % 5] for i, v in enumerate(sorted({r[marked] for r in runs}))} if marked else {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for r in sorted(runs, key=lambda r: (r["model"], r["output_layer"], r["depth"], r["lr"], r["seed"])):
-        mosaic = r["model"].startswith("mosaic")
-        gpt2_head = mosaic and r["output_layer"] == "gpt2"
-        style = dict(color=colours[r[colour_by]], linestyle=":" if gpt2_head else "-" if mosaic else "--",
-                     label=label(r, varying))
+        style = dict(color=colours[r[colour_by]], linestyle=":" if gpt2_head(r) else "-" if r["model"].startswith("mosaic")
+                     else "--", label=label(r, varying))
         left.plot([s for s, _ in r["train"]], running_mean([v for _, v in r["train"]], smooth), **style)
-        right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker=markers.get(r[marked], "o") if marked
-                   else "o", **style)
+        right.plot([s for s, _ in r["val"]], [v for _, v in r["val"]], marker=markers[r[marked]] if marked else "o",
+                   **style)
     left.set_title(f"training loss (running mean of {smooth} steps)")
     right.set_title("validation loss")
     for ax in (left, right):

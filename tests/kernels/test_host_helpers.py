@@ -53,18 +53,26 @@ def test_is_heads_last_on_each_layout():
     assert not is_heads_last(torch.zeros(B, 1, T, D).transpose(1, 2).transpose(1, 2))  # contiguous as it stands
 
 
-class _Copies(TorchDispatchMode):
-    """Counts the aten copies of tensors of two or more dimensions dispatched inside it (Triton's CPU
-    interpreter copies each kernel's flat buffers back with ``copy_``: those are not the model's)."""
+class _AtenOps(TorchDispatchMode):
+    """Records (name, dimensions of the first argument) of every aten op dispatched inside it."""
 
     def __init__(self):
         super().__init__()
-        self.copies = 0
+        self.ops: list[tuple[str, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ("clone", "copy_", "_to_copy") and args[0].dim() >= 2:
-            self.copies += 1
+        first = args[0] if args else None
+        self.ops.append((func.overloadpacket.__name__, first.dim() if isinstance(first, torch.Tensor) else 0))
         return func(*args, **(kwargs or {}))
+
+    def copies(self) -> int:
+        """Copies of tensors of two or more dimensions (Triton's CPU interpreter copies each kernel's flat
+        buffers back with ``copy_``: those are not the model's)."""
+        return sum(name in ("clone", "copy_", "_to_copy") and dims >= 2 for name, dims in self.ops)
+
+    def count(self, name: str) -> int:
+        """How many ops of this name ran."""
+        return sum(n == name for n, _ in self.ops)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -78,22 +86,10 @@ def test_the_backward_of_a_column_sliced_head_split_copies_nothing(device):
     split = lambda t: t.unflatten(-1, (H, D)).transpose(1, 2)  # noqa: E731  (mosaic_model's split_heads)
     decay = torch.rand(B, H, T, device=device).mul(0.5).add(0.4)
     y = leaky_average(split(keys_in), decay, normalize=True) + peek_ahead_value(split(values_in), 0.3)
-    counter = _Copies()
+    counter = _AtenOps()
     with counter:
         y.sum().backward()
-    assert counter.copies == 0 and wide.grad.shape == wide.shape and torch.isfinite(wide.grad).all()
-
-
-class _Sums(TorchDispatchMode):
-    """Counts the aten ``sum`` ops dispatched inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.sums = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.sums += func.overloadpacket.__name__ == "sum"
-        return func(*args, **(kwargs or {}))
+    assert counter.copies() == 0 and wide.grad.shape == wide.shape and torch.isfinite(wide.grad).all()
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -111,8 +107,8 @@ def test_the_scan_backward_sums_only_the_per_head_gradients_that_are_needed(devi
              (time_varying.clone().requires_grad_(), None, 0)]
     for decay, s, sums in cases:
         y = leaky_average(x, decay, normalize=True, scale=s)
-        counter = _Sums()
+        counter = _AtenOps()
         with counter:
             y.backward(torch.ones_like(y))
-        assert counter.sums == sums, (decay.shape, s is not None)
+        assert counter.count("sum") == sums, (decay.shape, s is not None)
         assert all(t.grad is not None for t in (x, decay, s) if t is not None and t.requires_grad)
