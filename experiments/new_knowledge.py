@@ -10,7 +10,9 @@ are Q queries (QUERY, key, value) about Q of the facts. Scored: the prediction o
 from its key (chance 1/NUM_VALUES); nothing else is predictable. Every model trains on short contexts
 (``--train-T``, ``--train-facts``) and is tested on contexts up to ``--test-T`` long with ``--test-facts``
 facts, without any fine-tuning. Memory Mosaics v2 is also tested with its long-term memory removed
-(its delay set past the context, so that band is empty): the paper's ablation.
+(its delay set past the context, so that band is empty): the paper's ablation. ``mosaic-v2-fixed-bandwidth``
+is v2 with one learned bandwidth per head instead of ``beta(n)``: does the bandwidth that grows with the
+number of visible keys matter for retrieval far past the training length?
 
 Every (model, learning rate, seed) is one run, ``--jobs`` at once; a finished run's result file
 (``runs/<model>-lr<lr>-s<seed>.json`` in ``--out``) is kept, so an interrupted grid resumes. Each model's
@@ -36,7 +38,7 @@ NUM_FILLER, NUM_KEYS, NUM_VALUES = 64, 64, 64
 KEY0, VALUE0 = NUM_FILLER, NUM_FILLER + NUM_KEYS
 FACT, QUERY = VALUE0 + NUM_VALUES, VALUE0 + NUM_VALUES + 1
 VOCAB = QUERY + 1
-MODELS = ("mosaic", "mosaic-v2", "llama")
+MODELS = ("mosaic", "mosaic-v2", "mosaic-v2-fixed-bandwidth", "llama")
 VAL_SEED, TEST_SEED = 10_000, 20_000
 
 
@@ -86,16 +88,17 @@ def build(name: str, a: argparse.Namespace) -> torch.nn.Module:
                   dropout=0.0)
     if name == "mosaic":
         common.update(block_size=max(a.test_T), kernels=a.kernels)  # v1 runs at any T up to its block size
-    elif name == "mosaic-v2":
+    elif name.startswith("mosaic-v2"):
+        # the fixed-bandwidth arm: v2 with one learned bandwidth per head instead of beta(n) (an ablation)
         common.update(kernels=a.kernels, window=a.window, delay_min=a.delay_min, delay_max=a.delay_max,
-                      delay_eval=a.delay_min)
-    return build_model(name, common)
+                      delay_eval=a.delay_min, adaptive_bandwidth=name != "mosaic-v2-fixed-bandwidth")
+    return build_model("mosaic-v2" if name.startswith("mosaic-v2") else name, common)
 
 
 def evaluations(name: str) -> dict:
     """The forward keyword arguments of each evaluation of a model: its own, and for v2 also without the
     long-term memory (a delay past any context: that band sees no key)."""
-    return {"": {}, "no long-term memory": {"delay": 10**9}} if name == "mosaic-v2" else {"": {}}
+    return {"": {}, "no long-term memory": {"delay": 10**9}} if name.startswith("mosaic-v2") else {"": {}}
 
 
 def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, threads: int) -> dict:

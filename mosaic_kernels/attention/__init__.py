@@ -110,7 +110,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
 
 
 def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
-                  delay: int | torch.Tensor = 1) -> torch.Tensor:
+                  delay: int | torch.Tensor = 1, unconstrained: bool = False) -> torch.Tensor:
     """The per-row scale ``beta(n_t) = beta1 * n_t**alpha + beta0`` of a band, for ``mosaic_attention``'s ``scale``.
 
     ``n_t`` is how many keys row t of ``mosaic_attention(..., window=window, delay=delay)`` sees:
@@ -121,6 +121,9 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
         beta0, beta1, alpha: ``(H,)`` floating tensors on one device (gradients returned for each).
         T: the sequence length, >= 1.
         window, delay: the band, as in ``mosaic_attention`` (delay an int or an integer ``(B,)`` tensor).
+        unconstrained: the three tensors are unconstrained parameters and the op uses ``softplus(beta0)``,
+            ``softplus(beta1)`` and ``sigmoid(alpha)`` (so beta0 >= 0, beta1 > 0, 0 < alpha < 1), applied inside
+            its kernels (no launches of their own); the gradients are those of the parameters.
 
     Returns:
         float32 ``(H, T)`` for an int delay, ``(B, H, T)`` for a tensor one. CUDA tensors (and CPU ones
@@ -142,6 +145,8 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
         float_tensor_on(name, t, beta0, "beta0")
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an int >= 1, got {T!r}")
+    if not isinstance(unconstrained, bool):
+        raise ValueError(f"unconstrained must be a bool, got {unconstrained!r}")
     B = delay.shape[0] if isinstance(delay, torch.Tensor) and delay.dim() == 1 else 1
     _check_band(window, delay, B, beta0)
     if use_triton(beta0):
@@ -149,5 +154,6 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
 
         delays = delay.to(torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
         return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
-                                   -1 if window is None else int(window), 0 if delays is not None else int(delay), delays)
-    return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay)
+                                   -1 if window is None else int(window), 0 if delays is not None else int(delay), delays,
+                                   unconstrained)
+    return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained)

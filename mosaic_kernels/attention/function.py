@@ -246,53 +246,56 @@ BANDWIDTH_BLOCK_T = 1024
 
 
 def _bandwidth_forward(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
-                       delay: int, delays: torch.Tensor | None) -> torch.Tensor:
-    """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,)); window -1 for none."""
+                       delay: int, delays: torch.Tensor | None, unconstrained: bool) -> torch.Tensor:
+    """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,)); window -1 for none;
+    ``unconstrained``: the inputs go through softplus, softplus and sigmoid first (in the kernel)."""
     H = beta0.shape[0]
     rows = delays.shape[0] if delays is not None else 1
     out = _empty((rows, H, T), device=beta0.device, dtype=torch.float32)
     block_t = time_tile(T, BANDWIDTH_BLOCK_T)
     launch(_bandwidth_fwd_kernel, (rows * H, cdiv(T, block_t)), beta0, beta1, alpha,
            delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay,
-           PER_BATCH_DELAY=delays is not None, BLOCK_T=block_t, num_warps=4)
+           PER_BATCH_DELAY=delays is not None, UNCONSTRAINED=unconstrained, BLOCK_T=block_t, num_warps=4)
     return out if delays is not None else out[0]
 
 
-def _bandwidth_fake_forward(beta0, beta1, alpha, T, window, delay, delays):
+def _bandwidth_fake_forward(beta0, beta1, alpha, T, window, delay, delays, unconstrained):
     shape = (beta0.shape[0], T) if delays is None else (delays.shape[0], beta0.shape[0], T)
     return beta0.new_empty(shape, dtype=torch.float32)
 
 
-def _bandwidth_backward(grad: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
-                        delay: int, delays: torch.Tensor | None) -> torch.Tensor:
-    """(3, H) float32: the gradients of beta0, beta1 and alpha, summed over the rows in a fixed order."""
+def _bandwidth_backward(grad: torch.Tensor, beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int,
+                        window: int, delay: int, delays: torch.Tensor | None, unconstrained: bool) -> torch.Tensor:
+    """(3, H) float32: the gradients of the three inputs (beta0, beta1 and alpha, or their unconstrained
+    parameters), summed over the rows in a fixed order."""
     H = beta1.shape[0]
     g = grad if grad.dim() == 3 else grad.unsqueeze(0)
     out = _empty((3, H), device=grad.device, dtype=torch.float32)
-    launch(_bandwidth_bwd_kernel, (H,), g, beta1, alpha, delays if delays is not None else beta1, out,
+    launch(_bandwidth_bwd_kernel, (H,), g, beta0, beta1, alpha, delays if delays is not None else beta1, out,
            g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(), PER_BATCH_DELAY=delays is not None,
-           BLOCK_T=time_tile(T, BANDWIDTH_BLOCK_T), num_warps=4)
+           UNCONSTRAINED=unconstrained, BLOCK_T=time_tile(T, BANDWIDTH_BLOCK_T), num_warps=4)
     return out
 
 
-def _bandwidth_fake_backward(grad, beta1, alpha, T, window, delay, delays):
+def _bandwidth_fake_backward(grad, beta0, beta1, alpha, T, window, delay, delays, unconstrained):
     return beta1.new_empty((3, beta1.shape[0]), dtype=torch.float32)
 
 
 def _bandwidth_save(ctx, inputs, _out):
-    beta0, beta1, alpha, T, window, delay, delays = inputs
-    ctx.save_for_backward(beta1, alpha, delays)
+    beta0, beta1, alpha, T, window, delay, delays, unconstrained = inputs
+    ctx.save_for_backward(beta0, beta1, alpha, delays)
     ctx.meta = (T, window, delay)
+    ctx.unconstrained = unconstrained
     ctx.dtypes = (beta0.dtype, beta1.dtype, alpha.dtype)
 
 
 def _bandwidth_backward_args(ctx, grad):
-    beta1, alpha, delays = ctx.saved_tensors
-    return grad, beta1, alpha, *ctx.meta, delays
+    beta0, beta1, alpha, delays = ctx.saved_tensors
+    return grad, beta0, beta1, alpha, *ctx.meta, delays, ctx.unconstrained
 
 
 def _bandwidth_input_grads(ctx, result):
-    return (*(r.to(dtype) for r, dtype in zip(result, ctx.dtypes)), None, None, None, None)
+    return (*(r.to(dtype) for r, dtype in zip(result, ctx.dtypes)), None, None, None, None, None)
 
 
 ROW_BANDWIDTH = fused_op("row_bandwidth", forward=_bandwidth_forward, fake_forward=_bandwidth_fake_forward,

@@ -7,6 +7,7 @@ so it is meant for CPU training at model sizes and for tests, not for long seque
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._common import exact_under_autocast
 
@@ -85,11 +86,14 @@ def row_counts(T: int, window: int | None, delay: int | torch.Tensor, device: to
 
 
 def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
-                  delay: int | torch.Tensor = 1) -> torch.Tensor:
+                  delay: int | torch.Tensor = 1, unconstrained: bool = False) -> torch.Tensor:
     """``beta1 * n_t**alpha + beta0`` per head and row (``n_t**alpha`` = 0 where n_t = 0): float32 (H, T), or
-    (B, H, T) for a tensor delay; float64 for float64 parameters."""
+    (B, H, T) for a tensor delay; float64 for float64 parameters. ``unconstrained``: softplus(beta0),
+    softplus(beta1) and sigmoid(alpha) stand for the three."""
     dtype = torch.promote_types(beta0.dtype, torch.float32)
     n = row_counts(T, window, delay, beta0.device).to(dtype).unsqueeze(-2)          # (..., 1, T)
     b0, b1, a = (p.to(dtype)[:, None] for p in (beta0, beta1, alpha))
+    if unconstrained:
+        b0, b1, a = F.softplus(b0), F.softplus(b1), torch.sigmoid(a)
     # clamp_min keeps pow's gradient finite at n = 0, where the mask zeroes the term.
     return b1 * n.clamp_min(1.0).pow(a) * (n > 0) + b0

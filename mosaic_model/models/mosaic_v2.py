@@ -147,14 +147,17 @@ class Bandwidth(nn.Module):
     def forward(self, T: int, band: dict) -> torch.Tensor:
         """The bandwidths of the rows of a band (``mosaic_attention``'s window and delay): (H, T), or (B, H, T)
         for one delay per sequence, float32; an (H,) tensor when fixed. One fused launch each way on the
-        fused ops (``mosaic_kernels.attention.row_bandwidth``), the attention's reference otherwise."""
+        fused ops (``mosaic_kernels.attention.row_bandwidth``, which applies the softplus and sigmoid of
+        :meth:`coefficients` in its kernels), the attention's reference otherwise."""
         if not self.adaptive:
             return self.log_beta.exp()
         fused = ops_for(self.config, "mosaic_attention") is not reference_ops
-        return (row_bandwidth if fused else reference_row_bandwidth)(*self.coefficients(), T, **band)
+        return (row_bandwidth if fused else reference_row_bandwidth)(self.beta0, self.beta1, self.alpha, T,
+                                                                     unconstrained=True, **band)
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(beta0, beta1, alpha), each (H,), from their unconstrained parameters."""
+        """(beta0, beta1, alpha), each (H,), from their unconstrained parameters (the map :meth:`forward`'s op
+        applies with ``unconstrained=True``)."""
         return F.softplus(self.beta0), F.softplus(self.beta1), torch.sigmoid(self.alpha)
 
     def of_count(self, n: int) -> torch.Tensor:

@@ -58,43 +58,71 @@ def test_reference_is_the_formula_row_by_row(window, delay):
                 assert math.isclose(float(got), want, rel_tol=1e-14), (r, h, t)
 
 
-def _check_kernel(device, T, window, delay, H=3, seed=1):
+def _unconstrained_params(H, seed, device="cpu", spread=3.0):
+    """Unconstrained (p0, p1, pa): softplus(p0), softplus(p1) and sigmoid(pa) are the coefficients."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(H, generator=g) * spread).to(device).requires_grad_() for _ in range(3)]
+
+
+def _check_kernel(device, T, window, delay, H=3, seed=1, unconstrained=False, params=None):
     """The kernels (float32) against the float64 reference: values and the gradients of the three
-    parameters.
+    parameters (the coefficients, or with ``unconstrained`` the parameters that softplus, softplus and
+    sigmoid map to them).
 
     Values: n^alpha is exp2(alpha log2 n) in float32: log2 n and its product with alpha are each rounded
     (relative u), an exponent of size <= alpha log2 T <= 13 then errs by <= 2 * 13 u absolute, and exp2
-    adds a few ulps: <= 32 u relative per element (2e-6), inside FP32's 1e-5 for the RMS error.
+    adds a few ulps: <= 32 u relative per element (2e-6). Unconstrained, the kernel's float32 sigmoid and
+    softplus (an exp, an add, a log or a quotient: <= 4 u relative each, e.g. |d alpha| <= 4 u alpha) move
+    the exponent by a further <= 4 * 13 u and the coefficients by 4 u: <= 96 u per element in all (6e-6),
+    inside FP32's 1e-5 for the RMS error.
     Gradients: sums over every row (R * T terms) of the incoming gradient times values of the accuracy
-    above; a float32 sum of N terms errs by at most N u times the sum of |terms| (Higham 4.2), whatever
-    the kernel's order, so the bound is (32 + N) u sum|terms| per head."""
+    above, then times the map's derivative (a few u more); a float32 sum of N terms errs by at most N u
+    times the sum of |terms| (Higham 4.2), whatever the kernel's order, so the bound is (96 + N) u sum|terms|
+    per head, the terms taken with the derivative."""
     delay_t = _delay(delay, device)
-    p32 = _params(H, seed, device=device)
+    p32 = params or (_unconstrained_params(H, seed, device) if unconstrained else _params(H, seed, device=device))
     p64 = [p.detach().cpu().double().requires_grad_() for p in p32]
-    got = row_bandwidth(*p32, T, window=window, delay=delay_t)
-    want = reference_row_bandwidth(*p64, T, window=window, delay=_delay(delay))
+    got = row_bandwidth(*p32, T, window=window, delay=delay_t, unconstrained=unconstrained)
+    want = reference_row_bandwidth(*p64, T, window=window, delay=_delay(delay), unconstrained=unconstrained)
     assert got.dtype == torch.float32 and got.shape == want.shape and got.device.type == device
     assert rel_err(got, want) <= tolerances.FP32
     w = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     grads = torch.autograd.grad((got * w.to(device)).sum(), p32)
     refs = torch.autograd.grad((want * w).sum(), p64)
     n = row_counts(T, window, _delay(delay), "cpu").double().unsqueeze(-2)
-    b1, a = p64[1].detach()[:, None], p64[2].detach()[:, None]
+    raw = [p.detach()[:, None] for p in p64]
+    if unconstrained:     # the coefficients, and each one's derivative in its parameter
+        b1, a = torch.nn.functional.softplus(raw[1]), torch.sigmoid(raw[2])
+        chain = [torch.sigmoid(raw[0]), torch.sigmoid(raw[1]), a * (1 - a)]
+    else:
+        b1, a, chain = raw[1], raw[2], [1.0, 1.0, 1.0]
     power = torch.where(n > 0, n.clamp_min(1).pow(a), 0.0)
-    terms = [w, w * power, w * b1 * power * n.clamp_min(1).log()]            # each gradient's summands
+    terms = [w * chain[0], w * power * chain[1], w * b1 * power * n.clamp_min(1).log() * chain[2]]  # summands
     N = want.numel() // H
     for name, g, ref, term in zip(("beta0", "beta1", "alpha"), grads, refs, terms):
         assert g.dtype == torch.float32
         dims = tuple(i for i in range(term.dim()) if i != term.dim() - 2)  # every axis but the head's
-        bound = (32 + N) * tolerances.U_FP32 * term.abs().sum(dim=dims)
+        bound = (96 + N) * tolerances.U_FP32 * term.abs().sum(dim=dims)
         assert ((g.double().cpu() - ref).abs() <= bound).all(), (name, (g.double().cpu() - ref).abs(), bound)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("unconstrained", [False, True], ids=["coefficients", "unconstrained"])
 @pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
-def test_kernels_give_the_reference(device, window, delay, nan_outputs):
+def test_kernels_give_the_reference(device, window, delay, unconstrained, nan_outputs):
     """T = 45: three of the interpreter's 16-step tiles (one of the GPU's); every element written."""
-    _check_kernel(device, 45, window, delay)
+    _check_kernel(device, 45, window, delay, unconstrained=unconstrained)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_unconstrained_extremes(device, nan_outputs):
+    """Parameters far out on both sides: softplus(-30) = 9e-14 must not round to 0 (the kernel's log1p),
+    softplus(30) = 30, sigmoid(+-20) = 1 - 2e-9 and 2e-9; values and gradients within the same bounds."""
+    ps = [torch.tensor(v, device=device).requires_grad_()
+          for v in ([-30.0, 30.0, 0.0, -5.0], [30.0, -30.0, 5.0, -5.0], [-20.0, 20.0, 0.0, 3.0])]
+    _check_kernel(device, 45, 10, [1, 4], H=4, unconstrained=True, params=ps)
+    tiny = row_bandwidth(*[p.detach() for p in ps], 45, window=10, unconstrained=True)[0, 0]  # row 0: n = 0
+    assert tiny.item() > 0 and math.isclose(tiny.item(), math.log1p(math.exp(-30.0)), rel_tol=1e-6)
 
 
 @pytest.mark.gpu
@@ -118,7 +146,7 @@ def test_custom_op_opcheck_and_compile_with_the_attention(device):
 
     p = _params(3, 4, device=device)
     delays = torch.tensor([3, 9], device=device, dtype=torch.int32)
-    for args in ((*p, 40, 8, 1, None), (*p, 40, -1, 0, delays)):
+    for args in ((*p, 40, 8, 1, None, False), (*p, 40, -1, 0, delays, False), (*p, 40, 8, 1, None, True)):
         torch.library.opcheck(ROW_BANDWIDTH.fwd, args,
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     g = torch.Generator().manual_seed(5)
