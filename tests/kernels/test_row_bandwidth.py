@@ -129,8 +129,10 @@ def test_unconstrained_extremes(device, nan_outputs):
 @pytest.mark.parametrize("window, delay", [(256, 1), (None, 64), (None, [64, 100, 256, 200, 70, 64, 128, 255])],
                          ids=["short_term", "long_term", "long_term_per_sequence"])
 def test_gpu_long_rows(window, delay, nan_outputs):
-    """T = 8,192 at v2's bands: 8 of the GPU's 1,024-step tiles, in both directions; deterministic."""
+    """T = 8,192 at v2's bands: 8 of the GPU's 1,024-step tiles, in both directions, both parametrisations;
+    deterministic."""
     _check_kernel("cuda", 8192, window, delay, H=12)
+    _check_kernel("cuda", 8192, window, delay, H=12, unconstrained=True)
     p = _params(12, 3, device="cuda")
     runs = [torch.autograd.grad(row_bandwidth(*p, 8192, window=window, delay=_delay(delay, "cuda")).sum(), p)
             for _ in range(2)]
