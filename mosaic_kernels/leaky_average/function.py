@@ -9,7 +9,7 @@ import torch
 from .._common import empty_heads, interpreter_enabled, is_heads_last, next_power_of_2, per_head_tensor, sm_count, time_tile
 from .._registration import fused_op
 from .._triton_common import launch
-from .triton_gates import _stable_gate_decay_kernel
+from .triton_gates import _stable_gate_decay_bwd_kernel, _stable_gate_decay_kernel
 from .triton_scan import _leaky_bwd_kernel, _leaky_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -261,42 +261,65 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
 GATES_BLOCK_T = 1024
 
 
-def _gates_forward(log_gate: torch.Tensor, log_decay: torch.Tensor) -> torch.Tensor:
+def _gates_forward(log_gate: torch.Tensor, log_decay: torch.Tensor, rate_bias: torch.Tensor | None) -> torch.Tensor:
     """The stabilised pair of (B, H, T) logs (any float dtype and strides) as one contiguous (2, B, H, T)
-    float32 tensor, gates first: one launch, one program per (b, h) (triton_gates.py)."""
+    float32 tensor, gates first: one launch, one program per (b, h) (triton_gates.py). With ``rate_bias``
+    (H,) float32, ``log_decay`` holds rates r and the log-decays are -|r + rate_bias|."""
     B, H, T = log_gate.shape
     pair = _empty((2, B, H, T), device=log_gate.device, dtype=torch.float32)
-    launch(_stable_gate_decay_kernel, (B * H,), log_gate, log_decay, pair, H, T, B * H * T,
-           *log_gate.stride(), *log_decay.stride(), BLOCK_T=time_tile(T, GATES_BLOCK_T), num_warps=4)
+    launch(_stable_gate_decay_kernel, (B * H,), log_gate, log_decay, rate_bias if rate_bias is not None else pair,
+           pair, H, T, B * H * T, *log_gate.stride(), *log_decay.stride(), RATES=rate_bias is not None,
+           BLOCK_T=time_tile(T, GATES_BLOCK_T), num_warps=4)
     return pair
 
 
-def _gates_fake_forward(log_gate, log_decay):
+def _gates_fake_forward(log_gate, log_decay, rate_bias):
     return log_gate.new_empty((2, *log_gate.shape), dtype=torch.float32)
 
 
-def _gates_backward(grad: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+def _gates_backward(grad: torch.Tensor, pair: torch.Tensor, log_decay: torch.Tensor, rate_bias: torch.Tensor | None,
+                    gate_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of both logs with the running log-scale M held fixed (the normalised keys do not depend
     on it): d gate_t / d log_gate_t = gate_t, d decay_t / d log_decay_t = decay_t, so each is its element's
-    value times its gradient."""
-    return grad * pair
+    value times its gradient; with ``rate_bias``, d r = -sign(r + b) d log_decay and d b its sum over (B, T)
+    (per-(b, h) partials in the kernel, summed over b here: a fixed order). One launch (two with the bias),
+    each gradient written in its input's dtype. Returns (d log_gate, d log_decay or d r, d b ((H,) float32;
+    an empty tensor without a bias))."""
+    _, B, H, T = pair.shape
+    d_gate = _empty((B, H, T), device=pair.device, dtype=gate_dtype)
+    d_decay = _empty((B, H, T), device=pair.device, dtype=log_decay.dtype)
+    parts = _empty((B, H) if rate_bias is not None else (0,), device=pair.device, dtype=torch.float32)
+    launch(_stable_gate_decay_bwd_kernel, (B * H,), grad, pair, log_decay,
+           rate_bias if rate_bias is not None else pair, d_gate, d_decay, parts if rate_bias is not None else pair,
+           H, T, B * H * T, *grad.stride(), *(log_decay.stride() if rate_bias is not None else (0, 0, 0)),
+           RATES=rate_bias is not None,
+           BLOCK_T=time_tile(T, GATES_BLOCK_T), num_warps=4)
+    return d_gate, d_decay, parts.sum(0) if rate_bias is not None else parts
 
 
-def _gates_fake_backward(grad, pair):
-    return torch.empty_like(pair)
+def _gates_fake_backward(grad, pair, log_decay, rate_bias, gate_dtype):
+    _, B, H, T = pair.shape
+    return (pair.new_empty((B, H, T), dtype=gate_dtype), pair.new_empty((B, H, T), dtype=log_decay.dtype),
+            pair.new_empty((H,) if rate_bias is not None else (0,)))
 
 
 def _gates_save(ctx, inputs, pair):
-    ctx.save_for_backward(pair)
-    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+    log_gate, log_decay, rate_bias = inputs
+    # The rates are read again backward only with a bias (the sign of r + b); otherwise nothing is kept of them.
+    ctx.save_for_backward(pair, log_decay if rate_bias is not None else None, rate_bias)
+    ctx.meta = (log_gate.dtype, log_decay.dtype)
 
 
 def _gates_backward_args(ctx, grad):
-    return grad, ctx.saved_tensors[0]
+    pair, log_decay, rate_bias = ctx.saved_tensors
+    if log_decay is None:   # a stand-in of the right dtype (the kernel does not read it without a bias)
+        log_decay = pair.new_empty((0,), dtype=ctx.meta[1])
+    return grad, pair, log_decay, rate_bias, ctx.meta[0]
 
 
 def _gates_input_grads(ctx, result):
-    return result[0].to(ctx.dtypes[0]), result[1].to(ctx.dtypes[1])
+    d_gate, d_decay, d_bias = result
+    return d_gate, d_decay, d_bias if ctx.saved_tensors[2] is not None else None
 
 
 STABLE_GATES = fused_op("stable_gate_and_decay", forward=_gates_forward, fake_forward=_gates_fake_forward,

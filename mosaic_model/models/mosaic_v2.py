@@ -82,23 +82,20 @@ class GatedKeyExtractor(nn.Module):
         layout = layout_for(self.config, "leaky_average")
         if not self.config.gated_keys:
             return ops.leaky_average(raw, self._constant_decay(), normalize=True, eps=self.config.norm_eps, **layout)
-        log_gate, log_decay = self._logs(*logits)
-        gate, decay = stable_gate_and_decay(log_gate.transpose(1, 2), log_decay.transpose(1, 2))   # (B, H, T) each
+        wg_x, wl_x = logits
+        # log g = W_g x and log lambda = -|W_l x + b_l|, the latter formed inside the gate kernel (rate_bias):
+        # W_g x and W_l x go in as autocast's bf16 products (the kernel reads any float dtype exactly).
+        gate, decay = stable_gate_and_decay(wg_x.transpose(1, 2), wl_x.transpose(1, 2),
+                                            rate_bias=self.rate_bias)                        # (B, H, T) each
         return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
 
     def _constant_decay(self) -> torch.Tensor:
         """Without gated keys: v1's decay per head, ``exp(-|b_l|)`` (H,)."""
         return torch.exp(-self.rate_bias.abs())
 
-    def _logs(self, wg_x: torch.Tensor, wl_x: torch.Tensor,
-              dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log g, log lambda), each (..., H), from ``W_g x`` and ``W_l x``: ``W_g x`` and ``-|W_l x + b_l|``,
-        in ``dtype``; by default log g in W_g x's own dtype (``stable_gate_and_decay`` reads any float dtype
-        exactly, so autocast's bf16 product needs no cast launch) and log lambda in float32 or wider, the add
-        reading a bf16 W_l x directly. The values are those of casting first."""
-        if dtype is None:
-            bias = self.rate_bias if self.rate_bias.dtype in (torch.float32, torch.float64) else self.rate_bias.float()
-            return wg_x, -(wl_x + bias).abs()
+    def _logs(self, wg_x: torch.Tensor, wl_x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log g, log lambda), each (..., H), from ``W_g x`` and ``W_l x``: ``W_g x`` and ``-|W_l x + b_l|``
+        in ``dtype`` (the expressions :meth:`forward` hands ``stable_gate_and_decay``)."""
         return wg_x.to(dtype), -(wl_x.to(dtype) + self.rate_bias).abs()
 
     def step(self, x_t: torch.Tensor, cache: dict, projected: list[torch.Tensor] | None = None) -> torch.Tensor:

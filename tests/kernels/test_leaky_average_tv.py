@@ -241,9 +241,57 @@ def test_stable_pair_kernel_gives_the_pytorch_pair(device, spreads, dtype, nan_o
         for a, b, p in zip(got, want, ref):
             assert a.dtype == dtype
             x = p.double().clamp_min(1e-300).log().abs()
-            low = 0.0 if dtype == torch.float32 else tolerances.U_BF16 * b.double().abs()  # the gradient's store
+            low = 0.0 if dtype == torch.float32 else tolerances.STORE_BF16 * b.double().abs()  # the gradient's store
             bound = 8 * tolerances.U_FP32 * (1 + x) * b.double().abs() + low + 1e-30
             assert ((a.double().cpu() - b.double()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("spreads", [(3.0, 1.0), (300.0, 3.0)], ids=["mixed", "wide"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_stable_pair_with_rate_bias_gives_the_pytorch_pair(device, spreads, dtype, nan_outputs):
+    """``rate_bias``: the log-decays -|r + b| formed in the kernel, as v2's keys pass them (strided bf16 rates
+    of both signs, a float32 bias per head). The kernel rounds r + b to float32 as the PyTorch expression
+    does; the float64 reference takes those rounded log-decays as values (with the float64 expression's
+    gradient), so the pair and the gradients of r have the bounds of the test above. The bias' gradient
+    sums B T of those terms per head in float32 (Higham 4.2: B T u times their absolute sum, plus each
+    term's own bound)."""
+    B, H = 2, 3
+    for T in (45, 2500) if device == "cuda" else (45,):
+        lg, r = _logs(B, H, T, *spreads, seed=21, dtype=dtype)
+        r = r + torch.randn(r.shape, generator=torch.Generator().manual_seed(22)).to(dtype) * spreads[1]  # both signs
+        bias = torch.linspace(0.5, 5.0, H)
+        lg, r, bias = (t.to(device).requires_grad_() for t in (lg, r, bias))
+        lg64, r64, b64 = (t.detach().cpu().double().requires_grad_() for t in (lg, r, bias))
+        pair = stable_gate_and_decay(lg, r, rate_bias=bias)
+        exact = -(r64 + b64[:, None]).abs()
+        rounded = -(r.detach().cpu().float() + bias.detach().cpu()[:, None]).abs().double()
+        ref = stable_gate_and_decay(lg64, exact + (rounded - exact).detach())
+        w = [torch.randn(B, H, T, generator=torch.Generator().manual_seed(23 + i)) for i in range(2)]
+        got = torch.autograd.grad(sum((p * wi.to(device)).sum() for p, wi in zip(pair, w)), (lg, r, bias))
+        want = torch.autograd.grad(sum((p * wi).sum() for p, wi in zip(ref, w)), (lg64, r64, b64))
+        bounds = []
+        for a, b in zip(pair, ref):
+            x = b.double().clamp_min(1e-300).log().abs()
+            bound = 8 * tolerances.U_FP32 * (1 + x) * b.double() + 1e-30
+            assert ((a.double().cpu() - b.double()).abs() <= bound).all()
+        for a, b, p in zip(got[:2], want[:2], ref):
+            assert a.dtype == dtype
+            x = p.double().clamp_min(1e-300).log().abs()
+            low = 0.0 if dtype == torch.float32 else tolerances.STORE_BF16 * b.double().abs()  # the kernel's store
+            bounds.append(8 * tolerances.U_FP32 * (1 + x) * b.double().abs() + 1e-30)
+            assert ((a.double().cpu() - b.double()).abs() <= bounds[-1] + low).all()
+        assert got[2].dtype == torch.float32 and got[2].shape == (H,)
+        bias_bound = bounds[1].sum(dim=(0, 2)) + B * T * tolerances.U_FP32 * want[1].abs().sum(dim=(0, 2)) + 1e-30
+        assert ((got[2].double().cpu() - want[2]).abs() <= bias_bound).all()
+
+
+def test_rate_bias_is_checked():
+    lg = torch.zeros(2, 3, 8)
+    with pytest.raises(ValueError, match=r"rate_bias must have shape \(3,\)"):
+        stable_gate_and_decay(lg, lg, rate_bias=torch.zeros(2))
+    with pytest.raises(ValueError, match="rate_bias must be a floating"):
+        stable_gate_and_decay(lg, lg, rate_bias=torch.zeros(3, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -253,8 +301,10 @@ def test_stable_pair_custom_op_opcheck_and_compile(device):
     from mosaic_kernels.leaky_average.function import STABLE_GATES
 
     lg, ld = (t.to(device) for t in _logs(2, 3, 40, 2.0, 1.0, seed=13))
-    torch.library.opcheck(STABLE_GATES.fwd, (lg.requires_grad_(), ld.requires_grad_()),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    bias = torch.linspace(0.5, 5.0, 3, device=device).requires_grad_()
+    for args in ((lg.requires_grad_(), ld.requires_grad_(), None), (lg, ld, bias)):
+        torch.library.opcheck(STABLE_GATES.fwd, args,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     x = torch.randn(2, 3, 40, 16, generator=torch.Generator().manual_seed(14)).to(device)
 
     def keys(lg, ld):
