@@ -8,7 +8,7 @@ The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
 band (window 256), whose rows see few key blocks at any T.
 
-Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [in_tile] [attention] [attention-dropout]
+Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
        [band] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
@@ -171,6 +171,47 @@ def tune_leaky_chunks_tv():
                   [(round(t, 4), f"per_sm={p}") for t, p in res], flush=True)
 
 
+def tune_leaky_chunk_rule(device: str = "cuda", shapes: list | None = None, bench=bench_ms) -> list[str]:
+    """The chunk rules against each other (leaky_fn.CHUNK_RULE "occupancy", the default, and "length"), the
+    forward and backward launches of both scans alone, alternated twice in one process: the per-head scan
+    (normalised, strided input) at CHUNK_SHAPES and (16, 12, 512, 64), the gated time-varying one as the v2
+    keys call it at TV_CHUNK_SHAPES. Prints (and returns) one line per shape: ms of each rule, and the
+    chunk counts. ``device``, ``shapes`` ([(kind, (B, H, T, D))]) and ``bench`` let the CPU suite run it."""
+    if shapes is None:
+        shapes = [("per-head", s) for s in [(16, 12, 512, 64)] + CHUNK_SHAPES] + [("gated", s) for s in TV_CHUNK_SHAPES]
+    lines = []
+    for kind, (B, H, T, D) in shapes:
+        if kind == "gated":
+            wide = torch.randn(B, T, 2 * H * D + 2 * H, device=device, dtype=torch.bfloat16)
+            x = wide[..., :H * D].view(B, T, H, D).transpose(1, 2)
+            decay = torch.rand(B, H, T, device=device).mul(0.5).add(0.5)
+            gate, sc, heads_last = torch.rand(B, H, T, device=device).add(0.5), torch.ones(H, device=device), True
+        else:
+            x = torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16).transpose(1, 2)
+            decay, gate, heads_last = torch.rand(H, device=device), None, False
+            sc = torch.rand(H, device=device).add(1)
+        dy = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
+        times = {rule: [] for rule in ("occupancy", "length")}
+        counts = {}
+        for _ in range(2):
+            for rule in times:
+                with mock.patch.object(leaky_fn, "CHUNK_RULE", rule):
+                    run_fwd = lambda: leaky_fn._launch_forward(x, decay, sc, True, 1e-12, 0, heads_last, gate)  # noqa: E731
+                    y, norm = run_fwd()
+                    run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, heads_last,  # noqa: E731
+                                                                x if gate is not None else None, gate)
+                    times[rule].append((bench(run_fwd), bench(run_bwd)))
+                    fwd_tiles, bwd_tiles = leaky_fn._tiling(D)[0], leaky_fn._tiling(D)[2]
+                    counts[rule] = tuple(leaky_fn._chunking(B, H, T, x.device, bt, None, per_sm)[1]
+                                         for bt, per_sm in ((fwd_tiles, leaky_fn.FWD_PROGRAMS_PER_SM),
+                                                            (bwd_tiles, leaky_fn.BWD_PROGRAMS_PER_SM)))
+        cells = ", ".join(f"{rule}: fwd {min(f for f, _ in t):.4f} bwd {min(b for _, b in t):.4f} "
+                          f"(chunks fwd/bwd {counts[rule][0]}/{counts[rule][1]})" for rule, t in times.items())
+        lines.append(f"LEAKY_CHUNK_RULE {kind} {(B, H, T, D)} {cells}")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def tune_leaky_in_tile():
     """Forward in-tile scan: tl.associative_scan against the decay-matrix tl.dot, by tile (normalize)."""
     for (B, H, T, D) in [(16, 12, 512, 64)] + CHUNK_SHAPES:
@@ -222,7 +263,7 @@ SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
                          "band": tune_band},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
-                      "chunks-tv": tune_leaky_chunks_tv},
+                      "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
     "persistent_memory": {"pmem": tune_pmem},
 }
 

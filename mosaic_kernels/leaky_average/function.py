@@ -61,6 +61,17 @@ def active_tiles(direction: str) -> dict:
 FWD_PROGRAMS_PER_SM = 2
 BWD_PROGRAMS_PER_SM = 2
 
+# Below one (b, h) per SM, which rule sets the number of time chunks: "occupancy" (the default: about
+# FWD_/BWD_PROGRAMS_PER_SM programs per SM) or "length" (a candidate, not yet measured as a rule: at least
+# as many chunks as the occupancy rule, and up to ceil(T / CHUNK_TARGET_LEN) chunks, at most
+# CHUNK_TARGET_MAX). The forced-count measurements behind it (BENCHMARKS.md "leaky_average", the chunk
+# counts; "v2", the gated scan's chunking): the fastest count was 11 at (4,12,2048,64) and 22 at
+# (1,12,8192,64) and (8,16,4096,128) for the per-head scan, 11 at (8,12,2048,64) and 11-22 at
+# (2,12,8192,64) for the gated one, chunks of about 192 steps where T allowed, never more than 22.
+CHUNK_RULE = "occupancy"
+CHUNK_TARGET_LEN = 192
+CHUNK_TARGET_MAX = 22
+
 # How each kernel hides memory latency: 0 loads the next tile into registers while the current one is
 # scanned; S >= 2 lets Triton pipeline the loads S - 1 tiles ahead through shared memory. 3 stages made
 # the backward faster at every benchmark shape but slowed the forward at D = 128, so only the backward
@@ -71,10 +82,13 @@ BWD_STAGES = 3
 
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):
     """Split time into chunks (a multiple of BLOCK_T long): one per (b, h) when B*H fills the SMs, else
-    enough for about ``per_sm`` programs per SM."""
+    enough for about ``per_sm`` programs per SM (and under CHUNK_RULE "length", up to chunks of about
+    CHUNK_TARGET_LEN steps, at most CHUNK_TARGET_MAX of them)."""
     if chunk_len is None:
         n_sm = sm_count(device)
         want = 1 if B * H >= n_sm else math.ceil(per_sm * n_sm / (B * H))
+        if CHUNK_RULE == "length" and B * H < n_sm:
+            want = max(want, min(math.ceil(T / CHUNK_TARGET_LEN), CHUNK_TARGET_MAX))
         chunk_len = math.ceil(T / want)
     chunk_len = max(block_t, math.ceil(chunk_len / block_t) * block_t)
     return chunk_len, math.ceil(T / chunk_len)

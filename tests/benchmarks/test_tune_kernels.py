@@ -1,0 +1,32 @@
+"""benchmarks/tools/tune_kernels: the chunk-rule sweep runs end to end on the CPU (Triton's interpreter,
+small shapes, a stand-in timer), so a GPU call does not spend its minutes on a broken script."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.tools import tune_kernels
+from mosaic_kernels.leaky_average import function as leaky_fn
+from tests.conftest import kernel_devices
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_chunk_rule_sweep_runs_both_scans_under_both_rules(device, monkeypatch):
+    """Both kinds of scan, both rules, each shape's line; the rule is restored afterwards. On the CPU's 4
+    stand-in SMs, B*H = 2 is below one (b, h) per SM: occupancy asks ceil(2 * 4 / 2) = 4 chunks of 96 / 4 =
+    24 steps, rounded up to the interpreter's 16-step tiles: 32, so 3 chunks; the length rule, its target
+    set to 16 steps here (192 would need long, slow rows), max(4, min(ceil(96 / 16), 22)) = 6 chunks of 16."""
+    monkeypatch.setattr(leaky_fn, "CHUNK_TARGET_LEN", 16)
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    shapes = [("per-head", (1, 2, 96, 16)), ("gated", (1, 2, 96, 16))]
+    lines = tune_kernels.tune_leaky_chunk_rule(device, shapes, bench)
+    assert len(lines) == 2 and lines[0].startswith("LEAKY_CHUNK_RULE per-head") and "gated" in lines[1]
+    assert all("occupancy: fwd 1.0000 bwd 1.0000 (chunks fwd/bwd 3/3)" in line for line in lines)
+    assert all("length: fwd 1.0000 bwd 1.0000 (chunks fwd/bwd 6/6)" in line for line in lines)
+    assert len(calls) == 2 * 2 * 2 * 2          # shapes x passes x rules x directions
+    assert leaky_fn.CHUNK_RULE == "occupancy"
