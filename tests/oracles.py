@@ -37,31 +37,45 @@ def attention_loop(k, v, scale=None, keep=None, dropout_p=0.0):
     return torch.cat(rows, dim=2)
 
 
+def _band_of(window, delay, b, h):
+    """(window, delay) of sequence b and head h: window None, an int, or one per head (a sequence or an (H,)
+    tensor); delay an int, one per sequence ((B,)) or one per sequence and head ((B, H), nested or a tensor)."""
+    w = window[h] if isinstance(window, (list, tuple, torch.Tensor)) else window
+    d = delay
+    if isinstance(delay, (list, tuple, torch.Tensor)):
+        d = delay[b]
+        if isinstance(d, (list, tuple)) or (isinstance(d, torch.Tensor) and d.dim() == 1):
+            d = d[h]
+    return (None if w is None else int(w)), int(d)
+
+
 def band_attention_loop(k, v, scale=None, window=None, delay=1, keep=None, dropout_p=0.0):
-    """Row by row and sequence by sequence: y_t = softmax over the keys j with t - window <= j <= t - delay
-    (delay an int or a per-sequence list; scale None, a float, (H,), (H, T) or (B, H, T)) of
-    scale_t <k_t, k_j>, times v_j; y_t = 0 when row t sees no key. ``keep`` as in attention_loop."""
+    """Row by row, sequence by sequence and head by head: y_t = softmax over the keys j with
+    t - window <= j <= t - delay (window None, an int or one per head; delay an int, one per sequence, or
+    one per sequence and head; scale None, a float, (H,), (H, T) or (B, H, T)) of scale_t <k_t, k_j>, times
+    v_j; y_t = 0 when row t sees no key. ``keep`` as in attention_loop."""
     B, H, T, D = k.shape
     out = torch.zeros_like(v)
     for b in range(B):
-        d = int(delay[b]) if isinstance(delay, (list, tuple, torch.Tensor)) else delay
-        for t in range(T):
-            lo, hi = 0 if window is None else max(t - window, 0), min(t - max(d, 0), T - 1)
-            if hi < lo:
-                continue
-            if scale is None:
-                s = 1.0
-            elif not isinstance(scale, torch.Tensor):
-                s = scale
-            elif scale.dim() == 1:
-                s = scale.view(H, 1)
-            else:
-                s = (scale[b] if scale.dim() == 3 else scale)[:, t].view(H, 1)
-            logits = torch.einsum("hd,hjd->hj", k[b, :, t], k[b, :, lo:hi + 1]) * s
-            probs = torch.softmax(logits, dim=-1)
-            if keep is not None:
-                probs = probs * keep[b, :, t, lo:hi + 1] / (1.0 - dropout_p)
-            out[b, :, t] = torch.einsum("hj,hjd->hd", probs, v[b, :, lo:hi + 1])
+        for h in range(H):
+            w, d = _band_of(window, delay, b, h)
+            for t in range(T):
+                lo, hi = 0 if w is None else max(t - w, 0), min(t - max(d, 0), T - 1)
+                if hi < lo:
+                    continue
+                if scale is None:
+                    s = 1.0
+                elif not isinstance(scale, torch.Tensor):
+                    s = scale
+                elif scale.dim() == 1:
+                    s = scale[h]
+                else:
+                    s = (scale[b] if scale.dim() == 3 else scale)[h, t]
+                logits = (k[b, h, lo:hi + 1] @ k[b, h, t]) * s
+                probs = torch.softmax(logits, dim=-1)
+                if keep is not None:
+                    probs = probs * keep[b, h, t, lo:hi + 1] / (1.0 - dropout_p)
+                out[b, h, t] = probs @ v[b, h, lo:hi + 1]
     return out
 
 

@@ -17,7 +17,7 @@ from .._common import (
 )
 from . import reference as _reference
 
-__all__ = ["mosaic_attention", "row_bandwidth"]
+__all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
 
 
 def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -> torch.Tensor:
@@ -28,22 +28,82 @@ def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -
     return float_tensor_on("scale", scale, ref)
 
 
-def _check_band(window: object, delay: object, B: int, ref: torch.Tensor) -> None:
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
-        raise ValueError(f"window must be None or an int >= 0 (how many keys back a row sees), got {window!r}")
+def _integer_tensor(value: torch.Tensor) -> bool:
+    return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+
+
+def _check_band(window: object, delay: object, B: int, ref: torch.Tensor, H: int | None = None) -> None:
+    """Check a band's window (None, an int >= 0, or an integer (H,) tensor) and delay (an int >= 0, or an
+    integer (B,) or (B, H) tensor) against B sequences and H heads (None: no per-head band, as
+    ``row_bandwidth`` does not know H until its coefficients are read)."""
+    per_head = "" if H is None else f", or an integer tensor of shape ({H},) (one per head)"
+    if isinstance(window, torch.Tensor):
+        if H is None or window.shape != (H,) or not _integer_tensor(window):
+            raise ValueError(f"window must be None, an int >= 0{per_head}, got {window.dtype} of shape "
+                             f"{tuple(window.shape)}")
+        if window.device != ref.device:
+            raise ValueError(f"window must be on {ref.device} like the inputs, got {window.device}")
+    elif window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"window must be None or an int >= 0 (how many keys back a row sees){per_head}, got {window!r}")
+    shapes = [(B,)] + ([(B, H)] if H is not None else [])
     if isinstance(delay, torch.Tensor):
-        if delay.shape != (B,) or delay.is_floating_point() or delay.is_complex() or delay.dtype == torch.bool:
-            raise ValueError(f"delay must be an int or an integer tensor of shape ({B},) (one per sequence), got "
-                             f"{delay.dtype} of shape {tuple(delay.shape)}")
+        if delay.shape not in shapes or not _integer_tensor(delay):
+            raise ValueError(f"delay must be an int or an integer tensor of shape ({B},) (one per sequence)"
+                             + (f" or ({B}, {H}) (one per sequence and head)" if H is not None else "")
+                             + f", got {delay.dtype} of shape {tuple(delay.shape)}")
         if delay.device != ref.device:
             raise ValueError(f"delay must be on {ref.device} like the inputs, got {delay.device}")
     elif isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
         raise ValueError(f"delay must be an int >= 0 (the most recent key is t - delay) or a ({B},) tensor, got {delay!r}")
 
 
+def _check_band_table(band: object, window: object, delay: object, B: int, H: int, ref: torch.Tensor) -> None:
+    """A ``band`` argument: an integer (B, H, 2) tensor on the inputs' device, with window and delay left
+    at their defaults."""
+    if not isinstance(band, torch.Tensor) or band.shape != (B, H, 2) or not _integer_tensor(band):
+        got = f"{band.dtype} of shape {tuple(band.shape)}" if isinstance(band, torch.Tensor) else repr(band)
+        raise ValueError(f"band must be an integer tensor of shape ({B}, {H}, 2) (window, delay per sequence and "
+                         f"head; see band_table), got {got}")
+    if band.device != ref.device:
+        raise ValueError(f"band must be on {ref.device} like the inputs, got {band.device}")
+    if window is not None or not (isinstance(delay, int) and delay == 1):
+        raise ValueError("give either band or window and delay, not both")
+
+
+def band_table(window: int | torch.Tensor | None, delay: int | torch.Tensor, B: int, H: int, T: int,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """The band of every sequence and head as one ``(B, H, 2)`` int32 tensor of (window, delay) pairs, the
+    form ``mosaic_attention(..., band=)`` and ``row_bandwidth(..., band=)`` take directly: a model whose
+    band is the same in every layer builds it once per forward instead of once per call.
+
+    Args:
+        window: None (no window: T), an int >= 0, or an integer ``(H,)`` tensor (one per head).
+        delay: an int >= 0, an integer ``(B,)`` tensor (one per sequence) or ``(B, H)`` tensor.
+        B, H, T: the batch, heads and sequence length of the calls it is for.
+        device: where the table goes (default: that of a tensor argument, else the CPU).
+
+    Raises:
+        ValueError: on a bad window or delay, as ``mosaic_attention``.
+
+    Example:
+        >>> delay = torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]])        # per sequence and head
+        >>> table = band_table(torch.tensor([32, 32, 127, 127]), delay, B=2, H=4, T=128)
+        >>> table.shape
+        torch.Size([2, 4, 2])
+    """
+    from .function import band_table as _table
+
+    if device is None:
+        device = next((t.device for t in (window, delay) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    device = torch.device(device)
+    _check_band(window, delay, B, torch.empty(0, device=device), H)
+    return _table(window, delay, B, H, T, device)
+
+
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
-                     window: int | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
-                     generator: torch.Generator | None = None, heads_last: bool = False) -> torch.Tensor:
+                     window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
+                     generator: torch.Generator | None = None, heads_last: bool = False,
+                     band: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention with queries = keys over a band of the past, with a per-head or per-row bandwidth.
 
     ``y[b,h,t] = sum_{lo_t <= j <= hi_t} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` with
@@ -59,10 +119,14 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             tensor (per row: the bandwidth of row t); a tensor's gradient is returned when it
             requires grad. The Memory Mosaic pre-scales its keys and passes None.
         window: None (every earlier key down to 0) or an int >= 0: row t sees keys from ``t - window``.
-            A short-term memory of h keys is ``window=h`` with ``delay=1``.
+            A short-term memory of h keys is ``window=h`` with ``delay=1``. Or an integer ``(H,)``
+            tensor, one window per head (an entry of T - 1 or more is no window; entries are not checked
+            on the host, which would need a device sync).
         delay: an int >= 0, or an integer ``(B,)`` tensor (one per sequence: training draws it per
-            sequence, entries below 0 count as 0): row t sees keys up to ``t - delay``. A long-term
-            memory that skips the last m keys is ``delay=m + 1``... or m, as its model defines it.
+            sequence, entries below 0 count as 0), or ``(B, H)`` (one per sequence and head): row t sees
+            keys up to ``t - delay``. A long-term memory that skips the last m keys is ``delay=m + 1``...
+            or m, as its model defines it. With per-head windows and delays, heads of different bands
+            (Memory Mosaics v2's short-term and long-term memories) run in one call.
         dropout_p: probability of dropping each attention weight (after the softmax; the kept ones
             are divided by ``1 - p``), in [0, 1). The kernels draw with 16-bit resolution (p is
             rounded to a multiple of 2^-16) and regenerate the mask in the backward from a Philox
@@ -72,6 +136,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             a contiguous tensor, so that merging the heads before an output projection,
             ``y.transpose(1, 2).reshape(B, T, H * D)``, costs no copy (SDPA's flash and cuDNN
             kernels give this layout for head-split inputs).
+        band: instead of ``window`` and ``delay``, the ``(B, H, 2)`` integer table of (window, delay) of
+            every sequence and head that :func:`band_table` builds (built once, read by every call).
 
     Returns:
         A ``(B, H, T, D)`` tensor of ``v.dtype``, contiguous unless ``heads_last``. Softmax and accumulation run in
@@ -87,6 +153,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         >>> y = mosaic_attention(k, v, scale=0.125)
         >>> short = mosaic_attention(k, v, scale=0.125, window=32)             # the last 32 keys
         >>> long = mosaic_attention(k, v, delay=torch.tensor([64, 100]))       # skips the recent past
+        >>> both = mosaic_attention(k, v, window=torch.tensor([32, 32, 127, 127]),  # 2 short heads, 2 long
+        ...                         delay=torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]]))
     """
     B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
@@ -97,20 +165,26 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         scale = _row_scale(scale, B, H, T, k)
     else:
         scale = per_head("scale", scale, H, k)
-    _check_band(window, delay, B, k)
+    if band is not None:
+        _check_band_table(band, window, delay, B, H, k)
+    else:
+        _check_band(window, delay, B, k, H)
     dropout_p = check_dropout(dropout_p, generator)
     if use_triton(k):
         from .function import mosaic_attention_triton
 
         check_philox_counters(T, T, dropout_p)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
-                                       generator=generator, window=window, delay=delay)
+                                       generator=generator, window=window, delay=delay, band=band)
+    if band is not None:
+        window, delay = band[..., 0], band[..., 1]
     y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator)
     return as_heads_last(y, bool(heads_last))
 
 
-def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
-                  delay: int | torch.Tensor = 1, unconstrained: bool = False) -> torch.Tensor:
+def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *,
+                  window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1, unconstrained: bool = False,
+                  band: torch.Tensor | None = None) -> torch.Tensor:
     """The per-row scale ``beta(n_t) = beta1 * n_t**alpha + beta0`` of a band, for ``mosaic_attention``'s ``scale``.
 
     ``n_t`` is how many keys row t of ``mosaic_attention(..., window=window, delay=delay)`` sees:
@@ -120,13 +194,15 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
     Args:
         beta0, beta1, alpha: ``(H,)`` floating tensors on one device (gradients returned for each).
         T: the sequence length, >= 1.
-        window, delay: the band, as in ``mosaic_attention`` (delay an int or an integer ``(B,)`` tensor).
+        window, delay: the band, as in ``mosaic_attention`` (window None, an int or an integer ``(H,)``
+            tensor; delay an int or an integer ``(B,)`` or ``(B, H)`` tensor).
         unconstrained: the three tensors are unconstrained parameters and the op uses ``softplus(beta0)``,
             ``softplus(beta1)`` and ``sigmoid(alpha)`` (so beta0 >= 0, beta1 > 0, 0 < alpha < 1), applied inside
             its kernels (no launches of their own); the gradients are those of the parameters.
+        band: instead of window and delay, the ``(B, H, 2)`` table of :func:`band_table`.
 
     Returns:
-        float32 ``(H, T)`` for an int delay, ``(B, H, T)`` for a tensor one. CUDA tensors (and CPU ones
+        float32 ``(H, T)`` for an int delay, ``(B, H, T)`` for a tensor one or a band table. CUDA tensors (and CPU ones
         under ``TRITON_INTERPRET=1``) run one Triton launch forward and one backward (every head's three
         gradients, summed in a fixed order); the others the same formula in PyTorch.
 
@@ -147,13 +223,25 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
         raise ValueError(f"T must be an int >= 1, got {T!r}")
     if not isinstance(unconstrained, bool):
         raise ValueError(f"unconstrained must be a bool, got {unconstrained!r}")
-    B = delay.shape[0] if isinstance(delay, torch.Tensor) and delay.dim() == 1 else 1
-    _check_band(window, delay, B, beta0)
+    if band is not None:
+        B = band.shape[0] if isinstance(band, torch.Tensor) and band.dim() == 3 else 1
+        _check_band_table(band, window, delay, B, H, beta0)
+    else:
+        B = delay.shape[0] if isinstance(delay, torch.Tensor) else 1
+        _check_band(window, delay, B, beta0, H)
     if use_triton(beta0):
         from .function import ROW_BANDWIDTH
+        from .function import band_table as _table
 
-        delays = delay.to(torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
+        if band is None and (isinstance(window, torch.Tensor) or (isinstance(delay, torch.Tensor) and delay.dim() == 2)):
+            band = _table(window, delay, B, H, T, beta0.device)
+        if band is not None:
+            delays, window, delay = band.to(torch.int32).contiguous(), None, 0
+        else:
+            delays = delay.to(torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
         return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
                                    -1 if window is None else int(window), 0 if delays is not None else int(delay), delays,
                                    unconstrained)
+    if band is not None:
+        window, delay = band[..., 0], band[..., 1]
     return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained)

@@ -42,7 +42,8 @@ BWD_LONG_TILES = {16: ((128, 32, 4, 3), (64, 64, 4, 3)), 32: ((128, 32, 4, 3), (
 
 def _is_long(T: int, D: int, window: int | None = None) -> bool:
     """Whether rows are long: a row sees at most T keys, or window + 1 of them with a window. A narrow band
-    at a long T is a short-row problem (few key blocks a program) and takes the short plan."""
+    at a long T is a short-row problem (few key blocks a program) and takes the short plan. (A band table's
+    windows are on the device: the host plans for the widest possible, T keys.)"""
     long_t = LONG_T[_block_d(D)]
     span = T if window is None else min(T, window + 1)
     return long_t is not None and span >= long_t
@@ -92,14 +93,29 @@ def _dropout_args(k: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor | N
 def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay: int,
                delays: torch.Tensor | None) -> tuple[torch.Tensor, tuple, tuple, dict]:
     """The kernels' band and scale arguments: (DELAYS pointer, the scale's (b, h, t) strides,
-    (window, delay), the compile-time {BAND, PER_BATCH_DELAY, ROW_SCALE}). A window of None is T (no
-    key is further than T - 1 back); delay 1 without a window is the strict causal mask, no band."""
+    (window, delay), the compile-time {BAND, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE}). A window of None is T
+    (no key is further than T - 1 back); delay 1 without a window is the strict causal mask, no band.
+    ``delays``: int32, (B,) one per sequence, or the (B, H, 2) table of (window, delay) per sequence and head
+    (:func:`band_table`; then ``window`` and ``delay`` are not read)."""
     B, H, T, _ = k.shape
     band = window is not None or delay != 1 or delays is not None
     row_scale = scale_t.dim() > 1
     strides = scale_t.expand(B, H, T).stride() if row_scale else (0, 0, 0)
-    meta = dict(BAND=band, PER_BATCH_DELAY=delays is not None, ROW_SCALE=row_scale)
+    table = delays is not None and delays.dim() == 3
+    meta = dict(BAND=band, PER_BATCH_DELAY=delays is not None and not table, ROW_SCALE=row_scale, BAND_TABLE=table)
     return (delays if delays is not None else scale_t), strides, (T if window is None else window, delay), meta
+
+
+def band_table(window: int | torch.Tensor | None, delay: int | torch.Tensor, B: int, H: int, T: int,
+               device: torch.device) -> torch.Tensor:
+    """The (B, H, 2) int32 table of (window, delay) of every sequence and head that the kernels read with
+    BAND_TABLE: ``window`` None (T), an int or an (H,) tensor; ``delay`` an int, a (B,) or a (B, H) tensor."""
+    w = window if isinstance(window, torch.Tensor) else torch.tensor(T if window is None else window, device=device)
+    d = delay if isinstance(delay, torch.Tensor) else torch.tensor(delay, device=device)
+    if d.dim() == 1:
+        d = d[:, None]
+    return torch.stack(torch.broadcast_tensors(w.to(device=device, dtype=torch.int32).expand(B, H),
+                                               d.to(device=device, dtype=torch.int32).expand(B, H)), dim=-1)
 
 
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
@@ -222,11 +238,12 @@ attention_fwd, attention_bwd = ATTENTION.fwd, ATTENTION.bwd
 
 def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
                             heads_last: bool = False, dropout_p: float = 0.0,
-                            generator: torch.Generator | None = None, window: int | None = None,
-                            delay: int | torch.Tensor = 1) -> torch.Tensor:
+                            generator: torch.Generator | None = None, window: int | torch.Tensor | None = None,
+                            delay: int | torch.Tensor = 1, band: torch.Tensor | None = None) -> torch.Tensor:
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`). With
     ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call.
-    ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); ``delay``: an int or a (B,) integer tensor."""
+    ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); ``window``: None, an int or (H,) tensor;
+    ``delay``: an int, a (B,) or a (B, H) integer tensor; ``band``: a (B, H, 2) table instead of both."""
     H = k.shape[1]
     if isinstance(scale, torch.Tensor) and scale.dim() > 1:
         scale_f = scale.float().contiguous()
@@ -234,6 +251,11 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
         scale_f = per_head_tensor(scale, H, k, 1.0)
     threshold = dropout_threshold(dropout_p)
     seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
+    if band is not None or isinstance(window, torch.Tensor) or (isinstance(delay, torch.Tensor) and delay.dim() == 2):
+        B, H, T, _ = k.shape
+        table = band if band is not None else band_table(window, delay, B, H, T, k.device)
+        return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1, 0,
+                               table.to(torch.int32).contiguous())
     delays = delay.to(device=k.device, dtype=torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
     return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1 if window is None else int(window),
                            0 if delays is not None else int(delay), delays)
@@ -247,15 +269,17 @@ BANDWIDTH_BLOCK_T = 1024
 
 def _bandwidth_forward(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, window: int,
                        delay: int, delays: torch.Tensor | None, unconstrained: bool) -> torch.Tensor:
-    """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,)); window -1 for none;
-    ``unconstrained``: the inputs go through softplus, softplus and sigmoid first (in the kernel)."""
+    """The per-row scale, (H, T) for one delay or (B, H, T) for ``delays`` (int32 (B,), or the (B, H, 2) band
+    table); window -1 for none; ``unconstrained``: the inputs go through softplus, softplus and sigmoid first
+    (in the kernel)."""
     H = beta0.shape[0]
     rows = delays.shape[0] if delays is not None else 1
     out = _empty((rows, H, T), device=beta0.device, dtype=torch.float32)
     block_t = time_tile(T, BANDWIDTH_BLOCK_T)
     launch(_bandwidth_fwd_kernel, (rows * H, cdiv(T, block_t)), beta0, beta1, alpha,
            delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay,
-           PER_BATCH_DELAY=delays is not None, UNCONSTRAINED=unconstrained, BLOCK_T=block_t, num_warps=4)
+           PER_BATCH_DELAY=delays is not None and delays.dim() == 1, BAND_TABLE=delays is not None and delays.dim() == 3,
+           UNCONSTRAINED=unconstrained, BLOCK_T=block_t, num_warps=4)
     return out if delays is not None else out[0]
 
 
@@ -272,7 +296,8 @@ def _bandwidth_backward(grad: torch.Tensor, beta0: torch.Tensor, beta1: torch.Te
     g = grad if grad.dim() == 3 else grad.unsqueeze(0)
     out = _empty((3, H), device=grad.device, dtype=torch.float32)
     launch(_bandwidth_bwd_kernel, (H,), g, beta0, beta1, alpha, delays if delays is not None else beta1, out,
-           g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(), PER_BATCH_DELAY=delays is not None,
+           g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(),
+           PER_BATCH_DELAY=delays is not None and delays.dim() == 1, BAND_TABLE=delays is not None and delays.dim() == 3,
            UNCONSTRAINED=unconstrained, BLOCK_T=time_tile(T, BANDWIDTH_BLOCK_T), num_warps=4)
     return out
 

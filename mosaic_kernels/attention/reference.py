@@ -12,13 +12,32 @@ import torch.nn.functional as F
 from .._common import exact_under_autocast
 
 
-def band_mask(T: int, window: int | None, delay: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """The keys each query sees: ``mask[..., t, j]`` is True when ``t - window <= j <= t - delay``, a
-    (T, T) mask, or (B, 1, T, T) for a (B,) tensor of delays (negative delays count as 0). Without a
-    window and with delay 1 it is the strict causal mask ``j < t``."""
-    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]  # t - j
+def _band_views(window: int | torch.Tensor | None, delay: int | torch.Tensor, device: torch.device | str,
+                ndim: int) -> tuple:
+    """(window, delay) ready to broadcast against a t-indexed tensor of ``ndim`` trailing dims: ints as they
+    are, a (H,) window as (1, H, 1...), a (B, H) one (a band table's) as (B, H, 1...), a (B,) delay as
+    (B, 1, 1...), a (B, H) one as (B, H, 1...); negative delays count as 0."""
+    tail = (1,) * ndim
+    if isinstance(window, torch.Tensor):
+        window = window.to(device)
+        window = window.view(1, -1, *tail) if window.dim() == 1 else window.view(*window.shape, *tail)
     if isinstance(delay, torch.Tensor):
-        lag, delay = lag.view(1, 1, T, T), delay.to(device=device).clamp(min=0).view(-1, 1, 1, 1)
+        delay = delay.to(device).clamp(min=0)
+        delay = delay.view(-1, 1, *tail) if delay.dim() == 1 else delay.view(*delay.shape, *tail)
+    return window, delay
+
+
+def band_mask(T: int, window: int | torch.Tensor | None, delay: int | torch.Tensor,
+              device: torch.device | str) -> torch.Tensor:
+    """The keys each query sees: ``mask[..., t, j]`` is True when ``t - window <= j <= t - delay``, a
+    (T, T) mask for an int window and delay, else (B or 1, H or 1, T, T): a (H,) tensor of windows (one per
+    head) or a (B, H) one, a (B,) tensor of delays (one per sequence) or a (B, H) one (negative delays count
+    as 0).
+    Without a window and with delay 1 it is the strict causal mask ``j < t``."""
+    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]  # t - j
+    window, delay = _band_views(window, delay, device, 2)
+    if isinstance(window, torch.Tensor) or isinstance(delay, torch.Tensor):
+        lag = lag.view(1, 1, T, T)
     keep = lag >= delay
     return keep & (lag <= window) if window is not None else keep
 
@@ -74,26 +93,31 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
     return (probs @ vc).to(v.dtype)
 
 
-def row_counts(T: int, window: int | None, delay: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """How many keys each row of the band sees, ``max(t - delay - max(t - window, 0) + 1, 0)``: (T,), or (B, T)
-    for a (B,) tensor of delays (negative delays count as 0). The row sums of :func:`band_mask`, without
-    the (T, T) mask."""
+def row_counts(T: int, window: int | torch.Tensor | None, delay: int | torch.Tensor,
+               device: torch.device | str) -> torch.Tensor:
+    """How many keys each row of the band sees, ``max(t - delay - max(t - window, 0) + 1, 0)``: (T,) for an
+    int window and delay, else (B or 1, H or 1, T) for the tensors of :func:`band_mask` (negative delays
+    count as 0). The row sums of :func:`band_mask`, without the (T, T) mask."""
     t = torch.arange(T, device=device)
-    if isinstance(delay, torch.Tensor):
-        t, delay = t[None, :], delay.to(device=device).clamp(min=0)[:, None]
+    window, delay = _band_views(window, delay, device, 1)
+    if isinstance(window, torch.Tensor) or isinstance(delay, torch.Tensor):
+        t = t.view(1, 1, T)
     lo = (t - window).clamp(min=0) if window is not None else torch.zeros_like(t)
     return (t - delay - lo + 1).clamp(min=0)
 
 
-def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *, window: int | None = None,
-                  delay: int | torch.Tensor = 1, unconstrained: bool = False) -> torch.Tensor:
+def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *,
+                  window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1,
+                  unconstrained: bool = False) -> torch.Tensor:
     """``beta1 * n_t**alpha + beta0`` per head and row (``n_t**alpha`` = 0 where n_t = 0): float32 (H, T), or
-    (B, H, T) for a tensor delay; float64 for float64 parameters. ``unconstrained``: softplus(beta0),
-    softplus(beta1) and sigmoid(alpha) stand for the three."""
+    (B, H, T) for a tensor delay ((B,) or (B, H)); a (H,) tensor window is one window per head; float64 for
+    float64 parameters. ``unconstrained``: softplus(beta0), softplus(beta1) and sigmoid(alpha) stand for the
+    three."""
     dtype = torch.promote_types(beta0.dtype, torch.float32)
-    n = row_counts(T, window, delay, beta0.device).to(dtype).unsqueeze(-2)          # (..., 1, T)
+    n = row_counts(T, window, delay, beta0.device).to(dtype)       # (T,), or (B or 1, H or 1, T)
     b0, b1, a = (p.to(dtype)[:, None] for p in (beta0, beta1, alpha))
     if unconstrained:
         b0, b1, a = F.softplus(b0), F.softplus(b1), torch.sigmoid(a)
     # clamp_min keeps pow's gradient finite at n = 0, where the mask zeroes the term.
-    return b1 * n.clamp_min(1.0).pow(a) * (n > 0) + b0
+    out = b1 * n.clamp_min(1.0).pow(a) * (n > 0) + b0
+    return out if isinstance(delay, torch.Tensor) else out.view(-1, T)

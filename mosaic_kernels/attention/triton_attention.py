@@ -20,8 +20,9 @@ j < p0 + BLOCK_P). Each gradient element is written by one program (no atomics),
 BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
 
 Band (BAND): row t sees the keys lo_t <= j <= hi_t with lo_t = t - WINDOW and hi_t = t - delay (delay
-DELAY, or DELAYS[b] per batch row with PER_BATCH_DELAY); without BAND the mask is j < t (delay 1, no
-window). Every loop visits only the key (or query) blocks that meet the band (_band_blocks,
+DELAY, or DELAYS[b] per batch row with PER_BATCH_DELAY; with BAND_TABLE, DELAYS is a (B, H, 2) int32 table
+and (window, delay) = DELAYS[b, h], so heads of different bands share a launch); without BAND the mask is
+j < t (delay 1, no window). Every loop visits only the key (or query) blocks that meet the band (_band_blocks,
 _band_queries), and masks only the blocks that cross one of its edges; the blocks inside the band of
 every row of the program are not masked. The forward and the one-kernel backward walk the band in one
 loop with a branch per block (a band a few blocks wide makes short loops, and each loop pays its own
@@ -69,6 +70,19 @@ def _philox_key(SEED, pid_bh, DROPOUT: tl.constexpr):
     else:
         seed = 0
     return seed
+
+
+@triton.jit
+def _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY: tl.constexpr, BAND_TABLE: tl.constexpr):
+    """(window, delay) of head (b, h): its entry of the (B, H, 2) table, its sequence's delay, or the
+    arguments. Negative delays count as 0 (the host does not check a tensor: a device sync)."""
+    if BAND_TABLE:
+        entry = DELAYS + (b * H + h) * 2
+        window = tl.load(entry)
+        delay = tl.maximum(tl.load(entry + 1), 0)
+    elif PER_BATCH_DELAY:
+        delay = tl.maximum(tl.load(DELAYS + b), 0)
+    return window, delay
 
 
 @triton.jit
@@ -177,7 +191,7 @@ def _attn_fwd_kernel(
     H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr,
+    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # Heaviest query blocks first: block m visits m + 1 key-block groups.
     pid_bh, b, h, pid_m = _head_and_block(H, True)
@@ -192,8 +206,7 @@ def _attn_fwd_kernel(
         qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634   # (BM,)
     else:
         qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
-    if PER_BATCH_DELAY:
-        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     q = tl.load(k_base + offs_m[:, None] * skt + offs_d[None, :] * skd,
@@ -331,7 +344,7 @@ def _attn_bwd_kernel(
     H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr,
-    PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr,
+    PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # One program per (position block, b*h), both roles: about T / BLOCK of work each.
     pid_p = tl.program_id(0)
@@ -351,8 +364,7 @@ def _attn_bwd_kernel(
         sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)                         # not read
         scale = tl.load(SCALE + h).to(tl.float32)
         qk_scale = scale * 1.4426950408889634
-    if PER_BATCH_DELAY:
-        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
@@ -390,12 +402,12 @@ def _attn_bwd_kernel(
 
 
 @triton.jit
-def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, REVERSED: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-                     ROW_SCALE: tl.constexpr):
+def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
+                     REVERSED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                     PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr):
     """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
     offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale (1 with ROW_SCALE),
-    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the delay, k_p = the block's keys (BP, D))."""
+    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the window and delay, k_p = the block's keys (BP, D))."""
     pid_bh, b, h, pid_p = _head_and_block(H, REVERSED)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
@@ -407,10 +419,9 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
         sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)
         scale = tl.load(SCALE + h).to(tl.float32)
         qk_scale = scale * 1.4426950408889634
-    if PER_BATCH_DELAY:
-        delay = tl.maximum(tl.load(DELAYS + b), 0)  # the host does not check a tensor (a device sync)
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p
+    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, k_p
 
 
 @triton.jit
@@ -420,13 +431,13 @@ def _attn_bwd_key_kernel(
     H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr,
+    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
-    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p = _split_bwd_block(
-        K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, False, BLOCK_P, BLOCK_D,
-        PER_BATCH_DELAY, ROW_SCALE)
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
+     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, False,
+                             BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_base = DY + b * sdb + h * sdh
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
@@ -462,13 +473,13 @@ def _attn_bwd_query_kernel(
     H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr,
+    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, delay, k_p = _split_bwd_block(
-        K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, delay, True, BLOCK_P, BLOCK_D,
-        PER_BATCH_DELAY, ROW_SCALE)
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
+     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, True,
+                             BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)

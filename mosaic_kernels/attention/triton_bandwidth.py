@@ -3,7 +3,8 @@
 n_t is how many keys row t of the band attention sees: keys lo_t <= j <= hi_t with hi_t = t - delay and
 lo_t = max(t - window, 0), so n_t = max(hi_t - lo_t + 1, 0), computed from t here (no count tensor is
 read). beta0, beta1, alpha are (H,) float32; the scale is (R, H, T) float32, contiguous, with R = B when
-each sequence has its own delay (DELAYS, int32 (B,)) and R = 1 otherwise. n^alpha is exp2(alpha log2 n),
+each sequence has its own delay (DELAYS, int32 (B,)) or band (BAND_TABLE: DELAYS is the (B, H, 2) int32
+table of (window, delay) per sequence and head) and R = 1 otherwise. n^alpha is exp2(alpha log2 n),
 and 0 where n = 0 (such rows read no key; their scale is beta0).
 
 Backward: one program per head sums, over every row it owns, in a fixed order (deterministic):
@@ -82,11 +83,14 @@ def _bandwidth_fwd_kernel(
     DELAYS,                      # (B,) int32 when PER_BATCH_DELAY (else never read)
     OUT,                         # (R, H, T) float32, contiguous
     H, T, window, delay,
-    PER_BATCH_DELAY: tl.constexpr, UNCONSTRAINED: tl.constexpr, BLOCK_T: tl.constexpr,
+    PER_BATCH_DELAY: tl.constexpr, BAND_TABLE: tl.constexpr, UNCONSTRAINED: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     row = tl.program_id(0)       # r * H + h
     h = row % H
-    if PER_BATCH_DELAY:
+    if BAND_TABLE:
+        window = tl.load(DELAYS + row * 2)
+        delay = tl.load(DELAYS + row * 2 + 1)
+    elif PER_BATCH_DELAY:
         delay = tl.load(DELAYS + row // H)
     b0, b1, alpha, _, _, _ = _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -103,7 +107,7 @@ def _bandwidth_bwd_kernel(
     OUT,                         # (3, H) float32: the gradients of the three inputs
     R, H, T, window, delay,
     s_gr, s_gh, s_gt,
-    PER_BATCH_DELAY: tl.constexpr, UNCONSTRAINED: tl.constexpr, BLOCK_T: tl.constexpr,
+    PER_BATCH_DELAY: tl.constexpr, BAND_TABLE: tl.constexpr, UNCONSTRAINED: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     h = tl.program_id(0)
     _, b1, alpha, d0, d1, da = _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED)
@@ -112,12 +116,16 @@ def _bandwidth_bwd_kernel(
     acc_a = tl.zeros([BLOCK_T], tl.float32)
     for r in range(0, R):
         d = delay
-        if PER_BATCH_DELAY:
+        w = window
+        if BAND_TABLE:
+            w = tl.load(DELAYS + (r * H + h) * 2)
+            d = tl.load(DELAYS + (r * H + h) * 2 + 1)
+        elif PER_BATCH_DELAY:
             d = tl.load(DELAYS + r)
         for start in range(0, T, BLOCK_T):
             t = start + tl.arange(0, BLOCK_T)
             g = tl.load(G + r * s_gr + h * s_gh + t * s_gt, mask=t < T, other=0.0).to(tl.float32)
-            n = _row_counts(t, window, d)
+            n = _row_counts(t, w, d)
             power, log2n = _count_power(n, alpha)
             acc0 += g
             acc1 += g * power

@@ -17,13 +17,17 @@ from tests.oracles import band_attention_loop
 
 # (T, window, delay): windows and delays that cut the interpreter's 16-row tiles (and the GPU's 64- and
 # 128-row ones) in the middle, rows without any key, delay 0 (the diagonal seen), per-sequence delays.
-BANDS = [(17, 4, 1), (40, None, 9), (53, 23, 7), (70, None, (3, 40)), (45, 10, 0), (33, 0, 1), (61, 12, (0, 70))]
+BANDS = [(17, 4, 1), (40, None, 9), (53, 23, 7), (70, None, (3, 40)), (45, 10, 0), (33, 0, 1), (61, 12, (0, 70)),
+         # one window per head (3 heads) and one delay per sequence and head: v2's short-term and long-term
+         # memories in one call (a window of T or more is none), and a mix of every kind of band
+         (53, (9, 9, 60), ((1, 1, 7), (1, 1, 30))), (45, (0, 20, 5), ((0, -3, 2), (4, 50, 1)))]
 SCALES = ["head", "row", "batch_row"]
 
 
 def _ids(band):
     T, window, delay = band
-    return f"T{T}-w{window}-d{'-'.join(map(str, delay)) if isinstance(delay, tuple) else delay}"
+    flat = lambda x: "-".join(map(str, x)) if isinstance(x, tuple) else str(x)  # noqa: E731
+    return f"T{T}-w{flat(window)}-d{'_'.join(map(flat, delay)) if isinstance(delay, tuple) else delay}"
 
 
 def _inputs(B, H, T, D, scale_kind, *, strided=True, seed=0, dtype=torch.float32, norm=2.0):
@@ -40,12 +44,13 @@ def _inputs(B, H, T, D, scale_kind, *, strided=True, seed=0, dtype=torch.float32
 
 
 def _delay(delay, device):
+    """A tuple (of tuples) as the tensor the op takes: (B,) or (B, H) delays, or (H,) windows."""
     return torch.tensor(delay, device=device) if isinstance(delay, tuple) else delay
 
 
 def _check(k, v, scale, window, delay, tol, device, fn=mosaic_attention):
     kd, vd, sd = (t.to(device).requires_grad_() for t in (k, v, scale))
-    y = fn(kd, vd, sd, window=window, delay=_delay(delay, device))
+    y = fn(kd, vd, sd, window=_delay(window, device), delay=_delay(delay, device))
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(device, y.dtype)
     grads = torch.autograd.grad(y, (kd, vd, sd), g)
     k64, v64, s64 = (t.detach().double().cpu().requires_grad_() for t in (k, v, scale))
@@ -76,7 +81,7 @@ def _scale_terms(k, v, scale, window, delay, g):
     the loss with respect to the raw products <k_t, k_j> is scale_h * ds_tj)."""
     k64, v64, s64 = k.double().cpu(), v.double().cpu(), scale.double().cpu()
     raw = (k64 @ k64.transpose(-1, -2)).requires_grad_()
-    keep = band_mask(k.shape[2], window, _delay(delay, "cpu"), "cpu")
+    keep = band_mask(k.shape[2], _delay(window, "cpu"), _delay(delay, "cpu"), "cpu")
     logits = (raw * s64.view(1, -1, 1, 1)).masked_fill(~keep, float("-inf"))
     row_max = logits.amax(dim=-1, keepdim=True).nan_to_num(0.0, neginf=0.0).detach()
     w = torch.exp(logits - row_max)
@@ -126,17 +131,22 @@ def test_kernel_matches_the_loop(device, band, scale_kind, nan_outputs):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("band", [(37, 9, 1), (64, None, 21), (100, 30, (5, 60))], ids=_ids)
+@pytest.mark.parametrize("band", [(37, 9, 1), (64, None, 21), (100, 30, (5, 60)), (70, (8, 80), ((1, 9), (1, 40)))],
+                         ids=_ids)
 @pytest.mark.parametrize("scale_kind", ["head", "batch_row"])
 def test_two_kernel_backward_matches_the_loop(device, band, scale_kind, nan_outputs):
     """The long-sequence backward plan (key role, then query role) on small tiles that leave partial
-    blocks, against the float64 loop; bitwise equal over two runs."""
+    blocks, against the float64 loop; bitwise equal over two runs. The last band is one per head, as the
+    kernels read it: a (B, H, 2) table of (window, delay)."""
+    from mosaic_kernels.attention import band_table
     from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 
     T, window, delay = band
     k, v, s = (t.to(device) for t in _inputs(2, 2, T, 24, scale_kind))
     delays = torch.tensor(delay, dtype=torch.int32, device=device) if isinstance(delay, tuple) else None
     d = 0 if delays is not None else delay
+    if isinstance(window, tuple):
+        delays, window = band_table(_delay(window, device), delays, 2, 2, T, device), None
     g = torch.randn(k.shape, generator=torch.Generator().manual_seed(3)).to(device)
     y, lse = attention_forward(k, v, s, dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1),
                                window=window, delay=d, delays=delays)
@@ -147,7 +157,7 @@ def test_two_kernel_backward_matches_the_loop(device, band, scale_kind, nan_outp
     dk, dv, part = runs[0]
     dscale = part.sum(dim=(0, 2)) if s.dim() == 1 else part
     k64, v64, s64 = (t.detach().double().cpu().requires_grad_() for t in (k, v, s))
-    y64 = band_attention_loop(k64, v64, s64, window, delay)
+    y64 = band_attention_loop(k64, v64, s64, band[1], delay)
     refs = torch.autograd.grad(y64, (k64, v64, s64), g.double().cpu())
     assert rel_err(y, y64) <= tolerances.FP32
     for name, got, want in zip(("k", "v", "scale"), (dk, dv, dscale), refs):
@@ -213,15 +223,38 @@ def test_bad_band_arguments_name_themselves():
                         (dict(delay=1.5), "delay"), (dict(delay=torch.tensor([1, 2, 3])), r"shape \(2,\)"),
                         (dict(delay=torch.tensor([1.0, 2.0])), "integer tensor"),
                         (dict(scale=torch.ones(3, 7)), r"\(3, 8\)"), (dict(scale=torch.ones(2, 3, 8, 1)), "scale"),
-                        (dict(scale=torch.ones(3, 8, dtype=torch.int64)), "floating-point")):
+                        (dict(scale=torch.ones(3, 8, dtype=torch.int64)), "floating-point"),
+                        (dict(window=torch.tensor([1, 2])), r"window must be .* shape \(3,\) \(one per head\)"),
+                        (dict(window=torch.tensor([1.0, 2.0, 3.0])), "window"),
+                        (dict(delay=torch.ones(2, 2, dtype=torch.int64)), r"\(2,\) \(one per sequence\) or \(2, 3\)"),
+                        (dict(band=torch.ones(2, 3)), r"band must be an integer tensor of shape \(2, 3, 2\)"),
+                        (dict(band=torch.ones(2, 3, 2)), "band must be an integer"),
+                        (dict(band=torch.ones(2, 3, 2, dtype=torch.int32), window=4), "either band or window")):
         with pytest.raises(ValueError, match=msg):
             mosaic_attention(k, k, **kwargs)
+
+
+def test_band_table_is_the_bands_of_every_sequence_and_head():
+    """band_table: None is T, an int or a per-head window broadcast over sequences, an int, per-sequence or
+    per-(sequence, head) delay; mosaic_attention(band=) gives what window= and delay= give."""
+    from mosaic_kernels.attention import band_table
+
+    table = band_table(torch.tensor([4, 4, 9]), torch.tensor([[1, 1, 5], [1, 1, 7]]), 2, 3, 20)
+    assert table.dtype == torch.int32 and table.tolist() == [[[4, 1], [4, 1], [9, 5]], [[4, 1], [4, 1], [9, 7]]]
+    assert band_table(None, torch.tensor([3, 6]), 2, 3, 20).tolist() == [[[20, 3]] * 3, [[20, 6]] * 3]
+    assert band_table(5, 2, 1, 2, 20).tolist() == [[[5, 2], [5, 2]]]
+    k, v, s = _inputs(2, 3, 20, 8, "head")
+    windows, delays = torch.tensor([4, 4, 30]), torch.tensor([[1, 1, 5], [1, 1, 7]])
+    table = band_table(windows, delays, 2, 3, 20)
+    assert torch.equal(mosaic_attention(k, v, s, window=windows, delay=delays), mosaic_attention(k, v, s, band=table))
+    assert torch.equal(reference.mosaic_attention(k, v, s, window=windows, delay=delays),
+                       reference.mosaic_attention(k, v, s, window=table[..., 0], delay=table[..., 1]))
 
 
 # --------------------------------------------------------------------------- on the GPU, every dtype
 
 GPU_BANDS = [((301, 100, 1), "head"), ((301, None, 37), "batch_row"), ((517, 70, (1, 200)), "batch_row"),
-             ((255, 80, 64), "row")]
+             ((255, 80, 64), "row"), ((301, (100, 301), ((1, 37), (1, 5))), "batch_row")]
 
 
 @pytest.mark.gpu
@@ -236,12 +269,15 @@ def test_gpu_every_dtype_and_head_dim(dtype, D, band, scale_kind, nan_outputs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("band", [(4097, 256, 1), (4097, None, 100), (8192, 256, (1, 64))], ids=_ids)
+@pytest.mark.parametrize("band", [(4097, 256, 1), (4097, None, 100), (8192, 256, (1, 64)),
+                                  (4097, (256, 4097), ((1, 64), (1, 200)))], ids=_ids)
 def test_gpu_long_sequences_use_the_two_kernel_plan(band, nan_outputs):
-    """From T = 2048 at D = 64 the backward runs as two kernels: bf16 against a float64 dense oracle."""
+    """From T = 2048 at D = 64 the backward runs as two kernels: bf16 against a float64 dense oracle. The
+    last band is v2's two memories in one call (a short-term head, a long-term head with its own delays)."""
     T, window, delay = band
     k, v, s = _inputs(2, 2, T, 64, "batch_row", dtype=torch.bfloat16)
     kd, vd, sd = (t.cuda().requires_grad_() for t in (k, v, s))
+    window = _delay(window, "cuda")
     y = mosaic_attention(kd, vd, sd, window=window, delay=_delay(delay, "cuda"))
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).cuda().to(y.dtype)
     grads = torch.autograd.grad(y, (kd, vd, sd), g)

@@ -16,13 +16,24 @@ from tests import tolerances
 from tests.conftest import kernel_devices, rel_err
 
 # (window, delay) pairs: strict causal, short-term windows, long-term delays, one delay per sequence (a
-# negative one counts as 0, one past T leaves every row empty).
-BANDS = [(None, 1), (7, 1), (None, 5), (10, 3), (0, 0), (None, [0, 3, 60, -2]), (5, [1, 2])]
-IDS = ["causal", "window7", "delay5", "window10_delay3", "self_only", "per_sequence", "window5_per_sequence"]
+# negative one counts as 0, one past T leaves every row empty); one window per head (3 heads) with one delay
+# per sequence and head: v2's short-term and long-term memories in one call (window T or more is none).
+BANDS = [(None, 1), (7, 1), (None, 5), (10, 3), (0, 0), (None, [0, 3, 60, -2]), (5, [1, 2]),
+         ([4, 4, 99], [[1, 1, 6], [1, 1, 30]]), ([0, 8, 2], [[0, -1, 3], [2, 50, 1]])]
+IDS = ["causal", "window7", "delay5", "window10_delay3", "self_only", "per_sequence", "window5_per_sequence",
+       "per_head_v2", "per_head_mixed"]
 
 
 def _delay(delay, device="cpu"):
+    """A list (of lists) as the tensor the ops take: (B,) or (B, H) delays, (H,) windows."""
     return torch.tensor(delay, device=device) if isinstance(delay, list) else delay
+
+
+def _band_at(window, delay, r, h):
+    """(window or None, delay) of sequence r and head h, from the test's lists."""
+    w = window[h] if isinstance(window, list) else window
+    d = delay if not isinstance(delay, list) else delay[r][h] if isinstance(delay[r], list) else delay[r]
+    return w, d
 
 
 def _params(H, seed, dtype=torch.float32, device="cpu"):
@@ -35,9 +46,8 @@ def _params(H, seed, dtype=torch.float32, device="cpu"):
 @pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
 def test_row_counts_are_the_band_masks_row_sums(window, delay):
     T = 45
-    mask = band_mask(T, window, _delay(delay), "cpu")
-    want = mask.sum(-1)[:, 0] if mask.dim() == 4 else mask.sum(-1)
-    assert torch.equal(row_counts(T, window, _delay(delay), "cpu"), want)
+    mask = band_mask(T, _delay(window), _delay(delay), "cpu")
+    assert torch.equal(row_counts(T, _delay(window), _delay(delay), "cpu"), mask.sum(-1))
 
 
 @pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
@@ -45,13 +55,14 @@ def test_reference_is_the_formula_row_by_row(window, delay):
     """A plain loop over heads, rows (and sequences) in Python floats: beta1 n^alpha + beta0, beta0 at n = 0."""
     H, T = 3, 21
     b0, b1, a = (t.detach() for t in _params(H, 0, torch.float64))
-    out = reference_row_bandwidth(b0, b1, a, T, window=window, delay=_delay(delay))
-    delays = delay if isinstance(delay, list) else [delay]
-    assert out.shape == ((len(delays), H, T) if isinstance(delay, list) else (H, T))
-    for r, d in enumerate(delays):
+    out = reference_row_bandwidth(b0, b1, a, T, window=_delay(window), delay=_delay(delay))
+    R = len(delay) if isinstance(delay, list) else 1
+    assert out.shape == ((R, H, T) if isinstance(delay, list) else (H, T))
+    for r in range(R):
         for h in range(H):
+            w, d = _band_at(window, delay, r, h)
             for t in range(T):
-                lo, hi = (0 if window is None else max(t - window, 0)), t - max(d, 0)
+                lo, hi = (0 if w is None else max(t - w, 0)), t - max(d, 0)
                 n = max(hi - lo + 1, 0)
                 want = float(b1[h]) * n ** float(a[h]) + float(b0[h]) if n else float(b0[h])
                 got = out[r, h, t] if isinstance(delay, list) else out[h, t]
@@ -82,14 +93,15 @@ def _check_kernel(device, T, window, delay, H=3, seed=1, unconstrained=False, pa
     delay_t = _delay(delay, device)
     p32 = params or (_unconstrained_params(H, seed, device) if unconstrained else _params(H, seed, device=device))
     p64 = [p.detach().cpu().double().requires_grad_() for p in p32]
-    got = row_bandwidth(*p32, T, window=window, delay=delay_t, unconstrained=unconstrained)
-    want = reference_row_bandwidth(*p64, T, window=window, delay=_delay(delay), unconstrained=unconstrained)
+    got = row_bandwidth(*p32, T, window=_delay(window, device), delay=delay_t, unconstrained=unconstrained)
+    want = reference_row_bandwidth(*p64, T, window=_delay(window), delay=_delay(delay), unconstrained=unconstrained)
     assert got.dtype == torch.float32 and got.shape == want.shape and got.device.type == device
     assert rel_err(got, want) <= tolerances.FP32
     w = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     grads = torch.autograd.grad((got * w.to(device)).sum(), p32)
     refs = torch.autograd.grad((want * w).sum(), p64)
-    n = row_counts(T, window, _delay(delay), "cpu").double().unsqueeze(-2)
+    n = row_counts(T, _delay(window), _delay(delay), "cpu").double()
+    n = n[None] if n.dim() == 1 else n                                      # broadcasts against (B, H, T)
     raw = [p.detach()[:, None] for p in p64]
     if unconstrained:     # the coefficients, and each one's derivative in its parameter
         b1, a = torch.nn.functional.softplus(raw[1]), torch.sigmoid(raw[2])
@@ -125,16 +137,20 @@ def test_unconstrained_extremes(device, nan_outputs):
     assert tiny.item() > 0 and math.isclose(tiny.item(), math.log1p(math.exp(-30.0)), rel_tol=1e-6)
 
 
+_V2_DELAYS = [64, 100, 256, 200, 70, 64, 128, 255]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("window, delay", [(256, 1), (None, 64), (None, [64, 100, 256, 200, 70, 64, 128, 255])],
-                         ids=["short_term", "long_term", "long_term_per_sequence"])
+@pytest.mark.parametrize("window, delay", [(256, 1), (None, 64), (None, _V2_DELAYS),
+                                           ([256] * 6 + [8192] * 6, [[1] * 6 + [d] * 6 for d in _V2_DELAYS])],
+                         ids=["short_term", "long_term", "long_term_per_sequence", "both_memories_per_head"])
 def test_gpu_long_rows(window, delay, nan_outputs):
     """T = 8,192 at v2's bands: 8 of the GPU's 1,024-step tiles, in both directions, both parametrisations;
     deterministic."""
     _check_kernel("cuda", 8192, window, delay, H=12)
     _check_kernel("cuda", 8192, window, delay, H=12, unconstrained=True)
     p = _params(12, 3, device="cuda")
-    runs = [torch.autograd.grad(row_bandwidth(*p, 8192, window=window, delay=_delay(delay, "cuda")).sum(), p)
+    runs = [torch.autograd.grad(row_bandwidth(*p, 8192, window=_delay(window, "cuda"), delay=_delay(delay, "cuda")).sum(), p)
             for _ in range(2)]
     for x, y in zip(*runs):
         assert torch.equal(x, y)
