@@ -28,8 +28,10 @@ def last_row_attention(model: torch.nn.Module, idx: torch.Tensor) -> list[torch.
     if isinstance(model, MemoryMosaic):
         modules = [b.cmem.key for b in model.blocks]
     elif isinstance(model, MemoryMosaicV2):
+        # A block runs both memories as one of 2H heads: capture its LN output and ask each memory's own key
+        # extractor for its keys afterwards.
         memories = [m for b in model.blocks for m in (b.short, b.long)]
-        modules = [m.key for m in memories]
+        modules = [b.ln_1 for b in model.blocks]
     elif isinstance(model, (GPT, Llama)):
         modules = [b.attn.c_attn if isinstance(model, GPT) else b.attn.W_qkv for b in model.blocks]
     else:
@@ -40,6 +42,8 @@ def last_row_attention(model: torch.nn.Module, idx: torch.Tensor) -> list[torch.
     finally:
         for h in hooks:
             h.remove()
+    if isinstance(model, MemoryMosaicV2):
+        captured = [m.key(h) for h, pair in zip(captured, zip(memories[::2], memories[1::2])) for m in pair]
     rows = []
     for i, out in enumerate(captured):
         if isinstance(model, MemoryMosaic):

@@ -126,12 +126,7 @@ class PeekAheadValueExtractor(nn.Module):
         """(B, T, d) -> values (B, H, T, hs). ``projected``: ``W_v x`` (B, T, d, any strides) when the caller
         computed it (Memory Mosaics v2 runs several projections of x as one product)."""
         raw = split_heads(self.W_v(x) if projected is None else projected, self.config.n_head)  # strided (B, H, T, hs)
-        mix, scale = self.mix, self.scale()
-        if self.config.kernels == "reference":
-            # The official code mixes in the activations' dtype (bf16 under autocast).
-            mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
-        v = ops_for(self.config, "peek_ahead_value").peek_ahead_value(raw, mix, scale=scale, eps=self.config.norm_eps)
-        return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
+        return peek_ahead_values(self.config, raw, self.mix, self.value_scale)
 
     def completed(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
         """For cached decoding: v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t = W_v x_t (both in the
@@ -139,6 +134,18 @@ class PeekAheadValueExtractor(nn.Module):
         pair = torch.stack([u_prev, u_t], dim=2)
         return reference_ops.peek_ahead_value(pair, self.mix.to(u_t.dtype), scale=self.scale().to(u_t.dtype),
                                               eps=self.config.norm_eps)[:, :, 0]
+
+
+def peek_ahead_values(config: MosaicConfig, raw: torch.Tensor, mix: torch.Tensor, value_scale: torch.Tensor) -> torch.Tensor:
+    """The values ``exp(10 r_h) normalize((1 - c_h) u_{t+1} + c_h u_t)`` of heads-split projections ``raw``
+    (B, H, T, hs) with one mix c and one scale parameter r per head (each (H,)), on the config's ops, in
+    raw's dtype. (Memory Mosaics v2 passes both memories' heads at once.)"""
+    scale = exp10(value_scale)
+    if config.kernels == "reference":
+        # The official code mixes in the activations' dtype (bf16 under autocast).
+        mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
+    v = ops_for(config, "peek_ahead_value").peek_ahead_value(raw, mix, scale=scale, eps=config.norm_eps)
+    return v.to(raw.dtype)  # autocast runs the reference's norm in fp32: cast back
 
 
 def read_row(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,12 @@ Each associative memory has its own keys, values and bandwidth and reads
 with unit keys k (the gated scan, L2-normalised), v1's peek-ahead values v, and n_t the number of keys of
 row t: short-term lo_t = t - window, hi_t = t - 1 (n_t = min(t, window)); long-term lo_t = 0,
 hi_t = t - m (n_t = max(t - m + 1, 0)), m drawn per sequence in training. A row that sees no key reads 0.
+
+Every head is independent in every op, so a block runs its two memories as one memory of 2H heads (the
+short-term memory's H, then the long-term memory's H): one launch per op instead of two, the band of each
+head read from a (B, 2H, 2) table of (window, delay) (``mosaic_kernels.attention.band_table``'s form), and
+the attention's heads-last output is already the concatenation c_proj reads. ``AssociativeMemory.forward``
+is one memory alone (probes, tests: the block's output is both memories' concatenated).
 """
 from __future__ import annotations
 
@@ -29,22 +35,28 @@ from mosaic_kernels.leaky_average import stable_gate_and_decay
 
 from .config import MosaicV2Config
 from .generation import GenerateMixin, is_static, lm_loss
-from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, read_row, split_heads
+from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
+
+
+def project_groups(x: torch.Tensor, groups: list[list[nn.Linear]]) -> list[torch.Tensor]:
+    """Every layer of ``groups`` applied to x as one matrix product: the layers' weights (and biases) stacked,
+    the output split back into one strided view per group, a group's layers side by side
+    (``torch.cat([lin(x) for lin in group], -1)`` without the copy). Every output element is the same dot
+    product as the layer's own; one GEMM launch instead of one per layer and, under autocast, one cast of x
+    (and, backward, one input gradient instead of a float32 sum of one per layer)."""
+    flat = [lin for group in groups for lin in group]
+    if len(flat) == 1:
+        return [flat[0](x)]
+    weight = torch.cat([lin.weight for lin in flat])
+    bias = None
+    if any(lin.bias is not None for lin in flat):
+        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in flat])
+    return list(F.linear(x, weight, bias).split([sum(lin.out_features for lin in g) for g in groups], dim=-1))
 
 
 def project(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
-    """``[lin(x) for lin in linears]`` as one matrix product: the layers' weights (and biases) stacked, the
-    output split back into one strided view per layer. Every output element is the same dot product as the
-    layer's own; one GEMM launch instead of one per layer and, under autocast, one cast of x (and, backward,
-    one input gradient instead of a float32 sum of one per layer)."""
-    if len(linears) == 1:
-        return [linears[0](x)]
-    weight = torch.cat([lin.weight for lin in linears])
-    bias = None
-    if any(lin.bias is not None for lin in linears):
-        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                          for lin in linears])
-    return list(F.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1))
+    """``[lin(x) for lin in linears]`` as one matrix product (:func:`project_groups`, one layer a group)."""
+    return project_groups(x, [[lin] for lin in linears])
 
 
 class GatedKeyExtractor(nn.Module):
@@ -77,21 +89,7 @@ class GatedKeyExtractor(nn.Module):
         caller computed them (``W_k x`` (B, T, d) and, with gated keys, ``W_g x`` and ``W_l x`` (B, T, H); any
         strides); otherwise computed here, as one product."""
         wk_x, *logits = project(x, self.projections()) if projected is None else projected
-        raw = split_heads(wk_x, self.config.n_head)
-        ops = ops_for(self.config, "leaky_average")
-        layout = layout_for(self.config, "leaky_average")
-        if not self.config.gated_keys:
-            return ops.leaky_average(raw, self._constant_decay(), normalize=True, eps=self.config.norm_eps, **layout)
-        wg_x, wl_x = logits
-        # log g = W_g x and log lambda = -|W_l x + b_l|, the latter formed inside the gate kernel (rate_bias):
-        # W_g x and W_l x go in as autocast's bf16 products (the kernel reads any float dtype exactly).
-        gate, decay = stable_gate_and_decay(wg_x.transpose(1, 2), wl_x.transpose(1, 2),
-                                            rate_bias=self.rate_bias)                        # (B, H, T) each
-        return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=self.config.norm_eps, **layout)
-
-    def _constant_decay(self) -> torch.Tensor:
-        """Without gated keys: v1's decay per head, ``exp(-|b_l|)`` (H,)."""
-        return torch.exp(-self.rate_bias.abs())
+        return gated_keys(self.config, split_heads(wk_x, self.config.n_head), self.rate_bias, *logits)
 
     def _logs(self, wg_x: torch.Tensor, wl_x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(log g, log lambda), each (..., H), from ``W_g x`` and ``W_l x``: ``W_g x`` and ``-|W_l x + b_l|``
@@ -109,7 +107,7 @@ class GatedKeyExtractor(nn.Module):
         wk_x, *logits = project(x_t, self.projections()) if projected is None else projected
         raw = wk_x.to(acc).view(B, H, -1)
         if not self.config.gated_keys:
-            s = raw if "s" not in cache else raw + self._constant_decay().view(1, H, 1) * cache["s"]
+            s = raw if "s" not in cache else raw + torch.exp(-self.rate_bias.abs()).view(1, H, 1) * cache["s"]
         else:
             log_gate, log_decay = self._logs(*logits, acc)        # (B, H) each
             if "s" not in cache:
@@ -121,6 +119,29 @@ class GatedKeyExtractor(nn.Module):
             cache["M"] = peak
         cache["s"] = s
         return F.normalize(s, dim=-1, eps=self.config.norm_eps)
+
+
+def gated_keys(config: MosaicV2Config, raw: torch.Tensor, rate_bias: torch.Tensor, wg_x: torch.Tensor | None = None,
+               wl_x: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit keys (B, H, T, hs) of heads-split projections ``raw`` = W_k x (B, H, T, hs, any strides): the
+    scan with gates exp(W_g x) and decays exp(-|W_l x + b_l|) (``wg_x``, ``wl_x`` (B, T, H); ``rate_bias`` b_l
+    (H,)), or without gated keys v1's constant decays exp(-|b_l|). H may be both memories' heads at once."""
+    ops = ops_for(config, "leaky_average")
+    layout = layout_for(config, "leaky_average")
+    if not config.gated_keys:
+        return ops.leaky_average(raw, torch.exp(-rate_bias.abs()), normalize=True, eps=config.norm_eps, **layout)
+    # log g = W_g x and log lambda = -|W_l x + b_l|, the latter formed inside the gate kernel (rate_bias):
+    # W_g x and W_l x go in as autocast's bf16 products (the kernel reads any float dtype exactly).
+    gate, decay = stable_gate_and_decay(wg_x.transpose(1, 2), wl_x.transpose(1, 2), rate_bias=rate_bias)  # (B, H, T)
+    return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=config.norm_eps, **layout)
+
+
+def band_kwargs(config: MosaicV2Config, op: str, table: torch.Tensor) -> dict:
+    """The band arguments of ``op`` (mosaic_attention) for a (B, H, 2) table of (window, delay) per sequence and
+    head: the table itself for the fused op, its two columns for the reference."""
+    if ops_for(config, op) is reference_ops:
+        return {"window": table[..., 0], "delay": table[..., 1]}
+    return {"band": table}
 
 
 class Bandwidth(nn.Module):
@@ -143,14 +164,12 @@ class Bandwidth(nn.Module):
 
     def forward(self, T: int, band: dict) -> torch.Tensor:
         """The bandwidths of the rows of a band (``mosaic_attention``'s window and delay): (H, T), or (B, H, T)
-        for one delay per sequence, float32; an (H,) tensor when fixed. One fused launch each way on the
-        fused ops (``mosaic_kernels.attention.row_bandwidth``, which applies the softplus and sigmoid of
-        :meth:`coefficients` in its kernels), the attention's reference otherwise."""
-        if not self.adaptive:
-            return self.log_beta.exp()
-        fused = ops_for(self.config, "mosaic_attention") is not reference_ops
-        return (row_bandwidth if fused else reference_row_bandwidth)(self.beta0, self.beta1, self.alpha, T,
-                                                                     unconstrained=True, **band)
+        for one delay per sequence, float32; an (H,) tensor when fixed (:func:`bandwidths`)."""
+        return bandwidths(self.config, self.params(), T, band)
+
+    def params(self) -> tuple[torch.Tensor, ...]:
+        """The unconstrained parameters :func:`bandwidths` reads: (beta0, beta1, alpha), or (log_beta,) when fixed."""
+        return (self.beta0, self.beta1, self.alpha) if self.adaptive else (self.log_beta,)
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(beta0, beta1, alpha), each (H,), from their unconstrained parameters (the map :meth:`forward`'s op
@@ -163,6 +182,18 @@ class Bandwidth(nn.Module):
             return self.log_beta.exp()
         b0, b1, a = self.coefficients()
         return b1 * float(n) ** a * (n > 0) + b0
+
+
+def bandwidths(config: MosaicV2Config, params: tuple[torch.Tensor, ...], T: int, band: dict) -> torch.Tensor:
+    """The rows' bandwidths of a band (``mosaic_attention``'s window and delay, or ``band=`` table) from a
+    :class:`Bandwidth`'s parameters (each (H,); H may be both memories' heads at once): (H, T), or (B, H, T)
+    for delays per sequence or a table, float32; ``exp(log_beta)`` (H,) when fixed. Adaptive: one fused launch
+    each way (``mosaic_kernels.attention.row_bandwidth``, which applies the softplus and sigmoid of
+    :meth:`Bandwidth.coefficients` in its kernels), the attention's reference on the reference ops."""
+    if not config.adaptive_bandwidth:
+        return params[0].exp()
+    fused = ops_for(config, "mosaic_attention") is not reference_ops
+    return (row_bandwidth if fused else reference_row_bandwidth)(*params, T, unconstrained=True, **band)
 
 
 class AssociativeMemory(nn.Module):
@@ -249,6 +280,19 @@ class SwiGLU(nn.Module):
         return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
+def band_table_of(config: MosaicV2Config, B: int, T: int, delay: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The (B, 2H, 2) int32 table of (window, delay) of a block's 2H heads: the short-term memory's H heads see
+    the last ``window`` keys (delay 1), the long-term memory's every key up to t - delay (window T: none), with
+    ``delay`` an int or one per sequence ((B,) integer tensor). Four small writes on the device, no host copy."""
+    H = config.n_head
+    table = torch.empty((B, 2 * H, 2), dtype=torch.int32, device=device)
+    table[:, :H, 0] = config.window
+    table[:, :H, 1] = 1
+    table[:, H:, 0] = T
+    table[:, H:, 1] = delay[:, None] if isinstance(delay, torch.Tensor) else delay
+    return table
+
+
 class MosaicV2Block(nn.Module):
     """Pre-LN block: x + c_proj([short, long](LN(x))), then + SwiGLU(LN(x))."""
 
@@ -270,11 +314,35 @@ class MosaicV2Block(nn.Module):
         projected = project(h, self.short.projections() + self.long.projections())
         return projected[:n_short], projected[n_short:]
 
-    def forward(self, x: torch.Tensor, delay: int | torch.Tensor) -> torch.Tensor:
+    def read_memories(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Both memories on h (B, T, d) as one memory of 2H heads: (B, 2H, T, hs), the short-term memory's heads
+        first (heads-last on the fused ops, so that merging the heads is a view). ``table``: the (B, 2H, 2)
+        (window, delay) of every sequence and head (:meth:`MemoryMosaicV2.band_table`). Every op is per head,
+        so each head's output is its memory's alone (``AssociativeMemory.forward``); the two memories'
+        per-head parameters are concatenated (six tiny launches), each projection is one product whose
+        columns put the two memories' heads side by side."""
+        c, short, long = self.config, self.short, self.long
+        layers = [[short.key.W_k, long.key.W_k], [short.value.W_v, long.value.W_v]]
+        if c.gated_keys:
+            layers += [[short.key.W_g, long.key.W_g], [short.key.W_l, long.key.W_l]]
+        wk_x, wv_x, *logits = project_groups(h, layers)
+        both = lambda f: torch.cat([f(short), f(long)])  # noqa: E731  (H,) parameters of the 2H heads
+        k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), both(lambda m: m.key.rate_bias), *logits)
+        v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), both(lambda m: m.value.mix),
+                              both(lambda m: m.value.value_scale))
+        band = band_kwargs(c, "mosaic_attention", table)
+        params = tuple(torch.cat(pair) for pair in zip(short.bandwidth.params(), long.bandwidth.params()))
+        scale = bandwidths(c, params, h.shape[1], band)
+        return ops_for(c, "mosaic_attention").mosaic_attention(k, v, scale, **band,
+                                                             **layout_for(c, "mosaic_attention"))
+
+    def forward(self, x: torch.Tensor, delay: int | torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d). ``table``: both memories' bands (:meth:`MemoryMosaicV2.band_table`), built
+        here from ``delay`` when not given."""
+        if table is None:
+            table = band_table_of(self.config, x.shape[0], x.shape[1], delay, x.device)
         h = self.ln_1(x)
-        short_in, long_in = self.memory_inputs(h)
-        y = torch.cat([merge_heads(self.short(h, delay, short_in)), merge_heads(self.long(h, delay, long_in))], dim=-1)
-        x = x + self.resid_dropout(self.c_proj(y))
+        x = x + self.resid_dropout(self.c_proj(merge_heads(self.read_memories(h, table))))
         return x + self.pmem(self.ln_2(x))
 
     def step(self, x_t: torch.Tensor, cache: dict, pos: int) -> torch.Tensor:
@@ -327,8 +395,9 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         if delay is None:
             delay = self.delays(idx.shape[0], idx.device)
         x = self.wte(idx)
+        table = band_table_of(self.config, idx.shape[0], idx.shape[1], delay, idx.device)  # one for every block
         for block in self.blocks:
-            x = block(x, delay)
+            x = block(x, delay, table)
         logits = self.lm_head(self.ln_f(x))
         return logits, lm_loss(logits, targets)
 

@@ -93,6 +93,38 @@ def test_per_sequence_delays_equal_one_call_per_sequence():
         torch.testing.assert_close(together[b:b + 1], mem(x[b:b + 1], int(delays[b])), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+@pytest.mark.parametrize("gated,adaptive", [(True, True), (False, False)], ids=["v2", "v1-keys-fixed-bandwidth"])
+def test_block_reads_both_memories_as_one_of_2h_heads(kernels, gated, adaptive):
+    """The block runs its two memories as one memory of 2H heads (one launch per op): its output is the
+    short-term memory's heads then the long-term memory's, each as the memory alone computes it (float64,
+    per-sequence delays; on the fused ops under the interpreter, float32 against each memory's own fused
+    call: the same per-head arithmetic, to float32 rounding, FP32)."""
+    if kernels == "fused" and not interpreter_enabled():
+        pytest.skip("needs TRITON_INTERPRET=1 on CPU for the fused ops")
+    from mosaic_model.models.mosaic_v2 import MosaicV2Block, band_table_of
+
+    torch.manual_seed(9)
+    cfg = MosaicV2Config(**{**SMALL, "kernels": kernels}, gated_keys=gated, adaptive_bandwidth=adaptive)
+    dtype = torch.float64 if kernels == "reference" else torch.float32
+    block = MosaicV2Block(cfg).to(dtype)
+    with torch.no_grad():
+        for mem in (block.short, block.long):
+            if gated:
+                mem.key.W_g.weight.normal_(0, 0.5)
+                mem.key.W_l.weight.normal_(0, 0.5)
+            if adaptive:
+                mem.bandwidth.alpha.uniform_(-1, 1)
+    h = torch.randn(3, 13, cfg.n_embd, dtype=dtype)
+    delays = torch.tensor([2, 5, 3])
+    both = block.read_memories(h, band_table_of(cfg, 3, 13, delays, h.device))
+    apart = torch.cat([block.short(h, delays), block.long(h, delays)], dim=1)
+    if kernels == "reference":
+        torch.testing.assert_close(both, apart, atol=1e-12, rtol=0)
+    else:
+        assert rel_err(both, apart) <= tolerances.FP32
+
+
 def test_the_model_is_causal_and_runs_past_its_block_size():
     torch.manual_seed(2)
     model = MemoryMosaicV2(MosaicV2Config(**SMALL, block_size=8)).double().eval()

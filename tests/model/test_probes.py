@@ -32,9 +32,9 @@ def _weights_and_mixtures(model: torch.nn.Module, idx: torch.Tensor) -> list[tup
     block = model.blocks[0]
     if isinstance(model, MemoryMosaic):
         hooks = [_capture(block.cmem.value, values), _capture(block.cmem.c_proj, mixed, pre=True)]
-    elif isinstance(model, MemoryMosaicV2):
-        hooks = [_capture(block.short.value, values), _capture(block.long.value, values),
-                 _capture(block.c_proj, mixed, pre=True)]
+    elif isinstance(model, MemoryMosaicV2):  # both memories run as one: their values from the block's LN output
+        ln = []
+        hooks = [_capture(block.ln_1, ln), _capture(block.c_proj, mixed, pre=True)]
     else:
         proj = block.attn.c_attn if isinstance(model, GPT) else block.attn.W_qkv
         hooks = [_capture(proj, values), _capture(block.attn.c_proj, mixed, pre=True)]
@@ -43,6 +43,7 @@ def _weights_and_mixtures(model: torch.nn.Module, idx: torch.Tensor) -> list[tup
         h.remove()
     out = mixed[0][:, -1]                                                            # (B, d) or (B, 2d)
     if isinstance(model, MemoryMosaicV2):
+        values = [mem.value(ln[0]).double() for mem in (block.short, block.long)]
         d = model.config.n_embd
         return [(rows[i].double(), values[i][..., :-1, :], out[:, i * d:(i + 1) * d].view(len(idx), H, -1))
                 for i in range(2)]
