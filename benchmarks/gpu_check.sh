@@ -18,7 +18,8 @@
 #              the llama-style model eager at T=2048 (issue 37's step): where each millisecond goes
 #   v2         issue 37's step on a quiet GPU: the v2 ops' and model's CUDA tests, the v2 and llama-style 12-layer
 #              steps eager at T=2048 and 8192 and compiled at 2048 (bench_training), the eager v2 step's profile,
-#              the gated scan's chunking sweep (tune_kernels chunks-tv); about 6 minutes on an H200
+#              the gated scan's chunking sweep and the two chunk rules (tune_kernels chunks-tv chunk-rule); about 7
+#              minutes on an H200
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -93,16 +94,16 @@ for PART in "${@:-all}"; do
         tail -n 14 "$OUT/profile_${M}_2048.txt"
       done ;;
     v2)
-      TEST_SECONDS=${TEST_SECONDS:-150} gpu_tests gpu_tests_v2.txt tests/kernels/test_host_helpers.py \
+      TEST_SECONDS=${TEST_SECONDS:-200} gpu_tests gpu_tests_v2.txt tests/kernels/test_host_helpers.py \
         tests/kernels/test_leaky_average_tv.py tests/kernels/test_row_bandwidth.py tests/kernels/test_kernel_globals.py \
-        tests/model/test_mosaic_v2.py tests/model/test_probes.py --cuda-only
+        tests/kernels/test_attention_band.py tests/model/test_mosaic_v2.py tests/model/test_probes.py --cuda-only
       python3 -m benchmarks.bench_training --part eager --models mosaic_v2 llama --layers 12 --seq-lens 2048 8192 \
         --out "$OUT/bench_training_v2_eager.md" 2>&1 | tail -n 12
       python3 -m benchmarks.bench_training --part compiled --models mosaic_v2 llama --layers 12 --seq-lens 2048 \
         --out "$OUT/bench_training_v2_compiled.md" 2>&1 | tail -n 8
       python3 -m benchmarks.tools.profile_step --model mosaic_v2 --T 2048 > "$OUT/profile_mosaic_v2_2048.txt" 2>&1
       tail -n 12 "$OUT/profile_mosaic_v2_2048.txt"
-      python3 -m benchmarks.tools.tune_kernels chunks-tv 2>&1 | tee "$OUT/chunks_tv.txt" | tail -n 6 ;;
+      python3 -m benchmarks.tools.tune_kernels chunks-tv chunk-rule 2>&1 | tee "$OUT/chunks_tv.txt" | tail -n 12 ;;
     parity|all)
       for K in fused reference; do
         python3 -m mosaic_model.cli.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
