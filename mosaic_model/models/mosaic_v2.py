@@ -289,7 +289,8 @@ def band_table_of(config: MosaicV2Config, B: int, T: int, delay: int | torch.Ten
     table[:, :H, 0] = config.window
     table[:, :H, 1] = 1
     table[:, H:, 0] = T
-    table[:, H:, 1] = delay[:, None] if isinstance(delay, torch.Tensor) else delay
+    # An int delay past T sees nothing, as T itself does: clamped, it fits the table's int32.
+    table[:, H:, 1] = delay[:, None] if isinstance(delay, torch.Tensor) else min(delay, T)
     return table
 
 

@@ -136,6 +136,17 @@ def test_the_model_is_causal_and_runs_past_its_block_size():
     assert (a[:, 15:] - b[:, 15:]).abs().amax() > 1e-6
 
 
+def test_a_delay_past_the_context_empties_the_long_term_memory():
+    """delay >= T (the new-knowledge study's ablation passes 10**9; the band table holds int32) reads no
+    long-term key: the same logits as delay T, and different from the model's own delay."""
+    torch.manual_seed(10)
+    model = MemoryMosaicV2(MosaicV2Config(**SMALL)).double().eval()
+    idx = torch.randint(0, 40, (2, 12))
+    none = model(idx, delay=12)[0]
+    assert torch.equal(model(idx, delay=10**12)[0], none)
+    assert (model(idx)[0] - none).abs().amax() > 1e-6
+
+
 def test_delays_drawn_in_training_fixed_in_eval():
     model = MemoryMosaicV2(MosaicV2Config(**SMALL))
     torch.manual_seed(3)
