@@ -291,29 +291,30 @@ def _gates_fake_forward(log_gate, log_decay, rate_bias):
     return log_gate.new_empty((2, *log_gate.shape), dtype=torch.float32)
 
 
-def _gates_backward(grad: torch.Tensor, pair: torch.Tensor, log_decay: torch.Tensor, rate_bias: torch.Tensor | None,
-                    gate_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gates_backward(grad: torch.Tensor, pair: torch.Tensor, rates: torch.Tensor | None, rate_bias: torch.Tensor | None,
+                    gate_dtype: torch.dtype, decay_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of both logs with the running log-scale M held fixed (the normalised keys do not depend
     on it): d gate_t / d log_gate_t = gate_t, d decay_t / d log_decay_t = decay_t, so each is its element's
-    value times its gradient; with ``rate_bias``, d r = -sign(r + b) d log_decay and d b its sum over (B, T)
-    (per-(b, h) partials in the kernel, summed over b here: a fixed order). One launch (two with the bias),
-    each gradient written in its input's dtype. Returns (d log_gate, d log_decay or d r, d b ((H,) float32;
-    an empty tensor without a bias))."""
+    value times its gradient; with ``rate_bias`` (``rates`` the forward's r), d r = -sign(r + b) d log_decay
+    and d b its sum over (B, T) (per-(b, h) partials in the kernel, summed over b here: a fixed order). One
+    launch (two with the bias), each gradient written in its input's dtype. Returns (d log_gate, d log_decay
+    or d r, d b ((H,) float32; an empty tensor without a bias))."""
     _, B, H, T = pair.shape
     d_gate = _empty((B, H, T), device=pair.device, dtype=gate_dtype)
-    d_decay = _empty((B, H, T), device=pair.device, dtype=log_decay.dtype)
-    parts = _empty((B, H) if rate_bias is not None else (0,), device=pair.device, dtype=torch.float32)
-    launch(_stable_gate_decay_bwd_kernel, (B * H,), grad, pair, log_decay,
-           rate_bias if rate_bias is not None else pair, d_gate, d_decay, parts if rate_bias is not None else pair,
-           H, T, B * H * T, *grad.stride(), *(log_decay.stride() if rate_bias is not None else (0, 0, 0)),
-           RATES=rate_bias is not None,
+    d_decay = _empty((B, H, T), device=pair.device, dtype=decay_dtype)
+    with_bias = rate_bias is not None
+    parts = _empty((B, H) if with_bias else (0,), device=pair.device, dtype=torch.float32)
+    # Without a bias the rates, the bias and the partials are never read: the pair stands in for them.
+    launch(_stable_gate_decay_bwd_kernel, (B * H,), grad, pair, rates if with_bias else pair,
+           rate_bias if with_bias else pair, d_gate, d_decay, parts if with_bias else pair, H, T, B * H * T,
+           *grad.stride(), *(rates.stride() if with_bias else (0, 0, 0)), RATES=with_bias,
            BLOCK_T=time_tile(T, GATES_BLOCK_T), num_warps=4)
-    return d_gate, d_decay, parts.sum(0) if rate_bias is not None else parts
+    return d_gate, d_decay, parts.sum(0) if with_bias else parts
 
 
-def _gates_fake_backward(grad, pair, log_decay, rate_bias, gate_dtype):
+def _gates_fake_backward(grad, pair, rates, rate_bias, gate_dtype, decay_dtype):
     _, B, H, T = pair.shape
-    return (pair.new_empty((B, H, T), dtype=gate_dtype), pair.new_empty((B, H, T), dtype=log_decay.dtype),
+    return (pair.new_empty((B, H, T), dtype=gate_dtype), pair.new_empty((B, H, T), dtype=decay_dtype),
             pair.new_empty((H,) if rate_bias is not None else (0,)))
 
 
@@ -321,14 +322,12 @@ def _gates_save(ctx, inputs, pair):
     log_gate, log_decay, rate_bias = inputs
     # The rates are read again backward only with a bias (the sign of r + b); otherwise nothing is kept of them.
     ctx.save_for_backward(pair, log_decay if rate_bias is not None else None, rate_bias)
-    ctx.meta = (log_gate.dtype, log_decay.dtype)
+    ctx.dtypes = (log_gate.dtype, log_decay.dtype)
 
 
 def _gates_backward_args(ctx, grad):
-    pair, log_decay, rate_bias = ctx.saved_tensors
-    if log_decay is None:   # a stand-in of the right dtype (the kernel does not read it without a bias)
-        log_decay = pair.new_empty((0,), dtype=ctx.meta[1])
-    return grad, pair, log_decay, rate_bias, ctx.meta[0]
+    pair, rates, rate_bias = ctx.saved_tensors
+    return grad, pair, rates, rate_bias, *ctx.dtypes
 
 
 def _gates_input_grads(ctx, result):
