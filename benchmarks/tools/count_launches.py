@@ -12,7 +12,13 @@ adds the casts a GPU step's autocast makes (the default leaves them out). Not co
 is counted as the CPU runs it: one op without dropout, but its decomposed math path (a few ops) with
 dropout (GPT2's attention, v1's P-mem), where a GPU launches one fused kernel.
 
+``--saved B,T`` adds what one block keeps for its backward at batch B and length T (the bench's d=768):
+the bytes of the distinct storages the autograd graph saves during the forward (a saved-tensors hook; the
+parameters left out), of a 2-block model less a 1-block one, in MiB; with the Triton launches stubbed the kernels' outputs keep
+their shapes, so this is the activation memory a GPU step holds per block, measured on the CPU.
+
     python -m benchmarks.tools.count_launches [--models mosaic_fused gpt2 mosaic_v2 llama] [--layers 12] [--autocast]
+        [--saved 8,2048]
 """
 from __future__ import annotations
 
@@ -87,7 +93,26 @@ def count_step(model: torch.nn.Module, T: int = 64,
     return aten, triton_launches
 
 
-def measure(names: list[str], layers: int, autocast: bool = False) -> list[dict]:
+def saved_bytes(model: torch.nn.Module, B: int, T: int, autocast: bool = False) -> int:
+    """Bytes of the distinct storages that one forward of ``model`` on a (B, T) batch saves for its backward,
+    the parameters themselves left out (every Triton launch stubbed: the kernels' outputs are allocated, not
+    computed). Autocast's casts of the weights are counted: a GPU step holds them too."""
+    idx = torch.randint(0, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with counted_triton_launches(collections.Counter()), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(idx, targets=idx)
+    return sum(storages.values())
+
+
+def measure(names: list[str], layers: int, autocast: bool = False, saved: tuple[int, int] | None = None) -> list[dict]:
     """One row per model: launches per block and besides the blocks, and a step's total at ``layers``."""
     os.environ["TRITON_INTERPRET"] = "1"  # the fused path on the CPU (read at each call)
     rows = []
@@ -98,10 +123,15 @@ def measure(names: list[str], layers: int, autocast: bool = False) -> list[dict]
         block_aten, block_triton = aten2 - aten1, tri2 - tri1
         per_block = sum(block_aten.values()) + sum(block_triton.values())
         base = sum(aten1.values()) + sum(tri1.values()) - per_block
-        rows.append({"model": name, "aten_per_block": sum(block_aten.values()),
-                     "triton_per_block": sum(block_triton.values()), "base": base,
-                     f"step_at_{layers}_layers": base + layers * per_block,
-                     "most_frequent": ", ".join(f"{op} {n}" for op, n in (block_aten + block_triton).most_common(8))})
+        row = {"model": name, "aten_per_block": sum(block_aten.values()),
+               "triton_per_block": sum(block_triton.values()), "base": base,
+               f"step_at_{layers}_layers": base + layers * per_block}
+        if saved is not None:
+            B, T = saved
+            one, two = (saved_bytes(build(name, n, T=T), B, T, autocast) for n in (1, 2))
+            row[f"saved_MiB_per_block_B{B}_T{T}"] = (two - one) / 2**20
+        row["most_frequent"] = ", ".join(f"{op} {n}" for op, n in (block_aten + block_triton).most_common(8))
+        rows.append(row)
     return rows
 
 
@@ -112,12 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=12, help="the depth of the step total")
     p.add_argument("--out", help="also write the markdown here")
     p.add_argument("--autocast", action="store_true", help="count under bf16 autocast (its casts included)")
+    p.add_argument("--saved", metavar="B,T", help="also the MiB a block saves for its backward at batch B, length T")
     a = p.parse_args(argv)
     if a.layers < 1:
         p.error(f"--layers must be >= 1, got {a.layers}")
+    saved = None
+    if a.saved is not None:
+        try:
+            saved = tuple(int(v) for v in a.saved.split(","))
+        except ValueError:
+            saved = ()
+        if len(saved) != 2 or min(saved) < 1:
+            p.error(f"--saved must be two positive integers B,T, got {a.saved!r}")
     from benchmarks._common import command_line, emit, header, table
 
-    rows = measure(a.models, a.layers, a.autocast)
+    rows = measure(a.models, a.layers, a.autocast, saved)
     md = (header(command_line("benchmarks.tools.count_launches")) + "\n\n"
           + "Kernel launches of one training step (forward + backward), counted on the CPU (see the module "
           + "docstring).\n\n" + table(rows, list(rows[0])))
