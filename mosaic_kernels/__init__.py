@@ -10,8 +10,9 @@ Public API:
     reference: the same functions, always the PyTorch reference (no heads_last: contiguous outputs).
 
 Helpers of Memory Mosaics v2, in the ops' packages: ``attention.row_bandwidth`` (the per-row scale
-beta(n) = beta1 n^alpha + beta0 of a band) and ``leaky_average.stable_gate_and_decay`` (gates beyond
-float32's range for the scan).
+beta(n) = beta1 n^alpha + beta0 of a band), ``attention.band_table`` (one band per sequence and head, for
+heads of different bands in one call) and ``leaky_average.stable_gate_and_decay`` (gates beyond float32's
+range for the scan; v2's decays exp(-|r + b|) formed in its kernel with ``rate_bias``).
 
 ``heads_last=True`` returns a (B, H, T, D) view of (B, T, H, D) memory, so that merging the heads
 before a projection is a view. The maths of each op is in its folder's README.md; the model they
