@@ -107,8 +107,8 @@ def _model_steps() -> None:
 
 def _long_row_plan_and_masks() -> None:
     """The launches no public call makes under the interpreter: the attention's two-kernel backward (the GPU
-    takes it for long rows; the interpreter's config is always the one-kernel plan), plain, with dropout and
-    with a band, and the dropout masks' inspection kernel."""
+    takes it for long rows; the interpreter's config is always the one-kernel plan), plain, with dropout, with
+    a band and with a band per head (a table), and the dropout masks' inspection kernel."""
     import torch
 
     from mosaic_kernels._triton_common import dropout_keep_mask
@@ -120,7 +120,8 @@ def _long_row_plan_and_masks() -> None:
     seed = torch.tensor([5], dtype=torch.int64)
     delays = torch.tensor([2, 5], dtype=torch.int32)
     fwd, bwd = dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1), split_config((32, 16, 1, 1), (16, 16, 1, 1))
-    for extra in (dict(), dict(seed=seed, threshold=6554), dict(window=6, delays=delays)):
+    table = torch.tensor([[[6, 1], [40, 2]], [[6, 1], [40, 5]]], dtype=torch.int32)  # one band per (b, h)
+    for extra in (dict(), dict(seed=seed, threshold=6554), dict(window=6, delays=delays), dict(delays=table)):
         y, lse = attention_forward(k, v, scale, fwd, **extra)
         attention_backward(k, v, y, lse, scale, dy, bwd, **extra)
     for rng in ("philox", "hash"):
