@@ -6,6 +6,9 @@ Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fw
   ours_delay       delay=M (the long-term memory at inference: keys 0 .. t-M)
   ours_delays      one delay per sequence, drawn from [64, 256] (the long-term memory in training)
   ours_row_scale   the strictly causal op with a (B, H, T) per-row scale, against ours_full's per-head one
+  ours_two_calls   v2's two memories as the model called them until 9585c1e: the first H/2 heads with window=W,
+                   the others with per-sequence delays, two calls and a concatenation of their outputs
+  ours_one_call    the same two memories in one call of H heads (band=, a band per sequence and head)
   flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
   flex_delay       compiled FlexAttention, mask_mod kv <= t-M
   sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from benchmarks._common import bench_graph_ms, bench_ms, command_line, emit, header, table
 from mosaic_kernels import leaky_average, mosaic_attention
 from mosaic_kernels import reference as R
+from mosaic_kernels.attention import band_table
 
 # The last two shapes carry enough work that the window's fwd+bwd is not bound by the host.
 ATT_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (1, 16, 8192, 128), (8, 12, 8192, 64), (4, 16, 8192, 128)]
@@ -84,12 +88,19 @@ def attention_rows() -> list[dict]:
         delays = torch.randint(64, 257, (B,), device="cuda", generator=g)
         window_mask = torch.arange(T, device="cuda")[:, None] - torch.arange(T, device="cuda")[None, :]
         window_mask = (window_mask >= 1) & (window_mask <= WINDOW)
+        half = H // 2
+        table = band_table(torch.tensor([WINDOW] * half + [T] * (H - half), device="cuda"),
+                           torch.cat([torch.ones(B, half, dtype=torch.int64, device="cuda"),
+                                      delays[:, None].expand(B, H - half)], dim=1), B, H, T)
         providers = {
             "ours_full": lambda k, v: mosaic_attention(k, v),
             "ours_window": lambda k, v: mosaic_attention(k, v, window=WINDOW),
             "ours_delay": lambda k, v: mosaic_attention(k, v, delay=DELAY),
             "ours_delays": lambda k, v: mosaic_attention(k, v, delay=delays),
             "ours_row_scale": lambda k, v: mosaic_attention(k, v, row_scale),
+            "ours_two_calls": lambda k, v: torch.cat([mosaic_attention(k[:, :half], v[:, :half], window=WINDOW),
+                                                      mosaic_attention(k[:, half:], v[:, half:], delay=delays)], dim=1),
+            "ours_one_call": lambda k, v: mosaic_attention(k, v, band=table),
             "flex_window": _flex(lambda b, h, q, kv: (kv <= q - 1) & (kv >= q - WINDOW), T, "cuda"),
             "flex_delay": _flex(lambda b, h, q, kv: kv <= q - DELAY, T, "cuda"),
             "sdpa_window": lambda k, v: F.scaled_dot_product_attention(k, k, v, attn_mask=window_mask, scale=1.0),
