@@ -318,7 +318,7 @@ class MosaicV2Block(nn.Module):
     def read_memories(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Both memories on h (B, T, d) as one memory of 2H heads: (B, 2H, T, hs), the short-term memory's heads
         first (heads-last on the fused ops, so that merging the heads is a view). ``table``: the (B, 2H, 2)
-        (window, delay) of every sequence and head (:meth:`MemoryMosaicV2.band_table`). Every op is per head,
+        (window, delay) of every sequence and head (:func:`band_table_of`). Every op is per head,
         so each head's output is its memory's alone (``AssociativeMemory.forward``); the two memories'
         per-head parameters are concatenated (six tiny launches), each projection is one product whose
         columns put the two memories' heads side by side."""
@@ -338,7 +338,7 @@ class MosaicV2Block(nn.Module):
                                                              **layout_for(c, "mosaic_attention"))
 
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, d) -> (B, T, d). ``table``: both memories' bands (:meth:`MemoryMosaicV2.band_table`), built
+        """(B, T, d) -> (B, T, d). ``table``: both memories' bands (:func:`band_table_of`), built
         here from ``delay`` when not given."""
         if table is None:
             table = band_table_of(self.config, x.shape[0], x.shape[1], delay, x.device)
