@@ -320,20 +320,24 @@ class MosaicV2Block(nn.Module):
         first (heads-last on the fused ops, so that merging the heads is a view). ``table``: the (B, 2H, 2)
         (window, delay) of every sequence and head (:func:`band_table_of`). Every op is per head,
         so each head's output is its memory's alone (``AssociativeMemory.forward``); the two memories'
-        per-head parameters are concatenated (six tiny launches), each projection is one product whose
-        columns put the two memories' heads side by side."""
+        per-head parameters are concatenated (one launch), each projection is one product whose columns put
+        the two memories' heads side by side."""
         c, short, long = self.config, self.short, self.long
         layers = [[short.key.W_k, long.key.W_k], [short.value.W_v, long.value.W_v]]
         if c.gated_keys:
             layers += [[short.key.W_g, long.key.W_g], [short.key.W_l, long.key.W_l]]
         wk_x, wv_x, *logits = project_groups(h, layers)
-        both = lambda f: torch.cat([f(short), f(long)])  # noqa: E731  (H,) parameters of the 2H heads
-        k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), both(lambda m: m.key.rate_bias), *logits)
-        v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), both(lambda m: m.value.mix),
-                              both(lambda m: m.value.value_scale))
+        # Every per-head parameter of the 2H heads in one concatenation (its backward only slices): rows of
+        # a (n, 2H) view, each row one parameter, the short-term memory's H values then the long-term one's.
+        per_head = [lambda m: m.key.rate_bias, lambda m: m.value.mix, lambda m: m.value.value_scale]
+        n_bw = len(short.bandwidth.params())
+        per_head += [lambda m, i=i: m.bandwidth.params()[i] for i in range(n_bw)]
+        rows = torch.cat([f(m) for f in per_head for m in (short, long)]).view(len(per_head), 2 * c.n_head)
+        rate_bias, mix, value_scale, *bandwidth = rows.unbind(0)
+        k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), rate_bias, *logits)
+        v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, value_scale)
         band = band_kwargs(c, "mosaic_attention", table)
-        params = tuple(torch.cat(pair) for pair in zip(short.bandwidth.params(), long.bandwidth.params()))
-        scale = bandwidths(c, params, h.shape[1], band)
+        scale = bandwidths(c, tuple(bandwidth), h.shape[1], band)
         return ops_for(c, "mosaic_attention").mosaic_attention(k, v, scale, **band,
                                                              **layout_for(c, "mosaic_attention"))
 
