@@ -176,9 +176,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         check_philox_counters(T, T, dropout_p)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
                                        generator=generator, window=window, delay=delay, band=band)
-    if band is not None:
-        window, delay = band[..., 0], band[..., 1]
-    y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator)
+    y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator,
+                                    band=band)
     return as_heads_last(y, bool(heads_last))
 
 
@@ -242,6 +241,5 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
         return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
                                    -1 if window is None else int(window), 0 if delays is not None else int(delay), delays,
                                    unconstrained)
-    if band is not None:
-        window, delay = band[..., 0], band[..., 1]
-    return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained)
+    return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained,
+                                    band=band)

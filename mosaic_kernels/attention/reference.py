@@ -44,8 +44,8 @@ def band_mask(T: int, window: int | torch.Tensor | None, delay: int | torch.Tens
 
 @exact_under_autocast
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
-                     window: int | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
+                     generator: torch.Generator | None = None, band: torch.Tensor | None = None) -> torch.Tensor:
     """Band-masked attention whose queries are its keys, computed densely.
 
     ``y[b,h,t] = sum_{t-window <= j <= t-delay} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]``, and 0
@@ -55,9 +55,11 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         k: keys, also the queries, shape ``(B, H, T, D)``.
         v: values, shape ``(B, H, T, D)``.
         scale: None (1.0), a float, a tensor of shape ``(H,)``, or per row ``(H, T)`` or ``(B, H, T)``.
-        window: how far back a row sees (None: to position 0).
+        window: how far back a row sees (None: to position 0), or one per head (``(H,)``) or per sequence
+            and head (``(B, H)``).
         delay: the most recent key a row sees is ``t - delay``: an int, or a ``(B,)`` tensor, one per
-            sequence.
+            sequence, or ``(B, H)``.
+        band: instead of window and delay, their ``(B, H, 2)`` table (``band_table``).
         dropout_p: dropout on the attention probabilities, after the softmax (kept ones divided by
             ``1 - p``), drawn as ``torch.nn.functional.dropout`` draws it (the official code's stream on
             the CPU); the kernels draw another mask.
@@ -68,6 +70,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         inputs and in float64 for float64 inputs.
     """
     B, H, T, D = k.shape
+    if band is not None:
+        window, delay = band[..., 0], band[..., 1]
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     kc, vc = k.to(compute), v.to(compute)
     logits = kc @ kc.transpose(-1, -2)  # (B, H, T, T)
@@ -108,11 +112,13 @@ def row_counts(T: int, window: int | torch.Tensor | None, delay: int | torch.Ten
 
 def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor, T: int, *,
                   window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1,
-                  unconstrained: bool = False) -> torch.Tensor:
+                  unconstrained: bool = False, band: torch.Tensor | None = None) -> torch.Tensor:
     """``beta1 * n_t**alpha + beta0`` per head and row (``n_t**alpha`` = 0 where n_t = 0): float32 (H, T), or
-    (B, H, T) for a tensor delay ((B,) or (B, H)); a (H,) tensor window is one window per head; float64 for
-    float64 parameters. ``unconstrained``: softplus(beta0), softplus(beta1) and sigmoid(alpha) stand for the
-    three."""
+    (B, H, T) for a tensor delay ((B,) or (B, H)) or a ``band`` table; a (H,) tensor window is one window per
+    head; float64 for float64 parameters. ``unconstrained``: softplus(beta0), softplus(beta1) and
+    sigmoid(alpha) stand for the three."""
+    if band is not None:
+        window, delay = band[..., 0], band[..., 1]
     dtype = torch.promote_types(beta0.dtype, torch.float32)
     n = row_counts(T, window, delay, beta0.device).to(dtype)       # (T,), or (B or 1, H or 1, T)
     b0, b1, a = (p.to(dtype)[:, None] for p in (beta0, beta1, alpha))

@@ -136,12 +136,7 @@ def gated_keys(config: MosaicV2Config, raw: torch.Tensor, rate_bias: torch.Tenso
     return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=config.norm_eps, **layout)
 
 
-def band_kwargs(config: MosaicV2Config, op: str, table: torch.Tensor) -> dict:
-    """The band arguments of ``op`` (mosaic_attention) for a (B, H, 2) table of (window, delay) per sequence and
-    head: the table itself for the fused op, its two columns for the reference."""
-    if ops_for(config, op) is reference_ops:
-        return {"window": table[..., 0], "delay": table[..., 1]}
-    return {"band": table}
+
 
 
 class Bandwidth(nn.Module):
@@ -184,14 +179,17 @@ class Bandwidth(nn.Module):
         return b1 * float(n) ** a * (n > 0) + b0
 
 
-def bandwidths(config: MosaicV2Config, params: tuple[torch.Tensor, ...], T: int, band: dict) -> torch.Tensor:
-    """The rows' bandwidths of a band (``mosaic_attention``'s window and delay, or ``band=`` table) from a
-    :class:`Bandwidth`'s parameters (each (H,); H may be both memories' heads at once): (H, T), or (B, H, T)
-    for delays per sequence or a table, float32; ``exp(log_beta)`` (H,) when fixed. Adaptive: one fused launch
-    each way (``mosaic_kernels.attention.row_bandwidth``, which applies the softplus and sigmoid of
-    :meth:`Bandwidth.coefficients` in its kernels), the attention's reference on the reference ops."""
+def bandwidths(config: MosaicV2Config, params: tuple[torch.Tensor, ...], T: int,
+               band: dict | torch.Tensor) -> torch.Tensor:
+    """The rows' bandwidths of a band (``mosaic_attention``'s window and delay as a dict, or a (B, H, 2) band
+    table) from a :class:`Bandwidth`'s parameters (each (H,); H may be both memories' heads at once): (H, T),
+    or (B, H, T) for delays per sequence or a table, float32; ``exp(log_beta)`` (H,) when fixed. Adaptive: one
+    fused launch each way (``mosaic_kernels.attention.row_bandwidth``, which applies the softplus and sigmoid
+    of :meth:`Bandwidth.coefficients` in its kernels), the attention's reference on the reference ops."""
     if not config.adaptive_bandwidth:
         return params[0].exp()
+    if isinstance(band, torch.Tensor):
+        band = {"band": band}
     fused = ops_for(config, "mosaic_attention") is not reference_ops
     return (row_bandwidth if fused else reference_row_bandwidth)(*params, T, unconstrained=True, **band)
 
@@ -336,9 +334,8 @@ class MosaicV2Block(nn.Module):
         rate_bias, mix, value_scale, *bandwidth = rows.unbind(0)
         k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), rate_bias, *logits)
         v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, value_scale)
-        band = band_kwargs(c, "mosaic_attention", table)
-        scale = bandwidths(c, tuple(bandwidth), h.shape[1], band)
-        return ops_for(c, "mosaic_attention").mosaic_attention(k, v, scale, **band,
+        scale = bandwidths(c, tuple(bandwidth), h.shape[1], table)
+        return ops_for(c, "mosaic_attention").mosaic_attention(k, v, scale, band=table,
                                                              **layout_for(c, "mosaic_attention"))
 
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
