@@ -2,6 +2,7 @@
 selects on validation, the ablation empties the long-term band, bad arguments exit 2."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -49,6 +50,20 @@ SMALL = ["--steps", "2", "--eval-every", "1", "--train-T", "32", "--train-facts"
          "--test-T", "32", "64", "--test-facts", "3", "--eval-tokens", "128", "--eval-seqs", "4", "--eval-chunk", "2",
          "--width", "16", "--heads", "2", "--depth", "1", "--window", "8", "--delay-min", "2", "--delay-max", "4",
          "--seeds", "0", "--kernels", "reference", "--quiet"]
+
+
+def test_the_fixed_bandwidth_arm_is_v2_with_one_bandwidth_per_head():
+    """mosaic-v2-fixed-bandwidth: the same v2 with one learned bandwidth per head instead of beta(n), and the
+    same evaluations (its own and without the long-term memory)."""
+    a = argparse.Namespace(depth=1, heads=2, width=16, train_T=32, test_T=[32], kernels="reference", window=8,
+                           delay_min=4, delay_max=8)
+    adaptive, fixed = nk.build("mosaic-v2", a), nk.build("mosaic-v2-fixed-bandwidth", a)
+    assert adaptive.config.adaptive_bandwidth and not fixed.config.adaptive_bandwidth
+    assert {n for n, _ in fixed.named_parameters()} == ({n for n, _ in adaptive.named_parameters()
+                                                          if not n.endswith(("beta0", "beta1", "alpha"))}
+                                                         | {n.replace("beta0", "log_beta") for n, _ in
+                                                            adaptive.named_parameters() if n.endswith("beta0")})
+    assert nk.evaluations("mosaic-v2-fixed-bandwidth") == nk.evaluations("mosaic-v2")
 
 
 def test_grid_runs_keeps_finished_runs_and_tests_every_length(tmp_path):
