@@ -229,17 +229,9 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
         B = delay.shape[0] if isinstance(delay, torch.Tensor) else 1
         _check_band(window, delay, B, beta0, H)
     if use_triton(beta0):
-        from .function import ROW_BANDWIDTH
-        from .function import band_table as _table
+        from .function import ROW_BANDWIDTH, kernel_band
 
-        if band is None and (isinstance(window, torch.Tensor) or (isinstance(delay, torch.Tensor) and delay.dim() == 2)):
-            band = _table(window, delay, B, H, T, beta0.device)
-        if band is not None:
-            delays, window, delay = band.to(torch.int32).contiguous(), None, 0
-        else:
-            delays = delay.to(torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
         return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
-                                   -1 if window is None else int(window), 0 if delays is not None else int(delay), delays,
-                                   unconstrained)
+                                   *kernel_band(window, delay, band, B, H, T, beta0.device), unconstrained)
     return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained,
                                     band=band)

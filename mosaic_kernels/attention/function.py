@@ -101,21 +101,39 @@ def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay
     band = window is not None or delay != 1 or delays is not None
     row_scale = scale_t.dim() > 1
     strides = scale_t.expand(B, H, T).stride() if row_scale else (0, 0, 0)
-    table = delays is not None and delays.dim() == 3
-    meta = dict(BAND=band, PER_BATCH_DELAY=delays is not None and not table, ROW_SCALE=row_scale, BAND_TABLE=table)
+    meta = dict(BAND=band, ROW_SCALE=row_scale, **_band_flags(delays))
     return (delays if delays is not None else scale_t), strides, (T if window is None else window, delay), meta
+
+
+def _band_flags(delays: torch.Tensor | None) -> dict:
+    """The compile-time band flags of the attention's and the bandwidth's kernels for their DELAYS argument:
+    PER_BATCH_DELAY for (B,) delays, BAND_TABLE for a (B, H, 2) table."""
+    return dict(PER_BATCH_DELAY=delays is not None and delays.dim() == 1,
+                BAND_TABLE=delays is not None and delays.dim() == 3)
 
 
 def band_table(window: int | torch.Tensor | None, delay: int | torch.Tensor, B: int, H: int, T: int,
                device: torch.device) -> torch.Tensor:
     """The (B, H, 2) int32 table of (window, delay) of every sequence and head that the kernels read with
-    BAND_TABLE: ``window`` None (T), an int or an (H,) tensor; ``delay`` an int, a (B,) or a (B, H) tensor."""
-    w = window if isinstance(window, torch.Tensor) else torch.tensor(T if window is None else window, device=device)
-    d = delay if isinstance(delay, torch.Tensor) else torch.tensor(delay, device=device)
-    if d.dim() == 1:
-        d = d[:, None]
-    return torch.stack(torch.broadcast_tensors(w.to(device=device, dtype=torch.int32).expand(B, H),
-                                               d.to(device=device, dtype=torch.int32).expand(B, H)), dim=-1)
+    BAND_TABLE: ``window`` None (T), an int or an (H,) tensor; ``delay`` an int, a (B,) or a (B, H) tensor.
+    Written on the device (an int is a fill, no host-to-device copy)."""
+    table = torch.empty((B, H, 2), dtype=torch.int32, device=device)
+    table[..., 0] = T if window is None else window
+    table[..., 1] = delay[:, None] if isinstance(delay, torch.Tensor) and delay.dim() == 1 else delay
+    return table
+
+
+def kernel_band(window: int | torch.Tensor | None, delay: int | torch.Tensor, band: torch.Tensor | None, B: int,
+                H: int, T: int, device: torch.device) -> tuple[int, int, torch.Tensor | None]:
+    """A checked band in the form both fused ops take: (window, -1 for none; delay; DELAYS: None, the int32
+    (B,) delays, or the int32 (B, H, 2) table, built here from a per-head window or a (B, H) delay). With
+    DELAYS the kernels read neither int."""
+    if band is None and (isinstance(window, torch.Tensor) or (isinstance(delay, torch.Tensor) and delay.dim() == 2)):
+        band = band_table(window, delay, B, H, T, device)
+    if band is not None:
+        return -1, 0, band.to(torch.int32).contiguous()
+    delays = delay.to(device=device, dtype=torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
+    return -1 if window is None else int(window), 0 if delays is not None else int(delay), delays
 
 
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
@@ -251,14 +269,9 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
         scale_f = per_head_tensor(scale, H, k, 1.0)
     threshold = dropout_threshold(dropout_p)
     seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
-    if band is not None or isinstance(window, torch.Tensor) or (isinstance(delay, torch.Tensor) and delay.dim() == 2):
-        B, H, T, _ = k.shape
-        table = band if band is not None else band_table(window, delay, B, H, T, k.device)
-        return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1, 0,
-                               table.to(torch.int32).contiguous())
-    delays = delay.to(device=k.device, dtype=torch.int32).contiguous() if isinstance(delay, torch.Tensor) else None
-    return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold, -1 if window is None else int(window),
-                           0 if delays is not None else int(delay), delays)
+    B, H, T, _ = k.shape
+    return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold,
+                           *kernel_band(window, delay, band, B, H, T, k.device))
 
 
 # --------------------------------------------------------------------------- row_bandwidth
@@ -277,8 +290,7 @@ def _bandwidth_forward(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Te
     out = _empty((rows, H, T), device=beta0.device, dtype=torch.float32)
     block_t = time_tile(T, BANDWIDTH_BLOCK_T)
     launch(_bandwidth_fwd_kernel, (rows * H, cdiv(T, block_t)), beta0, beta1, alpha,
-           delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay,
-           PER_BATCH_DELAY=delays is not None and delays.dim() == 1, BAND_TABLE=delays is not None and delays.dim() == 3,
+           delays if delays is not None else beta0, out, H, T, T if window < 0 else window, delay, **_band_flags(delays),
            UNCONSTRAINED=unconstrained, BLOCK_T=block_t, num_warps=4)
     return out if delays is not None else out[0]
 
@@ -296,8 +308,7 @@ def _bandwidth_backward(grad: torch.Tensor, beta0: torch.Tensor, beta1: torch.Te
     g = grad if grad.dim() == 3 else grad.unsqueeze(0)
     out = _empty((3, H), device=grad.device, dtype=torch.float32)
     launch(_bandwidth_bwd_kernel, (H,), g, beta0, beta1, alpha, delays if delays is not None else beta1, out,
-           g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(),
-           PER_BATCH_DELAY=delays is not None and delays.dim() == 1, BAND_TABLE=delays is not None and delays.dim() == 3,
+           g.shape[0], H, T, T if window < 0 else window, delay, *g.stride(), **_band_flags(delays),
            UNCONSTRAINED=unconstrained, BLOCK_T=time_tile(T, BANDWIDTH_BLOCK_T), num_warps=4)
     return out
 

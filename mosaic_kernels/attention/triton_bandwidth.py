@@ -21,6 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_attention import _row_band
+
 LN2 = tl.constexpr(0.6931471805599453)  # a plain float global fails to compile on GPU (Triton >= 3.x); the interpreter allows it
 
 
@@ -87,11 +89,7 @@ def _bandwidth_fwd_kernel(
 ):
     row = tl.program_id(0)       # r * H + h
     h = row % H
-    if BAND_TABLE:
-        window = tl.load(DELAYS + row * 2)
-        delay = tl.load(DELAYS + row * 2 + 1)
-    elif PER_BATCH_DELAY:
-        delay = tl.load(DELAYS + row // H)
+    window, delay = _row_band(DELAYS, row // H, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     b0, b1, alpha, _, _, _ = _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     n = _row_counts(t, window, delay)
@@ -115,13 +113,7 @@ def _bandwidth_bwd_kernel(
     acc1 = tl.zeros([BLOCK_T], tl.float32)
     acc_a = tl.zeros([BLOCK_T], tl.float32)
     for r in range(0, R):
-        d = delay
-        w = window
-        if BAND_TABLE:
-            w = tl.load(DELAYS + (r * H + h) * 2)
-            d = tl.load(DELAYS + (r * H + h) * 2 + 1)
-        elif PER_BATCH_DELAY:
-            d = tl.load(DELAYS + r)
+        w, d = _row_band(DELAYS, r, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
         for start in range(0, T, BLOCK_T):
             t = start + tl.arange(0, BLOCK_T)
             g = tl.load(G + r * s_gr + h * s_gh + t * s_gt, mask=t < T, other=0.0).to(tl.float32)
