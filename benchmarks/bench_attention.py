@@ -43,6 +43,7 @@ def _shift(backend):
 
 
 def sdpa_mask(k, v, p=0.0):
+    """SDPA with an explicit boolean mask: rows 1..T-1 see keys j < t; row 0 (no key) is zeros."""
     T = k.shape[2]
     mask = torch.ones(T - 1, T, dtype=torch.bool, device=k.device).tril()
     y = F.scaled_dot_product_attention(k[:, :, 1:], k, v, attn_mask=mask, scale=1.0, dropout_p=p)
@@ -50,6 +51,7 @@ def sdpa_mask(k, v, p=0.0):
 
 
 def naive(k, v, p=0.0):
+    """The dense strictly causal softmax in plain PyTorch (softmax over the scores cast to fp32), as a user would write it."""
     T = k.shape[2]
     s = (k @ k.transpose(-1, -2)).float()
     keep = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)
@@ -61,6 +63,7 @@ _FLEX = {}
 
 
 def flex(k, v, p=0.0):
+    """Compiled FlexAttention with the block mask kv < q (cached per shape); row 0 set to zeros."""
     assert p == 0.0, "FlexAttention has no dropout"
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

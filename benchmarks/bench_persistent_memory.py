@@ -43,6 +43,7 @@ def _pin(backend):
 
 
 def expand(k, mk, mv, backend, p=0.0):
+    """SDPA with the memory's keys and values expanded to the batch (a view, no copy)."""
     B = k.shape[0]
     with _pin(backend):
         return F.scaled_dot_product_attention(k, mk.expand(B, -1, -1, -1), mv.expand(B, -1, -1, -1),
@@ -50,11 +51,13 @@ def expand(k, mk, mv, backend, p=0.0):
 
 
 def broadcast(k, mk, mv, backend, p=0.0):
+    """SDPA with batch-1 keys and values, left to SDPA's own broadcasting."""
     with _pin(backend):
         return F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
 
 
 def fold(k, mk, mv, backend, p=0.0):
+    """SDPA with the batch folded into the rows: one (1, H, B*T, hs) query against the shared memory."""
     B, H, T, hs = k.shape
     q = k.transpose(0, 1).reshape(1, H, B * T, hs)
     with _pin(backend):
@@ -63,6 +66,7 @@ def fold(k, mk, mv, backend, p=0.0):
 
 
 def ours(k, mk, mv, backend, p=0.0):
+    """The fused P-mem op (``backend`` unused: the same signature as the SDPA providers)."""
     return persistent_memory(k, mk[0], mv[0], dropout_p=p)
 
 

@@ -269,8 +269,8 @@ def _plot(summary: dict, path: Path) -> None:
     if "copy_rule_accuracy" in summary:
         ax.axhline(summary["copy_rule_accuracy"]["match 1"], color="k", ls="--", lw=0.8,
                    label="classic induction head (one-token copy rule)")
-    ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens", title="induction: validation accuracy by step, one curve per seed",
-           ylim=(0, 1.02))
+    ax.set(xlabel="training step", ylabel="accuracy on the repeated tokens",
+           title="induction: validation accuracy by step, one curve per seed", ylim=(0, 1.02))
     ax.set_xscale("log")
     # Plain labels at 1-2-5 steps (the log axis's own minor labels overlap past a decade).
     lo, hi = ax.get_xlim()

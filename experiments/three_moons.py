@@ -98,6 +98,7 @@ class ComplexLinear(nn.Module):
         self.weight = nn.Parameter(complex_project(torch.empty(dim, dim).uniform_(-bound, bound)))
 
     def matrix(self) -> torch.Tensor:
+        """The weight projected onto the complex-structured matrices (the layer's actual map)."""
         return complex_project(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

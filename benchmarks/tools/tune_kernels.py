@@ -96,6 +96,7 @@ def _leaky_tiles(D: int, tile):
 
 
 def tune_leaky():
+    """Time every tile of the per-head scan's table at each of LEAKY_SHAPES and print the fastest."""
     for (B, H, T, D) in LEAKY_SHAPES:
         x = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
         a = torch.rand(H, device="cuda").requires_grad_()

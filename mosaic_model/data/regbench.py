@@ -35,6 +35,7 @@ class DFA:
     transitions: tuple[tuple[tuple[int, int], ...], ...]
 
     def step(self, state: int, symbol: int) -> int | None:
+        """The state after reading ``symbol`` from ``state``, or None where the DFA has no such edge."""
         for sym, nxt in self.transitions[state]:
             if sym == symbol:
                 return nxt
