@@ -231,7 +231,10 @@ def row_bandwidth(beta0: torch.Tensor, beta1: torch.Tensor, alpha: torch.Tensor,
     if use_triton(beta0):
         from .function import ROW_BANDWIDTH, kernel_band
 
-        return ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
-                                   *kernel_band(window, delay, band, B, H, T, beta0.device), unconstrained)
+        scale = ROW_BANDWIDTH.apply(beta0.float(), beta1.float(), alpha.float(), T,
+                                    *kernel_band(window, delay, band, B, H, T, beta0.device), unconstrained)
+        # A per-head window with an int delay reaches the kernels as a one-row band table; the result keeps the
+        # (H, T) shape of an int delay, as the reference's does.
+        return scale[0] if band is None and not isinstance(delay, torch.Tensor) and scale.dim() == 3 else scale
     return _reference.row_bandwidth(beta0, beta1, alpha, T, window=window, delay=delay, unconstrained=unconstrained,
                                     band=band)

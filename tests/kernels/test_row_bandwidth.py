@@ -17,11 +17,12 @@ from tests.conftest import kernel_devices, rel_err
 
 # (window, delay) pairs: strict causal, short-term windows, long-term delays, one delay per sequence (a
 # negative one counts as 0, one past T leaves every row empty); one window per head (3 heads) with one delay
-# per sequence and head: v2's short-term and long-term memories in one call (window T or more is none).
+# per sequence and head: v2's short-term and long-term memories in one call (window T or more is none); one
+# window per head with an int delay (the result keeps the (H, T) shape of an int delay).
 BANDS = [(None, 1), (7, 1), (None, 5), (10, 3), (0, 0), (None, [0, 3, 60, -2]), (5, [1, 2]),
-         ([4, 4, 99], [[1, 1, 6], [1, 1, 30]]), ([0, 8, 2], [[0, -1, 3], [2, 50, 1]])]
+         ([4, 4, 99], [[1, 1, 6], [1, 1, 30]]), ([0, 8, 2], [[0, -1, 3], [2, 50, 1]]), ([3, 9, 99], 2)]
 IDS = ["causal", "window7", "delay5", "window10_delay3", "self_only", "per_sequence", "window5_per_sequence",
-       "per_head_v2", "per_head_mixed"]
+       "per_head_v2", "per_head_mixed", "per_head_window"]
 
 
 def _delay(delay, device="cpu"):
