@@ -135,7 +135,10 @@ def test_unconstrained_extremes(device, nan_outputs):
           for v in ([-30.0, 30.0, 0.0, -5.0], [30.0, -30.0, 5.0, -5.0], [-20.0, 20.0, 0.0, 3.0])]
     _check_kernel(device, 45, 10, [1, 4], H=4, unconstrained=True, params=ps)
     tiny = row_bandwidth(*[p.detach() for p in ps], 45, window=10, unconstrained=True)[0, 0]  # row 0: n = 0
-    assert tiny.item() > 0 and math.isclose(tiny.item(), math.log1p(math.exp(-30.0)), rel_tol=1e-6)
+    # e^-30 in float32 on the GPU is 2^(x log2 e) with x log2 e = -43.3 rounded (absolute error <= 43.3 u, so a
+    # relative error of ln 2 * 43.3 u = 30 u in the power) and ex2.approx's own few ulp; the log1p then adds a
+    # few roundings: (30 + 8) u = 2.3e-6 relative. Measured on an H100 (Triton 3.6, 2026-12-06): 1.15e-6.
+    assert tiny.item() > 0 and math.isclose(tiny.item(), math.log1p(math.exp(-30.0)), rel_tol=38 * tolerances.U_FP32)
 
 
 _V2_DELAYS = [64, 100, 256, 200, 70, 64, 128, 255]
