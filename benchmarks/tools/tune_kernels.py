@@ -173,7 +173,7 @@ def tune_leaky_chunks_tv():
 
 
 def tune_leaky_chunk_rule(device: str = "cuda", shapes: list | None = None, bench=bench_ms) -> list[str]:
-    """The chunk rules against each other (leaky_fn.CHUNK_RULE "occupancy", the default, and "length"), the
+    """The chunk rules against each other (leaky_fn.CHUNK_RULE "length", the default since 2026-12-06, and "occupancy"), the
     forward and backward launches of both scans alone, alternated twice in one process: the per-head scan
     (normalised, strided input) at CHUNK_SHAPES and (16, 12, 512, 64), the gated time-varying one as the v2
     keys call it at TV_CHUNK_SHAPES. Prints (and returns) one line per shape: ms of each rule, and the

@@ -61,14 +61,17 @@ def active_tiles(direction: str) -> dict:
 FWD_PROGRAMS_PER_SM = 2
 BWD_PROGRAMS_PER_SM = 2
 
-# Below one (b, h) per SM, which rule sets the number of time chunks: "occupancy" (the default: about
-# FWD_/BWD_PROGRAMS_PER_SM programs per SM) or "length" (a candidate, not yet measured as a rule: at least
-# as many chunks as the occupancy rule, and up to ceil(T / CHUNK_TARGET_LEN) chunks, at most
-# CHUNK_TARGET_MAX). The forced-count measurements behind it (BENCHMARKS.md "leaky_average", the chunk
-# counts; "v2", the gated scan's chunking): the fastest count was 11 at (4,12,2048,64) and 22 at
-# (1,12,8192,64) and (8,16,4096,128) for the per-head scan, 11 at (8,12,2048,64) and 11-22 at
-# (2,12,8192,64) for the gated one, chunks of about 192 steps where T allowed, never more than 22.
-CHUNK_RULE = "occupancy"
+# Below one (b, h) per SM, which rule sets the number of time chunks: "length" (the default: at least as many
+# chunks as the occupancy rule, and up to ceil(T / CHUNK_TARGET_LEN) chunks, at most CHUNK_TARGET_MAX) or
+# "occupancy" (about FWD_/BWD_PROGRAMS_PER_SM programs per SM, the rule until 2026-12-06). The forced-count
+# measurements behind it (H200; BENCHMARKS.md "leaky_average", the chunk counts; "v2", the gated scan's
+# chunking): the fastest count was 11 at (4,12,2048,64) and 22 at (1,12,8192,64) and (8,16,4096,128) for the
+# per-head scan, 11 at (8,12,2048,64) and 11-22 at (2,12,8192,64) for the gated one, chunks of about 192 steps
+# where T allowed, never more than 22. The two rules A/B on an H100 (`tune_kernels chunk-rule`, 2026-12-06):
+# "length" 19% faster forward and 29% backward on the gated scan at the v2 step's (8,12,2048,64), 26% backward on
+# the per-head scan at (4,12,2048,64), within 1% elsewhere but (8,16,4096,128)'s forward (5% slower, its
+# backward 1% faster).
+CHUNK_RULE = "length"
 CHUNK_TARGET_LEN = 192
 CHUNK_TARGET_MAX = 22
 

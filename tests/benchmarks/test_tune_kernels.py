@@ -29,4 +29,4 @@ def test_chunk_rule_sweep_runs_both_scans_under_both_rules(device, monkeypatch):
     assert all("occupancy: fwd 1.0000 bwd 1.0000 (chunks fwd/bwd 3/3)" in line for line in lines)
     assert all("length: fwd 1.0000 bwd 1.0000 (chunks fwd/bwd 6/6)" in line for line in lines)
     assert len(calls) == 2 * 2 * 2 * 2          # shapes x passes x rules x directions
-    assert leaky_fn.CHUNK_RULE == "occupancy"
+    assert leaky_fn.CHUNK_RULE == "length"          # the default, restored

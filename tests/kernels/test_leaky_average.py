@@ -148,10 +148,12 @@ def test_kernel_multi_chunk_carries(device, chunk_len, nan_outputs):
 
 
 def test_chunking_policy(monkeypatch):
-    """One time chunk per (b, h) once B*H fills the SMs; below that about 2 programs per SM; chunks are
-    whole blocks and cover T (the counts the H200 measurements behind the policy used: 132 SMs)."""
+    """One time chunk per (b, h) once B*H fills the SMs; below that (the "occupancy" rule) about 2 programs per
+    SM; chunks are whole blocks and cover T (the counts the H200 measurements behind the policy used: 132 SMs)."""
     from mosaic_kernels.leaky_average import function
 
+    assert function.CHUNK_RULE == "length"                    # the default since 2026-12-06
+    monkeypatch.setattr(function, "CHUNK_RULE", "occupancy")
     monkeypatch.setattr(function, "sm_count", lambda device: 132)
     cuda = torch.device("cuda")
     chunks = {shape: function._chunking(*shape, cuda, 64, None, 2)
@@ -159,7 +161,7 @@ def test_chunking_policy(monkeypatch):
     assert chunks == {(16, 12, 512): (512, 1), (16, 16, 16384): (16384, 1), (4, 12, 2048): (384, 6),
                       (1, 12, 8192): (384, 22), (11, 12, 512): (512, 1)}
     assert function._chunking(1, 1, 100, cuda, 64, 32, 2) == (64, 2)  # an explicit length: whole blocks
-    # The candidate rule: chunks of about 192 steps below the SM count, at most 22, never fewer than the
+    # The default rule: chunks of about 192 steps below the SM count, at most 22, never fewer than the
     # occupancy rule's; the counts that were fastest when forced at these shapes.
     monkeypatch.setattr(function, "CHUNK_RULE", "length")
     chunks = {shape: function._chunking(*shape, cuda, 64, None, 2)
