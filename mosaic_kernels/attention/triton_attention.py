@@ -293,22 +293,23 @@ def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p
         dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)              # (BP, BQ) = <v_j, dy_t>
         if DROPOUT:
             dpT = tl.where(keepT, dpT * keep_scale, 0.0)
-        dsT = pT * (dpT - delta[None, :])
-        if ROW_SCALE:
-            dsT = dsT * sc_q[None, :]
+        if ROW_SCALE:  # ds_tj scale_t = p_tj (dp_tj scale_t - delta_t scale_t): a multiply-add, no extra product
+            dsT = pT * (dpT * sc_q[None, :] - (delta * sc_q)[None, :])
+        else:
+            dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
 
 
 @triton.jit
-def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
+def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dscale,
                 skt, skd, svt, svd, start, stop, inside_lo, inside_hi, T, window, delay, seed, GROUPS, keep_scale,
                 BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
                 ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as queries t, over the key blocks j in [start, stop): add ds_tj k_j
-    to dk (BP, D; with ROW_SCALE scale_t ds_tj k_j) and ds_tj <k_t, k_j> to dscale (BP,). k_p, dy_p:
-    (BP, D); sc_p: the rows' scales (BP,) with ROW_SCALE (qk_scale is then sc_p * log2(e)). MASK as in
-    _key_role."""
+    to dk (BP, D) and ds_tj <k_t, k_j> to dscale (BP,). The row's scale, constant over the loop, is left to
+    the caller (scale_t or the head's scale times the sum, once). k_p, dy_p: (BP, D); qk_scale: (BP,)
+    sc_p * log2(e) with ROW_SCALE. MASK as in _key_role."""
     offs_k = tl.arange(0, BLOCK_K)
     for start_k in range(start, stop, BLOCK_K):
         cols = start_k + offs_k                                                  # (BK,) keys j
@@ -331,8 +332,6 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, off
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta_p[:, None])
         dscale += tl.sum(ds * s, 1)
-        if ROW_SCALE:
-            ds = ds * sc_p[:, None]
         dk += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
     return dk, dscale
 
@@ -383,14 +382,18 @@ def _attn_bwd_kernel(
     else:
         q_first, q_in_lo, q_in_hi, q_end = p0, p0 + BLOCK_P, T + BLOCK_Q, T
         k_first, k_in_lo, k_in_hi, k_end = 0, 0, p0, tl.minimum(p0 + BLOCK_P, T)
+    # The query role first, so that its part of dk takes the rows' scales once, before the key role adds its part
+    # (whose scale_t varies along the loop and is applied inside it).
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+                             dscale, skt, skd, svt, svd, k_first, k_end, k_in_lo, k_in_hi, T, window, delay, seed,
+                             GROUPS, keep_scale, BLOCK_P, BLOCK_K, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
+                             THRESHOLD)
+    if ROW_SCALE:
+        dk = dk * sc_p[:, None]
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, q_first, q_end, q_in_lo, q_in_hi, T, window,
                        delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
                        THRESHOLD)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
-                             dscale, skt, skd, svt, svd, k_first, k_end, k_in_lo, k_in_hi, T, window, delay, seed,
-                             GROUPS, keep_scale, BLOCK_P, BLOCK_K, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
-                             THRESHOLD)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
@@ -492,19 +495,21 @@ def _attn_bwd_query_kernel(
         first, in_lo, in_hi, end = _band_blocks(p0, BLOCK_P - 1, window, delay, T, BLOCK_K)
     else:
         first, in_lo, in_hi, end = 0, 0, p0, tl.minimum(p0 + BLOCK_P, T)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
                              dscale, skt, skd, svt, svd, first, tl.minimum(in_lo, end), in_lo, in_hi, T, window, delay,
                              seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "all", BAND, ROW_SCALE, PRECISION, DROPOUT,
                              THRESHOLD)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
                              dscale, skt, skd, svt, svd, in_lo, tl.minimum(in_hi, end), in_lo, in_hi, T, window, delay,
                              seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "none", BAND, ROW_SCALE, PRECISION, DROPOUT,
                              THRESHOLD)
-    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, sc_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
+    dk, dscale = _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, dmask, qk_scale, dk,
                              dscale, skt, skd, svt, svd, tl.maximum(tl.maximum(in_hi, in_lo), first), end, in_lo, in_hi,
                              T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_K, "all", BAND, ROW_SCALE,
                              PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
+    if ROW_SCALE:
+        dk = dk * sc_p[:, None]                            # the query part's scale_t (DK_KEY holds its own)
     dk += tl.load(DK_KEY + out, mask=pm2, other=0.0)
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
     if ROW_SCALE:
