@@ -12,6 +12,8 @@ Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fw
   flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
   flex_delay       compiled FlexAttention, mask_mod kv <= t-M
   sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)
+  sdpa_causal      SDPA with is_causal=True (its fastest backend: cuDNN or flash), the llama-style model's attention,
+                   beside ours_full and ours_delays (its causal mask keeps the diagonal: the same cost class)
   fa_window        flash-attn's flash_attn_func(causal=True, window_size=(W, 0)) if the package imports (its band
                    keeps the diagonal: one key more per row than ours, the same cost class)
 Time-varying key scan (bf16 input, normalised and scaled as the model calls it, fwd+bwd):
@@ -74,8 +76,8 @@ def _flash_window(window: int):
     return run
 
 
-def attention_rows() -> list[dict]:
-    """fwd and fwd+bwd of every attention provider at ATT_SHAPES."""
+def attention_rows(only: list[str] | None = None) -> list[dict]:
+    """fwd and fwd+bwd of every attention provider at ATT_SHAPES (of ``only`` and ours_full, when given)."""
     rows = []
     for (B, H, T, D) in ATT_SHAPES:
         # Dynamo keeps a few compiled versions of flex_attention; past its limit it falls back to eager
@@ -104,10 +106,13 @@ def attention_rows() -> list[dict]:
             "flex_window": _flex(lambda b, h, q, kv: (kv <= q - 1) & (kv >= q - WINDOW), T, "cuda"),
             "flex_delay": _flex(lambda b, h, q, kv: kv <= q - DELAY, T, "cuda"),
             "sdpa_window": lambda k, v: F.scaled_dot_product_attention(k, k, v, attn_mask=window_mask, scale=1.0),
+            "sdpa_causal": lambda k, v: F.scaled_dot_product_attention(k, k, v, is_causal=True, scale=1.0),
         }
-        flash_window = _flash_window(WINDOW)
+        flash_window = _flash_window(WINDOW) if only is None or "fa_window" in only else None
         if flash_window is not None:
             providers["fa_window"] = flash_window
+        if only is not None:
+            providers = {name: fn for name, fn in providers.items() if name in only or name == "ours_full"}
         for name, fn in providers.items():
             kr, vr = k.clone().requires_grad_(), v.clone().requires_grad_()
             dy = torch.randn_like(v)
@@ -233,11 +238,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", nargs="+", choices=("attention", "scan"), default=["attention", "scan"],
                    help="which ops to time")
+    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                   help="time only these attention providers (and ours_full, the ratios' baseline); default: all")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     a = p.parse_args()
     md = header(command_line("benchmarks.bench_v2_ops"))
     if "attention" in a.part:
-        rows = attention_rows()
+        rows = attention_rows(a.providers)
         add_ratios(rows)
         md += (f"\n\nAttention over a band, bf16, window {WINDOW}, delay {DELAY}, per-sequence delays in [64, 256]; "
                "fwd_bwd_ms eager, graph_ms the same fwd+bwd replayed as a CUDA graph; x_ours_full = time / the "
