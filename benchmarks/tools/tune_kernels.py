@@ -6,10 +6,11 @@ no run pays for autotuning.
 The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 ``attention-dropout`` sweeps the attention's tiles with dropout 0.05 (the mask is generated in every
 kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
-band (window 256), whose rows see few key blocks at any T.
+band (window 256), whose rows see few key blocks at any T. ``v2-attention`` sweeps them for the v2 block's one call of
+2H heads (a band table of windows and delays, a per-row scale), whose tiles the host plans as long rows.
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
-       [band] [pmem]
+       [band] [v2-attention] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -46,12 +47,12 @@ LEAKY = {64: [(32, 4), (64, 4), (64, 8), (128, 8), (128, 4), (16, 4)],
 LEAKY_SHAPES = [(16, 12, 512, 64), (1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
 
 
-def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3):
-    """Time fn(make_cfg(c)) for every c, print the ``top`` fastest; returns the fastest c."""
+def _sweep(label, fn, configs, make_cfg=lambda c: c, top=3, bench=bench_ms):
+    """Time fn(make_cfg(c)) for every c with ``bench``, print the ``top`` fastest; returns the fastest c."""
     res = []
     for c in configs:
         try:
-            res.append((bench_ms(lambda: fn(make_cfg(c))), c))
+            res.append((bench(lambda: fn(make_cfg(c))), c))
         except Exception as e:  # a tile the compiler refuses (shared memory, registers)
             print(label, "fail", c, str(e)[:80])
     res.sort(key=lambda r: r[0])
@@ -85,6 +86,43 @@ def tune_attention(dropout_p: float = 0.0, window: int | None = None, shapes=ATT
 def tune_band():
     """The attention's tiles over the v2 short-term band (window 256) at long T, where a row sees few key blocks."""
     tune_attention(window=256, shapes=BAND_SHAPES)
+
+
+V2_SHAPES = [(8, 24, 2048, 64), (2, 24, 8192, 64)]
+
+
+def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fwd=FWD, key=BWD_KEY, query=BWD_QUERY,
+                      window: int = 256) -> list[tuple]:
+    """The v2 block's attention as the model calls it (``MosaicV2Block.read_memories``): one call of 2H heads
+    with a band table (the first H heads a window of ``window`` keys, the others every key up to t - m, m per
+    sequence in [64, 256]) and a per-row scale (B, 2H, T). A table's windows live on the device, so the host
+    plans this call as rows of T keys: the long forward tiles and the two-kernel backward from LONG_T on, at
+    every T of V2_SHAPES. Sweeps the forward's tiles, then the key-role kernel's with the first query-role tiles,
+    then the query role's; returns the winners [(shape, fwd, key, query)]. ``device``, the tile lists and
+    ``bench`` let the CPU suite run it."""
+    from mosaic_kernels.attention import band_table
+
+    winners = []
+    for (B, H, T, D) in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7)
+        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
+        v, dy = torch.randn_like(k), torch.randn_like(k)
+        half = H // 2
+        delays = torch.randint(64, 257, (B,), device=device, generator=g)
+        table = band_table(torch.tensor([window] * half + [T] * (H - half), device=device),
+                           torch.cat([torch.ones(B, half, dtype=torch.int64, device=device),
+                                      delays[:, None].expand(B, H - half)], dim=1), B, H, T)
+        scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
+        shape = (B, H, T, D)
+        best_fwd = _sweep(f"V2 FWD {shape}", lambda cfg: attention_forward(k, v, scale, cfg, delays=table), fwd,
+                          lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]), bench=bench)
+        y, lse = attention_forward(k, v, scale, delays=table)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, scale, dy, cfg, delays=table)  # noqa: E731
+        best_key = _sweep(f"V2 BWD key role {shape}", bwd, key, lambda c: split_config(c, query[0]), bench=bench)
+        best_query = _sweep(f"V2 BWD query role {shape}", bwd, query, lambda c: split_config(best_key, c), bench=bench)
+        winners.append((shape, best_fwd, best_key, best_query))
+    return winners
 
 
 def _leaky_tiles(D: int, tile):
@@ -262,7 +300,7 @@ def tune_pmem():
 # by the name a command line gives them; every such op has at least one (tests/kernels/test_registry.py).
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
-                         "band": tune_band},
+                         "band": tune_band, "v2-attention": tune_v2_attention},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
     "persistent_memory": {"pmem": tune_pmem},

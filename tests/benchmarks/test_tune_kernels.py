@@ -30,3 +30,21 @@ def test_chunk_rule_sweep_runs_both_scans_under_both_rules(device, monkeypatch):
     assert all("length: fwd 1.0000 bwd 1.0000 (chunks fwd/bwd 6/6)" in line for line in lines)
     assert len(calls) == 2 * 2 * 2 * 2          # shapes x passes x rules x directions
     assert leaky_fn.CHUNK_RULE == "length"          # the default, restored
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_v2_attention_sweep_runs_every_tile_on_the_models_call(device):
+    """The v2 sweep on a tiny shape (Triton's interpreter, a stand-in timer that favours the later tiles):
+    every forward, key-role and query-role tile runs once on a band table with a per-row scale, and each
+    winner is the fastest of its list (the query-role sweep runs with the key role's winner)."""
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return 10.0 - len(calls)         # each tile "faster" than the one before
+
+    fwd, key, query = [(32, 16, 1, 1), (16, 16, 1, 1)], [(32, 16, 1, 1), (16, 16, 1, 1)], [(16, 16, 1, 1), (32, 16, 1, 1)]
+    winners = tune_kernels.tune_v2_attention(device, [(1, 4, 40, 16)], bench, fwd, key, query, window=6)
+    assert winners == [((1, 4, 40, 16), fwd[-1], key[-1], query[-1])]
+    assert len(calls) == len(fwd) + len(key) + len(query)
