@@ -68,9 +68,9 @@ BWD_PROGRAMS_PER_SM = 2
 # chunking): the fastest count was 11 at (4,12,2048,64) and 22 at (1,12,8192,64) and (8,16,4096,128) for the
 # per-head scan, 11 at (8,12,2048,64) and 11-22 at (2,12,8192,64) for the gated one, chunks of about 192 steps
 # where T allowed, never more than 22. The two rules A/B on an H100 (`tune_kernels chunk-rule`, 2026-12-06):
-# "length" 19% faster forward and 29% backward on the gated scan at the v2 step's (8,12,2048,64), 26% backward on
-# the per-head scan at (4,12,2048,64), within 1% elsewhere but (8,16,4096,128)'s forward (5% slower, its
-# backward 1% faster).
+# "length" 19% faster forward and 29% backward on the gated scan at (8,12,2048,64), 26% backward on the per-head
+# scan at (4,12,2048,64), within 2% elsewhere but (8,16,4096,128)'s forward (5% slower, its backward 1% faster).
+# (The v2 step's one call of 2H = 24 heads fills the SMs at B=8, T=2048; at B=2, T=8192 it takes 22 chunks.)
 CHUNK_RULE = "length"
 CHUNK_TARGET_LEN = 192
 CHUNK_TARGET_MAX = 22
