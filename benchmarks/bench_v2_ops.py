@@ -76,6 +76,15 @@ def _flash_window(window: int):
     return run
 
 
+def two_memory_table(B: int, H: int, T: int, window: int, delays: torch.Tensor) -> torch.Tensor:
+    """The (B, H, 2) band table of v2's two memories as one call: the first H // 2 heads see the last ``window``
+    keys, the others every key up to t - delays[b] (no window), as ``MosaicV2Block.read_memories`` calls it."""
+    half, device = H // 2, delays.device
+    return band_table(torch.tensor([window] * half + [T] * (H - half), device=device),
+                      torch.cat([torch.ones(B, half, dtype=torch.int64, device=device),
+                                 delays[:, None].expand(B, H - half)], dim=1), B, H, T)
+
+
 def attention_rows(only: list[str] | None = None) -> list[dict]:
     """fwd and fwd+bwd of every attention provider at ATT_SHAPES (of ``only`` and ours_full, when given)."""
     rows = []
@@ -91,9 +100,7 @@ def attention_rows(only: list[str] | None = None) -> list[dict]:
         window_mask = torch.arange(T, device="cuda")[:, None] - torch.arange(T, device="cuda")[None, :]
         window_mask = (window_mask >= 1) & (window_mask <= WINDOW)
         half = H // 2
-        table = band_table(torch.tensor([WINDOW] * half + [T] * (H - half), device="cuda"),
-                           torch.cat([torch.ones(B, half, dtype=torch.int64, device="cuda"),
-                                      delays[:, None].expand(B, H - half)], dim=1), B, H, T)
+        table = two_memory_table(B, H, T, WINDOW, delays)
         providers = {
             "ours_full": lambda k, v: mosaic_attention(k, v),
             "ours_window": lambda k, v: mosaic_attention(k, v, window=WINDOW),

@@ -100,7 +100,7 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
     every T of V2_SHAPES. Sweeps the forward's tiles, then the key-role kernel's with the first query-role tiles,
     then the query role's; returns the winners [(shape, fwd, key, query)]. ``device``, the tile lists and
     ``bench`` let the CPU suite run it."""
-    from mosaic_kernels.attention import band_table
+    from benchmarks.bench_v2_ops import two_memory_table
 
     winners = []
     for (B, H, T, D) in shapes:
@@ -108,11 +108,8 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
         k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7)
         k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
         v, dy = torch.randn_like(k), torch.randn_like(k)
-        half = H // 2
         delays = torch.randint(64, 257, (B,), device=device, generator=g)
-        table = band_table(torch.tensor([window] * half + [T] * (H - half), device=device),
-                           torch.cat([torch.ones(B, half, dtype=torch.int64, device=device),
-                                      delays[:, None].expand(B, H - half)], dim=1), B, H, T)
+        table = two_memory_table(B, H, T, window, delays)
         scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
         shape = (B, H, T, D)
         best_fwd = _sweep(f"V2 FWD {shape}", lambda cfg: attention_forward(k, v, scale, cfg, delays=table), fwd,

@@ -29,3 +29,14 @@ def test_ratios_pair_each_row_with_the_full_op_and_flex_of_its_shape():
     assert abs(rows[1]["flex_window_over"] - 1.2) < 1e-12 and rows[1]["flex_window_over_graph"] is None
     assert rows[0]["flex_window_over"] is None                         # only the window rows get Flex's ratio
     assert rows[3]["x_ours_full"] is None and rows[3]["flex_window_over"] is None
+
+
+def test_two_memory_table_is_the_models_band_table():
+    """The benchmarks time the table the v2 block builds for its one call of 2H heads."""
+    from benchmarks.bench_v2_ops import two_memory_table
+    from mosaic_model.models.config import MosaicV2Config
+    from mosaic_model.models.mosaic_v2 import band_table_of
+
+    delays = torch.tensor([64, 200, 97])
+    config = MosaicV2Config(n_head=3, n_embd=24, window=16)
+    assert torch.equal(two_memory_table(3, 6, 300, 16, delays), band_table_of(config, 3, 300, delays, delays.device))
