@@ -38,6 +38,12 @@ BWD_TILES = {16: (64, 64, 64, 4, 3), 32: (64, 64, 64, 4, 3), 64: (64, 64, 64, 4,
 # Backward as two kernels: key role (BLOCK_P, BLOCK_Q, warps, stages), query role (BLOCK_P, BLOCK_K, warps, stages).
 BWD_LONG_TILES = {16: ((128, 32, 4, 3), (64, 64, 4, 3)), 32: ((128, 32, 4, 3), (64, 64, 4, 3)),
                   64: ((128, 32, 4, 3), (64, 64, 4, 3)), 128: ((128, 64, 8, 3), (128, 64, 8, 4))}
+# The two-kernel backward on a band table (the v2 block's one call of 2H heads with a per-row scale): its masked
+# "check" loop and per-row scale favour other tiles than the strictly causal loops above. Measured on an H100
+# (2026-12-06, `tune_kernels v2-attention`, bf16, D = 64): at (8, 24, 2048, 64) 0.79 ms against > 0.89 ms for the
+# causal table's tiles, at (2, 24, 8192, 64) 2.09 against 2.16 ms. Head dim 128 is not measured: the causal tiles.
+BWD_BAND_TABLE_TILES = {16: ((64, 64, 4, 3), (64, 32, 4, 3)), 32: ((64, 64, 4, 3), (64, 32, 4, 3)),
+                        64: ((64, 64, 4, 3), (64, 32, 4, 3)), 128: BWD_LONG_TILES[128]}
 
 
 def _is_long(T: int, D: int, window: int | None = None) -> bool:
@@ -66,13 +72,14 @@ def split_config(key_tiles: tuple, query_tiles: tuple) -> dict:
                 query=dict(BLOCK_P=qp, BLOCK_K=qk, num_warps=qw, num_stages=qs))
 
 
-def _bwd_config(T: int, D: int, window: int | None = None) -> dict:
+def _bwd_config(T: int, D: int, window: int | None = None, band_table: bool = False) -> dict:
     """One kernel: BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages.
-    Two kernels (long rows, see :func:`_is_long`): {"key": ..., "query": ...}, see :func:`split_config`."""
+    Two kernels (long rows, see :func:`_is_long`): {"key": ..., "query": ...}, see :func:`split_config`;
+    with ``band_table`` (a (B, H, 2) DELAYS table) from BWD_BAND_TABLE_TILES."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
     if _is_long(T, D, window):
-        return split_config(*BWD_LONG_TILES[_block_d(D)])
+        return split_config(*(BWD_BAND_TABLE_TILES if band_table else BWD_LONG_TILES)[_block_d(D)])
     bp, bq, bk, warps, stages = BWD_TILES[_block_d(D)]
     return dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
@@ -167,7 +174,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns. ``seed`` and
     ``threshold``: the forward's dropout, whose mask is regenerated here; the band as in the forward."""
     B, H, T, D = k.shape
-    cfg = dict(bwd_config or _bwd_config(T, D, window))
+    cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3))
     if "key" in cfg:
         _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
         _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])

@@ -251,6 +251,30 @@ def test_band_table_is_the_bands_of_every_sequence_and_head():
                        reference.mosaic_attention(k, v, s, window=table[..., 0], delay=table[..., 1]))
 
 
+@pytest.mark.parametrize("device", kernel_devices())
+def test_a_band_table_takes_its_own_long_backward_tiles(device, monkeypatch):
+    """The GPU's plan (the interpreter's tiles are fixed): long rows take the two-kernel backward, from
+    BWD_BAND_TABLE_TILES when DELAYS is a (B, H, 2) table and BWD_LONG_TILES otherwise (per-sequence delays
+    included); attention_backward passes which one it has."""
+    from mosaic_kernels.attention import band_table
+    from mosaic_kernels.attention import function as fn
+
+    monkeypatch.setattr(fn, "interpreter_enabled", lambda: False)
+    assert fn._bwd_config(8192, 64) == fn.split_config(*fn.BWD_LONG_TILES[64])
+    assert fn._bwd_config(8192, 64, band_table=True) == fn.split_config(*fn.BWD_BAND_TABLE_TILES[64])
+    assert "key" not in fn._bwd_config(512, 64, band_table=True)  # short rows: the one-kernel plan
+    monkeypatch.undo()
+    seen = []
+    monkeypatch.setattr(fn, "_bwd_config", lambda *a, **kw: seen.append(kw) or dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16,
+                                                                                   num_warps=1, num_stages=1))
+    k, v, s = (t.to(device) for t in _inputs(2, 3, 20, 8, "row", strided=False))
+    for delays in (band_table(torch.tensor([4, 4, 30], device=device), 1, 2, 3, 20, device),
+                   torch.tensor([1, 5], dtype=torch.int32, device=device)):
+        y, lse = fn.attention_forward(k, v, s, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1), delays=delays)
+        fn.attention_backward(k, v, y, lse, s, torch.ones_like(y), delays=delays)
+    assert seen == [{"band_table": True}, {"band_table": False}]
+
+
 # --------------------------------------------------------------------------- on the GPU, every dtype
 
 GPU_BANDS = [((301, 100, 1), "head"), ((301, None, 37), "batch_row"), ((517, 70, (1, 200)), "batch_row"),
