@@ -122,6 +122,34 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
     return winners
 
 
+ROW_SCALE_SHAPES = [(8, 12, 2048, 64), (2, 12, 8192, 64), (8, 12, 8192, 64)]
+ROW_SCALE_KEY = [(128, 32, 4, 3), (128, 32, 8, 4), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)]
+
+
+def tune_row_scale(device: str = "cuda", shapes=ROW_SCALE_SHAPES, bench=bench_ms, key=ROW_SCALE_KEY,
+                   query=(64, 64, 4, 3)) -> list[tuple]:
+    """What a per-row scale costs the strictly causal op's split backward, by key-role tile: the backward's
+    time with a (B, H, T) scale over its time with an (H,) one, the query role at ``query``. Prints and
+    returns [(shape, key tile, per-head ms, per-row ms)]. ``device``, the tiles and ``bench`` let the CPU
+    suite run it."""
+    rows = []
+    for (B, H, T, D) in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
+        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
+        v, dy = torch.randn_like(k), torch.randn_like(k)
+        scales = (torch.rand(H, device=device, generator=g) + 0.5, torch.rand(B, H, T, device=device, generator=g) + 0.5)
+        outs = [attention_forward(k, v, sc) for sc in scales]
+        for tile in key:
+            cfg = split_config(tile, query)
+            head, row = (bench(lambda: attention_backward(k, v, y, lse, sc, dy, cfg))
+                         for sc, (y, lse) in zip(scales, outs))
+            print("ROW SCALE", (B, H, T, D), tile, f"per-head {head:.4f} per-row {row:.4f} ms, {row / head:.3f}x",
+                  flush=True)
+            rows.append(((B, H, T, D), tile, head, row))
+    return rows
+
+
 def _leaky_tiles(D: int, tile):
     """Both directions' active tile tables set to ``tile`` at head dim D, restored on exit."""
     stack = contextlib.ExitStack()
@@ -297,7 +325,7 @@ def tune_pmem():
 # by the name a command line gives them; every such op has at least one (tests/kernels/test_registry.py).
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
-                         "band": tune_band, "v2-attention": tune_v2_attention},
+                         "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
     "persistent_memory": {"pmem": tune_pmem},

@@ -48,3 +48,21 @@ def test_v2_attention_sweep_runs_every_tile_on_the_models_call(device):
     winners = tune_kernels.tune_v2_attention(device, [(1, 4, 40, 16)], bench, fwd, key, query, window=6)
     assert winners == [((1, 4, 40, 16), fwd[-1], key[-1], query[-1])]
     assert len(calls) == len(fwd) + len(key) + len(query)
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_row_scale_sweep_times_both_scales_at_every_key_tile(device):
+    """The per-row scale's cost by key-role tile (Triton's interpreter, a stand-in timer): each tile's
+    backward runs once with a per-head and once with a per-row scale, in that order."""
+    times = iter(range(1, 100))
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return float(next(times))
+
+    key = [(32, 16, 1, 1), (16, 16, 1, 1)]
+    rows = tune_kernels.tune_row_scale(device, [(1, 2, 40, 16)], bench, key, (16, 16, 1, 1))
+    assert rows == [((1, 2, 40, 16), key[0], 1.0, 2.0), ((1, 2, 40, 16), key[1], 3.0, 4.0)]
+    assert len(calls) == 2 * len(key)
