@@ -15,7 +15,11 @@ is v2 with one learned bandwidth per head instead of ``beta(n)``: does the bandw
 number of visible keys matter for retrieval far past the training length?
 
 Every (model, learning rate, seed) is one run, ``--jobs`` at once; a finished run's result file
-(``runs/<model>-lr<lr>-s<seed>.json`` in ``--out``) is kept, so an interrupted grid resumes. Each model's
+(``runs/<model>-lr<lr>-s<seed>.json`` in ``--out``) is kept, so an interrupted grid resumes. A run also
+saves a checkpoint every ``--save-every`` steps and when ``--time-limit`` (seconds of training in this
+call) or ``--max-steps-this-run`` stops it (``runs/<model>-lr<lr>-s<seed>.ckpt.pt``: model, optimizer,
+the batch generator's and torch's random states, the curve so far); the next call with the same settings
+continues it exactly where it stopped, so a long budget spans several short GPU calls. Each model's
 learning rate is selected on the mean accuracy over seeds on validation batches at the training length;
 the headline table is that learning rate's accuracy on test batches (their own seeds) at every length.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +106,59 @@ def evaluations(name: str) -> dict:
     return {"": {}, "no long-term memory": {"delay": 10**9}} if name.startswith("mosaic-v2") else {"": {}}
 
 
-def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, threads: int) -> dict:
-    """Train one run (unless its result file exists) and test it at every length and fact count."""
+# The settings a checkpoint must share with the call that resumes it: they fix the model, the data and the
+# schedule (a larger --steps extends a run: the learning rate is constant after the warm-up).
+RUN_FIELDS = ("warmup", "batch", "train_T", "train_facts", "queries", "eval_seqs", "eval_every", "width", "depth",
+              "heads", "window", "delay_min", "delay_max", "kernels", "device")
+
+
+class CheckpointMismatch(ValueError):
+    """A run's checkpoint that the settings of this call cannot continue."""
+
+
+def checkpoint_file(path: Path) -> Path:
+    """The checkpoint beside a run's result file: ``<model>-lr<lr>-s<seed>.ckpt.pt``."""
+    return path.with_suffix(".ckpt.pt")
+
+
+def _save(ckpt: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator,
+          curve: list, a: argparse.Namespace) -> None:
+    """Everything a resumed run needs to continue bit for bit (written to a temporary file, then renamed)."""
+    state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state(), "curve": curve, "settings": {f: getattr(a, f) for f in RUN_FIELDS}}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    tmp = ckpt.with_suffix(".tmp")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    tmp.replace(ckpt)
+
+
+def _resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator,
+            a: argparse.Namespace) -> tuple[int, list]:
+    """Load a checkpoint into model, opt and rng; returns (its step, its curve). CheckpointMismatch when it was
+    made with other settings or is past ``--steps``."""
+    state = torch.load(ckpt, map_location=a.device, weights_only=False)
+    made = state["settings"]
+    diff = [f for f in RUN_FIELDS if made.get(f) != getattr(a, f)]
+    if diff:
+        was = ", ".join(f"{f}={made.get(f)!r}" for f in diff)
+        raise CheckpointMismatch(f"{ckpt} was made with other {', '.join(diff)} ({was}); give the same settings or another --out")
+    if state["step"] > a.steps:
+        raise CheckpointMismatch(f"{ckpt} is at step {state['step']}, past --steps {a.steps}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], [tuple(c) for c in state["curve"]]
+
+
+def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, threads: int) -> dict | None:
+    """Train one run (unless its result file exists; from its checkpoint when there is one) and test it at
+    every length and fact count. None when ``--time-limit`` or ``--max-steps-this-run`` stopped it first
+    (its checkpoint saved)."""
     from tqdm.auto import tqdm
 
     path = run_file(Path(a.out), name, lr, seed)
@@ -116,8 +172,11 @@ def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, 
     rng = np.random.default_rng(seed)
     batch = lambda r, n, T, f: [t.to(device) for t in make_batch(r, n, T, f, a.queries)]  # noqa: E731
     val = batch(np.random.default_rng(VAL_SEED + seed), a.eval_seqs, a.train_T, a.train_facts)
-    curve = []
-    for step in tqdm(range(1, a.steps + 1), desc=f"{name} lr {lr:g} seed {seed}", disable=not progress):
+    ckpt = checkpoint_file(path)
+    done, curve = _resume(ckpt, model, opt, rng, a) if ckpt.exists() else (0, [])
+    start, this_run = time.perf_counter(), 0
+    for step in tqdm(range(done + 1, a.steps + 1), desc=f"{name} lr {lr:g} seed {seed}", disable=not progress,
+                     initial=done, total=a.steps):
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, step / a.warmup)
         x, y, _ = batch(rng, a.batch, a.train_T, a.train_facts)
@@ -128,6 +187,13 @@ def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, 
         opt.step()
         if step % a.eval_every == 0 or step == a.steps:
             curve.append((step, accuracy(model, *val, a.eval_chunk)))
+        this_run += 1
+        stop = step < a.steps and ((a.time_limit is not None and time.perf_counter() - start >= a.time_limit)
+                                   or (a.max_steps_this_run is not None and this_run >= a.max_steps_this_run))
+        if stop or (step < a.steps and step % a.save_every == 0):
+            _save(ckpt, step, model, opt, rng, curve, a)
+        if stop:
+            return None
     test = {}
     for label, forward in evaluations(name).items():
         for facts in a.test_facts:
@@ -138,8 +204,10 @@ def run(name: str, seed: int, lr: float, a: argparse.Namespace, progress: bool, 
                 n = max(a.queries, a.eval_tokens // T)  # fewer sequences at long T, the same tokens
                 key = f"{label}|facts={facts}|T={T}" if label else f"facts={facts}|T={T}"
                 test[key] = accuracy(model, *batch(r, n, T, facts), max(1, a.eval_chunk * a.train_T // T), **forward)
-    return keep(path, {"model": name, "seed": seed, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
-                       "curve": curve, "final_val": curve[-1][1], "test": test})
+    result = keep(path, {"model": name, "seed": seed, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
+                         "steps": a.steps, "curve": curve, "final_val": curve[-1][1], "test": test})
+    ckpt.unlink(missing_ok=True)
+    return result
 
 
 def select(results: list[dict], models: list[str], lrs: list[float], seeds: list[int]) -> dict:
@@ -186,11 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", choices=("fused", "reference"), default="fused")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
+    p.add_argument("--save-every", type=int, default=1000, help="steps between a run's checkpoints")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds of training per run in this call; a run stopped by it keeps a checkpoint to resume")
+    p.add_argument("--max-steps-this-run", type=int, default=None,
+                   help="steps per run in this call; a run stopped by it keeps a checkpoint to resume")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     require_at_least_one(p, a, ("steps", "warmup", "batch", "train_T", "train_facts", "queries", "eval_seqs",
                                 "eval_tokens", "eval_chunk", "eval_every", "width", "depth", "heads", "window",
-                                "delay_min", "jobs"))
+                                "delay_min", "jobs", "save_every", "max_steps_this_run"))
+    if a.time_limit is not None and not a.time_limit > 0:
+        p.error(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
     if 3 * (a.train_facts + a.queries) > a.train_T:
         p.error(f"--train-T ({a.train_T}) is too short for --train-facts {a.train_facts} and --queries {a.queries}")
     if not a.queries <= a.train_facts <= NUM_KEYS or any(not a.queries <= f <= NUM_KEYS for f in a.test_facts):
@@ -204,8 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(name, seed, lr, a, not a.quiet and a.jobs == 1) for name in a.models for lr in a.lrs for seed in a.seeds]
-    results = run_grid(run, cells, a.jobs, a.quiet)
-    summary = {"config": {k: v for k, v in vars(a).items() if k not in ("quiet", "jobs")}, "chance": 1 / NUM_VALUES,
+    try:
+        results = run_grid(run, cells, a.jobs, a.quiet)
+    except CheckpointMismatch as e:
+        p.error(str(e))
+    if unfinished := sum(r is None for r in results):
+        print(f"{unfinished} of {len(results)} runs stopped early with a checkpoint: the same command continues them")
+    results = [r for r in results if r is not None]
+    calls = ("quiet", "jobs", "save_every", "time_limit", "max_steps_this_run")   # how this call ran, not the study
+    summary = {"config": {k: v for k, v in vars(a).items() if k not in calls}, "chance": 1 / NUM_VALUES,
                "selection": "per model, the learning rate of highest mean final validation accuracy (training "
                             "length); accuracies on test batches of their own seeds",
                "models": select(results, a.models, a.lrs, a.seeds)}
