@@ -150,6 +150,47 @@ def tune_row_scale(device: str = "cuda", shapes=ROW_SCALE_SHAPES, bench=bench_ms
     return rows
 
 
+HEAD_GROUP_SHAPES = [((8, 12, 8192, 64), False), ((2, 12, 8192, 64), False), ((2, 24, 8192, 64), True),
+                     ((8, 24, 2048, 64), True)]
+HEAD_GROUPS = [None, 48, 24, 16, 8, 4]
+
+
+def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_ms, groups=HEAD_GROUPS,
+                    window: int = 256) -> list[tuple]:
+    """The attention's launch order by groups of heads (``HEAD_GROUP``: None is every head, the plain grid
+    order; groups of B*H or more are the same): forward and backward time of the default tiles at each
+    group size, on the strictly causal op with a per-head scale, or (``True`` in ``shapes``) on v2's call
+    of 2H heads with a band table and a per-row scale. Prints and returns [(shape, v2, group, fwd ms, bwd ms)]."""
+    from benchmarks.bench_v2_ops import two_memory_table
+    from mosaic_kernels.attention.function import _bwd_config, _fwd_config
+
+    rows = []
+    for (B, H, T, D), v2 in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
+        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
+        v, dy = torch.randn_like(k), torch.randn_like(k)
+        if v2:
+            table = two_memory_table(B, H, T, window, torch.randint(64, 257, (B,), device=device, generator=g))
+            scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
+        else:
+            table, scale = None, torch.rand(H, device=device, generator=g) + 0.5
+        for group in groups:
+            fwd = dict(_fwd_config(T, D), HEAD_GROUP=group)
+            bwd = _bwd_config(T, D, band_table=v2)
+            for cfg in (bwd["key"], bwd["query"]) if "key" in bwd else (bwd,):
+                cfg["HEAD_GROUP"] = group
+            y, lse = attention_forward(k, v, scale, dict(fwd), delays=table)
+            f = bench(lambda: attention_forward(k, v, scale, dict(fwd), delays=table))
+            b = bench(lambda: attention_backward(k, v, y, lse, scale, dy,
+                                                 {n: dict(c) if isinstance(c, dict) else c for n, c in bwd.items()},
+                                                 delays=table))
+            print("HEAD GROUP", (B, H, T, D), "v2" if v2 else "causal", f"group {group or B * H}",
+                  f"fwd {f:.4f} bwd {b:.4f} ms", flush=True)
+            rows.append(((B, H, T, D), v2, group, f, b))
+    return rows
+
+
 def _leaky_tiles(D: int, tile):
     """Both directions' active tile tables set to ``tile`` at head dim D, restored on exit."""
     stack = contextlib.ExitStack()
@@ -325,7 +366,8 @@ def tune_pmem():
 # by the name a command line gives them; every such op has at least one (tests/kernels/test_registry.py).
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
-                         "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale},
+                         "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale,
+                         "head-group": tune_head_group},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
     "persistent_memory": {"pmem": tune_pmem},

@@ -46,6 +46,20 @@ BWD_BAND_TABLE_TILES = {16: ((64, 64, 4, 3), (64, 32, 4, 3)), 32: ((64, 64, 4, 3
                         64: ((64, 64, 4, 3), (64, 32, 4, 3)), 128: BWD_LONG_TILES[128]}
 
 
+# Programs start in groups of HEAD_GROUP heads (triton_attention._head_and_block): every block of a group's heads
+# before the next group's, so the programs running at once share the keys and values of fewer heads in L2. None:
+# one group of all B*H heads, the plain grid order. Not yet measured (2026-12-06): `tune_kernels head-group`
+# times the choices; a config dict's "HEAD_GROUP" overrides it (tuning, tests).
+HEAD_GROUP: int | None = None
+
+
+def _head_group(cfg: dict, n_heads: int) -> int:
+    """Heads per launch group for a (B*H = n_heads, blocks) grid: the config's "HEAD_GROUP" (popped), else
+    HEAD_GROUP, else every head; at least 1, at most n_heads."""
+    group = cfg.pop("HEAD_GROUP", None) or HEAD_GROUP or n_heads
+    return max(1, min(int(group), n_heads))
+
+
 def _is_long(T: int, D: int, window: int | None = None) -> bool:
     """Whether rows are long: a row sees at most T keys, or window + 1 of them with a window. A narrow band
     at a long T is a short-row problem (few key blocks a program) and takes the short plan. (A band table's
@@ -157,11 +171,12 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
+    head_group = _head_group(cfg, B * H)
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
     delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
     launch(_attn_fwd_kernel, grid,
         k, v, y, lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(), *y.stride()[:3], *sc_strides, H, T, D, groups,
-        kscale, *band, BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
+        kscale, *band, head_group, BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
     return y, lse
 
 
@@ -192,21 +207,24 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     row_scale = meta["ROW_SCALE"]
     if "key" not in cfg:
+        cfg.pop("HEAD_GROUP", None)  # the one-kernel backward (short rows) keeps its plain (blocks, B*H) order
         n_blocks = cdiv(T, cfg["BLOCK_P"])
         part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
         launch(_attn_bwd_kernel, (n_blocks, B * H),
             k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, H, T, D, *drop_args, **common,
             **cfg)
         return dk, dv, part
-    key, query = cfg["key"], cfg["query"]
+    key, query = dict(cfg["key"]), dict(cfg["query"])
+    key_group, query_group = _head_group(key, B * H), _head_group(query, B * H)
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_key_kernel, (B * H, cdiv(T, key["BLOCK_P"])),
-        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, H, T, D, *drop_args, **common, **key)
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, H, T, D, *drop_args, key_group,
+        **common, **key)
     n_blocks = cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_query_kernel, (B * H, n_blocks),
-        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, H, T, D, *drop_args, **common,
-        **query)
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, H, T, D, *drop_args, query_group,
+        **common, **query)
     return dk, dv, part
 
 

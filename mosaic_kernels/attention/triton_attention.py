@@ -52,13 +52,23 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _head_and_block(H, REVERSED: tl.constexpr):
-    """Program of a (B*H, n_blocks) grid: (pid_bh, b, h, block). REVERSED numbers the blocks from the
-    last, so that the heaviest block of every head launches in the first wave."""
-    pid_bh = tl.program_id(0)
-    block = tl.program_id(1)
+def _head_and_block(H, HEAD_GROUP, REVERSED: tl.constexpr):
+    """Program of a (B*H, n_blocks) grid: (pid_bh, b, h, block). Programs start in launch order (axis 0
+    fastest), taken here as groups of HEAD_GROUP heads (the last group smaller): every block of a group's
+    heads before the next group's, the group's heads side by side at each block, so that the programs
+    running at once read the keys and values of HEAD_GROUP heads, not of all B*H (L2 reuse at large B*H*T).
+    HEAD_GROUP = B*H is the plain grid order (pid_bh = axis 0, block = axis 1). REVERSED numbers the blocks
+    from the last, so that the heaviest block of every head of a group starts first."""
+    n_bh = tl.num_programs(0)
+    n_blocks = tl.num_programs(1)
+    pid = tl.program_id(1) * n_bh + tl.program_id(0)
+    first = pid // (HEAD_GROUP * n_blocks) * HEAD_GROUP      # the group's first head
+    size = tl.minimum(HEAD_GROUP, n_bh - first)
+    rest = pid - first * n_blocks                            # position inside the group: block-major
+    pid_bh = first + rest % size
+    block = rest // size
     if REVERSED:
-        block = tl.num_programs(1) - 1 - block
+        block = n_blocks - 1 - block
     return pid_bh, pid_bh // H, pid_bh % H, block
 
 
@@ -188,13 +198,13 @@ def _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d
 def _attn_fwd_kernel(
     K, V, Y, LSE, SCALE, SEED, DELAYS,
     skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay,
+    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
     ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # Heaviest query blocks first: block m visits m + 1 key-block groups.
-    pid_bh, b, h, pid_m = _head_and_block(H, True)
+    pid_bh, b, h, pid_m = _head_and_block(H, HEAD_GROUP, True)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)                       # (BM,)  query positions t
     offs_n = tl.arange(0, BLOCK_N)                                 # (BN,)
@@ -405,13 +415,13 @@ def _attn_bwd_kernel(
 
 
 @triton.jit
-def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
+def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, HEAD_GROUP,
                      REVERSED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                      PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr):
     """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
     offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale (1 with ROW_SCALE),
     the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the window and delay, k_p = the block's keys (BP, D))."""
-    pid_bh, b, h, pid_p = _head_and_block(H, REVERSED)
+    pid_bh, b, h, pid_p = _head_and_block(H, HEAD_GROUP, REVERSED)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
     if ROW_SCALE:
@@ -431,16 +441,16 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
 def _attn_bwd_key_kernel(
     K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay,
+    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
     ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
-    # queries after it; with b*h on grid axis 0 every head's heaviest block is launched first.
+    # queries after it; with b*h on grid axis 0 every head's heaviest block (of its group) is launched first.
     (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
-     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, False,
-                             BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
+     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
+                             HEAD_GROUP, False, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_base = DY + b * sdb + h * sdh
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
@@ -473,7 +483,7 @@ def _attn_bwd_key_kernel(
 def _attn_bwd_query_kernel(
     K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DK_KEY, DK, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay,
+    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
     ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
@@ -481,8 +491,8 @@ def _attn_bwd_query_kernel(
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
     (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
-     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, True,
-                             BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
+     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
+                             HEAD_GROUP, True, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)

@@ -66,3 +66,22 @@ def test_row_scale_sweep_times_both_scales_at_every_key_tile(device):
     rows = tune_kernels.tune_row_scale(device, [(1, 2, 40, 16)], bench, key, (16, 16, 1, 1))
     assert rows == [((1, 2, 40, 16), key[0], 1.0, 2.0), ((1, 2, 40, 16), key[1], 3.0, 4.0)]
     assert len(calls) == 2 * len(key)
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_head_group_sweep_times_every_group_on_both_calls(device):
+    """The launch-order sweep (Triton's interpreter, a stand-in timer): at each group size the forward and
+    the backward run once, on the strictly causal op and on v2's band-table call; a group of every head is
+    the plain order."""
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    shapes = [((1, 4, 40, 16), False), ((1, 4, 40, 16), True)]
+    rows = tune_kernels.tune_head_group(device, shapes, bench, [None, 3, 1], window=6)
+    assert [(v2, group) for _, v2, group, _, _ in rows] == [(False, None), (False, 3), (False, 1),
+                                                             (True, None), (True, 3), (True, 1)]
+    assert len(calls) == 2 * len(rows)

@@ -275,6 +275,31 @@ def test_a_band_table_takes_its_own_long_backward_tiles(device, monkeypatch):
     assert seen == [{"band_table": True}, {"band_table": False}]
 
 
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("head_group", [1, 4, 5, 6])
+def test_head_groups_change_the_launch_order_not_the_results(device, head_group):
+    """Programs taken in groups of heads (``HEAD_GROUP``, the last group smaller where 6 heads do not divide):
+    the forward and both split-backward kernels write every output once, bitwise as in the plain grid order
+    (6 heads: one group), on a band table with a per-row scale and on the strictly causal op."""
+    from mosaic_kernels.attention import band_table
+    from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
+
+    k, v, s = (t.to(device) for t in _inputs(2, 3, 40, 16, "batch_row"))
+    g = torch.randn(k.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    table = band_table(torch.tensor([6, 6, 40], device=device), torch.tensor([[1, 1, 3], [1, 1, 9]], device=device),
+                       2, 3, 40, device)
+    for delays, scale in ((table, s), (None, s[0, :, 0].contiguous())):
+        runs = []
+        for group in (6, head_group):
+            fwd = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, HEAD_GROUP=group)
+            y, lse = attention_forward(k, v, scale, fwd, delays=delays)
+            bwd = split_config((16, 16, 1, 1), (16, 16, 1, 1))
+            bwd["key"]["HEAD_GROUP"] = bwd["query"]["HEAD_GROUP"] = group
+            runs.append((y, lse, *attention_backward(k, v, y, lse, scale, g, bwd, delays=delays)))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------- on the GPU, every dtype
 
 GPU_BANDS = [((301, 100, 1), "head"), ((301, None, 37), "batch_row"), ((517, 70, (1, 200)), "batch_row"),
