@@ -137,11 +137,15 @@ def _attention_opchecks(device: str) -> list[tuple[str, tuple]]:
     # delay 1), a window with per-sequence delays, and a per-row scale.
     delays = torch.tensor([2, 5], dtype=torch.int32, device=device)
     row_scale = (torch.rand(x.shape[:3], generator=torch.Generator().manual_seed(3)) + 0.5).to(device)
-    cases = [(f"{layout}-{drop}", (x, v, scale, heads_last, seed, threshold, -1, 1, None))
+    cases = [(f"{layout}-{drop}", (x, v, scale, heads_last, seed, threshold, -1, 1, None, 0))
              for layout, heads_last in (("contig_out", False), ("heads_last_out", True))
              for drop, threshold in (("nodrop", 0), ("drop", 6554))]
-    return cases + [("band-row_scale", (x, v, row_scale, False, seed, 0, 4, 0, delays)),
-                    ("window-drop", (x, v, scale, True, seed, 6554, 5, 2, None))]
+    # The adaptive bandwidth: the (3, H) unconstrained rows (beta0, beta1, alpha), computed per row in the kernels.
+    H = x.shape[1]
+    coefficients = (torch.randn(3, H, generator=torch.Generator().manual_seed(4)) * 0.5).to(device).requires_grad_()
+    return cases + [("band-row_scale", (x, v, row_scale, False, seed, 0, 4, 0, delays, 0)),
+                    ("window-drop", (x, v, scale, True, seed, 6554, 5, 2, None, 0)),
+                    ("band-adaptive", (x, v, coefficients, False, seed, 0, 4, 0, delays, 3))]
 
 
 def _leaky_opchecks(device: str) -> list[tuple[str, tuple]]:

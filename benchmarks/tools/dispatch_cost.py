@@ -24,7 +24,7 @@ def main() -> None:
     rows = [
         ("leaky_average fwd, custom op", lambda: leaky_fn.leaky_average_fwd(x, a, s, True, 1e-12, 0, True, None)),
         ("leaky_average fwd, direct", lambda: leaky_fn._launch_forward(x, a, s, True, 1e-12, 0, True)),
-        ("mosaic_attention fwd, custom op", lambda: attention_fn.attention_fwd(k, v, s, True, s, 0, -1, 1, None)),
+        ("mosaic_attention fwd, custom op", lambda: attention_fn.attention_fwd(k, v, s, True, s, 0, -1, 1, None, 0)),
         ("mosaic_attention fwd, direct", lambda: attention_fn.attention_forward(k, v, s, heads_last=True)),
         ("two torch.empty", lambda: (torch.empty(2, 12, 8192, 64, device="cuda"), torch.empty(24, device="cuda"))),
     ]

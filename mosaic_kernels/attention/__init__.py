@@ -28,6 +28,16 @@ def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -
     return float_tensor_on("scale", scale, ref)
 
 
+def _check_bandwidth(bandwidth: object, scale: object, H: int, ref: torch.Tensor) -> None:
+    """A ``bandwidth`` argument: a floating (3, H) tensor on the inputs' device, with no ``scale`` beside it."""
+    if scale is not None:
+        raise ValueError("give either scale or bandwidth (the adaptive bandwidth's rows), not both")
+    if not isinstance(bandwidth, torch.Tensor) or bandwidth.shape != (3, H):
+        got = f"shape {tuple(bandwidth.shape)}" if isinstance(bandwidth, torch.Tensor) else repr(bandwidth)
+        raise ValueError(f"bandwidth must be a tensor of shape (3, {H}) (rows beta0, beta1, alpha), got {got}")
+    float_tensor_on("bandwidth", bandwidth, ref)
+
+
 def _integer_tensor(value: torch.Tensor) -> bool:
     return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
 
@@ -103,7 +113,8 @@ def band_table(window: int | torch.Tensor | None, delay: int | torch.Tensor, B: 
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
                      window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
                      generator: torch.Generator | None = None, heads_last: bool = False,
-                     band: torch.Tensor | None = None) -> torch.Tensor:
+                     band: torch.Tensor | None = None, bandwidth: torch.Tensor | None = None,
+                     unconstrained: bool = False) -> torch.Tensor:
     """Softmax attention with queries = keys over a band of the past, with a per-head or per-row bandwidth.
 
     ``y[b,h,t] = sum_{lo_t <= j <= hi_t} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]`` with
@@ -138,6 +149,12 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             kernels give this layout for head-split inputs).
         band: instead of ``window`` and ``delay``, the ``(B, H, 2)`` integer table of (window, delay) of
             every sequence and head that :func:`band_table` builds (built once, read by every call).
+        bandwidth: instead of ``scale``, a floating ``(3, H)`` tensor of rows (beta0, beta1, alpha): the adaptive
+            bandwidth of Memory Mosaics v2, ``scale[b, h, t] = beta1 * n_t**alpha + beta0`` with n_t the keys
+            row t sees, exactly :func:`row_bandwidth`'s, computed inside the kernels (no (B, H, T) scale is
+            written or read); its gradient is returned when it requires grad.
+        unconstrained: with ``bandwidth``, its rows are unconstrained parameters and the op uses
+            ``softplus(beta0)``, ``softplus(beta1)`` and ``sigmoid(alpha)``, as ``row_bandwidth`` does.
 
     Returns:
         A ``(B, H, T, D)`` tensor of ``v.dtype``, contiguous unless ``heads_last``. Softmax and accumulation run in
@@ -146,7 +163,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         through the interpreter when ``TRITON_INTERPRET=1``.
 
     Raises:
-        ValueError: on a bad shape, dtype, device, scale, window, delay, dropout_p or generator.
+        ValueError: on a bad shape, dtype, device, scale, window, delay, dropout_p, generator, bandwidth or
+            unconstrained.
 
     Example:
         >>> k, v = torch.randn(2, 4, 128, 64), torch.randn(2, 4, 128, 64)
@@ -155,13 +173,20 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         >>> long = mosaic_attention(k, v, delay=torch.tensor([64, 100]))       # skips the recent past
         >>> both = mosaic_attention(k, v, window=torch.tensor([32, 32, 127, 127]),  # 2 short heads, 2 long
         ...                         delay=torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]]))
+        >>> adaptive = mosaic_attention(k, v, bandwidth=torch.tensor([[1.0] * 4, [0.4] * 4, [0.5] * 4]))
     """
     B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
     check_like("v", v, "k", k)
-    if isinstance(scale, torch.Tensor) and scale.dim() > 1:
+    if not isinstance(unconstrained, bool):
+        raise ValueError(f"unconstrained must be a bool, got {unconstrained!r}")
+    if bandwidth is not None:
+        _check_bandwidth(bandwidth, scale, H, k)
+    elif unconstrained:
+        raise ValueError("unconstrained applies to bandwidth= (the adaptive bandwidth's rows), which was not given")
+    elif isinstance(scale, torch.Tensor) and scale.dim() > 1:
         scale = _row_scale(scale, B, H, T, k)
     else:
         scale = per_head("scale", scale, H, k)
@@ -175,9 +200,10 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
 
         check_philox_counters(T, T, dropout_p)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
-                                       generator=generator, window=window, delay=delay, band=band)
+                                       generator=generator, window=window, delay=delay, band=band,
+                                       bandwidth=bandwidth, unconstrained=unconstrained)
     y = _reference.mosaic_attention(k, v, scale, window=window, delay=delay, dropout_p=dropout_p, generator=generator,
-                                    band=band)
+                                    band=band, bandwidth=bandwidth, unconstrained=unconstrained)
     return as_heads_last(y, bool(heads_last))
 
 

@@ -112,16 +112,18 @@ def _dropout_args(k: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor | N
 
 
 def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay: int,
-               delays: torch.Tensor | None) -> tuple[torch.Tensor, tuple, tuple, dict]:
+               delays: torch.Tensor | None, adaptive: int = 0) -> tuple[torch.Tensor, tuple, tuple, dict]:
     """The kernels' band and scale arguments: (DELAYS pointer, the scale's (b, h, t) strides,
     (window, delay), the compile-time {BAND, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE}). A window of None is T
     (no key is further than T - 1 back); delay 1 without a window is the strict causal mask, no band.
     ``delays``: int32, (B,) one per sequence, or the (B, H, 2) table of (window, delay) per sequence and head
-    (:func:`band_table`; then ``window`` and ``delay`` are not read)."""
+    (:func:`band_table`; then ``window`` and ``delay`` are not read). ``adaptive``: 0, or 2 / 3 when ``scale_t`` is
+    the (3, H) rows (beta0, beta1, alpha) of the adaptive bandwidth (3: unconstrained, see :func:`row_bandwidth`),
+    computed per row in the kernels (ROW_SCALE = adaptive; 1 for a per-row scale tensor, 0 for a per-head one)."""
     B, H, T, _ = k.shape
     band = window is not None or delay != 1 or delays is not None
-    row_scale = scale_t.dim() > 1
-    strides = scale_t.expand(B, H, T).stride() if row_scale else (0, 0, 0)
+    row_scale = adaptive or int(scale_t.dim() > 1)
+    strides = scale_t.expand(B, H, T).stride() if row_scale == 1 else (0, 0, 0)
     meta = dict(BAND=band, ROW_SCALE=row_scale, **_band_flags(delays))
     return (delays if delays is not None else scale_t), strides, (T if window is None else window, delay), meta
 
@@ -159,13 +161,14 @@ def kernel_band(window: int | torch.Tensor | None, delay: int | torch.Tensor, ba
 
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
                       heads_last: bool = False, seed: torch.Tensor | None = None, threshold: int = 0,
-                      window: int | None = None, delay: int = 1,
-                      delays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      window: int | None = None, delay: int = 1, delays: torch.Tensor | None = None,
+                      adaptive: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning). Dropout: ``threshold`` > 0
     (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element.
-    ``scale_t``: (H,), or per row (H, T) or (B, H, T), float32. Band: keys t - window .. t - delay,
-    ``delays`` an int32 (B,) tensor of per-batch delays (then ``delay`` is not read)."""
+    ``scale_t``: (H,), or per row (H, T) or (B, H, T), float32, or with ``adaptive`` (2, 3) the (3, H) rows of
+    the adaptive bandwidth (:func:`_band_args`). Band: keys t - window .. t - delay, ``delays`` an int32 (B,)
+    tensor of per-batch delays or the (B, H, 2) band table (then ``delay`` is not read)."""
     B, H, T, D = k.shape
     cfg = dict(fwd_config or _fwd_config(T, D, window))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
@@ -173,7 +176,7 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
     head_group = _head_group(cfg, B * H)
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
-    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
+    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
     launch(_attn_fwd_kernel, grid,
         k, v, y, lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(), *y.stride()[:3], *sc_strides, H, T, D, groups,
         kscale, *band, head_group, BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
@@ -183,9 +186,10 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
 def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
                        dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
                        threshold: int = 0, window: int | None = None, delay: int = 1,
-                       delays: torch.Tensor | None = None) -> tuple:
+                       delays: torch.Tensor | None = None, adaptive: int = 0) -> tuple:
     """Launch the backward; returns (dk, dv, d(scale) terms): per-program partials of shape (B, H, n_blocks)
-    for a per-head scale, the per-row gradient (B, H, T) for a per-row one. ``bwd_config`` overrides
+    for a per-head scale, the per-row gradient (B, H, T) for a per-row one (or the adaptive bandwidth's
+    rows, ``adaptive`` as in :func:`attention_forward`). ``bwd_config`` overrides
     the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns. ``seed`` and
     ``threshold``: the forward's dropout, whose mask is regenerated here; the band as in the forward."""
     B, H, T, D = k.shape
@@ -198,7 +202,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     bd = _block_d(D)
     common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
     (seed_t, *drop_args), drop = _dropout_args(k, scale_t, seed, threshold)
-    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
+    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
     common.update(drop, **meta)
     strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
     drop_args = (*drop_args, *band)
@@ -229,15 +233,15 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
 
 
 def _forward(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
-             threshold: int, window: int, delay: int,
-             delays: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, per-row log-sum-exp in float32); scale is float32, (H,) or per row (H, T) or (B, H, T);
-    dropout when threshold > 0; window -1 for none."""
+             threshold: int, window: int, delay: int, delays: torch.Tensor | None,
+             adaptive: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, per-row log-sum-exp in float32); scale is float32, (H,) or per row (H, T) or (B, H, T), or the (3, H)
+    rows of the adaptive bandwidth when ``adaptive`` (2, 3); dropout when threshold > 0; window -1 for none."""
     return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold,
-                             window=None if window < 0 else window, delay=delay, delays=delays)
+                             window=None if window < 0 else window, delay=delay, delays=delays, adaptive=adaptive)
 
 
-def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delays):
+def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delays, adaptive):
     B, H, T, D = k.shape
     return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
             k.new_empty((B, H, T), dtype=torch.float32))
@@ -245,50 +249,60 @@ def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delay
 
 def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
               seed: torch.Tensor, threshold: int, window: int, delay: int, delays: torch.Tensor | None,
-              scale_grad: bool, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              adaptive: int, scale_grad: bool, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, dv, d(scale) in float32, of the scale's shape; unwritten when not ``scale_grad``)."""
     dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold,
-                                      window=None if window < 0 else window, delay=delay, delays=delays)
+                                      window=None if window < 0 else window, delay=delay, delays=delays,
+                                      adaptive=adaptive)
     if not scale_grad:  # a constant scale (the model's None): skip the partials' sum, one launch fewer
         return dk, dv, part.new_empty(scale.shape)
+    if adaptive:  # the rows' gradients (B, H, T) through beta(n_t) to its three rows, in row_bandwidth's kernel
+        return dk, dv, _bandwidth_backward(part, scale[0], scale[1], scale[2], k.shape[2], window, delay, delays,
+                                           adaptive == 3)
     # Fixed orders of summation: deterministic. Per head, the programs' partials over (b, blocks); per row
     # (H, T), the batch; per row (B, H, T), nothing.
     return dk, dv, part.sum(dim=(0, 2)) if scale.dim() == 1 else part.sum(dim=0) if scale.dim() == 2 else part
 
 
-def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, scale_grad, dy):
+def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, adaptive, scale_grad, dy):
     return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty(scale.shape, dtype=torch.float32)
 
 
 def _save(ctx, inputs, outputs):
-    k, v, scale, _heads_last, seed, threshold, window, delay, delays = inputs
+    k, v, scale, _heads_last, seed, threshold, window, delay, delays, adaptive = inputs
     ctx.save_for_backward(k, v, *outputs, scale, seed, delays)
-    ctx.meta = (threshold, window, delay)
+    ctx.meta = (threshold, window, delay, adaptive)
 
 
 def _backward_args(ctx, dy):
     k, v, y, lse, scale, seed, delays = ctx.saved_tensors
-    threshold, window, delay = ctx.meta
-    return k, v, y, lse, scale, seed, threshold, window, delay, delays, ctx.needs_input_grad[2], dy
+    threshold, window, delay, adaptive = ctx.meta
+    return k, v, y, lse, scale, seed, threshold, window, delay, delays, adaptive, ctx.needs_input_grad[2], dy
 
 
 ATTENTION = fused_op("attention", forward=_forward, fake_forward=_fake_forward, backward=_backward,
                      fake_backward=_fake_backward, save=_save, backward_args=_backward_args,
                      input_grads=lambda ctx, grads: (grads[0], grads[1], grads[2] if ctx.needs_input_grad[2] else None,
-                                                     None, None, None, None, None, None))
+                                                     None, None, None, None, None, None, None))
 attention_fwd, attention_bwd = ATTENTION.fwd, ATTENTION.bwd
 
 
 def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None,
                             heads_last: bool = False, dropout_p: float = 0.0,
                             generator: torch.Generator | None = None, window: int | torch.Tensor | None = None,
-                            delay: int | torch.Tensor = 1, band: torch.Tensor | None = None) -> torch.Tensor:
+                            delay: int | torch.Tensor = 1, band: torch.Tensor | None = None,
+                            bandwidth: torch.Tensor | None = None, unconstrained: bool = False) -> torch.Tensor:
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`). With
     ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call.
-    ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); ``window``: None, an int or (H,) tensor;
-    ``delay``: an int, a (B,) or a (B, H) integer tensor; ``band``: a (B, H, 2) table instead of both."""
+    ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); or ``bandwidth``, the (3, H) rows (beta0, beta1,
+    alpha) of the adaptive bandwidth computed per row in the kernels (``unconstrained`` as in :func:`row_bandwidth`);
+    ``window``: None, an int or (H,) tensor; ``delay``: an int, a (B,) or a (B, H) integer tensor; ``band``: a
+    (B, H, 2) table instead of both."""
     H = k.shape[1]
-    if isinstance(scale, torch.Tensor) and scale.dim() > 1:
+    adaptive = 0
+    if bandwidth is not None:
+        scale_f, adaptive = bandwidth.float().contiguous(), 3 if unconstrained else 2
+    elif isinstance(scale, torch.Tensor) and scale.dim() > 1:
         scale_f = scale.float().contiguous()
     else:
         scale_f = per_head_tensor(scale, H, k, 1.0)
@@ -296,7 +310,7 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
     seed = draw_seed(generator, k.device) if threshold > 0 else scale_f  # never read without dropout
     B, H, T, _ = k.shape
     return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold,
-                           *kernel_band(window, delay, band, B, H, T, k.device))
+                           *kernel_band(window, delay, band, B, H, T, k.device), adaptive)
 
 
 # --------------------------------------------------------------------------- row_bandwidth

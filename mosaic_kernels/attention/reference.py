@@ -45,7 +45,8 @@ def band_mask(T: int, window: int | torch.Tensor | None, delay: int | torch.Tens
 @exact_under_autocast
 def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor | None = None, *,
                      window: int | torch.Tensor | None = None, delay: int | torch.Tensor = 1, dropout_p: float = 0.0,
-                     generator: torch.Generator | None = None, band: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, band: torch.Tensor | None = None,
+                     bandwidth: torch.Tensor | None = None, unconstrained: bool = False) -> torch.Tensor:
     """Band-masked attention whose queries are its keys, computed densely.
 
     ``y[b,h,t] = sum_{t-window <= j <= t-delay} softmax_j(scale * <k[b,h,t], k[b,h,j]>) v[b,h,j]``, and 0
@@ -60,6 +61,8 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         delay: the most recent key a row sees is ``t - delay``: an int, or a ``(B,)`` tensor, one per
             sequence, or ``(B, H)``.
         band: instead of window and delay, their ``(B, H, 2)`` table (``band_table``).
+        bandwidth, unconstrained: instead of ``scale``, the ``(3, H)`` rows (beta0, beta1, alpha) of the adaptive
+            bandwidth: the scale is :func:`row_bandwidth` of them over this band.
         dropout_p: dropout on the attention probabilities, after the softmax (kept ones divided by
             ``1 - p``), drawn as ``torch.nn.functional.dropout`` draws it (the official code's stream on
             the CPU); the kernels draw another mask.
@@ -70,6 +73,9 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         inputs and in float64 for float64 inputs.
     """
     B, H, T, D = k.shape
+    if bandwidth is not None:
+        scale = row_bandwidth(*bandwidth.unbind(0), T, window=window, delay=delay, unconstrained=unconstrained,
+                              band=band)
     if band is not None:
         window, delay = band[..., 0], band[..., 1]
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32

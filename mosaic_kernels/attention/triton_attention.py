@@ -29,11 +29,14 @@ loop with a branch per block (a band a few blocks wide makes short loops, and ea
 pipeline prologue); the split backward, which serves long rows, walks three ranges (across the lower
 edge, inside, across the upper edge). Rows with no key write zeros.
 
-Per-row scale (ROW_SCALE): the logits of row t are scale[b, h, t] <k_t, k_j> (SCALE read through the
-strides sscb, ssch, ssct, zero where the scale is broadcast); the softmax gradient ds_tj is multiplied
-by the scale of its row before it meets the keys, and the scale gradient is written per row
-(d scale_t = sum_j ds_tj <k_t, k_j>) into a (B, H, T) buffer. Without ROW_SCALE the scale is SCALE[h]
-and its gradient is one partial sum per program.
+Per-row scale (ROW_SCALE > 0): the logits of row t are scale[b, h, t] <k_t, k_j>; the softmax gradient ds_tj
+is multiplied by the scale of its row before it meets the keys, and the scale gradient is written per row
+(d scale_t = sum_j ds_tj <k_t, k_j>) into a (B, H, T) buffer. ROW_SCALE = 1: scale is read from SCALE
+through the strides sscb, ssch, ssct (zero where the scale is broadcast). ROW_SCALE = 2 or 3 (the adaptive
+bandwidth of Memory Mosaics v2): scale_t = beta1 n_t^alpha + beta0 is computed here from the (3, H) float32
+rows (beta0, beta1, alpha) at SCALE (3: unconstrained parameters, softplus, softplus, sigmoid applied) and
+n_t, the keys row t sees in its band (_row_counts), as row_bandwidth computes it, so no (B, H, T) scale is
+read. Without ROW_SCALE (0) the scale is SCALE[h] and its gradient is one partial sum per program.
 
 Dropout (DROPOUT): the probability p_tj is kept when _triton_common._keep_tile's mask of (b, h, row t,
 column j) says so, with GROUPS = ceil(T / 8) Philox calls per row, and the kept ones are scaled by
@@ -143,9 +146,81 @@ def _visible_keys(keys, queries, window, delay, BAND: tl.constexpr):
 
 
 @triton.jit
-def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T):
-    """The per-row scales of rows (len(rows),) float32 (1 past T)."""
-    return tl.load(SCALE + b * sscb + h * ssch + rows * ssct, mask=rows < T, other=1.0).to(tl.float32)
+def _row_counts(t, window, delay):
+    # Keys max(t - window, 0) .. t - delay: how many (0 when the band is empty). A delay below 0 counts as 0,
+    # as in the attention's kernels.
+    return tl.maximum(t - tl.maximum(delay, 0) - tl.maximum(t - window, 0) + 1, 0)
+
+
+@triton.jit
+def _count_power(n, alpha):
+    # (n^alpha, log2 n) of integer counts, n^alpha = exp2(alpha log2 n) and 0 where n = 0 (log2 n is then 0).
+    log2n = tl.log2(tl.maximum(n, 1).to(tl.float32))
+    return tl.where(n > 0, tl.exp2(alpha * log2n), 0.0), log2n
+
+
+@triton.jit
+def _sigmoid(x):
+    # 1 / (1 + e^-x): e^-x overflows to inf for x < -88 and the quotient is then the exact limit 0.
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _softplus(x):
+    # max(x, 0) + log1p(e^-|x|). Triton has no portable log1p: log1p(u) = u log(w) / (w - 1) with w = 1 + u
+    # (Goldberg's identity, accurate to a few ulps; w = 1 exactly, u below half an ulp of 1, gives u), so
+    # softplus stays relatively accurate where it is tiny (x << 0), as torch's does.
+    u = tl.exp(-tl.abs(x))
+    w = 1.0 + u
+    exact = w == 1.0
+    log1p_u = tl.where(exact, u, u * tl.log(w) / tl.where(exact, 1.0, w - 1.0))  # no 0/0 in the branch not taken
+    return tl.maximum(x, 0.0) + log1p_u
+
+
+@triton.jit
+def _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED: tl.constexpr):
+    # (beta0, beta1, alpha) of head h, and the derivatives of each with respect to its input (1 when the
+    # inputs are the coefficients themselves).
+    b0 = tl.load(B0 + h)
+    b1 = tl.load(B1 + h)
+    alpha = tl.load(ALPHA + h)
+    if UNCONSTRAINED:
+        d0 = _sigmoid(b0)
+        d1 = _sigmoid(b1)
+        b0 = _softplus(b0)
+        b1 = _softplus(b1)
+        da = _sigmoid(alpha) * _sigmoid(-alpha)  # sigmoid' = s (1 - s), without 1 - s cancelling near s = 1
+        alpha = _sigmoid(alpha)
+    else:
+        d0 = 1.0
+        d1 = 1.0
+        da = 1.0
+    return b0, b1, alpha, d0, d1, da
+
+
+@triton.jit
+def _scale_coefficients(SCALE, h, H, ROW_SCALE: tl.constexpr):
+    """(beta0, beta1, alpha) of head h for the adaptive bandwidth (ROW_SCALE 2 or 3; zeros otherwise, not read):
+    once per program, so that the loops compute each row's scale from three registers."""
+    if ROW_SCALE >= 2:
+        b0, b1, alpha, _, _, _ = _coefficients(SCALE, SCALE + H, SCALE + 2 * H, h, ROW_SCALE == 3)
+    else:
+        b0 = 0.0
+        b1 = 0.0
+        alpha = 0.0
+    return b0, b1, alpha
+
+
+@triton.jit
+def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE: tl.constexpr):
+    """The per-row scales of rows (len(rows),) float32: read (ROW_SCALE 1; 1 past T), or the adaptive
+    bandwidth beta1 n^alpha + beta0 of the rows' key counts in the band (window, delay) (ROW_SCALE 2, 3)."""
+    if ROW_SCALE == 1:
+        sc = tl.load(SCALE + b * sscb + h * ssch + rows * ssct, mask=rows < T, other=1.0).to(tl.float32)
+    else:
+        power, _ = _count_power(_row_counts(rows, window, delay), alpha)
+        sc = b1 * power + b0
+    return sc
 
 
 @triton.jit
@@ -212,11 +287,13 @@ def _attn_fwd_kernel(
     dmask = offs_d < D
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     if ROW_SCALE:
-        qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634   # (BM,)
+        b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
+        qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T, window, delay, b0, b1, alpha,
+                               ROW_SCALE) * 1.4426950408889634                                         # (BM,)
     else:
         qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
-    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     q = tl.load(k_base + offs_m[:, None] * skt + offs_d[None, :] * skd,
@@ -269,7 +346,7 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
               skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, start, stop, inside_lo, inside_hi, T, window, delay,
-              seed, GROUPS, keep_scale,
+              b0, b1, alpha, seed, GROUPS, keep_scale,
               BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
               ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add keep_tj p_tj
@@ -288,7 +365,8 @@ def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p
         delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
         sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)                # (BP, BQ) ~ <k_j, k_t>
         if ROW_SCALE:
-            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)           # (BQ,) scale_t
+            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T, window, delay, b0, b1, alpha,
+                               ROW_SCALE)                                              # (BQ,) scale_t
             sT = sT * (sc_q * 1.4426950408889634)[None, :]
         else:
             sT = sT * qk_scale
@@ -365,15 +443,16 @@ def _attn_bwd_kernel(
     v_base = V + b * svb + h * svh
     dy_base = DY + b * sdb + h * sdh
     row_base = pid_bh * T
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
+    b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
     if ROW_SCALE:
-        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)          # (BP,)
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE)  # (BP,)
         scale = 1.0
         qk_scale = sc_p * 1.4426950408889634
     else:
         sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)                         # not read
         scale = tl.load(SCALE + h).to(tl.float32)
         qk_scale = scale * 1.4426950408889634
-    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     seed = _philox_key(SEED, pid_bh, DROPOUT)
 
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
@@ -402,8 +481,8 @@ def _attn_bwd_kernel(
         dk = dk * sc_p[:, None]
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, q_first, q_end, q_in_lo, q_in_hi, T, window,
-                       delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE, PRECISION, DROPOUT,
-                       THRESHOLD)
+                       delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE,
+                       PRECISION, DROPOUT, THRESHOLD)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
@@ -420,21 +499,24 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
                      PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr):
     """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
     offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale (1 with ROW_SCALE),
-    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the window and delay, k_p = the block's keys (BP, D))."""
+    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the window and delay, the adaptive bandwidth's
+    (beta0, beta1, alpha) (ROW_SCALE 2, 3), k_p = the block's keys (BP, D))."""
     pid_bh, b, h, pid_p = _head_and_block(H, HEAD_GROUP, REVERSED)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
+    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
+    b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
     if ROW_SCALE:
-        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE)
         scale = 1.0
         qk_scale = sc_p * 1.4426950408889634
     else:
         sc_p = tl.zeros((BLOCK_P,), dtype=tl.float32)
         scale = tl.load(SCALE + h).to(tl.float32)
         qk_scale = scale * 1.4426950408889634
-    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, k_p
+    return (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
+            b0, b1, alpha, k_p)
 
 
 @triton.jit
@@ -448,7 +530,7 @@ def _attn_bwd_key_kernel(
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block (of its group) is launched first.
-    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, b0, b1, alpha,
      k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
                              HEAD_GROUP, False, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
@@ -464,16 +546,16 @@ def _attn_bwd_key_kernel(
     # The query blocks across the band's lower edge, those inside it, those across its upper edge.
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, first, tl.minimum(in_lo, end), in_lo, in_hi,
-                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
+                       T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
                        PRECISION, DROPOUT, THRESHOLD)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, in_lo, tl.minimum(in_hi, end), in_lo, in_hi,
-                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
+                       T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
                        PRECISION, DROPOUT, THRESHOLD)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, tl.maximum(tl.maximum(in_hi, in_lo), first),
-                       end, in_lo, in_hi, T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND,
-                       ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+                       end, in_lo, in_hi, T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q,
+                       "all", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
     tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the (per-head) scale
@@ -490,7 +572,7 @@ def _attn_bwd_query_kernel(
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, b0, b1, alpha,
      k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
                              HEAD_GROUP, True, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T

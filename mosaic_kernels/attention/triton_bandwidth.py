@@ -21,62 +21,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_attention import _row_band
+from .triton_attention import _coefficients, _count_power, _row_band, _row_counts
 
 LN2 = tl.constexpr(0.6931471805599453)  # a plain float global fails to compile on GPU (Triton >= 3.x); the interpreter allows it
-
-
-@triton.jit
-def _row_counts(t, window, delay):
-    # Keys max(t - window, 0) .. t - delay: how many (0 when the band is empty). A delay below 0 counts as 0,
-    # as in the attention's kernels.
-    return tl.maximum(t - tl.maximum(delay, 0) - tl.maximum(t - window, 0) + 1, 0)
-
-
-@triton.jit
-def _count_power(n, alpha):
-    # (n^alpha, log2 n) of integer counts, n^alpha = exp2(alpha log2 n) and 0 where n = 0 (log2 n is then 0).
-    log2n = tl.log2(tl.maximum(n, 1).to(tl.float32))
-    return tl.where(n > 0, tl.exp2(alpha * log2n), 0.0), log2n
-
-
-@triton.jit
-def _sigmoid(x):
-    # 1 / (1 + e^-x): e^-x overflows to inf for x < -88 and the quotient is then the exact limit 0.
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _softplus(x):
-    # max(x, 0) + log1p(e^-|x|). Triton has no portable log1p: log1p(u) = u log(w) / (w - 1) with w = 1 + u
-    # (Goldberg's identity, accurate to a few ulps; w = 1 exactly, u below half an ulp of 1, gives u), so
-    # softplus stays relatively accurate where it is tiny (x << 0), as torch's does.
-    u = tl.exp(-tl.abs(x))
-    w = 1.0 + u
-    exact = w == 1.0
-    log1p_u = tl.where(exact, u, u * tl.log(w) / tl.where(exact, 1.0, w - 1.0))  # no 0/0 in the branch not taken
-    return tl.maximum(x, 0.0) + log1p_u
-
-
-@triton.jit
-def _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED: tl.constexpr):
-    # (beta0, beta1, alpha) of head h, and the derivatives of each with respect to its input (1 when the
-    # inputs are the coefficients themselves).
-    b0 = tl.load(B0 + h)
-    b1 = tl.load(B1 + h)
-    alpha = tl.load(ALPHA + h)
-    if UNCONSTRAINED:
-        d0 = _sigmoid(b0)
-        d1 = _sigmoid(b1)
-        b0 = _softplus(b0)
-        b1 = _softplus(b1)
-        da = _sigmoid(alpha) * _sigmoid(-alpha)  # sigmoid' = s (1 - s), without 1 - s cancelling near s = 1
-        alpha = _sigmoid(alpha)
-    else:
-        d0 = 1.0
-        d1 = 1.0
-        da = 1.0
-    return b0, b1, alpha, d0, d1, da
 
 
 @triton.jit

@@ -334,8 +334,11 @@ class MosaicV2Block(nn.Module):
         rate_bias, mix, value_scale, *bandwidth = rows.unbind(0)
         k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), rate_bias, *logits)
         v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, value_scale)
-        scale = bandwidths(c, tuple(bandwidth), h.shape[1], table)
-        return ops_for(c, "mosaic_attention").mosaic_attention(k, v, scale, band=table,
+        # The adaptive bandwidth goes in as its three (2H,) rows of unconstrained parameters: the attention computes
+        # beta(n_t) per row inside its kernels (no (B, 2H, T) scale), the same formula as bandwidths() applies.
+        read = (dict(bandwidth=rows[3:], unconstrained=True) if c.adaptive_bandwidth
+                else dict(scale=bandwidths(c, tuple(bandwidth), h.shape[1], table)))
+        return ops_for(c, "mosaic_attention").mosaic_attention(k, v, band=table, **read,
                                                              **layout_for(c, "mosaic_attention"))
 
     def forward(self, x: torch.Tensor, delay: int | torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""mosaic_attention(bandwidth=...): the adaptive bandwidth beta(n_t) = beta1 n_t^alpha + beta0 computed inside the
+attention's kernels, against the two ops it replaces (row_bandwidth, then the attention with that per-row scale)
+in float64: values and the gradients of k, v and the three rows, on every kind of band and both backward plans;
+the reference path is that composition; errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_kernels import mosaic_attention, reference
+from mosaic_kernels.attention import band_table, row_bandwidth
+from mosaic_kernels.attention.reference import row_bandwidth as reference_row_bandwidth
+from tests import tolerances
+from tests.conftest import kernel_devices, rel_err
+
+# (window, delay) of 3 heads: strictly causal; a window; per-sequence delays; v2's two memories as one call
+# (per-head windows, one delay per sequence and head, as a band table).
+BANDS = [(None, 1), (7, 1), (None, [2, 9]), ([6, 6, 40], [[1, 1, 5], [1, 1, 12]])]
+IDS = ["causal", "window", "per_sequence", "v2_table"]
+
+
+def _inputs(device, dtype=torch.float32, T=40, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.nn.functional.normalize(torch.randn(2, 3, T, D, generator=g), dim=-1)
+    v = torch.randn(2, 3, T, D, generator=g)
+    rows = torch.randn(3, 3, generator=g) * 0.5 + torch.tensor([[0.5], [0.0], [0.0]])  # unconstrained or not: > 0
+    rows = rows.abs() + 0.1
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (k, v, rows)]
+
+
+def _band(window, delay, device):
+    """The public ops' band arguments: a table for per-head windows, else window= and delay=."""
+    if isinstance(window, list):
+        return {"band": band_table(torch.tensor(window, device=device), torch.tensor(delay, device=device), 2, 3, 40,
+                                   device)}
+    return {"window": window, "delay": torch.tensor(delay, device=device) if isinstance(delay, list) else delay}
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("unconstrained", [False, True], ids=["coefficients", "unconstrained"])
+@pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
+def test_fused_bandwidth_is_row_bandwidth_then_the_attention(device, window, delay, unconstrained, nan_outputs):
+    """Against the float64 composition of the two reference ops. y, dk, dv: float32 kernels against float64
+    (FP32). The rows' gradients chain two ops (each row's d(scale), itself a sum over the row's keys, then a
+    sum over the B T rows through beta's derivatives): FP32_CHAINED, as row_bandwidth feeding the attention."""
+    k, v, rows = _inputs(device)
+    band = _band(window, delay, device)
+    y = mosaic_attention(k, v, bandwidth=rows, unconstrained=unconstrained, **band)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    grads = torch.autograd.grad(y, (k, v, rows), g)
+    k64, v64, r64 = (t.detach().double().cpu().requires_grad_() for t in (k, v, rows))
+    band64 = {n: (b.cpu() if isinstance(b, torch.Tensor) else b) for n, b in band.items()}
+    scale = reference_row_bandwidth(*r64.unbind(0), 40, unconstrained=unconstrained, **band64)
+    y64 = reference.mosaic_attention(k64, v64, scale, **band64)
+    refs = torch.autograd.grad(y64, (k64, v64, r64), g.double().cpu())
+    assert rel_err(y, y64) <= tolerances.FP32
+    for name, got, want, tol in zip(("k", "v", "bandwidth"), grads, refs,
+                                    (tolerances.FP32, tolerances.FP32, tolerances.FP32_CHAINED)):
+        assert got.shape == want.shape and rel_err(got, want) <= tol, (name, rel_err(got, want))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("window, delay", BANDS, ids=IDS)
+def test_the_two_kernel_backward_reads_the_same_bandwidth(device, window, delay):
+    """The long-row plan (key role, then query role) on small tiles: the fused bandwidth's dk, dv and rows'
+    gradient equal those of the per-row scale that row_bandwidth writes, run through the same plan; the
+    forward's y and log-sum-exp too. Both compute beta1 n^alpha + beta0 with the same float32 operations, so
+    they agree to float32 rounding (FP32; bitwise in the interpreter, 2026-12-06)."""
+    from mosaic_kernels.attention.function import (
+        _bandwidth_backward,
+        attention_backward,
+        attention_forward,
+        kernel_band,
+        split_config,
+    )
+
+    k, v, rows = (t.detach() for t in _inputs(device))
+    band = _band(window, delay, device)
+    w, d, delays = kernel_band(band.get("window"), band.get("delay", 1), band.get("band"), 2, 3, 40, k.device)
+    scale = row_bandwidth(*rows.unbind(0), 40, unconstrained=True, **band).expand(2, 3, 40).contiguous()
+    fwd = dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1)
+    bwd = split_config((32, 16, 1, 1), (16, 16, 1, 1))
+    g = torch.randn(k.shape, generator=torch.Generator().manual_seed(4)).to(device)
+    window_arg = None if w < 0 else w
+    fused = attention_forward(k, v, rows, fwd, window=window_arg, delay=d, delays=delays, adaptive=3)
+    plain = attention_forward(k, v, scale, fwd, window=window_arg, delay=d, delays=delays)
+    for a, b in zip(fused, plain):
+        assert rel_err(a, b) <= tolerances.FP32
+    dk, dv, d_rows = attention_backward(k, v, *fused, rows, g, bwd, window=window_arg, delay=d, delays=delays,
+                                        adaptive=3)
+    dk2, dv2, d_scale = attention_backward(k, v, *plain, scale, g, bwd, window=window_arg, delay=d, delays=delays)
+    assert rel_err(dk, dk2) <= tolerances.FP32 and rel_err(dv, dv2) <= tolerances.FP32
+    assert rel_err(d_rows, d_scale) <= tolerances.FP32           # both (B, H, T): the rows' d(scale)
+    grads = _bandwidth_backward(d_rows, *rows.unbind(0), 40, w, d, delays, True)
+    assert grads.shape == (3, 3) and torch.isfinite(grads).all()
+
+
+def test_the_reference_is_the_composition():
+    """On the CPU (no interpreter) the op runs the reference: row_bandwidth's scale, then the attention."""
+    k, v, rows = (t.detach().double() for t in _inputs("cpu"))
+    delays = torch.tensor([2, 9])
+    got = reference.mosaic_attention(k, v, bandwidth=rows, unconstrained=True, window=7, delay=delays)
+    scale = reference_row_bandwidth(*rows.unbind(0), 40, window=7, delay=delays, unconstrained=True)
+    assert torch.equal(got, reference.mosaic_attention(k, v, scale, window=7, delay=delays))
+
+
+def test_bad_bandwidth_arguments_name_themselves():
+    k, v, rows = (t.detach() for t in _inputs("cpu"))
+    for kwargs, msg in ((dict(scale=0.5, bandwidth=rows), "either scale or bandwidth"),
+                        (dict(bandwidth=rows[:2]), r"bandwidth must be a tensor of shape \(3, 3\)"),
+                        (dict(bandwidth=rows.long()), "bandwidth must be a floating-point tensor"),
+                        (dict(unconstrained=True), "unconstrained applies to bandwidth="),
+                        (dict(bandwidth=rows, unconstrained=1), "unconstrained must be a bool")):
+        with pytest.raises(ValueError, match=msg):
+            mosaic_attention(k, v, **kwargs)
