@@ -113,3 +113,32 @@ def test_bad_bandwidth_arguments_name_themselves():
                         (dict(bandwidth=rows, unconstrained=1), "unconstrained must be a bool")):
         with pytest.raises(ValueError, match=msg):
             mosaic_attention(k, v, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [300, 4097])
+def test_gpu_bf16_at_v2s_bands(T, nan_outputs):
+    """bf16 on the GPU's tiles (one-kernel backward at T = 300, the two-kernel plan at 4,097): v2's call of
+    short-term heads (window 256) and long-term ones (per-sequence delays in [64, 256]) as a band table, against
+    the float64 composition; the rows' gradients within LOW_PRECISION as the other bf16 gradients (their sums
+    run in float32 over float32 per-row terms); two runs bitwise equal."""
+    g = torch.Generator().manual_seed(6)
+    k = torch.nn.functional.normalize(torch.randn(2, 4, T, 64, generator=g), dim=-1) * 2
+    v = torch.randn(2, 4, T, 64, generator=g)
+    rows = torch.randn(3, 4, generator=g) * 0.3
+    table = band_table(torch.tensor([256, 256, T, T]), torch.tensor([[1, 1, 64, 64], [1, 1, 200, 200]]), 2, 4, T)
+    kd, vd = (t.cuda().bfloat16().requires_grad_() for t in (k, v))
+    rd, td = rows.cuda().requires_grad_(), table.cuda()
+    dy = torch.randn(2, 4, T, 64, generator=g).cuda().bfloat16()
+    runs = []
+    for _ in range(2):
+        y = mosaic_attention(kd, vd, bandwidth=rd, unconstrained=True, band=td)
+        runs.append((y, *torch.autograd.grad(y, (kd, vd, rd), dy)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    k64, v64, r64 = (t.detach().double().cpu().requires_grad_() for t in (kd, vd, rd))
+    y64 = reference.mosaic_attention(k64, v64, bandwidth=r64, unconstrained=True, band=table)
+    refs = torch.autograd.grad(y64, (k64, v64, r64), dy.double().cpu())
+    assert rel_err(runs[0][0], y64) <= tolerances.LOW_PRECISION
+    for name, got, want in zip(("k", "v", "bandwidth"), runs[0][1:], refs):
+        assert rel_err(got, want) <= tolerances.LOW_PRECISION, (name, rel_err(got, want))
