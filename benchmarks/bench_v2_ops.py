@@ -6,9 +6,14 @@ Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fw
   ours_delay       delay=M (the long-term memory at inference: keys 0 .. t-M)
   ours_delays      one delay per sequence, drawn from [64, 256] (the long-term memory in training)
   ours_row_scale   the strictly causal op with a (B, H, T) per-row scale, against ours_full's per-head one
+  ours_adaptive    the strictly causal op with the adaptive bandwidth computed in its kernels (bandwidth=, the
+                   (3, H) unconstrained rows), against ours_row_scale's scale read from memory
   ours_two_calls   v2's two memories as the model called them until 9585c1e: the first H/2 heads with window=W,
                    the others with per-sequence delays, two calls and a concatenation of their outputs
   ours_one_call    the same two memories in one call of H heads (band=, a band per sequence and head)
+  ours_one_call_row_scale, ours_one_call_adaptive
+                   that call with v2's per-row bandwidth: as a (B, H, T) scale (the model until d18c962), or
+                   computed in the kernels (the model since)
   flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
   flex_delay       compiled FlexAttention, mask_mod kv <= t-M
   sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)
@@ -96,6 +101,7 @@ def attention_rows(only: list[str] | None = None) -> list[dict]:
         k = (F.normalize(torch.randn(B, H, T, D, device="cuda", generator=g), dim=-1) * 2.7).bfloat16()
         v = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
         row_scale = torch.rand(B, H, T, device="cuda", generator=g) + 0.5
+        coefficients = torch.randn(3, H, device="cuda", generator=g) * 0.3       # unconstrained beta0, beta1, alpha
         delays = torch.randint(64, 257, (B,), device="cuda", generator=g)
         window_mask = torch.arange(T, device="cuda")[:, None] - torch.arange(T, device="cuda")[None, :]
         window_mask = (window_mask >= 1) & (window_mask <= WINDOW)
@@ -109,7 +115,11 @@ def attention_rows(only: list[str] | None = None) -> list[dict]:
             "ours_row_scale": lambda k, v: mosaic_attention(k, v, row_scale),
             "ours_two_calls": lambda k, v: torch.cat([mosaic_attention(k[:, :half], v[:, :half], window=WINDOW),
                                                       mosaic_attention(k[:, half:], v[:, half:], delay=delays)], dim=1),
+            "ours_adaptive": lambda k, v: mosaic_attention(k, v, bandwidth=coefficients, unconstrained=True),
             "ours_one_call": lambda k, v: mosaic_attention(k, v, band=table),
+            "ours_one_call_row_scale": lambda k, v: mosaic_attention(k, v, row_scale, band=table),
+            "ours_one_call_adaptive": lambda k, v: mosaic_attention(k, v, band=table, bandwidth=coefficients,
+                                                                    unconstrained=True),
             "flex_window": _flex(lambda b, h, q, kv: (kv <= q - 1) & (kv >= q - WINDOW), T, "cuda"),
             "flex_delay": _flex(lambda b, h, q, kv: kv <= q - DELAY, T, "cuda"),
             "sdpa_window": lambda k, v: F.scaled_dot_product_attention(k, k, v, attn_mask=window_mask, scale=1.0),
