@@ -136,9 +136,6 @@ def gated_keys(config: MosaicV2Config, raw: torch.Tensor, rate_bias: torch.Tenso
     return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=config.norm_eps, **layout)
 
 
-
-
-
 class Bandwidth(nn.Module):
     """The softmax's inverse temperature per head: ``beta(n) = beta1 n^alpha + beta0`` of the keys a row
     sees (adaptive), or one learned constant per head. beta0 = softplus(.), beta1 = softplus(.) and
