@@ -95,6 +95,26 @@ def test_the_two_kernel_backward_reads_the_same_bandwidth(device, window, delay)
     assert grads.shape == (3, 3) and torch.isfinite(grads).all()
 
 
+@pytest.mark.parametrize("device", kernel_devices())
+def test_dropout_sees_the_same_mask(device, nan_outputs):
+    """With dropout the fused bandwidth and the per-row scale that row_bandwidth writes draw the same Philox seed
+    from the same generator state, so the same mask: equal outputs and gradients (FP32, as above)."""
+    k, v, rows = _inputs(device)
+    band = _band([6, 6, 40], [[1, 1, 5], [1, 1, 12]], device)
+    outs = []
+    for fused in (True, False):
+        kk, vv, rr = (t.detach().clone().requires_grad_() for t in (k, v, rows))
+        gen = torch.Generator(device=device).manual_seed(11)
+        if fused:
+            y = mosaic_attention(kk, vv, bandwidth=rr, unconstrained=True, dropout_p=0.2, generator=gen, **band)
+        else:
+            scale = row_bandwidth(*rr.unbind(0), 40, unconstrained=True, **band)
+            y = mosaic_attention(kk, vv, scale, dropout_p=0.2, generator=gen, **band)
+        outs.append((y, *torch.autograd.grad(y.square().sum(), (kk, vv, rr))))
+    for a, b in zip(*outs):
+        assert rel_err(a, b) <= tolerances.FP32
+
+
 def test_the_reference_is_the_composition():
     """On the CPU (no interpreter) the op runs the reference: row_bandwidth's scale, then the attention."""
     k, v, rows = (t.detach().double() for t in _inputs("cpu"))
