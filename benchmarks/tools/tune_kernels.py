@@ -7,10 +7,12 @@ The P-mem sweep fills TILES of mosaic_kernels/persistent_memory/function.py.
 ``attention-dropout`` sweeps the attention's tiles with dropout 0.05 (the mask is generated in every
 kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps them over the v2 short-term
 band (window 256), whose rows see few key blocks at any T. ``v2-attention`` sweeps them for the v2 block's one call of
-2H heads (a band table of windows and delays, a per-row scale), whose tiles the host plans as long rows.
+2H heads (a band table of windows and delays, a per-row scale), whose tiles the host plans as long rows (the
+winners go into BWD_BAND_TABLE_TILES). ``row-scale`` times what a per-row scale costs the causal split backward by
+key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP).
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
-       [band] [v2-attention] [pmem]
+       [band] [v2-attention] [row-scale] [head-group] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
