@@ -38,7 +38,7 @@ BWD = [(64, 64, 64, 4, 2), (64, 64, 64, 8, 2), (128, 64, 64, 8, 2), (32, 32, 32,
        (64, 32, 32, 4, 2), (128, 32, 32, 8, 2), (64, 64, 64, 4, 3), (32, 32, 32, 4, 1)]
 # Two-kernel backward: key role (BLOCK_P, BLOCK_Q, warps, stages), query role (BLOCK_P, BLOCK_K, warps, stages).
 BWD_KEY = [(128, 32, 4, 3), (128, 32, 4, 5), (64, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3),
-           (64, 64, 4, 3), (128, 32, 8, 4)]
+           (64, 64, 4, 3), (128, 32, 8, 4), (64, 64, 8, 3)]
 BWD_QUERY = [(64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 4, 3),
              (64, 64, 4, 2), (32, 32, 4, 3)]
 ATT_SHAPES = [(32, 12, 512, 64), (16, 12, 1024, 64), (8, 12, 2048, 64), (2, 12, 8192, 64), (4, 16, 2048, 128),
@@ -97,7 +97,8 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
                       window: int = 256) -> list[tuple]:
     """The v2 block's attention as the model calls it (``MosaicV2Block.read_memories``): one call of 2H heads
     with a band table (the first H heads a window of ``window`` keys, the others every key up to t - m, m per
-    sequence in [64, 256]) and a per-row scale (B, 2H, T). A table's windows live on the device, so the host
+    sequence in [64, 256]) and the adaptive bandwidth computed in the kernels from (3, 2H) unconstrained rows
+    (since d18c962; the sweep of 2026-12-06 read a (B, 2H, T) scale). A table's windows live on the device, so the host
     plans this call as rows of T keys: the long forward tiles and the two-kernel backward from LONG_T on, at
     every T of V2_SHAPES. Sweeps the forward's tiles, then the key-role kernel's with the first query-role tiles,
     then the query role's; returns the winners [(shape, fwd, key, query)]. ``device``, the tile lists and
@@ -112,12 +113,12 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
         v, dy = torch.randn_like(k), torch.randn_like(k)
         delays = torch.randint(64, 257, (B,), device=device, generator=g)
         table = two_memory_table(B, H, T, window, delays)
-        scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
+        rows = torch.randn(3, H, device=device, generator=g) * 0.3      # unconstrained beta0, beta1, alpha
         shape = (B, H, T, D)
-        best_fwd = _sweep(f"V2 FWD {shape}", lambda cfg: attention_forward(k, v, scale, cfg, delays=table), fwd,
-                          lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]), bench=bench)
-        y, lse = attention_forward(k, v, scale, delays=table)
-        bwd = lambda cfg: attention_backward(k, v, y, lse, scale, dy, cfg, delays=table)  # noqa: E731
+        best_fwd = _sweep(f"V2 FWD {shape}", lambda cfg: attention_forward(k, v, rows, cfg, delays=table, adaptive=3),
+                          fwd, lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]), bench=bench)
+        y, lse = attention_forward(k, v, rows, delays=table, adaptive=3)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, rows, dy, cfg, delays=table, adaptive=3)  # noqa: E731
         best_key = _sweep(f"V2 BWD key role {shape}", bwd, key, lambda c: split_config(c, query[0]), bench=bench)
         best_query = _sweep(f"V2 BWD query role {shape}", bwd, query, lambda c: split_config(best_key, c), bench=bench)
         winners.append((shape, best_fwd, best_key, best_query))

@@ -35,7 +35,7 @@ def test_chunk_rule_sweep_runs_both_scans_under_both_rules(device, monkeypatch):
 @pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
 def test_v2_attention_sweep_runs_every_tile_on_the_models_call(device):
     """The v2 sweep on a tiny shape (Triton's interpreter, a stand-in timer that favours the later tiles):
-    every forward, key-role and query-role tile runs once on a band table with a per-row scale, and each
+    every forward, key-role and query-role tile runs once on a band table with the adaptive bandwidth, and each
     winner is the fastest of its list (the query-role sweep runs with the key role's winner)."""
     calls = []
 
