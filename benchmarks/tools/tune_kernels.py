@@ -93,6 +93,16 @@ def tune_band():
 V2_SHAPES = [(8, 24, 2048, 64), (2, 24, 8192, 64)]
 
 
+def _attention_inputs(B: int, H: int, T: int, D: int, device: str) -> tuple:
+    """(generator, k, v, dy) of a sweep: unit keys of norm 2.7 (logits up to e^2, the model's scale), bf16 on the
+    GPU and float32 in the CPU suite's interpreter; the generator, seeded 0, draws the sweep's other inputs."""
+    g = torch.Generator(device=device).manual_seed(0)
+    k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
+    k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
+    v, dy = torch.randn_like(k), torch.randn_like(k)
+    return g, k, v, dy
+
+
 def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fwd=FWD, key=BWD_KEY, query=BWD_QUERY,
                       window: int = 256) -> list[tuple]:
     """The v2 block's attention as the model calls it (``MosaicV2Block.read_memories``): one call of 2H heads
@@ -107,10 +117,7 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
 
     winners = []
     for (B, H, T, D) in shapes:
-        g = torch.Generator(device=device).manual_seed(0)
-        k = (torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7)
-        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
-        v, dy = torch.randn_like(k), torch.randn_like(k)
+        g, k, v, dy = _attention_inputs(B, H, T, D, device)
         delays = torch.randint(64, 257, (B,), device=device, generator=g)
         table = two_memory_table(B, H, T, window, delays)
         rows = torch.randn(3, H, device=device, generator=g) * 0.3      # unconstrained beta0, beta1, alpha
@@ -137,10 +144,7 @@ def tune_row_scale(device: str = "cuda", shapes=ROW_SCALE_SHAPES, bench=bench_ms
     suite run it."""
     rows = []
     for (B, H, T, D) in shapes:
-        g = torch.Generator(device=device).manual_seed(0)
-        k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
-        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
-        v, dy = torch.randn_like(k), torch.randn_like(k)
+        g, k, v, dy = _attention_inputs(B, H, T, D, device)
         scales = (torch.rand(H, device=device, generator=g) + 0.5, torch.rand(B, H, T, device=device, generator=g) + 0.5)
         outs = [attention_forward(k, v, sc) for sc in scales]
         for tile in key:
@@ -163,31 +167,28 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
     """The attention's launch order by groups of heads (``HEAD_GROUP``: None is every head, the plain grid
     order; groups of B*H or more are the same): forward and backward time of the default tiles at each
     group size, on the strictly causal op with a per-head scale, or (``True`` in ``shapes``) on v2's call
-    of 2H heads with a band table and a per-row scale. Prints and returns [(shape, v2, group, fwd ms, bwd ms)]."""
+    of 2H heads with a band table and the adaptive bandwidth computed in the kernels (the model's call since
+    d18c962). Prints and returns [(shape, v2, group, fwd ms, bwd ms)]. The launches copy the config dicts
+    before reading HEAD_GROUP out of them, so one dict serves every call."""
     from benchmarks.bench_v2_ops import two_memory_table
     from mosaic_kernels.attention.function import _bwd_config, _fwd_config
 
     rows = []
     for (B, H, T, D), v2 in shapes:
-        g = torch.Generator(device=device).manual_seed(0)
-        k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
-        k = k.to(torch.bfloat16 if device == "cuda" else torch.float32)
-        v, dy = torch.randn_like(k), torch.randn_like(k)
+        g, k, v, dy = _attention_inputs(B, H, T, D, device)
         if v2:
             table = two_memory_table(B, H, T, window, torch.randint(64, 257, (B,), device=device, generator=g))
-            scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
+            scale, adaptive = torch.randn(3, H, device=device, generator=g) * 0.3, 3   # unconstrained rows
         else:
-            table, scale = None, torch.rand(H, device=device, generator=g) + 0.5
+            table, scale, adaptive = None, torch.rand(H, device=device, generator=g) + 0.5, 0
         for group in groups:
             fwd = dict(_fwd_config(T, D), HEAD_GROUP=group)
             bwd = _bwd_config(T, D, band_table=v2)
             for cfg in (bwd["key"], bwd["query"]) if "key" in bwd else (bwd,):
                 cfg["HEAD_GROUP"] = group
-            y, lse = attention_forward(k, v, scale, dict(fwd), delays=table)
-            f = bench(lambda: attention_forward(k, v, scale, dict(fwd), delays=table))
-            b = bench(lambda: attention_backward(k, v, y, lse, scale, dy,
-                                                 {n: dict(c) if isinstance(c, dict) else c for n, c in bwd.items()},
-                                                 delays=table))
+            y, lse = attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive)
+            f = bench(lambda: attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive))
+            b = bench(lambda: attention_backward(k, v, y, lse, scale, dy, bwd, delays=table, adaptive=adaptive))
             print("HEAD GROUP", (B, H, T, D), "v2" if v2 else "causal", f"group {group or B * H}",
                   f"fwd {f:.4f} bwd {b:.4f} ms", flush=True)
             rows.append(((B, H, T, D), v2, group, f, b))
