@@ -124,8 +124,9 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
         shape = (B, H, T, D)
         best_fwd = _sweep(f"V2 FWD {shape}", lambda cfg: attention_forward(k, v, rows, cfg, delays=table, adaptive=3),
                           fwd, lambda c: dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]), bench=bench)
-        y, lse = attention_forward(k, v, rows, delays=table, adaptive=3)
-        bwd = lambda cfg: attention_backward(k, v, y, lse, rows, dy, cfg, delays=table, adaptive=3)  # noqa: E731
+        row_scales = torch.empty(B, H, T, device=device)
+        y, lse = attention_forward(k, v, rows, delays=table, adaptive=3, row_scales=row_scales)
+        bwd = lambda cfg: attention_backward(k, v, y, lse, row_scales, dy, cfg, delays=table)  # noqa: E731
         best_key = _sweep(f"V2 BWD key role {shape}", bwd, key, lambda c: split_config(c, query[0]), bench=bench)
         best_query = _sweep(f"V2 BWD query role {shape}", bwd, query, lambda c: split_config(best_key, c), bench=bench)
         winners.append((shape, best_fwd, best_key, best_query))
@@ -186,9 +187,11 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
             bwd = _bwd_config(T, D, band_table=v2)
             for cfg in (bwd["key"], bwd["query"]) if "key" in bwd else (bwd,):
                 cfg["HEAD_GROUP"] = group
-            y, lse = attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive)
-            f = bench(lambda: attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive))
-            b = bench(lambda: attention_backward(k, v, y, lse, scale, dy, bwd, delays=table, adaptive=adaptive))
+            row_scales = torch.empty(B, H, T, device=device) if adaptive else scale
+            y, lse = attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive, row_scales=row_scales)
+            f = bench(lambda: attention_forward(k, v, scale, fwd, delays=table, adaptive=adaptive,
+                                                row_scales=row_scales))
+            b = bench(lambda: attention_backward(k, v, y, lse, row_scales, dy, bwd, delays=table))
             print("HEAD GROUP", (B, H, T, D), "v2" if v2 else "causal", f"group {group or B * H}",
                   f"fwd {f:.4f} bwd {b:.4f} ms", flush=True)
             rows.append(((B, H, T, D), v2, group, f, b))

@@ -48,9 +48,12 @@ BWD_BAND_TABLE_TILES = {16: ((64, 64, 4, 3), (64, 32, 4, 3)), 32: ((64, 64, 4, 3
 
 # Programs start in groups of HEAD_GROUP heads (triton_attention._head_and_block): every block of a group's heads
 # before the next group's, so the programs running at once share the keys and values of fewer heads in L2. None:
-# one group of all B*H heads, the plain grid order. Not yet measured (2026-12-06): `tune_kernels head-group`
-# times the choices; a config dict's "HEAD_GROUP" overrides it (tuning, tests).
-HEAD_GROUP: int | None = None
+# one group of all B*H heads, the plain grid order. `tune_kernels head-group` on the H100 (2026-12-06, bf16, the
+# default tiles, plain order against 24): the causal op at (8, 12, 8192, 64) forward 2.23 -> 2.02 ms, backward
+# 7.48 -> 6.29; v2's call at (8, 24, 2048, 64) backward 1.017 -> 0.947; equal (+-1%) at (2, 12, 8192, 64) and
+# (2, 24, 8192, 64), where B*H <= 48; groups of 8 to 48 all within 3% of 24. A config dict's "HEAD_GROUP"
+# overrides it (tuning, tests).
+HEAD_GROUP: int | None = 24
 
 
 def _head_group(cfg: dict, n_heads: int) -> int:
@@ -119,7 +122,8 @@ def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay
     ``delays``: int32, (B,) one per sequence, or the (B, H, 2) table of (window, delay) per sequence and head
     (:func:`band_table`; then ``window`` and ``delay`` are not read). ``adaptive``: 0, or 2 / 3 when ``scale_t`` is
     the (3, H) rows (beta0, beta1, alpha) of the adaptive bandwidth (3: unconstrained, see :func:`row_bandwidth`),
-    computed per row in the kernels (ROW_SCALE = adaptive; 1 for a per-row scale tensor, 0 for a per-head one)."""
+    computed per row in the forward's kernel (ROW_SCALE = adaptive; 1 for a per-row scale tensor, 0 for a per-head
+    one)."""
     B, H, T, _ = k.shape
     band = window is not None or delay != 1 or delays is not None
     row_scale = adaptive or int(scale_t.dim() > 1)
@@ -162,36 +166,41 @@ def kernel_band(window: int | torch.Tensor | None, delay: int | torch.Tensor, ba
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
                       heads_last: bool = False, seed: torch.Tensor | None = None, threshold: int = 0,
                       window: int | None = None, delay: int = 1, delays: torch.Tensor | None = None,
-                      adaptive: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      adaptive: int = 0, row_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning). Dropout: ``threshold`` > 0
     (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element.
     ``scale_t``: (H,), or per row (H, T) or (B, H, T), float32, or with ``adaptive`` (2, 3) the (3, H) rows of
-    the adaptive bandwidth (:func:`_band_args`). Band: keys t - window .. t - delay, ``delays`` an int32 (B,)
-    tensor of per-batch delays or the (B, H, 2) band table (then ``delay`` is not read)."""
+    the adaptive bandwidth (:func:`_band_args`), whose per-row scales are written to ``row_scales``, a (B, H, T)
+    float32 tensor (allocated and dropped when None), for :func:`attention_backward`. Band: keys t - window ..
+    t - delay, ``delays`` an int32 (B,) tensor of per-batch delays or the (B, H, 2) band table (then ``delay`` is
+    not read)."""
     B, H, T, D = k.shape
     cfg = dict(fwd_config or _fwd_config(T, D, window))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
+    if adaptive and row_scales is None:
+        row_scales = _empty((B, H, T), device=k.device, dtype=torch.float32)
     grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
     head_group = _head_group(cfg, B * H)
     (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
     delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
     launch(_attn_fwd_kernel, grid,
-        k, v, y, lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(), *y.stride()[:3], *sc_strides, H, T, D, groups,
-        kscale, *band, head_group, BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
+        k, v, y, lse, row_scales if adaptive else lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(),
+        *y.stride()[:3], *sc_strides, H, T, D, groups, kscale, *band, head_group, BLOCK_D=_block_d(D),
+        PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
     return y, lse
 
 
 def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
                        dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
                        threshold: int = 0, window: int | None = None, delay: int = 1,
-                       delays: torch.Tensor | None = None, adaptive: int = 0) -> tuple:
+                       delays: torch.Tensor | None = None) -> tuple:
     """Launch the backward; returns (dk, dv, d(scale) terms): per-program partials of shape (B, H, n_blocks)
-    for a per-head scale, the per-row gradient (B, H, T) for a per-row one (or the adaptive bandwidth's
-    rows, ``adaptive`` as in :func:`attention_forward`). ``bwd_config`` overrides
-    the plan and tiles (tuning, tests): a dict as :func:`_bwd_config` returns. ``seed`` and
-    ``threshold``: the forward's dropout, whose mask is regenerated here; the band as in the forward."""
+    for a per-head scale, the per-row gradient (B, H, T) for a per-row one (for the adaptive bandwidth, the
+    ``row_scales`` its forward wrote). ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as
+    :func:`_bwd_config` returns. ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated
+    here; the band as in the forward."""
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3))
     if "key" in cfg:
@@ -202,7 +211,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     bd = _block_d(D)
     common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
     (seed_t, *drop_args), drop = _dropout_args(k, scale_t, seed, threshold)
-    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
+    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
     common.update(drop, **meta)
     strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
     drop_args = (*drop_args, *band)
@@ -234,26 +243,34 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
 
 def _forward(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: bool, seed: torch.Tensor,
              threshold: int, window: int, delay: int, delays: torch.Tensor | None,
-             adaptive: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, per-row log-sum-exp in float32); scale is float32, (H,) or per row (H, T) or (B, H, T), or the (3, H)
-    rows of the adaptive bandwidth when ``adaptive`` (2, 3); dropout when threshold > 0; window -1 for none."""
-    return attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold,
-                             window=None if window < 0 else window, delay=delay, delays=delays, adaptive=adaptive)
+             adaptive: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, per-row log-sum-exp in float32, the adaptive bandwidth's per-row scales (B, H, T) float32, or an empty
+    tensor without ``adaptive``); scale is float32, (H,) or per row (H, T) or (B, H, T), or the (3, H) rows of
+    the adaptive bandwidth when ``adaptive`` (2, 3); dropout when threshold > 0; window -1 for none."""
+    B, H, T, _ = k.shape
+    row_scales = k.new_empty((B, H, T) if adaptive else (0,), dtype=torch.float32)
+    y, lse = attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold,
+                               window=None if window < 0 else window, delay=delay, delays=delays, adaptive=adaptive,
+                               row_scales=row_scales)
+    return y, lse, row_scales
 
 
 def _fake_forward(k, v, scale, heads_last, seed, threshold, window, delay, delays, adaptive):
     B, H, T, D = k.shape
     return (empty_heads(v.new_empty, k.shape, heads_last=heads_last, device=v.device, dtype=v.dtype),
-            k.new_empty((B, H, T), dtype=torch.float32))
+            k.new_empty((B, H, T), dtype=torch.float32),
+            k.new_empty((B, H, T) if adaptive else (0,), dtype=torch.float32))
 
 
-def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
-              seed: torch.Tensor, threshold: int, window: int, delay: int, delays: torch.Tensor | None,
-              adaptive: int, scale_grad: bool, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dk, dv, d(scale) in float32, of the scale's shape; unwritten when not ``scale_grad``)."""
-    dk, dv, part = attention_backward(k, v, y, lse, scale, dy, seed=seed, threshold=threshold,
-                                      window=None if window < 0 else window, delay=delay, delays=delays,
-                                      adaptive=adaptive)
+def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, row_scales: torch.Tensor,
+              scale: torch.Tensor, seed: torch.Tensor, threshold: int, window: int, delay: int,
+              delays: torch.Tensor | None, adaptive: int, scale_grad: bool,
+              dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, dv, d(scale) in float32, of the scale's shape; unwritten when not ``scale_grad``). With ``adaptive``
+    the kernels read the per-row scales the forward wrote (``row_scales``), as for a per-row scale tensor."""
+    dk, dv, part = attention_backward(k, v, y, lse, row_scales if adaptive else scale, dy, seed=seed,
+                                      threshold=threshold, window=None if window < 0 else window, delay=delay,
+                                      delays=delays)
     if not scale_grad:  # a constant scale (the model's None): skip the partials' sum, one launch fewer
         return dk, dv, part.new_empty(scale.shape)
     if adaptive:  # the rows' gradients (B, H, T) through beta(n_t) to its three rows, in row_bandwidth's kernel
@@ -264,7 +281,7 @@ def _backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tens
     return dk, dv, part.sum(dim=(0, 2)) if scale.dim() == 1 else part.sum(dim=0) if scale.dim() == 2 else part
 
 
-def _fake_backward(k, v, y, lse, scale, seed, threshold, window, delay, delays, adaptive, scale_grad, dy):
+def _fake_backward(k, v, y, lse, row_scales, scale, seed, threshold, window, delay, delays, adaptive, scale_grad, dy):
     return k.new_empty(k.shape), v.new_empty(v.shape), k.new_empty(scale.shape, dtype=torch.float32)
 
 
@@ -275,9 +292,9 @@ def _save(ctx, inputs, outputs):
 
 
 def _backward_args(ctx, dy):
-    k, v, y, lse, scale, seed, delays = ctx.saved_tensors
+    k, v, y, lse, row_scales, scale, seed, delays = ctx.saved_tensors
     threshold, window, delay, adaptive = ctx.meta
-    return k, v, y, lse, scale, seed, threshold, window, delay, delays, adaptive, ctx.needs_input_grad[2], dy
+    return k, v, y, lse, row_scales, scale, seed, threshold, window, delay, delays, adaptive, ctx.needs_input_grad[2], dy
 
 
 ATTENTION = fused_op("attention", forward=_forward, fake_forward=_fake_forward, backward=_backward,

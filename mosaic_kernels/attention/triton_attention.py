@@ -33,10 +33,12 @@ Per-row scale (ROW_SCALE > 0): the logits of row t are scale[b, h, t] <k_t, k_j>
 is multiplied by the scale of its row before it meets the keys, and the scale gradient is written per row
 (d scale_t = sum_j ds_tj <k_t, k_j>) into a (B, H, T) buffer. ROW_SCALE = 1: scale is read from SCALE
 through the strides sscb, ssch, ssct (zero where the scale is broadcast). ROW_SCALE = 2 or 3 (the adaptive
-bandwidth of Memory Mosaics v2): scale_t = beta1 n_t^alpha + beta0 is computed here from the (3, H) float32
-rows (beta0, beta1, alpha) at SCALE (3: unconstrained parameters, softplus, softplus, sigmoid applied) and
-n_t, the keys row t sees in its band (_row_counts), as row_bandwidth computes it, so no (B, H, T) scale is
-read. Without ROW_SCALE (0) the scale is SCALE[h] and its gradient is one partial sum per program.
+bandwidth of Memory Mosaics v2, forward only): scale_t = beta1 n_t^alpha + beta0 is computed from the (3, H)
+float32 rows (beta0, beta1, alpha) at SCALE (3: unconstrained parameters, softplus, softplus, sigmoid applied) and
+n_t, the keys row t sees in its band (_row_counts), as row_bandwidth computes it, and written to ROWS (B, H, T);
+the backward reads those scales as ROW_SCALE = 1 (a key-role program visits every query block after it, and
+computing each block's scales there cost the backward 14-22% on the H100, against 7% for reading them).
+Without ROW_SCALE (0) the scale is SCALE[h] and its gradient is one partial sum per program.
 
 Dropout (DROPOUT): the probability p_tj is kept when _triton_common._keep_tile's mask of (b, h, row t,
 column j) says so, with GROUPS = ceil(T / 8) Philox calls per row, and the kept ones are scaled by
@@ -199,28 +201,18 @@ def _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED: tl.constexpr):
 
 
 @triton.jit
-def _scale_coefficients(SCALE, h, H, ROW_SCALE: tl.constexpr):
-    """(beta0, beta1, alpha) of head h for the adaptive bandwidth (ROW_SCALE 2 or 3; zeros otherwise, not read):
-    once per program, so that the loops compute each row's scale from three registers."""
-    if ROW_SCALE >= 2:
-        b0, b1, alpha, _, _, _ = _coefficients(SCALE, SCALE + H, SCALE + 2 * H, h, ROW_SCALE == 3)
-    else:
-        b0 = 0.0
-        b1 = 0.0
-        alpha = 0.0
-    return b0, b1, alpha
+def _adaptive_scales(SCALE, h, H, rows, window, delay, UNCONSTRAINED: tl.constexpr):
+    """The adaptive bandwidth beta1 n^alpha + beta0 of rows (len(rows),) float32, n their key counts in the band
+    (window, delay), from the (3, H) rows (beta0, beta1, alpha) at SCALE, as row_bandwidth computes it."""
+    b0, b1, alpha, _, _, _ = _coefficients(SCALE, SCALE + H, SCALE + 2 * H, h, UNCONSTRAINED)
+    power, _ = _count_power(_row_counts(rows, window, delay), alpha)
+    return b1 * power + b0
 
 
 @triton.jit
-def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE: tl.constexpr):
-    """The per-row scales of rows (len(rows),) float32: read (ROW_SCALE 1; 1 past T), or the adaptive
-    bandwidth beta1 n^alpha + beta0 of the rows' key counts in the band (window, delay) (ROW_SCALE 2, 3)."""
-    if ROW_SCALE == 1:
-        sc = tl.load(SCALE + b * sscb + h * ssch + rows * ssct, mask=rows < T, other=1.0).to(tl.float32)
-    else:
-        power, _ = _count_power(_row_counts(rows, window, delay), alpha)
-        sc = b1 * power + b0
-    return sc
+def _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T):
+    """The per-row scales of rows (len(rows),) float32 read through the strides (1 past T)."""
+    return tl.load(SCALE + b * sscb + h * ssch + rows * ssct, mask=rows < T, other=1.0).to(tl.float32)
 
 
 @triton.jit
@@ -271,7 +263,7 @@ def _fwd_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_m, offs_d
 
 @triton.jit
 def _attn_fwd_kernel(
-    K, V, Y, LSE, SCALE, SEED, DELAYS,
+    K, V, Y, LSE, ROWS, SCALE, SEED, DELAYS,
     skb, skh, skt, skd, svb, svh, svt, svd, syb, syh, syt, sscb, ssch, ssct,
     H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
@@ -288,10 +280,12 @@ def _attn_fwd_kernel(
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
-    if ROW_SCALE:
-        b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
-        qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T, window, delay, b0, b1, alpha,
-                               ROW_SCALE) * 1.4426950408889634                                         # (BM,)
+    if ROW_SCALE == 1:
+        qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634       # (BM,)
+    elif ROW_SCALE >= 2:  # computed here, written for the backward
+        sc = _adaptive_scales(SCALE, h, H, offs_m, window, delay, ROW_SCALE == 3)                   # (BM,)
+        tl.store(ROWS + pid_bh * T + offs_m, sc, mask=offs_m < T)
+        qk_scale = sc * 1.4426950408889634
     else:
         qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634  # natural exp -> exp2
     seed = _philox_key(SEED, pid_bh, DROPOUT)
@@ -346,7 +340,7 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
               skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, start, stop, inside_lo, inside_hi, T, window, delay,
-              b0, b1, alpha, seed, GROUPS, keep_scale,
+              seed, GROUPS, keep_scale,
               BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
               ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add keep_tj p_tj
@@ -365,8 +359,7 @@ def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p
         delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
         sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)                # (BP, BQ) ~ <k_j, k_t>
         if ROW_SCALE:
-            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T, window, delay, b0, b1, alpha,
-                               ROW_SCALE)                                              # (BQ,) scale_t
+            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)               # (BQ,) scale_t
             sT = sT * (sc_q * 1.4426950408889634)[None, :]
         else:
             sT = sT * qk_scale
@@ -444,9 +437,8 @@ def _attn_bwd_kernel(
     dy_base = DY + b * sdb + h * sdh
     row_base = pid_bh * T
     window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
-    b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
     if ROW_SCALE:
-        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE)  # (BP,)
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)                              # (BP,)
         scale = 1.0
         qk_scale = sc_p * 1.4426950408889634
     else:
@@ -481,7 +473,7 @@ def _attn_bwd_kernel(
         dk = dk * sc_p[:, None]
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, q_first, q_end, q_in_lo, q_in_hi, T, window,
-                       delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE,
+                       delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE,
                        PRECISION, DROPOUT, THRESHOLD)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
@@ -499,15 +491,14 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
                      PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr):
     """Prologue of the two split-backward kernels, program (b*h, position block): (b, h, p0, offs_p,
     offs_d, dmask, pmask, pm2 as in _positions, k_base, pid_bh, the head's scale (1 with ROW_SCALE),
-    the rows' scales sc_p (BP,) (with ROW_SCALE), qk_scale, the window and delay, the adaptive bandwidth's
-    (beta0, beta1, alpha) (ROW_SCALE 2, 3), k_p = the block's keys (BP, D))."""
+    the rows' scales sc_p (BP,) (with ROW_SCALE, read: the backward has no adaptive mode), qk_scale, the window
+    and delay, k_p = the block's keys (BP, D))."""
     pid_bh, b, h, pid_p = _head_and_block(H, HEAD_GROUP, REVERSED)
     p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(pid_p, T, D, BLOCK_P, BLOCK_D)
     k_base = K + b * skb + h * skh
     window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
-    b0, b1, alpha = _scale_coefficients(SCALE, h, H, ROW_SCALE)
     if ROW_SCALE:
-        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T, window, delay, b0, b1, alpha, ROW_SCALE)
+        sc_p = _row_scales(SCALE, b, h, offs_p, sscb, ssch, ssct, T)
         scale = 1.0
         qk_scale = sc_p * 1.4426950408889634
     else:
@@ -515,8 +506,7 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
         scale = tl.load(SCALE + h).to(tl.float32)
         qk_scale = scale * 1.4426950408889634
     k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    return (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay,
-            b0, b1, alpha, k_p)
+    return b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, k_p
 
 
 @triton.jit
@@ -530,9 +520,9 @@ def _attn_bwd_key_kernel(
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block (of its group) is launched first.
-    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, b0, b1, alpha,
-     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
-                             HEAD_GROUP, False, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, k_p) = \
+        _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, HEAD_GROUP,
+                         False, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_base = DY + b * sdb + h * sdh
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
@@ -546,15 +536,15 @@ def _attn_bwd_key_kernel(
     # The query blocks across the band's lower edge, those inside it, those across its upper edge.
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, first, tl.minimum(in_lo, end), in_lo, in_hi,
-                       T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
+                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
                        PRECISION, DROPOUT, THRESHOLD)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, in_lo, tl.minimum(in_hi, end), in_lo, in_hi,
-                       T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
+                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
                        PRECISION, DROPOUT, THRESHOLD)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, tl.maximum(tl.maximum(in_hi, in_lo), first),
-                       end, in_lo, in_hi, T, window, delay, b0, b1, alpha, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q,
+                       end, in_lo, in_hi, T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q,
                        "all", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
@@ -572,9 +562,9 @@ def _attn_bwd_query_kernel(
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
-    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, b0, b1, alpha,
-     k_p) = _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay,
-                             HEAD_GROUP, True, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
+    (b, h, p0, offs_p, offs_d, dmask, pmask, pm2, k_base, pid_bh, scale, sc_p, qk_scale, window, delay, k_p) = \
+        _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, T, D, window, delay, HEAD_GROUP,
+                         True, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
