@@ -138,20 +138,6 @@ def test_bad_bandwidth_arguments_name_themselves():
             mosaic_attention(k, v, **kwargs)
 
 
-def _row_gradient_bound(k64, v64, y64, dy64, scale64, rows64, mask):
-    """Per entry of the rows' gradient, sum_t J_t |terms of d(scale)_t|: the Higham-style bound's sum of the
-    absolute values of the products a low-precision kernel rounds. d(scale)_t = sum_j p_tj (dp_tj - delta_t)
-    <k_t, k_j> with dp_tj = <dy_t, v_j> and delta_t = <dy_t, y_t> (itself a sum, of |dy_t| . |y_t| in absolute
-    terms); J_t = d scale_t / d rows >= 0 (softplus', n^alpha softplus', n^alpha log n sigmoid' beta1)."""
-    s = k64 @ k64.transpose(-1, -2)                                              # (B, H, T, T) <k_t, k_j>
-    logits = (scale64[..., None] * s).masked_fill(~mask, float("-inf"))
-    p = torch.softmax(logits, -1).nan_to_num(0.0)                                # rows with no key: 0
-    dp = dy64 @ v64.transpose(-1, -2)
-    delta_abs = (dy64.abs() * y64.abs()).sum(-1, keepdim=True)
-    terms = (p * (dp.abs() + delta_abs) * s.abs()).sum(-1)                      # (B, H, T)
-    return torch.autograd.grad(scale64, rows64, terms)[0]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [300, 4097])
 def test_gpu_bf16_at_v2s_bands(T, nan_outputs):
@@ -164,10 +150,11 @@ def test_gpu_bf16_at_v2s_bands(T, nan_outputs):
     is 0), and the rows sum d(scale)_t over B T rows of both signs; on these inputs sum |terms| / |result| is
     8 to 560 (measured on the H100, 2026-12-06, and so the relative error 7% at T = 300 and 15% at 4,097 for both
     paths). Its bound is therefore per entry, LOW_PRECISION (about three bf16 roundings: of y in delta_t, of dy,
-    of the stored y) times the sum of the absolute values of its terms (_row_gradient_bound), as for any rounded
-    sum (Higham, section 4.2). That bound is loose here (1 to 11 times the entries themselves, on a CPU check at
-    T = 40): what pins the bf16 rows' gradient is its equality with the composition's, whose per-row d(scale) is
-    the one the float32 tests above compare with float64."""
+    of the stored y) times the sum of the absolute values of its terms (tolerances.scale_gradient_magnitudes
+    carried to the rows by J_t = d scale_t / d rows >= 0: softplus', n^alpha softplus', n^alpha log n sigmoid'
+    beta1), as for any rounded sum (Higham, section 4.2). That bound is loose here (1 to 11 times the entries
+    themselves, on a CPU check at T = 40): what pins the bf16 rows' gradient is its equality with the
+    composition's, whose per-row d(scale) is the one the float32 tests above compare with float64."""
     g = torch.Generator().manual_seed(6)
     k = torch.nn.functional.normalize(torch.randn(2, 4, T, 64, generator=g), dim=-1) * 2
     v = torch.randn(2, 4, T, 64, generator=g)
@@ -194,6 +181,8 @@ def test_gpu_bf16_at_v2s_bands(T, nan_outputs):
     for name, got, want in zip(("k", "v"), runs[0][1:3], refs):
         assert rel_err(got, want) <= tolerances.LOW_PRECISION, (name, rel_err(got, want))
     mask = band_mask(T, td[..., 0], td[..., 1], "cuda")
-    bound = _row_gradient_bound(k64.detach(), v64.detach(), y64.detach(), dy.double(), scale64, r64, mask)
+    terms = tolerances.scale_gradient_magnitudes(k64.detach(), v64.detach(), y64.detach(), dy.double(),
+                                                 scale64.detach(), mask)
+    bound = torch.autograd.grad(scale64, r64, terms)[0]
     err = (runs[0][3].double() - refs[2]).abs()
     assert (err <= tolerances.LOW_PRECISION * bound).all(), (err / bound).max().item()
