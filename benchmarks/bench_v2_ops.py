@@ -13,7 +13,8 @@ Attention over a band (bf16, keys pre-scaled unless a per-row scale is timed, fw
   ours_one_call    the same two memories in one call of H heads (band=, a band per sequence and head)
   ours_one_call_row_scale, ours_one_call_adaptive
                    that call with v2's per-row bandwidth: as a (B, H, T) scale (the model until d18c962), or
-                   computed in the kernels (the model since)
+                   computed in the kernels (the model since: in every kernel at d18c962, in the forward's
+                   since 153f16a, whose backward reads the scales the forward wrote)
   flex_window      compiled FlexAttention, mask_mod t-W <= kv <= t-1 (the block mask built once)
   flex_delay       compiled FlexAttention, mask_mod kv <= t-M
   sdpa_window      SDPA with an explicit boolean (T, T) window mask (the math or efficient backend)

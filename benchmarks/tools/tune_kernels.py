@@ -107,8 +107,9 @@ def tune_v2_attention(device: str = "cuda", shapes=V2_SHAPES, bench=bench_ms, fw
                       window: int = 256) -> list[tuple]:
     """The v2 block's attention as the model calls it (``MosaicV2Block.read_memories``): one call of 2H heads
     with a band table (the first H heads a window of ``window`` keys, the others every key up to t - m, m per
-    sequence in [64, 256]) and the adaptive bandwidth computed in the kernels from (3, 2H) unconstrained rows
-    (since d18c962; the sweep of 2026-12-06 read a (B, 2H, T) scale). A table's windows live on the device, so the host
+    sequence in [64, 256]) and the adaptive bandwidth computed from (3, 2H) unconstrained rows by the forward,
+    whose (B, 2H, T) scales the backward reads (153f16a; the first sweep of 2026-12-06 read a scale from row_bandwidth,
+    the second computed it in every kernel, d18c962). A table's windows live on the device, so the host
     plans this call as rows of T keys: the long forward tiles and the two-kernel backward from LONG_T on, at
     every T of V2_SHAPES. Sweeps the forward's tiles, then the key-role kernel's with the first query-role tiles,
     then the query role's; returns the winners [(shape, fwd, key, query)]. ``device``, the tile lists and
@@ -168,8 +169,8 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
     """The attention's launch order by groups of heads (``HEAD_GROUP``: None is every head, the plain grid
     order; groups of B*H or more are the same): forward and backward time of the default tiles at each
     group size, on the strictly causal op with a per-head scale, or (``True`` in ``shapes``) on v2's call
-    of 2H heads with a band table and the adaptive bandwidth computed in the kernels (the model's call since
-    d18c962). Prints and returns [(shape, v2, group, fwd ms, bwd ms)]. The launches copy the config dicts
+    of 2H heads with a band table and the adaptive bandwidth computed by the forward (the model's call).
+    Prints and returns [(shape, v2, group, fwd ms, bwd ms)]. The launches copy the config dicts
     before reading HEAD_GROUP out of them, so one dict serves every call."""
     from benchmarks.bench_v2_ops import two_memory_table
     from mosaic_kernels.attention.function import _bwd_config, _fwd_config

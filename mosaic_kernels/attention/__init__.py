@@ -151,8 +151,9 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             every sequence and head that :func:`band_table` builds (built once, read by every call).
         bandwidth: instead of ``scale``, a floating ``(3, H)`` tensor of rows (beta0, beta1, alpha): the adaptive
             bandwidth of Memory Mosaics v2, ``scale[b, h, t] = beta1 * n_t**alpha + beta0`` with n_t the keys
-            row t sees, exactly :func:`row_bandwidth`'s, computed inside the kernels (no (B, H, T) scale is
-            written or read); its gradient is returned when it requires grad.
+            row t sees, exactly :func:`row_bandwidth`'s, computed by the forward's kernel (no separate launch; it
+            keeps the (B, H, T) float32 scales for the backward, as it keeps the log-sum-exp); its gradient is
+            returned when it requires grad.
         unconstrained: with ``bandwidth``, its rows are unconstrained parameters and the op uses
             ``softplus(beta0)``, ``softplus(beta1)`` and ``sigmoid(alpha)``, as ``row_bandwidth`` does.
 

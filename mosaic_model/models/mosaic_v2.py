@@ -332,7 +332,7 @@ class MosaicV2Block(nn.Module):
         k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), rate_bias, *logits)
         v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, value_scale)
         # The adaptive bandwidth goes in as its three (2H,) rows of unconstrained parameters: the attention computes
-        # beta(n_t) per row inside its kernels (no (B, 2H, T) scale), the same formula as bandwidths() applies.
+        # beta(n_t) per row in its forward kernel (no launch of its own), the same formula as bandwidths() applies.
         read = (dict(bandwidth=rows[-n_bw:], unconstrained=True) if c.adaptive_bandwidth
                 else dict(scale=bandwidths(c, tuple(bandwidth), h.shape[1], table)))
         return ops_for(c, "mosaic_attention").mosaic_attention(k, v, band=table, **read,
