@@ -50,18 +50,24 @@ def test_v2_attention_sweep_runs_every_tile_on_the_models_call(device):
     assert len(calls) == len(fwd) + len(key) + len(query)
 
 
-@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
-def test_row_scale_sweep_times_both_scales_at_every_key_tile(device):
-    """The per-row scale's cost by key-role tile (Triton's interpreter, a stand-in timer): each tile's
-    backward runs once with a per-head and once with a per-row scale, in that order."""
-    times = iter(range(1, 100))
-    calls = []
+def _stand_in_timer(times=None):
+    """(bench, calls): a timer for the sweeps that runs each call once, records it in ``calls`` and returns the
+    next of ``times`` (1.0 each without)."""
+    calls, values = [], iter(times) if times is not None else None
 
     def bench(fn):
         fn()
         calls.append(fn)
-        return float(next(times))
+        return 1.0 if values is None else float(next(values))
 
+    return bench, calls
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_row_scale_sweep_times_both_scales_at_every_key_tile(device):
+    """The per-row scale's cost by key-role tile (Triton's interpreter, a stand-in timer): each tile's
+    backward runs once with a per-head and once with a per-row scale, in that order."""
+    bench, calls = _stand_in_timer(range(1, 100))
     key = [(32, 16, 1, 1), (16, 16, 1, 1)]
     rows = tune_kernels.tune_row_scale(device, [(1, 2, 40, 16)], bench, key, (16, 16, 1, 1))
     assert rows == [((1, 2, 40, 16), key[0], 1.0, 2.0), ((1, 2, 40, 16), key[1], 3.0, 4.0)]
@@ -73,13 +79,7 @@ def test_head_group_sweep_times_every_group_on_both_calls(device):
     """The launch-order sweep (Triton's interpreter, a stand-in timer): at each group size the forward and
     the backward run once, on the strictly causal op and on v2's band-table call; a group of every head is
     the plain order."""
-    calls = []
-
-    def bench(fn):
-        fn()
-        calls.append(fn)
-        return 1.0
-
+    bench, calls = _stand_in_timer()
     shapes = [((1, 4, 40, 16), False), ((1, 4, 40, 16), True)]
     rows = tune_kernels.tune_head_group(device, shapes, bench, [None, 3, 1], window=6)
     assert [(v2, group) for _, v2, group, _, _ in rows] == [(False, None), (False, 3), (False, 1),
@@ -91,13 +91,7 @@ def test_head_group_sweep_times_every_group_on_both_calls(device):
 def test_ordered_sweep_times_the_hosts_plan_then_every_tile(device):
     """The one-pass backward's sweep (Triton's interpreter, a stand-in timer): on each call the host's plan
     first, then each tile of the ordered plan, each backward run once."""
-    calls = []
-
-    def bench(fn):
-        fn()
-        calls.append(fn)
-        return 1.0
-
+    bench, calls = _stand_in_timer()
     shapes = [((1, 4, 40, 16), False), ((1, 4, 40, 16), True)]
     tiles = [(32, 16, 1, 1), (16, 16, 1, 1)]
     rows = tune_kernels.tune_ordered(device, shapes, bench, tiles, window=6)
