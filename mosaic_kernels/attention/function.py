@@ -289,7 +289,7 @@ def _forward(k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, heads_last: 
     tensor without ``adaptive``); scale is float32, (H,) or per row (H, T) or (B, H, T), or the (3, H) rows of
     the adaptive bandwidth when ``adaptive`` (2, 3); dropout when threshold > 0; window -1 for none."""
     B, H, T, _ = k.shape
-    row_scales = k.new_empty((B, H, T) if adaptive else (0,), dtype=torch.float32)
+    row_scales = _empty((B, H, T) if adaptive else (0,), device=k.device, dtype=torch.float32)
     y, lse = attention_forward(k, v, scale, heads_last=heads_last, seed=seed, threshold=threshold,
                                window=None if window < 0 else window, delay=delay, delays=delays, adaptive=adaptive,
                                row_scales=row_scales)
