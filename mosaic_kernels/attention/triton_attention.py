@@ -11,12 +11,15 @@ Rows with no key (t = 0) write zeros and a log-sum-exp of 0 (never -inf, so the 
 Backward: positions P = [p0, p0 + BLOCK_P) play two roles. Position j in P is a key for every later
 query t > j (key role: dv_j and the key part of dk_j, over query blocks t >= p0), and a query over
 every earlier key (query role: the query part of dk_t and the d(scale) terms, over key blocks
-j < p0 + BLOCK_P). Each gradient element is written by one program (no atomics), in one of two plans:
+j < p0 + BLOCK_P). Each gradient element is written by one program (no atomic adds), in one of three plans:
 - one kernel (short sequences): program (p-block, b*h) runs both roles and sums both parts of dk in
   registers; every program does about T / BLOCK of work whatever its position;
 - two kernels (long sequences): the key-role kernel writes dv and its part of dk in float32, then the
   query-role kernel adds its part and writes dk. Each kernel holds fewer live tiles (fewer registers,
-  its own tile shape) and launches its heaviest blocks first.
+  its own tile shape) and launches its heaviest blocks first;
+- one pass, "ordered" (long sequences, off by default): the key role only, each tile's query part of dk
+  added into a float32 dq buffer in a fixed order per query tile (semaphores), then an elementwise kernel
+  writes dk (_attn_bwd_ordered_kernel; the attention README has its order and why it cannot deadlock).
 BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
 
 Band (BAND): row t sees the keys lo_t <= j <= hi_t with lo_t = t - WINDOW and hi_t = t - delay (delay
