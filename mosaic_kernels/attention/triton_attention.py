@@ -11,7 +11,8 @@ Rows with no key (t = 0) write zeros and a log-sum-exp of 0 (never -inf, so the 
 Backward: positions P = [p0, p0 + BLOCK_P) play two roles. Position j in P is a key for every later
 query t > j (key role: dv_j and the key part of dk_j, over query blocks t >= p0), and a query over
 every earlier key (query role: the query part of dk_t and the d(scale) terms, over key blocks
-j < p0 + BLOCK_P). Each gradient element is written by one program (no atomic adds), in one of three plans:
+j < p0 + BLOCK_P). Each gradient element is written by one program, or by several in a fixed order (no
+atomic adds: the results are bitwise reproducible), in one of three plans:
 - one kernel (short sequences): program (p-block, b*h) runs both roles and sums both parts of dk in
   registers; every program does about T / BLOCK of work whatever its position;
 - two kernels (long sequences): the key-role kernel writes dv and its part of dk in float32, then the
