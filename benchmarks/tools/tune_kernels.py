@@ -201,17 +201,19 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
 
 
 ORDERED_SHAPES = [((2, 24, 8192, 64), True), ((8, 24, 2048, 64), True), ((2, 12, 8192, 64), False),
-                  ((8, 12, 8192, 64), False), ((8, 12, 2048, 64), False)]
-# (BLOCK_P, BLOCK_Q, warps, stages): the one-pass kernel's tiles that ptxas (Triton 3.8, sm_90, D=64) fits without
-# spills, or with few (2026-12-06).
-ORDERED_TILES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (64, 16, 4, 2)]
+                  ((8, 12, 8192, 64), False), ((8, 12, 2048, 64), False), ((1, 16, 8192, 128), False)]
+# (BLOCK_P, BLOCK_Q, warps, stages) by head dim: the one-pass kernel's tiles that ptxas (Triton 3.8, sm_90) fits
+# without spills or with few (2026-12-06; at D=128 only (32, 16, 4, 2) fits, (64, 16, 8, 2) spills 40-76 bytes).
+ORDERED_TILES = {64: [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (64, 16, 4, 2)],
+                 128: [(64, 16, 8, 2), (32, 16, 4, 2), (32, 32, 4, 2), (64, 32, 8, 2)]}
 
 
-def tune_ordered(device: str = "cuda", shapes=ORDERED_SHAPES, bench=bench_ms, tiles=ORDERED_TILES,
+def tune_ordered(device: str = "cuda", shapes=ORDERED_SHAPES, bench=bench_ms, tiles=None,
                  window: int = 256) -> list[tuple]:
     """The one-pass ("ordered") backward against the plan the host picks (the split plan at these T): the
     strictly causal op with a per-head scale, or (``True`` in ``shapes``) v2's call of 2H heads with a band
-    table and a per-row scale. Prints and returns [(shape, v2, tile or None for the host's plan, ms)]."""
+    table and a per-row scale, at each of ``tiles`` (default ORDERED_TILES of the shape's head dim). Prints and
+    returns [(shape, v2, tile or None for the host's plan, ms)]."""
     from benchmarks.bench_v2_ops import two_memory_table
 
     rows = []
@@ -223,7 +225,7 @@ def tune_ordered(device: str = "cuda", shapes=ORDERED_SHAPES, bench=bench_ms, ti
         else:
             table, scale = None, torch.rand(H, device=device, generator=g) + 0.5
         y, lse = attention_forward(k, v, scale, delays=table)
-        for tile in [None, *tiles]:
+        for tile in [None, *(tiles or ORDERED_TILES[D])]:
             cfg = None if tile is None else ordered_config(tile)
             ms = bench(lambda: attention_backward(k, v, y, lse, scale, dy, cfg, delays=table))
             print("ORDERED", (B, H, T, D), "v2" if v2 else "causal", tile or "host's plan", f"bwd {ms:.4f} ms",

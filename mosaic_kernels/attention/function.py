@@ -104,10 +104,10 @@ def ordered_config(tiles: tuple) -> dict:
 
 # The one-pass backward for long rows (triton_attention._attn_bwd_ordered_kernel): 5 tile products where the split
 # plan has 7, the query part of dk added in a fixed order through a semaphore per query tile (deterministic). Off
-# until measured on a GPU (2026-12-06: float64-checked in the interpreter, compiled for sm_90 without spills at
-# these tiles); ORDERED_BACKWARD = True makes it the long-row plan.
+# until measured on a GPU (2026-12-06: float64-checked in the interpreter; compiled for sm_90 by Triton 3.8, these
+# tiles spill nothing at D <= 64 and 40-76 bytes at 128); ORDERED_BACKWARD = True makes it the long-row plan.
 ORDERED_BACKWARD = False
-BWD_ORDERED_TILES = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 8, 2)}
+BWD_ORDERED_TILES = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 16, 8, 2)}
 
 
 def _bwd_config(T: int, D: int, window: int | None = None, band_table: bool = False) -> dict:
