@@ -254,8 +254,8 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
         part = torch.zeros((B, H, T) if row_scale else (B, H, n_blocks), device=k.device, dtype=torch.float32)
         sem = torch.zeros((B * H, n_tiles), device=k.device, dtype=torch.int32)
         launch(_attn_bwd_ordered_kernel, (B * H, n_blocks),
-            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, dq, part, sem, part, *strides, H, T, D,
-            *drop_args, n_tiles, **common, **tiles)
+            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, dq, sem, part, *strides, H, T, D,
+            *drop_args, **common, **tiles)
         block = 16 if interpreter_enabled() else 64
         launch(_attn_bwd_finish_kernel, (cdiv(T, block), B * H), dk_key, dq, scale_t, dk, H, T, D, BLOCK=block,
                BLOCK_D=bd, ROW_SCALE=row_scale)

@@ -205,10 +205,11 @@ def _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED: tl.constexpr):
 
 
 @triton.jit
-def _adaptive_scales(SCALE, h, H, rows, window, delay, UNCONSTRAINED: tl.constexpr):
+def _adaptive_scales(B0, B1, ALPHA, h, rows, window, delay, UNCONSTRAINED: tl.constexpr):
     """The adaptive bandwidth beta1 n^alpha + beta0 of rows (len(rows),) float32, n their key counts in the band
-    (window, delay), from the (3, H) rows (beta0, beta1, alpha) at SCALE, as row_bandwidth computes it."""
-    b0, b1, alpha, _, _, _ = _coefficients(SCALE, SCALE + H, SCALE + 2 * H, h, UNCONSTRAINED)
+    (window, delay), from head h's entries of the (H,) B0, B1, ALPHA: the attention's forward and row_bandwidth's
+    both call it, so they compute the same float32 operations."""
+    b0, b1, alpha, _, _, _ = _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED)
     power, _ = _count_power(_row_counts(rows, window, delay), alpha)
     return b1 * power + b0
 
@@ -287,7 +288,7 @@ def _attn_fwd_kernel(
     if ROW_SCALE == 1:
         qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634       # (BM,)
     elif ROW_SCALE >= 2:  # computed here, written for the backward
-        sc = _adaptive_scales(SCALE, h, H, offs_m, window, delay, ROW_SCALE == 3)                   # (BM,)
+        sc = _adaptive_scales(SCALE, SCALE + H, SCALE + 2 * H, h, offs_m, window, delay, ROW_SCALE == 3)                   # (BM,)
         tl.store(ROWS + pid_bh * T + offs_m, sc, mask=offs_m < T)
         qk_scale = sc * 1.4426950408889634
     else:
@@ -607,9 +608,9 @@ def _attn_bwd_query_kernel(
 
 @triton.jit
 def _attn_bwd_ordered_kernel(
-    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY, DQ, DSC, SEM, PART_SCALE,
+    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY, DQ, SEM, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay, n_qblocks,
+    H, T, D, GROUPS, keep_scale, window, delay,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
     ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
@@ -619,8 +620,9 @@ def _attn_bwd_ordered_kernel(
     # tile's p, dp and ds once and adds dv_j, the key part of dk_j (in registers, written to DK_KEY in float32 at
     # the end) and the query part ds k_j of the tile's rows into DQ (float32), in a fixed order per tile: the key
     # blocks that meet it from the last down, counted by the semaphore SEM[b*h, tile]. With ROW_SCALE the rows'
-    # d(scale) goes into DSC (B, H, T) the same way, and DQ holds scale_t ds k_j; else PART_SCALE gets one partial
-    # per program. DQ, DSC and SEM start at 0. Block j + 1 adds before j on every tile and was launched before it.
+    # d(scale) goes into PART_SCALE (B, H, T) the same way, and DQ holds scale_t ds k_j; else PART_SCALE (B*H,
+    # n_blocks) gets one partial per program. DQ, SEM and a per-row PART_SCALE start at 0. Block j + 1 adds
+    # before j on every tile and was launched before it.
     pid_bh = tl.program_id(0)
     n_blocks = tl.num_programs(1)
     j = n_blocks - 1 - tl.program_id(1)
@@ -680,7 +682,7 @@ def _attn_bwd_ordered_kernel(
         else:
             dscale += tl.sum(dsT * s, 1)
         # This block's turn on the tile: the blocks from the one of its last row's last key (t - delay) down.
-        sem = SEM + pid_bh * n_qblocks + tile
+        sem = SEM + pid_bh * tl.cdiv(T, BLOCK_Q) + tile
         turn = (tl.minimum((tile + 1) * BLOCK_Q, T) - 1 - delay) // BLOCK_P - j
         out = (row_base + rows[:, None]) * D + offs_d[None, :]
         if turn > 0:
@@ -689,10 +691,10 @@ def _attn_bwd_ordered_kernel(
                 seen = tl.atomic_add(sem, 0, sem="acquire")
             dq += tl.load(DQ + out, mask=rm2, other=0.0, cache_modifier=".cg")
             if ROW_SCALE:
-                dsc += tl.load(DSC + row_base + rows, mask=rmask, other=0.0, cache_modifier=".cg")
+                dsc += tl.load(PART_SCALE + row_base + rows, mask=rmask, other=0.0, cache_modifier=".cg")
         tl.store(DQ + out, dq, mask=rm2, cache_modifier=".cg")
         if ROW_SCALE:
-            tl.store(DSC + row_base + rows, dsc, mask=rmask, cache_modifier=".cg")
+            tl.store(PART_SCALE + row_base + rows, dsc, mask=rmask, cache_modifier=".cg")
         tl.debug_barrier()                                   # every thread's stores before the release
         tl.atomic_add(sem, 1, sem="release")
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_attention import _coefficients, _count_power, _row_band, _row_counts
+from .triton_attention import _adaptive_scales, _coefficients, _count_power, _row_band, _row_counts
 
 LN2 = tl.constexpr(0.6931471805599453)  # a plain float global fails to compile on GPU (Triton >= 3.x); the interpreter allows it
 
@@ -37,11 +37,8 @@ def _bandwidth_fwd_kernel(
     row = tl.program_id(0)       # r * H + h
     h = row % H
     window, delay = _row_band(DELAYS, row // H, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
-    b0, b1, alpha, _, _, _ = _coefficients(B0, B1, ALPHA, h, UNCONSTRAINED)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    n = _row_counts(t, window, delay)
-    power, _ = _count_power(n, alpha)
-    tl.store(OUT + row * T + t, b1 * power + b0, mask=t < T)
+    tl.store(OUT + row * T + t, _adaptive_scales(B0, B1, ALPHA, h, t, window, delay, UNCONSTRAINED), mask=t < T)
 
 
 @triton.jit
