@@ -353,7 +353,8 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
     """Run the Triton attention (no validation: call :func:`mosaic_kernels.mosaic_attention`). With
     ``dropout_p`` > 0 a fresh Philox seed is drawn from ``generator`` (or the global one) per call.
     ``scale``: None, a float, (H,), or per row (H, T) / (B, H, T); or ``bandwidth``, the (3, H) rows (beta0, beta1,
-    alpha) of the adaptive bandwidth computed per row in the kernels (``unconstrained`` as in :func:`row_bandwidth`);
+    alpha) of the adaptive bandwidth computed per row by the forward's kernel (``unconstrained`` as in
+    :func:`row_bandwidth`);
     ``window``: None, an int or (H,) tensor; ``delay``: an int, a (B,) or a (B, H) integer tensor; ``band``: a
     (B, H, 2) table instead of both."""
     H = k.shape[1]
