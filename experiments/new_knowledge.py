@@ -149,9 +149,10 @@ def _resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
-    torch.set_rng_state(state["torch_rng"])
+    # map_location moved the saved generator states to the device; the generators take CPU byte tensors
+    torch.set_rng_state(state["torch_rng"].cpu())
     if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     return state["step"], [tuple(c) for c in state["curve"]]
 
 
