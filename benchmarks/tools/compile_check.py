@@ -107,13 +107,13 @@ def _model_steps() -> None:
 
 def _long_row_plan_and_masks() -> None:
     """The launches no public call makes under the interpreter: the attention's two-kernel backward (the GPU
-    takes it for long rows; the interpreter's config is always the one-kernel plan) and its one-pass "ordered"
-    plan (off by default), plain, with dropout, with a band and with a band per head (a table), the latter with a
-    per-row scale too, and the dropout masks' inspection kernel."""
+    takes it for long rows; the interpreter's config is always the one-kernel plan), plain, with dropout, with
+    a band and with a band per head (a table), the latter with a per-row scale too, and the dropout masks'
+    inspection kernel."""
     import torch
 
     from mosaic_kernels._triton_common import dropout_keep_mask
-    from mosaic_kernels.attention.function import attention_backward, attention_forward, ordered_config, split_config
+    from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 
     g = torch.Generator().manual_seed(0)
     k, v, dy = (torch.randn(2, 2, 40, 24, generator=g) for _ in range(3))
@@ -124,10 +124,9 @@ def _long_row_plan_and_masks() -> None:
     table = torch.tensor([[[6, 1], [40, 2]], [[6, 1], [40, 5]]], dtype=torch.int32)  # one band per (b, h)
     rows = torch.rand(2, 2, 40, generator=g) + 0.1                                 # a per-row scale
     for extra in (dict(), dict(seed=seed, threshold=6554), dict(window=6, delays=delays), dict(delays=table)):
-        for plan in (bwd, ordered_config((32, 16, 1, 1))):
-            for sc in (scale, rows) if "delays" in extra and extra["delays"].dim() == 3 else (scale,):
-                y, lse = attention_forward(k, v, sc, fwd, **extra)
-                attention_backward(k, v, y, lse, sc, dy, plan, **extra)
+        for sc in (scale, rows) if "delays" in extra and extra["delays"].dim() == 3 else (scale,):
+            y, lse = attention_forward(k, v, sc, fwd, **extra)
+            attention_backward(k, v, y, lse, sc, dy, bwd, **extra)
     for rng in ("philox", "hash"):
         dropout_keep_mask(seed, 1, 2, 20, 30, 0.1, rng=rng)
 

@@ -9,11 +9,10 @@ kernel, so its best tiles may differ from the no-dropout ones). ``band`` sweeps 
 band (window 256), whose rows see few key blocks at any T. ``v2-attention`` sweeps them for the v2 block's one call of
 2H heads (a band table of windows and delays, a per-row scale), whose tiles the host plans as long rows (the
 winners go into BWD_BAND_TABLE_TILES). ``row-scale`` times what a per-row scale costs the causal split backward by
-key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP);
-``ordered`` the one-pass backward's tiles against the host's plan.
+key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP).
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
-       [band] [v2-attention] [row-scale] [head-group] [ordered] [pmem]
+       [band] [v2-attention] [row-scale] [head-group] [pmem]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -27,7 +26,7 @@ from benchmarks._common import bench_ms
 from mosaic_kernels import leaky_average
 from mosaic_kernels._common import as_heads_last
 from mosaic_kernels._triton_common import dropout_threshold
-from mosaic_kernels.attention.function import attention_backward, attention_forward, ordered_config, split_config
+from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 from mosaic_kernels.leaky_average import function as leaky_fn
 from mosaic_kernels.persistent_memory import function as pmem_fn
 from mosaic_kernels.registry import OPS
@@ -197,40 +196,6 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
             print("HEAD GROUP", (B, H, T, D), "v2" if v2 else "causal", f"group {group or B * H}",
                   f"fwd {f:.4f} bwd {b:.4f} ms", flush=True)
             rows.append(((B, H, T, D), v2, group, f, b))
-    return rows
-
-
-ORDERED_SHAPES = [((2, 24, 8192, 64), True), ((8, 24, 2048, 64), True), ((2, 12, 8192, 64), False),
-                  ((8, 12, 8192, 64), False), ((8, 12, 2048, 64), False), ((1, 16, 8192, 128), False)]
-# (BLOCK_P, BLOCK_Q, warps, stages) by head dim: the one-pass kernel's tiles that ptxas (Triton 3.8, sm_90) fits
-# without spills or with few (2026-12-06; at D=128 only (32, 16, 4, 2) fits, (64, 16, 8, 2) spills 40-76 bytes).
-ORDERED_TILES = {64: [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (64, 16, 4, 2)],
-                 128: [(64, 16, 8, 2), (32, 16, 4, 2), (32, 32, 4, 2), (64, 32, 8, 2)]}
-
-
-def tune_ordered(device: str = "cuda", shapes=ORDERED_SHAPES, bench=bench_ms, tiles=None,
-                 window: int = 256) -> list[tuple]:
-    """The one-pass ("ordered") backward against the plan the host picks (the split plan at these T): the
-    strictly causal op with a per-head scale, or (``True`` in ``shapes``) v2's call of 2H heads with a band
-    table and a per-row scale, at each of ``tiles`` (default ORDERED_TILES of the shape's head dim). Prints and
-    returns [(shape, v2, tile or None for the host's plan, ms)]."""
-    from benchmarks.bench_v2_ops import two_memory_table
-
-    rows = []
-    for (B, H, T, D), v2 in shapes:
-        g, k, v, dy = _attention_inputs(B, H, T, D, device)
-        if v2:
-            table = two_memory_table(B, H, T, window, torch.randint(64, 257, (B,), device=device, generator=g))
-            scale = torch.rand(B, H, T, device=device, generator=g) + 0.5
-        else:
-            table, scale = None, torch.rand(H, device=device, generator=g) + 0.5
-        y, lse = attention_forward(k, v, scale, delays=table)
-        for tile in [None, *(tiles or ORDERED_TILES[D])]:
-            cfg = None if tile is None else ordered_config(tile)
-            ms = bench(lambda: attention_backward(k, v, y, lse, scale, dy, cfg, delays=table))
-            print("ORDERED", (B, H, T, D), "v2" if v2 else "causal", tile or "host's plan", f"bwd {ms:.4f} ms",
-                  flush=True)
-            rows.append(((B, H, T, D), v2, tile, ms))
     return rows
 
 
@@ -410,7 +375,7 @@ def tune_pmem():
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
                          "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale,
-                         "head-group": tune_head_group, "ordered": tune_ordered},
+                         "head-group": tune_head_group},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
     "persistent_memory": {"pmem": tune_pmem},

@@ -6,14 +6,7 @@ import torch
 from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, per_head_tensor, time_tile
 from .._registration import fused_op
 from .._triton_common import draw_seed, dropout_threshold, keep_scale, launch, philox_groups, row_delta
-from .triton_attention import (
-    _attn_bwd_finish_kernel,
-    _attn_bwd_kernel,
-    _attn_bwd_key_kernel,
-    _attn_bwd_ordered_kernel,
-    _attn_bwd_query_kernel,
-    _attn_fwd_kernel,
-)
+from .triton_attention import _attn_bwd_kernel, _attn_bwd_key_kernel, _attn_bwd_query_kernel, _attn_fwd_kernel
 from .triton_bandwidth import _bandwidth_bwd_kernel, _bandwidth_fwd_kernel
 
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
@@ -96,29 +89,12 @@ def split_config(key_tiles: tuple, query_tiles: tuple) -> dict:
                 query=dict(BLOCK_P=qp, BLOCK_K=qk, num_warps=qw, num_stages=qs))
 
 
-def ordered_config(tiles: tuple) -> dict:
-    """The one-pass ("ordered") backward's config from (BLOCK_P, BLOCK_Q, warps, stages) of its kernel."""
-    bp, bq, warps, stages = tiles
-    return dict(ordered=dict(BLOCK_P=bp, BLOCK_Q=bq, num_warps=warps, num_stages=stages))
-
-
-# The one-pass backward for long rows (triton_attention._attn_bwd_ordered_kernel): 5 tile products where the split
-# plan has 7, the query part of dk added in a fixed order through a semaphore per query tile (deterministic). Off
-# until measured on a GPU (2026-12-06: float64-checked in the interpreter; compiled for sm_90 by Triton 3.8, these
-# tiles spill nothing at D <= 64 and 40-76 bytes at 128); ORDERED_BACKWARD = True makes it the long-row plan.
-ORDERED_BACKWARD = False
-BWD_ORDERED_TILES = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 16, 8, 2)}
-
-
 def _bwd_config(T: int, D: int, window: int | None = None, band_table: bool = False) -> dict:
     """One kernel: BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages.
     Two kernels (long rows, see :func:`_is_long`): {"key": ..., "query": ...}, see :func:`split_config`;
-    with ``band_table`` (a (B, H, 2) DELAYS table) from BWD_BAND_TABLE_TILES. With ORDERED_BACKWARD, long rows
-    take the one-pass plan ({"ordered": ...}, :func:`ordered_config`)."""
+    with ``band_table`` (a (B, H, 2) DELAYS table) from BWD_BAND_TABLE_TILES."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
-    if ORDERED_BACKWARD and _is_long(T, D, window):
-        return ordered_config(BWD_ORDERED_TILES[_block_d(D)])
     if _is_long(T, D, window):
         return split_config(*(BWD_BAND_TABLE_TILES if band_table else BWD_LONG_TILES)[_block_d(D)])
     bp, bq, bk, warps, stages = BWD_TILES[_block_d(D)]
@@ -227,9 +203,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     here; the band as in the forward."""
     B, H, T, D = k.shape
     cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3))
-    if "ordered" in cfg:
-        _check_blocks(cfg["ordered"]["BLOCK_P"], cfg["ordered"]["BLOCK_Q"])
-    elif "key" in cfg:
+    if "key" in cfg:
         _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
         _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])
     else:
@@ -245,21 +219,6 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     row_scale = meta["ROW_SCALE"]
-    if "ordered" in cfg:
-        tiles = dict(cfg["ordered"])
-        tiles.pop("HEAD_GROUP", None)  # its launch order is its own: every head's last key block first
-        n_blocks, n_tiles = cdiv(T, tiles["BLOCK_P"]), cdiv(T, tiles["BLOCK_Q"])
-        dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
-        dq = torch.zeros((B, H, T, D), device=k.device, dtype=torch.float32)   # rows no key block meets: 0
-        part = torch.zeros((B, H, T) if row_scale else (B, H, n_blocks), device=k.device, dtype=torch.float32)
-        sem = torch.zeros((B * H, n_tiles), device=k.device, dtype=torch.int32)
-        launch(_attn_bwd_ordered_kernel, (B * H, n_blocks),
-            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, dq, sem, part, *strides, H, T, D,
-            *drop_args, **common, **tiles)
-        block = 16 if interpreter_enabled() else 64
-        launch(_attn_bwd_finish_kernel, (cdiv(T, block), B * H), dk_key, dq, scale_t, dk, H, T, D, BLOCK=block,
-               BLOCK_D=bd, ROW_SCALE=row_scale)
-        return dk, dv, part
     if "key" not in cfg:
         cfg.pop("HEAD_GROUP", None)  # the one-kernel backward (short rows) keeps its plain (blocks, B*H) order
         n_blocks = cdiv(T, cfg["BLOCK_P"])

@@ -12,15 +12,12 @@ Backward: positions P = [p0, p0 + BLOCK_P) play two roles. Position j in P is a 
 query t > j (key role: dv_j and the key part of dk_j, over query blocks t >= p0), and a query over
 every earlier key (query role: the query part of dk_t and the d(scale) terms, over key blocks
 j < p0 + BLOCK_P). Each gradient element is written by one program, or by several in a fixed order (no
-atomic adds: the results are bitwise reproducible), in one of three plans:
+atomic adds: the results are bitwise reproducible), in one of two plans:
 - one kernel (short sequences): program (p-block, b*h) runs both roles and sums both parts of dk in
   registers; every program does about T / BLOCK of work whatever its position;
 - two kernels (long sequences): the key-role kernel writes dv and its part of dk in float32, then the
   query-role kernel adds its part and writes dk. Each kernel holds fewer live tiles (fewer registers,
-  its own tile shape) and launches its heaviest blocks first;
-- one pass, "ordered" (long sequences, off by default): the key role only, each tile's query part of dk
-  added into a float32 dq buffer in a fixed order per query tile (semaphores), then an elementwise kernel
-  writes dk (_attn_bwd_ordered_kernel; the attention README has its order and why it cannot deadlock).
+  its own tile shape) and launches its heaviest blocks first.
 BLOCK_P must be a multiple of BLOCK_Q and BLOCK_K (the diagonal loops cover P exactly).
 
 Band (BAND): row t sees the keys lo_t <= j <= hi_t with lo_t = t - WINDOW and hi_t = t - delay (delay
@@ -604,117 +601,3 @@ def _attn_bwd_query_kernel(
     else:
         # PART_SCALE is (B*H, n_blocks), one partial per position block.
         tl.store(PART_SCALE + pid_bh * tl.num_programs(1) + p0 // BLOCK_P, tl.sum(tl.where(pmask, dscale, 0.0), 0))
-
-
-@triton.jit
-def _attn_bwd_ordered_kernel(
-    K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY, DQ, SEM, PART_SCALE,
-    skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay,
-    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
-):
-    # The one-pass backward (the "ordered" plan, off by default): program (b*h, key block j), j taken in
-    # decreasing order (axis 1 counts from the last block). Over the query tiles its band meets, it computes each
-    # tile's p, dp and ds once and adds dv_j, the key part of dk_j (in registers, written to DK_KEY in float32 at
-    # the end) and the query part ds k_j of the tile's rows into DQ (float32), in a fixed order per tile: the key
-    # blocks that meet it from the last down, counted by the semaphore SEM[b*h, tile]. With ROW_SCALE the rows'
-    # d(scale) goes into PART_SCALE (B, H, T) the same way, and DQ holds scale_t ds k_j; else PART_SCALE (B*H,
-    # n_blocks) gets one partial per program. DQ, SEM and a per-row PART_SCALE start at 0. Block j + 1 adds
-    # before j on every tile and was launched before it.
-    pid_bh = tl.program_id(0)
-    n_blocks = tl.num_programs(1)
-    j = n_blocks - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    p0, offs_p, offs_d, dmask, pmask, pm2 = _positions(j, T, D, BLOCK_P, BLOCK_D)
-    k_base = K + b * skb + h * skh
-    dy_base = DY + b * sdb + h * sdh
-    row_base = pid_bh * T
-    window, delay = _row_band(DELAYS, b, h, H, window, delay, PER_BATCH_DELAY, BAND_TABLE)
-    if ROW_SCALE:
-        qk_scale = 1.4426950408889634
-    else:
-        qk_scale = tl.load(SCALE + h).to(tl.float32) * 1.4426950408889634
-    seed = _philox_key(SEED, pid_bh, DROPOUT)
-    k_p = tl.load(k_base + offs_p[:, None] * skt + offs_d[None, :] * skd, mask=pm2, other=0.0)   # (BP, D)
-    v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
-    dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-    dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    offs_q = tl.arange(0, BLOCK_Q)
-    # Query tiles whose rows see a key of the block: rows p0 + delay .. p0 + BLOCK_P - 1 + window.
-    first = tl.minimum(p0 + delay, T) // BLOCK_Q
-    end = tl.minimum(p0 + BLOCK_P - 1 + window, T - 1) // BLOCK_Q + 1
-    for tile in range(first, end):
-        rows = tile * BLOCK_Q + offs_q                                          # (BQ,) queries t
-        rmask = rows < T
-        rm2 = rmask[:, None] & dmask[None, :]
-        q = tl.load(k_base + rows[:, None] * skt + offs_d[None, :] * skd, mask=rm2, other=0.0)   # (BQ, D)
-        dy = tl.load(dy_base + rows[:, None] * sdt + offs_d[None, :] * sdd, mask=rm2, other=0.0)
-        lse = tl.load(LSE + row_base + rows, mask=rmask, other=float("inf"))
-        delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
-        s = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)               # (BP, BQ) <k_j, k_t>
-        if ROW_SCALE:
-            sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)          # (BQ,) scale_t
-            sT = s * (sc_q * qk_scale)[None, :]
-        else:
-            sT = s * qk_scale
-        sT = tl.where(_visible_keys(offs_p, rows, window, delay, BAND), sT, float("-inf"))
-        pT = tl.exp2(sT - lse[None, :])
-        dpT = tl.dot(v_p, tl.trans(dy), input_precision=PRECISION)            # (BP, BQ) <v_j, dy_t>
-        if DROPOUT:
-            keepT = tl.trans(_keep_tile(seed, rows, p0, GROUPS, BLOCK_Q, BLOCK_P, THRESHOLD))
-            dv += tl.dot(tl.where(keepT, pT, 0.0).to(dy.dtype), dy, input_precision=PRECISION)
-            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
-        else:
-            dv += tl.dot(pT.to(dy.dtype), dy, input_precision=PRECISION)
-        dsT = pT * (dpT - delta[None, :])                                        # (BP, BQ) ds_tj
-        if ROW_SCALE:
-            dk += tl.dot((dsT * sc_q[None, :]).to(q.dtype), q, input_precision=PRECISION)
-        else:
-            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
-        dq = tl.dot(tl.trans(dsT.to(k_p.dtype)), k_p, input_precision=PRECISION)          # (BQ, D) ds_tj k_j
-        if ROW_SCALE:
-            dq = dq * sc_q[:, None]
-            dsc = tl.sum(dsT * s, 0)                                              # (BQ,) sum_j ds_tj <k_t, k_j>
-        else:
-            dscale += tl.sum(dsT * s, 1)
-        # This block's turn on the tile: the blocks from the one of its last row's last key (t - delay) down.
-        sem = SEM + pid_bh * tl.cdiv(T, BLOCK_Q) + tile
-        turn = (tl.minimum((tile + 1) * BLOCK_Q, T) - 1 - delay) // BLOCK_P - j
-        out = (row_base + rows[:, None]) * D + offs_d[None, :]
-        if turn > 0:
-            seen = tl.atomic_add(sem, 0, sem="acquire")
-            while seen < turn:
-                seen = tl.atomic_add(sem, 0, sem="acquire")
-            dq += tl.load(DQ + out, mask=rm2, other=0.0, cache_modifier=".cg")
-            if ROW_SCALE:
-                dsc += tl.load(PART_SCALE + row_base + rows, mask=rmask, other=0.0, cache_modifier=".cg")
-        tl.store(DQ + out, dq, mask=rm2, cache_modifier=".cg")
-        if ROW_SCALE:
-            tl.store(PART_SCALE + row_base + rows, dsc, mask=rmask, cache_modifier=".cg")
-        tl.debug_barrier()                                   # every thread's stores before the release
-        tl.atomic_add(sem, 1, sem="release")
-    out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
-    tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
-    tl.store(DK_KEY + out, dk, mask=pm2)
-    if not ROW_SCALE:
-        tl.store(PART_SCALE + pid_bh * n_blocks + j, tl.sum(tl.where(pmask, dscale, 0.0), 0))
-
-
-@triton.jit
-def _attn_bwd_finish_kernel(DK_KEY, DQ, SCALE, DK, H, T, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                            ROW_SCALE: tl.constexpr):
-    # The ordered plan's dk = scale (dk_key + dq), both float32 (B, H, T, D); with ROW_SCALE both parts already
-    # carry their rows' scales.
-    pid_bh = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    m2 = (rows[:, None] < T) & (offs_d[None, :] < D)
-    out = (pid_bh * T + rows[:, None]) * D + offs_d[None, :]
-    dk = tl.load(DK_KEY + out, mask=m2, other=0.0) + tl.load(DQ + out, mask=m2, other=0.0)
-    if not ROW_SCALE:
-        dk = dk * tl.load(SCALE + pid_bh % H).to(tl.float32)
-    tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=m2)

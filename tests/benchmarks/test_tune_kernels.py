@@ -85,16 +85,3 @@ def test_head_group_sweep_times_every_group_on_both_calls(device):
     assert [(v2, group) for _, v2, group, _, _ in rows] == [(False, None), (False, 3), (False, 1),
                                                              (True, None), (True, 3), (True, 1)]
     assert len(calls) == 2 * len(rows)
-
-
-@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
-def test_ordered_sweep_times_the_hosts_plan_then_every_tile(device):
-    """The one-pass backward's sweep (Triton's interpreter, a stand-in timer): on each call the host's plan
-    first, then each tile of the ordered plan, each backward run once."""
-    bench, calls = _stand_in_timer()
-    shapes = [((1, 4, 40, 16), False), ((1, 4, 40, 16), True)]
-    tiles = [(32, 16, 1, 1), (16, 16, 1, 1)]
-    rows = tune_kernels.tune_ordered(device, shapes, bench, tiles, window=6)
-    assert [(v2, tile) for _, v2, tile, _ in rows] == [(False, None), (False, tiles[0]), (False, tiles[1]),
-                                                        (True, None), (True, tiles[0]), (True, tiles[1])]
-    assert len(calls) == len(rows)

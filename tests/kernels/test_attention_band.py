@@ -134,15 +134,12 @@ def test_kernel_matches_the_loop(device, band, scale_kind, nan_outputs):
 @pytest.mark.parametrize("band", [(37, 9, 1), (64, None, 21), (100, 30, (5, 60)), (70, (8, 80), ((1, 9), (1, 40)))],
                          ids=_ids)
 @pytest.mark.parametrize("scale_kind", ["head", "batch_row"])
-@pytest.mark.parametrize("plan", ["split", "ordered"])
-def test_long_row_backward_plans_match_the_loop(device, band, scale_kind, plan, nan_outputs):
-    """The long-sequence backward plans on small tiles that leave partial blocks, against the float64 loop;
-    bitwise equal over two runs: the split plan (key role, then query role) and the one-pass "ordered" plan
-    (query parts of dk added in a fixed order; 32-position key blocks over 16-row query tiles, so a tile meets
-    a key block part-way). The last band is one per head, as the kernels read it: a (B, H, 2) table of
-    (window, delay)."""
+def test_long_row_backward_plan_matches_the_loop(device, band, scale_kind, nan_outputs):
+    """The long-sequence (split) backward plan, key role then query role, on small tiles that leave partial
+    blocks, against the float64 loop; bitwise equal over two runs. The last band is one per head, as the
+    kernels read it: a (B, H, 2) table of (window, delay)."""
     from mosaic_kernels.attention import band_table
-    from mosaic_kernels.attention.function import attention_backward, attention_forward, ordered_config, split_config
+    from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
 
     T, window, delay = band
     k, v, s = (t.to(device) for t in _inputs(2, 2, T, 24, scale_kind))
@@ -153,7 +150,7 @@ def test_long_row_backward_plans_match_the_loop(device, band, scale_kind, plan, 
     g = torch.randn(k.shape, generator=torch.Generator().manual_seed(3)).to(device)
     y, lse = attention_forward(k, v, s, dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1),
                                window=window, delay=d, delays=delays)
-    cfg = split_config((32, 16, 1, 1), (16, 16, 1, 1)) if plan == "split" else ordered_config((32, 16, 1, 1))
+    cfg = split_config((32, 16, 1, 1), (16, 16, 1, 1))
     runs = [attention_backward(k, v, y, lse, s, g, cfg, window=window, delay=d, delays=delays) for _ in range(2)]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
@@ -349,54 +346,3 @@ def test_gpu_band_backward_is_deterministic():
                                 (k, v, s), g) for _ in range(2)]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("call", ["causal", "v2"])
-def test_gpu_ordered_plan_is_deterministic_and_exact(dtype, call, nan_outputs):
-    """The one-pass backward on the GPU, where its programs run at once and wait on each other's semaphores:
-    three runs bitwise equal (the query parts of dk are added in the same order whatever the timing), and
-    dk, dv against float64 within FP32 / LOW_PRECISION, at T = 4097 (partial tiles) with its default tiles. The
-    strictly causal op with a per-head scale, and v2's call (window-256 heads and heads delayed per sequence,
-    one band table, a per-row scale). The scale's gradient, a sum whose terms cancel, is bounded by the
-    tolerance times the sum of its terms' magnitudes (tolerances.scale_gradient_magnitudes): per head, or in RMS
-    over the rows for a per-row scale."""
-    from mosaic_kernels.attention import band_table
-    from mosaic_kernels.attention.function import BWD_ORDERED_TILES, attention_backward, attention_forward, ordered_config
-
-    B, H, T, D = 2, 4, 4097, 64
-    g = torch.Generator().manual_seed(8)
-    k = (torch.randn(B, H, T, D, generator=g) / D ** 0.25).cuda().to(dtype)
-    v = torch.randn(B, H, T, D, generator=g).cuda().to(dtype)
-    dy = torch.randn(B, H, T, D, generator=g).cuda().to(dtype)
-    if call == "v2":
-        table = band_table(torch.tensor([256, 256, T, T]), torch.tensor([[1, 1, 64, 64], [1, 1, 200, 200]]), B, H, T,
-                           "cuda")
-        scale = (torch.rand(B, H, T, generator=g) * 0.3 + 0.05).cuda()
-    else:
-        table, scale = None, (torch.rand(H, generator=g) * 0.3 + 0.05).cuda()
-    y, lse = attention_forward(k, v, scale, delays=table)
-    cfg = ordered_config(BWD_ORDERED_TILES[64])
-    runs = [attention_backward(k, v, y, lse, scale, dy, cfg, delays=table) for _ in range(3)]
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            assert torch.equal(a, b)
-    dk, dv, part = runs[0]
-    dscale = part.sum(dim=(0, 2)) if scale.dim() == 1 else part
-    k64, v64, s64 = (t.detach().double().requires_grad_() for t in (k, v, scale))
-    y64 = reference.mosaic_attention(k64, v64, s64, band=table)
-    refs = torch.autograd.grad(y64, (k64, v64, s64), dy.double())
-    tol = tolerances.FP32 if dtype == torch.float32 else tolerances.LOW_PRECISION
-    for name, got, want in zip(("k", "v"), (dk, dv), refs):
-        assert rel_err(got, want) <= tol, (name, rel_err(got, want))
-    mask = band_mask(T, table[..., 0], table[..., 1], "cuda") if table is not None else \
-        torch.ones(T, T, dtype=torch.bool, device="cuda").tril(-1)
-    scale_rows = s64.detach() if scale.dim() > 1 else s64.detach().view(1, H, 1)
-    terms = tolerances.scale_gradient_magnitudes(k64.detach(), v64.detach(), y64.detach(), dy.double(), scale_rows,
-                                                 mask)
-    err = (dscale.double() - refs[2]).abs()
-    if scale.dim() > 1:  # B H T rows: their RMS error against their terms' RMS magnitude (no max over 16k rows)
-        assert err.norm() <= tol * terms.norm(), (err.norm() / terms.norm()).item()
-    else:
-        assert (err <= tol * terms.sum(dim=(0, 2))).all()
