@@ -138,7 +138,9 @@ def _resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng:
             a: argparse.Namespace) -> tuple[int, list]:
     """Load a checkpoint into model, opt and rng; returns (its step, its curve). CheckpointMismatch when it was
     made with other settings or is past ``--steps``."""
-    state = torch.load(ckpt, map_location=a.device, weights_only=False)
+    # On the CPU, as the trainer's read_checkpoint loads: load_state_dict moves the weights and the optimizer's state
+    # to the parameters' device, and the generators take their states as CPU byte tensors.
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
     made = state["settings"]
     diff = [f for f in RUN_FIELDS if made.get(f) != getattr(a, f)]
     if diff:
@@ -149,10 +151,9 @@ def _resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
-    # map_location moved the saved generator states to the device; the generators take CPU byte tensors
-    torch.set_rng_state(state["torch_rng"].cpu())
+    torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"], [tuple(c) for c in state["curve"]]
 
 
