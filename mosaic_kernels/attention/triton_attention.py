@@ -285,7 +285,7 @@ def _attn_fwd_kernel(
     if ROW_SCALE == 1:
         qk_scale = _row_scales(SCALE, b, h, offs_m, sscb, ssch, ssct, T) * 1.4426950408889634       # (BM,)
     elif ROW_SCALE >= 2:  # computed here, written for the backward
-        sc = _adaptive_scales(SCALE, SCALE + H, SCALE + 2 * H, h, offs_m, window, delay, ROW_SCALE == 3)                   # (BM,)
+        sc = _adaptive_scales(SCALE, SCALE + H, SCALE + 2 * H, h, offs_m, window, delay, ROW_SCALE == 3)  # (BM,)
         tl.store(ROWS + pid_bh * T + offs_m, sc, mask=offs_m < T)
         qk_scale = sc * 1.4426950408889634
     else:
