@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LlamaConfig
-from .generation import GenerateMixin, is_static, layer_cache, lm_loss
+from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss
 from .mosaic_v2 import SwiGLU
 
 
@@ -107,14 +107,22 @@ class Llama(GenerateMixin, nn.Module):
                 std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj") else 0.02
                 nn.init.normal_(mod.weight, 0.0, std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
+        """(logits (B, T, vocab), loss or None); ``loss_chunk=R`` with targets: the loss R positions at a time
+        (``chunked_lm_loss``), logits None, as the Memory Mosaic's."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.norm_f(x))
+        if loss_chunk and targets is not None:
+            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
+        logits = self._head(x)
         return logits, lm_loss(logits, targets)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final RMSNorm and the tied head: (..., d) -> (..., vocab)."""
+        return self.lm_head(self.norm_f(x))
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""

@@ -34,7 +34,7 @@ from mosaic_kernels.attention.reference import row_bandwidth as reference_row_ba
 from mosaic_kernels.leaky_average import stable_gate_and_decay
 
 from .config import MosaicV2Config
-from .generation import GenerateMixin, is_static, lm_loss
+from .generation import GenerateMixin, chunked_lm_loss, is_static, lm_loss
 from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
 
 
@@ -391,7 +391,10 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         return torch.randint(c.delay_min, c.delay_max + 1, (B,), device=device, dtype=torch.int32)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                delay: int | torch.Tensor | None = None) -> tuple:
+                delay: int | torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
+        """(logits (B, T, vocab), loss or None); ``delay``: the long-term memory's (default: drawn per sequence in
+        training, fixed at evaluation); ``loss_chunk=R`` with targets: the loss R positions at a time
+        (``chunked_lm_loss``), logits None, as the Memory Mosaic's."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         if delay is None:
@@ -400,8 +403,14 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         table = band_table_of(self.config, idx.shape[0], idx.shape[1], delay, idx.device)  # one for every block
         for block in self.blocks:
             x = block(x, delay, table)
-        logits = self.lm_head(self.ln_f(x))
+        if loss_chunk and targets is not None:
+            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
+        logits = self._head(x)
         return logits, lm_loss(logits, targets)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""
+        return self.lm_head(self.ln_f(x))
 
     def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache`` (a
