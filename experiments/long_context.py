@@ -52,23 +52,39 @@ def last_step(records: list[dict]) -> int | None:
     return max(steps) if steps else None
 
 
-def select_runs(arm_dir: Path, unfinished: bool = False) -> dict | None:
+def run_seed(name: str) -> int:
+    """The seed index of a run folder's name (``-s<k>``; none is seed 0)."""
+    seed = RUN.match(name)["seed"]
+    return int(seed) if seed is not None else 0
+
+
+def select_runs(arm_dir: Path, unfinished: bool = False, select_seed: int | None = None) -> dict | None:
     """The learning rate of lowest mean final validation loss over its finished seeds (only learning rates
     whose every seed finished compete; with ``unfinished``, runs stopped early compete on their last
-    validation loss): {"lr", "runs", "val_loss_by_lr", "steps"}; None when no run qualifies."""
+    validation loss): {"lr", "runs", "val_loss_by_lr", "steps"}; None when no run qualifies.
+
+    ``select_seed``: the rates compete on that seed's runs alone, and every finished seed of the chosen rate is
+    kept: the protocol of a search on one seed followed by more seeds of the selected rate only (a mean over
+    two seeds at one rate against one seed at the others would favour or penalise that rate by seed luck)."""
     by_lr: dict[str, list[tuple[Path, float | None]]] = {}
     steps = {}
     for run in sorted(p for p in arm_dir.iterdir() if p.is_dir() and RUN.match(p.name)):
         records = metrics(run)
         by_lr.setdefault(RUN.match(run.name)["lr"], []).append((run, final_val_loss(records, unfinished)))
         steps[run.name] = last_step(records)
-    done = {lr: runs for lr, runs in by_lr.items() if all(v is not None for _, v in runs)}
+    if select_seed is None:
+        compete = by_lr
+    else:
+        compete = {lr: [(r, v) for r, v in runs if run_seed(r.name) == select_seed] for lr, runs in by_lr.items()}
+        compete = {lr: runs for lr, runs in compete.items() if runs}
+    done = {lr: runs for lr, runs in compete.items() if all(v is not None for _, v in runs)}
     if not done:
         return None
     means = {lr: float(np.mean([v for _, v in runs])) for lr, runs in done.items()}
     best = min(means, key=means.get)
-    return {"lr": best, "runs": [str(r) for r, _ in done[best]], "val_loss_by_lr": means,
-            "steps": {r.name: steps[r.name] for runs in done.values() for r, _ in runs}}
+    kept = [str(r) for r, v in by_lr[best] if v is not None]
+    return {"lr": best, "runs": kept, "val_loss_by_lr": means,
+            "steps": {r.name: steps[r.name] for runs in by_lr.values() for r, v in runs if v is not None}}
 
 
 def binned(loss: np.ndarray, count: np.ndarray, width: int) -> list[float]:
@@ -98,11 +114,12 @@ def cmd_report(a: argparse.Namespace) -> int:
     """Select, average over seeds, write summary.json and the figure."""
     root, figs = Path(a.out), Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    summary = {"train_T": a.train_T, "selected_on": "last validation loss (runs stopped early)" if a.unfinished
-               else "final validation loss", "bin": a.bin, "arms": {}}
+    summary = {"train_T": a.train_T, "selected_on": ("last validation loss (runs stopped early)" if a.unfinished
+                                                     else "final validation loss")
+               + ("" if a.select_seed is None else f", seed {a.select_seed}'s runs only"), "bin": a.bin, "arms": {}}
     curves = {}
     for arm in ARMS:
-        chosen = select_runs(root / arm, a.unfinished) if (root / arm).is_dir() else None
+        chosen = select_runs(root / arm, a.unfinished, a.select_seed) if (root / arm).is_dir() else None
         if chosen is None:
             continue
         entry = {**chosen, "by_length": {}, "every_run": {}}
@@ -168,12 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-T", type=int, default=1024, help="the training context length")
     p.add_argument("--unfinished", action="store_true",
                    help="runs stopped early by a time limit compete on their last validation loss")
+    p.add_argument("--select-seed", type=int, default=None,
+                   help="the learning rates compete on this seed's runs alone; every seed of the chosen rate is kept "
+                        "(a search on one seed, then more seeds of the selected rate)")
     p.add_argument("--bin", type=int, default=256, help="positions per bin of the summary's binned curves")
     a = p.parse_args(argv)
     if a.train_T < 1:
         p.error(f"--train-T must be >= 1, got {a.train_T}")
     if a.bin < 1:
         p.error(f"--bin must be >= 1, got {a.bin}")
+    if a.select_seed is not None and a.select_seed < 0:
+        p.error(f"--select-seed must be >= 0, got {a.select_seed}")
     if not Path(a.out).is_dir():
         p.error(f"--out {a.out}: no such folder")
     return cmd_report(a)

@@ -14,8 +14,10 @@
 # Memory: each run takes about 16 GiB at these sizes (12 GiB of it the CUDA graph's pool); on 2026-12-05
 # eight at once beside six new_knowledge runs ran the H200 out of memory and every v2 run died in its first
 # steps: keep to about seven. Eager (GRAPH=0) is no cure: on 2026-12-05 twelve eager runs took 10-16 GiB each
-# (the attention's float32 buffers of the backward) and five died at start; the seven left made 500 steps
-# in 720 s (0.7 steps/s each, sharing the GPU), so 800 steps need about 1,150 s of TRAIN_SECONDS. Most of a
+# (the attention's float32 buffers of the backward) and five died at start; the seven left reached step 500
+# by the 720 s limit. On 2026-12-06 (an H100 80GB) five eager runs at once fit (about 15.5 GiB each; six did
+# not) and each trained its 800 steps in 63-116 s (the runs' elapsed_s); startup and the evaluations at 16k and
+# 32k took about as long again. Most of a
 # run's memory is its logits (16 x 1024 x 50304 in float32 is 3.3 GB, with their gradient and bf16 copies):
 # LOSS_CHUNK=1024 makes the training loss's logits 1024 positions at a time (mosaic-train --loss-chunk).
 # TRAIN_ARGS: more mosaic-train flags for every arm ("--max-steps-this-run 500" stops each run at step 500 of

@@ -57,6 +57,24 @@ def test_unfinished_runs_compete_on_their_last_validation_loss(tmp_path):
     assert s["arms"]["llama"]["by_length"]["6"]["binned_loss"] == [1.5, 5.0]
 
 
+def test_selection_on_one_seed_keeps_every_seed_of_the_chosen_rate(tmp_path, capsys):
+    # Seed 0 searched the rates; seed 1 ran at the selected rate only. Over all runs the 0.01 rate's mean (4.20)
+    # would lose to 0.003's single run (4.15); on seed 0 alone 0.01 wins (4.10), and both its seeds are kept.
+    arm = tmp_path / "mosaic-v2"
+    _run(arm, "mosaic-v2-L4-lr0.003", 4.15)
+    s0, s1 = _run(arm, "mosaic-v2-L4-lr0.01", 4.10), _run(arm, "mosaic-v2-L4-lr0.01-s1", 4.30)
+    assert lc.select_runs(arm)["lr"] == "0.003"
+    chosen = lc.select_runs(arm, select_seed=0)
+    assert chosen["lr"] == "0.01" and sorted(chosen["runs"]) == sorted([s0, s1])
+    assert chosen["val_loss_by_lr"] == {"0.003": 4.15, "0.01": 4.10}
+    assert lc.select_runs(arm, select_seed=3) is None      # no run of that seed
+    assert lc.main(["report", "--out", str(tmp_path), "--figures", str(tmp_path / "f"), "--select-seed", "0"]) == 0
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["selected_on"].endswith("seed 0's runs only")
+    with pytest.raises(SystemExit) as e:
+        lc.main(["report", "--out", str(tmp_path), "--select-seed", "-1"])
+    assert e.value.code == 2 and "--select-seed" in capsys.readouterr().err
+
+
 def test_bands_double_up_to_the_length():
     assert lc.bands(1024, 16384) == [(0, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384)]
     assert np.isnan(lc.band_means([1.0, 2.0], [0, 0], [(0, 2)])[0])
