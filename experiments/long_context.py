@@ -139,7 +139,8 @@ def cmd_report(a: argparse.Namespace) -> int:
             entry["by_length"][str(length)] = {"bands": edges, "mean_loss": band_means(loss, count, edges),
                                                "per_seed": [band_means(r["loss"], r["documents"], edges) for r in rows],
                                                "documents": int(count[-1]), "binned_loss": binned(loss, count, a.bin)}
-            curves.setdefault(length, {})[f"{arm} (lr {chosen['lr']})"] = loss
+            seeds = f", mean of {len(rows)} seeds" if len(rows) > 1 else ""
+            curves.setdefault(length, {})[f"{arm} (lr {chosen['lr']}{seeds})"] = loss
         summary["arms"][arm] = entry
     (figs / "summary.json").write_text(json.dumps(summary, indent=1))
     _plot(curves, a.train_T, figs / "loss_by_position.png")
