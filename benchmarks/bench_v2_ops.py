@@ -27,6 +27,8 @@ Time-varying key scan (bf16 input, normalised and scaled as the model calls it, 
   ours_step        a decay (B, H, T)
   ours_step_gate   a decay (B, H, T) and a gate (B, H, T) fused into the kernel
   ours_step_mul    the same gate multiplied into x before the call (x * gate, then ours_step)
+  ours_step_split  ours_step and ours_step_gate with the forward's product in two 16-bit parts (the gate folded
+  ours_step_gate_split  into the matrix) instead of three TF32 products (TIME_VARYING_FWD_PRECISION = "split")
   ours_channel     a decay (B, H, T, D)
   torch_doubling   the PyTorch reference (recursive doubling) of ours_step, eager
   torch_dense      the (T, T) decay-matrix product of ours_step (T <= 4096)
@@ -184,6 +186,20 @@ def chunked_scan(x, a, scale, chunk: int = 64):
     return (F.normalize(u, dim=-1) * scale[:, None, None]).to(x.dtype)
 
 
+def _with_split(fn):
+    """``fn`` run with the time-varying scan's forward product in two 16-bit parts
+    (mosaic_kernels.leaky_average.function.TIME_VARYING_FWD_PRECISION = "split"), the setting restored after."""
+    from mosaic_kernels.leaky_average import function
+
+    def run(*args):
+        saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "split"
+        try:
+            return fn(*args)
+        finally:
+            function.TIME_VARYING_FWD_PRECISION = saved
+    return run
+
+
 def scan_rows() -> list[dict]:
     """fwd+bwd of every scan provider at SCAN_SHAPES (and the copy)."""
     try:
@@ -206,6 +222,11 @@ def scan_rows() -> list[dict]:
             "ours_step_gate": (lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True, scale=scale), step),
             "ours_step_mul": (lambda xr, a: leaky_average(xr * gate.unsqueeze(-1).to(xr.dtype), a, normalize=True,
                                                           scale=scale), step),
+            # The forward's matrix product in two 16-bit parts instead of three TF32 products
+            # (function.TIME_VARYING_FWD_PRECISION = "split"; the backward is the same).
+            "ours_step_split": (_with_split(lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale)), step),
+            "ours_step_gate_split": (_with_split(lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True,
+                                                                             scale=scale)), step),
             "ours_channel": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan),
             "ours_channel_raw": (lambda xr, a: leaky_average(xr, a), chan),
             "torch_doubling": (lambda xr, a: R.leaky_average(xr, a, normalize=True, scale=scale), step),
@@ -225,12 +246,14 @@ def scan_rows() -> list[dict]:
             try:
                 out = fn(xr, ar)
                 dy = torch.randn_like(out)
+                with torch.no_grad():
+                    t_fwd = bench_ms(lambda: fn(xr, ar))
                 t_all = bench_ms(lambda: torch.autograd.grad(fn(xr, ar), (xr, ar), dy))
             except Exception as e:
                 print(f"{name} {(B, H, T, D)}: {type(e).__name__}: {str(e)[:100]}", flush=True)
                 continue
             base = t_all if name == "ours_head" else base
-            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_bwd_ms=t_all, x_copy=t_all / copy_ms,
+            rows.append(dict(shape=str((B, H, T, D)), provider=name, fwd_ms=t_fwd, fwd_bwd_ms=t_all, x_copy=t_all / copy_ms,
                              x_ours_head=t_all / base if base else None))
         torch.cuda.empty_cache()
     return rows
@@ -271,8 +294,9 @@ def main() -> None:
                + table(rows, ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "graph_ms", "x_ours_full", "x_ours_full_graph",
                               "flex_window_over", "flex_window_over_graph"]))
     if "scan" in a.part:
-        md += ("\n\nTime-varying key scan, bf16 input, fwd+bwd; x_copy = time / a copy of x; x_ours_head = time / the "
-               "per-head scan's.\n\n" + table(scan_rows(), ["shape", "provider", "fwd_bwd_ms", "x_copy", "x_ours_head"]))
+        columns = ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "x_copy", "x_ours_head"]
+        md += ("\n\nTime-varying key scan, bf16 input, fwd (no grad) and fwd+bwd; x_copy = time / a copy of x; "
+               "x_ours_head = time / the per-head scan's.\n\n" + table(scan_rows(), columns))
     emit(md, a.out)
 
 

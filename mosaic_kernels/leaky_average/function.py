@@ -3,6 +3,7 @@ and of the kernel of its helper ``stable_gate_and_decay``."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -97,11 +98,26 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
+# The forward of a time-varying (per (b, h, t)) or gated scan on 16-bit inputs: "tf32x3" multiplies the tile's
+# float32 matrix by the gated float32 tile in three TF32 products (float32-level accuracy); "split" folds the
+# gate into the matrix's columns and multiplies the matrix, split into two 16-bit parts, by the 16-bit input
+# itself (two 16-bit products, the matrix to about 2^-16 relative, as the per-head scan's "split" does). Written
+# 2026-12-06 for issue 36's scan target (1.8x the per-head scan at (16,16,16384,128)) and not yet measured on a
+# GPU: "tf32x3" stays the default until it is (`python -m benchmarks.bench_v2_ops --part scan` times both;
+# MOSAIC_TV_FWD_PRECISION=split sets it for a whole process, e.g. a training step's benchmark).
+TIME_VARYING_FWD_PRECISION = os.environ.get("MOSAIC_TV_FWD_PRECISION", "tf32x3")
+if TIME_VARYING_FWD_PRECISION not in ("tf32x3", "split"):
+    raise ValueError(f"MOSAIC_TV_FWD_PRECISION must be tf32x3 or split, got {TIME_VARYING_FWD_PRECISION!r}")
+
+
 def _fwd_precision(dtype: torch.dtype, kind: int = 0, gated: bool = False) -> str:
     # 16-bit inputs: the decay matrix split into two 16-bit parts; fp32: exact fp32 products. A time-varying
     # or gated scan multiplies float32 tiles (the gated input, the tile's own matrix): exact products for
-    # fp32 inputs and the interpreter, three TF32 products (float32-level accuracy) for 16-bit inputs.
+    # fp32 inputs and the interpreter, TIME_VARYING_FWD_PRECISION for 16-bit inputs (per (b, h, t, d) decays
+    # scan without a product: kind 2 never reads it).
     if kind or gated:
+        if dtype != torch.float32 and TIME_VARYING_FWD_PRECISION == "split":
+            return "split"
         return _bwd_precision(dtype)
     return "ieee" if dtype == torch.float32 else "split"
 

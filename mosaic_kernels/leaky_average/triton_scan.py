@@ -86,6 +86,16 @@ def _tv_backward_weights(a_rows, rows_local, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _split_dot(w, x_raw):
+    """w @ x_raw for a float32 (BT, BT) matrix w and a 16-bit (BT, BD) tile x_raw, in float32: w split into a
+    high and a low part of x_raw's dtype (w = hi + lo to about 2^-16 relative), two 16-bit products with
+    float32 sums. x_raw enters exactly; only w's second rounding is an error."""
+    w_hi = w.to(x_raw.dtype)
+    w_lo = (w - w_hi.to(tl.float32)).to(x_raw.dtype)
+    return tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
+
+
+@triton.jit
 def _clamped_decay(raw):
     # The decay tensor is not range-checked on the host (that would synchronise the device); the kernels
     # clamp it to [0, 1] themselves, which saves the host five tensor operations a call and their
@@ -182,10 +192,15 @@ def _leaky_fwd_kernel(
             x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
         if GATED:
-            x = x * tl.load(g_base + rows * sgt, mask=rmask, other=0.0).to(tl.float32)[:, None]
+            g_rows = tl.load(g_base + rows * sgt, mask=rmask, other=0.0).to(tl.float32)   # (BLOCK_T,)
+            x = x * g_rows[:, None]
         if DECAY_KIND == 0:
             if USE_DOT:
-                if PRECISION == "split":
+                if PRECISION == "split" and GATED:
+                    # The gate folded into the matrix's columns, W[i, j] g_j, split into two 16-bit parts, so
+                    # that the product reads the 16-bit input as it is (exact) instead of the gated float32 tile.
+                    u = _split_dot(w * g_rows[None, :], x_raw)
+                elif PRECISION == "split":
                     u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
                 else:
                     u = tl.dot(w, x, input_precision=PRECISION)
@@ -200,7 +215,11 @@ def _leaky_fwd_kernel(
             # Rows past the end decay by 1 and add 0: the carry passes them unchanged.
             a_rows = _clamped_decay(tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32))
             w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_forward_weights(a_rows, rows_local, BLOCK_T)
-            u = tl.dot(w_tv, x, input_precision=PRECISION) + carry_w_tv[:, None] * carry[None, :]
+            if PRECISION == "split":  # as for the gated per-head decay above: W (times the gate) in two parts
+                u = _split_dot(w_tv * g_rows[None, :] if GATED else w_tv, x_raw)
+            else:
+                u = tl.dot(w_tv, x, input_precision=PRECISION)
+            u = u + carry_w_tv[:, None] * carry[None, :]
             carry = tl.sum(sum_w_tv[:, None] * x, axis=0) + a_tile_tv * carry
             chunk_prod = chunk_prod * a_tile_tv
         else:
