@@ -200,8 +200,9 @@ def _with_split(fn):
     return run
 
 
-def scan_rows() -> list[dict]:
-    """fwd+bwd of every scan provider at SCAN_SHAPES (and the copy)."""
+def scan_rows(only: list[str] | None = None) -> list[dict]:
+    """fwd and fwd+bwd of every scan provider (or those in ``only``, and ours_head, the ratios' baseline) at
+    SCAN_SHAPES, and the copy."""
     try:
         from fla.ops.hgrn import chunk_hgrn
     except ImportError as e:
@@ -238,6 +239,8 @@ def scan_rows() -> list[dict]:
             # HGRN's layout: (B, T, H*D) with log-decays; the same recurrence as ours_channel_raw.
             log_chan = chan.log().permute(0, 2, 1, 3).reshape(B, T, H * D).contiguous()
             providers["fla_hgrn"] = (lambda xr, a: chunk_hgrn(xr.transpose(1, 2).reshape(B, T, H * D), a)[0], log_chan)
+        if only:
+            providers = {name: fn for name, fn in providers.items() if name in only or name == "ours_head"}
         copy_ms = bench_ms(lambda: x.contiguous())
         rows.append(dict(shape=str((B, H, T, D)), provider="copy", fwd_bwd_ms=copy_ms, x_copy=1.0))
         base = None
@@ -281,6 +284,8 @@ def main() -> None:
                    help="which ops to time")
     p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
                    help="time only these attention providers (and ours_full, the ratios' baseline); default: all")
+    p.add_argument("--scan-providers", nargs="+", default=None, metavar="NAME",
+                   help="time only these scan providers (and ours_head, the ratios' baseline); default: all")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     a = p.parse_args()
     md = header(command_line("benchmarks.bench_v2_ops"))
@@ -296,7 +301,7 @@ def main() -> None:
     if "scan" in a.part:
         columns = ["shape", "provider", "fwd_ms", "fwd_bwd_ms", "x_copy", "x_ours_head"]
         md += ("\n\nTime-varying key scan, bf16 input, fwd (no grad) and fwd+bwd; x_copy = time / a copy of x; "
-               "x_ours_head = time / the per-head scan's.\n\n" + table(scan_rows(), columns))
+               "x_ours_head = time / the per-head scan's.\n\n" + table(scan_rows(a.scan_providers), columns))
     emit(md, a.out)
 
 
