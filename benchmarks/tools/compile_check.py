@@ -7,8 +7,9 @@ launch. This tool closes that gap in two steps, each in its own process (the int
 Triton is imported):
 
 1. ``record`` (under the interpreter): run each registered op's opcheck cases forward and backward, and
-   one training step of a small Memory Mosaic (v1) and Memory Mosaic v2 on the fused ops, and write down
-   every launch: the kernel, its argument types, its compile-time constants and its warps and stages.
+   one training step of a small Memory Mosaic (v1) and Memory Mosaic v2 on the fused ops (and the launches
+   no public float32 call makes: the attention's long-row backward, the 16-bit scans' "split" forward), and
+   write down every launch: the kernel, its argument types, its compile-time constants and its warps and stages.
 2. ``compile`` (without the interpreter): compile each distinct variant with ``triton.compile`` for a GPU
    target (default sm_90, the H100/H200), through every stage of Triton's pipeline down to a cubin.
 
@@ -131,6 +132,31 @@ def _long_row_plan_and_masks() -> None:
         dropout_keep_mask(seed, 1, 2, 20, 30, 0.1, rng=rng)
 
 
+def _split_scan_forwards() -> None:
+    """The 16-bit time-varying and gated scans' forward with its product in two 16-bit parts
+    (leaky_average.function.TIME_VARYING_FWD_PRECISION = "split"), which the float32 opcheck cases never take:
+    float16 here (the interpreter multiplies no bfloat16 tiles; record_all adds the bfloat16 variants)."""
+    import torch
+
+    from mosaic_kernels.leaky_average import function
+
+    saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "split"
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 2, 40, 16, generator=g).half()
+        gate, scale = torch.rand(2, 2, 40, generator=g) + 0.5, torch.ones(2)
+        for decay, gated in ((torch.rand(2, 2, 40, generator=g), None), (torch.rand(2, 2, 40, generator=g), gate),
+                             (torch.rand(2, generator=g), gate)):
+            function._launch_forward(x, decay, scale, True, 1e-12, 0, False, gated)
+    finally:
+        function.TIME_VARYING_FWD_PRECISION = saved
+
+
+def _as_bfloat16(v: dict) -> dict:
+    """A recorded float16 variant with its float16 pointers made bfloat16."""
+    return {**v, "signature": {k: "*bf16" if t == "*fp16" else t for k, t in v["signature"].items()}}
+
+
 def record_all() -> list[dict]:
     """Every distinct launch of the registry's opcheck cases (forward and backward) and of the model steps."""
     import torch
@@ -156,6 +182,9 @@ def record_all() -> list[dict]:
         (pair[0].square().sum() + pair[1].square().sum()).backward()
         _model_steps()
         _long_row_plan_and_masks()
+        split = len(launches)
+        _split_scan_forwards()
+    launches += [_as_bfloat16(v) for v in launches[split:]]
     unique = {json.dumps(v, sort_keys=True): v for v in launches}
     return list(unique.values())
 

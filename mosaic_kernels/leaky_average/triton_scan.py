@@ -215,8 +215,10 @@ def _leaky_fwd_kernel(
             # Rows past the end decay by 1 and add 0: the carry passes them unchanged.
             a_rows = _clamped_decay(tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32))
             w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_forward_weights(a_rows, rows_local, BLOCK_T)
-            if PRECISION == "split":  # as for the gated per-head decay above: W (times the gate) in two parts
-                u = _split_dot(w_tv * g_rows[None, :] if GATED else w_tv, x_raw)
+            if PRECISION == "split" and GATED:  # as for the gated per-head decay above: W g in two parts
+                u = _split_dot(w_tv * g_rows[None, :], x_raw)
+            elif PRECISION == "split":
+                u = _split_dot(w_tv, x_raw)
             else:
                 u = tl.dot(w_tv, x, input_precision=PRECISION)
             u = u + carry_w_tv[:, None] * carry[None, :]
