@@ -18,6 +18,20 @@ def autocast_for(device: torch.device | str, dtype: torch.dtype, cache: bool = T
     return contextlib.nullcontext()
 
 
+def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """``t.to(device)`` without making the host wait: a CPU tensor bound for a CUDA device goes through pinned
+    memory with ``non_blocking=True``. A plain copy from pageable memory waits until every kernel already
+    queued on the stream has run, so a training loop that copies each batch that way cannot issue step n + 1
+    while the GPU runs step n. The copy is ordered on the current stream before the kernels that read it, and
+    the caching host allocator keeps the pinned buffer until the copy has run. ``device`` None: ``t``."""
+    if device is None:
+        return t
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def resolve_device(device: str) -> str:
     """``"auto"`` as ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names unchanged. ValueError
     for a name torch does not parse, a device type other than cpu or cuda, or cuda without a GPU."""

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..runtime import to_device
+
 PAD, SEP = 0, 19
 LETTERS = "abcdefghijklmnopqr"
 VOCAB = ["."] + list(LETTERS) + ["|"]
@@ -162,7 +164,7 @@ class ICLSplit:
             lab = t[1:].clone()
             lab[lab == SEP] = IGNORE
             y[row, : len(s) - 1] = lab
-        return x.to(device), y.to(device), [self.dfas[i] for i in indices]
+        return to_device(x, device), to_device(y, device), [self.dfas[i] for i in indices]  # no host wait
 
     def legal(self, indices: list[int], device: torch.device | str | None = None) -> torch.Tensor:
         """The (B, L, VOCAB_SIZE) legal-next-symbol masks of :meth:`batch`'s inputs

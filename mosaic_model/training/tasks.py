@@ -14,6 +14,7 @@ import torch
 from ..data.regbench import IGNORE, PAD, VOCAB_SIZE, ICLTask, ICLTaskConfig
 from ..data.text import TokenCorpus, load_corpus
 from ..evaluation.metrics import corpus_loss, estimate_loss, evaluate_icl
+from ..runtime import to_device
 from .config import TrainConfig
 
 LM_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, as the official models do
@@ -111,7 +112,7 @@ class LMTrainingTask:
     def batch(self, draw: int, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``draw``: random training windows of the block size (inputs, next-token labels)."""
         x, y = self.train_corpus.random_windows(np.random.default_rng([self.config.seed, draw]), batch_size, self.block_size)
-        return x.to(device), y.to(device)
+        return to_device(x, device), to_device(y, device)  # no host wait on the GPU's queued work
 
     @staticmethod
     def fixed_shape(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
