@@ -12,7 +12,8 @@ Arms, all at the same width, depth, tokens, batches and learning-rate grid (``lm
   mosaic-v2-v1-keys           v2 with v1's keys (constant decay, no gate)
   llama                       the llama-style transformer (rotary positions)
 Each run is evaluated on held-out books (whole books the training never saw) with ``mosaic-eval
-per-position --full-length`` at each evaluation length, into ``DIR/evals/<arm>_T<length>.json``.
+per-position --full-length`` at each evaluation length, into ``DIR/evals/<arm>_T<length>.json`` (a later
+call's new runs into ``<arm>_T<length>_<tag>.json``: the report merges them).
 
 ``report`` selects, per arm, the learning rate of lowest mean final validation loss over its seeds (the
 training text's own held-out split; never the evaluation books; ``--unfinished``: runs a time limit stopped
@@ -110,6 +111,24 @@ def band_means(loss: list[float], count: list[float], edges: list[tuple[int, int
     return out
 
 
+EVAL_FILE = re.compile(r"^(?P<arm>.+)_T(?P<length>\d+)(_(?P<tag>[^_]+))?$")
+
+
+def evaluations(evals: Path, arm: str) -> dict[int, dict]:
+    """{length: {run folder name: its per-position result}} from every ``<arm>_T<length>[_<tag>].json`` in
+    ``evals`` (a later call scores only the runs an earlier one had not, into a tagged file: EVAL=new in
+    long_context_gpu.sh). Runs are matched by folder name, so that a study's folder can move; a run scored in
+    two files keeps the later file's result (files in name order)."""
+    out: dict[int, dict] = {}
+    for path in sorted(evals.glob(f"{arm}_T*.json")):
+        m = EVAL_FILE.match(path.stem)
+        if not m or m["arm"] != arm:
+            continue
+        results = json.loads(path.read_text())["results"]
+        out.setdefault(int(m["length"]), {}).update({Path(r).name: v for r, v in results.items()})
+    return out
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     """Select, average over seeds, write summary.json and the figure."""
     root, figs = Path(a.out), Path(a.figures)
@@ -124,11 +143,8 @@ def cmd_report(a: argparse.Namespace) -> int:
             continue
         entry = {**chosen, "by_length": {}, "every_run": {}}
         picked = {Path(r).name for r in chosen["runs"]}
-        for path in sorted((root / "evals").glob(f"{arm}_T*.json")):
-            length = int(path.stem.rsplit("_T", 1)[1])
+        for length, results in sorted(evaluations(root / "evals", arm).items()):
             edges = bands(a.train_T, length)
-            # Evaluations are matched to runs by folder name, so that a study's folder can move.
-            results = {Path(r).name: v for r, v in json.loads(path.read_text())["results"].items()}
             for name, r in results.items():  # every evaluated run, selected or not (same-rate comparisons)
                 entry["every_run"].setdefault(name, {})[str(length)] = band_means(r["loss"], r["documents"], edges)
             rows = [results[n] for n in sorted(picked) if n in results]

@@ -2,7 +2,9 @@
 # One device call of the length-extrapolation study (experiments/long_context.py; REPRODUCTION.md "Memory
 # Mosaics v2 at our scale"): the arms named on the command line train at once on the children's books
 # (HELDOUT whole books, default 16, set aside first), each process stopped cleanly at TRAIN_SECONDS, then
-# every finished run (EVAL=selected: those of the selected learning rate; UNFINISHED=1: runs stopped early
+# every finished run (EVAL=selected: those of the selected learning rate; EVAL=new: the finished runs no earlier
+# call scored, into tagged files the report merges (2026-12-06: re-scoring every run each call cost minutes);
+# UNFINISHED=1: runs stopped early
 # count too) is scored on the held-out books at
 # each of LENGTHS (default 16384 32768) with `mosaic-eval per-position --full-length` (run as python -m: the
 # device's checkout is not installed, so the console script is absent there), the arms at once.
@@ -73,9 +75,17 @@ r = s(Path(sys.argv[1]), unfinished=sys.argv[2] == '1'); print(' '.join(r['runs'
   fi
   [ -z "$runs" ] && { echo "$arm: no finished run"; continue; }
   for L in ${LENGTHS:-16384 32768}; do
-    python -m mosaic_model.cli.eval per-position $runs --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
-      --batch-size 1 --device cuda --quiet --out /tmp/lc/evals/${arm}_T$L > /tmp/lc/evals/${arm}_T$L.log 2>&1 \
-      || tail -n 3 /tmp/lc/evals/${arm}_T$L.log
+    todo=$runs name=${arm}_T$L
+    if [ "${EVAL:-all}" = new ]; then  # the runs no file of this arm and length holds yet, into a tagged file
+      todo=$(python -c "import sys; from pathlib import Path; from experiments.long_context import evaluations as e
+done = e(Path('/tmp/lc/evals'), sys.argv[1]).get(int(sys.argv[2]), {})
+print(' '.join(r for r in sys.argv[3:] if Path(r).name not in done))" "$arm" "$L" $runs)
+      name=${arm}_T${L}_$(date +%s)
+    fi
+    [ -z "$todo" ] && continue
+    python -m mosaic_model.cli.eval per-position $todo --data /tmp/lc/heldout_books --doc-split file --block-size $L --full-length \
+      --batch-size 1 --device cuda --quiet --out /tmp/lc/evals/$name > /tmp/lc/evals/$name.log 2>&1 \
+      || tail -n 3 /tmp/lc/evals/$name.log
   done &
 done
 wait $(jobs -p | grep -v "^$packer$")

@@ -75,6 +75,24 @@ def test_selection_on_one_seed_keeps_every_seed_of_the_chosen_rate(tmp_path, cap
     assert e.value.code == 2 and "--select-seed" in capsys.readouterr().err
 
 
+def test_a_later_call_scores_only_new_runs_into_a_tagged_file(tmp_path):
+    # EVAL=new: the first call's <arm>_T<L>.json holds seed 0, a later call's <arm>_T<L>_<tag>.json seed 1; the
+    # report reads both (and no other arm's file, though "mosaic_T*" and "mosaic-v2_T*" share a prefix).
+    arm = tmp_path / "mosaic"
+    s0, s1 = _run(arm, "mosaic-L4-lr0.01", 4.6), _run(arm, "mosaic-L4-lr0.01-s1", 4.5)
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    T = 4
+    (evals / f"mosaic_T{T}.json").write_text(json.dumps({"results": {s0: {"loss": [1.0] * T, "documents": [1] * T}}}))
+    (evals / f"mosaic_T{T}_1765000000.json").write_text(json.dumps(
+        {"results": {s1: {"loss": [3.0] * T, "documents": [1] * T}}}))
+    (evals / f"mosaic-v2_T{T}.json").write_text(json.dumps({"results": {s0: {"loss": [9.0] * T, "documents": [1] * T}}}))
+    assert set(lc.evaluations(evals, "mosaic")[T]) == {"mosaic-L4-lr0.01", "mosaic-L4-lr0.01-s1"}
+    assert lc.main(["report", "--out", str(tmp_path), "--figures", str(tmp_path / "f"), "--train-T", "2"]) == 0
+    r = json.loads((tmp_path / "f" / "summary.json").read_text())["arms"]["mosaic"]["by_length"][str(T)]
+    assert r["mean_loss"] == [2.0, 2.0] and len(r["per_seed"]) == 2
+
+
 def test_bands_double_up_to_the_length():
     assert lc.bands(1024, 16384) == [(0, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384)]
     assert np.isnan(lc.band_means([1.0, 2.0], [0, 0], [(0, 2)])[0])
