@@ -96,6 +96,15 @@ def _split_dot(w, x_raw):
 
 
 @triton.jit
+def _split_dot_gated(w, g_rows, x_raw):
+    """sum_j w[i, j] g_j x_raw[j] by :func:`_split_dot`, the gates folded into w's columns as g_j / max|g|
+    (at most 1 in magnitude, so float16's range holds whatever the gates: a gate of 1e5 would overflow it) and
+    max|g| multiplied back in float32. All gates 0 give 0."""
+    g_max = tl.maximum(tl.max(tl.abs(g_rows), 0), 1e-30)
+    return _split_dot(w * (g_rows / g_max)[None, :], x_raw) * g_max
+
+
+@triton.jit
 def _clamped_decay(raw):
     # The decay tensor is not range-checked on the host (that would synchronise the device); the kernels
     # clamp it to [0, 1] themselves, which saves the host five tensor operations a call and their
@@ -199,7 +208,7 @@ def _leaky_fwd_kernel(
                 if PRECISION == "split" and GATED:
                     # The gate folded into the matrix's columns, W[i, j] g_j, split into two 16-bit parts, so
                     # that the product reads the 16-bit input as it is (exact) instead of the gated float32 tile.
-                    u = _split_dot(w * g_rows[None, :], x_raw)
+                    u = _split_dot_gated(w, g_rows, x_raw)
                 elif PRECISION == "split":
                     u = tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
                 else:
@@ -216,7 +225,7 @@ def _leaky_fwd_kernel(
             a_rows = _clamped_decay(tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32))
             w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_forward_weights(a_rows, rows_local, BLOCK_T)
             if PRECISION == "split" and GATED:  # as for the gated per-head decay above: W g in two parts
-                u = _split_dot(w_tv * g_rows[None, :], x_raw)
+                u = _split_dot_gated(w_tv, g_rows, x_raw)
             elif PRECISION == "split":
                 u = _split_dot(w_tv, x_raw)
             else:

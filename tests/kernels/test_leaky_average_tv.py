@@ -133,7 +133,7 @@ def _split_devices_and_dtypes() -> list:
 
 @pytest.mark.parametrize("device, dtype", _split_devices_and_dtypes())
 @pytest.mark.parametrize("precision", ["tf32x3", "split"])
-@pytest.mark.parametrize("case", ["per_step", "per_step_gated", "per_head_gated"])
+@pytest.mark.parametrize("case", ["per_step", "per_step_gated", "per_head_gated", "per_step_large_gated"])
 def test_16_bit_forward_keeps_float32_state_accuracy(device, dtype, precision, case, monkeypatch, nan_outputs):
     """The forward of a 16-bit time-varying or gated scan under either TIME_VARYING_FWD_PRECISION: the state's
     norm (float32, before any 16-bit store) against the float64 loop on the same 16-bit inputs.
@@ -143,12 +143,16 @@ def test_16_bit_forward_keeps_float32_state_accuracy(device, dtype, precision, c
     u |w|, the low part rounds that remainder to u of itself), and the float32 sums add ~FP32. The state's error
     is then at most u^2 sum_j |W'_ij x_j|, relative to |u_t| that sum's ratio to |sum_j W'_ij x_j|, a few for
     these decays in [0, 1] and gates in [0.1, 2.1] (at most a few dozen terms weigh): 16 u^2 + FP32, 1.9e-6 for
-    float16 and 2.4e-4 for bfloat16, where a matrix kept in one 16-bit part would be off by u (4.9e-4, 3.9e-3)."""
+    float16 and 2.4e-4 for bfloat16, where a matrix kept in one 16-bit part would be off by u (4.9e-4, 3.9e-3).
+    Gates 1e5 times larger: the same relative bound (the split divides the gates by their largest, so W g stays
+    within float16's range; folded in as they are, they would overflow it)."""
     from mosaic_kernels.leaky_average import function
 
     monkeypatch.setattr(function, "TIME_VARYING_FWD_PRECISION", precision)
     kind = "per_step" if case.startswith("per_step") else None
     x, d, g, s = _inputs(2, 3, 100, 20, kind or "per_step", case.endswith("gated"), dtype=dtype)
+    if case == "per_step_large_gated":
+        g = g * 1e5   # W g past float16's largest value (65,504): the split rescales the gates by their maximum
     if kind is None:
         d = torch.rand(3, generator=torch.Generator().manual_seed(4))   # one decay per head
     xs, ds, ss = x.to(device), d.to(device), s.to(device)
