@@ -38,6 +38,17 @@ def chunked_lm_loss(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor
     return total / (t != IGNORE_INDEX).sum()
 
 
+def head_and_loss(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor | None,
+                  loss_chunk: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A language model's ``(logits, loss)`` from its last hidden states ``x``: ``(head(x), lm_loss)``, or with
+    ``loss_chunk`` and targets ``(None, chunked_lm_loss)`` (the loss ``loss_chunk`` positions at a time, the
+    whole logits never kept). Every model's forward ends here, so that each takes ``loss_chunk`` alike."""
+    if loss_chunk and targets is not None:
+        return None, chunked_lm_loss(x, head, targets, loss_chunk)
+    logits = head(x)
+    return logits, lm_loss(logits, targets)
+
+
 def static_cache(block_size: int, device: torch.device | str) -> dict:
     """An empty decoding cache of fixed shapes: every buffer is allocated once, at the size of the
     block, on the first token, and the position is a device tensor that the steps update in place.

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss, write_at
+from .generation import GenerateMixin, head_and_loss, is_static, layer_cache, write_at
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,10 +117,7 @@ class GPT(GenerateMixin, nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
-        if loss_chunk and targets is not None:
-            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
-        logits = self._head(x)
-        return logits, lm_loss(logits, targets)
+        return head_and_loss(x, self._head, targets, loss_chunk)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LlamaConfig
-from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss
+from .generation import GenerateMixin, head_and_loss, is_static, layer_cache
 from .mosaic_v2 import SwiGLU
 
 
@@ -115,10 +115,7 @@ class Llama(GenerateMixin, nn.Module):
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x)
-        if loss_chunk and targets is not None:
-            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
-        logits = self._head(x)
-        return logits, lm_loss(logits, targets)
+        return head_and_loss(x, self._head, targets, loss_chunk)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Final RMSNorm and the tied head: (..., d) -> (..., vocab)."""

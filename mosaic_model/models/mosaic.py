@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .config import MosaicConfig
-from .generation import GenerateMixin, chunked_lm_loss, is_static, layer_cache, lm_loss
+from .generation import GenerateMixin, head_and_loss, is_static, layer_cache
 from .memory import ContextMemory, PersistentMemory
 
 
@@ -78,10 +78,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x)
-        if loss_chunk and targets is not None:
-            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
-        logits = self._head(x)
-        return logits, lm_loss(logits, targets)
+        return head_and_loss(x, self._head, targets, loss_chunk)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm, the Library's 1/sqrt(d) logit scale, tied head: (..., d) -> (..., vocab)."""

@@ -34,7 +34,7 @@ from mosaic_kernels.attention.reference import row_bandwidth as reference_row_ba
 from mosaic_kernels.leaky_average import stable_gate_and_decay
 
 from .config import MosaicV2Config
-from .generation import GenerateMixin, chunked_lm_loss, is_static, lm_loss
+from .generation import GenerateMixin, head_and_loss, is_static
 from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
 
 
@@ -403,10 +403,7 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         table = band_table_of(self.config, idx.shape[0], idx.shape[1], delay, idx.device)  # one for every block
         for block in self.blocks:
             x = block(x, delay, table)
-        if loss_chunk and targets is not None:
-            return None, chunked_lm_loss(x, self._head, targets, loss_chunk)
-        logits = self._head(x)
-        return logits, lm_loss(logits, targets)
+        return head_and_loss(x, self._head, targets, loss_chunk)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""
