@@ -86,12 +86,18 @@ def _tv_backward_weights(a_rows, rows_local, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _split_parts(w, dtype: tl.constexpr):
+    """A float32 matrix as a high and a low part of a 16-bit ``dtype``: w = hi + lo to about 2^-16 relative."""
+    w_hi = w.to(dtype)
+    return w_hi, (w - w_hi.to(tl.float32)).to(dtype)
+
+
+@triton.jit
 def _split_dot(w, x_raw):
-    """w @ x_raw for a float32 (BT, BT) matrix w and a 16-bit (BT, BD) tile x_raw, in float32: w split into a
-    high and a low part of x_raw's dtype (w = hi + lo to about 2^-16 relative), two 16-bit products with
-    float32 sums. x_raw enters exactly; only w's second rounding is an error."""
-    w_hi = w.to(x_raw.dtype)
-    w_lo = (w - w_hi.to(tl.float32)).to(x_raw.dtype)
+    """w @ x_raw for a float32 (BT, BT) matrix w and a 16-bit (BT, BD) tile x_raw, in float32: w in two parts
+    of x_raw's dtype (:func:`_split_parts`), two 16-bit products with float32 sums. x_raw enters exactly; only
+    w's second rounding is an error."""
+    w_hi, w_lo = _split_parts(w, x_raw.dtype)
     return tl.dot(w_hi, x_raw) + tl.dot(w_lo, x_raw)
 
 
@@ -152,10 +158,9 @@ def _leaky_fwd_kernel(
             last = BLOCK_T - 1 - rows_local
             sum_w = tl.where(last == 0, 1.0, tl.exp2(tl.maximum(last, 1).to(tl.float32) * log2a))  # a^(BT-1-j)
             a_tile = tl.exp2(BLOCK_T * log2a)
-            if PRECISION == "split":
+            if PRECISION == "split" and not GATED:  # (gated, each tile splits W g itself: _split_dot_gated)
                 # 16-bit inputs: W as a high and a low 16-bit part, two products, float32 sums.
-                w_hi = w.to(X.dtype.element_ty)
-                w_lo = (w - w_hi.to(tl.float32)).to(X.dtype.element_ty)
+                w_hi, w_lo = _split_parts(w, X.dtype.element_ty)
     a_base = DECAY + b * sab + h * sah                                      # kinds 1 and 2
     g_base = GATE + b * sgb + h * sgh
 
