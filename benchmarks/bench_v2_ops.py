@@ -27,8 +27,9 @@ Time-varying key scan (bf16 input, normalised and scaled as the model calls it, 
   ours_step        a decay (B, H, T)
   ours_step_gate   a decay (B, H, T) and a gate (B, H, T) fused into the kernel
   ours_step_mul    the same gate multiplied into x before the call (x * gate, then ours_step)
-  ours_step_split  ours_step and ours_step_gate with the forward's product in two 16-bit parts (the gate folded
-  ours_step_gate_split  into the matrix) instead of three TF32 products (TIME_VARYING_FWD_PRECISION = "split")
+  ours_step_tf32x3  ours_step and ours_step_gate with the forward's product in three TF32 products instead of
+  ours_step_gate_tf32x3  the default two 16-bit parts (TIME_VARYING_FWD_PRECISION = "tf32x3", the default before
+                   2026-12-06)
   ours_channel     a decay (B, H, T, D)
   torch_doubling   the PyTorch reference (recursive doubling) of ours_step, eager
   torch_dense      the (T, T) decay-matrix product of ours_step (T <= 4096)
@@ -186,13 +187,13 @@ def chunked_scan(x, a, scale, chunk: int = 64):
     return (F.normalize(u, dim=-1) * scale[:, None, None]).to(x.dtype)
 
 
-def _with_split(fn):
-    """``fn`` run with the time-varying scan's forward product in two 16-bit parts
-    (mosaic_kernels.leaky_average.function.TIME_VARYING_FWD_PRECISION = "split"), the setting restored after."""
+def _with_tf32x3(fn):
+    """``fn`` run with the time-varying scan's forward product in three TF32 products
+    (mosaic_kernels.leaky_average.function.TIME_VARYING_FWD_PRECISION = "tf32x3"), the setting restored after."""
     from mosaic_kernels.leaky_average import function
 
     def run(*args):
-        saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "split"
+        saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "tf32x3"
         try:
             return fn(*args)
         finally:
@@ -223,11 +224,11 @@ def scan_rows(only: list[str] | None = None) -> list[dict]:
             "ours_step_gate": (lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True, scale=scale), step),
             "ours_step_mul": (lambda xr, a: leaky_average(xr * gate.unsqueeze(-1).to(xr.dtype), a, normalize=True,
                                                           scale=scale), step),
-            # The forward's matrix product in two 16-bit parts instead of three TF32 products
-            # (function.TIME_VARYING_FWD_PRECISION = "split"; the backward is the same).
-            "ours_step_split": (_with_split(lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale)), step),
-            "ours_step_gate_split": (_with_split(lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True,
-                                                                             scale=scale)), step),
+            # The forward's matrix product in three TF32 products instead of the default two 16-bit parts
+            # (function.TIME_VARYING_FWD_PRECISION = "tf32x3"; the backward is the same).
+            "ours_step_tf32x3": (_with_tf32x3(lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale)), step),
+            "ours_step_gate_tf32x3": (_with_tf32x3(lambda xr, a: leaky_average(xr, a, gate=gate, normalize=True,
+                                                                               scale=scale)), step),
             "ours_channel": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan),
             "ours_channel_raw": (lambda xr, a: leaky_average(xr, a), chan),
             "torch_doubling": (lambda xr, a: R.leaky_average(xr, a, normalize=True, scale=scale), step),

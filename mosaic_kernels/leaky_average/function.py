@@ -98,14 +98,15 @@ def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_
     return chunk_len, math.ceil(T / chunk_len)
 
 
-# The forward of a time-varying (per (b, h, t)) or gated scan on 16-bit inputs: "tf32x3" multiplies the tile's
-# float32 matrix by the gated float32 tile in three TF32 products (float32-level accuracy); "split" folds the
+# The forward of a time-varying (per (b, h, t)) or gated scan on 16-bit inputs: "split" (the default) folds the
 # gate into the matrix's columns and multiplies the matrix, split into two 16-bit parts, by the 16-bit input
-# itself (two 16-bit products, the matrix to about 2^-16 relative, as the per-head scan's "split" does). Written
-# 2026-12-06 for issue 36's scan target (1.8x the per-head scan at (16,16,16384,128)) and not yet measured on a
-# GPU: "tf32x3" stays the default until it is (`python -m benchmarks.bench_v2_ops --part scan` times both;
-# MOSAIC_TV_FWD_PRECISION=split sets it for a whole process, e.g. a training step's benchmark).
-TIME_VARYING_FWD_PRECISION = os.environ.get("MOSAIC_TV_FWD_PRECISION", "tf32x3")
+# itself (two 16-bit products, the matrix to about 2^-16 relative, as the per-head scan's "split" does);
+# "tf32x3" multiplies the tile's float32 matrix by the gated float32 tile in three TF32 products (float32-level
+# accuracy, about six 16-bit products' time). "split" became the default on 2026-12-06 after the H100 measured its
+# forward faster at every shape of the scan benchmark (0.39x-0.91x of "tf32x3"'s time; fwd+bwd 1.29x the
+# per-head scan at (16,16,16384,128) against 1.77x: BENCHMARKS.md). MOSAIC_TV_FWD_PRECISION=tf32x3 sets the
+# other for a whole process.
+TIME_VARYING_FWD_PRECISION = os.environ.get("MOSAIC_TV_FWD_PRECISION", "split")
 if TIME_VARYING_FWD_PRECISION not in ("tf32x3", "split"):
     raise ValueError(f"MOSAIC_TV_FWD_PRECISION must be tf32x3 or split, got {TIME_VARYING_FWD_PRECISION!r}")
 
