@@ -132,6 +132,27 @@ def _long_row_plan_and_masks() -> None:
         dropout_keep_mask(seed, 1, 2, 20, 30, 0.1, rng=rng)
 
 
+def _delta_in_kernel_backwards() -> None:
+    """The attention's backward kernels with the row term computed inside them
+    (attention.function.DELTA_IN_KERNEL, off by default): both plans, plain and with a band and dropout."""
+    import torch
+
+    from mosaic_kernels.attention import function
+
+    g = torch.Generator().manual_seed(0)
+    k, v, dy = (torch.randn(2, 2, 40, 24, generator=g) for _ in range(3))
+    scale, seed = torch.full((2,), 0.3), torch.tensor([5], dtype=torch.int64)
+    fwd = dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1)
+    saved, function.DELTA_IN_KERNEL = function.DELTA_IN_KERNEL, True
+    try:
+        for bwd in (None, function.split_config((32, 16, 1, 1), (16, 16, 1, 1))):
+            for extra in (dict(), dict(seed=seed, threshold=6554, window=6, delay=2)):
+                y, lse = function.attention_forward(k, v, scale, fwd, **extra)
+                function.attention_backward(k, v, y, lse, scale, dy, bwd, **extra)
+    finally:
+        function.DELTA_IN_KERNEL = saved
+
+
 def _split_scan_forwards() -> None:
     """The 16-bit time-varying and gated scans' forward with its product in two 16-bit parts
     (leaky_average.function.TIME_VARYING_FWD_PRECISION = "split"), which the float32 opcheck cases never take:
@@ -182,6 +203,7 @@ def record_all() -> list[dict]:
         (pair[0].square().sum() + pair[1].square().sum()).backward()
         _model_steps()
         _long_row_plan_and_masks()
+        _delta_in_kernel_backwards()
         split = len(launches)
         _split_scan_forwards()
     launches += [_as_bfloat16(v) for v in launches[split:]]

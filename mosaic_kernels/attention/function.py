@@ -1,6 +1,8 @@
 """Host wrappers of the Triton attention kernels: tiles, launches, and the op's registration (_registration)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._common import cdiv, empty_heads, interpreter_enabled, next_power_of_2, per_head_tensor, time_tile
@@ -12,6 +14,13 @@ from .triton_bandwidth import _bandwidth_bwd_kernel, _bandwidth_fwd_kernel
 # Every buffer a kernel writes is allocated here; tests swap in a NaN-filled allocator to catch
 # elements a kernel forgets to write.
 _empty = torch.empty
+
+# The softmax backward's row term delta_t = <y_t, dy_t>: False computes it in a launch of its own before the
+# backward (row_delta); True inside the backward's kernels, from y, where each program needs it (one launch and
+# one (B, H, T) buffer fewer per call, y reread once per query block a program visits). Written on 2026-12-06
+# for issue 38 (eager calls at T <= 2048 wait on the host, about 0.1 ms a launch) and not yet measured on a GPU:
+# off until it is. MOSAIC_ATTN_DELTA_IN_KERNEL=1 sets it for a process.
+DELTA_IN_KERNEL = os.environ.get("MOSAIC_ATTN_DELTA_IN_KERNEL", "0") == "1"
 
 
 def _block_d(D: int) -> int:
@@ -215,7 +224,11 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     common.update(drop, **meta)
     strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
     drop_args = (*drop_args, *band)
-    delta = row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
+    in_kernel = DELTA_IN_KERNEL
+    common["DELTA_FROM_Y"] = in_kernel
+    y_args = (y, *y.stride())
+    # With the delta in the kernels, DELTA is a placeholder pointer they never read (lse: any float32 tensor).
+    delta = lse if in_kernel else row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
     dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
     dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
     row_scale = meta["ROW_SCALE"]
@@ -224,20 +237,20 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
         n_blocks = cdiv(T, cfg["BLOCK_P"])
         part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
         launch(_attn_bwd_kernel, (n_blocks, B * H),
-            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, H, T, D, *drop_args, **common,
-            **cfg)
+            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, H, T, D, *drop_args, *y_args,
+            **common, **cfg)
         return dk, dv, part
     key, query = dict(cfg["key"]), dict(cfg["query"])
     key_group, query_group = _head_group(key, B * H), _head_group(query, B * H)
     dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_key_kernel, (B * H, cdiv(T, key["BLOCK_P"])),
         k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, H, T, D, *drop_args, key_group,
-        **common, **key)
+        *y_args, **common, **key)
     n_blocks = cdiv(T, query["BLOCK_P"])
     part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
     launch(_attn_bwd_query_kernel, (B * H, n_blocks),
         k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, H, T, D, *drop_args, query_group,
-        **common, **query)
+        *y_args, **common, **query)
     return dk, dv, part
 
 

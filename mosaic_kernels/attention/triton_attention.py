@@ -340,15 +340,25 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _rows_delta(y_base, dy, rows, offs_d, syt, syd, m2):
+    """delta_t = <y_t, dy_t> (BQ,) float32 for the rows of a loaded dy tile (BQ, D): as row_delta's kernel
+    computes it (16-bit products are exact in float32), inside the backward instead of a launch before it."""
+    y = tl.load(y_base + rows[:, None] * syt + offs_d[None, :] * syd, mask=m2, other=0.0)
+    return tl.sum(y.to(tl.float32) * dy.to(tl.float32), 1)
+
+
+@triton.jit
 def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale, dk, dv,
               skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, start, stop, inside_lo, inside_hi, T, window, delay,
-              seed, GROUPS, keep_scale,
+              seed, GROUPS, keep_scale, y_base, syt, syd,
               BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, MASK: tl.constexpr, BAND: tl.constexpr,
-              ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr):
+              ROW_SCALE: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr,
+              DELTA_FROM_Y: tl.constexpr):
     """Positions offs_p = [p0, p0 + BP) as keys j, over the query blocks t in [start, stop): add keep_tj p_tj
     dy_t to dv (BP, D; the caller scales it by keep_scale) and ds_tj k_t to dk (BP, D; with ROW_SCALE
     ds_tj scale_t k_t). k_p, v_p: (BP, D). The mask (band, or j < t) applies to every block (MASK="all"),
-    to none ("none"), or to the blocks outside [inside_lo, inside_hi) ("check", a branch per block)."""
+    to none ("none"), or to the blocks outside [inside_lo, inside_hi) ("check", a branch per block).
+    DELTA_FROM_Y: the rows' delta_t = <y_t, dy_t> from y (y_base, strides syt, syd) instead of DELTA."""
     offs_q = tl.arange(0, BLOCK_Q)
     for start_q in range(start, stop, BLOCK_Q):
         rows = start_q + offs_q                                                  # (BQ,) queries t
@@ -358,7 +368,10 @@ def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p
         dy = tl.load(dy_base + rows[:, None] * sdt + offs_d[None, :] * sdd,
                      mask=rmask[:, None] & dmask[None, :], other=0.0)
         lse = tl.load(LSE + row_base + rows, mask=rmask, other=float("inf"))  # p = 0 past T
-        delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
+        if DELTA_FROM_Y:
+            delta = _rows_delta(y_base, dy, rows, offs_d, syt, syd, rmask[:, None] & dmask[None, :])
+        else:
+            delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
         sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)                # (BP, BQ) ~ <k_j, k_t>
         if ROW_SCALE:
             sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)               # (BQ,) scale_t
@@ -423,12 +436,13 @@ def _query_role(k_base, v_base, k_p, dy_p, lse_p, delta_p, p0, offs_p, offs_d, d
 def _attn_bwd_kernel(
     K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DK, DV, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay,
+    H, T, D, GROUPS, keep_scale, window, delay, Y, syb, syh, syt, syd,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr,
-    PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
+    PER_BATCH_DELAY: tl.constexpr, ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr, DELTA_FROM_Y: tl.constexpr,
 ):
-    # One program per (position block, b*h), both roles: about T / BLOCK of work each.
+    # One program per (position block, b*h), both roles: about T / BLOCK of work each. DELTA_FROM_Y: the rows'
+    # <y_t, dy_t> computed here from Y (B, H, T, D, any strides) instead of read from DELTA (one launch fewer).
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -453,7 +467,11 @@ def _attn_bwd_kernel(
     v_p = tl.load(v_base + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
     dy_p = tl.load(dy_base + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
-    delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    y_base = Y + b * syb + h * syh
+    if DELTA_FROM_Y:
+        delta_p = _rows_delta(y_base, dy_p, offs_p, offs_d, syt, syd, pm2)
+    else:
+        delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -475,8 +493,8 @@ def _attn_bwd_kernel(
         dk = dk * sc_p[:, None]
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, q_first, q_end, q_in_lo, q_in_hi, T, window,
-                       delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE,
-                       PRECISION, DROPOUT, THRESHOLD)
+                       delay, seed, GROUPS, keep_scale, y_base, syt, syd, BLOCK_P, BLOCK_Q, "check", BAND, ROW_SCALE,
+                       PRECISION, DROPOUT, THRESHOLD, DELTA_FROM_Y)
 
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pm2)
@@ -515,10 +533,10 @@ def _split_bwd_block(K, SCALE, DELAYS, skb, skh, skt, skd, sscb, ssch, ssct, H, 
 def _attn_bwd_key_kernel(
     K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DV, DK_KEY,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
+    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP, Y, syb, syh, syt, syd,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
+    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr, DELTA_FROM_Y: tl.constexpr,
 ):
     # Split backward, first kernel: program (b*h, position block) as keys. Block 0 has the most
     # queries after it; with b*h on grid axis 0 every head's heaviest block (of its group) is launched first.
@@ -527,6 +545,7 @@ def _attn_bwd_key_kernel(
                          False, BLOCK_P, BLOCK_D, PER_BATCH_DELAY, ROW_SCALE, BAND_TABLE)
     row_base = pid_bh * T
     dy_base = DY + b * sdb + h * sdh
+    y_base = Y + b * syb + h * syh
     v_p = tl.load(V + b * svb + h * svh + offs_p[:, None] * svt + offs_d[None, :] * svd, mask=pm2, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
@@ -538,16 +557,16 @@ def _attn_bwd_key_kernel(
     # The query blocks across the band's lower edge, those inside it, those across its upper edge.
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, first, tl.minimum(in_lo, end), in_lo, in_hi,
-                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "all", BAND, ROW_SCALE,
-                       PRECISION, DROPOUT, THRESHOLD)
+                       T, window, delay, seed, GROUPS, keep_scale, y_base, syt, syd, BLOCK_P, BLOCK_Q, "all", BAND,
+                       ROW_SCALE, PRECISION, DROPOUT, THRESHOLD, DELTA_FROM_Y)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, in_lo, tl.minimum(in_hi, end), in_lo, in_hi,
-                       T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q, "none", BAND, ROW_SCALE,
-                       PRECISION, DROPOUT, THRESHOLD)
+                       T, window, delay, seed, GROUPS, keep_scale, y_base, syt, syd, BLOCK_P, BLOCK_Q, "none", BAND,
+                       ROW_SCALE, PRECISION, DROPOUT, THRESHOLD, DELTA_FROM_Y)
     dk, dv = _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p, offs_d, dmask, qk_scale,
                        dk, dv, skt, skd, sdt, sdd, sscb, ssch, ssct, b, h, tl.maximum(tl.maximum(in_hi, in_lo), first),
-                       end, in_lo, in_hi, T, window, delay, seed, GROUPS, keep_scale, BLOCK_P, BLOCK_Q,
-                       "all", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD)
+                       end, in_lo, in_hi, T, window, delay, seed, GROUPS, keep_scale, y_base, syt, syd, BLOCK_P,
+                       BLOCK_Q, "all", BAND, ROW_SCALE, PRECISION, DROPOUT, THRESHOLD, DELTA_FROM_Y)
     out = (row_base + offs_p[:, None]) * D + offs_d[None, :]
     tl.store(DV + out, (dv * keep_scale).to(DV.dtype.element_ty), mask=pm2)
     tl.store(DK_KEY + out, dk, mask=pm2)                  # float32, before the (per-head) scale
@@ -557,10 +576,10 @@ def _attn_bwd_key_kernel(
 def _attn_bwd_query_kernel(
     K, V, DY, LSE, DELTA, SCALE, SEED, DELAYS, DK_KEY, DK, PART_SCALE,
     skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd, sscb, ssch, ssct,
-    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP,
+    H, T, D, GROUPS, keep_scale, window, delay, HEAD_GROUP, Y, syb, syh, syt, syd,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr, THRESHOLD: tl.constexpr, BAND: tl.constexpr, PER_BATCH_DELAY: tl.constexpr,
-    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr,
+    ROW_SCALE: tl.constexpr, BAND_TABLE: tl.constexpr, DELTA_FROM_Y: tl.constexpr,
 ):
     # Split backward, second kernel: program (b*h, position block) as queries; the last block has
     # the most keys before it and is launched first. dk = scale * (query part + DK_KEY), written once.
@@ -570,7 +589,10 @@ def _attn_bwd_query_kernel(
     row_base = pid_bh * T
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
-    delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    if DELTA_FROM_Y:
+        delta_p = _rows_delta(Y + b * syb + h * syh, dy_p, offs_p, offs_d, syt, syd, pm2)
+    else:
+        delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
     v_base = V + b * svb + h * svh

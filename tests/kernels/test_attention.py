@@ -239,6 +239,47 @@ def test_kernel_dropout_matches_loop_with_its_mask(device, T, D, plan, nan_outpu
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("plan", ["one-kernel", "two-kernel"])
+def test_delta_in_kernel_matches_loop(device, plan, monkeypatch, nan_outputs):
+    """DELTA_IN_KERNEL (the row term <y_t, dy_t> computed inside the backward's kernels from y, no launch of
+    its own): output and every gradient equal the float64 loop, with dropout, in both backward plans."""
+    from mosaic_kernels.attention import function
+    from mosaic_kernels.attention.function import split_config
+
+    monkeypatch.setattr(function, "DELTA_IN_KERNEL", True)
+    k, v, s = _inputs(2, 2, 37, 24, strided=True)
+    cfg = {"one-kernel": None, "two-kernel": split_config((32, 16, 1, 1), (16, 16, 1, 1))}[plan]
+    _check_dropout(k, v, s, 0.3, tolerances.FP32, device, cfg)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("T", [40, 2100], ids=lambda t: f"T{t}")
+def test_delta_in_kernel_gives_the_row_delta_path(device, T, monkeypatch):
+    """Through the public op, with a band, per-row scales and the output in (B, T, H, D) memory (y's strides
+    reach the kernels): the in-kernel delta against the separate row_delta launch. The two differ only in the
+    order of delta's float32 sum over D (and both are exact products of float32 inputs), so the gradients
+    agree to float32 rounding: tolerances.FP32 of the float64 oracle's bound. T = 2100 takes the two-kernel plan
+    (rows of 2048 keys or more at D = 64) on the GPU; on the CPU only T = 40 runs (the interpreter's time)."""
+    from mosaic_kernels.attention import function
+
+    if device == "cpu" and T > 64:
+        pytest.skip("long rows: GPU only (the interpreter would take minutes)")
+    B, H, D = 2, 3, 64
+    k, v, _ = _inputs(B, H, T, D, strided=True)
+    row_scale = torch.rand(B, H, T, generator=torch.Generator().manual_seed(4)) * 0.3 + 0.05
+    g = torch.randn(B, T, H, D, generator=torch.Generator().manual_seed(5)).transpose(1, 2)  # as y: strided
+    results = []
+    for in_kernel in (False, True):
+        monkeypatch.setattr(function, "DELTA_IN_KERNEL", in_kernel)
+        kd, vd, sd = (t.to(device).requires_grad_() for t in (k, v, row_scale))
+        y = mosaic_attention(kd, vd, sd, window=T // 3, delay=2, heads_last=True)
+        results.append((y, *torch.autograd.grad(y, (kd, vd, sd), g.to(device))))
+    for name, a, b in zip(("y", "k", "v", "scale"), *results):
+        assert torch.isfinite(b).all(), name
+        assert rel_err(b, a.double()) <= tolerances.FP32, (name, rel_err(b, a.double()))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 def test_kernel_dropout_keeps_at_its_rate_and_rescales(device):
     """With equal keys every weight of row t is 1/t, and one-hot values (v_j = e_j) make y_t[j] the
     dropped-out weight itself: each is 0 or 1 / (t (1 - p)), the zeros are where the keep mask says,
