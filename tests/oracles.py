@@ -100,10 +100,10 @@ def peek_ahead_loop(x, mix, scale=None, eps=1e-12):
     B, H, T, D = x.shape
     c = mix.view(1, H, 1) if isinstance(mix, torch.Tensor) else mix
     s = 1.0 if scale is None else (scale.view(1, H, 1) if isinstance(scale, torch.Tensor) else scale)
-    rows = []
+    rows, xs = [], x.unbind(2)  # unbind: one gradient stack (x[:, :, t]'s backward is O(T^2))
     for t in range(T):
-        nxt = x[:, :, t + 1] if t + 1 < T else torch.zeros_like(x[:, :, t])
-        z = (1 - c) * nxt + c * x[:, :, t]
+        nxt = xs[t + 1] if t + 1 < T else torch.zeros_like(xs[t])
+        z = (1 - c) * nxt + c * xs[t]
         rows.append(s * z / z.norm(dim=-1, keepdim=True).clamp_min(eps))
     return torch.stack(rows, dim=2)
 
