@@ -253,18 +253,21 @@ def test_delta_in_kernel_matches_loop(device, plan, monkeypatch, nan_outputs):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("T", [40, 2100], ids=lambda t: f"T{t}")
-def test_delta_in_kernel_gives_the_row_delta_path(device, T, monkeypatch):
-    """Through the public op, with a band, per-row scales and the output in (B, T, H, D) memory (y's strides
+@pytest.mark.parametrize("T, window", [(40, 13), (2100, None)], ids=["T40-window", "T2100-causal"])
+def test_delta_in_kernel_gives_the_row_delta_path(device, T, window, monkeypatch):
+    """Through the public op, with a delay, per-row scales and the output in (B, T, H, D) memory (y's strides
     reach the kernels): the in-kernel delta against the separate row_delta launch. The two differ only in the
     order of delta's float32 sum over D (and both are exact products of float32 inputs), so the gradients
-    agree to float32 rounding: tolerances.FP32 of the float64 oracle's bound. T = 2100 takes the two-kernel plan
-    (rows of 2048 keys or more at D = 64) on the GPU; on the CPU only T = 40 runs (the interpreter's time)."""
+    agree to float32 rounding: tolerances.FP32 of the float64 oracle's bound. A window of 13 keys takes the
+    one-kernel plan; T = 2100 without a window the two-kernel one on the GPU (rows of 2048 keys or more at
+    D = 64); on the CPU only T = 40 runs (the interpreter's time)."""
     from mosaic_kernels.attention import function
 
     if device == "cpu" and T > 64:
         pytest.skip("long rows: GPU only (the interpreter would take minutes)")
     B, H, D = 2, 3, 64
+    if device != "cpu":  # the plan the docstring names (the interpreter always takes the one-kernel plan)
+        assert ("key" in function._bwd_config(T, D, window)) == (window is None)
     k, v, _ = _inputs(B, H, T, D, strided=True)
     row_scale = torch.rand(B, H, T, generator=torch.Generator().manual_seed(4)) * 0.3 + 0.05
     g = torch.randn(B, T, H, D, generator=torch.Generator().manual_seed(5)).transpose(1, 2)  # as y: strided
@@ -272,7 +275,7 @@ def test_delta_in_kernel_gives_the_row_delta_path(device, T, monkeypatch):
     for in_kernel in (False, True):
         monkeypatch.setattr(function, "DELTA_IN_KERNEL", in_kernel)
         kd, vd, sd = (t.to(device).requires_grad_() for t in (k, v, row_scale))
-        y = mosaic_attention(kd, vd, sd, window=T // 3, delay=2, heads_last=True)
+        y = mosaic_attention(kd, vd, sd, window=window, delay=2, heads_last=True)
         results.append((y, *torch.autograd.grad(y, (kd, vd, sd), g.to(device))))
     for name, a, b in zip(("y", "k", "v", "scale"), *results):
         assert torch.isfinite(b).all(), name
