@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|delta|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
@@ -8,6 +8,9 @@
 #   pmem       bench_persistent_memory alone
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
+#   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1, off by default):
+#              the attention tests with it on, then off/on alternated twice: eager fwd+bwd at issue 38's three
+#              small shapes against SDPA, host_cost, and the 256-key window (bench_v2_ops ours_window)
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
@@ -62,6 +65,20 @@ for PART in "${@:-all}"; do
       python3 -m pytest -q tests/kernels/test_launch.py tests/kernels/test_host_helpers.py --cuda-only \
         -p no:cacheprovider > "$OUT/launch_tests.txt" 2>&1; tail -n 5 "$OUT/launch_tests.txt"
       MOSAIC_DIRECT_LAUNCH=1 gpu_tests gpu_tests_direct_launch.txt tests/kernels --cuda-only ;;
+    delta)
+      MOSAIC_ATTN_DELTA_IN_KERNEL=1 TEST_SECONDS=${TEST_SECONDS:-240} gpu_tests gpu_tests_delta.txt \
+        tests/kernels/test_attention.py tests/kernels/test_attention_band.py --cuda-only
+      for round in 1 2; do for on in 0 1; do
+        export MOSAIC_ATTN_DELTA_IN_KERNEL=$on
+        python3 -m benchmarks.bench_attention --shapes 16,12,512,64 8,12,1024,64 4,12,2048,64 --providers ours \
+          sdpa_flash sdpa_cudnn --out "$OUT/eager_delta${on}_r$round.md" > /dev/null 2>&1
+        python3 -m benchmarks.host_cost --ops mosaic_attention sdpa --out "$OUT/host_delta${on}_r$round.md" > /dev/null 2>&1
+        python3 -m benchmarks.bench_v2_ops --part attention --providers ours_window \
+          --out "$OUT/window_delta${on}_r$round.md" > /dev/null 2>&1
+        grep -h "| (\|| mosaic_attention\|| sdpa" "$OUT/eager_delta${on}_r$round.md" "$OUT/host_delta${on}_r$round.md" \
+          "$OUT/window_delta${on}_r$round.md" | sed "s/^/delta=$on round $round /"
+      done; done
+      unset MOSAIC_ATTN_DELTA_IN_KERNEL ;;
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;
