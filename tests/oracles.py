@@ -50,33 +50,40 @@ def _band_of(window, delay, b, h):
 
 
 def band_attention_loop(k, v, scale=None, window=None, delay=1, keep=None, dropout_p=0.0):
-    """Row by row, sequence by sequence and head by head: y_t = softmax over the keys j with
-    t - window <= j <= t - delay (window None, an int or one per head; delay an int, one per sequence, or
-    one per sequence and head; scale None, a float, (H,), (H, T) or (B, H, T)) of scale_t <k_t, k_j>, times
-    v_j; y_t = 0 when row t sees no key. ``keep`` as in attention_loop."""
+    """Sequence by sequence and head by head, the keys each row t sees marked row by row
+    (t - window <= j <= t - delay; window None, an int or one per head; delay an int, one per sequence, or one
+    per sequence and head), then the softmax over those keys of scale_t <k_t, k_j> (scale None, a float, (H,),
+    (H, T) or (B, H, T)), times v_j; y_t = 0 when row t sees no key. ``keep`` as in attention_loop.
+    The softmax is taken over the (T, T) logits of a head at once, masked by the marks: slicing k row by row
+    would make autograd write a zero gradient of k's full size for every row (O(T^2) memory traffic, minutes
+    at the GPU tests' sizes)."""
     B, H, T, D = k.shape
-    out = torch.zeros_like(v)
+    heads = []
     for b in range(B):
         for h in range(H):
             w, d = _band_of(window, delay, b, h)
+            visible = torch.zeros(T, T, dtype=torch.bool)
             for t in range(T):
                 lo, hi = 0 if w is None else max(t - w, 0), min(t - max(d, 0), T - 1)
-                if hi < lo:
-                    continue
-                if scale is None:
-                    s = 1.0
-                elif not isinstance(scale, torch.Tensor):
-                    s = scale
-                elif scale.dim() == 1:
-                    s = scale[h]
-                else:
-                    s = (scale[b] if scale.dim() == 3 else scale)[h, t]
-                logits = (k[b, h, lo:hi + 1] @ k[b, h, t]) * s
-                probs = torch.softmax(logits, dim=-1)
-                if keep is not None:
-                    probs = probs * keep[b, h, t, lo:hi + 1] / (1.0 - dropout_p)
-                out[b, h, t] = probs @ v[b, h, lo:hi + 1]
-    return out
+                if hi >= lo:
+                    visible[t, lo:hi + 1] = True
+            visible = visible.to(k.device)
+            if scale is None:
+                s = 1.0
+            elif not isinstance(scale, torch.Tensor):
+                s = scale
+            elif scale.dim() == 1:
+                s = scale[h]
+            else:
+                s = (scale[b] if scale.dim() == 3 else scale)[h][:, None]  # (T, 1): row t's scale
+            kh = k[b, h]
+            logits = (kh @ kh.T) * s
+            empty = ~visible.any(dim=-1, keepdim=True)  # a row that sees no key: softmax over all, then zeroed
+            probs = torch.softmax(torch.where(visible | empty, logits, float("-inf")), dim=-1) * ~empty
+            if keep is not None:
+                probs = probs * keep[b, h] / (1.0 - dropout_p)
+            heads.append(probs @ v[b, h])
+    return torch.stack(heads).view(B, H, T, -1)
 
 
 def attention_dense(k, v, scale=None, keep=None, dropout_p=0.0):
