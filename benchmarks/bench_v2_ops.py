@@ -48,6 +48,7 @@ Usage: python -m benchmarks.bench_v2_ops [--part attention scan] [--out results.
 from __future__ import annotations
 
 import argparse
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -192,13 +193,7 @@ def _with_tf32x3(fn):
     (mosaic_kernels.leaky_average.function.TIME_VARYING_FWD_PRECISION = "tf32x3"), the setting restored after."""
     from mosaic_kernels.leaky_average import function
 
-    def run(*args):
-        saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "tf32x3"
-        try:
-            return fn(*args)
-        finally:
-            function.TIME_VARYING_FWD_PRECISION = saved
-    return run
+    return mock.patch.object(function, "TIME_VARYING_FWD_PRECISION", "tf32x3")(fn)
 
 
 def scan_rows(only: list[str] | None = None) -> list[dict]:

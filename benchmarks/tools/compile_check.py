@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 POINTER_TYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "int32": "i32",
                  "int64": "i64", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
@@ -143,14 +144,11 @@ def _delta_in_kernel_backwards() -> None:
     k, v, dy = (torch.randn(2, 2, 40, 24, generator=g) for _ in range(3))
     scale, seed = torch.full((2,), 0.3), torch.tensor([5], dtype=torch.int64)
     fwd = dict(BLOCK_M=32, BLOCK_N=16, num_warps=1, num_stages=1)
-    saved, function.DELTA_IN_KERNEL = function.DELTA_IN_KERNEL, True
-    try:
+    with mock.patch.object(function, "DELTA_IN_KERNEL", True):
         for bwd in (None, function.split_config((32, 16, 1, 1), (16, 16, 1, 1))):
             for extra in (dict(), dict(seed=seed, threshold=6554, window=6, delay=2)):
                 y, lse = function.attention_forward(k, v, scale, fwd, **extra)
                 function.attention_backward(k, v, y, lse, scale, dy, bwd, **extra)
-    finally:
-        function.DELTA_IN_KERNEL = saved
 
 
 def _split_scan_forwards() -> None:
@@ -161,16 +159,13 @@ def _split_scan_forwards() -> None:
 
     from mosaic_kernels.leaky_average import function
 
-    saved, function.TIME_VARYING_FWD_PRECISION = function.TIME_VARYING_FWD_PRECISION, "split"
-    try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 2, 40, 16, generator=g).half()
-        gate, scale = torch.rand(2, 2, 40, generator=g) + 0.5, torch.ones(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 40, 16, generator=g).half()
+    gate, scale = torch.rand(2, 2, 40, generator=g) + 0.5, torch.ones(2)
+    with mock.patch.object(function, "TIME_VARYING_FWD_PRECISION", "split"):
         for decay, gated in ((torch.rand(2, 2, 40, generator=g), None), (torch.rand(2, 2, 40, generator=g), gate),
                              (torch.rand(2, generator=g), gate)):
             function._launch_forward(x, decay, scale, True, 1e-12, 0, False, gated)
-    finally:
-        function.TIME_VARYING_FWD_PRECISION = saved
 
 
 def _as_bfloat16(v: dict) -> dict:
