@@ -18,8 +18,9 @@ _empty = torch.empty
 # The softmax backward's row term delta_t = <y_t, dy_t>: False computes it in a launch of its own before the
 # backward (row_delta); True inside the backward's kernels, from y, where each program needs it (one launch and
 # one (B, H, T) buffer fewer per call, y reread once per query block a program visits). Written on 2026-12-06
-# for issue 38 (eager calls at T <= 2048 wait on the host, about 0.1 ms a launch) and not yet measured on a GPU:
-# off until it is. MOSAIC_ATTN_DELTA_IN_KERNEL=1 sets it for a process.
+# for issue 38 (eager calls at T <= 2048 wait on the host, about 0.1 ms a launch); on an H100 it took a third
+# off a small call's host time and cost 5-9% of GPU time at T = 8192 (BENCHMARKS.md): off until the line between
+# the two is measured. MOSAIC_ATTN_DELTA_IN_KERNEL=1 sets it for a process.
 DELTA_IN_KERNEL = os.environ.get("MOSAIC_ATTN_DELTA_IN_KERNEL", "0") == "1"
 
 
