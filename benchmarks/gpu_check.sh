@@ -10,8 +10,9 @@
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1, off by default):
 #              the attention tests with it on, eager fwd+bwd at issue 38's three small shapes against SDPA with it
-#              off and on in one process (bench_attention's ours_delta_in_kernel, 5 rounds), then off/on
-#              alternated twice: host_cost and the 256-key window (bench_v2_ops ours_window)
+#              off and on in one process (bench_attention's ours_delta_in_kernel, 5 rounds), host_cost's
+#              mosaic_attention_delta_in_kernel beside mosaic_attention and SDPA (twice), and the 256-key window
+#              (bench_v2_ops ours_window) off and on, alternated twice
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
@@ -78,15 +79,17 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.bench_attention --shapes 16,12,512,64 8,12,1024,64 4,12,2048,64 --rounds 5 \
         --providers ours ours_delta_in_kernel sdpa_flash sdpa_cudnn --out "$OUT/eager_delta_ab.md" > /dev/null 2>&1
       grep -h "fwd+bwd" "$OUT/eager_delta_ab.md"
-      for round in 1 2; do for on in 0 1; do
-        export MOSAIC_ATTN_DELTA_IN_KERNEL=$on
-        python3 -m benchmarks.host_cost --ops mosaic_attention sdpa --out "$OUT/host_delta${on}_r$round.md" > /dev/null 2>&1
-        python3 -m benchmarks.bench_v2_ops --part attention --providers ours_window \
-          --out "$OUT/window_delta${on}_r$round.md" > /dev/null 2>&1
-        grep -h "| (\|| mosaic_attention\|| sdpa" "$OUT/host_delta${on}_r$round.md" "$OUT/window_delta${on}_r$round.md" \
-          | sed "s/^/delta=$on round $round /"
-      done; done
-      unset MOSAIC_ATTN_DELTA_IN_KERNEL ;;
+      for round in 1 2; do
+        python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_delta_in_kernel sdpa \
+          --out "$OUT/host_delta_r$round.md" > /dev/null 2>&1
+        grep -h "| mosaic_attention\|| sdpa" "$OUT/host_delta_r$round.md" | sed "s/^/round $round /"
+        for on in 0 1; do
+          MOSAIC_ATTN_DELTA_IN_KERNEL=$on python3 -m benchmarks.bench_v2_ops --part attention --providers ours_window \
+            --out "$OUT/window_delta${on}_r$round.md" > /dev/null 2>&1
+          grep -h "| (" "$OUT/window_delta${on}_r$round.md" | sed "s/^/delta=$on round $round /"
+        done
+      done
+      ;;
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;

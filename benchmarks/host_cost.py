@@ -18,6 +18,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd).
 
+``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
+(mosaic_kernels.attention.function.DELTA_IN_KERNEL, off by default) over its whole measurement: one launch fewer
+per fwd+bwd call, measured in the same process as the default path.
+
 ``sdpa`` is the peer: ``F.scaled_dot_product_attention(k, k, v, is_causal=True)`` at the same shape (its best
 backend, no Triton launch, so only host_us and what follows are measured for it; GPU only).
 
@@ -45,7 +49,8 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "persistent_memory", "sdpa")
+OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "mosaic_attention_delta_in_kernel", "persistent_memory",
+       "sdpa")
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -86,6 +91,17 @@ def launch_path(direct: bool) -> Iterator[None]:
         _triton_common.DIRECT_LAUNCH = saved
 
 
+def op_setting(op: str) -> contextlib.AbstractContextManager:
+    """The module setting an op variant is measured under (the whole measurement: a backward reads it when it
+    runs); a plain op's is no setting."""
+    if op == "mosaic_attention_delta_in_kernel":
+        from unittest import mock
+
+        from mosaic_kernels.attention import function
+        return mock.patch.object(function, "DELTA_IN_KERNEL", True)
+    return contextlib.nullcontext()
+
+
 def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, slots: int,
                dropout: float) -> dict[str, Callable[[], object]]:
     """{mode: a no-argument call of ``op``}: its inputs built once (requiring grad), the forward alone,
@@ -107,7 +123,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     elif op == "peek_ahead_value":
         inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
         forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
-    elif op == "mosaic_attention":
+    elif op in ("mosaic_attention", "mosaic_attention_delta_in_kernel"):
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
         forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
     elif op == "sdpa":
@@ -159,30 +175,37 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
             print("sdpa: measured on the GPU only (on the CPU it computes, it does not issue)", file=sys.stderr)
             continue
         for mode, fn in make_calls(op, shape, dtype, device, slots, dropout).items():
-            row = {"op": op, "mode": mode}
-            if op != "sdpa":  # no Triton launch to stub
-                with stubbed_launches():
-                    row["wrapper_us"] = issue_us(fn, calls, reps)
-            if device == "cuda":
-                if op == "sdpa":
-                    row["host_us"] = issue_us(fn, calls, reps)
-                else:  # A/B of the launch path, alternated so that the host's drift falls on both alike
-                    direct, through_triton = [], []
-                    for _ in range(3):
-                        with launch_path(True):
-                            direct.append(issue_us(fn, calls, reps))
-                        with launch_path(False):
-                            through_triton.append(issue_us(fn, calls, reps))
-                    row["host_us"], row["host_direct_us"] = statistics.median(through_triton), statistics.median(direct)
-                    row["launcher_us"] = row["host_us"] - row["wrapper_us"]
-                row["eager_us"] = bench_ms(fn) * 1e3
-                row["graph_us"] = bench_graph_ms(fn) * 1e3
-                row["eager/graph"] = row["eager_us"] / row["graph_us"]
-            rows.append(row)
-            print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  file=sys.stderr, flush=True)
+            with op_setting(op):
+                rows.append(_measure_call(op, mode, fn, device, calls, reps, bench_ms, bench_graph_ms))
     add_over_sdpa(rows)
     return rows
+
+
+def _measure_call(op: str, mode: str, fn: Callable[[], object], device: str, calls: int, reps: int, bench_ms,
+                  bench_graph_ms) -> dict:
+    """The row of one op and mode (see :func:`measure`)."""
+    row = {"op": op, "mode": mode}
+    if op != "sdpa":  # no Triton launch to stub
+        with stubbed_launches():
+            row["wrapper_us"] = issue_us(fn, calls, reps)
+    if device == "cuda":
+        if op == "sdpa":
+            row["host_us"] = issue_us(fn, calls, reps)
+        else:  # A/B of the launch path, alternated so that the host's drift falls on both alike
+            direct, through_triton = [], []
+            for _ in range(3):
+                with launch_path(True):
+                    direct.append(issue_us(fn, calls, reps))
+                with launch_path(False):
+                    through_triton.append(issue_us(fn, calls, reps))
+            row["host_us"], row["host_direct_us"] = statistics.median(through_triton), statistics.median(direct)
+            row["launcher_us"] = row["host_us"] - row["wrapper_us"]
+        row["eager_us"] = bench_ms(fn) * 1e3
+        row["graph_us"] = bench_graph_ms(fn) * 1e3
+        row["eager/graph"] = row["eager_us"] / row["graph_us"]
+    print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+          file=sys.stderr, flush=True)
+    return row
 
 
 def add_over_sdpa(rows: list[dict]) -> None:
