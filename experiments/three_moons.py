@@ -102,6 +102,7 @@ class ComplexLinear(nn.Module):
         return complex_project(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., dim): x times the transposed projected matrix (:meth:`matrix`)."""
         return x @ self.matrix().T
 
 

@@ -23,6 +23,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C): causal SDPA over the heads, then the output projection."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -62,6 +63,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C): c_proj(GELU(c_fc x)), GELU's tanh form as GPT-2's."""
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
@@ -76,6 +78,7 @@ class GPTBlock(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C): x + attention(LN(x)), then + MLP(LN(x))."""
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
@@ -108,6 +111,8 @@ class GPT(GenerateMixin, nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
+        """Token ids (B, T) -> (logits (B, T, vocab), mean cross-entropy over ``targets`` (B, T) or None);
+        ``loss_chunk=R`` with targets: the loss R positions at a time (``chunked_lm_loss``), logits None."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]

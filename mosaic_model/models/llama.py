@@ -51,6 +51,7 @@ class RotaryAttention(nn.Module):
         return rotary(q, positions, theta), rotary(k, positions, theta), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): causal SDPA on rotary-embedded queries and keys, then the output projection."""
         B, T, d = x.shape
         q, k, v = self._heads(x, torch.arange(T, device=x.device))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -80,6 +81,7 @@ class LlamaBlock(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): x + attention(RMSNorm(x)), then + SwiGLU(RMSNorm(x))."""
         x = x + self.attn(self.norm_1(x))
         return x + self.mlp(self.norm_2(x))
 

@@ -97,6 +97,8 @@ class LeakyKeyExtractor(nn.Module):
         return k, y
 
     def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
+        """(B, T, d) -> keys (B, H, T, hs): the leaky average of W_k x over time, L2-normalised, times the
+        bandwidth; ``heads_last``: a view of (B, T, H, hs) memory where the op allows it."""
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
         return ops_for(self.config, "leaky_average").leaky_average(
             raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
@@ -175,6 +177,8 @@ class ContextMemory(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): strictly causal attention of the keys on themselves over the peek-ahead
+        values, then the output projection."""
         if self.config.kernels != "reference":  # the reference keeps the official code's two casts
             x = cast_once_for_autocast(x)
         k, v = self.key(x), self.value(x)
@@ -259,6 +263,8 @@ class PersistentMemory(nn.Module):
         return "triton" if self.config.pmem_kernel == "triton" else "folded_sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): each position's key retrieves from the learned slots (scaled by the
+        per-head multiplier), then the output projection."""
         # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
         # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
         backend = self.backend  # derived from the config once per call

@@ -22,6 +22,7 @@ class MosaicBlock(nn.Module):
         self.pmem = PersistentMemory(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): x + C-mem(LN(x)), then + P-mem(LN(x))."""
         x = x + self.cmem(self.ln_1(x))
         return x + self.pmem(self.ln_2(x))
 
@@ -71,6 +72,8 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         self.config.kernels = cfg.kernels
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int | None = None) -> tuple:
+        """Token ids (B, T) -> (logits (B, T, vocab), mean cross-entropy over ``targets`` (B, T) or None);
+        ``loss_chunk=R`` with targets: the loss R positions at a time (``chunked_lm_loss``), logits None."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         if idx.shape[1] > self.config.block_size:

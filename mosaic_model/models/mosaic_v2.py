@@ -271,6 +271,7 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): ``c_proj(silu(w1 x) * w3 x)``, w1 and w3 as one product."""
         gate, up = project(x, [self.w1, self.w3])
         return self.dropout(self.c_proj(F.silu(gate) * up))
 
