@@ -44,7 +44,9 @@ gib=$(( ${mib:-0} / 1024 ))
 par=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-$(( gib >= 100 ? 16 : 8 ))} --dist worksteal")
 gpu_tests() {  # gpu_tests LOG PYTEST-ARGS...
   local log=$1; shift
-  OMP_NUM_THREADS=1 timeout -s INT "${TEST_SECONDS:-560}" python3 -m pytest -q "$@" $par -p no:cacheprovider \
+  # COLUMNS: pytest cuts its summary lines to the terminal's width (80 without one), which drops the error
+  # message after a long test id.
+  COLUMNS=400 OMP_NUM_THREADS=1 timeout -s INT "${TEST_SECONDS:-560}" python3 -m pytest -q "$@" $par -p no:cacheprovider \
     -p no:benchmark -rfEx --durations=25 > "$OUT/$log" 2>&1
   tail -n 45 "$OUT/$log"
 }
