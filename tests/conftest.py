@@ -43,9 +43,9 @@ def pytest_collection_modifyitems(config, items):
 def _release_cached_gpu_memory():
     """Under pytest-xdist several workers share one GPU, and each worker's caching allocator would keep the
     peak of its largest test (a float64 dense oracle at T = 8192 takes GiBs) from all the others: on
-    2026-12-06 16 workers on an 80 GB H100 failed the float32 dropout tests at T = 300 to 8192 with CUDA
-    out-of-memory errors in one run, and the same tests in another (messages not kept), each passing alone with
-    10x margin. Hand the cache back after each test of a worker that used CUDA."""
+    2026-12-06 16 workers on an 80 GB H100 failed float32 dropout tests at T = 300 to 8192 with CUDA
+    out-of-memory errors in one run, and three of them in another (messages not kept; the two rerun alone passed
+    with a 10x margin). Hand the cache back after each test of a worker that used CUDA."""
     yield
     if os.environ.get("PYTEST_XDIST_WORKER") and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
