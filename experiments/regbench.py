@@ -75,7 +75,9 @@ def train_config(a: argparse.Namespace, model: str, size: int, depth: int, width
 
 
 def read_result(out: Path) -> dict | None:
-    """A finished run's record: best validation loss and the test metrics (from the best weights)."""
+    """A finished run's record: best validation loss, the step training ended at (``steps_trained``; before the cap
+    when mosaic-train's --patience ended it, ``early_stop`` then its count of evaluations without a better loss) and
+    the test metrics (from the best weights)."""
     if run_state(out, "test") != "done":
         return None
     lines = metrics(out)
@@ -83,6 +85,7 @@ def read_result(out: Path) -> dict | None:
     test = [l for l in lines if l["split"] == "test"][-1]
     best = min(vals, key=lambda l: l["loss"])
     return {"best_val_loss": best["loss"], "best_val_step": best["step"], "best_val_accuracy": best["accuracy"],
+            "steps_trained": test["step"], "early_stop": test.get("early_stop"),
             "test": {k: test[k] for k in ("loss", "accuracy", "l1", "tvd", "chance_accuracy", "weights_step")}}
 
 
@@ -205,18 +208,27 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def _runs_table(results: list[dict]) -> str:
-    """Every run of the search, by split, size and model: its settings, best validation loss and step,
-    and the test metrics of those weights (so a reader sees what the selection chose from)."""
+    """Every run of the search, by split, size and model: its settings, best validation loss and step, the step
+    its training ended at (marked "early" when --patience ended it; records from before that column: "-"), and the
+    test metrics of the best weights (so a reader sees what the selection chose from)."""
     lines = ["| split | training languages | model | depth | width | weight decay | lr | best val loss | at step | "
-             "test accuracy | test L1 |", "|---" * 11 + "|"]
+             "trained to | test accuracy | test L1 |", "|---" * 12 + "|"]
     key = lambda r: (r.get("iid", False), r["num_train"], r["model"], r["n_layer"], r["n_embd"],  # noqa: E731
                      r["weight_decay"], r["lr"])
     for r in sorted(results, key=key):
         t = r["test"]
         lines.append(f"| {'IID' if r.get('iid') else 'held-out'} | {r['num_train']} | {r['model']} | {r['n_layer']} | "
                      f"{r['n_embd']} | {r['weight_decay']:g} | {r['lr']:g} | {r['best_val_loss']:.4f} | "
-                     f"{r['best_val_step']} | {t['accuracy']:.3f} | {t['l1']:.3f} |")
+                     f"{r['best_val_step']} | {_trained_to(r)} | {t['accuracy']:.3f} | {t['l1']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _trained_to(result: dict) -> str:
+    """The step a run's training ended at, "early" added when --patience ended it ("-": not recorded)."""
+    steps = result.get("steps_trained")
+    if steps is None:
+        return "-"
+    return f"{steps} (early)" if result.get("early_stop") else str(steps)
 
 
 def _plot(held_out: dict, sizes: list[int], path: Path) -> None:

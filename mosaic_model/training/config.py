@@ -141,6 +141,9 @@ class RunArgs:
                                        "written when the run stops or ends. Many runs sharing one disk can wait more "
                                        "on it than they train", type=int)
     no_best: bool = arg(False, "do not keep best.pt (the weights of best val loss)")
+    patience: int | None = arg(None, "end the run once the validation loss has not improved for this many "
+                                     "evaluations in a row (--eval-every steps each): it finishes there as at --steps, "
+                                     "final metrics included; unset: train every step", type=int)
     eval_batch_size: int = arg(50, "sequences per evaluation batch")
     log_every: int = arg(10, "steps between training-loss log lines")
     out_dir: str = arg("runs/icl", "run folder: metrics.jsonl, ckpt.pt, best.pt")
@@ -295,7 +298,7 @@ def _check_data(c: TrainConfig) -> None:
 
 def _check_run(c: TrainConfig) -> None:
     check_at_least_one(c, ("eval_every", "eval_batch_size", "log_every"))
-    for name in ("max_steps_this_run", "save_every"):
+    for name in ("max_steps_this_run", "save_every", "patience"):
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise ConfigError(name, f"must be >= 1, got {getattr(c, name)}")
     if c.final_from not in FINAL_FROM_CHOICES:
@@ -309,6 +312,8 @@ def _check_run(c: TrainConfig) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if c.cuda_graph and (c.compile or world > 1):
         raise ConfigError("cuda_graph", "runs one process without --compile")
+    if c.patience is not None and world > 1:
+        raise ConfigError("patience", "works with one process (only the main process evaluates)")
     if c.time_limit is not None and world > 1:
         raise ConfigError("time_limit", "works with one process (ranks could stop at different steps); "
                                         "use --max-steps-this-run")

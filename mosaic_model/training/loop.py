@@ -39,6 +39,11 @@ def train(config: TrainConfig) -> dict:
         say(f"warning: {warning}")
     ckpts = Checkpoints(out, cfg, world, writes=main)
     resumed = ckpts.resume_state() if cfg.resume else None
+    if resumed is not None and resumed.get("finished") and resumed.get("early_stop"):
+        say(f"{out}: this run ended at step {resumed['step']}, its validation loss no better for "
+            f"{resumed['early_stop']} evaluations (--patience); nothing to do")
+        wait_for_all(world)
+        return resumed.get("final", {})
     if resumed is not None and resumed.get("finished") and resumed["step"] == cfg.steps:
         say(f"{out}: this run already finished at step {cfg.steps}; nothing to do (larger --steps extends it)")
         wait_for_all(world)
@@ -52,6 +57,7 @@ def train(config: TrainConfig) -> dict:
         torch.manual_seed(cfg.seed + rank)  # distinct dropout masks per rank (the weights are broadcast)
     opt = make_optimizer(model, cfg, device)
     start, best = Checkpoints.restore(resumed, model, opt) if resumed else (0, math.inf)
+    best_step = resumed.get("best_step", start) if resumed else 0  # --patience counts from here
     if resumed:
         say(f"resumed from {ckpts.path} at step {start}")
     log = RunLog(out, fresh=resumed is None, writes=main)
@@ -65,6 +71,7 @@ def train(config: TrainConfig) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=cfg.quiet or not main,
                dynamic_ncols=True)
     model.train()
+    early_stop = None  # --patience: the evaluations without a better validation loss when the run ended
     tokens, t_last = 0, time.perf_counter()
     t_start = t_last  # elapsed_s: wall time of this call's loop, evaluations included (where a slow run's time went)
     for step in range(start, stop):
@@ -82,23 +89,31 @@ def train(config: TrainConfig) -> dict:
                         "tokens_per_s": tps, "elapsed_s": round(t_last - t_start, 3)})
             bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
         if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            best = validate_and_save(step + 1, cfg, task, model, opt, ckpts, log, best, bar, device, dtype)
+            best, best_step = validate_and_save(step + 1, cfg, task, model, opt, ckpts, log, best, best_step, bar,
+                                                device, dtype)
             t_last = time.perf_counter()  # the evaluation's time is not training throughput
+            stale = (step + 1 - best_step) // cfg.eval_every
+            if cfg.patience is not None and stale >= cfg.patience and step + 1 < cfg.steps:
+                early_stop, stop = stale, step + 1
+                say(f"step {stop}: no better validation loss for {stale} evaluations (best {best:.4f} at step "
+                    f"{best_step}): the run ends here (--patience {cfg.patience})")
+                break
         if deadline is not None and time.perf_counter() > deadline and step + 1 < stop:
             stop = step + 1  # at least one step per call, so a time-sliced run always advances
             break
     bar.close()
 
-    if stop < cfg.steps or not main:
-        ckpts.save(stop, model, opt, best)
+    if (stop < cfg.steps and early_stop is None) or not main:
+        ckpts.save(stop, model, opt, best, best_step=best_step)
         log.close()
         wait_for_all(world)
         if stop < cfg.steps:
             say(f"stopped at step {stop} of {cfg.steps}; continue with: mosaic-train ... --resume --out-dir {out}")
         return {}
-    final = final_metrics(cfg, model, task, out, device, dtype)
-    log.record({"step": cfg.steps, "split": "test" if task.kind == "icl" else "final", **final})
-    ckpts.save(cfg.steps, model, opt, best, finished=True, final=final)
+    final = final_metrics(cfg, model, task, out, device, dtype, last_step=stop)
+    log.record({"step": stop, "split": "test" if task.kind == "icl" else "final", **final,
+                **({"early_stop": early_stop} if early_stop is not None else {})})
+    ckpts.save(stop, model, opt, best, finished=True, final=final, best_step=best_step, early_stop=early_stop)
     log.close()
     wait_for_all(world)
     print(f"{task.final_title}: {task.final_summary(final)}")
@@ -108,21 +123,22 @@ def train(config: TrainConfig) -> dict:
 
 
 def validate_and_save(step: int, cfg: TrainConfig, task: object, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                      ckpts: Checkpoints, log: RunLog, best: float, bar: tqdm, device: torch.device,
-                      dtype: torch.dtype) -> float:
+                      ckpts: Checkpoints, log: RunLog, best: float, best_step: int, bar: tqdm, device: torch.device,
+                      dtype: torch.dtype) -> tuple[float, int]:
     """The evaluation after ``step``: validation metrics logged (and shown), best.pt when the loss is the
-    best so far, ckpt.pt at the checkpoint steps; returns the best validation loss."""
+    best so far, ckpt.pt at the checkpoint steps; returns the best validation loss and its step (kept in ckpt.pt:
+    --patience counts from it after a resume)."""
     m = task.validate(model, device, dtype)
     log.record({"step": step, "split": "val", **m})
     if not cfg.quiet:
         bar.write(f"step {step}: {task.summary(m)}", file=sys.stderr)
     if m["loss"] < best:
-        best = m["loss"]
+        best, best_step = m["loss"], step
         if not cfg.no_best:
             ckpts.save(step, model, opt, best, best_weights=True)
     if cfg.save_every is None or step % cfg.save_every == 0:
-        ckpts.save(step, model, opt, best)
-    return best
+        ckpts.save(step, model, opt, best, best_step=best_step)
+    return best, best_step
 
 
 # What a run writes into its folder; --overwrite removes them, so that nothing of the old run is left.
@@ -163,10 +179,11 @@ def describe(cfg: TrainConfig, model: torch.nn.Module, task: object, world: int,
 
 
 def final_metrics(cfg: TrainConfig, model: torch.nn.Module, task: object, out: Path, device: torch.device,
-                  dtype: torch.dtype) -> dict:
-    """The task's final metrics of the last weights, or with ``final_from="best"`` of a copy built from
-    best.pt (so the model, and the ckpt.pt saved after, stay the last weights: what a resume continues)."""
-    scored, weights_from, weights_step = model, "last", cfg.steps
+                  dtype: torch.dtype, last_step: int | None = None) -> dict:
+    """The task's final metrics of the last weights (those of ``last_step``, default ``cfg.steps``), or with
+    ``final_from="best"`` of a copy built from best.pt (so the model, and the ckpt.pt saved after, stay the last
+    weights: what a resume continues)."""
+    scored, weights_from, weights_step = model, "last", cfg.steps if last_step is None else last_step
     if cfg.final_from == "best" and (out / "best.pt").is_file():
         scored, best_ckpt = load_model(out / "best.pt", device)
         weights_from, weights_step = "best", best_ckpt["step"]

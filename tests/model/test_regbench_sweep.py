@@ -18,6 +18,7 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
     assert "2 to run" in out and "status: 2/2 runs finished" in out
     result = json.loads((tmp_path / "sweep" / "mosaic-N8-L1-d32-wd0.1-lr0.003" / "result.json").read_text())
     assert result["num_train"] == 8 and result["test"]["weights_step"] == result["best_val_step"]
+    assert result["early_stop"] is None and result["steps_trained"] >= result["best_val_step"]  # no --patience
     assert regbench.main(["run", *common]) == 0  # everything finished: nothing runs again
     assert "0 to run" in capsys.readouterr().out
     figs = tmp_path / "figs"
@@ -28,6 +29,15 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
     assert "| 8 | mosaic | 1 |" in (figs / "regbench_table.md").read_text()
     runs = (figs / "regbench_runs.md").read_text().splitlines()
     assert len(runs) == 2 + 2 and "| held-out | 8 | gpt | 1 | 32 | 0.1 | 0.003 |" in runs[2]  # one line a run
+    assert f"| {result['steps_trained']} |" in runs[3]  # the Memory Mosaic's line: where its training ended
+
+
+def test_runs_table_marks_runs_ended_by_patience():
+    rows = [{"num_train": 8, "model": m, "n_layer": 1, "n_embd": 32, "weight_decay": 0.1, "lr": 1e-3,
+             "best_val_loss": 1.0, "best_val_step": 40, "test": {"accuracy": 0.5, "l1": 0.4}, **extra}
+            for m, extra in (("gpt", {"steps_trained": 90, "early_stop": 5}), ("mosaic", {}))]
+    table = regbench._runs_table(rows)
+    assert "| 40 | 90 (early) | 0.500 |" in table and "| 40 | - | 0.500 |" in table
 
 
 def _result(model, size, val, acc, l1):

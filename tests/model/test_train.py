@@ -122,6 +122,61 @@ def test_time_limit_stops_with_a_checkpoint_to_resume(tmp_path):
     assert torch.load(out / "ckpt.pt", weights_only=False)["finished"]
 
 
+def _scripted_validation(monkeypatch, losses):
+    """The runs' validation losses replaced by ``losses``, one per evaluation (the other metrics kept)."""
+    from mosaic_model.training import loop
+
+    scripted, make_task = iter(losses), loop.make_task
+
+    def make(*args, **kwargs):
+        task = make_task(*args, **kwargs)
+        validate = task.validate
+        task.validate = lambda *a: {**validate(*a), "loss": next(scripted)}
+        return task
+
+    monkeypatch.setattr(loop, "make_task", make)
+
+
+def test_patience_ends_the_run_once_the_validation_loss_stops_improving(tmp_path, monkeypatch, capsys):
+    # Evaluations at steps 2, 4, ...: best at 4, two worse, a new best at 10 (the count starts again), then three
+    # worse: the run ends at step 16 of 40, scored from best.pt (step 10), and a resume adds nothing.
+    _scripted_validation(monkeypatch, [3.0, 2.0, 2.5, 2.1, 1.9, 2.2, 2.3, 2.4])
+    out = _run(tmp_path, "run", ["--steps", "40", "--eval-every", "2", "--patience", "3", "--final-from", "best"])
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "val"] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert max(l["step"] for l in lines if l["split"] == "train") == 16
+    final = lines[-1]
+    assert final["split"] == "test" and final["step"] == 16 and final["early_stop"] == 3
+    assert final["weights_from"] == "best" and final["weights_step"] == 10
+    ck = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ck["finished"] and ck["step"] == 16 and ck["best_step"] == 10 and ck["early_stop"] == 3
+    assert "the run ends here (--patience 3)" in capsys.readouterr().err
+    before = (out / "metrics.jsonl").read_text()
+    assert train_mod.main(TINY + ["--out-dir", str(out), "--steps", "40", "--eval-every", "2", "--patience", "3",
+                                  "--final-from", "best", "--resume"]) == 0
+    assert (out / "metrics.jsonl").read_text() == before
+    assert "ended at step 16" in capsys.readouterr().err
+
+
+def test_patience_counts_across_a_resume(tmp_path, monkeypatch):
+    # Best at step 2, then stopped at step 4 (one worse evaluation); resumed, one more worse evaluation at 6
+    # makes two in a row: the count was kept in the checkpoint (best_step), not restarted.
+    _scripted_validation(monkeypatch, [1.0, 2.0, 2.0, 2.0])
+    common = ["--steps", "20", "--eval-every", "2", "--patience", "2"]
+    out = _run(tmp_path, "run", common + ["--max-steps-this-run", "4"])
+    assert torch.load(out / "ckpt.pt", weights_only=False)["best_step"] == 2
+    assert train_mod.main(TINY + ["--out-dir", str(out), "--resume"] + common) == 0
+    final = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["split"] == "test" and final["step"] == 6 and final["early_stop"] == 2
+
+
+def test_patience_needs_one_process(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(TINY + ["--patience", "2"])
+    assert exc.value.code == 2 and "--patience works with one process" in capsys.readouterr().err
+
+
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         train_mod.main(["--help"])
@@ -149,6 +204,7 @@ def test_help_shows_defaults(capsys):
     (["--reference-ops", "mosaic_attention", "--kernels", "reference"], "picks ops of a Memory Mosaic's fused path"),
     (["--reference-ops", "mosaic_attention", "--model", "gpt"], "--reference-ops picks ops"),
     (["--reference-ops", "softmax"], "invalid choice"),
+    (["--patience", "0"], "--patience must be >= 1"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as exc:
