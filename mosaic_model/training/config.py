@@ -222,6 +222,9 @@ class TrainConfig(RunArgs, OptimArgs, TextArgs, TaskArgs, ModelArgs):
         if self.warmup >= self.steps:
             out.append(f"--warmup {self.warmup} is not shorter than the run (--steps {self.steps}): the learning rate "
                        f"never reaches --lr {self.lr:g}")
+        if self.patience is not None and self.final_from == "last":
+            out.append(f"--patience {self.patience} with --final-from last: a run it ends is scored on its last weights, "
+                       f"{self.patience} evaluations past its best (--final-from best scores the best)")
         return out
 
     def to_dict(self) -> dict:

@@ -158,6 +158,13 @@ def test_patience_ends_the_run_once_the_validation_loss_stops_improving(tmp_path
     assert "ended at step 16" in capsys.readouterr().err
 
 
+def test_patience_warns_when_the_last_weights_are_scored(capsys):
+    from mosaic_model.training.config import TrainConfig
+
+    assert any("--final-from best scores the best" in w for w in TrainConfig(patience=3).warnings())
+    assert not TrainConfig(patience=3, final_from="best").warnings()
+
+
 def test_patience_counts_across_a_resume(tmp_path, monkeypatch):
     # Best at step 2, then stopped at step 4 (one worse evaluation); resumed, one more worse evaluation at 6
     # makes two in a row: the count was kept in the checkpoint (best_step), not restarted.
