@@ -142,6 +142,15 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 
 
 @triton.jit
+def row_dot(y_base, dy, rows, offs_d, syt, syd, m2):
+    """<y_t, dy_t> (rows,) float32 for a loaded (rows, D) tile dy and the same rows of y (one head's base pointer,
+    strides syt, syd; m2 the tile's mask): the softmax backward's row term. 16-bit products are exact in float32.
+    Used by row_delta's kernel and inside the attention's backward kernels (attention.function.DELTA_IN_KERNEL)."""
+    y = tl.load(y_base + rows[:, None] * syt + offs_d[None, :] * syd, mask=m2, other=0.0)
+    return tl.sum(y.to(tl.float32) * dy.to(tl.float32), 1)
+
+
+@triton.jit
 def _row_delta_kernel(Y, DY, DELTA, syb, syh, syt, sdb, sdh, sdt, sdd, H, T, D,
                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # delta[b, h, t] = <dy_t, y_t>, the softmax backward's row term. y and dy are (B, H, T, D) with
@@ -153,10 +162,8 @@ def _row_delta_kernel(Y, DY, DELTA, syb, syh, syt, sdb, sdh, sdt, sdd, H, T, D,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m2 = (rows[:, None] < T) & (offs_d[None, :] < D)
-    y = tl.load(Y + b * syb + h * syh + rows[:, None] * syt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-    dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd,
-                 mask=m2, other=0.0).to(tl.float32)
-    tl.store(DELTA + pid_bh * T + rows, tl.sum(y * dy, 1), mask=rows < T)
+    dy = tl.load(DY + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :] * sdd, mask=m2, other=0.0)
+    tl.store(DELTA + pid_bh * T + rows, row_dot(Y + b * syb + h * syh, dy, rows, offs_d, syt, 1, m2), mask=rows < T)
 
 
 def row_delta(y: torch.Tensor, dy: torch.Tensor, block_m: int, block_d: int, empty: Callable) -> torch.Tensor:

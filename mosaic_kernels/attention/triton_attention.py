@@ -52,7 +52,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_common import _keep_tile
+from .._triton_common import _keep_tile, row_dot
 
 LOG2E = 1.4426950408889634
 
@@ -340,11 +340,15 @@ def _positions(pid_p, T, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _rows_delta(y_base, dy, rows, offs_d, syt, syd, m2):
-    """delta_t = <y_t, dy_t> (BQ,) float32 for the rows of a loaded dy tile (BQ, D): as row_delta's kernel
-    computes it (16-bit products are exact in float32), inside the backward instead of a launch before it."""
-    y = tl.load(y_base + rows[:, None] * syt + offs_d[None, :] * syd, mask=m2, other=0.0)
-    return tl.sum(y.to(tl.float32) * dy.to(tl.float32), 1)
+def _row_terms(DELTA, row_base, y_base, dy, rows, offs_d, syt, syd, rmask, m2, DELTA_FROM_Y: tl.constexpr):
+    """delta_t = <y_t, dy_t> (rows,) float32 for the rows of a loaded dy tile: read from DELTA (row_delta's
+    launch before the backward), or with DELTA_FROM_Y computed here from y (y_base, strides syt, syd) as that
+    launch computes it. rmask: the rows inside T; m2: the tile's mask."""
+    if DELTA_FROM_Y:
+        delta = row_dot(y_base, dy, rows, offs_d, syt, syd, m2)
+    else:
+        delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
+    return delta
 
 
 @triton.jit
@@ -368,10 +372,8 @@ def _key_role(k_base, dy_base, LSE, DELTA, SCALE, row_base, k_p, v_p, p0, offs_p
         dy = tl.load(dy_base + rows[:, None] * sdt + offs_d[None, :] * sdd,
                      mask=rmask[:, None] & dmask[None, :], other=0.0)
         lse = tl.load(LSE + row_base + rows, mask=rmask, other=float("inf"))  # p = 0 past T
-        if DELTA_FROM_Y:
-            delta = _rows_delta(y_base, dy, rows, offs_d, syt, syd, rmask[:, None] & dmask[None, :])
-        else:
-            delta = tl.load(DELTA + row_base + rows, mask=rmask, other=0.0)
+        delta = _row_terms(DELTA, row_base, y_base, dy, rows, offs_d, syt, syd, rmask, rmask[:, None] & dmask[None, :],
+                           DELTA_FROM_Y)
         sT = tl.dot(k_p, tl.trans(q), input_precision=PRECISION)                # (BP, BQ) ~ <k_j, k_t>
         if ROW_SCALE:
             sc_q = _row_scales(SCALE, b, h, rows, sscb, ssch, ssct, T)               # (BQ,) scale_t
@@ -468,10 +470,7 @@ def _attn_bwd_kernel(
     dy_p = tl.load(dy_base + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
     y_base = Y + b * syb + h * syh
-    if DELTA_FROM_Y:
-        delta_p = _rows_delta(y_base, dy_p, offs_p, offs_d, syt, syd, pm2)
-    else:
-        delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    delta_p = _row_terms(DELTA, row_base, y_base, dy_p, offs_p, offs_d, syt, syd, pmask, pm2, DELTA_FROM_Y)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -589,10 +588,8 @@ def _attn_bwd_query_kernel(
     row_base = pid_bh * T
     dy_p = tl.load(DY + b * sdb + h * sdh + offs_p[:, None] * sdt + offs_d[None, :] * sdd, mask=pm2, other=0.0)
     lse_p = tl.load(LSE + row_base + offs_p, mask=pmask, other=0.0)
-    if DELTA_FROM_Y:
-        delta_p = _rows_delta(Y + b * syb + h * syh, dy_p, offs_p, offs_d, syt, syd, pm2)
-    else:
-        delta_p = tl.load(DELTA + row_base + offs_p, mask=pmask, other=0.0)
+    delta_p = _row_terms(DELTA, row_base, Y + b * syb + h * syh, dy_p, offs_p, offs_d, syt, syd, pmask, pm2,
+                         DELTA_FROM_Y)
     dk = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_P,), dtype=tl.float32)
     v_base = V + b * svb + h * svh
