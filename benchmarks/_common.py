@@ -7,6 +7,16 @@ import sys
 import torch
 
 
+def delta_in_kernel():
+    """A context in which the attention's backward computes its row term inside its kernels
+    (mosaic_kernels.attention.function.DELTA_IN_KERNEL): around a whole measurement, as a backward reads the
+    setting when it runs, not at its forward."""
+    from unittest import mock
+
+    from mosaic_kernels.attention import function
+    return mock.patch.object(function, "DELTA_IN_KERNEL", True)
+
+
 def header(command: str) -> str:
     """One line naming the GPU, driver, CUDA, torch and Triton versions, and the command."""
     import triton

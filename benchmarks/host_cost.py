@@ -95,10 +95,9 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
     """The module setting an op variant is measured under (the whole measurement: a backward reads it when it
     runs); a plain op's is no setting."""
     if op == "mosaic_attention_delta_in_kernel":
-        from unittest import mock
+        from benchmarks._common import delta_in_kernel
 
-        from mosaic_kernels.attention import function
-        return mock.patch.object(function, "DELTA_IN_KERNEL", True)
+        return delta_in_kernel()
     return contextlib.nullcontext()
 
 
@@ -167,8 +166,6 @@ def issue_us(fn: Callable[[], object], calls: int, reps: int, warmup: int = 3) -
 def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots: int, dropout: float,
             calls: int, reps: int) -> list[dict]:
     """One row per op and mode: the columns of the module docstring (on the CPU, wrapper_us only)."""
-    from benchmarks._common import bench_graph_ms, bench_ms
-
     rows = []
     for op in ops:
         if op == "sdpa" and device != "cuda":
@@ -176,14 +173,15 @@ def measure(ops: list[str], shape: tuple, dtype: torch.dtype, device: str, slots
             continue
         for mode, fn in make_calls(op, shape, dtype, device, slots, dropout).items():
             with op_setting(op):
-                rows.append(_measure_call(op, mode, fn, device, calls, reps, bench_ms, bench_graph_ms))
+                rows.append(_measure_call(op, mode, fn, device, calls, reps))
     add_over_sdpa(rows)
     return rows
 
 
-def _measure_call(op: str, mode: str, fn: Callable[[], object], device: str, calls: int, reps: int, bench_ms,
-                  bench_graph_ms) -> dict:
+def _measure_call(op: str, mode: str, fn: Callable[[], object], device: str, calls: int, reps: int) -> dict:
     """The row of one op and mode (see :func:`measure`)."""
+    from benchmarks._common import bench_graph_ms, bench_ms
+
     row = {"op": op, "mode": mode}
     if op != "sdpa":  # no Triton launch to stub
         with stubbed_launches():
