@@ -23,6 +23,13 @@ own validation text (the split its training held out) and on the 24 prompts of t
    then the model run with every C-mem reading keys j <= t-2 only (the band attention's ``delay=2``): its
    loss, its repeat statistics and its generations. A mechanism that causes the stutter removes it when
    cut; the loss says what else the cut costs.
+4. Whether a repeat feeds itself. Greedy repeats split into loops that start (a token repeated after a
+   different one) and loops that go on (a token repeated after it was already repeated); the word repeat
+   rate is about the start rate times the loops' mean length. Teacher-forced, the same split: contexts cut
+   from the validation windows and followed by k = 0..3 extra copies of their last token, the probability
+   of that token once more and each part's direct push toward it, for every model and, for a Memory
+   Mosaic, under the cut of 3 too. A C-mem that has stored "a follows a" retrieves it again (the peek-ahead
+   value of the copy's key holds the copy): a push that grows with k is that feedback.
 
 Writes ``stutter.json`` and ``push.png`` (the direct push per part, all positions against the positions
 where the model predicts a repeat) to ``--out``.
@@ -84,7 +91,7 @@ def forward_with_parts(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.T
             h.remove()
     emb = model.wte(x)
     if isinstance(model, GPT):
-        emb = emb + model.wpe(torch.arange(x.shape[1]))
+        emb = emb + model.wpe(torch.arange(x.shape[1], device=x.device))
     out["embedding"] = emb
     return logits, out
 
@@ -118,7 +125,7 @@ def latest_key_weight(model: torch.nn.Module, cmem_inputs: list[torch.Tensor]) -
         k = block.cmem.key(x).double()                      # (B, H, T, hs)
         T = k.shape[2]
         scores = k @ k.transpose(-1, -2)
-        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(-1), float("-inf"))
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1), float("-inf"))
         att = torch.softmax(scores[:, :, 1:], dim=-1)        # rows 1..T-1
         weights.append(float(att.diagonal(offset=0, dim1=-2, dim2=-1).mean()))  # row t, key t-1
     return weights
@@ -164,8 +171,9 @@ def generations(model: torch.nn.Module, enc: object, prompts: list[str], max_new
     """The new tokens of one continuation per prompt (stopping at end of text), prompt i seeded seed + i."""
     outs = []
     for i, prompt in enumerate(prompts, 1):
-        idx = torch.tensor([enc.encode_ordinary(prompt)])
-        g = torch.Generator().manual_seed(seed + i)
+        device = next(model.parameters()).device
+        idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
+        g = torch.Generator(device=device).manual_seed(seed + i)
         out = model.generate(idx, max_new, temperature=temperature, stop_token=EOT, generator=g, use_cache=use_cache)
         outs.append([t for t in out[0, idx.shape[1]:].tolist() if t != EOT])
     return outs
@@ -180,6 +188,56 @@ def repeat_stats(enc: object, outs: list[list[int]]) -> dict:
             "token_repeat": tok_rep / max(tok_pairs, 1), "token_pairs": tok_pairs}
 
 
+def loop_stats(outs: list[list[int]]) -> dict:
+    """Adjacent equal tokens of continuations split into loops that start (the pair's first token differs
+    from the one before it, or is the continuation's first) and loops that go on (it repeats the one before)."""
+    start = start_pairs = go_on = go_on_pairs = 0
+    for o in outs:
+        for n in range(len(o) - 1):
+            if n > 0 and o[n] == o[n - 1]:
+                go_on_pairs += 1
+                go_on += o[n + 1] == o[n]
+            else:
+                start_pairs += 1
+                start += o[n + 1] == o[n]
+    return {"start": start / max(start_pairs, 1), "start_pairs": start_pairs,
+            "go_on": go_on / max(go_on_pairs, 1), "go_on_pairs": go_on_pairs}
+
+
+FEEDBACK_COPIES = (0, 1, 2, 3)
+
+
+@torch.no_grad()
+def repeat_feedback(model: torch.nn.Module, x: torch.Tensor, batch: int) -> dict:
+    """{k: the mean probability of the context's last token once more, the share of contexts where it is the
+    argmax, and each part's mean direct push toward it}, for contexts of 1/4, 1/2 and 3/4 of the windows
+    ``x`` (N, T) and of T - 3 tokens, each followed by k extra copies of its last token (k in
+    ``FEEDBACK_COPIES``); read at the last position."""
+    T = x.shape[1]
+    lengths = sorted({max(T // 4, 1), max(T // 2, 1), max(3 * T // 4, 1), max(T - max(FEEDBACK_COPIES), 1)})
+    names = ["embedding"] + [n for n, _ in parts(model)]
+    result = {}
+    for k in FEEDBACK_COPIES:
+        p = top = 0.0
+        push = dict.fromkeys(names, 0.0)
+        n = 0
+        for length in lengths:
+            for i in range(0, len(x), batch):
+                context = x[i:i + batch, :length]
+                current = context[:, -1:]                                      # (b, 1)
+                logits, contrib = forward_with_parts(model, torch.cat([context, current.expand(-1, k)], dim=1))
+                last = torch.log_softmax(logits[:, -1].double(), dim=-1)       # (b, vocab)
+                p += float(last.gather(-1, current).exp().sum())
+                top += float((last.argmax(-1, keepdim=True) == current).sum())
+                at_last = {name: c[:, -1:] for name, c in contrib.items()}
+                for name, v in direct_push(model, at_last, names, current).items():
+                    push[name] = push.get(name, 0.0) + float(v.sum())
+                n += len(context)
+        result[k] = {"p_current": p / n, "argmax_is_current": top / n, "push": {m: v / n for m, v in push.items()},
+                     "contexts": n}
+    return result
+
+
 def decoding_study(model: torch.nn.Module, enc: object, a: argparse.Namespace, cached: bool) -> dict:
     """Repeat statistics of greedy and sampled continuations of the prompts, and the greedy texts."""
     prompts = default_prompts()
@@ -187,6 +245,7 @@ def decoding_study(model: torch.nn.Module, enc: object, a: argparse.Namespace, c
     sampled = [t for s in range(a.samples) for t in
                generations(model, enc, prompts, a.max_new_tokens, 1.0, 1000 * (s + 1), cached)]
     return {"greedy": repeat_stats(enc, greedy), "sampled": repeat_stats(enc, sampled),
+            "greedy_loops": loop_stats(greedy), "sampled_loops": loop_stats(sampled),
             "greedy_tokens": greedy, "greedy_text": [decode_tokens(enc, o) for o in greedy]}
 
 
@@ -194,8 +253,8 @@ def study(run: str, a: argparse.Namespace, enc: object) -> dict:
     """Every measurement of the module docstring for one run."""
     # Built on the reference ops (read_checkpoint first, since a GPT's config has no kernels field).
     kernels = {} if read_checkpoint(run)["model_type"] == "gpt" else {"kernels": "reference"}
-    model, ckpt = load_model(run, "cpu", **kernels)
-    x, y = validation_windows(ckpt, a.windows, a.seed)
+    model, ckpt = load_model(run, a.device, **kernels)
+    x, y = (t.to(a.device) for t in validation_windows(ckpt, a.windows, a.seed))
     r = {"run": run, "model_type": ckpt["model_type"], "step": ckpt["step"], "windows": a.windows,
          "block_size": x.shape[1], "text_repeats": float((y == x).double().mean())}
     r["teacher_forced"] = teacher_forced(model, x, y, a.batch)
@@ -213,6 +272,7 @@ def study(run: str, a: argparse.Namespace, enc: object) -> dict:
     r["decoding_cached"] = decoding_study(model, enc, a, cached=True)
     r["decoding_uncached"] = decoding_study(model, enc, a, cached=False)
     r["cached_equals_uncached_greedy"] = r["decoding_cached"]["greedy_tokens"] == r["decoding_uncached"]["greedy_tokens"]
+    r["feedback"] = repeat_feedback(model, x, a.batch)
     if ckpt["model_type"] == "mosaic":
         n = len(model.blocks)
         r["latest_key_weight"] = latest_key_weight(model, [contrib[f"cmem_input.{i}"] for i in range(n)])
@@ -220,12 +280,14 @@ def study(run: str, a: argparse.Namespace, enc: object) -> dict:
         r["uniform_weight_mean"] = float(np.mean(1.0 / np.arange(1, T)))
         with cmem_reading_from(model, delay=2):
             r["without_latest_key"] = {"teacher_forced": teacher_forced(model, x, y, a.batch),
-                                       "decoding": decoding_study(model, enc, a, cached=False)}
+                                       "decoding": decoding_study(model, enc, a, cached=False),
+                                       "feedback": repeat_feedback(model, x, a.batch)}
     return r
 
 
 def plot(results: list[dict], out: Path) -> None:
-    """push.png: each part's direct push toward the current token, all positions and stutter positions."""
+    """push.png: each part's direct push toward the current token, all positions and stutter positions;
+    feedback.png: the probability of the last token once more after k extra copies of it, per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -243,6 +305,23 @@ def plot(results: list[dict], out: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "push.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in results:
+        label = f"{r['model_type']} ({Path(r['run']).name})"
+        curves = [(label, r["feedback"])]
+        if "without_latest_key" in r:
+            curves.append((label + ", keys j <= t-2", r["without_latest_key"]["feedback"]))
+        for name, fb in curves:
+            ks = sorted(fb, key=int)
+            ax.plot([int(k) for k in ks], [fb[k]["p_current"] for k in ks], marker="o",
+                    ls="--" if name.endswith("t-2") else "-", label=name)
+    ax.set(xlabel="extra copies k of the context's last token", ylabel="p(that token once more)", yscale="log",
+           xticks=list(FEEDBACK_COPIES))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "feedback.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=3, help="sampled continuations per prompt (temperature 1)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0, help="seed of the validation windows")
+    p.add_argument("--device", default="cpu", help="where the models run (float32, reference ops): cpu or cuda")
     a = p.parse_args(argv)
     for name in ("windows", "batch", "samples", "max_new_tokens"):
         if getattr(a, name) < 1:
@@ -262,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     for run in a.runs:
         if not Path(run).exists():
             p.error(f"runs: {run} does not exist")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device: expected cpu (this machine has no CUDA device), got {a.device}")
     torch.manual_seed(0)
     enc = text.gpt2_encoding()
     results = [study(run, a, enc) for run in a.runs]
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "stutter.json").write_text(json.dumps(results, indent=1))
+    (a.out / "stutter.json").write_text(json.dumps(results, indent=1))  # the feedback's keys k become strings
     plot(results, a.out)
     for r in results:
         tf, dc = r["teacher_forced"], r["decoding_cached"]
@@ -280,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"p(current) {w['teacher_forced']['p_current']:.4f}, loss {w['teacher_forced']['loss']:.3f}; word "
                   f"repeats greedy {w['decoding']['greedy']['word_repeat']:.3f} sampled "
                   f"{w['decoding']['sampled']['word_repeat']:.3f}; weight on key t-1 {r['latest_key_weight']}")
+        for name, fb in [("", r["feedback"])] + ([(" (keys j <= t-2)", r["without_latest_key"]["feedback"])]
+                                                  if "without_latest_key" in r else []):
+            print(f"        p(last token once more) after k = 0..3 extra copies{name}: "
+                  + " ".join(f"{fb[k]['p_current']:.3f}" for k in FEEDBACK_COPIES))
+        loops = dc["greedy_loops"]
+        print(f"        greedy loops: start {loops['start']:.3f} of {loops['start_pairs']} pairs, go on "
+              f"{loops['go_on']:.3f} of {loops['go_on_pairs']}")
     return 0
 
 

@@ -17,7 +17,12 @@ def test_study_runs_and_its_decomposition_is_exact(tmp_path, corpus_file):  # no
     assert stutter.main([*map(str, runs), "--out", str(out), "--windows", "4", "--batch", "2", "--samples", "1",
                          "--max-new-tokens", "3"]) == 0
     mm, gpt = json.loads((out / "stutter.json").read_text())
-    assert (out / "push.png").is_file()
+    assert (out / "push.png").is_file() and (out / "feedback.png").is_file()
+    assert set(mm["feedback"]) == set(gpt["feedback"]) == {str(k) for k in stutter.FEEDBACK_COPIES}
+    assert set(mm["without_latest_key"]["feedback"]) == set(mm["feedback"])
+    for fb in (mm["feedback"], gpt["feedback"]):
+        assert all(0 <= v["p_current"] <= 1 and 0 <= v["argmax_is_current"] <= 1 for v in fb.values())
+    assert set(mm["decoding_cached"]["greedy_loops"]) == {"start", "start_pairs", "go_on", "go_on_pairs"}
     # The parts' pushes sum to the centred logit of the current token. Float32: each term is a sum of
     # d = 16 products of O(1) numbers, the logits O(1); the sums of 5-6 terms agree to a few ulps of O(10),
     # so 1e-4 is ~100 ulps of margin while a missing part (pushes of O(0.01-1)) would fail it.
@@ -64,3 +69,33 @@ def test_latest_key_weight_matches_a_loop(tmp_path, corpus_file):  # noqa: F811
             logits = torch.stack([k[h, t] @ k[h, j] for j in range(t)])
             weights.append(float(torch.softmax(logits, 0)[t - 1]))
     assert abs(got - sum(weights) / len(weights)) < 1e-12  # float64 both ways, same sums in another order
+
+
+def test_loop_stats_split_repeats_into_starts_and_go_ons():
+    # [5, 5, 5, 7, 7, 8]: (5,5) starts a loop, (5,5) goes on, (5,7) ends it, (7,7) starts one, (7,8) ends it;
+    # [1, 2]: a start pair that does not repeat; [3]: no pair. Starts 2 of 3 pairs, go-ons 1 of 3.
+    got = stutter.loop_stats([[5, 5, 5, 7, 7, 8], [1, 2], [3]])
+    assert got == {"start": 2 / 3, "start_pairs": 3, "go_on": 1 / 3, "go_on_pairs": 3}
+
+
+def test_feedback_at_zero_copies_is_the_windows_own_prediction(tmp_path, corpus_file):  # noqa: F811
+    """With k = 0 extra copies, a context of length L read at its last position is, by causality, the full
+    window's prediction at position L - 1: the feedback's probability equals the one read off one forward of
+    the windows, and its parts' pushes sum to the centred logit there."""
+    for model_type in ("mosaic", "gpt"):
+        kernels = {"kernels": "reference"} if model_type == "mosaic" else {}  # a GPT's config has no kernels field
+        model, _ = load_model(_train(tmp_path / model_type, corpus_file, model_type, ["--n-layer", "2"]), **kernels)
+        x = torch.randint(0, 200, (3, 16))
+        fb = stutter.repeat_feedback(model, x, batch=2)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x)[0].double(), dim=-1)       # (3, 16, vocab)
+        lengths = (4, 8, 12, 13)                                          # T/4, T/2, 3T/4, T - 3
+        expected = torch.stack([logp[:, L - 1].gather(-1, x[:, L - 1:L]).exp()[:, 0] for L in lengths]).mean()
+        # Float32 forwards of different lengths: the same sums over at most 16 positions, so the
+        # probabilities agree to a few ulps of O(1e-3..1) values; 1e-5 absolute is ~100x that.
+        assert abs(fb[0]["p_current"] - float(expected)) < 1e-5
+        logits = model(x)[0].detach().double()
+        centred = torch.stack([logits[:, L - 1].gather(-1, x[:, L - 1:L])[:, 0] - logits[:, L - 1].mean(-1)
+                               for L in lengths]).mean()
+        assert abs(sum(fb[0]["push"].values()) - float(centred)) < 1e-4  # as the decomposition test's bound
+        assert fb[3]["contexts"] == 12
