@@ -173,6 +173,16 @@ def epochs_trained(size: int, epochs: int, step_cap: int | None) -> float:
     return steps / per_epoch
 
 
+def run_epochs(result: dict) -> float:
+    """Epochs a finished run trained: up to the step it ended at when recorded (``steps_trained``: before the
+    cap when --patience ended it), else what the step cap allowed (records from before that field)."""
+    size = result["num_train"]
+    if result.get("steps_trained") is None:
+        return epochs_trained(size, result["epochs"], result.get("step_cap"))
+    per_epoch, _ = epoch_steps(size, preset("regbench").batch_size, result["epochs"], result.get("step_cap"))
+    return result["steps_trained"] / per_epoch
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     """Selection, summary.json, table and the Figure 11 analogue (see the module docstring)."""
     root, figs = Path(a.out), Path(a.figures)
@@ -195,7 +205,7 @@ def cmd_report(a: argparse.Namespace) -> None:
                     paper = PAPER_FIG11.get(model, {})
                     pa, pl = paper.get("accuracy", {}).get(size), paper.get("l1", {}).get(size)
                     label = f"{size}" + ("" if size in summary["same_search_sizes"] else " (searches differ)")
-                ep = epochs_trained(size, r["epochs"], r.get("step_cap")) if "epochs" in r else float("nan")
+                ep = run_epochs(r) if "epochs" in r else float("nan")
                 lines.append(f"| {label} | {model} | {c['runs_searched']} | {t['accuracy']:.3f} | "
                              f"{'-' if pa is None else f'{pa:.3f}'} | {t['l1']:.3f} | {'-' if pl is None else f'{pl:.3f}'} | "
                              f"{t['tvd']:.3f} | {c['test_selected_accuracy']:.3f} | {c['test_selected_l1']:.3f} | {ep:.3g} |")
@@ -233,8 +243,8 @@ def _trained_to(result: dict) -> str:
 
 def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
     """Accuracy and L1 ("TVD") against training languages, log scale, ours (lines, at the ``sizes`` where
-    both models searched the same grid) and the paper's (x); each size's tick says the epochs its runs
-    trained under the step cap."""
+    both models searched the same grid) and the paper's (x); each size's tick says the epochs the step cap
+    allowed (a run --patience ended trained fewer: the table says how many)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -73,6 +73,14 @@ def test_epochs_trained_under_the_step_cap():
     assert regbench.epochs_trained(40000, 200, None) == 200
 
 
+def test_run_epochs_counts_a_run_ended_by_patience_to_its_last_step():
+    # 2,500 languages make 79 steps an epoch (batch 32); a run --patience ended at step 1,580 trained 20 of its 200
+    ended = {"num_train": 2500, "epochs": 200, "step_cap": None, "steps_trained": 1580, "early_stop": 40}
+    assert regbench.run_epochs(ended) == 20
+    assert regbench.run_epochs({**ended, "steps_trained": None}) == 200  # a record from before the field: the cap's
+    assert regbench.run_epochs({"num_train": 40000, "epochs": 200, "step_cap": 3200}) == 3200 / 1250
+
+
 def test_bad_grid_arguments_exit_2(capsys):
     for argv, msg in ((["run", "--widths", "40"], "multiples of 16"), (["run", "--lrs", "0"], "--lrs must be > 0"),
                       (["run", "--parallel", "0"], "--parallel must be >= 1"),
