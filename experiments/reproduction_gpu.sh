@@ -9,10 +9,14 @@
 #              DEPTHS (default "12 4 1": the longest runs first) at LR for both models, STEPS (default 1200),
 #              EVAL_EVERY (default 100), SEEDS (default 0), WIDTH_PARALLEL (default 3; 1 on a card under 100 GB, beside
 #              the output-layer arm) processes of the short part at once
-#     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_WIDTHS (default "128 256"), RB_LRS
-#              (default "1e-3 2e-3": the earlier search's best at both sizes and the point past it) for both
-#              models, STEP_CAP (default 10000: 64 epochs at 2,500 languages, 32 at 10,000, against the
-#              earlier 3,200), RB_PARALLEL at once (default 8), every run replaying CUDA graphs
+#     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_DEPTHS (default "2 4": the preset's depth
+#              and a larger model), RB_WIDTHS (default 128), RB_LRS (default "1e-3 2e-3": the earlier search's best
+#              at both sizes and the point past it) for both models, up to the preset's 200 epochs (STEP_CAP,
+#              default none), each run ended by mosaic-train --patience RB_PATIENCE (default 40 evaluations, one
+#              an epoch, without a better validation loss), RB_PARALLEL at once (default 4: the unfinished runs'
+#              checkpoints come back, and must fit a call's 64 MiB), every run replaying CUDA graphs, resuming from
+#              the run folders in RB_PRIOR (default docs/figures/regbench_long/runs: the finished runs, committed)
+#              and the checkpoints unpacked there
 #     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
 #              selected lr 4e-2, GPT2 at 2e-3) trained again, then experiments/stutter.py on both (waits
 #              for the width part's tokenised books when that part runs)
@@ -57,9 +61,10 @@ case $mode in
           detach width env OUT=$BG/width DATA="$DATA" STEPS="${STEPS:-1200}" EVAL_EVERY="${EVAL_EVERY:-100}" \
             PARALLEL="${WIDTH_PARALLEL:-3}" DEPTHS="${DEPTHS:-12 4 1}" bash experiments/lm_width_gpu.sh "$limit" ${WIDTH_PARTS:-short short-gpt2-output} ;;
         rb) mkdir -p $BG/rb
-          detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" WIDTHS="${RB_WIDTHS:-128 256}" \
-            LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-10000}" PARALLEL="${RB_PARALLEL:-8}" \
-            EXTRA="--train-args --cuda-graph" bash experiments/regbench_gpu.sh "$limit" ;;
+          detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" DEPTHS="${RB_DEPTHS:-2 4}" \
+            WIDTHS="${RB_WIDTHS:-128}" LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-1000000}" \
+            PARALLEL="${RB_PARALLEL:-4}" EXTRA="--train-args --cuda-graph --patience ${RB_PATIENCE:-40}" \
+            bash experiments/regbench_gpu.sh "$limit" "${RB_PRIOR:-docs/figures/regbench_long/runs}" ;;
         stutter) mkdir -p $BG/stutter
           detach stutter bash -c "
             if [ -f $BG/width.pid ]; then  # the width part untars and tokenises the books: wait for its runs
