@@ -18,8 +18,8 @@
 #              the run folders in RB_PRIOR (default docs/figures/regbench_long/runs: the finished runs, committed)
 #              and the checkpoints unpacked there
 #     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
-#              selected lr 4e-2, GPT2 at 2e-3) trained again, then experiments/stutter.py on both (waits
-#              for the width part's tokenised books when that part runs)
+#              selected lr 4e-2, GPT2 at 2e-3) trained again with seeds 0, 1 and 2, then experiments/stutter.py on
+#              each seed's pair on the GPU (waits for the width part's tokenised books when that part runs)
 #     induction  experiments/induction.py's positive-control grid on the GPU: IND_MODELS (default "gpt-2 gpt-3
 #              llama-2") on IND_LRS (default "1e-3 3e-3"), IND_SEEDS (default "0"), IND_STEPS (default 50000)
 #   bash experiments/reproduction_gpu.sh collect WAIT_SECONDS    wait until every started part is done or
@@ -72,12 +72,15 @@ case $mode in
             else
               mkdir -p /tmp/books && tar -xJf $DATA/books.tar.xz -C /tmp/books
             fi
-            common=(--data /tmp/books --out $BG/stutter/runs --depths 2 --cuda-graph --time-limit $limit)
+            common=(--data /tmp/books --out $BG/stutter/runs --depths 2 --cuda-graph --seeds 0 1 2 --time-limit $limit)
             python -m experiments.lm_depth run --models mosaic --lrs 0.04 \"\${common[@]}\" &
             python -m experiments.lm_depth run --models gpt --lrs 0.002 \"\${common[@]}\" &
             wait
-            OMP_NUM_THREADS=4 python -m experiments.stutter $BG/stutter/runs/mosaic-L2-lr0.04 $BG/stutter/runs/gpt-L2-lr0.002 \
-              --out $BG/stutter/study --windows 64 --samples 3" ;;
+            for s in '' -s1 -s2; do
+              OMP_NUM_THREADS=4 python -m experiments.stutter $BG/stutter/runs/mosaic-L2-lr0.04\$s \
+                $BG/stutter/runs/gpt-L2-lr0.002\$s --out $BG/stutter/study/seed\$s --windows 64 --samples 3 --device cuda &
+            done
+            wait" ;;
         induction) mkdir -p $BG/induction
           read -ra models <<< "${IND_MODELS:-gpt-2 gpt-3 llama-2}"; read -ra lrs <<< "${IND_LRS:-1e-3 3e-3}"
           read -ra seeds <<< "${IND_SEEDS:-0}"
