@@ -31,8 +31,8 @@ own validation text (the split its training held out) and on the 24 prompts of t
    Mosaic, under the cut of 3 too. A C-mem that has stored "a follows a" retrieves it again (the peek-ahead
    value of the copy's key holds the copy): a push that grows with k is that feedback.
 
-Writes ``stutter.json`` and ``push.png`` (the direct push per part, all positions against the positions
-where the model predicts a repeat) to ``--out``.
+Writes ``stutter.json``, ``push.png`` (the direct push per part, all positions against the positions
+where the model predicts a repeat) and ``feedback.png`` (point 4's probability against k) to ``--out``.
 """
 from __future__ import annotations
 
@@ -325,7 +325,7 @@ def plot(results: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study on every run folder and write stutter.json and push.png."""
+    """Run the study on every run folder and write stutter.json, push.png and feedback.png."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders of mosaic-train --task lm (a Memory Mosaic, a GPT2)")
     p.add_argument("--out", type=Path, default=Path("runs/stutter"))
