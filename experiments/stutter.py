@@ -170,8 +170,8 @@ def generations(model: torch.nn.Module, enc: object, prompts: list[str], max_new
                 seed: int, use_cache: bool) -> list[list[int]]:
     """The new tokens of one continuation per prompt (stopping at end of text), prompt i seeded seed + i."""
     outs = []
+    device = next(model.parameters()).device
     for i, prompt in enumerate(prompts, 1):
-        device = next(model.parameters()).device
         idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
         g = torch.Generator(device=device).manual_seed(seed + i)
         out = model.generate(idx, max_new, temperature=temperature, stop_token=EOT, generator=g, use_cache=use_cache)
