@@ -176,11 +176,10 @@ def epochs_trained(size: int, epochs: int, step_cap: int | None) -> float:
 def run_epochs(result: dict) -> float:
     """Epochs a finished run trained: up to the step it ended at when recorded (``steps_trained``: before the
     cap when --patience ended it), else what the step cap allowed (records from before that field)."""
-    size = result["num_train"]
-    if result.get("steps_trained") is None:
-        return epochs_trained(size, result["epochs"], result.get("step_cap"))
-    per_epoch, _ = epoch_steps(size, preset("regbench").batch_size, result["epochs"], result.get("step_cap"))
-    return result["steps_trained"] / per_epoch
+    per_epoch, capped = epoch_steps(result["num_train"], preset("regbench").batch_size, result["epochs"],
+                                    result.get("step_cap"))
+    steps = result.get("steps_trained")
+    return (capped if steps is None else steps) / per_epoch
 
 
 def cmd_report(a: argparse.Namespace) -> None:
