@@ -179,11 +179,11 @@ def describe(cfg: TrainConfig, model: torch.nn.Module, task: object, world: int,
 
 
 def final_metrics(cfg: TrainConfig, model: torch.nn.Module, task: object, out: Path, device: torch.device,
-                  dtype: torch.dtype, last_step: int | None = None) -> dict:
-    """The task's final metrics of the last weights (those of ``last_step``, default ``cfg.steps``), or with
-    ``final_from="best"`` of a copy built from best.pt (so the model, and the ckpt.pt saved after, stay the last
-    weights: what a resume continues)."""
-    scored, weights_from, weights_step = model, "last", cfg.steps if last_step is None else last_step
+                  dtype: torch.dtype, last_step: int) -> dict:
+    """The task's final metrics of the last weights (those of ``last_step``: ``cfg.steps``, or earlier when
+    --patience ended the run), or with ``final_from="best"`` of a copy built from best.pt (so the model, and the
+    ckpt.pt saved after, stay the last weights: what a resume continues)."""
+    scored, weights_from, weights_step = model, "last", last_step
     if cfg.final_from == "best" and (out / "best.pt").is_file():
         scored, best_ckpt = load_model(out / "best.pt", device)
         weights_from, weights_step = "best", best_ckpt["step"]
