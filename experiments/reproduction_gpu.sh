@@ -20,6 +20,9 @@
 #     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
 #              selected lr 4e-2, GPT2 at 2e-3) trained again with seeds 0, 1 and 2, then experiments/stutter.py on
 #              each seed's pair on the GPU (waits for the width part's tokenised books when that part runs)
+#     stutter-stories  the same on the TinyStories-trained depth-2 pair (300 steps; the Memory Mosaic at 2e-2, GPT2
+#              at 2e-3, the stories study's selected rates), from $DATA/stories (the JSON-lines stories and the
+#              train split's start, xz-compressed)
 #     induction  experiments/induction.py's positive-control grid on the GPU: IND_MODELS (default "gpt-2 gpt-3
 #              llama-2") on IND_LRS (default "1e-3 3e-3"), IND_SEEDS (default "0"), IND_STEPS (default 50000)
 #   bash experiments/reproduction_gpu.sh collect WAIT_SECONDS    wait until every started part is done or
@@ -47,6 +50,22 @@ detach() {  # detach NAME COMMAND...: run COMMAND in its own session, its output
   setsid nohup "$@" > "$BG/$name.log" 2>&1 < /dev/null &
   echo $! > "$BG/$name.pid"; echo "started $name (pid $!)"
 }
+stutter_part() {  # stutter_part NAME DATA MM_LR PREPARE [LM_DEPTH_ARGS...]: after the shell line PREPARE, the
+  # depth-2 pair (the Memory Mosaic at MM_LR, GPT2 at 2e-3) trained on DATA with seeds 0, 1 and 2, then
+  # experiments/stutter.py on each seed's pair on the GPU; everything under $BG/NAME
+  local name=$1 data=$2 lr=$3 prepare=$4; shift 4
+  mkdir -p $BG/$name
+  detach $name bash -c "$prepare
+    common=(--data $data --out $BG/$name/runs --depths 2 --cuda-graph --seeds 0 1 2 --time-limit $limit $*)
+    python -m experiments.lm_depth run --models mosaic --lrs $lr \"\${common[@]}\" &
+    python -m experiments.lm_depth run --models gpt --lrs 0.002 \"\${common[@]}\" &
+    wait
+    for s in '' -s1 -s2; do
+      OMP_NUM_THREADS=4 python -m experiments.stutter $BG/$name/runs/mosaic-L2-lr$lr\$s \
+        $BG/$name/runs/gpt-L2-lr0.002\$s --out $BG/$name/study/seed\$s --windows 64 --samples 3 --device cuda &
+    done
+    wait"
+}
 case $mode in
   start)
     limit=${1:?start: give SECONDS}; shift
@@ -65,29 +84,22 @@ case $mode in
             WIDTHS="${RB_WIDTHS:-128}" LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-1000000}" \
             PARALLEL="${RB_PARALLEL:-4}" EXTRA="--train-args --cuda-graph --patience ${RB_PATIENCE:-40}" \
             bash experiments/regbench_gpu.sh "$limit" "${RB_PRIOR:-docs/figures/regbench_long/runs}" ;;
-        stutter) mkdir -p $BG/stutter
-          detach stutter bash -c "
-            if [ -f $BG/width.pid ]; then  # the width part untars and tokenises the books: wait for its runs
+        stutter)  # the books are untarred here, or by the width part (then wait for its runs)
+          stutter_part stutter /tmp/books 0.04 "
+            if [ -f $BG/width.pid ]; then
               until ls /tmp/width/*.log >/dev/null 2>&1 || ! kill -0 \$(cat $BG/width.pid) 2>/dev/null; do sleep 5; done
             else
               mkdir -p /tmp/books && tar -xJf $DATA/books.tar.xz -C /tmp/books
-            fi
-            common=(--data /tmp/books --out $BG/stutter/runs --depths 2 --cuda-graph --seeds 0 1 2 --time-limit $limit)
-            python -m experiments.lm_depth run --models mosaic --lrs 0.04 \"\${common[@]}\" &
-            python -m experiments.lm_depth run --models gpt --lrs 0.002 \"\${common[@]}\" &
-            wait
-            for s in '' -s1 -s2; do
-              OMP_NUM_THREADS=4 python -m experiments.stutter $BG/stutter/runs/mosaic-L2-lr0.04\$s \
-                $BG/stutter/runs/gpt-L2-lr0.002\$s --out $BG/stutter/study/seed\$s --windows 64 --samples 3 --device cuda &
-            done
-            wait" ;;
+            fi" ;;
+        stutter-stories)  # the stories study's recipe: 300 steps, evaluations every 25
+          stutter_part stutter-stories $DATA/stories 0.02 : --doc-split auto --steps 300 --eval-every 25 ;;
         induction) mkdir -p $BG/induction
           read -ra models <<< "${IND_MODELS:-gpt-2 gpt-3 llama-2}"; read -ra lrs <<< "${IND_LRS:-1e-3 3e-3}"
           read -ra seeds <<< "${IND_SEEDS:-0}"
           detach induction python -m experiments.induction --out $BG/induction --models "${models[@]}" \
             --lrs "${lrs[@]}" --seeds "${seeds[@]}" --steps "${IND_STEPS:-50000}" --eval-every 1000 --device cuda \
             --jobs $(( ${#models[@]} * ${#lrs[@]} * ${#seeds[@]} )) --quiet ;;
-        *) echo "reproduction_gpu.sh: unknown part $part (width, rb, stutter or induction)" >&2; exit 2 ;;
+        *) echo "reproduction_gpu.sh: unknown part $part (width, rb, stutter, stutter-stories or induction)" >&2; exit 2 ;;
       esac
     done ;;
   collect)
@@ -102,7 +114,7 @@ case $mode in
     # width and rb pack their own archives (checkpoints left out); the others are packed here.
     cp $BG/width/width.tgz $BG/rb/rb.tgz $BG/rb/*.log "$OUT/" 2>/dev/null
     [ -d /tmp/width ] && tar -czf "$OUT/width_now.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' width
-    for p in stutter induction; do
+    for p in stutter stutter-stories induction; do
       [ -d $BG/$p ] && tar -czf "$OUT/$p.tgz" -C $BG --exclude='*.pt' --exclude='*.tmp' $p; done
     cp $BG/*.log "$OUT/" 2>/dev/null
     tail -n 4 $BG/*.log ;;
