@@ -67,11 +67,17 @@ def grid(a: argparse.Namespace) -> list[tuple]:
 
 
 def train_config(a: argparse.Namespace, model: str, size: int, depth: int, width: int, wd: float, lr: float) -> TrainConfig:
-    """The training config of one grid point: the RegBench preset with this point's settings."""
+    """The training config of one grid point: the RegBench preset with this point's settings; with
+    ``--patience-steps N`` the run ends once its validation loss has not improved for N steps, counted in
+    whole evaluations (one an epoch: ceil(N / epoch length) of them)."""
+    patience = None
+    if a.patience_steps is not None:
+        per_epoch, _ = epoch_steps(size, preset("regbench").batch_size, a.epochs, a.step_cap)
+        patience = -(-a.patience_steps // per_epoch)
     return preset("regbench", model=model, num_train=size, n_layer=depth, n_embd=width, n_head=width // HEAD_SIZE,
                   pmem_size=int(3.5 * width), weight_decay=wd, lr=lr, epochs=a.epochs, step_cap=a.step_cap,
                   device=a.device, task_seed=a.task_seed, num_test=a.num_test, save_every=a.save_every, iid=a.iid,
-                  quiet=True)
+                  patience=patience, quiet=True)
 
 
 def read_result(out: Path) -> dict | None:
@@ -330,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="the learning rates of the grid")
     p.add_argument("--epochs", type=int, default=200, help="epochs of the training languages (the preset's 200)")
     p.add_argument("--step-cap", type=int, default=None, help="at most this many steps a run (same for both models)")
+    p.add_argument("--patience-steps", type=int, default=None,
+                   help="end a run once its validation loss has not improved for this many steps (rounded up to whole "
+                        "epochs, the preset's evaluation interval), so that every size waits as long in steps")
     p.add_argument("--num-test", type=int, default=1000, help="held-out languages (half test, half validation)")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the generated languages")
     p.add_argument("--iid", action="store_true", help="the IID split (paper Table 4)")
@@ -357,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--widths must be multiples of {HEAD_SIZE} (heads of {HEAD_SIZE} dimensions), got {a.widths}")
     if any(not v > 0 for v in a.lrs) or any(v < 0 for v in a.wds):
         p.error(f"--lrs must be > 0 and --wds >= 0, got {a.lrs} and {a.wds}")
-    require_at_least_one(p, a, ("parallel", "save_every"))
+    require_at_least_one(p, a, ("parallel", "save_every", "patience_steps"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     (cmd_run if a.command == "run" else cmd_report)(a)
     return 0

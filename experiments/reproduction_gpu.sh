@@ -12,8 +12,8 @@
 #     rb       regbench_gpu.sh on RB_SIZES (default "2500 10000"), RB_DEPTHS (default "2 4": the preset's depth
 #              and a larger model), RB_WIDTHS (default 128), RB_LRS (default "1e-3 2e-3": the earlier search's best
 #              at both sizes and the point past it) for both models, up to the preset's 200 epochs (STEP_CAP,
-#              default none), each run ended by mosaic-train --patience RB_PATIENCE (default 40 evaluations, one
-#              an epoch, without a better validation loss), RB_PARALLEL at once (default 4: the unfinished runs'
+#              default none), each run ended once its validation loss has not improved for RB_PATIENCE_STEPS (default
+#              3,160: 40 epochs at 2,500 languages, 11 at 10,000; regbench --patience-steps), RB_PARALLEL at once (default 4: the unfinished runs'
 #              checkpoints come back, and must fit a call's 64 MiB), every run replaying CUDA graphs, resuming from
 #              the run folders in RB_PRIOR (default docs/figures/regbench_long/runs: the finished runs, committed)
 #              and the checkpoints unpacked there
@@ -82,7 +82,7 @@ case $mode in
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" DEPTHS="${RB_DEPTHS:-2 4}" \
             WIDTHS="${RB_WIDTHS:-128}" LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-1000000}" \
-            PARALLEL="${RB_PARALLEL:-4}" EXTRA="--train-args --cuda-graph --patience ${RB_PATIENCE:-40}" \
+            PARALLEL="${RB_PARALLEL:-4}" EXTRA="--patience-steps ${RB_PATIENCE_STEPS:-3160} --train-args --cuda-graph" \
             bash experiments/regbench_gpu.sh "$limit" "${RB_PRIOR:-docs/figures/regbench_long/runs}" ;;
         stutter)  # the books are untarred here, or by the width part (then wait for its runs)
           stutter_part stutter /tmp/books 0.04 "
@@ -111,12 +111,14 @@ case $mode in
     while running && [ $SECONDS -lt $end ]; do sleep 5; done
     for f in $BG/*.pid; do [ -f "$f" ] || continue; p=$(basename "$f" .pid)
       alive "$f" && echo "$p: still running" || echo "$p: done"; done
-    # width and rb pack their own archives (checkpoints left out); the others are packed here.
-    cp $BG/width/width.tgz $BG/rb/rb.tgz $BG/rb/*.log "$OUT/" 2>/dev/null
+    # width and rb pack their own archives (checkpoints left out; rb's unfinished runs' checkpoints come in
+    # ckpts.tar.part-* once its time limit has passed); the others are packed here, every log in logs.tgz (a
+    # call brings back at most 8 files).
+    cp $BG/width/width.tgz $BG/rb/rb.tgz $BG/rb/ckpts.tar.part-* "$OUT/" 2>/dev/null
     [ -d /tmp/width ] && tar -czf "$OUT/width_now.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' width
     for p in stutter stutter-stories induction; do
       [ -d $BG/$p ] && tar -czf "$OUT/$p.tgz" -C $BG --exclude='*.pt' --exclude='*.tmp' $p; done
-    cp $BG/*.log "$OUT/" 2>/dev/null
+    tar -czf "$OUT/logs.tgz" -C $BG $(cd $BG && ls *.log */*.log 2>/dev/null)
     tail -n 4 $BG/*.log ;;
   *) echo "reproduction_gpu.sh: unknown mode $mode (start or collect)" >&2; exit 2 ;;
 esac

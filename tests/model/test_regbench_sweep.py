@@ -99,3 +99,19 @@ def test_v2_and_llama_join_the_sweep_and_the_report(tmp_path):
     assert regbench.main(["report", "--out", str(tmp_path / "sweep"), "--figures", str(figs)]) == 0
     summary = json.loads((figs / "regbench_summary.json").read_text())
     assert set(summary["held_out"]) == {"mosaic-v2", "llama"} and (figs / "regbench_fig11.png").stat().st_size > 0
+
+
+def test_patience_steps_become_whole_epochs_of_each_size():
+    # Batch 32: 2,500 languages make 79 steps an epoch, 10,000 make 313. 3,160 steps of patience are 40 epochs at
+    # 2,500 and ceil(10.1) = 11 at 10,000 (the run then waits 3,443 steps, never fewer than asked).
+    a = regbench.build_parser().parse_args(["run", "--patience-steps", "3160"])
+    assert regbench.train_config(a, "gpt", 2500, 2, 128, 0.1, 1e-3).patience == 40
+    assert regbench.train_config(a, "gpt", 10000, 2, 128, 0.1, 1e-3).patience == 11
+    a = regbench.build_parser().parse_args(["run"])
+    assert regbench.train_config(a, "gpt", 2500, 2, 128, 0.1, 1e-3).patience is None
+
+
+def test_patience_steps_below_one_is_a_cli_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        regbench.main(["run", "--patience-steps", "0"])
+    assert e.value.code == 2 and "--patience-steps must be >= 1, got 0" in capsys.readouterr().err
