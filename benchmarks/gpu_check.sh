@@ -5,7 +5,7 @@
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
 #              benchmarks/bench_*.py), the compiler report (benchmarks.tools.kernel_report), a CUDA mosaic-train run
-#   pmem       bench_persistent_memory alone
+#   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1, off by default):
@@ -96,7 +96,8 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;
     pmem)
-      python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16 ;;&
+      python3 -m benchmarks.bench_persistent_memory --out "$OUT/bench_pmem.md" 2>&1 | tail -n 16
+      python3 -m benchmarks.bench_pmem_layout --out "$OUT/bench_pmem_layout.md" 2>&1 | tail -n 48 ;;&
     host|all)
       python3 -m benchmarks.host_cost --out "$OUT/host_cost.md" 2>/dev/null | tail -n 10
       python3 -m benchmarks.host_cost --dropout 0.05 --out "$OUT/host_cost_dropout.md" 2>/dev/null | tail -n 10 ;;&

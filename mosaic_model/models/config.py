@@ -91,8 +91,9 @@ class MosaicConfig(ConfigFields):
         matters to a whole run, one op at a time (the official code's bf16 casts stay with
         kernels="reference" only).
       pmem_kernel: with kernels="fused", the P-mem retrieval runs mosaic_kernels.persistent_memory
-        ("triton") or SDPA with the batch folded into the query rows ("sdpa", the default: the faster
-        of the two in the compiled training step, BENCHMARKS.md "Persistent memory").
+        ("triton") or SDPA on the shared slots ("sdpa", the default: the faster of the two in the compiled
+        training step, BENCHMARKS.md "Persistent memory"; the batch folded into the query rows, or kept in
+        float32 with few heads x slots: PersistentMemory.folds_batch).
     """
 
     n_layer: int = 12

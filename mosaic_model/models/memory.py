@@ -233,13 +233,29 @@ class ContextMemory(nn.Module):
 
 
 
+# The SDPA retrieval folds the batch into the query rows unless the activations are float32 and the heads times
+# the slots are fewer than this. Flash and cuDNN take half precision only, so float32 runs SDPA's
+# memory-efficient kernel, whose backward parallelises over (batch, head, 64-slot block): folded, the
+# RegBench preset's 8 heads x 448 slots make 56 programs for 132 SMs. fwd+bwd, dropout 0.05, H100, torch 2.11
+# (2026-12-06): float32 folded / batch kept, at H x P = 896, 3,584 (two shapes), 6,144, 7,168, 8,064, 8,192,
+# 10,752, 14,336 (two) and 32,256: 7.7x, 2.8x, 2.4x, 1.8x, 1.5x, 1.4x, 1.4x, 1.3x, 1.05x, 1.13x and 0.94x; in
+# bf16 the fold stays (cuDNN; keeping the batch ran 0.45x to 2.0x as fast at those shapes, no rule).
+FOLD_FLOAT32_FROM_HEAD_SLOTS = 16_384
+
+
+def sdpa_folds_batch(n_head: int, pmem_size: int, dtype: torch.dtype) -> bool:
+    """Whether the SDPA retrieval folds the batch into the query rows at these heads, slots and activation
+    dtype (else it keeps the batch and expands the slots to it): FOLD_FLOAT32_FROM_HEAD_SLOTS's rule."""
+    return dtype != torch.float32 or n_head * pmem_size >= FOLD_FLOAT32_FROM_HEAD_SLOTS
+
+
 class PersistentMemory(nn.Module):
     """P-mem: ``y_t = exp(10 r_h) / m * sum_i sum_j softmax_j(k_t . K_i[h, j]) V_i[h, j]`` over learned
     slots shared by the batch (in place of the MLP; docs/MODEL.md 2), then c_proj and dropout.
 
     The retrieval backend is read from the config at every call (so that ``MemoryMosaic.set_kernels``
     switches it with the C-mem ops): the official formulation (``kernels = "reference"``), our Triton
-    kernel (``pmem_kernel = "triton"``) or SDPA on folded rows (``"sdpa"``).
+    kernel (``pmem_kernel = "triton"``) or SDPA on the shared slots (``"sdpa"``).
     Each takes the keys, the dropout rate and the per-head multiplier ``exp(10 r_h) / m`` and returns
     the scaled retrieval."""
 
@@ -257,10 +273,10 @@ class PersistentMemory(nn.Module):
 
     @property
     def backend(self) -> str:
-        """"official", "triton" or "folded_sdpa", from the config as it is now."""
+        """"official", "triton" or "sdpa", from the config as it is now."""
         if self.config.kernels == "reference":
             return "official"
-        return "triton" if self.config.pmem_kernel == "triton" else "folded_sdpa"
+        return "triton" if self.config.pmem_kernel == "triton" else "sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, T, d): each position's key retrieves from the learned slots (scaled by the
@@ -276,7 +292,7 @@ class PersistentMemory(nn.Module):
         elif backend == "triton":
             y = self._triton(k, p, c)
         else:
-            y = self._folded_sdpa(k, p, c)
+            y = self._sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def multiplier(self) -> torch.Tensor:
@@ -321,20 +337,30 @@ class PersistentMemory(nn.Module):
             y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
         return y * c.view(1, -1, 1, 1).to(y.dtype)
 
-    def _folded_sdpa(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
-        """SDPA with the batch folded into the query rows, (1, H, B*T, hs): the slots are shared by the
-        batch and each row attends independently, so SDPA runs its flash or cuDNN kernel on one slot
-        tensor per head and the slot gradients come out summed (no (B, H, P, hs) expansion).
+    def folds_batch(self, dtype: torch.dtype) -> bool:
+        """Whether :meth:`_sdpa` folds the batch into the query rows for activations of ``dtype``
+        (:func:`sdpa_folds_batch`)."""
+        return sdpa_folds_batch(self.config.n_head, self.config.pmem_size, dtype)
+
+    def _sdpa(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
+        """SDPA on the shared slots, in one of two layouts of the same rows (:meth:`folds_batch`):
+        - the batch folded into the query rows, (1, H, B*T, hs): SDPA runs its flash or cuDNN kernel on one
+          slot tensor per head and the slot gradients come out summed (no (B, H, P, hs) expansion). With
+          heads-last keys (the fused path) the fold is a view; SDPA's cuDNN and flash kernels return the
+          output, and the gradient of q, in q's layout, so merging the heads is a view too;
+        - the batch kept, (B, H, T, hs) against the slots expanded to the batch (a view): for float32 with
+          few (head, slot) pairs, where the fold starves SDPA's backward of programs.
 
         The output is linear in the slot values, so the per-head multiplier ``c`` ((H,)) scales the
         (H, P, hs) values instead of the (B, H, T, hs) output (two fewer full passes each way in eager
-        mode). With heads-last keys (the fused path) the fold is a view; SDPA's cuDNN and flash kernels
-        return the output, and the gradient of q, in q's layout, so merging the heads is a view too."""
+        mode)."""
         B, H, T, hs = k.shape
-        q = k.transpose(0, 1).reshape(1, H, B * T, hs)
+        fold = self.folds_batch(k.dtype)
+        q, rows = (k.transpose(0, 1).reshape(1, H, B * T, hs), 1) if fold else (k, B)
         c = c.view(1, H, 1, 1)
         y = 0.0
         for i in range(self.config.pmem_count):
-            mk, mv = self.M_k[i].unsqueeze(0).to(k.dtype), (self.M_v[i].unsqueeze(0) * c).to(k.dtype)
+            mk = self.M_k[i].unsqueeze(0).to(k.dtype).expand(rows, -1, -1, -1)
+            mv = (self.M_v[i].unsqueeze(0) * c).to(k.dtype).expand(rows, -1, -1, -1)
             y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
-        return y.view(H, B, T, hs).transpose(0, 1)
+        return y.view(H, B, T, hs).transpose(0, 1) if fold else y

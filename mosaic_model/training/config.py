@@ -50,7 +50,7 @@ class ModelArgs:
     reference_ops: tuple = arg((), "with --kernels fused, these C-mem ops run their PyTorch reference "
                                    f"({', '.join(REFERENCE_OP_CHOICES)}): which kernel's rounding a run feels",
                                choices=REFERENCE_OP_CHOICES, nargs="+", metavar="OP")
-    pmem_kernel: str = arg("sdpa", "P-mem retrieval with --kernels fused: our Triton kernel or SDPA on folded rows",
+    pmem_kernel: str = arg("sdpa", "P-mem retrieval with --kernels fused: our Triton kernel or SDPA",
                            choices=PMEM_KERNEL_CHOICES)
     output_layer: str = arg("library", "mosaic: the Library's output layer (logits / sqrt(d), tied embedding N(0, 1/sqrt(d))) "
                                        "or GPT2's (no scale, N(0, 0.02)), which starts fast under a long warm-up",

@@ -114,7 +114,7 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
-@pytest.mark.parametrize("pmem_kernel, fused_backend", [("sdpa", "folded_sdpa"), ("triton", "triton")])
+@pytest.mark.parametrize("pmem_kernel, fused_backend", [("sdpa", "sdpa"), ("triton", "triton")])
 def test_set_kernels_switches_the_persistent_memory_too(pmem_kernel, fused_backend):
     # The P-mem backend once was fixed when the block was built, so set_kernels("reference") left the
     # P-mem on the fused path while the C-mem ops moved.
@@ -125,6 +125,40 @@ def test_set_kernels_switches_the_persistent_memory_too(pmem_kernel, fused_backe
     assert backends() == {"official"}
     m.set_kernels("fused")
     assert backends() == {fused_backend}
+
+
+def test_sdpa_persistent_memory_folds_the_batch_except_float32_with_few_head_slots():
+    from mosaic_model.models.memory import FOLD_FLOAT32_FROM_HEAD_SLOTS
+    pmem = tiny_mosaic(kernels="fused").blocks[0].pmem  # 2 heads x 112 slots (3.5 x n_embd)
+    few = pmem.config.n_head * pmem.config.pmem_size < FOLD_FLOAT32_FROM_HEAD_SLOTS
+    assert few and not pmem.folds_batch(torch.float32)
+    assert pmem.folds_batch(torch.bfloat16) and pmem.folds_batch(torch.float64)
+    big = tiny_mosaic(kernels="fused", n_head=16, n_embd=256, pmem_size=1024).blocks[0].pmem  # 16,384 head-slots
+    assert big.folds_batch(torch.float32)
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_sdpa_persistent_memory_layouts_agree(T, monkeypatch):
+    # The two layouts of _sdpa compute the same rows; in float64 (SDPA's math backend on the CPU) they agree to
+    # rounding: each output is a softmax-weighted sum over at most P = 112 slots, each slot gradient a sum over
+    # B*T rows, so 1e-12 leaves three orders of magnitude above float64's 2^-52 (about 2e-16) times those sums.
+    from mosaic_model.models.memory import PersistentMemory
+    torch.manual_seed(0)
+    pmem = tiny_mosaic(kernels="fused").blocks[0].pmem.double()
+    k = torch.randn(3, 2, T, 16, dtype=torch.float64, requires_grad=True)
+    c = pmem.multiplier().detach().double().requires_grad_()
+    results = {}
+    for fold in (True, False):
+        monkeypatch.setattr(PersistentMemory, "folds_batch", lambda self, dtype, _f=fold: _f)
+        y = pmem._sdpa(k, 0.0, c)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(),
+                                    (k, c, pmem.M_k, pmem.M_v))
+        results[fold] = (y.detach(), grads)
+    (y_f, g_f), (y_b, g_b) = results[True], results[False]
+    assert y_f.shape == y_b.shape == (3, 2, T, 16)
+    assert rel_err(y_b, y_f) < 1e-12
+    for a, b in zip(g_b, g_f):
+        assert rel_err(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("op", ["leaky_average", "peek_ahead_value", "mosaic_attention"])
