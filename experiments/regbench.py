@@ -16,7 +16,8 @@ selects on the test set. It writes ``summary.json``, a markdown table, every run
 (``regbench_runs.md``) and the plot of accuracy and "TVD" against the number of training languages,
 with the paper's values beside ours. A size enters the plot only once both models have searched the same
 grid points there (the table marks the others), and each size shows the epochs its runs trained under
-``--step-cap``.
+``--step-cap``. ``regbench_curves.png`` draws every run's validation accuracy against step, unfinished
+runs too.
 """
 from __future__ import annotations
 
@@ -220,6 +221,47 @@ def cmd_report(a: argparse.Namespace) -> None:
     print(table)
     _plot(summary["held_out"], summary["same_search_sizes"], figs / "regbench_fig11.png")
     _plot_lr_search(collect(root, False), figs / "regbench_lr_search.png")
+    _plot_curves(root, figs / "regbench_curves.png")
+
+
+def _plot_curves(root: Path, path: Path) -> None:
+    """Validation accuracy against step for every held-out run folder under ``root``, finished or not (its
+    evaluations so far), one panel per number of training languages: where a run turns, and whether it
+    was still rising where it stopped. Colour: the model; line style: the depth; the legend says the rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[int, list] = {}
+    for out in sorted(root.glob("*/config.json")):
+        cfg = json.loads(out.read_text())
+        if cfg.get("iid"):
+            continue
+        vals = [m for m in metrics(out.parent) if m.get("split") == "val"]
+        if vals:
+            runs.setdefault(cfg["num_train"], []).append((cfg, vals, (out.parent / "result.json").exists()))
+    if not runs:
+        return
+    colors = {model: color for model, color, _ in CURVES}
+    names = {model: label for model, _, label in CURVES}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sorted(runs)):
+        depths = sorted({cfg["n_layer"] for cfg, _, _ in runs[size]})
+        for cfg, vals, done in sorted(runs[size], key=lambda r: (r[0]["model"], r[0]["n_layer"], r[0]["lr"])):
+            ax.plot([m["step"] for m in vals], [m["accuracy"] for m in vals], styles[depths.index(cfg["n_layer"]) % 4],
+                    color=colors.get(cfg["model"], "gray"), alpha=1.0 if cfg["lr"] == max(
+                        c["lr"] for c, _, _ in runs[size]) else 0.55, lw=1.2,
+                    label=f"{names.get(cfg['model'], cfg['model'])} L{cfg['n_layer']} lr {cfg['lr']:g}"
+                          + ("" if done else " (unfinished)"))
+        ax.set(title=f"{size:,} training languages", xlabel="step", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0][0].set_ylabel("validation accuracy (held-out languages)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _runs_table(results: list[dict]) -> str:

@@ -26,6 +26,7 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
     summary = json.loads((figs / "regbench_summary.json").read_text())
     assert set(summary["held_out"]) == {"mosaic", "gpt"} and (figs / "regbench_fig11.png").stat().st_size > 0
     assert (figs / "regbench_lr_search.png").stat().st_size > 0
+    assert (figs / "regbench_curves.png").stat().st_size > 0
     assert "| 8 | mosaic | 1 |" in (figs / "regbench_table.md").read_text()
     runs = (figs / "regbench_runs.md").read_text().splitlines()
     assert len(runs) == 2 + 2 and "| held-out | 8 | gpt | 1 | 32 | 0.1 | 0.003 |" in runs[2]  # one line a run
