@@ -20,7 +20,8 @@
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
 #   profiles   benchmarks.tools.profile_step: the 12-layer Memory Mosaic and GPT2 compiled at T=512 (issue 38), v2 and
-#              the llama-style model eager at T=2048 (issue 37's step): where each millisecond goes
+#              the llama-style model eager at T=2048 (issue 37's step), and the RegBench preset's fp32 steps
+#              (benchmarks.tools.profile_regbench): where each millisecond goes
 #   v2         issue 37's step on a quiet GPU: the v2 ops' and model's CUDA tests, the v2 and llama-style 12-layer
 #              steps eager at T=2048 and 8192 and compiled at 2048 (bench_training), the eager v2 step's profile,
 #              the gated scan's chunking sweep and the two chunk rules (tune_kernels chunks-tv chunk-rule); about 7
@@ -123,7 +124,9 @@ for PART in "${@:-all}"; do
       for M in mosaic_v2 llama; do
         python3 -m benchmarks.tools.profile_step --model $M --T 2048 > "$OUT/profile_${M}_2048.txt" 2>&1
         tail -n 14 "$OUT/profile_${M}_2048.txt"
-      done ;;
+      done
+      python3 -m benchmarks.tools.profile_regbench > "$OUT/profile_regbench.txt" 2>&1
+      grep "ms/step (unprofiled)" "$OUT/profile_regbench.txt" ;;
     v2)
       TEST_SECONDS=${TEST_SECONDS:-200} gpu_tests gpu_tests_v2.txt tests/kernels/test_host_helpers.py \
         tests/kernels/test_leaky_average_tv.py tests/kernels/test_row_bandwidth.py tests/kernels/test_kernel_globals.py \

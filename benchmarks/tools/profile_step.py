@@ -56,16 +56,23 @@ def main() -> None:
     torch.manual_seed(0)
     model = build(a.model, a.layers, a.T).cuda()
     step, _ = make_step(model, a.T, a.compile)
+    print_profile(step, a.steps, a.rows, f"{a.model} layers={a.layers} T={a.T} compile={a.compile}")
+
+
+def print_profile(step, steps: int, rows: int, title: str) -> None:
+    """After 3 warm-up calls of ``step``, time ``steps`` calls unprofiled, profile ``steps`` more and print the
+    GPU kernels by time, the time by kind of work (CATEGORIES), then ``title`` with the wall time of a step
+    against its GPU kernel time (the difference: time the GPU waits for the host)."""
     for _ in range(3):
         step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(a.steps):
+    for _ in range(steps):
         step()
     torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / a.steps * 1e3
+    wall_ms = (time.perf_counter() - t0) / steps * 1e3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(a.steps):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
     # Only the GPU-side events: operator rows repeat their kernels' time as "self device time".
@@ -73,18 +80,18 @@ def main() -> None:
     kernels = sorted((e for e in prof.key_averages()
                       if e.device_type == DeviceType.CUDA and not e.key.startswith("Optimizer.")),
                      key=lambda e: -e.self_device_time_total)
-    gpu_ms = sum(e.self_device_time_total for e in kernels) / a.steps / 1e3
+    gpu_ms = sum(e.self_device_time_total for e in kernels) / steps / 1e3
     print(f"{'GPU kernel':<90} {'ms/step':>8} {'calls/step':>10}")
-    for e in kernels[:a.rows]:
-        print(f"{e.key[:90]:<90} {e.self_device_time_total / a.steps / 1e3:8.3f} {e.count / a.steps:10.1f}")
+    for e in kernels[:rows]:
+        print(f"{e.key[:90]:<90} {e.self_device_time_total / steps / 1e3:8.3f} {e.count / steps:10.1f}")
     by_kind: dict[str, float] = {}
     for e in kernels:
-        by_kind[category(e.key)] = by_kind.get(category(e.key), 0.0) + e.self_device_time_total / a.steps / 1e3
+        by_kind[category(e.key)] = by_kind.get(category(e.key), 0.0) + e.self_device_time_total / steps / 1e3
     print(f"\n{'kind of work':<60} {'ms/step':>8}")
     for label, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"{label:<60} {ms:8.3f}")
-    print(f"{a.model} layers={a.layers} T={a.T} compile={a.compile}: wall {wall:.2f} ms/step (unprofiled), "
-          f"GPU kernels {gpu_ms:.2f} ms/step ({100 * gpu_ms / wall:.0f}% busy)")
+    print(f"{title}: wall {wall_ms:.2f} ms/step (unprofiled), GPU kernels {gpu_ms:.2f} ms/step "
+          f"({100 * gpu_ms / wall_ms:.0f}% busy)")
 
 
 if __name__ == "__main__":
