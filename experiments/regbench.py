@@ -249,10 +249,10 @@ def _plot_curves(root: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
     for ax, size in zip(axes[0], sorted(runs)):
         depths = sorted({cfg["n_layer"] for cfg, _, _ in runs[size]})
+        top_lr = max(cfg["lr"] for cfg, _, _ in runs[size])  # drawn opaque, the other rates lighter
         for cfg, vals, done in sorted(runs[size], key=lambda r: (r[0]["model"], r[0]["n_layer"], r[0]["lr"])):
             ax.plot([m["step"] for m in vals], [m["accuracy"] for m in vals], styles[depths.index(cfg["n_layer"]) % 4],
-                    color=colors.get(cfg["model"], "gray"), alpha=1.0 if cfg["lr"] == max(
-                        c["lr"] for c, _, _ in runs[size]) else 0.55, lw=1.2,
+                    color=colors.get(cfg["model"], "gray"), alpha=1.0 if cfg["lr"] == top_lr else 0.55, lw=1.2,
                     label=f"{names.get(cfg['model'], cfg['model'])} L{cfg['n_layer']} lr {cfg['lr']:g}"
                           + ("" if done else " (unfinished)"))
         ax.set(title=f"{size:,} training languages", xlabel="step", ylim=(0, 1))

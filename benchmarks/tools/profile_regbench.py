@@ -19,7 +19,8 @@ from benchmarks.tools.profile_step import print_profile
 from mosaic_model.cli.common import require_at_least_one
 from mosaic_model.models.build import build_model
 from mosaic_model.training import preset
-from mosaic_model.training.loop import make_task
+from mosaic_model.training.optim import make_optimizer
+from mosaic_model.training.tasks import make_task
 
 
 def main() -> None:
@@ -35,16 +36,19 @@ def main() -> None:
     require_at_least_one(p, a, ("languages", "steps", "rows"))
     if any(d < 1 for d in a.depths):
         p.error(f"--depths must all be >= 1, got {a.depths}")
+    device = torch.device("cuda")
+    # The languages and the batch depend on the task's settings only, not on the model: drawn once.
+    task_cfg = preset("regbench", num_train=a.languages, device="cuda", quiet=True).resolved()
+    task = make_task(task_cfg, progress=False, world=1)
+    x, y = task.batch(0, task_cfg.batch_size, device)
     for model_name in a.models:
         for depth in a.depths:
             extra = {"pmem_kernel": a.pmem_kernel} if model_name == "mosaic" else {}
             cfg = preset("regbench", model=model_name, n_layer=depth, num_train=a.languages, device="cuda",
                          quiet=True, **extra).resolved()
-            task = make_task(cfg, progress=False, world=1)
             torch.manual_seed(0)
-            model = build_model(cfg.model, cfg.model_config(task.block_size, task.vocab_size)).cuda()
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
-            x, y = task.batch(0, cfg.batch_size, torch.device("cuda"))
+            model = build_model(cfg.model, cfg.model_config(task.block_size, task.vocab_size)).to(device)
+            opt = make_optimizer(model, cfg, device)  # the trainer's: its parameter groups, fused on CUDA
 
             def step():
                 _, loss = model(x, y)
