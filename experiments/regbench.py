@@ -132,11 +132,17 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def collect(root: Path, iid: bool = False) -> list[dict]:
-    """Every result.json under ``root`` (of the IID sweep or of the held-out one)."""
+    """Every result.json under ``root`` (of the IID sweep or of the held-out one), less those whose test
+    metrics do not come from the weights of their best validation loss (a run resumed without its best.pt
+    before mosaic-train refused to score one: its test numbers are of other weights), each said on stderr."""
     results = []
     for path in sorted(root.glob("*/result.json")):
         r = json.loads(path.read_text())
-        if r.get("iid", False) == iid:
+        scored = r["test"].get("weights_step", r.get("best_val_step"))
+        if scored != r.get("best_val_step"):
+            print(f"regbench: left out {path.parent.name}: its test metrics are of step {scored}'s weights, not of "
+                  f"the best validation step {r['best_val_step']} (train it again)", file=sys.stderr)
+        elif r.get("iid", False) == iid:
             results.append({**r, "run": path.parent.name})
     return results
 

@@ -27,13 +27,18 @@ kill $packer 2>/dev/null
 python -m experiments.regbench report --out /tmp/rb --figures /tmp/rb/figures > "$OUT/report.log" 2>&1
 tail -n 3 "$OUT"/sweep*.log; cat "$OUT/report.log"
 tar -czf "$OUT/rb.tgz" -C /tmp --exclude='*.pt' --exclude='*.tmp' rb
-# The unfinished runs' last checkpoints (about 5 MB each, written when a run stops at the time limit), in
-# parts of at most 15 MiB (what a call brings back per file): `cat ckpts.tar.part-* | tar -x -C DIR`
-# beside rb.tgz's folders, and the next call resumes those runs instead of starting them again.
+# The unfinished runs' last checkpoints (about 5 MB each, written when a run stops at the time limit) and their
+# best.pt (the weights of best validation loss, a third of that: without it a resumed run cannot be scored from
+# its best weights, and mosaic-train ends it with an error), in parts of at most 15 MiB (what a call brings back
+# per file): `cat ckpts.tar.part-* | tar -x -C DIR` beside rb.tgz's folders, and the next call resumes those runs
+# instead of starting them again.
 for d in /tmp/rb/*/; do
-  [ -f "$d/ckpt.pt" ] && [ ! -f "$d/result.json" ] && echo "rb/$(basename "$d")/ckpt.pt"
+  if [ -f "$d/ckpt.pt" ] && [ ! -f "$d/result.json" ]; then
+    echo "rb/$(basename "$d")/ckpt.pt"
+    [ -f "$d/best.pt" ] && echo "rb/$(basename "$d")/best.pt"
+  fi
 done > /tmp/rb_unfinished.txt
 if [ -s /tmp/rb_unfinished.txt ]; then
   tar -cf - -C /tmp -T /tmp/rb_unfinished.txt | split -b 15m - "$OUT/ckpts.tar.part-"
-  echo "checkpoints of $(wc -l < /tmp/rb_unfinished.txt) unfinished runs: $(ls "$OUT"/ckpts.tar.part-* | wc -l) part(s)"
+  echo "checkpoints of $(grep -c ckpt.pt /tmp/rb_unfinished.txt) unfinished runs: $(ls "$OUT"/ckpts.tar.part-* | wc -l) part(s)"
 fi

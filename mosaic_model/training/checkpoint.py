@@ -54,6 +54,21 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **overrides
     return model.to(device).eval(), ckpt
 
 
+def best_weights_problem(out: Path, best: float, best_step: int) -> str | None:
+    """Why ``out/best.pt`` is not the weights of the best validation loss so far (``best``, at step
+    ``best_step``), or None when it is. A run resumed from a ``ckpt.pt`` copied without its ``best.pt``
+    (a folder carried between machines) has lost those weights: its final metrics with
+    ``final_from="best"`` would silently come from others. best.pt keeps the loss it was saved for."""
+    path = Path(out) / "best.pt"
+    if not path.is_file():
+        return f"{path} is missing, but the best validation loss so far ({best:.4f}) was at step {best_step}"
+    saved = read_checkpoint(path)
+    if saved.get("best_val_loss") != best:
+        return (f"{path} holds step {saved['step']} (validation loss {saved.get('best_val_loss', math.nan):.4f}), "
+                f"but the best so far ({best:.4f}) was at step {best_step}")
+    return None
+
+
 def rng_state() -> dict:
     """The state of every random generator a run draws from (torch, CUDA, NumPy, Python)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

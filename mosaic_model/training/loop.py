@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..models.build import build_model
 from ..models.config import ConfigError
-from .checkpoint import Checkpoints, load_model, seed_everything
+from .checkpoint import CheckpointError, Checkpoints, best_weights_problem, load_model, seed_everything
 from .config import TrainConfig
 from .distributed import init_distributed, wait_for_all
 from .optim import lr_at, make_optimizer
@@ -60,6 +60,9 @@ def train(config: TrainConfig) -> dict:
     best_step = resumed.get("best_step", start) if resumed else 0  # --patience counts from here
     if resumed:
         say(f"resumed from {ckpts.path} at step {start}")
+        if cfg.final_from == "best" and main and math.isfinite(best) and (why := best_weights_problem(out, best, best_step)):
+            say(f"warning: {why}: unless a later evaluation does better, the final metrics have no best weights to "
+                "come from and the run ends with an error (copy best.pt with ckpt.pt to resume a run elsewhere)")
     log = RunLog(out, fresh=resumed is None, writes=main)
     step_fn = make_step(model, opt, cfg, device, dtype, world, start, task.fixed_shape)
     say(describe(cfg, model, task, world, device_name))
@@ -110,7 +113,7 @@ def train(config: TrainConfig) -> dict:
         if stop < cfg.steps:
             say(f"stopped at step {stop} of {cfg.steps}; continue with: mosaic-train ... --resume --out-dir {out}")
         return {}
-    final = final_metrics(cfg, model, task, out, device, dtype, last_step=stop)
+    final = final_metrics(cfg, model, task, out, device, dtype, last_step=stop, best=best, best_step=best_step)
     log.record({"step": stop, "split": "test" if task.kind == "icl" else "final", **final,
                 **({"early_stop": early_stop} if early_stop is not None else {})})
     ckpts.save(stop, model, opt, best, finished=True, final=final, best_step=best_step, early_stop=early_stop)
@@ -179,11 +182,16 @@ def describe(cfg: TrainConfig, model: torch.nn.Module, task: object, world: int,
 
 
 def final_metrics(cfg: TrainConfig, model: torch.nn.Module, task: object, out: Path, device: torch.device,
-                  dtype: torch.dtype, last_step: int) -> dict:
+                  dtype: torch.dtype, last_step: int, best: float = math.inf, best_step: int = 0) -> dict:
     """The task's final metrics of the last weights (those of ``last_step``: ``cfg.steps``, or earlier when
     --patience ended the run), or with ``final_from="best"`` of a copy built from best.pt (so the model, and the
-    ckpt.pt saved after, stay the last weights: what a resume continues)."""
+    ckpt.pt saved after, stay the last weights: what a resume continues). With no evaluation before the end
+    (``best`` infinite) there is no best.pt and the last weights are scored; a best.pt that is not the weights of
+    ``best`` (lost in a resume) raises CheckpointError instead of scoring other weights."""
     scored, weights_from, weights_step = model, "last", last_step
+    if cfg.final_from == "best" and math.isfinite(best) and (why := best_weights_problem(out, best, best_step)):
+        raise CheckpointError(f"--final-from best: {why}; the weights of best validation loss are gone, so this "
+                              "run's final metrics cannot be computed (train it again, or --final-from last)")
     if cfg.final_from == "best" and (out / "best.pt").is_file():
         scored, best_ckpt = load_model(out / "best.pt", device)
         weights_from, weights_step = "best", best_ckpt["step"]

@@ -41,6 +41,18 @@ def test_runs_table_marks_runs_ended_by_patience():
     assert "| 40 | 90 (early) | 0.500 |" in table and "| 40 | - | 0.500 |" in table
 
 
+def test_collect_leaves_out_a_run_scored_from_other_weights_than_its_best(tmp_path, capsys):
+    # A run resumed without its best.pt (before mosaic-train refused to score one) has test metrics of its last
+    # weights: the report must not select on them.
+    for name, scored in (("good", 30), ("lost-best", 90)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(
+            {"model": "mosaic", "num_train": 8, "best_val_loss": 1.0, "best_val_step": 30,
+             "test": {"accuracy": 0.5, "l1": 0.4, "weights_step": scored}}))
+    assert [r["run"] for r in regbench.collect(tmp_path)] == ["good"]
+    assert "left out lost-best: its test metrics are of step 90's weights" in capsys.readouterr().err
+
+
 def _result(model, size, val, acc, l1):
     return {"model": model, "num_train": size, "best_val_loss": val,
             "test": {"accuracy": acc, "l1": l1, "tvd": l1 / 2}}

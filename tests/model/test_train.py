@@ -177,6 +177,28 @@ def test_patience_counts_across_a_resume(tmp_path, monkeypatch):
     assert final["split"] == "test" and final["step"] == 6 and final["early_stop"] == 2
 
 
+@pytest.mark.parametrize("new_best", [False, True])
+def test_a_resume_that_lost_best_pt_never_scores_other_weights(tmp_path, monkeypatch, capsys, new_best):
+    # Best at step 2, stopped at step 4, best.pt lost (a ckpt.pt carried alone between machines). Resumed: a warning;
+    # with no better loss later the final metrics cannot come from the best weights and the run ends with an error
+    # (exit 2) instead of scoring the last ones; a better loss after the resume writes a new best.pt, scored as usual.
+    _scripted_validation(monkeypatch, [1.0, 2.0, 0.5 if new_best else 2.0, 2.0])
+    common = ["--steps", "8", "--eval-every", "2", "--final-from", "best"]
+    out = _run(tmp_path, "run", common + ["--max-steps-this-run", "4"])
+    (out / "best.pt").unlink()
+    try:
+        code = train_mod.main(TINY + ["--out-dir", str(out), "--resume"] + common)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert "best.pt is missing, but the best validation loss so far (1.0000) was at step 2" in err
+    final = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    if new_best:
+        assert code == 0 and final["split"] == "test" and final["weights_from"] == "best" and final["weights_step"] == 6
+    else:
+        assert code == 2 and "the weights of best validation loss are gone" in err and final["split"] != "test"
+
+
 def test_patience_needs_one_process(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as exc:
