@@ -12,7 +12,7 @@ winners go into BWD_BAND_TABLE_TILES). ``row-scale`` times what a per-row scale 
 key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP).
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
-       [band] [v2-attention] [row-scale] [head-group] [pmem]
+       [band] [v2-attention] [row-scale] [head-group] [pmem] [small-head]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -346,6 +346,51 @@ def tune_leaky_in_tile():
                   [(round(t, 4), bt, w) for t, _, bt, w in best], flush=True)
 
 
+# RegBench's preset (8 heads of 16 channels, T = 563, B = 32) trains in float32, where the forward's decay-matrix
+# product is exact float32 (FMA, no tensor cores): its profile (2026-12-06, H100) had the forward at 1.05 ms a
+# step for 4 calls, ten times the backward, for 18 MB of input and output a call.
+SMALL_HEAD_SHAPES = [(32, 8, 563, 16)]
+SMALL_HEAD_TILES = [(16, 4), (32, 4), (64, 4), (32, 2), (64, 2), (128, 4)]
+
+
+def tune_leaky_small_head(device: str = "cuda", shapes=SMALL_HEAD_SHAPES, bench=bench_ms,
+                          tiles=SMALL_HEAD_TILES) -> list[str]:
+    """The per-head scan at small head dims, float32 and bf16, heads-last input as the model passes it: the
+    forward by in-tile mode (decay-matrix dot or associative scan), tile and latency hiding (FWD_STAGES 0 or 2),
+    then fwd+bwd at the table's tiles; one line per shape, dtype and mode (the three fastest), returned too."""
+    lines = []
+    for (B, H, T, D) in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(B, T, H, D, device=device, dtype=dtype).transpose(1, 2)
+            a, sc = torch.rand(H, device=device), torch.rand(H, device=device).add(1)
+            copy = bench(lambda: x.contiguous())
+            res = []
+            for mode in ("dot", "scan"):
+                for stages in (0, 2):
+                    for tile in tiles:
+                        with mock.patch.object(leaky_fn, "FWD_IN_TILE", mode), \
+                                mock.patch.object(leaky_fn, "FWD_STAGES", stages), _leaky_tiles(D, tile):
+                            try:
+                                t = bench(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, True))
+                            except Exception as e:  # a tile the compiler refuses
+                                print("fail", mode, stages, tile, str(e)[:80])
+                                continue
+                        res.append((t, mode, stages, tile))
+            for mode in ("dot", "scan"):
+                best = sorted(r for r in res if r[1] == mode)[:3]
+                lines.append(f"LEAKY_SMALL_HEAD fwd {(B, H, T, D)} {str(dtype)[6:]} strided copy {copy:.4f} {mode} "
+                             f"{[(round(t, 4), st, tile) for t, _, st, tile in best]}")
+                print(lines[-1], flush=True)
+            xg, ag, sg = x.detach().requires_grad_(), a.clone().requires_grad_(), sc.clone().requires_grad_()
+            y = leaky_average(xg, ag, normalize=True, scale=sg)
+            dy = torch.randn_like(y)
+            f = bench(lambda: leaky_average(xg, ag, normalize=True, scale=sg))
+            b = bench(lambda: torch.autograd.grad(y, (xg, ag, sg), dy, retain_graph=True))
+            lines.append(f"LEAKY_SMALL_HEAD table tiles {(B, H, T, D)} {str(dtype)[6:]} fwd {f:.4f} bwd {b:.4f}")
+            print(lines[-1], flush=True)
+    return lines
+
+
 PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]
 PMEM_ROWS_SLOTS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3),
                    (64, 64, 4, 4), (128, 64, 4, 4), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -377,7 +422,8 @@ SWEEPS = {
                          "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale,
                          "head-group": tune_head_group},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
-                      "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule},
+                      "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule,
+                      "small-head": tune_leaky_small_head},
     "persistent_memory": {"pmem": tune_pmem},
 }
 

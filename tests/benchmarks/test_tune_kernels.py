@@ -85,3 +85,22 @@ def test_head_group_sweep_times_every_group_on_both_calls(device):
     assert [(v2, group) for _, v2, group, _, _ in rows] == [(False, None), (False, 3), (False, 1),
                                                              (True, None), (True, 3), (True, 1)]
     assert len(calls) == 2 * len(rows)
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_small_head_sweep_times_every_mode_stage_and_tile_in_both_dtypes(device):
+    """The RegBench-shape scan sweep on a tiny shape: per dtype a strided copy, every (mode, stages, tile) forward,
+    then the table's forward and fwd+bwd; two lines per dtype for the modes and one for the table tiles, and the
+    module's FWD_IN_TILE and FWD_STAGES restored afterwards."""
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    lines = tune_kernels.tune_leaky_small_head(device, [(1, 2, 40, 16)], bench, tiles=[(16, 1)])
+    assert len(lines) == 2 * 3 and len(calls) == 2 * (1 + 2 * 2 * 1 + 2)
+    assert lines[0].startswith("LEAKY_SMALL_HEAD fwd (1, 2, 40, 16) float32") and " dot [(1.0, 0, (16, 1))" in lines[0]
+    assert " scan " in lines[1] and "bfloat16" in lines[3] and lines[5].endswith("fwd 1.0000 bwd 1.0000")
+    assert (leaky_fn.FWD_IN_TILE, leaky_fn.FWD_STAGES) == ("dot", 0)
