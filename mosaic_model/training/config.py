@@ -135,7 +135,8 @@ class RunArgs:
                                   "(mosaic_model/training/step.py)")
     seed: int = arg(1337, "seed of weights, batches and dropout")
     eval_every: int | None = arg(50, "steps between evaluations (and checkpoints)", type=int)
-    final_from: str = arg("last", "the final (test) metrics from the last weights or those of best validation loss",
+    final_from: str = arg("last", "the final (test) metrics from the last weights or those of best validation loss "
+                          "(best.pt; a resumed run needs its run's best.pt, or it ends with an error)",
                           choices=FINAL_FROM_CHOICES)
     save_every: int | None = arg(None, "steps between checkpoints (unset: at every evaluation); one is always "
                                        "written when the run stops or ends. Many runs sharing one disk can wait more "
