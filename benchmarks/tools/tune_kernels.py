@@ -200,10 +200,12 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
 
 
 def _leaky_tiles(D: int, tile):
-    """Both directions' active tile tables set to ``tile`` at head dim D, restored on exit."""
+    """Both directions' active tile tables, those of 16-bit and of float32 inputs, set to ``tile`` at head dim D,
+    restored on exit."""
     stack = contextlib.ExitStack()
     for direction in ("fwd", "bwd"):
-        stack.enter_context(mock.patch.dict(leaky_fn.active_tiles(direction), {D: tile}))
+        for dtype in (torch.bfloat16, torch.float32):
+            stack.enter_context(mock.patch.dict(leaky_fn.active_tiles(direction, dtype), {D: tile}))
     return stack
 
 
@@ -314,7 +316,7 @@ def tune_leaky_chunk_rule(device: str = "cuda", shapes: list | None = None, benc
                     run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, heads_last,  # noqa: E731
                                                                 x if gate is not None else None, gate)
                     times[rule].append((bench(run_fwd), bench(run_bwd)))
-                    fwd_tiles, bwd_tiles = leaky_fn._tiling(D)[0], leaky_fn._tiling(D)[2]
+                    fwd_tiles, bwd_tiles = leaky_fn._tiling(D, x.dtype)[0], leaky_fn._tiling(D, x.dtype)[2]
                     counts[rule] = tuple(leaky_fn._chunking(B, H, T, x.device, bt, None, per_sm)[1]
                                          for bt, per_sm in ((fwd_tiles, leaky_fn.FWD_PROGRAMS_PER_SM),
                                                             (bwd_tiles, leaky_fn.BWD_PROGRAMS_PER_SM)))
@@ -348,9 +350,11 @@ def tune_leaky_in_tile():
 
 # RegBench's preset (8 heads of 16 channels, T = 563, B = 32) trains in float32, where the forward's decay-matrix
 # product is exact float32 (FMA, no tensor cores): its profile (2026-12-06, H100) had the forward at 1.05 ms a
-# step for 4 calls, ten times the backward, for 18 MB of input and output a call.
-SMALL_HEAD_SHAPES = [(32, 8, 563, 16)]
-SMALL_HEAD_TILES = [(16, 4), (32, 4), (64, 4), (32, 2), (64, 2), (128, 4)]
+# step for 4 calls, ten times the backward, for 18 MB of input and output a call; Triton 3.6 spilled registers at
+# the 16-bit table's tiles (leaky_average/function.py, FWD_DOT_TILES_FLOAT32). The 12-layer model's head dim, 64,
+# beside it for the float32 table's other rows.
+SMALL_HEAD_SHAPES = [(32, 8, 563, 16), (16, 12, 512, 64)]
+SMALL_HEAD_TILES = [(16, 4), (16, 8), (32, 4), (32, 8), (64, 4), (64, 8), (32, 2), (64, 2)]
 
 
 def tune_leaky_small_head(device: str = "cuda", shapes=SMALL_HEAD_SHAPES, bench=bench_ms,

@@ -37,21 +37,38 @@ FWD_DOT_TILES = {16: (64, 4), 32: (64, 4), 64: (64, 4), 128: (32, 2), 256: (16, 
 # Backward tiles of the product, measured with `python -m benchmarks.tools.tune_kernels leaky` (bf16, D = 64
 # and 128): the smallest tiles win, as the reverse scan's float32 gradient tile holds registers.
 BWD_DOT_TILES = {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 2), 256: (16, 4)}
+# The same product on float32 inputs runs in exact float32 (`input_precision="ieee"`: FMA units, the
+# (BLOCK_T x BLOCK_T) matrix and both operands in registers), and the 16-bit tiles above do not fit there
+# under Triton 3.6, the GPU machines' version: `ptxas -v` for sm_90a (2026-12-06) spills 360, 720, 9,188,
+# 13,200 and 8,188 bytes a thread in the per-head forward at D = 16, 32, 64, 128, 256 and 2-17 KB in the gated
+# time-varying one, 16-564 bytes in the backward from D = 64 (Triton 3.9 spills none of the per-head ones). These
+# tiles spill nothing under 3.6 and 3.9 for both kinds of decay, BLOCK_T as large as that allows: the RegBench
+# preset (float32, D = 16) had its forward at ten times its backward's time. Chosen by the compiler's report, not
+# yet timed on the GPU (`python -m benchmarks.tools.tune_kernels small-head` times D = 16).
+FWD_DOT_TILES_FLOAT32 = {16: (32, 4), 32: (32, 8), 64: (16, 8), 128: (16, 8), 256: (16, 8)}
+BWD_DOT_TILES_FLOAT32 = {16: (32, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 8)}
 
 
-def _tiling(D: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_T fwd, warps fwd, BLOCK_T bwd, warps bwd, BLOCK_D); a tile is BLOCK_T rows x all of D."""
+def _tiling(D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T fwd, warps fwd, BLOCK_T bwd, warps bwd, BLOCK_D) for inputs of ``dtype``; a tile is BLOCK_T
+    rows x all of D."""
     block_d = max(16, next_power_of_2(D))
     if interpreter_enabled():
         return 16, 1, 16, 1, block_d
-    return (*active_tiles("fwd")[block_d], *active_tiles("bwd")[block_d], block_d)
+    return (*active_tiles("fwd", dtype)[block_d], *active_tiles("bwd", dtype)[block_d], block_d)
 
 
-def active_tiles(direction: str) -> dict:
-    """The tile table the given direction ("fwd" or "bwd") reads under its current in-tile scan."""
+def active_tiles(direction: str, dtype: torch.dtype) -> dict:
+    """The tile table the given direction ("fwd" or "bwd") reads for inputs of ``dtype`` under its current
+    in-tile scan (float32 has its own tables for the decay-matrix product)."""
+    fp32 = dtype == torch.float32
     if direction == "fwd":
-        return FWD_DOT_TILES if FWD_IN_TILE == "dot" else FWD_TILES
-    return BWD_DOT_TILES if BWD_IN_TILE == "dot" else BWD_TILES
+        if FWD_IN_TILE == "dot":
+            return FWD_DOT_TILES_FLOAT32 if fp32 else FWD_DOT_TILES
+        return FWD_TILES
+    if BWD_IN_TILE == "dot":
+        return BWD_DOT_TILES_FLOAT32 if fp32 else BWD_DOT_TILES
+    return BWD_TILES
 
 
 # Programs per SM the time-chunking aims for, forward and backward, when B*H alone cannot fill the
@@ -159,7 +176,7 @@ def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int
     (the latter two any strides); ``gate``: None or (B, H, T), multiplying x."""
     B, H, T, D = x.shape
     kind = _decay_kind(decay)
-    block_t, warps, _, _, block_d = _tiling(D)
+    block_t, warps, _, _, block_d = _tiling(D, x.dtype)
     # The backward chunks time on its own: no forward state is reused.
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
     y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
@@ -189,7 +206,7 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     fewer each."""
     B, H, T, D = y.shape
     kind = _decay_kind(decay)
-    _, _, bwd_block_t, warps, block_d = _tiling(D)
+    _, _, bwd_block_t, warps, block_d = _tiling(D, y.dtype)
     chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)

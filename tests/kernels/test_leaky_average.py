@@ -314,3 +314,19 @@ def test_gpu_backward_is_deterministic():
     runs = [torch.autograd.grad(leaky_average(x, a, normalize=True, scale=s), (x, a, s), g) for _ in range(2)]
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+def test_float32_inputs_take_their_own_tiles_on_the_gpu(monkeypatch):
+    """On the GPU (the interpreter's 16-row tiles left aside) float32 inputs read the float32 tables, whose tiles
+    fit the exact-float32 product in registers, and 16-bit inputs the 16-bit ones, in both directions; the
+    in-tile scan's tables ("scan") are shared."""
+    from mosaic_kernels.leaky_average import function as fn
+    monkeypatch.setattr(fn, "interpreter_enabled", lambda: False)
+    for D in (16, 48, 64, 256):
+        block_d = max(16, 1 << (D - 1).bit_length())
+        fwd32, bwd32 = fn.FWD_DOT_TILES_FLOAT32[block_d], fn.BWD_DOT_TILES_FLOAT32[block_d]
+        assert fn._tiling(D, torch.float32) == (*fwd32, *bwd32, block_d)
+        for half in (torch.bfloat16, torch.float16):
+            assert fn._tiling(D, half) == (*fn.FWD_DOT_TILES[block_d], *fn.BWD_DOT_TILES[block_d], block_d)
+    monkeypatch.setattr(fn, "FWD_IN_TILE", "scan")
+    assert fn.active_tiles("fwd", torch.float32) is fn.FWD_TILES is fn.active_tiles("fwd", torch.bfloat16)
