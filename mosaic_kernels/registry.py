@@ -176,7 +176,9 @@ def _pmem_opchecks(device: str) -> list[tuple[str, tuple]]:
 
 OPS: tuple[Op, ...] = (
     Op(name="mosaic_attention", folder="attention", fused="ATTENTION", benchmark="bench_attention",
-       tile_tables=("FWD_TILES", "FWD_LONG_TILES", "BWD_TILES", "BWD_LONG_TILES", "BWD_BAND_TABLE_TILES"), model_reference=True,
+       tile_tables=("FWD_TILES", "FWD_LONG_TILES", "BWD_TILES", "BWD_LONG_TILES", "BWD_BAND_TABLE_TILES",
+                    "FWD_TILES_FLOAT32", "FWD_LONG_TILES_FLOAT32", "BWD_TILES_FLOAT32", "BWD_LONG_TILES_FLOAT32"),
+       model_reference=True,
        sample=_attention_sample, opcheck_cases=_attention_opchecks,
        report_cases=(((16, 12, 512, 64), {}), ((1, 12, 8192, 64), {}), ((2, 16, 4096, 128), {}),
                      ((1, 12, 8192, 64), {"window": 256}), ((1, 12, 8192, 64), {"delay": 64}))),

@@ -184,8 +184,8 @@ def tune_head_group(device: str = "cuda", shapes=HEAD_GROUP_SHAPES, bench=bench_
         else:
             table, scale, adaptive = None, torch.rand(H, device=device, generator=g) + 0.5, 0
         for group in groups:
-            fwd = dict(_fwd_config(T, D), HEAD_GROUP=group)
-            bwd = _bwd_config(T, D, band_table=v2)
+            fwd = dict(_fwd_config(T, D, dtype=k.dtype), HEAD_GROUP=group)
+            bwd = _bwd_config(T, D, band_table=v2, dtype=k.dtype)
             for cfg in (bwd["key"], bwd["query"]) if "key" in bwd else (bwd,):
                 cfg["HEAD_GROUP"] = group
             row_scales = torch.empty(B, H, T, device=device) if adaptive else scale

@@ -73,6 +73,30 @@ def _head_group(cfg: dict, n_heads: int) -> int:
     return max(1, min(int(group), n_heads))
 
 
+# Float32 inputs take exact float32 products (`input_precision="ieee"`, the FMA units, both operands of every
+# product in registers), and the 16-bit tiles above do not fit there: under Triton 3.6, the GPU machines' version,
+# `ptxas -v` for sm_90a (2026-12-06, float32, dropout on) spills 124 bytes a thread in the forward and the one-kernel
+# backward at D = 16 and 31,016 / 62,116 bytes at D = 64 (Triton 3.9: 29,652 in the forward at D = 64). These
+# tiles spill nothing under 3.6, the largest blocks that allows (then the fewest registers), the plan (one or
+# two backward kernels) chosen as for 16-bit inputs. Chosen by the compiler's report, not yet timed on the GPU.
+FWD_TILES_FLOAT32 = {16: (64, 64, 8, 3), 32: (64, 32, 8, 2), 64: (64, 32, 8, 3), 128: (32, 16, 8, 3),
+                     256: (32, 16, 8, 1)}
+FWD_LONG_TILES_FLOAT32 = {16: (128, 64, 8, 3), 32: (64, 32, 8, 2), 64: (64, 32, 8, 3), 128: (32, 16, 8, 3)}
+BWD_TILES_FLOAT32 = {16: (64, 32, 32, 8, 3), 32: (32, 32, 32, 8, 2), 64: (32, 32, 32, 8, 2), 128: (32, 16, 16, 8, 2),
+                     256: (16, 16, 16, 8, 2)}
+BWD_LONG_TILES_FLOAT32 = {16: ((64, 32, 8, 3), (64, 64, 8, 3)), 32: ((32, 32, 8, 3), (64, 32, 8, 3)),
+                          64: ((32, 32, 8, 3), (64, 32, 8, 3)), 128: ((16, 16, 8, 3), (32, 16, 8, 3))}
+
+
+def _tables(dtype: torch.dtype) -> tuple[dict, dict, dict, dict, dict]:
+    """(forward, long-row forward, one-kernel backward, two-kernel backward, band-table backward) tile tables for
+    inputs of ``dtype``: float32 has its own (the band table then takes its two-kernel tiles)."""
+    if dtype == torch.float32:
+        return (FWD_TILES_FLOAT32, FWD_LONG_TILES_FLOAT32, BWD_TILES_FLOAT32, BWD_LONG_TILES_FLOAT32,
+                BWD_LONG_TILES_FLOAT32)
+    return FWD_TILES, FWD_LONG_TILES, BWD_TILES, BWD_LONG_TILES, BWD_BAND_TABLE_TILES
+
+
 def _is_long(T: int, D: int, window: int | None = None) -> bool:
     """Whether rows are long: a row sees at most T keys, or window + 1 of them with a window. A narrow band
     at a long T is a short-row problem (few key blocks a program) and takes the short plan. (A band table's
@@ -82,11 +106,13 @@ def _is_long(T: int, D: int, window: int | None = None) -> bool:
     return long_t is not None and span >= long_t
 
 
-def _fwd_config(T: int, D: int, window: int | None = None) -> dict:
-    """BLOCK_M, BLOCK_N (BLOCK_M a multiple of BLOCK_N), num_warps, num_stages for the forward."""
+def _fwd_config(T: int, D: int, window: int | None = None, *, dtype: torch.dtype) -> dict:
+    """BLOCK_M, BLOCK_N (BLOCK_M a multiple of BLOCK_N), num_warps, num_stages for the forward on ``dtype``
+    inputs."""
     if interpreter_enabled():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    table = FWD_LONG_TILES if _is_long(T, D, window) else FWD_TILES
+    short, long, *_ = _tables(dtype)
+    table = long if _is_long(T, D, window) else short
     bm, bn, warps, stages = table[_block_d(D)]
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
@@ -99,15 +125,16 @@ def split_config(key_tiles: tuple, query_tiles: tuple) -> dict:
                 query=dict(BLOCK_P=qp, BLOCK_K=qk, num_warps=qw, num_stages=qs))
 
 
-def _bwd_config(T: int, D: int, window: int | None = None, band_table: bool = False) -> dict:
+def _bwd_config(T: int, D: int, window: int | None = None, band_table: bool = False, *, dtype: torch.dtype) -> dict:
     """One kernel: BLOCK_P (positions owned), BLOCK_Q / BLOCK_K (the two loops), num_warps, num_stages.
     Two kernels (long rows, see :func:`_is_long`): {"key": ..., "query": ...}, see :func:`split_config`;
     with ``band_table`` (a (B, H, 2) DELAYS table) from BWD_BAND_TABLE_TILES."""
     if interpreter_enabled():
         return dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
+    *_, one, two, band = _tables(dtype)
     if _is_long(T, D, window):
-        return split_config(*(BWD_BAND_TABLE_TILES if band_table else BWD_LONG_TILES)[_block_d(D)])
-    bp, bq, bk, warps, stages = BWD_TILES[_block_d(D)]
+        return split_config(*(band if band_table else two)[_block_d(D)])
+    bp, bq, bk, warps, stages = one[_block_d(D)]
     return dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
 
@@ -186,7 +213,7 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     t - delay, ``delays`` an int32 (B,) tensor of per-batch delays or the (B, H, 2) band table (then ``delay`` is
     not read)."""
     B, H, T, D = k.shape
-    cfg = dict(fwd_config or _fwd_config(T, D, window))
+    cfg = dict(fwd_config or _fwd_config(T, D, window, dtype=k.dtype))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     if adaptive and row_scales is None:
@@ -212,7 +239,8 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     :func:`_bwd_config` returns. ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated
     here; the band as in the forward."""
     B, H, T, D = k.shape
-    cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3))
+    cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3,
+                                        dtype=k.dtype))
     if "key" in cfg:
         _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
         _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])

@@ -267,7 +267,7 @@ def test_delta_in_kernel_gives_the_row_delta_path(device, T, window, monkeypatch
         pytest.skip("long rows: GPU only (the interpreter would take minutes)")
     B, H, D = 2, 3, 64
     if device != "cpu":  # the plan the docstring names (the interpreter always takes the one-kernel plan)
-        assert ("key" in function._bwd_config(T, D, window)) == (window is None)
+        assert ("key" in function._bwd_config(T, D, window, dtype=torch.float32)) == (window is None)
     k, v, _ = _inputs(B, H, T, D, strided=True)
     row_scale = torch.rand(B, H, T, generator=torch.Generator().manual_seed(4)) * 0.3 + 0.05
     g = torch.randn(B, T, H, D, generator=torch.Generator().manual_seed(5)).transpose(1, 2)  # as y: strided
@@ -482,3 +482,28 @@ def test_gpu_dropout_backward_bitwise_deterministic():
         runs.append(torch.autograd.grad(y, (k, v), g))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_float32_inputs_take_their_own_tiles_on_the_gpu(monkeypatch):
+    """On the GPU (the interpreter's 16-row tiles left aside) float32 inputs plan with the float32 tables, whose
+    tiles fit the exact-float32 products in registers, 16-bit inputs with the 16-bit ones: forward and backward,
+    short and long rows (the two-kernel plan from the same row length), a band table's backward included."""
+    from mosaic_kernels.attention import function as fn
+    monkeypatch.setattr(fn, "interpreter_enabled", lambda: False)
+    for D in (16, 64):
+        for T in (512, 8192):
+            long = T >= fn.LONG_T[D]
+            for dtype, fwd, fwd_long, one, two, band in (
+                    (torch.float32, fn.FWD_TILES_FLOAT32, fn.FWD_LONG_TILES_FLOAT32, fn.BWD_TILES_FLOAT32,
+                     fn.BWD_LONG_TILES_FLOAT32, fn.BWD_LONG_TILES_FLOAT32),
+                    (torch.bfloat16, fn.FWD_TILES, fn.FWD_LONG_TILES, fn.BWD_TILES, fn.BWD_LONG_TILES,
+                     fn.BWD_BAND_TABLE_TILES)):
+                bm, bn, w, st = (fwd_long if long else fwd)[D]
+                assert fn._fwd_config(T, D, dtype=dtype) == dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                for table, tiles in ((False, two), (True, band)):
+                    got = fn._bwd_config(T, D, band_table=table, dtype=dtype)
+                    if long:
+                        assert got == fn.split_config(*tiles[D])
+                    else:
+                        bp, bq, bk, w, st = one[D]
+                        assert got == dict(BLOCK_P=bp, BLOCK_Q=bq, BLOCK_K=bk, num_warps=w, num_stages=st)

@@ -260,9 +260,9 @@ def test_a_band_table_takes_its_own_long_backward_tiles(device, monkeypatch):
     from mosaic_kernels.attention import function as fn
 
     monkeypatch.setattr(fn, "interpreter_enabled", lambda: False)
-    assert fn._bwd_config(8192, 64) == fn.split_config(*fn.BWD_LONG_TILES[64])
-    assert fn._bwd_config(8192, 64, band_table=True) == fn.split_config(*fn.BWD_BAND_TABLE_TILES[64])
-    assert "key" not in fn._bwd_config(512, 64, band_table=True)  # short rows: the one-kernel plan
+    assert fn._bwd_config(8192, 64, dtype=torch.bfloat16) == fn.split_config(*fn.BWD_LONG_TILES[64])
+    assert fn._bwd_config(8192, 64, band_table=True, dtype=torch.bfloat16) == fn.split_config(*fn.BWD_BAND_TABLE_TILES[64])
+    assert "key" not in fn._bwd_config(512, 64, band_table=True, dtype=torch.bfloat16)  # short rows: the one-kernel plan
     monkeypatch.undo()
     seen = []
     monkeypatch.setattr(fn, "_bwd_config", lambda *a, **kw: seen.append(kw) or dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16,
@@ -272,7 +272,7 @@ def test_a_band_table_takes_its_own_long_backward_tiles(device, monkeypatch):
                    torch.tensor([1, 5], dtype=torch.int32, device=device)):
         y, lse = fn.attention_forward(k, v, s, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1), delays=delays)
         fn.attention_backward(k, v, y, lse, s, torch.ones_like(y), delays=delays)
-    assert seen == [{"band_table": True}, {"band_table": False}]
+    assert seen == [{"band_table": True, "dtype": k.dtype}, {"band_table": False, "dtype": k.dtype}]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
