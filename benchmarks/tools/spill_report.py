@@ -1,0 +1,184 @@
+"""Registers and spills of the float32 tile tables of the attention and the scan, on a machine without a GPU.
+
+Float32 inputs take exact float32 products (``input_precision="ieee"``): Triton lowers them to FMA loops with
+every operand in registers, so a tile that fits in 16 bits can spill in float32, and how much depends on the
+Triton version (3.6 on the GPU machines spilled 124 to 62,116 bytes a thread at the 16-bit tiles where 3.9
+spills far less). This tool records one float32 launch of each kernel under the interpreter (dropout on for the
+attention; the per-head and the gated time-varying scan), then, for every entry of the float32 tables
+(``mosaic_kernels/attention/function.py``: ``FWD_TILES_FLOAT32`` and the rest; ``leaky_average/function.py``:
+``FWD_DOT_TILES_FLOAT32``, ``BWD_DOT_TILES_FLOAT32``; ``--tables 16-bit`` for the 16-bit ones on float32
+inputs instead), compiles the kernel at that tile for sm_90 and reads ``ptxas -v`` (the ptxas shipped with
+Triton): one line per entry with its registers and spill bytes.
+
+    python -m benchmarks.tools.spill_report [--tables float32|16-bit] [--dims 16 64]
+
+Run it with the Triton of the GPU machines to see what they compile (e.g. a Triton 3.6 installed into a
+folder of its own: ``pip install --no-deps --target DIR triton==3.6.0``, then ``PYTHONPATH=DIR:.``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ATTENTION_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_bwd_key_kernel", "_attn_bwd_query_kernel")
+
+
+def record() -> list[dict]:
+    """One float32 launch of each attention kernel (both backward plans, dropout on) and of each scan kernel
+    (per-head, and gated with a per-step decay), as compile_check's variants; needs TRITON_INTERPRET=1."""
+    import torch
+
+    from benchmarks.tools.compile_check import recording
+    from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
+    from mosaic_kernels.leaky_average import leaky_average
+
+    g = torch.Generator().manual_seed(0)
+    k, v, dy = (torch.randn(1, 2, 40, 16, generator=g) for _ in range(3))
+    scale, seed = torch.full((2,), 0.3), torch.tensor([5], dtype=torch.int64)
+    one = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
+    launches: list[dict] = []
+    with recording(launches):
+        for bwd in (one, split_config((16, 16, 1, 1), (16, 16, 1, 1))):
+            y, lse = attention_forward(k, v, scale, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+                                       seed=seed, threshold=3277)
+            attention_backward(k, v, y, lse, scale, dy, bwd, seed=seed, threshold=3277)
+        x = torch.randn(1, 2, 40, 16, generator=g, requires_grad=True)
+        for decay, gate in ((torch.rand(2, generator=g), None),
+                            (torch.rand(1, 2, 40, generator=g), torch.rand(1, 2, 40, generator=g) + 0.5)):
+            leaky_average(x, decay.requires_grad_(), normalize=True, gate=gate).square().sum().backward()
+    unique = {}
+    for launch in launches:
+        c = launch["constexprs"]
+        if c.get("SUMMARY_ONLY"):  # the scan's chunk-summary pass; the main pass is the one timed
+            continue
+        unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED")), launch)
+    return list(unique.values())
+
+
+def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple]]:
+    """(kernel name, variant label, head dim, tile) of every table entry to compile: the attention's forward
+    (short and long rows), one-kernel backward and the two kernels of the split backward, the scan's forward and
+    backward (each for the per-head and the gated time-varying variant)."""
+    import torch
+
+    from mosaic_kernels.attention import function as att
+    from mosaic_kernels.leaky_average import function as scan
+
+    dtype = torch.float32 if tables == "float32" else torch.bfloat16
+    fwd, fwd_long, bwd, bwd_long, _ = att._tables(dtype)
+    out = []
+    for D in dims:
+        for label, table in (("short", fwd), ("long", fwd_long)):
+            if D in table:
+                out.append(("_attn_fwd_kernel", label, D, table[D]))
+        if D in bwd:
+            out.append(("_attn_bwd_kernel", "one kernel", D, bwd[D]))
+        if D in bwd_long:
+            out += [("_attn_bwd_key_kernel", "split", D, bwd_long[D][0]),
+                    ("_attn_bwd_query_kernel", "split", D, bwd_long[D][1])]
+        for name, direction in (("_leaky_fwd_kernel", "fwd"), ("_leaky_bwd_kernel", "bwd")):
+            tile = scan.active_tiles(direction, dtype).get(D)
+            if tile is not None:
+                out += [(name, "per-head", D, tile), (name, "gated, per step", D, tile)]
+    return out
+
+
+def _constexprs(variant: dict, name: str, D: int, tile: tuple) -> tuple[dict, dict]:
+    """The variant's compile-time constants and options at this tile (the table's layout per kernel)."""
+    c = dict(variant["constexprs"], BLOCK_D=D)
+    if name == "_attn_fwd_kernel":
+        c.update(BLOCK_M=tile[0], BLOCK_N=tile[1])
+    elif name == "_attn_bwd_kernel":
+        c.update(BLOCK_P=tile[0], BLOCK_Q=tile[1], BLOCK_K=tile[2])
+    elif name == "_attn_bwd_key_kernel":
+        c.update(BLOCK_P=tile[0], BLOCK_Q=tile[1])
+    elif name == "_attn_bwd_query_kernel":
+        c.update(BLOCK_P=tile[0], BLOCK_K=tile[1])
+    else:  # the scan: (BLOCK_T, warps)
+        c.update(BLOCK_T=tile[0])
+        return c, {"num_warps": tile[1]}
+    return c, {"num_warps": tile[-2], "num_stages": tile[-1]}
+
+
+def ptxas_report(ptx: str) -> tuple[int, int]:
+    """(registers, spill-store bytes) of one kernel's PTX, from the ptxas that ships with Triton (sm_90a)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        # Triton may emit a newer PTX ISA than its ptxas reads; the kernels use nothing of the newer ones.
+        src.write_text(re.sub(r"^\.version \d+\.\d+", ".version 8.7", ptx, flags=re.M))
+        out = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores", out)
+    if regs is None:
+        raise RuntimeError(f"ptxas gave no register count: {out[-300:]}")
+    return int(regs.group(1)), int(spill.group(1)) if spill else 0
+
+
+def compile_entries(variants: list[dict], todo: list[tuple[str, str, int, tuple]]) -> list[dict]:
+    """Compile each entry for sm_90 (without the interpreter) and read its registers and spills."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    by_kind = {}
+    for v in variants:
+        label = {None: None, 0: "per-head", 1: "gated, per step"}.get(v["constexprs"].get("DECAY_KIND"))
+        by_kind[(v["name"], label)] = v
+    rows = []
+    for name, label, D, tile in todo:
+        v = by_kind[(name, label if name.startswith("_leaky") else None)]
+        kernel = getattr(importlib.import_module(v["module"]), name)
+        constexprs, options = _constexprs(v, name, D, tile)
+        compiled = triton.compile(ASTSource(kernel, v["signature"], constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options=options)
+        regs, spill = ptxas_report(compiled.asm["ptx"])
+        rows.append(dict(kernel=name, variant=label, D=D, tile=list(tile), registers=regs, spill_bytes=spill))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Record in a fresh interpreted process, compile here; print one line per table entry."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tables", choices=("float32", "16-bit"), default="float32",
+                   help="which tables to compile on float32 inputs (the 16-bit ones: what float32 ran before)")
+    p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="head dims")
+    p.add_argument("--record-to", type=Path, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.record_to is not None:
+        a.record_to.write_text(json.dumps(record()))
+        return 0
+    if bad := [d for d in a.dims if d not in (16, 32, 64, 128, 256)]:
+        p.error(f"--dims must be among 16, 32, 64, 128, 256 (the tables' head dims), got {bad}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        p.error("run without TRITON_INTERPRET=1: the kernels are compiled here")
+    import triton
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "variants.json"
+        # The recording takes the installed Triton's interpreter, whatever PYTHONPATH puts first for the compile (an
+        # older Triton's interpreter may not run beside the installed numpy): the launches' signatures are our code's.
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+        subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--record-to", str(path)], env=env,
+                       check=True, cwd=root)
+        variants = json.loads(path.read_text())
+    print(f"Triton {triton.__version__}, sm_90a, float32 inputs, the {a.tables} tables")
+    for r in compile_entries(variants, entries(a.tables, a.dims)):
+        print(f"{r['kernel']:24s} {r['variant'] or '':16s} D={r['D']:<4d} tile={tuple(r['tile'])!s:22s} "
+              f"registers {r['registers']:3d}  spills {r['spill_bytes']} bytes", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
