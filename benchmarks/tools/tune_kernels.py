@@ -12,7 +12,7 @@ winners go into BWD_BAND_TABLE_TILES). ``row-scale`` times what a per-row scale 
 key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP).
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
-       [band] [v2-attention] [row-scale] [head-group] [pmem] [small-head]
+       [band] [v2-attention] [row-scale] [head-group] [pmem] [small-head] [float32-ab]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -395,6 +395,49 @@ def tune_leaky_small_head(device: str = "cuda", shapes=SMALL_HEAD_SHAPES, bench=
     return lines
 
 
+# The float32 tables against the 16-bit tiles float32 used before them (BENCHMARKS.md "Float32 tiles": those spill
+# under Triton 3.6): RegBench's preset, the depth study's width, and long rows (the two-kernel backward).
+FLOAT32_AB_SHAPES = [(32, 8, 563, 16), (16, 4, 512, 64), (2, 12, 4096, 64)]
+
+
+def tune_float32_ab(device: str = "cuda", shapes=FLOAT32_AB_SHAPES, bench=bench_ms) -> list[str]:
+    """Float32, dropout 0.05 on the attention: the attention's forward and backward, then the normalised scan's
+    forward and backward, at the 16-bit tables' tiles ("16-bit") and at the float32 tables' ("float32"), in one
+    process; one line per op and shape, returned too."""
+    from mosaic_kernels.attention import function as att
+
+    lines = []
+    for (B, H, T, D) in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        k = torch.nn.functional.normalize(torch.randn(B, H, T, D, device=device, generator=g), dim=-1) * 2.7
+        v, dy = torch.randn_like(k), torch.randn_like(k)
+        scale = torch.ones(H, device=device)
+        seed, thr = torch.tensor([7], device=device, dtype=torch.int64), dropout_threshold(0.05)
+        times = {}
+        for name, dtype in (("16-bit", torch.bfloat16), ("float32", torch.float32)):
+            fwd, bwd = att._fwd_config(T, D, dtype=dtype), att._bwd_config(T, D, dtype=dtype)
+            y, lse = attention_forward(k, v, scale, fwd, seed=seed, threshold=thr)
+            times[name] = (bench(lambda: attention_forward(k, v, scale, fwd, seed=seed, threshold=thr)),
+                           bench(lambda: attention_backward(k, v, y, lse, scale, dy, bwd, seed=seed, threshold=thr)))
+        lines.append(f"FLOAT32_AB attention {(B, H, T, D)} " + "  ".join(
+            f"{n}: fwd {f:.4f} bwd {b:.4f}" for n, (f, b) in times.items()))
+        print(lines[-1], flush=True)
+        x = torch.randn(B, T, H, D, device=device, generator=g).transpose(1, 2)
+        a, sc = torch.rand(H, device=device, generator=g), torch.rand(H, device=device, generator=g) + 1
+        times = {}
+        for name, dtype in (("16-bit", torch.bfloat16), ("float32", torch.float32)):
+            tiles = [mock.patch.dict(leaky_fn.active_tiles(d, torch.float32), leaky_fn.active_tiles(d, dtype))
+                     for d in ("fwd", "bwd")]
+            with tiles[0], tiles[1]:
+                y, norm = leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, True)
+                times[name] = (bench(lambda: leaky_fn._launch_forward(x, a, sc, True, 1e-12, 0, True)),
+                               bench(lambda: leaky_fn._launch_backward(dy, y, norm, a, sc, True, 1e-12, 0, True)))
+        lines.append(f"FLOAT32_AB leaky_average {(B, H, T, D)} " + "  ".join(
+            f"{n}: fwd {f:.4f} bwd {b:.4f}" for n, (f, b) in times.items()))
+        print(lines[-1], flush=True)
+    return lines
+
+
 PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]
 PMEM_ROWS_SLOTS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3),
                    (64, 64, 4, 4), (128, 64, 4, 4), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -424,7 +467,7 @@ def tune_pmem():
 SWEEPS = {
     "mosaic_attention": {"attention": tune_attention, "attention-dropout": lambda: tune_attention(0.05),
                          "band": tune_band, "v2-attention": tune_v2_attention, "row-scale": tune_row_scale,
-                         "head-group": tune_head_group},
+                         "head-group": tune_head_group, "float32-ab": tune_float32_ab},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule,
                       "small-head": tune_leaky_small_head},

@@ -104,3 +104,23 @@ def test_small_head_sweep_times_every_mode_stage_and_tile_in_both_dtypes(device)
     assert lines[0].startswith("LEAKY_SMALL_HEAD fwd (1, 2, 40, 16) float32") and " dot [(1.0, 0, (16, 1))" in lines[0]
     assert " scan " in lines[1] and "bfloat16" in lines[3] and lines[5].endswith("fwd 1.0000 bwd 1.0000")
     assert (leaky_fn.FWD_IN_TILE, leaky_fn.FWD_STAGES) == ("dot", 0)
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_float32_ab_times_both_tables_for_both_ops(device):
+    """A tiny shape under the interpreter (whose tiles are fixed, so this checks the script, not the tables): per
+    shape an attention line and a scan line, each with both tables' forward and backward; 8 timed calls a shape,
+    and the float32 scan table restored afterwards."""
+    calls = []
+
+    def bench(fn):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    before = dict(leaky_fn.FWD_DOT_TILES_FLOAT32)
+    lines = tune_kernels.tune_float32_ab(device, [(1, 2, 40, 16)], bench)
+    assert len(lines) == 2 and len(calls) == 8
+    assert lines[0].startswith("FLOAT32_AB attention (1, 2, 40, 16) 16-bit: fwd 1.0000 bwd 1.0000  float32:")
+    assert lines[1].startswith("FLOAT32_AB leaky_average (1, 2, 40, 16) 16-bit:")
+    assert leaky_fn.FWD_DOT_TILES_FLOAT32 == before
