@@ -148,36 +148,44 @@ def compile_entries(variants: list[dict], todo: list[tuple[str, str, int, tuple]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Record in a fresh interpreted process, compile here; print one line per table entry."""
+    """Record in a fresh interpreted process, compile in a fresh compiling one (Triton picks the interpreter when a
+    kernel module is imported, so neither can run in a process that imported the kernels the other way); print one
+    line per table entry."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tables", choices=("float32", "16-bit"), default="float32",
                    help="which tables to compile on float32 inputs (the 16-bit ones: what float32 ran before)")
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="head dims")
     p.add_argument("--record-to", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compile-from", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if bad := [d for d in a.dims if d not in (16, 32, 64, 128, 256)]:
+        p.error(f"--dims must be among 16, 32, 64, 128, 256 (the tables' head dims), got {bad}")
     if a.record_to is not None:
         a.record_to.write_text(json.dumps(record()))
         return 0
-    if bad := [d for d in a.dims if d not in (16, 32, 64, 128, 256)]:
-        p.error(f"--dims must be among 16, 32, 64, 128, 256 (the tables' head dims), got {bad}")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        p.error("run without TRITON_INTERPRET=1: the kernels are compiled here")
-    import triton
+    if a.compile_from is not None:
+        import triton
 
+        print(f"Triton {triton.__version__}, sm_90a, float32 inputs, the {a.tables} tables")
+        for r in compile_entries(json.loads(a.compile_from.read_text()), entries(a.tables, a.dims)):
+            print(f"{r['kernel']:24s} {r['variant'] or '':16s} D={r['D']:<4d} tile={tuple(r['tile'])!s:22s} "
+                  f"registers {r['registers']:3d}  spills {r['spill_bytes']} bytes", flush=True)
+        return 0
+    root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "variants.json"
         # The recording takes the installed Triton's interpreter, whatever PYTHONPATH puts first for the compile (an
         # older Triton's interpreter may not run beside the installed numpy): the launches' signatures are our code's.
-        root = Path(__file__).resolve().parents[2]
-        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
-        subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--record-to", str(path)], env=env,
-                       check=True, cwd=root)
-        variants = json.loads(path.read_text())
-    print(f"Triton {triton.__version__}, sm_90a, float32 inputs, the {a.tables} tables")
-    for r in compile_entries(variants, entries(a.tables, a.dims)):
-        print(f"{r['kernel']:24s} {r['variant'] or '':16s} D={r['D']:<4d} tile={tuple(r['tile'])!s:22s} "
-              f"registers {r['registers']:3d}  spills {r['spill_bytes']} bytes", flush=True)
-    return 0
+        subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--record-to", str(path)],
+                       env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root)), check=True, cwd=root)
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        done = subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--compile-from", str(path),
+                               "--tables", a.tables, "--dims", *map(str, a.dims)], env=env, cwd=root,
+                              capture_output=True, text=True)
+    print(done.stdout, end="")
+    if done.returncode:
+        print(done.stderr[-2000:], file=sys.stderr)
+    return done.returncode
 
 
 if __name__ == "__main__":
