@@ -141,7 +141,7 @@ def collect(root: Path, iid: bool = False) -> list[dict]:
         scored = r["test"].get("weights_step", r.get("best_val_step"))
         if scored != r.get("best_val_step"):
             print(f"regbench: left out {path.parent.name}: its test metrics are of step {scored}'s weights, not of "
-                  f"the best validation step {r['best_val_step']} (train it again)", file=sys.stderr)
+                  f"the best validation step {r.get('best_val_step')} (train it again)", file=sys.stderr)
         elif r.get("iid", False) == iid:
             results.append({**r, "run": path.parent.name})
     return results

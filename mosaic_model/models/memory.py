@@ -238,8 +238,10 @@ class ContextMemory(nn.Module):
 # memory-efficient kernel, whose backward parallelises over (batch, head, 64-slot block): folded, the
 # RegBench preset's 8 heads x 448 slots make 56 programs for 132 SMs. fwd+bwd, dropout 0.05, H100, torch 2.11
 # (2026-12-06): float32 folded / batch kept, at H x P = 896, 3,584 (two shapes), 6,144, 7,168, 8,064, 8,192,
-# 10,752, 14,336 (two) and 32,256: 7.7x, 2.8x, 2.4x, 1.8x, 1.5x, 1.4x, 1.4x, 1.3x, 1.05x, 1.13x and 0.94x; in
-# bf16 the fold stays (cuDNN; keeping the batch ran 0.45x to 2.0x as fast at those shapes, no rule).
+# 10,752, 14,336 (two) and 32,256: 7.7x, 2.8x, 2.4x, 1.8x, 1.5x, 1.4x, 1.4x, 1.3x, 1.05x, 1.13x and 0.94x (a second
+# run, bench_pmem_layout, within a few percent). In bf16 the fold stays (cuDNN): the first run had keeping the
+# batch 0.45x to 2.0x as fast, no rule; the second had it faster at every shape below 14,336 head-slots; a third
+# run is to decide (BENCHMARKS.md "The SDPA retrieval in float32").
 FOLD_FLOAT32_FROM_HEAD_SLOTS = 16_384
 
 
