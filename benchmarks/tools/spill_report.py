@@ -8,9 +8,12 @@ attention; the per-head and the gated time-varying scan), then, for every entry 
 (``mosaic_kernels/attention/function.py``: ``FWD_TILES_FLOAT32`` and the rest; ``leaky_average/function.py``:
 ``FWD_DOT_TILES_FLOAT32``, ``BWD_DOT_TILES_FLOAT32``; ``--tables 16-bit`` for the 16-bit ones on float32
 inputs instead), compiles the kernel at that tile for sm_90 and reads ``ptxas -v`` (the ptxas shipped with
-Triton): one line per entry with its registers and spill bytes.
+Triton): one line per entry with its registers and spill bytes. The split backward's two kernels are compiled with
+a per-head and with a per-row scale (the v2 ops' adaptive bandwidth reads the latter). ``--inputs bfloat16``
+compiles the 16-bit tables on bf16 inputs instead (tensor-core products; the per-row scale's cost at the key
+kernel's default tile is a matter of registers there, BENCHMARKS.md "Targets against measurements (issue 36)").
 
-    python -m benchmarks.tools.spill_report [--tables float32|16-bit] [--dims 16 64]
+    python -m benchmarks.tools.spill_report [--inputs float32|bfloat16] [--tables float32|16-bit] [--dims 16 64]
 
 Run it with the Triton of the GPU machines to see what they compile (e.g. a Triton 3.6 installed into a
 folder of its own: ``pip install --no-deps --target DIR triton==3.6.0``, then ``PYTHONPATH=DIR:.``).
@@ -30,9 +33,11 @@ from pathlib import Path
 ATTENTION_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_bwd_key_kernel", "_attn_bwd_query_kernel")
 
 
-def record() -> list[dict]:
-    """One float32 launch of each attention kernel (both backward plans, dropout on) and of each scan kernel
-    (per-head, and gated with a per-step decay), as compile_check's variants; needs TRITON_INTERPRET=1."""
+def record(inputs: str = "float32") -> list[dict]:
+    """One launch of each attention kernel (both backward plans, dropout on; the split plan's two kernels also
+    with a per-row scale) and of each scan kernel (per-head, and gated with a per-step decay) on ``inputs``, as
+    compile_check's variants; needs TRITON_INTERPRET=1. bfloat16 is recorded in float16 (the interpreter's 16-bit
+    type) and its pointers retyped, as compile_check does."""
     import torch
 
     from benchmarks.tools.compile_check import recording
@@ -40,7 +45,8 @@ def record() -> list[dict]:
     from mosaic_kernels.leaky_average import leaky_average
 
     g = torch.Generator().manual_seed(0)
-    k, v, dy = (torch.randn(1, 2, 40, 16, generator=g) for _ in range(3))
+    dtype = torch.float32 if inputs == "float32" else torch.float16
+    k, v, dy = (torch.randn(1, 2, 40, 16, generator=g, dtype=dtype) for _ in range(3))
     scale, seed = torch.full((2,), 0.3), torch.tensor([5], dtype=torch.int64)
     one = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_K=16, num_warps=1, num_stages=1)
     launches: list[dict] = []
@@ -49,7 +55,11 @@ def record() -> list[dict]:
             y, lse = attention_forward(k, v, scale, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
                                        seed=seed, threshold=3277)
             attention_backward(k, v, y, lse, scale, dy, bwd, seed=seed, threshold=3277)
-        x = torch.randn(1, 2, 40, 16, generator=g, requires_grad=True)
+        rows = torch.full((1, 2, 40), 0.3)
+        y, lse = attention_forward(k, v, rows, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+                                   seed=seed, threshold=3277)
+        attention_backward(k, v, y, lse, rows, dy, bwd, seed=seed, threshold=3277)  # bwd: the split plan's
+        x = torch.randn(1, 2, 40, 16, generator=g, dtype=dtype, requires_grad=True)
         for decay, gate in ((torch.rand(2, generator=g), None),
                             (torch.rand(1, 2, 40, generator=g), torch.rand(1, 2, 40, generator=g) + 0.5)):
             leaky_average(x, decay.requires_grad_(), normalize=True, gate=gate).square().sum().backward()
@@ -58,14 +68,16 @@ def record() -> list[dict]:
         c = launch["constexprs"]
         if c.get("SUMMARY_ONLY"):  # the scan's chunk-summary pass; the main pass is the one timed
             continue
-        unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED")), launch)
+        if inputs != "float32":
+            launch = {**launch, "signature": {a: "*bf16" if t == "*fp16" else t for a, t in launch["signature"].items()}}
+        unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED"), c.get("ROW_SCALE")), launch)
     return list(unique.values())
 
 
 def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple]]:
     """(kernel name, variant label, head dim, tile) of every table entry to compile: the attention's forward
-    (short and long rows), one-kernel backward and the two kernels of the split backward, the scan's forward and
-    backward (each for the per-head and the gated time-varying variant)."""
+    (short and long rows), one-kernel backward and the two kernels of the split backward (each with a per-head and
+    a per-row scale), the scan's forward and backward (each for the per-head and the gated time-varying variant)."""
     import torch
 
     from mosaic_kernels.attention import function as att
@@ -81,8 +93,9 @@ def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple]]:
         if D in bwd:
             out.append(("_attn_bwd_kernel", "one kernel", D, bwd[D]))
         if D in bwd_long:
-            out += [("_attn_bwd_key_kernel", "split", D, bwd_long[D][0]),
-                    ("_attn_bwd_query_kernel", "split", D, bwd_long[D][1])]
+            for label in ("split", "split, row scale"):
+                out += [("_attn_bwd_key_kernel", label, D, bwd_long[D][0]),
+                        ("_attn_bwd_query_kernel", label, D, bwd_long[D][1])]
         for name, direction in (("_leaky_fwd_kernel", "fwd"), ("_leaky_bwd_kernel", "bwd")):
             tile = scan.active_tiles(direction, dtype).get(D)
             if tile is not None:
@@ -133,11 +146,12 @@ def compile_entries(variants: list[dict], todo: list[tuple[str, str, int, tuple]
 
     by_kind = {}
     for v in variants:
-        label = {None: None, 0: "per-head", 1: "gated, per step"}.get(v["constexprs"].get("DECAY_KIND"))
-        by_kind[(v["name"], label)] = v
+        c = v["constexprs"]
+        label = {None: None, 0: "per-head", 1: "gated, per step"}.get(c.get("DECAY_KIND"))
+        by_kind[(v["name"], "split, row scale" if c.get("ROW_SCALE") else label)] = v
     rows = []
     for name, label, D, tile in todo:
-        v = by_kind[(name, label if name.startswith("_leaky") else None)]
+        v = by_kind[(name, label if name.startswith("_leaky") or label == "split, row scale" else None)]
         kernel = getattr(importlib.import_module(v["module"]), name)
         constexprs, options = _constexprs(v, name, D, tile)
         compiled = triton.compile(ASTSource(kernel, v["signature"], constexprs=constexprs),
@@ -152,22 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     kernel module is imported, so neither can run in a process that imported the kernels the other way); print one
     line per table entry."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", choices=("float32", "16-bit"), default="float32",
-                   help="which tables to compile on float32 inputs (the 16-bit ones: what float32 ran before)")
+    p.add_argument("--inputs", choices=("float32", "bfloat16"), default="float32", help="the inputs' dtype")
+    p.add_argument("--tables", choices=("float32", "16-bit"), default=None,
+                   help="which tables to compile (default: the inputs' own; 16-bit on float32 inputs: what float32 "
+                        "ran before its own tables)")
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="head dims")
     p.add_argument("--record-to", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--compile-from", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if bad := [d for d in a.dims if d not in (16, 32, 64, 128, 256)]:
         p.error(f"--dims must be among 16, 32, 64, 128, 256 (the tables' head dims), got {bad}")
+    tables = a.tables or ("float32" if a.inputs == "float32" else "16-bit")
     if a.record_to is not None:
-        a.record_to.write_text(json.dumps(record()))
+        a.record_to.write_text(json.dumps(record(a.inputs)))
         return 0
     if a.compile_from is not None:
         import triton
 
-        print(f"Triton {triton.__version__}, sm_90a, float32 inputs, the {a.tables} tables")
-        for r in compile_entries(json.loads(a.compile_from.read_text()), entries(a.tables, a.dims)):
+        print(f"Triton {triton.__version__}, sm_90a, {a.inputs} inputs, the {tables} tables")
+        for r in compile_entries(json.loads(a.compile_from.read_text()), entries(tables, a.dims)):
             print(f"{r['kernel']:24s} {r['variant'] or '':16s} D={r['D']:<4d} tile={tuple(r['tile'])!s:22s} "
                   f"registers {r['registers']:3d}  spills {r['spill_bytes']} bytes", flush=True)
         return 0
@@ -176,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "variants.json"
         # The recording takes the installed Triton's interpreter, whatever PYTHONPATH puts first for the compile (an
         # older Triton's interpreter may not run beside the installed numpy): the launches' signatures are our code's.
-        subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--record-to", str(path)],
+        subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--record-to", str(path),
+                        "--inputs", a.inputs],
                        env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root)), check=True, cwd=root)
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         done = subprocess.run([sys.executable, "-m", "benchmarks.tools.spill_report", "--compile-from", str(path),
-                               "--tables", a.tables, "--dims", *map(str, a.dims)], env=env, cwd=root,
+                               "--inputs", a.inputs, "--tables", tables, "--dims", *map(str, a.dims)], env=env, cwd=root,
                               capture_output=True, text=True)
     print(done.stdout, end="")
     if done.returncode:
