@@ -78,11 +78,15 @@ def _head_group(cfg: dict, n_heads: int) -> int:
 # `ptxas -v` for sm_90a (2026-12-06, float32, dropout on) spills 124 bytes a thread in the forward and the one-kernel
 # backward at D = 16 and 31,016 / 62,116 bytes at D = 64 (Triton 3.9: 29,652 in the forward at D = 64). These
 # tiles spill nothing under 3.6, the largest blocks that allows (then the fewest registers), the plan (one or
-# two backward kernels) chosen as for 16-bit inputs. Chosen by the compiler's report, not yet timed on the GPU.
-FWD_TILES_FLOAT32 = {16: (64, 64, 8, 3), 32: (64, 32, 8, 2), 64: (64, 32, 8, 3), 128: (32, 16, 8, 3),
+# two backward kernels) chosen as for 16-bit inputs; but at D = 16 the short rows keep the 16-bit tiles, whose
+# 124 bytes cost less than the smaller blocks: timed on an H100 (2026-12-07, `tune_kernels float32-ab`, dropout
+# 0.05, RegBench's (32, 8, 563, 16)) the 16-bit tiles took 0.26 / 0.87 ms (fwd / bwd) against 0.40 / 1.37 for the
+# spill-free ones, while at D = 64 the spill-free ones took 0.30 / 1.38 against 0.30 / 1.57 at (16, 4, 512, 64)
+# and 4.5 / 24 against 67 / 212 at (2, 12, 4096, 64) (BENCHMARKS.md "Float32 tiles").
+FWD_TILES_FLOAT32 = {16: FWD_TILES[16], 32: (64, 32, 8, 2), 64: (64, 32, 8, 3), 128: (32, 16, 8, 3),
                      256: (32, 16, 8, 1)}
 FWD_LONG_TILES_FLOAT32 = {16: (128, 64, 8, 3), 32: (64, 32, 8, 2), 64: (64, 32, 8, 3), 128: (32, 16, 8, 3)}
-BWD_TILES_FLOAT32 = {16: (64, 32, 32, 8, 3), 32: (32, 32, 32, 8, 2), 64: (32, 32, 32, 8, 2), 128: (32, 16, 16, 8, 2),
+BWD_TILES_FLOAT32 = {16: BWD_TILES[16], 32: (32, 32, 32, 8, 2), 64: (32, 32, 32, 8, 2), 128: (32, 16, 16, 8, 2),
                      256: (16, 16, 16, 8, 2)}
 BWD_LONG_TILES_FLOAT32 = {16: ((64, 32, 8, 3), (64, 64, 8, 3)), 32: ((32, 32, 8, 3), (64, 32, 8, 3)),
                           64: ((32, 32, 8, 3), (64, 32, 8, 3)), 128: ((16, 16, 8, 3), (32, 16, 8, 3))}

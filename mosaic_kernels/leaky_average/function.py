@@ -43,10 +43,13 @@ BWD_DOT_TILES = {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 2), 256: (16, 
 # 13,200 and 8,188 bytes a thread in the per-head forward at D = 16, 32, 64, 128, 256 and 2-17 KB in the gated
 # time-varying one, 16-564 bytes in the backward from D = 64 (Triton 3.9 spills none of the per-head ones). These
 # tiles spill nothing under 3.6 and 3.9 for both kinds of decay, BLOCK_T as large as that allows: the RegBench
-# preset (float32, D = 16) had its forward at ten times its backward's time. Chosen by the compiler's report, not
-# yet timed on the GPU (`python -m benchmarks.tools.tune_kernels small-head` times D = 16).
+# preset (float32, D = 16) had its forward at ten times its backward's time. Timed on an H100 (2026-12-07,
+# `tune_kernels float32-ab`, BENCHMARKS.md "Float32 tiles"): the forward 0.025 against 0.27 ms at (32, 8, 563, 16),
+# 0.043 against 0.49 at (16, 4, 512, 64), 0.089 against 1.05 at (2, 12, 4096, 64); the backward the same at the
+# first two shapes and slower at the third (0.107 against 0.083 ms at D = 64), so the backward keeps the 16-bit
+# tile at D = 64 (its 16 bytes of spill cost less than the narrower program).
 FWD_DOT_TILES_FLOAT32 = {16: (32, 4), 32: (32, 8), 64: (16, 8), 128: (16, 8), 256: (16, 8)}
-BWD_DOT_TILES_FLOAT32 = {16: (32, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 8)}
+BWD_DOT_TILES_FLOAT32 = {16: (32, 4), 32: (32, 4), 64: BWD_DOT_TILES[64], 128: (16, 8), 256: (16, 8)}
 
 
 def _tiling(D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:

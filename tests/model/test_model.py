@@ -127,14 +127,18 @@ def test_set_kernels_switches_the_persistent_memory_too(pmem_kernel, fused_backe
     assert backends() == {fused_backend}
 
 
-def test_sdpa_persistent_memory_folds_the_batch_except_float32_with_few_head_slots():
-    from mosaic_model.models.memory import FOLD_FLOAT32_FROM_HEAD_SLOTS
+def test_sdpa_persistent_memory_keeps_the_batch_with_few_head_slots_except_float64():
+    from mosaic_model.models.memory import FOLD_FLOAT32_FROM_HEAD_SLOTS, FOLD_HALF_FROM_HEAD_SLOTS
     pmem = tiny_mosaic(kernels="fused").blocks[0].pmem  # 2 heads x 112 slots (3.5 x n_embd)
-    few = pmem.config.n_head * pmem.config.pmem_size < FOLD_FLOAT32_FROM_HEAD_SLOTS
-    assert few and not pmem.folds_batch(torch.float32)
-    assert pmem.folds_batch(torch.bfloat16) and pmem.folds_batch(torch.float64)
+    few = pmem.config.n_head * pmem.config.pmem_size
+    assert few < min(FOLD_FLOAT32_FROM_HEAD_SLOTS, FOLD_HALF_FROM_HEAD_SLOTS)
+    assert not any(pmem.folds_batch(d) for d in (torch.float32, torch.bfloat16, torch.float16))
+    assert pmem.folds_batch(torch.float64)
+    # 16 heads x 832 slots = 13,312 head-slots: between the two lines, so only half precision folds
+    mid = tiny_mosaic(kernels="fused", n_head=16, n_embd=256, pmem_size=832).blocks[0].pmem
+    assert mid.folds_batch(torch.bfloat16) and mid.folds_batch(torch.float16) and not mid.folds_batch(torch.float32)
     big = tiny_mosaic(kernels="fused", n_head=16, n_embd=256, pmem_size=1024).blocks[0].pmem  # 16,384 head-slots
-    assert big.folds_batch(torch.float32)
+    assert all(big.folds_batch(d) for d in (torch.float32, torch.bfloat16, torch.float64))
 
 
 @pytest.mark.parametrize("T", [1, 7])
