@@ -115,14 +115,17 @@ def cmd_run(a: argparse.Namespace) -> None:
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     points = grid(a)
-    jobs, point_of = [], {}
+    jobs, point_of, not_started = [], {}, 0
     for point in points:
         out = root / run_name(*point, iid=a.iid)
         state = run_state(out, "test")
-        if state != "done":
+        if state == "new" and a.resume_only:
+            not_started += 1
+        elif state != "done":
             jobs.append(Job(train_config(a, *point), out, resume=state == "partial", extra_argv=tuple(a.train_args)))
             point_of[out] = point
-    print(f"sweep: {len(points)} runs, {len(points) - len(jobs)} done, {len(jobs)} to run ({a.parallel} at a time)",
+    print(f"sweep: {len(points)} runs, {len(points) - len(jobs) - not_started} done, {len(jobs)} to run "
+          f"({a.parallel} at a time)" + (f", {not_started} not started (--resume-only)" if not_started else ""),
           flush=True)
     failed = run_jobs(jobs, a.parallel, a.time_limit, on_exit=lambda job, _rc: _record(a, point_of[job.out]))
     # Runs recorded as they ended keep their record (the settings of the call that trained them); this
@@ -396,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     # 4 runs at once filled the GPU best at the preset's size (BENCHMARKS.md, bench_parallel_runs).
     p.add_argument("--parallel", type=int, default=4, help="runs at once")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; every process stops with a checkpoint")
+    p.add_argument("--resume-only", action="store_true",
+                   help="train only the runs that have a checkpoint to resume, start none: a call given some of the "
+                        "sweep's checkpoints (all would not fit) leaves the others alone")
     p.add_argument("--device", default="cuda", help="cuda or cpu (mosaic-train's --device)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="anything after this goes to every mosaic-train call unchanged")

@@ -17,7 +17,9 @@
 #              checkpoints come back, and must fit a call's 64 MiB), every run replaying CUDA graphs, resuming from
 #              the run folders in RB_PRIOR (default docs/figures/regbench_long/runs: the finished runs, committed)
 #              and the checkpoints unpacked there; RB_MODELS (default "gpt mosaic") orders the runs at each size:
-#              the transformer first, as its runs train longest (up to 62,600 steps at 10,000 languages)
+#              the transformer first, as its runs train longest (up to 62,600 steps at 10,000 languages);
+#              RB_RESUME_ONLY=1 trains only the runs whose checkpoints RB_PRIOR holds and starts none (regbench
+#              --resume-only), so that a call can carry some of the checkpoints when all of them exceed 64 MiB
 #     stutter  the depth study's depth-2 pair (width 256, T=512, batch 16, 1,200 steps; the Memory Mosaic at its
 #              selected lr 4e-2, GPT2 at 2e-3) trained again with seeds 0, 1 and 2, then experiments/stutter.py on
 #              each seed's pair on the GPU (waits for the width part's tokenised books when that part runs)
@@ -83,7 +85,7 @@ case $mode in
         rb) mkdir -p $BG/rb
           detach rb env OUT=$BG/rb IID=0 SIZES="${RB_SIZES:-2500 10000}" DEPTHS="${RB_DEPTHS:-2 4}" \
             WIDTHS="${RB_WIDTHS:-128}" LRS="${RB_LRS:-1e-3 2e-3}" STEP_CAP="${STEP_CAP:-1000000}" \
-            PARALLEL="${RB_PARALLEL:-4}" EXTRA="--models ${RB_MODELS:-gpt mosaic} --patience-steps ${RB_PATIENCE_STEPS:-3160} --train-args --cuda-graph" \
+            PARALLEL="${RB_PARALLEL:-4}" EXTRA="--models ${RB_MODELS:-gpt mosaic} --patience-steps ${RB_PATIENCE_STEPS:-3160} ${RB_RESUME_ONLY:+--resume-only} --train-args --cuda-graph" \
             bash experiments/regbench_gpu.sh "$limit" "${RB_PRIOR:-docs/figures/regbench_long/runs}" ;;
         stutter)  # the books are untarred here, or by the width part (then wait for its runs)
           stutter_part stutter /tmp/books 0.04 "

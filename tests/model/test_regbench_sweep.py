@@ -33,6 +33,24 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
     assert f"| {result['steps_trained']} |" in runs[3]  # the Memory Mosaic's line: where its training ended
 
 
+def test_resume_only_starts_no_new_run(tmp_path, capsys, monkeypatch):
+    """With --resume-only a grid point without a checkpoint is left alone and one with a checkpoint resumes."""
+    started = []
+    monkeypatch.setattr(regbench, "run_jobs", lambda jobs, *_a, **_k: started.extend(jobs) or 0)
+    root = tmp_path / "sweep"
+    partial = root / "gpt-N8-L1-d32-wd0.1-lr0.003"
+    partial.mkdir(parents=True)
+    (partial / "ckpt.pt").write_bytes(b"")
+    grid = ["--out", str(root), "--sizes", "8", "--depths", "1", "--widths", "32", "--wds", "0.1", "--lrs", "3e-3",
+            "--device", "cpu"]
+    assert regbench.main(["run", *grid, "--resume-only"]) == 0
+    assert [(j.out.name, j.resume) for j in started] == [(partial.name, True)]
+    assert "1 to run (4 at a time), 1 not started (--resume-only)" in capsys.readouterr().out
+    started.clear()
+    assert regbench.main(["run", *grid]) == 0  # without it the new run starts too
+    assert sorted(j.out.name for j in started) == [partial.name, "mosaic-N8-L1-d32-wd0.1-lr0.003"]
+
+
 def test_runs_table_marks_runs_ended_by_patience():
     rows = [{"num_train": 8, "model": m, "n_layer": 1, "n_embd": 32, "weight_decay": 0.1, "lr": 1e-3,
              "best_val_loss": 1.0, "best_val_step": 40, "test": {"accuracy": 0.5, "l1": 0.4}, **extra}
