@@ -239,11 +239,11 @@ class ContextMemory(nn.Module):
 # RegBench preset's 8 heads x 448 slots make 56 programs for 132 SMs. fwd+bwd, dropout 0.05, H100, torch 2.11
 # (2026-12-06): float32 folded / batch kept, at H x P = 896, 3,584 (two shapes), 6,144, 7,168, 8,064, 8,192,
 # 10,752, 14,336 (two) and 32,256: 7.7x, 2.8x, 2.4x, 1.8x, 1.5x, 1.4x, 1.4x, 1.3x, 1.05x, 1.13x and 0.94x (a second
-# run, bench_pmem_layout, within a few percent). In bf16 (cuDNN either way) the first run had keeping the batch
+# run, bench_pmem_layout, within a few percent). In bf16 the first run had keeping the batch
 # 0.45x to 2.0x as fast with no rule; the second and third (2026-12-06 and 12-07, bench_pmem_layout) both had it
-# faster at every shape below 14,336 head-slots (1.10x-5.83x) and the fold faster from 14,336 on (0.87x-0.97x):
-# two of three runs, agreeing in every cell, set the half-precision line between 10,752 and 14,336
-# (BENCHMARKS.md "The SDPA retrieval in float32").
+# faster at every shape below 14,336 head-slots (1.10x-5.83x) and the fold faster from 14,336 on (0.87x-0.98x):
+# two of three runs, agreeing in every cell, set the half-precision line between 10,752 and 14,336 (fp16 follows bf16
+# unmeasured: SDPA offers it the same kernels) (BENCHMARKS.md "The SDPA retrieval in float32").
 FOLD_FLOAT32_FROM_HEAD_SLOTS = 16_384
 FOLD_HALF_FROM_HEAD_SLOTS = 12_288
 
