@@ -74,8 +74,16 @@ def record(inputs: str = "float32") -> list[dict]:
     return list(unique.values())
 
 
-def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple]]:
-    """(kernel name, variant label, head dim, tile) of every table entry to compile: the attention's forward
+def _variant(constexprs: dict) -> str | None:
+    """Which recorded launch of a kernel an entry compiles: the scan's decay kind, the attention's per-row scale
+    ("row scale"), else None."""
+    if constexprs.get("DECAY_KIND") is not None:
+        return {0: "per-head", 1: "gated, per step"}[constexprs["DECAY_KIND"]]
+    return "row scale" if constexprs.get("ROW_SCALE") else None
+
+
+def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple, str | None]]:
+    """(kernel name, label, head dim, tile, :func:`_variant`) of every table entry to compile: the attention's forward
     (short and long rows), one-kernel backward and the two kernels of the split backward (each with a per-head and
     a per-row scale), the scan's forward and backward (each for the per-head and the gated time-varying variant)."""
     import torch
@@ -89,17 +97,17 @@ def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple]]:
     for D in dims:
         for label, table in (("short", fwd), ("long", fwd_long)):
             if D in table:
-                out.append(("_attn_fwd_kernel", label, D, table[D]))
+                out.append(("_attn_fwd_kernel", label, D, table[D], None))
         if D in bwd:
-            out.append(("_attn_bwd_kernel", "one kernel", D, bwd[D]))
+            out.append(("_attn_bwd_kernel", "one kernel", D, bwd[D], None))
         if D in bwd_long:
-            for label in ("split", "split, row scale"):
-                out += [("_attn_bwd_key_kernel", label, D, bwd_long[D][0]),
-                        ("_attn_bwd_query_kernel", label, D, bwd_long[D][1])]
+            for label, variant in (("split", None), ("split, row scale", "row scale")):
+                out += [("_attn_bwd_key_kernel", label, D, bwd_long[D][0], variant),
+                        ("_attn_bwd_query_kernel", label, D, bwd_long[D][1], variant)]
         for name, direction in (("_leaky_fwd_kernel", "fwd"), ("_leaky_bwd_kernel", "bwd")):
             tile = scan.active_tiles(direction, dtype).get(D)
             if tile is not None:
-                out += [(name, "per-head", D, tile), (name, "gated, per step", D, tile)]
+                out += [(name, label, D, tile, label) for label in ("per-head", "gated, per step")]
     return out
 
 
@@ -138,20 +146,16 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
     return int(regs.group(1)), int(spill.group(1)) if spill else 0
 
 
-def compile_entries(variants: list[dict], todo: list[tuple[str, str, int, tuple]]) -> list[dict]:
+def compile_entries(variants: list[dict], todo: list[tuple[str, str, int, tuple, str | None]]) -> list[dict]:
     """Compile each entry for sm_90 (without the interpreter) and read its registers and spills."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    by_kind = {}
-    for v in variants:
-        c = v["constexprs"]
-        label = {None: None, 0: "per-head", 1: "gated, per step"}.get(c.get("DECAY_KIND"))
-        by_kind[(v["name"], "split, row scale" if c.get("ROW_SCALE") else label)] = v
+    by_kind = {(v["name"], _variant(v["constexprs"])): v for v in variants}
     rows = []
-    for name, label, D, tile in todo:
-        v = by_kind[(name, label if name.startswith("_leaky") or label == "split, row scale" else None)]
+    for name, label, D, tile, variant in todo:
+        v = by_kind[(name, variant)]
         kernel = getattr(importlib.import_module(v["module"]), name)
         constexprs, options = _constexprs(v, name, D, tile)
         compiled = triton.compile(ASTSource(kernel, v["signature"], constexprs=constexprs),

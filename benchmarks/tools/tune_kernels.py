@@ -319,7 +319,7 @@ def tune_leaky_chunk_rule(device: str = "cuda", shapes: list | None = None, benc
                     run_bwd = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, heads_last,  # noqa: E731
                                                                 x if gate is not None else None, gate)
                     times[rule].append((bench(run_fwd), bench(run_bwd)))
-                    fwd_tiles, bwd_tiles = leaky_fn._tiling(D, x.dtype)[0], leaky_fn._tiling(D, x.dtype)[2]
+                    fwd_tiles, _, bwd_tiles, *_ = leaky_fn._tiling(D, x.dtype)
                     counts[rule] = tuple(leaky_fn._chunking(B, H, T, x.device, bt, None, per_sm)[1]
                                          for bt, per_sm in ((fwd_tiles, leaky_fn.FWD_PROGRAMS_PER_SM),
                                                             (bwd_tiles, leaky_fn.BWD_PROGRAMS_PER_SM)))

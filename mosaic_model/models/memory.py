@@ -252,9 +252,9 @@ def sdpa_folds_batch(n_head: int, pmem_size: int, dtype: torch.dtype) -> bool:
     """Whether the SDPA retrieval folds the batch into the query rows at these heads, slots and activation
     dtype (else it keeps the batch and expands the slots to it): FOLD_FLOAT32_FROM_HEAD_SLOTS's rule for float32,
     FOLD_HALF_FROM_HEAD_SLOTS's for bf16 and fp16, always for float64."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return n_head * pmem_size >= FOLD_HALF_FROM_HEAD_SLOTS
-    return dtype != torch.float32 or n_head * pmem_size >= FOLD_FLOAT32_FROM_HEAD_SLOTS
+    line = {torch.float32: FOLD_FLOAT32_FROM_HEAD_SLOTS, torch.bfloat16: FOLD_HALF_FROM_HEAD_SLOTS,
+            torch.float16: FOLD_HALF_FROM_HEAD_SLOTS}.get(dtype)
+    return line is None or n_head * pmem_size >= line
 
 
 class PersistentMemory(nn.Module):
