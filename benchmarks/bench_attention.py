@@ -1,8 +1,9 @@
 """Benchmark of the strictly causal attention with q = k: ours against what users would pick instead.
 
 Providers (one run, same pre-scaled keys, scale 1):
-  ours            mosaic_attention(k, v)
-  ours_delta_in_kernel  the same with the backward's row term <y_t, dy_t> inside its kernels
+  ours            mosaic_attention(k, v) (its default: the backward's row term inside its kernels or in a launch of
+                  its own by the call's work; MOSAIC_ATTN_DELTA_IN_KERNEL=0 for the own launch at every shape)
+  ours_delta_in_kernel  the same with the backward's row term <y_t, dy_t> inside its kernels at every shape
                   (function.DELTA_IN_KERNEL set around the whole measurement: an A/B in one process)
   sdpa_flash      SDPA shift trick, pinned to the flash backend: SDPA(k[1:], k[:-1], v[:-1], causal),
                   zero row prepended

@@ -8,10 +8,11 @@
 #   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
-#   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1, off by default):
-#              the attention tests with it on, eager fwd+bwd at issue 38's three small shapes against SDPA with it
-#              off and on in one process (bench_attention's ours_delta_in_kernel, 5 rounds), host_cost's
-#              mosaic_attention_delta_in_kernel beside mosaic_attention and SDPA (twice), and the 256-key window
+#   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
+#              only for small 16-bit calls): the attention tests with it on at every shape, eager fwd+bwd at issue
+#              38's three small shapes against SDPA with it off (MOSAIC_ATTN_DELTA_IN_KERNEL=0) and on in one
+#              process (bench_attention's ours_delta_in_kernel, 5 rounds), host_cost's mosaic_attention_delta_in_kernel
+#              beside mosaic_attention (off) and SDPA (twice), and the 256-key window
 #              (bench_v2_ops ours_window) off and on, alternated twice
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
@@ -79,11 +80,11 @@ for PART in "${@:-all}"; do
         tests/kernels/test_attention.py tests/kernels/test_attention_band.py --cuda-only
       # The eager A/B inside one process (providers interleaved, medians of 5 rounds): separate processes
       # differed by up to 2x at these host-bound shapes on 2026-12-06.
-      python3 -m benchmarks.bench_attention --shapes 16,12,512,64 8,12,1024,64 4,12,2048,64 --rounds 5 \
+      MOSAIC_ATTN_DELTA_IN_KERNEL=0 python3 -m benchmarks.bench_attention --shapes 16,12,512,64 8,12,1024,64 4,12,2048,64 --rounds 5 \
         --providers ours ours_delta_in_kernel sdpa_flash sdpa_cudnn --out "$OUT/eager_delta_ab.md" > /dev/null 2>&1
       grep -h "fwd+bwd" "$OUT/eager_delta_ab.md"
       for round in 1 2; do
-        python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_delta_in_kernel sdpa \
+        MOSAIC_ATTN_DELTA_IN_KERNEL=0 python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_delta_in_kernel sdpa \
           --out "$OUT/host_delta_r$round.md" > /dev/null 2>&1
         grep -h "| mosaic_attention\|| sdpa" "$OUT/host_delta_r$round.md" | sed "s/^/round $round /"
         for on in 0 1; do

@@ -19,8 +19,9 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd).
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
-(mosaic_kernels.attention.function.DELTA_IN_KERNEL, off by default) over its whole measurement: one launch fewer
-per fwd+bwd call, measured in the same process as the default path.
+(mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
+fwd+bwd call, measured in the same process as ``mosaic_attention``, the default path (which picks the row term's
+place by the call's work: MOSAIC_ATTN_DELTA_IN_KERNEL=0 makes it the own launch, for an A/B).
 
 ``sdpa`` is the peer: ``F.scaled_dot_product_attention(k, k, v, is_causal=True)`` at the same shape (its best
 backend, no Triton launch, so only host_us and what follows are measured for it; GPU only).

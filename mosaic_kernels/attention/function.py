@@ -15,13 +15,37 @@ from .triton_bandwidth import _bandwidth_bwd_kernel, _bandwidth_fwd_kernel
 # elements a kernel forgets to write.
 _empty = torch.empty
 
-# The softmax backward's row term delta_t = <y_t, dy_t>: False computes it in a launch of its own before the
-# backward (row_delta); True inside the backward's kernels, from y, where each program needs it (one launch and
-# one (B, H, T) buffer fewer per call, y reread once per query block a program visits). Written on 2026-12-06
-# for issue 38 (eager calls at T <= 2048 wait on the host, about 0.1 ms a launch); on an H100 it took a third
-# off a small call's host time and cost 5-9% of GPU time at T = 8192 (BENCHMARKS.md): off until the line between
-# the two is measured. MOSAIC_ATTN_DELTA_IN_KERNEL=1 sets it for a process.
-DELTA_IN_KERNEL = os.environ.get("MOSAIC_ATTN_DELTA_IN_KERNEL", "0") == "1"
+# The softmax backward's row term delta_t = <y_t, dy_t>: in a launch of its own before the backward (row_delta), or
+# inside the backward's kernels, from y, where each program needs it (one launch and one (B, H, T) buffer fewer per
+# call, y reread once per query block a program visits). Inside takes host time off a call that waits on the host
+# and costs GPU time where the GPU is busy. Measured on an H100 (2026-12-07, BENCHMARKS.md "The backward's row term
+# inside its kernels"; bf16, the two in one process): eager fwd+bwd 1.13x and 1.06x faster inside at (16,12,512,64)
+# and (8,12,1024,64), 0.98x at (4,12,2048,64); as CUDA graphs equal at (16,12,512,64) and for a 256-key window at
+# (2,12,8192,64), 6% slower for that window at (1,16,8192,128) and 6-10% slower for the full op at T = 8192.
+# DELTA_IN_KERNEL: None picks per call by that line (delta_in_kernel); True or False forces one path.
+# MOSAIC_ATTN_DELTA_IN_KERNEL=1 / 0 / auto (the default) sets it for a process.
+_DELTA_SETTINGS = {"1": True, "0": False, "auto": None}
+_delta_env = os.environ.get("MOSAIC_ATTN_DELTA_IN_KERNEL", "auto")
+if _delta_env not in _DELTA_SETTINGS:
+    raise ValueError(f"MOSAIC_ATTN_DELTA_IN_KERNEL must be 0, 1 or auto, got {_delta_env!r}")
+DELTA_IN_KERNEL: bool | None = _DELTA_SETTINGS[_delta_env]
+# The work below which the row term goes inside: B * H * T * (keys a row sees on average) * D. The measured calls
+# inside it: 1.6e9 (16,12,512,64) and 3.2e9 ((8,12,1024,64); the window at (2,12,8192,64)); outside: 4.3e9 (the window
+# at (1,16,8192,128), 6% slower inside), 6.4e9 ((4,12,2048,64), 0.98x) and the full op at T = 8192 (5e10 and more).
+DELTA_IN_KERNEL_MAX_WORK = 4e9
+
+
+def delta_in_kernel(B: int, H: int, T: int, D: int, dtype: torch.dtype, window: int | None) -> bool:
+    """Whether a backward computes its row term inside its kernels (see DELTA_IN_KERNEL): forced when set, else
+    inside for 16-bit inputs whose work, B * H * T * D times the keys a row sees on average (T / 2 causal, at most
+    ``window`` with one; a band table counts as causal), is at most DELTA_IN_KERNEL_MAX_WORK. float32 keeps its own
+    launch: the line was measured in bf16 only."""
+    if DELTA_IN_KERNEL is not None:
+        return DELTA_IN_KERNEL
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False
+    keys = T / 2 if window is None else min(window, T / 2)
+    return B * H * T * keys * D <= DELTA_IN_KERNEL_MAX_WORK
 
 
 def _block_d(D: int) -> int:
@@ -257,7 +281,7 @@ def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: t
     common.update(drop, **meta)
     strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
     drop_args = (*drop_args, *band)
-    in_kernel = DELTA_IN_KERNEL
+    in_kernel = delta_in_kernel(B, H, T, D, k.dtype, window)
     common["DELTA_FROM_Y"] = in_kernel
     y_args = (y, *y.stride())
     # With the delta in the kernels, DELTA is a placeholder pointer they never read (lse: any float32 tensor).

@@ -282,6 +282,46 @@ def test_delta_in_kernel_gives_the_row_delta_path(device, T, window, monkeypatch
         assert rel_err(b, a.double()) <= tolerances.FP32, (name, rel_err(b, a.double()))
 
 
+def test_delta_in_kernel_rule_picks_by_the_calls_work(monkeypatch):
+    """By default (DELTA_IN_KERNEL None) the row term goes inside the kernels for 16-bit calls of work
+    B * H * T * keys * D up to DELTA_IN_KERNEL_MAX_WORK, at the shapes whose A/B put them on each side of the line
+    (function.py), never for float32; True or False forces the path at every shape."""
+    from mosaic_kernels.attention import function
+
+    monkeypatch.setattr(function, "DELTA_IN_KERNEL", None)
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    inside = [((16, 12, 512, 64), bf16, None), ((8, 12, 1024, 64), fp16, None), ((2, 12, 8192, 64), bf16, 256)]
+    outside = [((4, 12, 2048, 64), bf16, None), ((1, 16, 8192, 128), bf16, 256), ((2, 12, 8192, 64), bf16, None),
+               ((16, 12, 512, 64), fp32, None), ((32, 8, 563, 16), fp32, None)]
+    for (B, H, T, D), dtype, window in inside:
+        assert function.delta_in_kernel(B, H, T, D, dtype, window), (B, H, T, D, dtype, window)
+    for (B, H, T, D), dtype, window in outside:
+        assert not function.delta_in_kernel(B, H, T, D, dtype, window), (B, H, T, D, dtype, window)
+    for forced in (True, False):
+        monkeypatch.setattr(function, "DELTA_IN_KERNEL", forced)
+        for (B, H, T, D), dtype, window in inside + outside:
+            assert function.delta_in_kernel(B, H, T, D, dtype, window) is forced
+
+
+@pytest.mark.parametrize("value, expected", [("0", "False"), ("1", "True"), ("auto", "None"), ("yes", "ValueError")])
+def test_delta_in_kernel_setting_from_the_environment(value, expected):
+    """MOSAIC_ATTN_DELTA_IN_KERNEL: 0 and 1 force a path, auto picks per call, anything else is an error at import
+    naming the variable (a fresh interpreter: the module reads it once)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from mosaic_kernels.attention import function\n"
+            "print(function.DELTA_IN_KERNEL)")
+    env = {**os.environ, "MOSAIC_ATTN_DELTA_IN_KERNEL": value}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if expected == "ValueError":
+        assert run.returncode != 0 and "MOSAIC_ATTN_DELTA_IN_KERNEL must be 0, 1 or auto" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == expected
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 def test_kernel_dropout_keeps_at_its_rate_and_rescales(device):
     """With equal keys every weight of row t is 1/t, and one-hot values (v_j = e_j) make y_t[j] the
