@@ -134,8 +134,8 @@ def _long_row_plan_and_masks() -> None:
 
 
 def _delta_in_kernel_backwards() -> None:
-    """The attention's backward kernels with the row term computed inside them
-    (attention.function.DELTA_IN_KERNEL, off by default): both plans, plain and with a band and dropout."""
+    """The attention's backward kernels with the row term computed inside them (attention.function.DELTA_IN_KERNEL
+    forced on; by default only small 16-bit calls take it): both plans, plain and with a band and dropout."""
     import torch
 
     from mosaic_kernels.attention import function
