@@ -331,9 +331,10 @@ def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.minorticks_off()
         ax.set_xticks(tick_sizes, [tick(s) for s in tick_sizes], fontsize=7)
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    # One legend under both panels (the right panel's handles name every series): inside an axis it hid points.
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
