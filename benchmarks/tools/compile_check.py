@@ -168,7 +168,7 @@ def _split_scan_forwards() -> None:
             function._launch_forward(x, decay, scale, True, 1e-12, 0, False, gated)
 
 
-def _as_bfloat16(v: dict) -> dict:
+def as_bfloat16(v: dict) -> dict:
     """A recorded float16 variant with its float16 pointers made bfloat16."""
     return {**v, "signature": {k: "*bf16" if t == "*fp16" else t for k, t in v["signature"].items()}}
 
@@ -201,7 +201,7 @@ def record_all() -> list[dict]:
         _delta_in_kernel_backwards()
         split = len(launches)
         _split_scan_forwards()
-    launches += [_as_bfloat16(v) for v in launches[split:]]
+    launches += [as_bfloat16(v) for v in launches[split:]]
     unique = {json.dumps(v, sort_keys=True): v for v in launches}
     return list(unique.values())
 

@@ -40,7 +40,7 @@ def record(inputs: str = "float32") -> list[dict]:
     type) and its pointers retyped, as compile_check does."""
     import torch
 
-    from benchmarks.tools.compile_check import recording
+    from benchmarks.tools.compile_check import as_bfloat16, recording
     from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
     from mosaic_kernels.leaky_average import leaky_average
 
@@ -69,7 +69,7 @@ def record(inputs: str = "float32") -> list[dict]:
         if c.get("SUMMARY_ONLY"):  # the scan's chunk-summary pass; the main pass is the one timed
             continue
         if inputs != "float32":
-            launch = {**launch, "signature": {a: "*bf16" if t == "*fp16" else t for a, t in launch["signature"].items()}}
+            launch = as_bfloat16(launch)
         unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED"), c.get("ROW_SCALE")), launch)
     return list(unique.values())
 
