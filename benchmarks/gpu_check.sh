@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|delta|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|delta|delta-step|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
@@ -14,6 +14,8 @@
 #              process (bench_attention's ours_delta_in_kernel, 5 rounds), host_cost's mosaic_attention_delta_in_kernel
 #              beside mosaic_attention (off) and SDPA (twice), and the 256-key window
 #              (bench_v2_ops ours_window) off and on, alternated twice
+#   delta-step the 12-layer eager step at T=512 (Memory Mosaic and GPT2) with the row term's default and with
+#              MOSAIC_ATTN_DELTA_IN_KERNEL=0, each in a fresh process, alternated ROUNDS (3) times
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
@@ -94,6 +96,17 @@ for PART in "${@:-all}"; do
         done
       done
       ;;
+    delta-step)
+      # Issue 38's 12-layer eager step at T=512 with the row term's default (inside the kernels for the model's
+      # (32,12,512,64) bf16 calls) against its own launch: each in a fresh process, alternated ROUNDS times (default 3),
+      # GPT2 beside each, since this host's step time drifts between runs (BENCHMARKS.md "End-to-end training step").
+      for round in $(seq "${ROUNDS:-3}"); do
+        for on in auto 0; do
+          MOSAIC_ATTN_DELTA_IN_KERNEL=$on python3 -m benchmarks.bench_training --part eager --layers 12 --seq-lens 512 \
+            --models mosaic_fused gpt2 --out "$OUT/step_delta_${on}_r$round.md" > /dev/null 2>&1
+          grep -h "^| \(mosaic_fused\|gpt2\) " "$OUT/step_delta_${on}_r$round.md" | sed "s/^/delta=$on round $round /"
+        done
+      done ;;
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;
