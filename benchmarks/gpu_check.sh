@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|delta|delta-step|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|launch-step|delta|delta-step|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
 #              benchmarks/bench_*.py), the compiler report (benchmarks.tools.kernel_report), a CUDA mosaic-train run
 #   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
-#   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=1
+#   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=0 (Triton's launch)
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
 #              only for small 16-bit calls): the attention tests with it on at every shape, eager fwd+bwd at issue
 #              38's three small shapes against SDPA with it off (MOSAIC_ATTN_DELTA_IN_KERNEL=0) and on in one
@@ -16,6 +16,7 @@
 #              (bench_v2_ops ours_window) off and on, alternated twice
 #   delta-step the 12-layer eager step at T=512 (Memory Mosaic and GPT2) with the row term's default and with
 #              MOSAIC_ATTN_DELTA_IN_KERNEL=0, each in a fresh process, alternated ROUNDS (3) times
+#   launch-step the same step with the direct launch (MOSAIC_DIRECT_LAUNCH=1, the default) and with Triton's (0)
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
@@ -54,6 +55,18 @@ gpu_tests() {  # gpu_tests LOG PYTEST-ARGS...
     -p no:benchmark -rfEx --durations=25 > "$OUT/$log" 2>&1
   tail -n 45 "$OUT/$log"
 }
+step_ab() {  # step_ab VAR VALUE... : the 12-layer eager step at T=512 (Memory Mosaic and GPT2) with VAR at each
+  # VALUE, each in a fresh process, alternated ROUNDS times (default 3), GPT2 beside each, since this host's step
+  # time drifts between runs (BENCHMARKS.md "End-to-end training step").
+  local var=$1; shift
+  for round in $(seq "${ROUNDS:-3}"); do
+    for v in "$@"; do
+      env "$var=$v" python3 -m benchmarks.bench_training --part eager --layers 12 --seq-lens 512 \
+        --models mosaic_fused gpt2 --out "$OUT/step_${var}_${v}_r$round.md" > /dev/null 2>&1
+      grep -h "^| \(mosaic_fused\|gpt2\) " "$OUT/step_${var}_${v}_r$round.md" | sed "s/^/$var=$v round $round /"
+    done
+  done
+}
 for PART in "${@:-all}"; do
   case "$PART" in
     tests|all)
@@ -72,11 +85,11 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.tools.kernel_report --out "$OUT/kernel_report.md" > /dev/null 2>&1 || echo "kernel_report failed"
       python3 -m mosaic_model.cli.train --device cuda --out-dir /tmp/run-cuda --overwrite --quiet 2>&1 | tail -n 4 | tee "$OUT/train_cuda.txt" ;;&
     launch)
-      # The direct launch (mosaic_kernels/_triton_common.py, off by default): its own GPU tests, then every
-      # kernel test with it on, so that each op's every variant runs through it.
+      # The direct launch (mosaic_kernels/_triton_common.py, on by default since 2026-12-07): its own GPU tests,
+      # then every kernel test with it off (Triton's own launch), the path the default run no longer takes.
       python3 -m pytest -q tests/kernels/test_launch.py tests/kernels/test_host_helpers.py --cuda-only \
         -p no:cacheprovider > "$OUT/launch_tests.txt" 2>&1; tail -n 5 "$OUT/launch_tests.txt"
-      MOSAIC_DIRECT_LAUNCH=1 gpu_tests gpu_tests_direct_launch.txt tests/kernels --cuda-only ;;
+      MOSAIC_DIRECT_LAUNCH=0 gpu_tests gpu_tests_triton_launch.txt tests/kernels --cuda-only ;;
     delta)
       MOSAIC_ATTN_DELTA_IN_KERNEL=1 TEST_SECONDS=${TEST_SECONDS:-300} gpu_tests gpu_tests_delta.txt \
         tests/kernels/test_attention.py tests/kernels/test_attention_band.py --cuda-only
@@ -98,15 +111,11 @@ for PART in "${@:-all}"; do
       ;;
     delta-step)
       # Issue 38's 12-layer eager step at T=512 with the row term's default (inside the kernels for the model's
-      # (32,12,512,64) bf16 calls) against its own launch: each in a fresh process, alternated ROUNDS times (default 3),
-      # GPT2 beside each, since this host's step time drifts between runs (BENCHMARKS.md "End-to-end training step").
-      for round in $(seq "${ROUNDS:-3}"); do
-        for on in auto 0; do
-          MOSAIC_ATTN_DELTA_IN_KERNEL=$on python3 -m benchmarks.bench_training --part eager --layers 12 --seq-lens 512 \
-            --models mosaic_fused gpt2 --out "$OUT/step_delta_${on}_r$round.md" > /dev/null 2>&1
-          grep -h "^| \(mosaic_fused\|gpt2\) " "$OUT/step_delta_${on}_r$round.md" | sed "s/^/delta=$on round $round /"
-        done
-      done ;;
+      # (32,12,512,64) bf16 calls) against its own launch.
+      step_ab MOSAIC_ATTN_DELTA_IN_KERNEL auto 0 ;;
+    launch-step)
+      # The same step with the direct launch (the default) and with Triton's own launch.
+      step_ab MOSAIC_DIRECT_LAUNCH 1 0 ;;
     scan)
       python3 -m benchmarks.bench_leaky_average --out "$OUT/bench_leaky_average.md" > "$OUT/bench_leaky.log" 2>&1 || tail -n 20 "$OUT/bench_leaky.log"
       tail -n 7 "$OUT/bench_leaky_average.md" ;;

@@ -4,19 +4,21 @@ spends running it (issue 21: the scan's forward+backward at (16,12,512,64) issue
 
 For each op at one shape, forward alone and forward+backward (``torch.autograd.grad`` of every input):
 
-    host_us      CPU time to issue one call: the device is synchronised, ``--calls`` calls are issued back
-                 to back, and the clock stops before the next synchronisation. The calls are few enough
+    host_us      CPU time to issue one call through Triton's launch: the device is synchronised, ``--calls``
+                 calls are issued back to back, and the clock stops before the next synchronisation. The calls are few enough
                  that CUDA's launch queue never fills, so the host never waits on the GPU.
     wrapper_us   the same with every Triton launch stubbed out (the launcher returns at once): our
                  Python, the argument checks, autograd and the tensor allocations alone.
     launcher_us  host_us - wrapper_us: Triton's launcher and the driver.
     host_direct_us  host_us with the direct launch of the compiled kernels (mosaic_kernels/_triton_common.py,
-                 DIRECT_LAUNCH; off by default) instead of Triton's ``kernel[grid](...)``: the two paths
+                 DIRECT_LAUNCH; on by default) instead of Triton's ``kernel[grid](...)``: the two paths
                  alternate three times and each is the median of its three.
-    eager_us     median wall time of one call (triton.testing.do_bench): what an eager step pays.
+    eager_us     median wall time of one call (triton.testing.do_bench) on the process's default launch path
+                 (the direct one unless MOSAIC_DIRECT_LAUNCH=0): what an eager step pays.
     graph_us     the call captured once as a CUDA graph and replayed: the GPU time alone.
     eager/graph  issue 21's target: at most 2 for leaky_average at (16,12,512,64).
-    over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd).
+    over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
+                 direct_over_sdpa the same for host_direct_us, the default path's.
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
 (mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
@@ -80,7 +82,7 @@ def stubbed_launches() -> Iterator[None]:
 
 @contextlib.contextmanager
 def launch_path(direct: bool) -> Iterator[None]:
-    """Launch our kernels directly (``direct``) or through Triton's ``kernel[grid]`` (the default) inside
+    """Launch our kernels directly (``direct``, the default) or through Triton's ``kernel[grid]`` inside
     this block (mosaic_kernels._triton_common.DIRECT_LAUNCH)."""
     from mosaic_kernels import _triton_common
 
@@ -208,11 +210,13 @@ def _measure_call(op: str, mode: str, fn: Callable[[], object], device: str, cal
 
 
 def add_over_sdpa(rows: list[dict]) -> None:
-    """Each row's host time over SDPA's in the same mode (``over_sdpa``), where both were measured."""
+    """Each row's host time over SDPA's in the same mode, through Triton's launch (``over_sdpa``) and through
+    the direct launch (``direct_over_sdpa``), where both were measured."""
     sdpa = {r["mode"]: r["host_us"] for r in rows if r["op"] == "sdpa" and "host_us" in r}
     for r in rows:
-        if "host_us" in r and r["mode"] in sdpa:
-            r["over_sdpa"] = r["host_us"] / sdpa[r["mode"]]
+        for mine, ratio in (("host_us", "over_sdpa"), ("host_direct_us", "direct_over_sdpa")):
+            if mine in r and r["mode"] in sdpa:
+                r[ratio] = r[mine] / sdpa[r["mode"]]
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(a.ops, a.shape, getattr(torch, a.dtype), a.device, a.slots, a.dropout, a.calls, a.reps)
     columns = ["op", "mode", "wrapper_us"] + (["host_us", "host_direct_us", "launcher_us", "eager_us",
                                                "graph_us", "eager/graph",
-                                               "over_sdpa"] if a.device == "cuda" else [])
+                                               "over_sdpa", "direct_over_sdpa"] if a.device == "cuda" else [])
     md = (header(command_line("benchmarks.host_cost")) + "\n\n"
           + f"Host cost of one eager call, shape {a.shape}, {a.dtype}, dropout {a.dropout}, P={a.slots}, "
           + f"device {a.device} (microseconds; see the module docstring for each column).\n\n" + table(rows, columns))

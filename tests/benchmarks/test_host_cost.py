@@ -50,6 +50,8 @@ def test_bad_arguments_exit_2(capsys):
 def test_each_op_is_set_against_sdpa_in_its_own_mode():
     rows = [{"op": "sdpa", "mode": "fwd", "host_us": 50.0}, {"op": "sdpa", "mode": "fwd+bwd", "host_us": 100.0},
             {"op": "mosaic_attention", "mode": "fwd", "host_us": 75.0},
-            {"op": "mosaic_attention", "mode": "fwd+bwd", "host_us": 300.0}, {"op": "leaky_average", "mode": "fwd"}]
+            {"op": "mosaic_attention", "mode": "fwd+bwd", "host_us": 300.0, "host_direct_us": 250.0},
+            {"op": "leaky_average", "mode": "fwd"}]
     host_cost.add_over_sdpa(rows)
     assert [r.get("over_sdpa") for r in rows] == [1.0, 1.0, 1.5, 3.0, None]
+    assert [r.get("direct_over_sdpa") for r in rows] == [None, None, None, 2.5, None]
