@@ -28,6 +28,11 @@ place by the call's work: MOSAIC_ATTN_DELTA_IN_KERNEL=0 makes it the own launch,
 ``sdpa`` is the peer: ``F.scaled_dot_product_attention(k, k, v, is_causal=True)`` at the same shape (its best
 backend, no Triton launch, so only host_us and what follows are measured for it; GPU only).
 
+``autograd_floor`` is the least any op of the attention's signature written as a Python ``autograd.Function``
+costs: its forward allocates the output and its backward the two input gradients, nothing else (no kernel,
+no check). Its host_us is the floor under our wrappers' host time that no cut of their own code can go below;
+set against SDPA's (whose autograd is C++) it says what a Python autograd op can reach at all.
+
 The ops run with the model's settings: the scan normalised and scaled by (H,) tensors, the peek-ahead
 value with (H,) mix and scale, the attention on keys that are their own queries (``--dropout`` on its
 weights and on the P-mem slots), the P-mem with ``--slots`` slots and an (H,) output scale.
@@ -53,7 +58,8 @@ import torch
 from mosaic_model.cli.common import require_at_least_one
 
 OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "mosaic_attention_delta_in_kernel", "persistent_memory",
-       "sdpa")
+       "autograd_floor", "sdpa")
+NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -104,6 +110,21 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+class _AllocateOnly(torch.autograd.Function):
+    """``autograd_floor``'s op: (k, v) -> an output of v's shape, and (dk, dv) in the backward, each only
+    allocated (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Allocate the output."""
+        return torch.empty_like(v)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Allocate the two input gradients."""
+        return torch.empty_like(dy), torch.empty_like(dy)
+
+
 def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, slots: int,
                dropout: float) -> dict[str, Callable[[], object]]:
     """{mode: a no-argument call of ``op``}: its inputs built once (requiring grad), the forward alone,
@@ -128,6 +149,9 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     elif op in ("mosaic_attention", "mosaic_attention_delta_in_kernel"):
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
         forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
+    elif op == "autograd_floor":
+        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
+        forward = lambda: _AllocateOnly.apply(*inputs)  # noqa: E731
     elif op == "sdpa":
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
         forward = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
@@ -186,11 +210,11 @@ def _measure_call(op: str, mode: str, fn: Callable[[], object], device: str, cal
     from benchmarks._common import bench_graph_ms, bench_ms
 
     row = {"op": op, "mode": mode}
-    if op != "sdpa":  # no Triton launch to stub
-        with stubbed_launches():
+    if op != "sdpa":  # SDPA's own wrapper is C++: not separable
+        with stubbed_launches():  # (nothing to stub for the floor: its wrapper is all of it)
             row["wrapper_us"] = issue_us(fn, calls, reps)
     if device == "cuda":
-        if op == "sdpa":
+        if op in NO_TRITON:
             row["host_us"] = issue_us(fn, calls, reps)
         else:  # A/B of the launch path, alternated so that the host's drift falls on both alike
             direct, through_triton = [], []
