@@ -194,3 +194,40 @@ def test_gpu_direct_launches_give_triton_paths_results_bitwise(monkeypatch):
     assert len(_triton_common._COMPILED) >= 10  # the direct path was taken (a key per distinct launch)
     for a, b, c in zip(through_triton, first, second):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.gpu
+def test_gpu_direct_launches_inside_a_cuda_graph_replay_the_eager_results(monkeypatch):
+    """`mosaic-train --cuda-graph` captures a step whose launches hit the direct cache (filled by the eager
+    warm-up steps): the captured launches must go to the capture's stream, and a replay on new inputs must
+    give what an eager call gives on them, bitwise."""
+    import mosaic_kernels as mk
+
+    monkeypatch.setattr(_triton_common, "DIRECT_LAUNCH", True)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    B, H, T, D = 2, 3, 300, 64
+    k = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    decay = torch.full((H,), 0.9, device="cuda", requires_grad=True)
+
+    def step():
+        out = mk.mosaic_attention(k * 0.2, v) + mk.leaky_average(k, decay, normalize=True)
+        return (out, *torch.autograd.grad(out.float().square().sum(), (k, v, decay)))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    assert _triton_common._COMPILED  # the capture below launches from the cache
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():  # new inputs in the captured buffers
+        k.copy_(torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g))
+        v.copy_(torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g))
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(captured, step()):
+        assert torch.equal(a, b)
