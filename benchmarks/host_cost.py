@@ -4,9 +4,10 @@ spends running it (issue 21: the scan's forward+backward at (16,12,512,64) issue
 
 For each op at one shape, forward alone and forward+backward (``torch.autograd.grad`` of every input):
 
-    host_us      CPU time to issue one call through Triton's launch: the device is synchronised, ``--calls``
-                 calls are issued back to back, and the clock stops before the next synchronisation. The calls are few enough
-                 that CUDA's launch queue never fills, so the host never waits on the GPU.
+    host_us      CPU time to issue one call (our ops through Triton's launch): the device is synchronised,
+                 ``--calls`` calls are issued back to back, and the clock stops before the next
+                 synchronisation. The calls are few enough that CUDA's launch queue never fills, so the host
+                 never waits on the GPU.
     wrapper_us   the same with every Triton launch stubbed out (the launcher returns at once): our
                  Python, the argument checks, autograd and the tensor allocations alone.
     launcher_us  host_us - wrapper_us: Triton's launcher and the driver.
