@@ -147,16 +147,15 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     elif op == "peek_ahead_value":
         inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
         forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
-    elif op in ("mosaic_attention", "mosaic_attention_delta_in_kernel"):
-        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
-        forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
-    elif op == "autograd_floor":
-        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
-        forward = lambda: _AllocateOnly.apply(*inputs)  # noqa: E731
-    elif op == "sdpa":
-        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))
-        forward = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-            inputs[0], inputs[0], inputs[1], is_causal=True, dropout_p=dropout)
+    elif op in ("mosaic_attention", "mosaic_attention_delta_in_kernel", "autograd_floor", "sdpa"):
+        inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))  # keys (= queries), values
+        if op == "autograd_floor":
+            forward = lambda: _AllocateOnly.apply(*inputs)  # noqa: E731
+        elif op == "sdpa":
+            forward = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+                inputs[0], inputs[0], inputs[1], is_causal=True, dropout_p=dropout)
+        else:
+            forward = lambda: mk.mosaic_attention(inputs[0], inputs[1], dropout_p=dropout)  # noqa: E731
     elif op == "persistent_memory":
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(H, slots, D), tensor(H, slots, D), per_head(1.0))
         forward = lambda: mk.persistent_memory(inputs[0], inputs[1], inputs[2], out_scale=inputs[3],  # noqa: E731
