@@ -76,6 +76,17 @@ def nan_empty(*shape, **kw) -> torch.Tensor:
     return t.fill_(float("nan")) if t.is_floating_point() else t
 
 
+@pytest.fixture(autouse=True)
+def fresh_attention_plans():
+    """Each test starts without the attention's cached call plans (mosaic_kernels.attention._PLANS), so that
+    one that patches the tile choices sees them taken at its first call."""
+    from mosaic_kernels import attention
+
+    attention._PLANS.clear()
+    yield
+    attention._PLANS.clear()
+
+
 @pytest.fixture
 def nan_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test: every

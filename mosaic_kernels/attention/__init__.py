@@ -12,12 +12,39 @@ from .._common import (
     check_philox_counters,
     check_tensor,
     float_tensor_on,
+    interpreter_enabled,
     per_head,
     use_triton,
 )
 from . import reference as _reference
 
 __all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
+
+
+# Eager calls of a signature already checked skip the checks and the host work of planning their launches:
+# signature (see _signature) -> function.AttentionPlan. Only the plain call has one (scale None or a number, an
+# int window and delay, no band table, no adaptive bandwidth), on the Triton path, outside torch.compile (which
+# traces the registered op instead). What a plan's launches depend on beyond the signature is in its key too:
+# function.DELTA_IN_KERNEL and HEAD_GROUP, and whether the interpreter runs the kernels. Tests that patch the
+# tile choices clear it (tests/conftest.py). Cached generation sees a new T at each token: bounded.
+PLANS = True  # False: every call is checked and planned (benchmarks.host_cost's A/B row)
+_PLANS: dict = {}
+_PLANS_MAX = 1024
+_FUNCTION_MODULE: list = []  # [mosaic_kernels.attention.function], set before the first plan is made
+
+
+def _signature(k: object, v: object, scale: object, window: object, delay: object, dropout_p: object,
+               generator: object, heads_last: object) -> tuple | None:
+    """The key of a call in _PLANS: everything the checks and the launches read (each Python argument with its
+    type, so that True and 1 differ; the inputs' shapes, strides, dtypes and devices), or None for a call that
+    has no plan (a tensor scale, window or delay, inputs that are not tensors)."""
+    if not (type(k) is torch.Tensor and type(v) is torch.Tensor and type(delay) is int
+            and (window is None or type(window) is int) and (scale is None or type(scale) in (float, int))):
+        return None
+    function = _FUNCTION_MODULE[0]
+    return (k.shape, k.stride(), k.dtype, k.device, v.shape, v.stride(), v.dtype, v.device, type(scale), scale,
+            window, delay, type(dropout_p), dropout_p, type(generator), bool(heads_last), function.DELTA_IN_KERNEL,
+            function.HEAD_GROUP, k.is_cuda or interpreter_enabled())
 
 
 def _row_scale(scale: torch.Tensor, B: int, H: int, T: int, ref: torch.Tensor) -> torch.Tensor:
@@ -176,6 +203,13 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         ...                         delay=torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]]))
         >>> adaptive = mosaic_attention(k, v, bandwidth=torch.tensor([[1.0] * 4, [0.4] * 4, [0.5] * 4]))
     """
+    plain = (PLANS and band is None and bandwidth is None and unconstrained is False
+             and not torch.compiler.is_compiling())
+    if plain and _PLANS:
+        plan = _PLANS.get(_signature(k, v, scale, window, delay, dropout_p, generator, heads_last))
+        if plan is not None:  # a signature already checked, on the Triton path
+            return plan(k, v, generator)
+    given_scale, given_p = scale, dropout_p  # the signature's, before the checks convert them
     B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
@@ -197,9 +231,19 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         _check_band(window, delay, B, k, H)
     dropout_p = check_dropout(dropout_p, generator)
     if use_triton(k):
-        from .function import mosaic_attention_triton
+        from .function import AttentionPlan, mosaic_attention_triton
 
         check_philox_counters(T, T, dropout_p)
+        if not _FUNCTION_MODULE:
+            from . import function
+
+            _FUNCTION_MODULE.append(function)
+        key = _signature(k, v, given_scale, window, delay, given_p, generator, heads_last) if plain else None
+        if key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            plan = _PLANS[key] = AttentionPlan(k, v, scale, bool(heads_last), dropout_p, window, delay)
+            return plan(k, v, generator)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
                                        generator=generator, window=window, delay=delay, band=band,
                                        bandwidth=bandwidth, unconstrained=unconstrained)

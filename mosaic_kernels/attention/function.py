@@ -172,13 +172,6 @@ def _check_blocks(block_p: int, *loop_blocks: int):
             raise ValueError(f"BLOCK_P ({block_p}) must be a multiple of the loop blocks {loop_blocks}")
 
 
-def _dropout_args(k: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor | None, threshold: int) -> tuple:
-    """The kernels' dropout arguments: (SEED, GROUPS, keep_scale), where SEED is any tensor when there is
-    no dropout (never read), and the compile-time {DROPOUT, THRESHOLD}."""
-    args = (scale_t if threshold == 0 else seed, philox_groups(k.shape[2]), keep_scale(threshold))
-    return args, dict(DROPOUT=threshold > 0, THRESHOLD=threshold)
-
-
 def _band_args(k: torch.Tensor, scale_t: torch.Tensor, window: int | None, delay: int,
                delays: torch.Tensor | None, adaptive: int = 0) -> tuple[torch.Tensor, tuple, tuple, dict]:
     """The kernels' band and scale arguments: (DELAYS pointer, the scale's (b, h, t) strides,
@@ -228,10 +221,28 @@ def kernel_band(window: int | torch.Tensor | None, delay: int | torch.Tensor, ba
     return -1 if window is None else int(window), 0 if delays is not None else int(delay), delays
 
 
+def _forward_launch(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, scale_t: torch.Tensor, cfg: dict,
+                    threshold: int, window: int | None, delay: int, delays: torch.Tensor | None,
+                    adaptive: int) -> tuple[tuple, tuple, dict]:
+    """The forward's launch for these inputs' shapes, strides and dtype and the output ``y``'s layout (only
+    those are read): (grid, the arguments after its eight tensors, the keyword arguments), with the tile config
+    ``cfg``. A pure function of what it reads, so an eager call of a known signature reuses it (:class:`AttentionPlan`)."""
+    B, H, T, D = k.shape
+    cfg = dict(cfg)
+    grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
+    head_group = _head_group(cfg, B * H)
+    _, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
+    args = (*k.stride(), *v.stride(), *y.stride()[:3], *sc_strides, H, T, D, philox_groups(T), keep_scale(threshold),
+            *band, head_group)
+    return grid, args, dict(BLOCK_D=_block_d(D), PRECISION=_precision(k.dtype), DROPOUT=threshold > 0,
+                            THRESHOLD=threshold, **meta, **cfg)
+
+
 def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, fwd_config: dict | None = None,
                       heads_last: bool = False, seed: torch.Tensor | None = None, threshold: int = 0,
                       window: int | None = None, delay: int = 1, delays: torch.Tensor | None = None,
-                      adaptive: int = 0, row_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      adaptive: int = 0, row_scales: torch.Tensor | None = None,
+                      launch_plan: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward; returns (y, lse), y heads-last or contiguous (_common.empty_heads).
     ``fwd_config`` overrides the tile choice (tuning). Dropout: ``threshold`` > 0
     (:func:`_triton_common.dropout_threshold`) with ``seed``, an int64 tensor of one element.
@@ -239,75 +250,89 @@ def attention_forward(k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, f
     the adaptive bandwidth (:func:`_band_args`), whose per-row scales are written to ``row_scales``, a (B, H, T)
     float32 tensor (allocated and dropped when None), for :func:`attention_backward`. Band: keys t - window ..
     t - delay, ``delays`` an int32 (B,) tensor of per-batch delays or the (B, H, 2) band table (then ``delay`` is
-    not read)."""
+    not read). ``launch_plan``: what :func:`_forward_launch` returned for the same arguments (a cached plan)."""
     B, H, T, D = k.shape
-    cfg = dict(fwd_config or _fwd_config(T, D, window, dtype=k.dtype))
     y = empty_heads(_empty, k.shape, heads_last=heads_last, device=k.device, dtype=v.dtype)
     lse = _empty((B, H, T), device=k.device, dtype=torch.float32)
     if adaptive and row_scales is None:
         row_scales = _empty((B, H, T), device=k.device, dtype=torch.float32)
-    grid = (B * H, cdiv(T, cfg["BLOCK_M"]))
-    head_group = _head_group(cfg, B * H)
-    (seed_t, groups, kscale), drop = _dropout_args(k, scale_t, seed, threshold)
-    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays, adaptive)
-    launch(_attn_fwd_kernel, grid,
-        k, v, y, lse, row_scales if adaptive else lse, scale_t, seed_t, delays_t, *k.stride(), *v.stride(),
-        *y.stride()[:3], *sc_strides, H, T, D, groups, kscale, *band, head_group, BLOCK_D=_block_d(D),
-        PRECISION=_precision(k.dtype), **drop, **meta, **cfg)
+    grid, args, meta = launch_plan or _forward_launch(
+        k, v, y, scale_t, fwd_config or _fwd_config(T, D, window, dtype=k.dtype), threshold, window, delay, delays,
+        adaptive)
+    # Without dropout the seed pointer is never read, nor DELAYS without delays: any tensor stands in.
+    launch(_attn_fwd_kernel, grid, k, v, y, lse, row_scales if adaptive else lse, scale_t,
+           scale_t if threshold == 0 else seed, delays if delays is not None else scale_t, *args, **meta)
     return y, lse
 
 
-def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
-                       dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
-                       threshold: int = 0, window: int | None = None, delay: int = 1,
-                       delays: torch.Tensor | None = None) -> tuple:
-    """Launch the backward; returns (dk, dv, d(scale) terms): per-program partials of shape (B, H, n_blocks)
-    for a per-head scale, the per-row gradient (B, H, T) for a per-row one (for the adaptive bandwidth, the
-    ``row_scales`` its forward wrote). ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as
-    :func:`_bwd_config` returns. ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated
-    here; the band as in the forward."""
+def _backward_launch(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, scale_t: torch.Tensor, cfg: dict,
+                     threshold: int, window: int | None, delay: int, delays: torch.Tensor | None) -> dict:
+    """The backward's plan for these inputs' shapes, strides and dtype (only those are read): the row term's
+    place, the one or two kernels' grids, settings and arguments but the gradient dy's strides, from the plan
+    and tiles ``cfg`` (:func:`_bwd_config`). A pure function of what it reads, as :func:`_forward_launch`."""
     B, H, T, D = k.shape
-    cfg = dict(bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3,
-                                        dtype=k.dtype))
+    cfg = dict(cfg)
     if "key" in cfg:
         _check_blocks(cfg["key"]["BLOCK_P"], cfg["key"]["BLOCK_Q"])
         _check_blocks(cfg["query"]["BLOCK_P"], cfg["query"]["BLOCK_K"])
     else:
         _check_blocks(cfg["BLOCK_P"], cfg["BLOCK_Q"], cfg["BLOCK_K"])
     bd = _block_d(D)
-    common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype))
-    (seed_t, *drop_args), drop = _dropout_args(k, scale_t, seed, threshold)
-    delays_t, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
-    common.update(drop, **meta)
-    strides = (*k.stride(), *v.stride(), *dy.stride(), *sc_strides)
-    drop_args = (*drop_args, *band)
+    _, sc_strides, band, meta = _band_args(k, scale_t, window, delay, delays)
     in_kernel = delta_in_kernel(B, H, T, D, k.dtype, window)
-    common["DELTA_FROM_Y"] = in_kernel
-    y_args = (y, *y.stride())
-    # With the delta in the kernels, DELTA is a placeholder pointer they never read (lse: any float32 tensor).
-    delta = lse if in_kernel else row_delta(y, dy, 16 if interpreter_enabled() else 64, bd, _empty)
-    dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
-    dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
-    row_scale = meta["ROW_SCALE"]
+    common = dict(BLOCK_D=bd, PRECISION=_precision(k.dtype), DROPOUT=threshold > 0, THRESHOLD=threshold, **meta,
+                  DELTA_FROM_Y=in_kernel)
+    plan = dict(kv_strides=(*k.stride(), *v.stride()), sc_strides=sc_strides, y_strides=y.stride(),
+                tail=(H, T, D, philox_groups(T), keep_scale(threshold), *band), in_kernel=in_kernel, block_d=bd,
+                delta_block=16 if interpreter_enabled() else 64, row_scale=meta["ROW_SCALE"])
     if "key" not in cfg:
         cfg.pop("HEAD_GROUP", None)  # the one-kernel backward (short rows) keeps its plain (blocks, B*H) order
         n_blocks = cdiv(T, cfg["BLOCK_P"])
-        part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
-        launch(_attn_bwd_kernel, (n_blocks, B * H),
-            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, H, T, D, *drop_args, *y_args,
-            **common, **cfg)
-        return dk, dv, part
+        plan.update(n_blocks=n_blocks, grid=(n_blocks, B * H), meta={**common, **cfg})
+        return plan
     key, query = dict(cfg["key"]), dict(cfg["query"])
     key_group, query_group = _head_group(key, B * H), _head_group(query, B * H)
-    dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
-    launch(_attn_bwd_key_kernel, (B * H, cdiv(T, key["BLOCK_P"])),
-        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, H, T, D, *drop_args, key_group,
-        *y_args, **common, **key)
     n_blocks = cdiv(T, query["BLOCK_P"])
-    part = _empty((B, H, T if row_scale else n_blocks), device=k.device, dtype=torch.float32)
-    launch(_attn_bwd_query_kernel, (B * H, n_blocks),
-        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, H, T, D, *drop_args, query_group,
-        *y_args, **common, **query)
+    plan.update(n_blocks=n_blocks, key=((B * H, cdiv(T, key["BLOCK_P"])), key_group, {**common, **key}),
+                query=((B * H, n_blocks), query_group, {**common, **query}))
+    return plan
+
+
+def attention_backward(k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, scale_t: torch.Tensor,
+                       dy: torch.Tensor, bwd_config: dict | None = None, seed: torch.Tensor | None = None,
+                       threshold: int = 0, window: int | None = None, delay: int = 1,
+                       delays: torch.Tensor | None = None, launch_plan: dict | None = None) -> tuple:
+    """Launch the backward; returns (dk, dv, d(scale) terms): per-program partials of shape (B, H, n_blocks)
+    for a per-head scale, the per-row gradient (B, H, T) for a per-row one (for the adaptive bandwidth, the
+    ``row_scales`` its forward wrote). ``bwd_config`` overrides the plan and tiles (tuning, tests): a dict as
+    :func:`_bwd_config` returns. ``seed`` and ``threshold``: the forward's dropout, whose mask is regenerated
+    here; the band as in the forward. ``launch_plan``: what :func:`_backward_launch` returned for the same
+    arguments (a cached plan)."""
+    B, H, T, D = k.shape
+    p = launch_plan or _backward_launch(
+        k, v, y, scale_t, bwd_config or _bwd_config(T, D, window, band_table=delays is not None and delays.dim() == 3,
+                                                    dtype=k.dtype), threshold, window, delay, delays)
+    seed_t = scale_t if threshold == 0 else seed  # never read without dropout
+    delays_t = delays if delays is not None else scale_t
+    strides = (*p["kv_strides"], *dy.stride(), *p["sc_strides"])
+    y_args = (y, *p["y_strides"])
+    # With the delta in the kernels, DELTA is a placeholder pointer they never read (lse: any float32 tensor).
+    delta = lse if p["in_kernel"] else row_delta(y, dy, p["delta_block"], p["block_d"], _empty)
+    dk = _empty((B, H, T, D), device=k.device, dtype=k.dtype)
+    dv = _empty((B, H, T, D), device=k.device, dtype=v.dtype)
+    part = _empty((B, H, T if p["row_scale"] else p["n_blocks"]), device=k.device, dtype=torch.float32)
+    if "key" not in p:
+        launch(_attn_bwd_kernel, p["grid"],
+            k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk, dv, part, *strides, *p["tail"], *y_args, **p["meta"])
+        return dk, dv, part
+    (key_grid, key_group, key_meta), (query_grid, query_group, query_meta) = p["key"], p["query"]
+    dk_key = _empty((B, H, T, D), device=k.device, dtype=torch.float32)
+    launch(_attn_bwd_key_kernel, key_grid,
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dv, dk_key, *strides, *p["tail"], key_group, *y_args,
+        **key_meta)
+    launch(_attn_bwd_query_kernel, query_grid,
+        k, v, dy, lse, delta, scale_t, seed_t, delays_t, dk_key, dk, part, *strides, *p["tail"], query_group, *y_args,
+        **query_meta)
     return dk, dv, part
 
 
@@ -399,6 +424,58 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
     B, H, T, _ = k.shape
     return ATTENTION.apply(k, v, scale_f, bool(heads_last), seed, threshold,
                            *kernel_band(window, delay, band, B, H, T, k.device), adaptive)
+
+
+class AttentionPlan:
+    """An eager call's host work done once per call signature: the plain call (``scale`` None or a number, an
+    int window and delay or none, no band table or adaptive bandwidth) with inputs of one shape, strides, dtype
+    and device. It holds the forward's and the backward's launch plans (:func:`_forward_launch`,
+    :func:`_backward_launch`), built by the same functions as every other call's and from the same tile choices,
+    so its launches are those :func:`mosaic_attention_triton` would make; and :meth:`__call__` runs them through
+    :class:`_PlannedAttention`, a leaner autograd node than the registered op's (two tensor inputs, five saved
+    tensors, no scale gradient to allocate). mosaic_kernels.mosaic_attention keeps one per signature it has
+    checked (issue 38: an eager call's host time)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, scale: float | None, heads_last: bool, dropout_p: float,
+                 window: int | None, delay: int):
+        B, H, T, D = k.shape
+        self.heads_last, self.scale, self.threshold = heads_last, scale, dropout_threshold(dropout_p)
+        window_arg = None if window is None else window
+        self.window, self.delay = window_arg, delay
+        scale_t = torch.empty(H, device="meta", dtype=torch.float32)  # only its shape and strides are read
+        y = empty_heads(torch.empty, k.shape, heads_last=heads_last, device="meta", dtype=v.dtype)
+        self.fwd = _forward_launch(k, v, y, scale_t, _fwd_config(T, D, window_arg, dtype=k.dtype), self.threshold,
+                                   window_arg, delay, None, 0)
+        self.bwd = _backward_launch(k, v, y, scale_t, _bwd_config(T, D, window_arg, dtype=k.dtype), self.threshold,
+                                    window_arg, delay, None)
+
+    def __call__(self, k: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The attention of (k, v) with the autograd node of :class:`_PlannedAttention`; a fresh dropout seed per
+        call, drawn as :func:`mosaic_attention_triton` draws it."""
+        scale_t = per_head_tensor(self.scale, k.shape[1], k, 1.0)
+        seed = draw_seed(generator, k.device) if self.threshold > 0 else scale_t  # never read without dropout
+        return _PlannedAttention.apply(k, v, scale_t, seed, self)
+
+
+class _PlannedAttention(torch.autograd.Function):
+    """The autograd node of :class:`AttentionPlan`'s calls: the forward and backward launches of its plans."""
+
+    @staticmethod
+    def forward(ctx, k: torch.Tensor, v: torch.Tensor, scale_t: torch.Tensor, seed: torch.Tensor,
+                plan: AttentionPlan) -> torch.Tensor:
+        y, lse = attention_forward(k, v, scale_t, heads_last=plan.heads_last, seed=seed, threshold=plan.threshold,
+                                   window=plan.window, delay=plan.delay, launch_plan=plan.fwd)
+        ctx.save_for_backward(k, v, y, lse, scale_t, seed)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple:
+        k, v, y, lse, scale_t, seed = ctx.saved_tensors
+        plan = ctx.plan
+        dk, dv, _ = attention_backward(k, v, y, lse, scale_t, dy, seed=seed, threshold=plan.threshold,
+                                       window=plan.window, delay=plan.delay, launch_plan=plan.bwd)
+        return dk, dv, None, None, None
 
 
 # --------------------------------------------------------------------------- row_bandwidth
