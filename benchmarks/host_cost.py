@@ -21,8 +21,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
-``mosaic_attention_unplanned`` is the attention without its cached call plans (mosaic_kernels.attention.PLANS
-off): every call checked and its launches planned again, as before 2026-12-07, for an A/B in one process.
+``mosaic_attention_planned`` is the attention with its cached call plans (mosaic_kernels.attention.PLANS on;
+MOSAIC_ATTN_PLANS=1 sets it for a process): a call of a signature already checked skips the checks and the
+planning of its launches; beside ``mosaic_attention``, the default path (off until they pass on a GPU), an A/B in
+one process.
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
 (mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
@@ -61,7 +63,7 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "mosaic_attention_unplanned",
+OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "mosaic_attention_planned",
        "mosaic_attention_delta_in_kernel", "persistent_memory",
        "autograd_floor", "sdpa")
 NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
@@ -112,12 +114,12 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
         from benchmarks._common import delta_in_kernel
 
         return delta_in_kernel()
-    if op == "mosaic_attention_unplanned":
+    if op == "mosaic_attention_planned":
         from unittest import mock
 
         import mosaic_kernels.attention
 
-        return mock.patch.object(mosaic_kernels.attention, "PLANS", False)
+        return mock.patch.object(mosaic_kernels.attention, "PLANS", True)
     return contextlib.nullcontext()
 
 
@@ -157,7 +159,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     elif op == "peek_ahead_value":
         inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
         forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
-    elif op in ("mosaic_attention", "mosaic_attention_unplanned", "mosaic_attention_delta_in_kernel", "autograd_floor",
+    elif op in ("mosaic_attention", "mosaic_attention_planned", "mosaic_attention_delta_in_kernel", "autograd_floor",
                 "sdpa"):
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))  # keys (= queries), values
         if op == "autograd_floor":

@@ -1,6 +1,8 @@
 """Strictly causal Gaussian-kernel attention whose keys are also its queries."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._common import (
@@ -27,7 +29,13 @@ __all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
 # traces the registered op instead). What a plan's launches depend on beyond the signature is in its key too:
 # function.DELTA_IN_KERNEL and HEAD_GROUP, and whether the interpreter runs the kernels. Tests that patch the
 # tile choices clear it (tests/conftest.py). Cached generation sees a new T at each token: bounded.
-PLANS = True  # False: every call is checked and planned (benchmarks.host_cost's A/B row)
+# MOSAIC_ATTN_PLANS=1 turns the plans on. Off by default until their GPU tests and every attention test through
+# them have passed on a GPU (benchmarks/gpu_check.sh plans), as the direct launch was; on the CPU they passed
+# (2026-12-07, tests/kernels/test_attention_plans.py). benchmarks.host_cost's rows set PLANS for an A/B.
+_plans_env = os.environ.get("MOSAIC_ATTN_PLANS", "0")
+if _plans_env not in ("0", "1"):
+    raise ValueError(f"MOSAIC_ATTN_PLANS must be 0 or 1, got {_plans_env!r}")
+PLANS = _plans_env == "1"
 _PLANS: dict = {}
 _PLANS_MAX = 1024
 _FUNCTION_MODULE: list = []  # [mosaic_kernels.attention.function], set before the first plan is made

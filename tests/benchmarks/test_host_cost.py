@@ -55,3 +55,14 @@ def test_each_op_is_set_against_sdpa_in_its_own_mode():
     host_cost.add_over_sdpa(rows)
     assert [r.get("over_sdpa") for r in rows] == [1.0, 1.0, 1.5, 3.0, None]
     assert [r.get("direct_over_sdpa") for r in rows] == [None, None, None, 2.5, None]
+
+
+def test_the_planned_row_measures_the_plans():
+    """host_cost's mosaic_attention_planned row runs with the attention's plans on, and leaves the default as it
+    found it."""
+    import mosaic_kernels.attention as attention
+
+    default = attention.PLANS
+    with host_cost.op_setting("mosaic_attention_planned"):
+        assert attention.PLANS is True
+    assert attention.PLANS is default

@@ -1,6 +1,7 @@
 """mosaic_attention's cached call plans (mosaic_kernels.attention._PLANS): an eager call of a signature already
 checked skips the checks and the planning of its launches and runs through function.AttentionPlan. These tests
-hold it to the uncached path: the same bits, the same errors, a new plan wherever a launch would change."""
+hold it to the uncached path: the same bits, the same errors, a new plan wherever a launch would change; and
+the switch that turns it on (MOSAIC_ATTN_PLANS)."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,12 @@ import torch
 import mosaic_kernels.attention as attention
 from mosaic_kernels import mosaic_attention
 from tests.conftest import kernel_devices
+
+
+@pytest.fixture(autouse=True)
+def plans_on(monkeypatch):
+    """The plans on (MOSAIC_ATTN_PLANS=1), whatever the default."""
+    monkeypatch.setattr(attention, "PLANS", True)
 
 CALLS = [
     dict(),
@@ -113,3 +120,20 @@ def test_a_cached_signature_still_raises_on_bad_arguments(device):
         mosaic_attention(k, v[:, :, :5])
     with pytest.raises(ValueError, match="dtype"):
         mosaic_attention(k, v.double())
+
+
+@pytest.mark.parametrize("value, expected", [("0", "False"), ("1", "True"), ("yes", "ValueError")])
+def test_plans_setting_from_the_environment(value, expected):
+    """MOSAIC_ATTN_PLANS: 1 turns the plans on, 0 (the default) off, anything else is an error at import naming the
+    variable (a fresh interpreter: the package reads it once)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import mosaic_kernels.attention as a; print(a.PLANS)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "MOSAIC_ATTN_PLANS": value})
+    if expected == "ValueError":
+        assert run.returncode != 0 and "MOSAIC_ATTN_PLANS must be 0 or 1" in run.stderr
+    else:
+        assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr
