@@ -67,6 +67,22 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+def test_compile_with_the_attention_plans_on(device, monkeypatch):
+    """With the attention's cached call plans on (MOSAIC_ATTN_PLANS=1), a compiled function still traces the
+    registered op (no graph break: the plans are eager only) and equals the eager calls, which run through them."""
+    import mosaic_kernels.attention as attention
+
+    monkeypatch.setattr(attention, "PLANS", True)
+    torch._dynamo.reset()
+    x, _, _ = _pair(device)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    params = [torch.tensor([0.1, -0.3, 2.0], device=device), torch.tensor([0.0, 0.5, -0.5], device=device)]
+    compiled = torch.compile(_block, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    _assert_block_matches_eager(compiled, x, v, params, True)
+    assert attention._PLANS  # the eager calls made a plan
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 def test_compile_dynamic_sequence_length(device):
     """Compiled with symbolic shapes (the ops' fake implementations see a symbolic T): three
     sequence lengths through one compiled function, each equal to eager."""
