@@ -114,6 +114,33 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
+@needs_interpreter
+def test_attention_plans_give_the_same_training_step(monkeypatch):
+    """A fused model's training step (attention dropout on, two steps so that the second call of each layer's
+    attention runs through its cached plan) gives the same loss and gradients bitwise with the attention's call
+    plans on (MOSAIC_ATTN_PLANS=1) and off: the same launches, the same dropout seeds from the global generator."""
+    import mosaic_kernels.attention as attention
+
+    idx = torch.randint(0, 20, (2, 21), generator=torch.Generator().manual_seed(4))
+    runs = []
+    for plans in (False, True):
+        monkeypatch.setattr(attention, "PLANS", plans)
+        attention._PLANS.clear()
+        torch.manual_seed(2)
+        m = tiny_mosaic(kernels="fused", attn_dropout=0.2)
+        steps = []
+        for _ in range(2):
+            m.zero_grad()
+            _, loss = m(idx, idx)
+            loss.backward()
+            steps.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+        runs.append(steps)
+        assert bool(attention._PLANS) == plans
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(*runs):
+        assert torch.equal(loss_a, loss_b)
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
 @pytest.mark.parametrize("pmem_kernel, fused_backend", [("sdpa", "sdpa"), ("triton", "triton")])
 def test_set_kernels_switches_the_persistent_memory_too(pmem_kernel, fused_backend):
     # The P-mem backend once was fixed when the block was built, so set_kernels("reference") left the
