@@ -429,12 +429,12 @@ def mosaic_attention_triton(k: torch.Tensor, v: torch.Tensor, scale: float | tor
 class AttentionPlan:
     """An eager call's host work done once per call signature: the plain call (``scale`` None or a number, an
     int window and delay or none, no band table or adaptive bandwidth) with inputs of one shape, strides, dtype
-    and device. It holds the forward's and the backward's launch plans (:func:`_forward_launch`,
-    :func:`_backward_launch`), built by the same functions as every other call's and from the same tile choices,
-    so its launches are those :func:`mosaic_attention_triton` would make; and :meth:`__call__` runs them through
-    :class:`_PlannedAttention`, a leaner autograd node than the registered op's (two tensor inputs, five saved
-    tensors, no scale gradient to allocate). mosaic_kernels.mosaic_attention keeps one per signature it has
-    checked (issue 38: an eager call's host time)."""
+    and device. It holds the forward's launch plan (:func:`_forward_launch`) and, from the first backward on, the
+    backward's (:func:`_backward_launch`), built by the same functions as every other call's and from the same tile
+    choices, so its launches are those :func:`mosaic_attention_triton` would make; :meth:`__call__` runs them
+    through :class:`_PlannedAttention`, a leaner autograd node than the registered op's (five inputs and six saved
+    tensors against ten and eight, no scale gradient to allocate). mosaic_kernels.mosaic_attention keeps one per
+    signature it has checked (issue 38: an eager call's host time)."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, scale: float | None, heads_last: bool, dropout_p: float,
                  window: int | None, delay: int):
@@ -446,8 +446,16 @@ class AttentionPlan:
         y = empty_heads(torch.empty, k.shape, heads_last=heads_last, device="meta", dtype=v.dtype)
         self.fwd = _forward_launch(k, v, y, scale_t, _fwd_config(T, D, window_arg, dtype=k.dtype), self.threshold,
                                    window_arg, delay, None, 0)
-        self.bwd = _backward_launch(k, v, y, scale_t, _bwd_config(T, D, window_arg, dtype=k.dtype), self.threshold,
-                                    window_arg, delay, None)
+        self.bwd: dict | None = None  # made by the first backward (an inference call never needs it)
+
+    def backward_plan(self, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, scale_t: torch.Tensor) -> dict:
+        """The backward's launch plan, made at the first backward from its saved tensors (the signature's k and
+        v, the y this plan's forward allocated)."""
+        if self.bwd is None:
+            T, D = k.shape[2:]
+            self.bwd = _backward_launch(k, v, y, scale_t, _bwd_config(T, D, self.window, dtype=k.dtype),
+                                        self.threshold, self.window, self.delay, None)
+        return self.bwd
 
     def __call__(self, k: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The attention of (k, v) with the autograd node of :class:`_PlannedAttention`; a fresh dropout seed per
@@ -474,7 +482,8 @@ class _PlannedAttention(torch.autograd.Function):
         k, v, y, lse, scale_t, seed = ctx.saved_tensors
         plan = ctx.plan
         dk, dv, _ = attention_backward(k, v, y, lse, scale_t, dy, seed=seed, threshold=plan.threshold,
-                                       window=plan.window, delay=plan.delay, launch_plan=plan.bwd)
+                                       window=plan.window, delay=plan.delay,
+                                       launch_plan=plan.backward_plan(k, v, y, scale_t))
         return dk, dv, None, None, None
 
 
