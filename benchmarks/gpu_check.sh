@@ -8,10 +8,10 @@
 #   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=0 (Triton's launch)
-#   plans      the attention's cached call plans (MOSAIC_ATTN_PLANS=1; off by default until this passes): their
+#   plans      the attention's cached call plans (MOSAIC_PLANS=1; off by default until this passes): their
 #              tests, then the attention, launch, compile and CUDA-graph training tests with them on; host_cost's mosaic_attention_planned beside
 #              mosaic_attention, the floor and SDPA, twice
-#   plans-step the 12-layer eager step at T=512 with MOSAIC_ATTN_PLANS=1 and 0, alternated ROUNDS (3) times
+#   plans-step the 12-layer eager step at T=512 with MOSAIC_PLANS=1 and 0, alternated ROUNDS (3) times
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
 #              only for small 16-bit calls): the attention tests with it on at every shape, eager fwd+bwd at issue
 #              38's three small shapes against SDPA with it off (MOSAIC_ATTN_DELTA_IN_KERNEL=0) and on in one
@@ -118,7 +118,7 @@ for PART in "${@:-all}"; do
       # (32,12,512,64) bf16 calls) against its own launch.
       step_ab MOSAIC_ATTN_DELTA_IN_KERNEL auto 0 ;;
     plans)
-      MOSAIC_ATTN_PLANS=1 TEST_SECONDS=${TEST_SECONDS:-300} gpu_tests gpu_tests_plans.txt tests/kernels/test_attention_plans.py \
+      MOSAIC_PLANS=1 TEST_SECONDS=${TEST_SECONDS:-300} gpu_tests gpu_tests_plans.txt tests/kernels/test_attention_plans.py \
         tests/kernels/test_attention.py tests/kernels/test_launch.py tests/kernels/test_compile.py tests/model/test_cuda_graph.py \
         --cuda-only
       for round in 1 2; do
@@ -126,7 +126,7 @@ for PART in "${@:-all}"; do
           --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1; tail -n 10 "$OUT/host_cost_plans_r$round.md"
       done ;;
     plans-step)
-      step_ab MOSAIC_ATTN_PLANS 1 0 ;;
+      step_ab MOSAIC_PLANS 1 0 ;;
     launch-step)
       # The same step with the direct launch (the default) and with Triton's own launch.
       step_ab MOSAIC_DIRECT_LAUNCH 1 0 ;;

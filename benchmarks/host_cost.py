@@ -21,8 +21,8 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
-``mosaic_attention_planned`` is the attention with its cached call plans (mosaic_kernels.attention.PLANS on;
-MOSAIC_ATTN_PLANS=1 sets it for a process): a call of a signature already checked skips the checks and the
+``mosaic_attention_planned`` is the attention with its cached call plans (mosaic_kernels._common.CALL_PLANS on;
+MOSAIC_PLANS=1 sets it for a process): a call of a signature already checked skips the checks and the
 planning of its launches; beside ``mosaic_attention``, the default path (off until they pass on a GPU), an A/B in
 one process.
 
@@ -117,9 +117,9 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
     if op == "mosaic_attention_planned":
         from unittest import mock
 
-        import mosaic_kernels.attention
+        from mosaic_kernels import _common
 
-        return mock.patch.object(mosaic_kernels.attention, "PLANS", True)
+        return mock.patch.object(_common, "CALL_PLANS", True)
     return contextlib.nullcontext()
 
 

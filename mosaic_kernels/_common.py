@@ -76,6 +76,36 @@ def exact_under_autocast(reference: Callable) -> Callable:
     return wrapped
 
 
+# Cached call plans (issue 38: the host time of an eager call). An op called again with a signature it has already
+# checked (its tensors' shapes, strides, dtypes and devices and its other arguments' types and values: see
+# call_signature) skips its checks and the planning of its launches, which a plan made once with the same functions
+# every call uses, and runs through a leaner autograd node: the same launches, the same bits. The attention and the
+# key scan have them (their packages' _PLANS). MOSAIC_PLANS=1 turns them on; off by default until their GPU tests
+# have passed (benchmarks/gpu_check.sh plans), as the direct launch was; on the CPU they pass (2026-12-07).
+_plans_env = os.environ.get("MOSAIC_PLANS", "0")
+if _plans_env not in ("0", "1"):
+    raise ValueError(f"MOSAIC_PLANS must be 0 or 1, got {_plans_env!r}")
+CALL_PLANS = _plans_env == "1"
+CALL_PLANS_MAX = 1024  # plans kept per op (cached generation sees a new T at each token): cleared past it
+_NO_PLAN = object()
+
+
+def call_signature(*args: object) -> tuple | None:
+    """The key of a call among an op's plans: each tensor by its shape, strides, dtype and device (a plain tensor
+    or a Parameter), each None, bool, int or float by its type and value (so that True and 1 differ); None when an
+    argument is anything else (a tensor subclass, a list...), which gets no plan."""
+    key = []
+    for a in args:
+        kind = type(a)
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            key.append((a.shape, a.stride(), a.dtype, a.device))
+        elif a is None or kind in (bool, int, float):
+            key.append((kind, a))
+        else:
+            return None
+    return tuple(key)
+
+
 def check_tensor(name: str, t: object, *, ndim: int | None = None) -> None:
     """Raise ValueError unless ``t`` is a floating tensor of a supported dtype and rank."""
     if not isinstance(t, torch.Tensor):

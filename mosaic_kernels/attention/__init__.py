@@ -1,10 +1,9 @@
 """Strictly causal Gaussian-kernel attention whose keys are also its queries."""
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .. import _common
 from .._common import (
     MAX_HEAD_DIM,
     as_heads_last,
@@ -23,21 +22,14 @@ from . import reference as _reference
 __all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
 
 
-# Eager calls of a signature already checked skip the checks and the host work of planning their launches:
+# The attention's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): eager calls of a
+# signature already checked skip the checks and the host work of planning their launches:
 # signature (see _signature) -> function.AttentionPlan. Only the plain call has one (scale None or a number, an
 # int window and delay, no band table, no adaptive bandwidth), on the Triton path, outside torch.compile (which
 # traces the registered op instead). What a plan's launches depend on beyond the signature is in its key too:
 # function.DELTA_IN_KERNEL and HEAD_GROUP, and whether the interpreter runs the kernels. Tests that patch the
 # tile choices clear it (tests/conftest.py). Cached generation sees a new T at each token: bounded.
-# MOSAIC_ATTN_PLANS=1 turns the plans on. Off by default until their GPU tests and every attention test through
-# them have passed on a GPU (benchmarks/gpu_check.sh plans), as the direct launch was; on the CPU they passed
-# (2026-12-07, tests/kernels/test_attention_plans.py). benchmarks.host_cost's rows set PLANS for an A/B.
-_plans_env = os.environ.get("MOSAIC_ATTN_PLANS", "0")
-if _plans_env not in ("0", "1"):
-    raise ValueError(f"MOSAIC_ATTN_PLANS must be 0 or 1, got {_plans_env!r}")
-PLANS = _plans_env == "1"
 _PLANS: dict = {}
-_PLANS_MAX = 1024
 _FUNCTION_MODULE: list = []  # [mosaic_kernels.attention.function], set before the first plan is made
 
 
@@ -211,7 +203,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         ...                         delay=torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]]))
         >>> adaptive = mosaic_attention(k, v, bandwidth=torch.tensor([[1.0] * 4, [0.4] * 4, [0.5] * 4]))
     """
-    plain = (PLANS and band is None and bandwidth is None and unconstrained is False
+    plain = (_common.CALL_PLANS and band is None and bandwidth is None and unconstrained is False
              and not torch.compiler.is_compiling())
     if plain and _PLANS:
         plan = _PLANS.get(_signature(k, v, scale, window, delay, dropout_p, generator, heads_last))
@@ -248,7 +240,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             _FUNCTION_MODULE.append(function)
         key = _signature(k, v, given_scale, window, delay, given_p, generator, heads_last) if plain else None
         if key is not None:
-            if len(_PLANS) >= _PLANS_MAX:
+            if len(_PLANS) >= _common.CALL_PLANS_MAX:
                 _PLANS.clear()
             plan = _PLANS[key] = AttentionPlan(k, v, scale, bool(heads_last), dropout_p, window, delay)
             return plan(k, v, generator)

@@ -60,9 +60,9 @@ def test_each_op_is_set_against_sdpa_in_its_own_mode():
 def test_the_planned_row_measures_the_plans():
     """host_cost's mosaic_attention_planned row runs with the attention's plans on, and leaves the default as it
     found it."""
-    import mosaic_kernels.attention as attention
+    from mosaic_kernels import _common
 
-    default = attention.PLANS
+    default = _common.CALL_PLANS
     with host_cost.op_setting("mosaic_attention_planned"):
-        assert attention.PLANS is True
-    assert attention.PLANS is default
+        assert _common.CALL_PLANS is True
+    assert _common.CALL_PLANS is default

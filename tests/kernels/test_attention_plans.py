@@ -1,21 +1,21 @@
 """mosaic_attention's cached call plans (mosaic_kernels.attention._PLANS): an eager call of a signature already
 checked skips the checks and the planning of its launches and runs through function.AttentionPlan. These tests
 hold it to the uncached path: the same bits, the same errors, a new plan wherever a launch would change; and
-the switch that turns it on (MOSAIC_ATTN_PLANS)."""
+the switch that turns the plans on (MOSAIC_PLANS)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import mosaic_kernels.attention as attention
-from mosaic_kernels import mosaic_attention
+from mosaic_kernels import _common, mosaic_attention
 from tests.conftest import kernel_devices
 
 
 @pytest.fixture(autouse=True)
 def plans_on(monkeypatch):
-    """The plans on (MOSAIC_ATTN_PLANS=1), whatever the default."""
-    monkeypatch.setattr(attention, "PLANS", True)
+    """The plans on (MOSAIC_PLANS=1), whatever the default."""
+    monkeypatch.setattr(_common, "CALL_PLANS", True)
 
 CALLS = [
     dict(),
@@ -124,16 +124,16 @@ def test_a_cached_signature_still_raises_on_bad_arguments(device):
 
 @pytest.mark.parametrize("value, expected", [("0", "False"), ("1", "True"), ("yes", "ValueError")])
 def test_plans_setting_from_the_environment(value, expected):
-    """MOSAIC_ATTN_PLANS: 1 turns the plans on, 0 (the default) off, anything else is an error at import naming the
+    """MOSAIC_PLANS: 1 turns the plans on, 0 (the default) off, anything else is an error at import naming the
     variable (a fresh interpreter: the package reads it once)."""
     import os
     import subprocess
     import sys
 
-    code = "import mosaic_kernels.attention as a; print(a.PLANS)"
+    code = "import mosaic_kernels._common as c; print(c.CALL_PLANS)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "MOSAIC_ATTN_PLANS": value})
+                         env={**os.environ, "MOSAIC_PLANS": value})
     if expected == "ValueError":
-        assert run.returncode != 0 and "MOSAIC_ATTN_PLANS must be 0 or 1" in run.stderr
+        assert run.returncode != 0 and "MOSAIC_PLANS must be 0 or 1" in run.stderr
     else:
         assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr

@@ -68,11 +68,12 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
 
 @pytest.mark.parametrize("device", kernel_devices())
 def test_compile_with_the_attention_plans_on(device, monkeypatch):
-    """With the attention's cached call plans on (MOSAIC_ATTN_PLANS=1), a compiled function still traces the
+    """With the attention's cached call plans on (MOSAIC_PLANS=1), a compiled function still traces the
     registered op (no graph break: the plans are eager only) and equals the eager calls, which run through them."""
     import mosaic_kernels.attention as attention
+    from mosaic_kernels import _common
 
-    monkeypatch.setattr(attention, "PLANS", True)
+    monkeypatch.setattr(_common, "CALL_PLANS", True)
     torch._dynamo.reset()
     x, _, _ = _pair(device)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)

@@ -118,13 +118,14 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
 def test_attention_plans_give_the_same_training_step(monkeypatch):
     """A fused model's training step (attention dropout on, two steps so that the second call of each layer's
     attention runs through its cached plan) gives the same loss and gradients bitwise with the attention's call
-    plans on (MOSAIC_ATTN_PLANS=1) and off: the same launches, the same dropout seeds from the global generator."""
+    plans on (MOSAIC_PLANS=1) and off: the same launches, the same dropout seeds from the global generator."""
     import mosaic_kernels.attention as attention
+    from mosaic_kernels import _common
 
     idx = torch.randint(0, 20, (2, 21), generator=torch.Generator().manual_seed(4))
     runs = []
     for plans in (False, True):
-        monkeypatch.setattr(attention, "PLANS", plans)
+        monkeypatch.setattr(_common, "CALL_PLANS", plans)
         attention._PLANS.clear()
         torch.manual_seed(2)
         m = tiny_mosaic(kernels="fused", attn_dropout=0.2)
