@@ -21,10 +21,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
-``mosaic_attention_planned`` is the attention with its cached call plans (mosaic_kernels._common.CALL_PLANS on;
-MOSAIC_PLANS=1 sets it for a process): a call of a signature already checked skips the checks and the
-planning of its launches; beside ``mosaic_attention``, the default path (off until they pass on a GPU), an A/B in
-one process.
+``mosaic_attention_planned`` and ``leaky_average_planned`` are the op with its cached call plans
+(mosaic_kernels._common.CALL_PLANS on; MOSAIC_PLANS=1 sets it for a process): a call of a signature already
+checked skips the checks and the planning of its launches; beside the op's default path (off until they pass on
+a GPU), an A/B in one process.
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
 (mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
@@ -63,7 +63,7 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "peek_ahead_value", "mosaic_attention", "mosaic_attention_planned",
+OPS = ("leaky_average", "leaky_average_planned", "peek_ahead_value", "mosaic_attention", "mosaic_attention_planned",
        "mosaic_attention_delta_in_kernel", "persistent_memory",
        "autograd_floor", "sdpa")
 NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
@@ -114,7 +114,7 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
         from benchmarks._common import delta_in_kernel
 
         return delta_in_kernel()
-    if op == "mosaic_attention_planned":
+    if op.endswith("_planned"):
         from unittest import mock
 
         from mosaic_kernels import _common
@@ -153,7 +153,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     def per_head(value: float) -> torch.Tensor:
         return torch.full((H,), value, device=device, dtype=torch.float32, requires_grad=True)
 
-    if op == "leaky_average":
+    if op in ("leaky_average", "leaky_average_planned"):
         inputs = (tensor(B, H, T, D), per_head(0.9), per_head(2.0))
         forward = lambda: mk.leaky_average(inputs[0], inputs[1], normalize=True, scale=inputs[2])  # noqa: E731
     elif op == "peek_ahead_value":

@@ -77,14 +77,17 @@ def nan_empty(*shape, **kw) -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def fresh_attention_plans():
-    """Each test starts without the attention's cached call plans (mosaic_kernels.attention._PLANS), so that
-    one that patches the tile choices sees them taken at its first call."""
-    from mosaic_kernels import attention
+def fresh_call_plans():
+    """Each test starts without the ops' cached call plans (the _PLANS of mosaic_kernels.attention and
+    mosaic_kernels.leaky_average), so that one that patches the tile choices sees them taken at its first call."""
+    import importlib
 
-    attention._PLANS.clear()
+    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average")]
+    for cache in caches:
+        cache.clear()
     yield
-    attention._PLANS.clear()
+    for cache in caches:
+        cache.clear()
 
 
 @pytest.fixture

@@ -3,10 +3,38 @@ from __future__ import annotations
 
 import torch
 
-from .._common import as_heads_last, check_heads, float_tensor_on, per_head, use_triton
+from .. import _common
+from .._common import (
+    as_heads_last,
+    call_signature,
+    check_heads,
+    float_tensor_on,
+    interpreter_enabled,
+    per_head,
+    use_triton,
+)
 from . import reference as _reference
 
 __all__ = ["leaky_average", "stable_gate_and_decay"]
+
+
+# The scan's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): call signature ->
+# function.ScanPlan, made on the Triton path outside torch.compile (which traces the registered op). The key holds
+# what the checks and the launches read: the tensors' shapes, strides, dtypes and devices, the other arguments'
+# types and values, the settings the tile and chunk choices read (function.TUNABLES: tests and tuning change them),
+# and whether the interpreter runs the kernels.
+_PLANS: dict = {}
+
+
+def _signature(x: object, decay: object, normalize: object, scale: object, eps: object, gate: object,
+               heads_last: object) -> tuple | None:
+    """The key of a call in _PLANS (None: no plan for it)."""
+    key = call_signature(x, decay, scale, eps, gate)
+    if key is None or type(x) is not torch.Tensor:
+        return None
+    from . import function
+
+    return (*key, bool(normalize), bool(heads_last), function.tunables(), x.is_cuda or interpreter_enabled())
 
 
 def _time_varying(name: str, t: torch.Tensor, shapes: tuple, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +86,12 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
         >>> decay, gate = torch.rand(2, 4, 128), torch.rand(2, 4, 128)        # per head and step
         >>> k2 = leaky_average(x, decay, gate=gate, normalize=True)
     """
+    plain = _common.CALL_PLANS and not torch.compiler.is_compiling()
+    if plain and _PLANS:
+        plan = _PLANS.get(_signature(x, decay, normalize, scale, eps, gate, heads_last))
+        if plan is not None:  # a signature already checked, on the Triton path
+            return plan(x, decay, scale, gate)
+    given = (decay, scale)  # the signature's, before the checks convert them
     B, H, T, D = check_heads("x", x)
     if isinstance(decay, torch.Tensor) and decay.dim() > 1:
         decay = _time_varying("decay", decay, ((B, H, T), (B, H, T, D)), x)
@@ -74,8 +108,14 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
     if use_triton(x):
-        from .function import leaky_average_triton
+        from .function import ScanPlan, leaky_average_triton
 
+        key = _signature(x, *given[:1], normalize, given[1], eps, gate, heads_last) if plain else None
+        if key is not None:
+            if len(_PLANS) >= _common.CALL_PLANS_MAX:
+                _PLANS.clear()
+            plan = _PLANS[key] = ScanPlan(x, decay, scale, bool(normalize), float(eps), bool(heads_last), gate)
+            return plan(x, decay, scale, gate)
         # The kernels clamp a tensor decay themselves, with the gradient of the reference's clamp below.
         return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps),
                                     heads_last=bool(heads_last), gate=gate)

@@ -104,6 +104,13 @@ FWD_STAGES = 0
 BWD_STAGES = 3
 
 
+def tunables() -> tuple:
+    """The module settings the launch plans read besides the call's arguments (tests and tuning change them): part
+    of the key of a cached call plan (mosaic_kernels.leaky_average._PLANS)."""
+    return (FWD_IN_TILE, BWD_IN_TILE, FWD_PROGRAMS_PER_SM, BWD_PROGRAMS_PER_SM, CHUNK_RULE, CHUNK_TARGET_LEN,
+            CHUNK_TARGET_MAX, FWD_STAGES, BWD_STAGES, TIME_VARYING_FWD_PRECISION)
+
+
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):
     """Split time into chunks (a multiple of BLOCK_T long): one per (b, h) when B*H fills the SMs, else
     enough for about ``per_sm`` programs per SM (and under CHUNK_RULE "length", up to chunks of about
@@ -172,62 +179,89 @@ def _gate_strides(gate: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if gate is None else gate.stride()
 
 
-def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool,
-                    gate: torch.Tensor | None = None):
-    """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
-    ``chunk_len`` 0 picks the chunking by SM count. ``decay``: (H,), (B, H, T) or (B, H, T, D) float32
-    (the latter two any strides); ``gate``: None or (B, H, T), multiplying x."""
+def _forward_launch(x: torch.Tensor, y: torch.Tensor, decay: torch.Tensor, normalize: bool, eps: float,
+                    chunk_len: int, gate: torch.Tensor | None) -> dict:
+    """The forward's launch for these tensors' shapes, strides and dtype (only those are read): its chunks, the
+    summary buffer's size, the arguments after its seven tensors and the keyword arguments. A pure function of
+    what it reads, so that an eager call of a known signature reuses it (:class:`ScanPlan`)."""
     B, H, T, D = x.shape
     kind = _decay_kind(decay)
     block_t, warps, _, _, block_d = _tiling(D, x.dtype)
     # The backward chunks time on its own: no forward state is reused.
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
+    return dict(nchunk=nchunk, summary=B * H * nchunk * block_d * (2 if kind else 1),
+                args=(*x.stride(), *y.stride()[:3], *_tv_strides(decay), *_gate_strides(gate), H, T, D, chunk_len,
+                      nchunk, eps),
+                meta=dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+                          USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype, kind, gate is not None),
+                          STAGES=FWD_STAGES, DECAY_KIND=kind, GATED=gate is not None))
+
+
+def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool,
+                    gate: torch.Tensor | None = None, launch_plan: dict | None = None):
+    """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
+    ``chunk_len`` 0 picks the chunking by SM count. ``decay``: (H,), (B, H, T) or (B, H, T, D) float32
+    (the latter two any strides); ``gate``: None or (B, H, T), multiplying x. ``launch_plan``: what
+    :func:`_forward_launch` returned for the same arguments (a cached plan)."""
+    B, H, T, D = x.shape
     y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
     norm = _empty((B, H, T) if normalize else (1,), device=x.device, dtype=torch.float32)
-    summary = _summary_buffer(B * H * nchunk * block_d * (2 if kind else 1), nchunk, scale)
+    p = launch_plan or _forward_launch(x, y, decay, normalize, eps, chunk_len, gate)
+    nchunk = p["nchunk"]
+    summary = _summary_buffer(p["summary"], nchunk, scale)
     gate_t = gate if gate is not None else scale  # never read without a gate
-    args = (x, y, norm, decay, scale, summary, gate_t, *x.stride(), *y.stride()[:3], *_tv_strides(decay),
-            *_gate_strides(gate), H, T, D, chunk_len, nchunk, eps)
-    meta = dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype, kind, gate is not None),
-                STAGES=FWD_STAGES, DECAY_KIND=kind, GATED=gate is not None)
+    args = (x, y, norm, decay, scale, summary, gate_t, *p["args"])
     if nchunk > 1:
-        launch(_leaky_fwd_kernel, (nchunk - 1, B * H), *args, SUMMARY_ONLY=True, **meta)
-    launch(_leaky_fwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
+        launch(_leaky_fwd_kernel, (nchunk - 1, B * H), *args, SUMMARY_ONLY=True, **p["meta"])
+    launch(_leaky_fwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **p["meta"])
     return y, norm
+
+
+def _backward_launch(y: torch.Tensor, gx: torch.Tensor, decay: torch.Tensor, normalize: bool, eps: float,
+                     chunk_len: int, x: torch.Tensor | None, gate: torch.Tensor | None) -> dict:
+    """The backward's launch for these tensors' shapes, strides and dtype (only those are read; ``x`` is read with
+    a gate only): its chunks, buffer sizes, the arguments but the incoming gradient's strides, and the keyword
+    arguments. A pure function of what it reads, as :func:`_forward_launch`."""
+    B, H, T, D = y.shape
+    kind = _decay_kind(decay)
+    _, _, bwd_block_t, warps, block_d = _tiling(D, y.dtype)
+    chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
+    return dict(nchunk=nchunk, summary=B * H * nchunk * block_d * (2 if kind else 1), kind=kind,
+                middle=(*y.stride()[:3], *gx.stride()[:3], *_tv_strides(decay)),
+                x_strides=x.stride() if gate is not None else None,  # None: x_t is the gradient, its strides
+                tail=(*_gate_strides(gate), H, T, D, chunk_len, nchunk, eps),
+                meta=dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
+                          USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES,
+                          DECAY_KIND=kind, GATED=gate is not None))
 
 
 def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool,
                      x: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-                     head_sums: tuple[bool, bool] = (True, True)):
+                     head_sums: tuple[bool, bool] = (True, True), launch_plan: dict | None = None):
     """Run the backward kernels; returns (dx, (d(decay), d(scale)) per head, (H,) float32 each (d(decay)
     zero for a time-varying decay), d(decay) of a time-varying decay (its shape, float32; None for a
     per-head one), d(gate) (B, H, T) float32 (None without a gate)). dx is heads-last when
     ``dx_heads_last`` (the forward's x was), so the head split's backward is a view. ``x``: the ungated
     input, read with a gate. ``head_sums``: whether to sum the programs' partials of d(decay) per head and of
     d(scale); one left out (a time-varying decay's, a constant scale's) is returned unwritten, one launch
-    fewer each."""
+    fewer each. ``launch_plan``: what :func:`_backward_launch` returned for the same arguments (a cached plan)."""
     B, H, T, D = y.shape
-    kind = _decay_kind(decay)
-    _, _, bwd_block_t, warps, block_d = _tiling(D, y.dtype)
-    chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
+    p = launch_plan or _backward_launch(y, gx, decay, normalize, eps, chunk_len, x, gate)
+    nchunk = p["nchunk"]
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
-    summary = _summary_buffer(B * H * nchunk * block_d * (2 if kind else 1), nchunk, scale)
-    ddecay = _empty(decay.shape, device=y.device, dtype=torch.float32) if kind else None
+    summary = _summary_buffer(p["summary"], nchunk, scale)
+    ddecay = _empty(decay.shape, device=y.device, dtype=torch.float32) if p["kind"] else None
     dgate = _empty((B, H, T), device=y.device, dtype=torch.float32) if gate is not None else None
     x_t = x if gate is not None else gy  # never read without a gate
+    gy_strides = gy.stride()
     args = (gy, y, norm, decay, scale, summary, gx, parts, x_t, gate if gate is not None else scale,
             ddecay if ddecay is not None else scale, dgate if dgate is not None else scale,
-            *gy.stride(), *y.stride()[:3], *gx.stride()[:3], *_tv_strides(decay), *x_t.stride(), *_gate_strides(gate),
-            H, T, D, chunk_len, nchunk, eps)
-    meta = dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
-                USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES,
-                DECAY_KIND=kind, GATED=gate is not None)
+            *gy_strides, *p["middle"], *(gy_strides if p["x_strides"] is None else p["x_strides"]), *p["tail"])
     if nchunk > 1:
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
-        launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **meta)
-    launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **meta)
+        launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **p["meta"])
+    launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **p["meta"])
     # Fixed orders of summation: deterministic. Two sums, so that no two results share memory.
     per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) if head_sums[i] else parts.new_empty(H)
                      for i in range(2))
@@ -307,6 +341,80 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
     args = (x, decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),
             bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last), gate_t)
     return LEAKY_AVERAGE.apply(*args)
+
+
+class ScanPlan:
+    """An eager call's host work done once per call signature (mosaic_kernels._common.CALL_PLANS): the scan of
+    inputs of one shape, strides, dtype and device, with a decay and a scale of one kind (a number, or a tensor
+    of one shape, strides and dtype), a gate or none, one normalisation, eps and output layout. It holds the
+    forward's launch plan (:func:`_forward_launch`) and, from the first backward on, the backward's
+    (:func:`_backward_launch`), built by the same functions as every call's, so that its launches are those of
+    :func:`leaky_average_triton`; :meth:`__call__` converts the per-call tensors as that function does and runs
+    the plans through :class:`_PlannedScan`, an autograd node of five inputs against the registered op's eight.
+    mosaic_kernels.leaky_average keeps one per signature it has checked."""
+
+    def __init__(self, x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None,
+                 normalize: bool, eps: float, heads_last: bool, gate: torch.Tensor | None):
+        # Numbers are part of the signature: converted once (a tensor is converted at each call).
+        self.decay = None if isinstance(decay, torch.Tensor) else decay
+        self.scale = scale if normalize and not isinstance(scale, torch.Tensor) else None
+        self.normalize, self.eps, self.heads_last = normalize, eps, heads_last
+        self.dx_heads_last = is_heads_last(x)  # dx takes x's layout
+        decay_t, scale_t, gate_t = self.tensors(x, decay, scale, gate)
+        y = empty_heads(torch.empty, x.shape, heads_last=heads_last, device="meta", dtype=x.dtype)
+        self.fwd = _forward_launch(x, y, decay_t, normalize, eps, 0, gate_t)
+        self.bwd: dict | None = None
+
+    def tensors(self, x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None,
+                gate: torch.Tensor | None) -> tuple:
+        """(decay, scale, gate) as :func:`leaky_average_triton` hands them to the kernels: float32, a per-head
+        number as an (H,) tensor, the scale 1 without normalisation."""
+        H = x.shape[1]
+        if self.decay is None and decay.dim() > 1:
+            decay_t = decay.float()
+        else:
+            decay_t = per_head_tensor(decay if self.decay is None else self.decay, H, x, 0.0)
+        scale_arg = (scale if isinstance(scale, torch.Tensor) else self.scale) if self.normalize else None
+        return decay_t, per_head_tensor(scale_arg, H, x, 1.0), gate.float() if gate is not None else None
+
+    def backward_plan(self, y: torch.Tensor, decay_t: torch.Tensor, x: torch.Tensor | None,
+                      gate_t: torch.Tensor | None) -> dict:
+        """The backward's launch plan, made at the first backward from the saved tensors."""
+        if self.bwd is None:
+            gx = empty_heads(torch.empty, y.shape, heads_last=self.dx_heads_last, device="meta", dtype=y.dtype)
+            self.bwd = _backward_launch(y, gx, decay_t, self.normalize, self.eps, 0, x, gate_t)
+        return self.bwd
+
+    def __call__(self, x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None,
+                 gate: torch.Tensor | None) -> torch.Tensor:
+        """The scan of x through :class:`_PlannedScan`."""
+        return _PlannedScan.apply(x, *self.tensors(x, decay, scale, gate), self)
+
+
+class _PlannedScan(torch.autograd.Function):
+    """The autograd node of :class:`ScanPlan`'s calls: the launches of its plans, the gradients of
+    :data:`LEAKY_AVERAGE`'s node."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, decay_t: torch.Tensor, scale_t: torch.Tensor, gate_t: torch.Tensor | None,
+                plan: ScanPlan) -> torch.Tensor:
+        y, norm = _launch_forward(x, decay_t, scale_t, plan.normalize, plan.eps, 0, plan.heads_last, gate_t,
+                                  launch_plan=plan.fwd)
+        ctx.save_for_backward(y, norm, decay_t, scale_t, x if gate_t is not None else None, gate_t)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor) -> tuple:
+        y, norm, decay_t, scale_t, x, gate_t = ctx.saved_tensors
+        plan = ctx.plan
+        tv = decay_t.dim() > 1  # a time-varying d(decay) is the kernel's own, no sum
+        head_sums = (ctx.needs_input_grad[1] and not tv, ctx.needs_input_grad[2] and plan.normalize)
+        gx, per_head, ddecay, dgate = _launch_backward(
+            gy, y, norm, decay_t, scale_t, plan.normalize, plan.eps, 0, plan.dx_heads_last, x, gate_t, head_sums,
+            launch_plan=plan.backward_plan(y, decay_t, x, gate_t))
+        return (gx, ddecay if tv else per_head[0] if head_sums[0] else None,
+                per_head[1] if head_sums[1] else None, dgate, None)
 
 
 # --------------------------------------------------------------------------- stable_gate_and_decay

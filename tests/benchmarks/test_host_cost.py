@@ -58,11 +58,11 @@ def test_each_op_is_set_against_sdpa_in_its_own_mode():
 
 
 def test_the_planned_row_measures_the_plans():
-    """host_cost's mosaic_attention_planned row runs with the attention's plans on, and leaves the default as it
-    found it."""
+    """host_cost's *_planned rows run with the ops' call plans on, and leave the default as they found it."""
     from mosaic_kernels import _common
 
     default = _common.CALL_PLANS
-    with host_cost.op_setting("mosaic_attention_planned"):
-        assert _common.CALL_PLANS is True
-    assert _common.CALL_PLANS is default
+    for op in ("mosaic_attention_planned", "leaky_average_planned"):
+        with host_cost.op_setting(op):
+            assert _common.CALL_PLANS is True
+        assert _common.CALL_PLANS is default

@@ -67,9 +67,11 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-def test_compile_with_the_attention_plans_on(device, monkeypatch):
-    """With the attention's cached call plans on (MOSAIC_PLANS=1), a compiled function still traces the
-    registered op (no graph break: the plans are eager only) and equals the eager calls, which run through them."""
+def test_compile_with_the_call_plans_on(device, monkeypatch):
+    """With the cached call plans on (MOSAIC_PLANS=1), a compiled function still traces the registered ops (no
+    graph break: the plans are eager only) and equals the eager calls, which run through them."""
+    import importlib
+
     import mosaic_kernels.attention as attention
     from mosaic_kernels import _common
 
@@ -80,7 +82,7 @@ def test_compile_with_the_attention_plans_on(device, monkeypatch):
     params = [torch.tensor([0.1, -0.3, 2.0], device=device), torch.tensor([0.0, 0.5, -0.5], device=device)]
     compiled = torch.compile(_block, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
     _assert_block_matches_eager(compiled, x, v, params, True)
-    assert attention._PLANS  # the eager calls made a plan
+    assert attention._PLANS and importlib.import_module("mosaic_kernels.leaky_average")._PLANS  # made by eager calls
 
 
 @pytest.mark.parametrize("device", kernel_devices())

@@ -115,18 +115,21 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
 
 
 @needs_interpreter
-def test_attention_plans_give_the_same_training_step(monkeypatch):
-    """A fused model's training step (attention dropout on, two steps so that the second call of each layer's
-    attention runs through its cached plan) gives the same loss and gradients bitwise with the attention's call
-    plans on (MOSAIC_PLANS=1) and off: the same launches, the same dropout seeds from the global generator."""
-    import mosaic_kernels.attention as attention
+def test_call_plans_give_the_same_training_step(monkeypatch):
+    """A fused model's training step (attention dropout on, two steps so that the second call of each layer's ops
+    runs through their cached plans) gives the same loss and gradients bitwise with the call plans on
+    (MOSAIC_PLANS=1: the attention's and the key scan's) and off: the same launches, the same dropout seeds."""
+    import importlib
+
     from mosaic_kernels import _common
 
+    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average")]
     idx = torch.randint(0, 20, (2, 21), generator=torch.Generator().manual_seed(4))
     runs = []
     for plans in (False, True):
         monkeypatch.setattr(_common, "CALL_PLANS", plans)
-        attention._PLANS.clear()
+        for cache in caches:
+            cache.clear()
         torch.manual_seed(2)
         m = tiny_mosaic(kernels="fused", attn_dropout=0.2)
         steps = []
@@ -136,7 +139,7 @@ def test_attention_plans_give_the_same_training_step(monkeypatch):
             loss.backward()
             steps.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
         runs.append(steps)
-        assert bool(attention._PLANS) == plans
+        assert all(bool(cache) == plans for cache in caches)
     for (loss_a, grads_a), (loss_b, grads_b) in zip(*runs):
         assert torch.equal(loss_a, loss_b)
         assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
