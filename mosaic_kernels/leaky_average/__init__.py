@@ -110,7 +110,7 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     if use_triton(x):
         from .function import ScanPlan, leaky_average_triton
 
-        key = _signature(x, *given[:1], normalize, given[1], eps, gate, heads_last) if plain else None
+        key = _signature(x, given[0], normalize, given[1], eps, gate, heads_last) if plain else None
         if key is not None:
             if len(_PLANS) >= _common.CALL_PLANS_MAX:
                 _PLANS.clear()
