@@ -8,8 +8,9 @@
 #   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=0 (Triton's launch)
-#   plans      the cached call plans of the attention and the key scan (MOSAIC_PLANS=1; off by default until this
-#              passes): their tests, then the two ops', launch, compile and CUDA-graph training tests with them on;
+#   plans      the cached call plans of the attention, the key scan and the value (MOSAIC_PLANS=1; off by default
+#              until this passes): their tests, then the three ops', launch, compile and CUDA-graph training tests with
+#              them on;
 #              host_cost's *_planned rows beside the default ones, the floor and SDPA, twice
 #   plans-step the 12-layer eager step at T=512 with MOSAIC_PLANS=1 and 0, alternated ROUNDS (3) times
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
@@ -119,12 +120,13 @@ for PART in "${@:-all}"; do
       step_ab MOSAIC_ATTN_DELTA_IN_KERNEL auto 0 ;;
     plans)
       MOSAIC_PLANS=1 TEST_SECONDS=${TEST_SECONDS:-300} gpu_tests gpu_tests_plans.txt tests/kernels/test_attention_plans.py \
-        tests/kernels/test_leaky_average_plans.py tests/kernels/test_attention.py tests/kernels/test_leaky_average.py \
-        tests/kernels/test_leaky_average_tv.py tests/kernels/test_launch.py tests/kernels/test_compile.py \
-        tests/model/test_cuda_graph.py --cuda-only
+        tests/kernels/test_leaky_average_plans.py tests/kernels/test_peek_ahead_plans.py tests/kernels/test_attention.py \
+        tests/kernels/test_leaky_average.py tests/kernels/test_leaky_average_tv.py tests/kernels/test_peek_ahead.py \
+        tests/kernels/test_launch.py tests/kernels/test_compile.py tests/model/test_cuda_graph.py --cuda-only
       for round in 1 2; do
         python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_planned leaky_average leaky_average_planned \
-          autograd_floor sdpa --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1; tail -n 14 "$OUT/host_cost_plans_r$round.md"
+          peek_ahead_value peek_ahead_value_planned autograd_floor sdpa --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1
+        tail -n 18 "$OUT/host_cost_plans_r$round.md"
       done ;;
     plans-step)
       step_ab MOSAIC_PLANS 1 0 ;;

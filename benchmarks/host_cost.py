@@ -21,7 +21,8 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
-``mosaic_attention_planned`` and ``leaky_average_planned`` are the op with its cached call plans
+``mosaic_attention_planned``, ``leaky_average_planned`` and ``peek_ahead_value_planned`` are the op with its cached
+call plans
 (mosaic_kernels._common.CALL_PLANS on; MOSAIC_PLANS=1 sets it for a process): a call of a signature already
 checked skips the checks and the planning of its launches; beside the op's default path (off until they pass on
 a GPU), an A/B in one process.
@@ -63,7 +64,8 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "leaky_average_planned", "peek_ahead_value", "mosaic_attention", "mosaic_attention_planned",
+OPS = ("leaky_average", "leaky_average_planned", "peek_ahead_value", "peek_ahead_value_planned", "mosaic_attention",
+       "mosaic_attention_planned",
        "mosaic_attention_delta_in_kernel", "persistent_memory",
        "autograd_floor", "sdpa")
 NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
@@ -156,7 +158,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     if op in ("leaky_average", "leaky_average_planned"):
         inputs = (tensor(B, H, T, D), per_head(0.9), per_head(2.0))
         forward = lambda: mk.leaky_average(inputs[0], inputs[1], normalize=True, scale=inputs[2])  # noqa: E731
-    elif op == "peek_ahead_value":
+    elif op in ("peek_ahead_value", "peek_ahead_value_planned"):
         inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
         forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
     elif op in ("mosaic_attention", "mosaic_attention_planned", "mosaic_attention_delta_in_kernel", "autograd_floor",

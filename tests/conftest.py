@@ -78,11 +78,11 @@ def nan_empty(*shape, **kw) -> torch.Tensor:
 
 @pytest.fixture(autouse=True)
 def fresh_call_plans():
-    """Each test starts without the ops' cached call plans (the _PLANS of mosaic_kernels.attention and
-    mosaic_kernels.leaky_average), so that one that patches the tile choices sees them taken at its first call."""
+    """Each test starts without the ops' cached call plans (the _PLANS of mosaic_kernels.attention, leaky_average
+    and peek_ahead), so that one that patches the tile choices sees them taken at its first call."""
     import importlib
 
-    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average")]
+    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average", "peek_ahead")]
     for cache in caches:
         cache.clear()
     yield

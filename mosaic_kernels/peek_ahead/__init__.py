@@ -3,10 +3,26 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_heads, per_head, use_triton
+from .. import _common
+from .._common import call_signature, check_heads, interpreter_enabled, per_head, use_triton
 from . import reference as _reference
 
 __all__ = ["peek_ahead_value"]
+
+
+# The value's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): call signature ->
+# function.ValuePlan, made on the Triton path outside torch.compile (which traces the registered op). The key: the
+# tensors' shapes, strides, dtypes and devices, the other arguments' types and values, and whether the interpreter
+# runs the kernels (its tiles differ).
+_PLANS: dict = {}
+
+
+def _signature(x: object, mix: object, scale: object, eps: object) -> tuple | None:
+    """The key of a call in _PLANS (None: no plan for it)."""
+    key = call_signature(x, mix, scale, eps)
+    if key is None or type(x) is not torch.Tensor:
+        return None
+    return (*key, x.is_cuda or interpreter_enabled())
 
 
 def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
@@ -36,6 +52,12 @@ def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float
         >>> x = torch.randn(2, 4, 128, 64)
         >>> v = peek_ahead_value(x, torch.rand(4), scale=torch.full((4,), 0.6))
     """
+    plain = _common.CALL_PLANS and not torch.compiler.is_compiling()
+    if plain and _PLANS:
+        plan = _PLANS.get(_signature(x, mix, scale, eps))
+        if plan is not None:  # a signature already checked, on the Triton path
+            return plan(x, mix, scale)
+    given = (mix, scale)  # the signature's, before the checks convert them
     B, H, T, D = check_heads("x", x)
     mix = per_head("mix", mix, H, x)
     if mix is None:
@@ -44,7 +66,13 @@ def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
     if use_triton(x):
-        from .function import peek_ahead_value_triton
+        from .function import ValuePlan, peek_ahead_value_triton
 
+        key = _signature(x, given[0], given[1], eps) if plain else None
+        if key is not None:
+            if len(_PLANS) >= _common.CALL_PLANS_MAX:
+                _PLANS.clear()
+            plan = _PLANS[key] = ValuePlan(x, mix, scale, float(eps))
+            return plan(x, mix, scale)
         return peek_ahead_value_triton(x, mix, scale=scale, eps=float(eps))
     return _reference.peek_ahead_value(x, mix, scale=scale, eps=float(eps))

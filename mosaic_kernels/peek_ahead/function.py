@@ -20,26 +20,44 @@ def _tiling(D: int) -> tuple[int, int, int]:
     return max(1, 4096 // block_d), block_d, 4
 
 
-def _launch_forward(x, mix, scale, eps: float):
+def _forward_launch(x: torch.Tensor, eps: float) -> tuple[tuple, tuple, dict]:
+    """The forward's (grid, arguments after its four tensors, keyword arguments) for x's shape and strides: a pure
+    function of them, so that an eager call of a known signature reuses it (:class:`ValuePlan`)."""
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
+    return (cdiv(T, block_t), B * H), (*x.stride(), H, T, D, eps), dict(BLOCK_T=block_t, BLOCK_D=block_d,
+                                                                       num_warps=warps)
+
+
+def _launch_forward(x, mix, scale, eps: float, launch_plan: tuple | None = None):
+    B, H, T, D = x.shape
+    grid, args, meta = launch_plan or _forward_launch(x, eps)
     y = _empty((B, H, T, D), device=x.device, dtype=x.dtype)
-    launch(_value_fwd_kernel, (cdiv(T, block_t), B * H),
-        x, y, mix, scale, *x.stride(), H, T, D, eps, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    launch(_value_fwd_kernel, grid, x, y, mix, scale, *args, **meta)
     return y
 
 
-def _launch_backward(gy, x, mix, scale, eps: float):
+def _backward_launch(x: torch.Tensor, eps: float) -> dict:
+    """The backward's plan for x's shape and strides (dx takes x's layout): everything but the incoming gradient's
+    strides, as :func:`_forward_launch`."""
     B, H, T, D = x.shape
     block_t, block_d, warps = _tiling(D)
     n_blocks = cdiv(T, block_t)
+    heads_last = is_heads_last(x)
+    dx = empty_heads(torch.empty, x.shape, heads_last=heads_last, device="meta", dtype=x.dtype)
+    return dict(n_blocks=n_blocks, grid=(n_blocks, B * H), heads_last=heads_last, x_strides=x.stride(),
+                tail=(*dx.stride()[:3], H, T, D, eps), meta=dict(BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps))
+
+
+def _launch_backward(gy, x, mix, scale, eps: float, launch_plan: dict | None = None):
+    B, H, T, D = x.shape
+    p = launch_plan or _backward_launch(x, eps)
     # dx in x's layout when x is a head-split view, so the split's backward costs no copy.
-    dx = empty_heads(_empty, x.shape, heads_last=is_heads_last(x), device=x.device, dtype=x.dtype)
-    parts = _empty((2, B * H * n_blocks), device=x.device, dtype=torch.float32)
-    launch(_value_bwd_kernel, (n_blocks, B * H),
-        x, gy, dx, parts, mix, scale, *x.stride(), *gy.stride(), *dx.stride()[:3], H, T, D, eps,
-        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-    return dx, parts.view(2, B, H, n_blocks).sum(dim=(1, 3))  # fixed order: deterministic
+    dx = empty_heads(_empty, x.shape, heads_last=p["heads_last"], device=x.device, dtype=x.dtype)
+    parts = _empty((2, B * H * p["n_blocks"]), device=x.device, dtype=torch.float32)
+    launch(_value_bwd_kernel, p["grid"],
+        x, gy, dx, parts, mix, scale, *p["x_strides"], *gy.stride(), *p["tail"], **p["meta"])
+    return dx, parts.view(2, B, H, p["n_blocks"]).sum(dim=(1, 3))  # fixed order: deterministic
 
 
 def _forward(x: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -81,3 +99,51 @@ def peek_ahead_value_triton(x: torch.Tensor, mix: float | torch.Tensor, *, scale
     H = x.shape[1]
     args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))
     return PEEK_AHEAD.apply(*args)
+
+
+class ValuePlan:
+    """An eager call's host work done once per call signature (mosaic_kernels._common.CALL_PLANS): x of one
+    shape, strides, dtype and device, mix and scale of one kind (a number, or a tensor of one shape, strides and
+    dtype), one eps. The forward's launch plan (:func:`_forward_launch`) and, from the first backward on, the
+    backward's (:func:`_backward_launch`), built by the functions every call uses; :meth:`__call__` runs them
+    through :class:`_PlannedValue`. mosaic_kernels.peek_ahead_value keeps one per signature it has checked."""
+
+    def __init__(self, x: torch.Tensor, mix: float | torch.Tensor, scale: float | torch.Tensor | None, eps: float):
+        # Numbers are part of the signature: kept as checked (a tensor is converted at each call).
+        self.mix = None if isinstance(mix, torch.Tensor) else mix
+        self.scale = scale if not isinstance(scale, torch.Tensor) else None
+        self.scale_is_tensor = isinstance(scale, torch.Tensor)
+        self.eps = eps
+        self.fwd = _forward_launch(x, eps)
+        self.bwd: dict | None = None
+
+    def backward_plan(self, x: torch.Tensor) -> dict:
+        """The backward's launch plan, made at the first backward."""
+        if self.bwd is None:
+            self.bwd = _backward_launch(x, self.eps)
+        return self.bwd
+
+    def __call__(self, x: torch.Tensor, mix: float | torch.Tensor, scale: float | torch.Tensor | None) -> torch.Tensor:
+        """The value of x through :class:`_PlannedValue`, mix and scale converted as
+        :func:`peek_ahead_value_triton` converts them."""
+        H = x.shape[1]
+        mix_t = per_head_tensor(mix if self.mix is None else self.mix, H, x, 0.0)
+        scale_t = per_head_tensor(scale if self.scale_is_tensor else self.scale, H, x, 1.0)
+        return _PlannedValue.apply(x, mix_t, scale_t, self)
+
+
+class _PlannedValue(torch.autograd.Function):
+    """The autograd node of :class:`ValuePlan`'s calls: the launches of its plans, :data:`PEEK_AHEAD`'s gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mix_t: torch.Tensor, scale_t: torch.Tensor, plan: ValuePlan) -> torch.Tensor:
+        ctx.save_for_backward(x, mix_t, scale_t)
+        ctx.plan = plan
+        return _launch_forward(x, mix_t, scale_t, plan.eps, launch_plan=plan.fwd)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor) -> tuple:
+        x, mix_t, scale_t = ctx.saved_tensors
+        plan = ctx.plan
+        dx, per_head = _launch_backward(gy, x, mix_t, scale_t, plan.eps, launch_plan=plan.backward_plan(x))
+        return dx, per_head[0], per_head[1], None

@@ -62,7 +62,7 @@ def test_the_planned_row_measures_the_plans():
     from mosaic_kernels import _common
 
     default = _common.CALL_PLANS
-    for op in ("mosaic_attention_planned", "leaky_average_planned"):
+    for op in ("mosaic_attention_planned", "leaky_average_planned", "peek_ahead_value_planned"):
         with host_cost.op_setting(op):
             assert _common.CALL_PLANS is True
         assert _common.CALL_PLANS is default

@@ -118,12 +118,12 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
 def test_call_plans_give_the_same_training_step(monkeypatch):
     """A fused model's training step (attention dropout on, two steps so that the second call of each layer's ops
     runs through their cached plans) gives the same loss and gradients bitwise with the call plans on
-    (MOSAIC_PLANS=1: the attention's and the key scan's) and off: the same launches, the same dropout seeds."""
+    (MOSAIC_PLANS=1: the attention's, the key scan's and the value's) and off: the same launches, the same dropout seeds."""
     import importlib
 
     from mosaic_kernels import _common
 
-    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average")]
+    caches = [importlib.import_module(f"mosaic_kernels.{name}")._PLANS for name in ("attention", "leaky_average", "peek_ahead")]
     idx = torch.randint(0, 20, (2, 21), generator=torch.Generator().manual_seed(4))
     runs = []
     for plans in (False, True):
