@@ -107,6 +107,14 @@ def call_signature(*args: object) -> tuple | None:
     return tuple(key)
 
 
+def remember_plan(plans: dict, key: tuple, plan: object) -> object:
+    """Keep ``plan`` under ``key`` in an op's plans (all forgotten once CALL_PLANS_MAX are kept); returns it."""
+    if len(plans) >= CALL_PLANS_MAX:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
 def check_tensor(name: str, t: object, *, ndim: int | None = None) -> None:
     """Raise ValueError unless ``t`` is a floating tensor of a supported dtype and rank."""
     if not isinstance(t, torch.Tensor):

@@ -15,6 +15,7 @@ from .._common import (
     float_tensor_on,
     interpreter_enabled,
     per_head,
+    remember_plan,
     use_triton,
 )
 from . import reference as _reference
@@ -240,9 +241,7 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
             _FUNCTION_MODULE.append(function)
         key = _signature(k, v, given_scale, window, delay, given_p, generator, heads_last) if plain else None
         if key is not None:
-            if len(_PLANS) >= _common.CALL_PLANS_MAX:
-                _PLANS.clear()
-            plan = _PLANS[key] = AttentionPlan(k, v, scale, bool(heads_last), dropout_p, window, delay)
+            plan = remember_plan(_PLANS, key, AttentionPlan(k, v, scale, bool(heads_last), dropout_p, window, delay))
             return plan(k, v, generator)
         return mosaic_attention_triton(k, v, scale, heads_last=bool(heads_last), dropout_p=dropout_p,
                                        generator=generator, window=window, delay=delay, band=band,

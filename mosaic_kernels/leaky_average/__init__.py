@@ -11,6 +11,7 @@ from .._common import (
     float_tensor_on,
     interpreter_enabled,
     per_head,
+    remember_plan,
     use_triton,
 )
 from . import reference as _reference
@@ -112,9 +113,8 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
 
         key = _signature(x, given[0], normalize, given[1], eps, gate, heads_last) if plain else None
         if key is not None:
-            if len(_PLANS) >= _common.CALL_PLANS_MAX:
-                _PLANS.clear()
-            plan = _PLANS[key] = ScanPlan(x, decay, scale, bool(normalize), float(eps), bool(heads_last), gate)
+            plan = remember_plan(_PLANS, key, ScanPlan(x, decay, scale, bool(normalize), float(eps), bool(heads_last),
+                                                       gate))
             return plan(x, decay, scale, gate)
         # The kernels clamp a tensor decay themselves, with the gradient of the reference's clamp below.
         return leaky_average_triton(x, decay, normalize=normalize, scale=scale, eps=float(eps),

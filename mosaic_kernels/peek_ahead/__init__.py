@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import _common
-from .._common import call_signature, check_heads, interpreter_enabled, per_head, use_triton
+from .._common import call_signature, check_heads, interpreter_enabled, per_head, remember_plan, use_triton
 from . import reference as _reference
 
 __all__ = ["peek_ahead_value"]
@@ -70,9 +70,6 @@ def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float
 
         key = _signature(x, given[0], given[1], eps) if plain else None
         if key is not None:
-            if len(_PLANS) >= _common.CALL_PLANS_MAX:
-                _PLANS.clear()
-            plan = _PLANS[key] = ValuePlan(x, mix, scale, float(eps))
-            return plan(x, mix, scale)
+            return remember_plan(_PLANS, key, ValuePlan(x, mix, scale, float(eps)))(x, mix, scale)
         return peek_ahead_value_triton(x, mix, scale=scale, eps=float(eps))
     return _reference.peek_ahead_value(x, mix, scale=scale, eps=float(eps))

@@ -137,3 +137,15 @@ def test_plans_setting_from_the_environment(value, expected):
         assert run.returncode != 0 and "MOSAIC_PLANS must be 0 or 1" in run.stderr
     else:
         assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_plans_are_bounded(device, monkeypatch):
+    """An op keeps at most CALL_PLANS_MAX plans (cached generation sees a new T at each token): past it, all are
+    forgotten and the new one kept, and calls still give their results."""
+    monkeypatch.setattr(_common, "CALL_PLANS_MAX", 2)
+    k, v, _ = _inputs(torch.float32, device)
+    for T in (5, 6, 7):
+        y = mosaic_attention(k[:, :, :T], v[:, :, :T])
+        assert len(attention._PLANS) <= 2 and torch.equal(y, mosaic_attention(k[:, :, :T], v[:, :, :T]))
+    assert len(attention._PLANS) == 1
