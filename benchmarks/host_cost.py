@@ -22,10 +22,9 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
 ``mosaic_attention_planned``, ``leaky_average_planned`` and ``peek_ahead_value_planned`` are the op with its cached
-call plans
-(mosaic_kernels._common.CALL_PLANS on; MOSAIC_PLANS=1 sets it for a process): a call of a signature already
-checked skips the checks and the planning of its launches; beside the op's default path (off until they pass on
-a GPU), an A/B in one process.
+call plans (mosaic_kernels._common.CALL_PLANS on; MOSAIC_PLANS=1 sets it for a process): a call of a signature
+already checked skips the checks and the planning of its launches; beside the op's default path (off until they
+pass on a GPU), an A/B in one process.
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
 (mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
@@ -65,9 +64,7 @@ import torch
 from mosaic_model.cli.common import require_at_least_one
 
 OPS = ("leaky_average", "leaky_average_planned", "peek_ahead_value", "peek_ahead_value_planned", "mosaic_attention",
-       "mosaic_attention_planned",
-       "mosaic_attention_delta_in_kernel", "persistent_memory",
-       "autograd_floor", "sdpa")
+       "mosaic_attention_planned", "mosaic_attention_delta_in_kernel", "persistent_memory", "autograd_floor", "sdpa")
 NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
 MODES = ("fwd", "fwd+bwd")
 
@@ -146,6 +143,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     and the forward followed by the gradients of every input."""
     import mosaic_kernels as mk
 
+    name, op = op, op.removesuffix("_planned")  # the same calls; op_setting turns the plans on around them
     B, H, T, D = shape
     g = torch.Generator(device="cpu").manual_seed(0)
 
@@ -155,14 +153,13 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     def per_head(value: float) -> torch.Tensor:
         return torch.full((H,), value, device=device, dtype=torch.float32, requires_grad=True)
 
-    if op in ("leaky_average", "leaky_average_planned"):
+    if op == "leaky_average":
         inputs = (tensor(B, H, T, D), per_head(0.9), per_head(2.0))
         forward = lambda: mk.leaky_average(inputs[0], inputs[1], normalize=True, scale=inputs[2])  # noqa: E731
-    elif op in ("peek_ahead_value", "peek_ahead_value_planned"):
+    elif op == "peek_ahead_value":
         inputs = (tensor(B, H, T, D), per_head(0.5), per_head(2.0))
         forward = lambda: mk.peek_ahead_value(inputs[0], inputs[1], scale=inputs[2])  # noqa: E731
-    elif op in ("mosaic_attention", "mosaic_attention_planned", "mosaic_attention_delta_in_kernel", "autograd_floor",
-                "sdpa"):
+    elif op in ("mosaic_attention", "mosaic_attention_delta_in_kernel", "autograd_floor", "sdpa"):
         inputs = (tensor(B, H, T, D, scale=D ** -0.5), tensor(B, H, T, D))  # keys (= queries), values
         if op == "autograd_floor":
             forward = lambda: _AllocateOnly.apply(*inputs)  # noqa: E731
@@ -176,7 +173,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
         forward = lambda: mk.persistent_memory(inputs[0], inputs[1], inputs[2], out_scale=inputs[3],  # noqa: E731
                                                dropout_p=dropout)
     else:
-        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+        raise ValueError(f"op must be one of {OPS}, got {name!r}")
     grad_out = torch.ones(B, H, T, D, device=device, dtype=dtype)
 
     def fwd() -> object:

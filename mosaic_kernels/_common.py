@@ -88,7 +88,6 @@ if _plans_env not in ("0", "1"):
     raise ValueError(f"MOSAIC_PLANS must be 0 or 1, got {_plans_env!r}")
 CALL_PLANS = _plans_env == "1"
 CALL_PLANS_MAX = 1024  # plans kept per op (cached generation sees a new T at each token): cleared past it
-_NO_PLAN = object()
 
 
 def call_signature(*args: object) -> tuple | None:

@@ -31,7 +31,6 @@ __all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
 # function.DELTA_IN_KERNEL and HEAD_GROUP, and whether the interpreter runs the kernels. Tests that patch the
 # tile choices clear it (tests/conftest.py). Cached generation sees a new T at each token: bounded.
 _PLANS: dict = {}
-_FUNCTION_MODULE: list = []  # [mosaic_kernels.attention.function], set before the first plan is made
 
 
 def _signature(k: object, v: object, scale: object, window: object, delay: object, dropout_p: object,
@@ -42,7 +41,8 @@ def _signature(k: object, v: object, scale: object, window: object, delay: objec
     if not (type(k) is torch.Tensor and type(v) is torch.Tensor and type(delay) is int
             and (window is None or type(window) is int) and (scale is None or type(scale) in (float, int))):
         return None
-    function = _FUNCTION_MODULE[0]
+    from . import function
+
     return (k.shape, k.stride(), k.dtype, k.device, v.shape, v.stride(), v.dtype, v.device, type(scale), scale,
             window, delay, type(dropout_p), dropout_p, type(generator), bool(heads_last), function.DELTA_IN_KERNEL,
             function.HEAD_GROUP, k.is_cuda or interpreter_enabled())
@@ -204,13 +204,13 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         ...                         delay=torch.tensor([[1, 1, 64, 64], [1, 1, 100, 100]]))
         >>> adaptive = mosaic_attention(k, v, bandwidth=torch.tensor([[1.0] * 4, [0.4] * 4, [0.5] * 4]))
     """
-    plain = (_common.CALL_PLANS and band is None and bandwidth is None and unconstrained is False
-             and not torch.compiler.is_compiling())
-    if plain and _PLANS:
-        plan = _PLANS.get(_signature(k, v, scale, window, delay, dropout_p, generator, heads_last))
+    key = None  # the call's plan key, taken before the checks convert its arguments
+    if (_common.CALL_PLANS and band is None and bandwidth is None and unconstrained is False
+            and not torch.compiler.is_compiling()):
+        key = _signature(k, v, scale, window, delay, dropout_p, generator, heads_last)
+        plan = _PLANS.get(key) if key is not None else None
         if plan is not None:  # a signature already checked, on the Triton path
             return plan(k, v, generator)
-    given_scale, given_p = scale, dropout_p  # the signature's, before the checks convert them
     B, H, T, D = check_heads("k", k, max_head_dim=MAX_HEAD_DIM)
     check_tensor("v", v, ndim=4)
     if v.shape != k.shape:
@@ -235,11 +235,6 @@ def mosaic_attention(k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tens
         from .function import AttentionPlan, mosaic_attention_triton
 
         check_philox_counters(T, T, dropout_p)
-        if not _FUNCTION_MODULE:
-            from . import function
-
-            _FUNCTION_MODULE.append(function)
-        key = _signature(k, v, given_scale, window, delay, given_p, generator, heads_last) if plain else None
         if key is not None:
             plan = remember_plan(_PLANS, key, AttentionPlan(k, v, scale, bool(heads_last), dropout_p, window, delay))
             return plan(k, v, generator)

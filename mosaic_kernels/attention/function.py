@@ -440,12 +440,11 @@ class AttentionPlan:
                  window: int | None, delay: int):
         B, H, T, D = k.shape
         self.heads_last, self.scale, self.threshold = heads_last, scale, dropout_threshold(dropout_p)
-        window_arg = None if window is None else window
-        self.window, self.delay = window_arg, delay
+        self.window, self.delay = window, delay
         scale_t = torch.empty(H, device="meta", dtype=torch.float32)  # only its shape and strides are read
         y = empty_heads(torch.empty, k.shape, heads_last=heads_last, device="meta", dtype=v.dtype)
-        self.fwd = _forward_launch(k, v, y, scale_t, _fwd_config(T, D, window_arg, dtype=k.dtype), self.threshold,
-                                   window_arg, delay, None, 0)
+        self.fwd = _forward_launch(k, v, y, scale_t, _fwd_config(T, D, window, dtype=k.dtype), self.threshold,
+                                   window, delay, None, 0)
         self.bwd: dict | None = None  # made by the first backward (an inference call never needs it)
 
     def backward_plan(self, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, scale_t: torch.Tensor) -> dict:

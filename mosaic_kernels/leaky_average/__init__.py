@@ -22,7 +22,7 @@ __all__ = ["leaky_average", "stable_gate_and_decay"]
 # The scan's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): call signature ->
 # function.ScanPlan, made on the Triton path outside torch.compile (which traces the registered op). The key holds
 # what the checks and the launches read: the tensors' shapes, strides, dtypes and devices, the other arguments'
-# types and values, the settings the tile and chunk choices read (function.TUNABLES: tests and tuning change them),
+# types and values, the settings the tile and chunk choices read (function.tunables(): tests and tuning change them),
 # and whether the interpreter runs the kernels.
 _PLANS: dict = {}
 
@@ -87,12 +87,12 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
         >>> decay, gate = torch.rand(2, 4, 128), torch.rand(2, 4, 128)        # per head and step
         >>> k2 = leaky_average(x, decay, gate=gate, normalize=True)
     """
-    plain = _common.CALL_PLANS and not torch.compiler.is_compiling()
-    if plain and _PLANS:
-        plan = _PLANS.get(_signature(x, decay, normalize, scale, eps, gate, heads_last))
+    key = None  # the call's plan key, taken before the checks convert its arguments
+    if _common.CALL_PLANS and not torch.compiler.is_compiling():
+        key = _signature(x, decay, normalize, scale, eps, gate, heads_last)
+        plan = _PLANS.get(key) if key is not None else None
         if plan is not None:  # a signature already checked, on the Triton path
             return plan(x, decay, scale, gate)
-    given = (decay, scale)  # the signature's, before the checks convert them
     B, H, T, D = check_heads("x", x)
     if isinstance(decay, torch.Tensor) and decay.dim() > 1:
         decay = _time_varying("decay", decay, ((B, H, T), (B, H, T, D)), x)
@@ -111,7 +111,6 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
     if use_triton(x):
         from .function import ScanPlan, leaky_average_triton
 
-        key = _signature(x, given[0], normalize, given[1], eps, gate, heads_last) if plain else None
         if key is not None:
             plan = remember_plan(_PLANS, key, ScanPlan(x, decay, scale, bool(normalize), float(eps), bool(heads_last),
                                                        gate))

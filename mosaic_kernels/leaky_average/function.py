@@ -332,15 +332,23 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
     exercise the multi-chunk path at small T. ``decay``: a float, (H,), (B, H, T) or (B, H, T, D);
     ``gate``: None or (B, H, T).
     """
+    decay_t, scale_t, gate_t = _kernel_inputs(x, decay, scale, normalize, gate)
+    return LEAKY_AVERAGE.apply(x, decay_t, scale_t, bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last),
+                               gate_t)
+
+
+def _kernel_inputs(x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None, normalize: bool,
+                   gate: torch.Tensor | None) -> tuple:
+    """(decay, scale, gate) as the kernels read them: float32; a number or an (H,) decay as an (H,) tensor, a
+    time-varying one as it is (any strides: the kernels read it through them); the scale 1 without
+    normalisation."""
     H = x.shape[1]
     if isinstance(decay, torch.Tensor) and decay.dim() > 1:
-        decay_t = decay.float()  # any strides: the kernels read time-varying decays through them
+        decay_t = decay.float()
     else:
         decay_t = per_head_tensor(decay, H, x, 0.0)
-    gate_t = gate.float() if gate is not None else None
-    args = (x, decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),
-            bool(normalize), float(eps), int(chunk_len or 0), bool(heads_last), gate_t)
-    return LEAKY_AVERAGE.apply(*args)
+    return (decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),
+            gate.float() if gate is not None else None)
 
 
 class ScanPlan:
@@ -355,27 +363,22 @@ class ScanPlan:
 
     def __init__(self, x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None,
                  normalize: bool, eps: float, heads_last: bool, gate: torch.Tensor | None):
-        # Numbers are part of the signature: converted once (a tensor is converted at each call).
+        # Numbers are part of the signature: kept as the checks converted them (a tensor is converted at each call).
         self.decay = None if isinstance(decay, torch.Tensor) else decay
-        self.scale = scale if normalize and not isinstance(scale, torch.Tensor) else None
+        self.scale = None if isinstance(scale, torch.Tensor) else scale
         self.normalize, self.eps, self.heads_last = normalize, eps, heads_last
         self.dx_heads_last = is_heads_last(x)  # dx takes x's layout
-        decay_t, scale_t, gate_t = self.tensors(x, decay, scale, gate)
+        decay_t, _, gate_t = self.tensors(x, decay, scale, gate)
         y = empty_heads(torch.empty, x.shape, heads_last=heads_last, device="meta", dtype=x.dtype)
         self.fwd = _forward_launch(x, y, decay_t, normalize, eps, 0, gate_t)
         self.bwd: dict | None = None
 
     def tensors(self, x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None,
                 gate: torch.Tensor | None) -> tuple:
-        """(decay, scale, gate) as :func:`leaky_average_triton` hands them to the kernels: float32, a per-head
-        number as an (H,) tensor, the scale 1 without normalisation."""
-        H = x.shape[1]
-        if self.decay is None and decay.dim() > 1:
-            decay_t = decay.float()
-        else:
-            decay_t = per_head_tensor(decay if self.decay is None else self.decay, H, x, 0.0)
-        scale_arg = (scale if isinstance(scale, torch.Tensor) else self.scale) if self.normalize else None
-        return decay_t, per_head_tensor(scale_arg, H, x, 1.0), gate.float() if gate is not None else None
+        """(decay, scale, gate) as :func:`leaky_average_triton` hands them to the kernels (:func:`_kernel_inputs`),
+        numbers taken as the plan keeps them."""
+        return _kernel_inputs(x, decay if self.decay is None else self.decay,
+                              scale if self.scale is None else self.scale, self.normalize, gate)
 
     def backward_plan(self, y: torch.Tensor, decay_t: torch.Tensor, x: torch.Tensor | None,
                       gate_t: torch.Tensor | None) -> dict:

@@ -52,12 +52,12 @@ def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float
         >>> x = torch.randn(2, 4, 128, 64)
         >>> v = peek_ahead_value(x, torch.rand(4), scale=torch.full((4,), 0.6))
     """
-    plain = _common.CALL_PLANS and not torch.compiler.is_compiling()
-    if plain and _PLANS:
-        plan = _PLANS.get(_signature(x, mix, scale, eps))
+    key = None  # the call's plan key, taken before the checks convert its arguments
+    if _common.CALL_PLANS and not torch.compiler.is_compiling():
+        key = _signature(x, mix, scale, eps)
+        plan = _PLANS.get(key) if key is not None else None
         if plan is not None:  # a signature already checked, on the Triton path
             return plan(x, mix, scale)
-    given = (mix, scale)  # the signature's, before the checks convert them
     B, H, T, D = check_heads("x", x)
     mix = per_head("mix", mix, H, x)
     if mix is None:
@@ -68,7 +68,6 @@ def peek_ahead_value(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float
     if use_triton(x):
         from .function import ValuePlan, peek_ahead_value_triton
 
-        key = _signature(x, given[0], given[1], eps) if plain else None
         if key is not None:
             return remember_plan(_PLANS, key, ValuePlan(x, mix, scale, float(eps)))(x, mix, scale)
         return peek_ahead_value_triton(x, mix, scale=scale, eps=float(eps))

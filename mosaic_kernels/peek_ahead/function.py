@@ -96,9 +96,13 @@ peek_ahead_fwd, peek_ahead_bwd = PEEK_AHEAD.fwd, PEEK_AHEAD.bwd
 def peek_ahead_value_triton(x: torch.Tensor, mix: float | torch.Tensor, *, scale: float | torch.Tensor | None = None,
                             eps: float = 1e-12) -> torch.Tensor:
     """Run the Triton kernels (no validation: call :func:`mosaic_kernels.peek_ahead_value`)."""
+    return PEEK_AHEAD.apply(x, *_kernel_inputs(x, mix, scale), float(eps))
+
+
+def _kernel_inputs(x: torch.Tensor, mix: float | torch.Tensor, scale: float | torch.Tensor | None) -> tuple:
+    """(mix, scale) as the kernels read them: (H,) float32 tensors, the scale 1 when None."""
     H = x.shape[1]
-    args = (x, per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0), float(eps))
-    return PEEK_AHEAD.apply(*args)
+    return per_head_tensor(mix, H, x, 0.0), per_head_tensor(scale, H, x, 1.0)
 
 
 class ValuePlan:
@@ -111,8 +115,7 @@ class ValuePlan:
     def __init__(self, x: torch.Tensor, mix: float | torch.Tensor, scale: float | torch.Tensor | None, eps: float):
         # Numbers are part of the signature: kept as checked (a tensor is converted at each call).
         self.mix = None if isinstance(mix, torch.Tensor) else mix
-        self.scale = scale if not isinstance(scale, torch.Tensor) else None
-        self.scale_is_tensor = isinstance(scale, torch.Tensor)
+        self.scale = None if isinstance(scale, torch.Tensor) else scale
         self.eps = eps
         self.fwd = _forward_launch(x, eps)
         self.bwd: dict | None = None
@@ -126,10 +129,8 @@ class ValuePlan:
     def __call__(self, x: torch.Tensor, mix: float | torch.Tensor, scale: float | torch.Tensor | None) -> torch.Tensor:
         """The value of x through :class:`_PlannedValue`, mix and scale converted as
         :func:`peek_ahead_value_triton` converts them."""
-        H = x.shape[1]
-        mix_t = per_head_tensor(mix if self.mix is None else self.mix, H, x, 0.0)
-        scale_t = per_head_tensor(scale if self.scale_is_tensor else self.scale, H, x, 1.0)
-        return _PlannedValue.apply(x, mix_t, scale_t, self)
+        inputs = _kernel_inputs(x, mix if self.mix is None else self.mix, scale if self.scale is None else self.scale)
+        return _PlannedValue.apply(x, *inputs, self)
 
 
 class _PlannedValue(torch.autograd.Function):
