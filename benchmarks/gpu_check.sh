@@ -8,10 +8,10 @@
 #   pmem       bench_persistent_memory, then bench_pmem_layout (the model's two SDPA layouts and its pick)
 #   scan       bench_leaky_average alone
 #   launch     the direct launch's GPU tests, then the kernel tests with MOSAIC_DIRECT_LAUNCH=0 (Triton's launch)
-#   plans      the cached call plans of the attention, the key scan and the value (MOSAIC_PLANS=1; off by default
-#              until this passes): their tests, then the three ops', launch, compile and CUDA-graph training tests with
-#              them on;
-#              host_cost's *_planned rows beside the default ones, the floor and SDPA, twice
+#   plans      the cached call plans of the attention, the key scan and the value (on by default since this passed on
+#              an H100, 2026-12-07; MOSAIC_PLANS=0 turns them off): their tests, then the three ops', launch, compile and
+#              CUDA-graph training tests with them on; host_cost's default rows beside the *_unplanned ones, the floor
+#              and SDPA, twice
 #   plans-step the 12-layer eager step at T=512 with MOSAIC_PLANS=1 and 0, alternated ROUNDS (3) times
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
 #              only for small 16-bit calls): the attention tests with it on at every shape, eager fwd+bwd at issue
@@ -124,8 +124,8 @@ for PART in "${@:-all}"; do
         tests/kernels/test_leaky_average.py tests/kernels/test_leaky_average_tv.py tests/kernels/test_peek_ahead.py \
         tests/kernels/test_launch.py tests/kernels/test_compile.py tests/model/test_cuda_graph.py --cuda-only
       for round in 1 2; do
-        python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_planned leaky_average leaky_average_planned \
-          peek_ahead_value peek_ahead_value_planned autograd_floor sdpa --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1
+        python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_unplanned leaky_average leaky_average_unplanned \
+          peek_ahead_value peek_ahead_value_unplanned autograd_floor sdpa --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1
         tail -n 18 "$OUT/host_cost_plans_r$round.md"
       done ;;
     plans-step)

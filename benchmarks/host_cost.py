@@ -21,10 +21,10 @@ For each op at one shape, forward alone and forward+backward (``torch.autograd.g
     over_sdpa    host_us / sdpa's host_us in the same mode (issue 38's target: at most 1.5 for fwd+bwd);
                  direct_over_sdpa the same for host_direct_us, the default path's.
 
-``mosaic_attention_planned``, ``leaky_average_planned`` and ``peek_ahead_value_planned`` are the op with its cached
-call plans (mosaic_kernels._common.CALL_PLANS on; MOSAIC_PLANS=1 sets it for a process): a call of a signature
-already checked skips the checks and the planning of its launches; beside the op's default path (off until they
-pass on a GPU), an A/B in one process.
+``mosaic_attention_unplanned``, ``leaky_average_unplanned`` and ``peek_ahead_value_unplanned`` are the op without
+its cached call plans (mosaic_kernels._common.CALL_PLANS off, as MOSAIC_PLANS=0 sets it for a process): every call
+checks its arguments and plans its launches. The plain rows are the default path, which takes the plans (on by
+default since 2026-12-07): an A/B in one process.
 
 ``mosaic_attention_delta_in_kernel`` is the attention with the backward's row term computed inside its kernels
 (mosaic_kernels.attention.function.DELTA_IN_KERNEL forced on) over its whole measurement: one launch fewer per
@@ -63,8 +63,8 @@ import torch
 
 from mosaic_model.cli.common import require_at_least_one
 
-OPS = ("leaky_average", "leaky_average_planned", "peek_ahead_value", "peek_ahead_value_planned", "mosaic_attention",
-       "mosaic_attention_planned", "mosaic_attention_delta_in_kernel", "persistent_memory", "autograd_floor", "sdpa")
+OPS = ("leaky_average", "leaky_average_unplanned", "peek_ahead_value", "peek_ahead_value_unplanned", "mosaic_attention",
+       "mosaic_attention_unplanned", "mosaic_attention_delta_in_kernel", "persistent_memory", "autograd_floor", "sdpa")
 NO_TRITON = ("autograd_floor", "sdpa")  # no Triton launch to stub or to take directly
 MODES = ("fwd", "fwd+bwd")
 
@@ -113,12 +113,12 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
         from benchmarks._common import delta_in_kernel
 
         return delta_in_kernel()
-    if op.endswith("_planned"):
+    if op.endswith("_unplanned"):
         from unittest import mock
 
         from mosaic_kernels import _common
 
-        return mock.patch.object(_common, "CALL_PLANS", True)
+        return mock.patch.object(_common, "CALL_PLANS", False)
     return contextlib.nullcontext()
 
 
@@ -143,7 +143,7 @@ def make_calls(op: str, shape: tuple[int, int, int, int], dtype: torch.dtype, de
     and the forward followed by the gradients of every input."""
     import mosaic_kernels as mk
 
-    name, op = op, op.removesuffix("_planned")  # the same calls; op_setting turns the plans on around them
+    name, op = op, op.removesuffix("_unplanned")  # the same calls; op_setting turns the plans off around them
     B, H, T, D = shape
     g = torch.Generator(device="cpu").manual_seed(0)
 

@@ -80,10 +80,10 @@ def exact_under_autocast(reference: Callable) -> Callable:
 # checked (its tensors' shapes, strides, dtypes and devices and its other arguments' types and values: see
 # call_signature) skips its checks and the planning of its launches, which a plan made once with the same functions
 # every call uses, and runs through a leaner autograd node: the same launches, the same bits. The attention, the
-# key scan and the peek-ahead value have them (their packages' _PLANS). MOSAIC_PLANS=1 turns them on; off by
-# default until their GPU tests have passed (benchmarks/gpu_check.sh plans), as the direct launch was; on the CPU
-# they pass (2026-12-07).
-_plans_env = os.environ.get("MOSAIC_PLANS", "0")
+# key scan and the peek-ahead value have them (their packages' _PLANS). On by default since 2026-12-07, when their
+# GPU run passed (benchmarks/gpu_check.sh plans: their tests and the three ops', launch, compile and CUDA-graph
+# training tests with them on; H100, torch 2.11, Triton 3.6); MOSAIC_PLANS=0, or CALL_PLANS = False, turns them off.
+_plans_env = os.environ.get("MOSAIC_PLANS", "1")
 if _plans_env not in ("0", "1"):
     raise ValueError(f"MOSAIC_PLANS must be 0 or 1, got {_plans_env!r}")
 CALL_PLANS = _plans_env == "1"

@@ -23,7 +23,7 @@ from . import reference as _reference
 __all__ = ["band_table", "mosaic_attention", "row_bandwidth"]
 
 
-# The attention's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): eager calls of a
+# The attention's cached call plans (mosaic_kernels._common.CALL_PLANS, on unless MOSAIC_PLANS=0): eager calls of a
 # signature already checked skip the checks and the host work of planning their launches:
 # signature (see _signature) -> function.AttentionPlan. Only the plain call has one (scale None or a number, an
 # int window and delay, no band table, no adaptive bandwidth), on the Triton path, outside torch.compile (which

@@ -19,7 +19,7 @@ from . import reference as _reference
 __all__ = ["leaky_average", "stable_gate_and_decay"]
 
 
-# The scan's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): call signature ->
+# The scan's cached call plans (mosaic_kernels._common.CALL_PLANS, on unless MOSAIC_PLANS=0): call signature ->
 # function.ScanPlan, made on the Triton path outside torch.compile (which traces the registered op). The key holds
 # what the checks and the launches read: the tensors' shapes, strides, dtypes and devices, the other arguments'
 # types and values, the settings the tile and chunk choices read (function.tunables(): tests and tuning change them),

@@ -10,7 +10,7 @@ from . import reference as _reference
 __all__ = ["peek_ahead_value"]
 
 
-# The value's cached call plans (mosaic_kernels._common.CALL_PLANS, on with MOSAIC_PLANS=1): call signature ->
+# The value's cached call plans (mosaic_kernels._common.CALL_PLANS, on unless MOSAIC_PLANS=0): call signature ->
 # function.ValuePlan, made on the Triton path outside torch.compile (which traces the registered op). The key: the
 # tensors' shapes, strides, dtypes and devices, the other arguments' types and values, and whether the interpreter
 # runs the kernels (its tiles differ).

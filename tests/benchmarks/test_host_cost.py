@@ -57,12 +57,12 @@ def test_each_op_is_set_against_sdpa_in_its_own_mode():
     assert [r.get("direct_over_sdpa") for r in rows] == [None, None, None, 2.5, None]
 
 
-def test_the_planned_row_measures_the_plans():
-    """host_cost's *_planned rows run with the ops' call plans on, and leave the default as they found it."""
+def test_the_unplanned_row_measures_without_the_plans():
+    """host_cost's *_unplanned rows run with the ops' call plans off, and leave the default as they found it."""
     from mosaic_kernels import _common
 
     default = _common.CALL_PLANS
-    for op in ("mosaic_attention_planned", "leaky_average_planned", "peek_ahead_value_planned"):
+    for op in ("mosaic_attention_unplanned", "leaky_average_unplanned", "peek_ahead_value_unplanned"):
         with host_cost.op_setting(op):
-            assert _common.CALL_PLANS is True
+            assert _common.CALL_PLANS is False
         assert _common.CALL_PLANS is default

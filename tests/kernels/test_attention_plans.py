@@ -14,7 +14,7 @@ from tests.conftest import kernel_devices
 
 @pytest.fixture(autouse=True)
 def plans_on(monkeypatch):
-    """The plans on (MOSAIC_PLANS=1), whatever the default."""
+    """The plans on (CALL_PLANS True), whatever the environment says."""
     monkeypatch.setattr(_common, "CALL_PLANS", True)
 
 CALLS = [
@@ -122,17 +122,19 @@ def test_a_cached_signature_still_raises_on_bad_arguments(device):
         mosaic_attention(k, v.double())
 
 
-@pytest.mark.parametrize("value, expected", [("0", "False"), ("1", "True"), ("yes", "ValueError")])
+@pytest.mark.parametrize("value, expected", [(None, "True"), ("0", "False"), ("1", "True"), ("yes", "ValueError")])
 def test_plans_setting_from_the_environment(value, expected):
-    """MOSAIC_PLANS: 1 turns the plans on, 0 (the default) off, anything else is an error at import naming the
-    variable (a fresh interpreter: the package reads it once)."""
+    """MOSAIC_PLANS: unset or 1 the plans are on (the default), 0 off, anything else is an error at import naming
+    the variable (a fresh interpreter: the package reads it once)."""
     import os
     import subprocess
     import sys
 
     code = "import mosaic_kernels._common as c; print(c.CALL_PLANS)"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "MOSAIC_PLANS": value})
+    env = {name: setting for name, setting in os.environ.items() if name != "MOSAIC_PLANS"}
+    if value is not None:
+        env["MOSAIC_PLANS"] = value
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if expected == "ValueError":
         assert run.returncode != 0 and "MOSAIC_PLANS must be 0 or 1" in run.stderr
     else:

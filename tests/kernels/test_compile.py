@@ -68,7 +68,7 @@ def test_compile_fullgraph_matches_eager(device, heads_last):
 
 @pytest.mark.parametrize("device", kernel_devices())
 def test_compile_with_the_call_plans_on(device, monkeypatch):
-    """With the cached call plans on (MOSAIC_PLANS=1), a compiled function still traces the registered ops (no
+    """With the cached call plans on (the default), a compiled function still traces the registered ops (no
     graph break: the plans are eager only) and equals the eager calls, which run through them."""
     import importlib
 

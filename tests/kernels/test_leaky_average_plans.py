@@ -1,6 +1,6 @@
-"""leaky_average's cached call plans (mosaic_kernels.leaky_average._PLANS, on with MOSAIC_PLANS=1): an eager call of
-a signature already checked skips the checks and the planning of its launches and runs through
-function.ScanPlan. Held to the uncached path: the same bits, the same errors, a new plan wherever a launch would
+"""leaky_average's cached call plans (mosaic_kernels.leaky_average._PLANS, on by default; MOSAIC_PLANS=0 turns them
+off): an eager call of a signature already checked skips the checks and the planning of its launches and runs
+through function.ScanPlan. Held to the uncached path: the same bits, the same errors, a new plan wherever a launch would
 change."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ B, H, T, D = 2, 3, 21, 16
 
 @pytest.fixture(autouse=True)
 def plans_on(monkeypatch):
-    """The plans on (MOSAIC_PLANS=1), whatever the default; the uncached runs below turn them off."""
+    """The plans on (CALL_PLANS True), whatever the environment says; the uncached runs below turn them off."""
     monkeypatch.setattr(_common, "CALL_PLANS", True)
 
 

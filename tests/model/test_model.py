@@ -118,7 +118,7 @@ def test_fused_and_reference_paths_agree(pmem_kernel):
 def test_call_plans_give_the_same_training_step(monkeypatch):
     """A fused model's training step (attention dropout on, two steps so that the second call of each layer's ops
     runs through their cached plans) gives the same loss and gradients bitwise with the call plans on
-    (MOSAIC_PLANS=1: the attention's, the key scan's and the value's) and off: the same launches, the same dropout seeds."""
+    (the default: the attention's, the key scan's and the value's) and off: the same launches, the same dropout seeds."""
     import importlib
 
     from mosaic_kernels import _common
