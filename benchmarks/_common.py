@@ -17,6 +17,16 @@ def delta_in_kernel():
     return mock.patch.object(function, "DELTA_IN_KERNEL", True)
 
 
+def without_call_plans():
+    """A context in which the ops' cached call plans are off (mosaic_kernels._common.CALL_PLANS, on by default):
+    every call checks its arguments and plans its launches, as MOSAIC_PLANS=0 makes a whole process do; around a
+    whole measurement, for an A/B in one process."""
+    from unittest import mock
+
+    from mosaic_kernels import _common
+    return mock.patch.object(_common, "CALL_PLANS", False)
+
+
 def header(command: str) -> str:
     """One line naming the GPU, driver, CUDA, torch and Triton versions, and the command."""
     import triton

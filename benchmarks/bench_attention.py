@@ -5,6 +5,8 @@ Providers (one run, same pre-scaled keys, scale 1):
                   its own by the call's work; MOSAIC_ATTN_DELTA_IN_KERNEL=0 for the own launch at every shape)
   ours_delta_in_kernel  the same with the backward's row term <y_t, dy_t> inside its kernels at every shape
                   (function.DELTA_IN_KERNEL set around the whole measurement: an A/B in one process)
+  ours_unplanned  the same without the cached call plans (mosaic_kernels._common.CALL_PLANS off around the whole
+                  measurement, as MOSAIC_PLANS=0 does for a process): every call checks and plans; an A/B in one process
   sdpa_flash      SDPA shift trick, pinned to the flash backend: SDPA(k[1:], k[:-1], v[:-1], causal),
                   zero row prepended
   sdpa_cudnn      the same, pinned to cuDNN
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks._common import bench_ms, command_line, delta_in_kernel, emit, header, peak_mib, table
+from benchmarks._common import bench_ms, command_line, delta_in_kernel, emit, header, peak_mib, table, without_call_plans
 from mosaic_kernels import mosaic_attention
 
 SHAPES = [(16, 12, 512, 64), (8, 12, 1024, 64), (4, 12, 2048, 64), (2, 12, 4096, 64), (1, 12, 8192, 64),
@@ -92,9 +94,9 @@ def ours(k, v, p=0.0):
 
 PROVIDERS = {"ours": ours, "sdpa_flash": _shift(SDPBackend.FLASH_ATTENTION),
              "sdpa_cudnn": _shift(SDPBackend.CUDNN_ATTENTION), "sdpa_mask": sdpa_mask, "flex": flex,
-             "naive": naive, "ours_delta_in_kernel": ours}
+             "naive": naive, "ours_delta_in_kernel": ours, "ours_unplanned": ours}
 # A provider's setting, active over its whole measurement (the backward reads it when it runs, not at the forward).
-CONTEXTS = {"ours_delta_in_kernel": delta_in_kernel}
+CONTEXTS = {"ours_delta_in_kernel": delta_in_kernel, "ours_unplanned": without_call_plans}
 
 
 def _time(fn, k, v, dy) -> tuple:
@@ -144,7 +146,8 @@ def run(dtype, providers, dropout: float = 0.0, shapes: list | None = None, roun
 
 def ratios(rows) -> list[dict]:
     """Speed of ours relative to each peer (peer time / our time; > 1 means ours is faster), and with
-    ``ours_delta_in_kernel`` timed, its speed-up over ``ours`` and the best SDPA backend's time over it."""
+    ``ours_delta_in_kernel`` timed, its speed-up over ``ours`` and the best SDPA backend's time over it; with
+    ``ours_unplanned`` timed, the call plans' speed-up (its time over ``ours``'s)."""
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         get = {(r["provider"], r["mode"]): r["ms"] for r in rows if r["shape"] == shape and isinstance(r["ms"], float)}
@@ -160,6 +163,8 @@ def ratios(rows) -> list[dict]:
             if ("ours_delta_in_kernel", mode) in get:  # the A/B: > 1 means the in-kernel row term is faster
                 row["delta_in_kernel_speedup"] = get[("ours", mode)] / get[("ours_delta_in_kernel", mode)]
                 row["best_sdpa_over_in_kernel"] = best / get[("ours_delta_in_kernel", mode)]
+            if ("ours_unplanned", mode) in get:  # the A/B: > 1 means the call plans make the call faster
+                row["plans_speedup"] = get[("ours_unplanned", mode)] / get[("ours", mode)]
             out.append(row)
     return out
 
@@ -192,7 +197,7 @@ def main() -> None:
           + table(rows, ["shape", "provider", "mode", "ms", "TFLOPs", "peak_MiB"])
           + "\n\nSpeed of ours relative to each peer (peer ms / our ms; > 1: ours faster):\n\n"
           + table(ratios(rows), ["shape", "mode", "best_sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_mask", "flex", "naive",
-                                  "delta_in_kernel_speedup", "best_sdpa_over_in_kernel"]))
+                                  "delta_in_kernel_speedup", "best_sdpa_over_in_kernel", "plans_speedup"]))
     emit(md, a.out)
 
 

@@ -11,7 +11,8 @@
 #   plans      the cached call plans of the attention, the key scan and the value (on by default since this passed on
 #              an H100, 2026-12-07; MOSAIC_PLANS=0 turns them off): their tests, then the three ops', launch, compile and
 #              CUDA-graph training tests with them on; host_cost's default rows beside the *_unplanned ones, the floor
-#              and SDPA, twice
+#              and SDPA, twice; eager fwd+bwd at issue 38's three small shapes with and without them against SDPA
+#              (bench_attention's ours_unplanned, 5 rounds, one process)
 #   plans-step the 12-layer eager step at T=512 with MOSAIC_PLANS=1 and 0, alternated ROUNDS (3) times
 #   delta      the attention backward's row term inside its kernels (MOSAIC_ATTN_DELTA_IN_KERNEL=1; by default
 #              only for small 16-bit calls): the attention tests with it on at every shape, eager fwd+bwd at issue
@@ -127,7 +128,11 @@ for PART in "${@:-all}"; do
         python3 -m benchmarks.host_cost --ops mosaic_attention mosaic_attention_unplanned leaky_average leaky_average_unplanned \
           peek_ahead_value peek_ahead_value_unplanned autograd_floor sdpa --out "$OUT/host_cost_plans_r$round.md" > /dev/null 2>&1
         tail -n 18 "$OUT/host_cost_plans_r$round.md"
-      done ;;
+      done
+      # Issue 38's eager op at its three small shapes, with the plans (the default) and without, in one process.
+      python3 -m benchmarks.bench_attention --shapes 16,12,512,64 8,12,1024,64 4,12,2048,64 --rounds 5 \
+        --providers ours ours_unplanned sdpa_flash sdpa_cudnn --out "$OUT/eager_plans_ab.md" > /dev/null 2>&1
+      grep -h "fwd+bwd" "$OUT/eager_plans_ab.md" ;;
     plans-step)
       step_ab MOSAIC_PLANS 1 0 ;;
     launch-step)

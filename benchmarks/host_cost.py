@@ -114,11 +114,9 @@ def op_setting(op: str) -> contextlib.AbstractContextManager:
 
         return delta_in_kernel()
     if op.endswith("_unplanned"):
-        from unittest import mock
+        from benchmarks._common import without_call_plans
 
-        from mosaic_kernels import _common
-
-        return mock.patch.object(_common, "CALL_PLANS", False)
+        return without_call_plans()
     return contextlib.nullcontext()
 
 

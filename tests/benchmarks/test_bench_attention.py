@@ -1,5 +1,6 @@
-"""The attention benchmark's in-process A/B of the in-kernel row term, and its ratio table."""
+"""The attention benchmark's in-process A/Bs (the in-kernel row term, the call plans), and its ratio table."""
 from benchmarks.bench_attention import CONTEXTS, PROVIDERS, ratios
+from mosaic_kernels import _common
 from mosaic_kernels.attention import function
 
 
@@ -22,3 +23,18 @@ def test_ratios_give_the_in_kernel_speedup_beside_the_sdpa_ratios():
     assert abs(s["best_sdpa"] - 0.5) < 1e-12 and abs(s["delta_in_kernel_speedup"] - 1.6) < 1e-12
     assert abs(s["best_sdpa_over_in_kernel"] - 0.8) < 1e-12
     assert "delta_in_kernel_speedup" not in t and "sdpa_cudnn" not in t
+
+
+def test_unplanned_provider_turns_the_call_plans_off_only_inside_its_measurement():
+    before = _common.CALL_PLANS
+    with CONTEXTS["ours_unplanned"]():
+        assert _common.CALL_PLANS is False
+    assert _common.CALL_PLANS == before
+
+
+def test_ratios_give_the_plans_speedup():
+    rows = [dict(shape="s", provider="ours", mode="fwd+bwd", ms=0.4),
+            dict(shape="s", provider="ours_unplanned", mode="fwd+bwd", ms=0.5),
+            dict(shape="s", provider="sdpa_flash", mode="fwd+bwd", ms=0.6)]
+    (s,) = ratios(rows)
+    assert abs(s["plans_speedup"] - 1.25) < 1e-12 and abs(s["best_sdpa"] - 1.5) < 1e-12
