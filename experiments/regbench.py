@@ -321,8 +321,8 @@ def _plot(held_out: dict, sizes: list[int], path: Path) -> None:
             if paper:
                 ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "x:", color=color, alpha=0.6,
                         label=f"{label} (paper)")
-    axes[0].set(xscale="log", xlabel="training languages (epochs trained)", ylabel="validity accuracy (test languages)")
-    axes[1].set(xscale="log", xlabel="training languages (epochs trained)", ylabel='L1 to the true next-symbol law ("TVD")')
+    axes[0].set(xscale="log", xlabel="training languages (epochs allowed)", ylabel="validity accuracy (test languages)")
+    axes[1].set(xscale="log", xlabel="training languages (epochs allowed)", ylabel='L1 to the true next-symbol law ("TVD")')
     def tick(s: int) -> str:
         r = next(iter(held_out.values()))[s]["selected_on_val"] if s in sizes else {}
         return f"{s:,}" + (f"\n{epochs_trained(s, r['epochs'], r.get('step_cap')):.3g} ep" if "epochs" in r else "")
