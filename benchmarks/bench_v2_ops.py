@@ -31,6 +31,7 @@ Time-varying key scan (bf16 input, normalised and scaled as the model calls it, 
   ours_step_gate_tf32x3  the default two 16-bit parts (TIME_VARYING_FWD_PRECISION = "tf32x3", the default before
                    2026-12-06)
   ours_channel     a decay (B, H, T, D)
+  ours_channel_bf16  the same decay in bfloat16 (the kernels read it and write its gradient in 16 bits)
   torch_doubling   the PyTorch reference (recursive doubling) of ours_step, eager
   torch_dense      the (T, T) decay-matrix product of ours_step (T <= 4096)
   torch_chunked    ours_step in PyTorch by chunks of 64 steps: a (64, 64) decay matrix inside each chunk, the
@@ -226,6 +227,8 @@ def scan_rows(only: list[str] | None = None) -> list[dict]:
                                                                                scale=scale)), step),
             "ours_channel": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan),
             "ours_channel_raw": (lambda xr, a: leaky_average(xr, a), chan),
+            # the same decays in bf16: read by the kernels as they are, the gradient written in bf16
+            "ours_channel_bf16": (lambda xr, a: leaky_average(xr, a, normalize=True, scale=scale), chan.bfloat16()),
             "torch_doubling": (lambda xr, a: R.leaky_average(xr, a, normalize=True, scale=scale), step),
             "torch_chunked": (lambda xr, a: chunked_scan(xr, a, scale), step),
         }

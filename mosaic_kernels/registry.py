@@ -158,7 +158,10 @@ def _leaky_opchecks(device: str) -> list[tuple[str, tuple]]:
              for norm, normalize in (("plain", False), ("norm", True))
              for layout, heads_last in (("contig_out", False), ("heads_last_out", True))]
     return cases + [("per_step-gated-norm", (x, per_step, scale, True, 1e-12, 0, False, gate)),
-                    ("per_channel-plain", (x, per_channel, scale, False, 1e-12, 0, True, None))]
+                    ("per_channel-plain", (x, per_channel, scale, False, 1e-12, 0, True, None)),
+                    # a 16-bit time-varying decay reaches the kernels as it is, its gradient in its dtype
+                    ("per_channel-fp16_decay-norm", (x, per_channel.detach().half().requires_grad_(), scale, True,
+                                                     1e-12, 0, False, None))]
 
 
 def _peek_opchecks(device: str) -> list[tuple[str, tuple]]:

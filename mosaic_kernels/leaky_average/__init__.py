@@ -58,6 +58,8 @@ def leaky_average(x: torch.Tensor, decay: float | torch.Tensor, *, normalize: bo
         decay: the per-step multiplier in [0, 1]: a float (outside [0, 1] raises), a ``(H,)`` tensor
             (one per head), or a time-varying ``(B, H, T)`` (one per head and step) or ``(B, H, T, D)``
             tensor (one per channel and step), any strides; ``decay[..., t]`` multiplies ``y[t-1]``.
+            A time-varying decay of float32, bfloat16 or float16 is read by the kernels in its own dtype
+            (no float32 copy), its gradient written in that dtype; other dtypes are converted to float32.
             A tensor's gradient is returned when it requires grad. A tensor is clamped to [0, 1] on
             every path, so an entry outside gives the same finite result on the kernel and the
             reference, with the clamp's zero gradient; it is not checked, because checking would

@@ -200,8 +200,8 @@ def _forward_launch(x: torch.Tensor, y: torch.Tensor, decay: torch.Tensor, norma
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool,
                     gate: torch.Tensor | None = None, launch_plan: dict | None = None):
     """Run the forward kernels; returns (y, norm), y heads-last or contiguous (_common.empty_heads).
-    ``chunk_len`` 0 picks the chunking by SM count. ``decay``: (H,), (B, H, T) or (B, H, T, D) float32
-    (the latter two any strides); ``gate``: None or (B, H, T), multiplying x. ``launch_plan``: what
+    ``chunk_len`` 0 picks the chunking by SM count. ``decay``: (H,) float32, (B, H, T) or (B, H, T, D) float32
+    or 16-bit (the latter two any strides); ``gate``: None or (B, H, T), multiplying x. ``launch_plan``: what
     :func:`_forward_launch` returned for the same arguments (a cached plan)."""
     B, H, T, D = x.shape
     y = empty_heads(_empty, x.shape, heads_last=heads_last, device=x.device, dtype=x.dtype)
@@ -239,7 +239,7 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
                      x: torch.Tensor | None = None, gate: torch.Tensor | None = None,
                      head_sums: tuple[bool, bool] = (True, True), launch_plan: dict | None = None):
     """Run the backward kernels; returns (dx, (d(decay), d(scale)) per head, (H,) float32 each (d(decay)
-    zero for a time-varying decay), d(decay) of a time-varying decay (its shape, float32; None for a
+    zero for a time-varying decay), d(decay) of a time-varying decay (its shape and dtype; None for a
     per-head one), d(gate) (B, H, T) float32 (None without a gate)). dx is heads-last when
     ``dx_heads_last`` (the forward's x was), so the head split's backward is a view. ``x``: the ungated
     input, read with a gate. ``head_sums``: whether to sum the programs' partials of d(decay) per head and of
@@ -251,7 +251,7 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
     nchunk = p["nchunk"]
     parts = _empty((2, B * H * nchunk), device=y.device, dtype=torch.float32)
     summary = _summary_buffer(p["summary"], nchunk, scale)
-    ddecay = _empty(decay.shape, device=y.device, dtype=torch.float32) if p["kind"] else None
+    ddecay = _empty(decay.shape, device=y.device, dtype=decay.dtype) if p["kind"] else None
     dgate = _empty((B, H, T), device=y.device, dtype=torch.float32) if gate is not None else None
     x_t = x if gate is not None else gy  # never read without a gate
     gy_strides = gy.stride()
@@ -270,7 +270,8 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
 
 def _forward(x: torch.Tensor, decay: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float, chunk_len: int,
              heads_last: bool, gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, per-row norm statistic); decay (H,), (B, H, T) or (B, H, T, D) and scale (H,), float32."""
+    """(y, per-row norm statistic); decay (H,), (B, H, T) or (B, H, T, D) and scale (H,), float32 (a
+    time-varying decay 16-bit too)."""
     return _launch_forward(x, decay, scale, normalize, eps, chunk_len, heads_last, gate)
 
 
@@ -285,7 +286,8 @@ def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torc
               gate: torch.Tensor | None, decay_grad: bool,
               scale_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, d(decay) of the decay's shape, d(scale) (H,), d(gate) (B, H, T) or an empty tensor), float32
-    but for dx; a per-head d(decay) unwritten when not ``decay_grad``, d(scale) when not ``scale_grad``."""
+    but for dx and a time-varying d(decay) (the decay's dtype); a per-head d(decay) unwritten when not
+    ``decay_grad``, d(scale) when not ``scale_grad``."""
     head_sums = (decay_grad and decay.dim() == 1, scale_grad)  # a time-varying d(decay) is the kernel's own
     gx, per_head, ddecay, dgate = _launch_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len,
                                                    dx_heads_last, x, gate, head_sums)
@@ -296,7 +298,8 @@ def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torc
 def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last, x, gate, decay_grad, scale_grad):
     B, H, T, D = y.shape
     return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
-            y.new_empty(decay.shape, dtype=torch.float32), y.new_empty((H,), dtype=torch.float32),
+            y.new_empty(decay.shape, dtype=decay.dtype if decay.dim() > 1 else torch.float32),
+            y.new_empty((H,), dtype=torch.float32),
             y.new_empty((B, H, T) if gate is not None else (0,), dtype=torch.float32))
 
 
@@ -337,14 +340,22 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
                                gate_t)
 
 
+# A time-varying decay of these dtypes reaches the kernels as it is: their loads widen it to float32, the values
+# .float() would give, and its gradient is stored in its dtype, rounded to nearest-even as autograd's cast of a
+# float32 gradient rounds it, so the results are those of a float32 copy, bit for bit. A 16-bit (B, H, T, D)
+# decay then moves 2 bytes an element each way instead of 4 and needs no float32 copy (the per-channel scan is
+# bound by these bytes: BENCHMARKS.md, issue 36's targets).
+_TV_DECAY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _kernel_inputs(x: torch.Tensor, decay: float | torch.Tensor, scale: float | torch.Tensor | None, normalize: bool,
                    gate: torch.Tensor | None) -> tuple:
     """(decay, scale, gate) as the kernels read them: float32; a number or an (H,) decay as an (H,) tensor, a
-    time-varying one as it is (any strides: the kernels read it through them); the scale 1 without
-    normalisation."""
+    time-varying one as it is (any strides: the kernels read it through them; float32, bfloat16 or float16 in its
+    own dtype, see _TV_DECAY_DTYPES); the scale 1 without normalisation."""
     H = x.shape[1]
     if isinstance(decay, torch.Tensor) and decay.dim() > 1:
-        decay_t = decay.float()
+        decay_t = decay if decay.dtype in _TV_DECAY_DTYPES else decay.float()
     else:
         decay_t = per_head_tensor(decay, H, x, 0.0)
     return (decay_t, per_head_tensor(scale if normalize else None, H, x, 1.0),

@@ -404,3 +404,41 @@ def test_gpu_long_chunked_scan_and_determinism(kind):
             for _ in range(2)]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def _16_bit_decay_cases() -> list:
+    cases = [pytest.param(d, dt, id=f"{d}-{str(dt)[6:]}") for d in kernel_devices() if d in ("cpu", "cuda")
+             for dt in (torch.float16, torch.bfloat16)]
+    return cases or [pytest.param("none", torch.float16, marks=pytest.mark.skip(reason="no kernel device"))]
+
+
+@pytest.mark.parametrize("device, decay_dtype", _16_bit_decay_cases())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "norm"])
+def test_16_bit_decay_gives_the_float32_copys_results(device, decay_dtype, kind, normalize, nan_outputs):
+    """A 16-bit time-varying decay reaches the kernels as it is (function._TV_DECAY_DTYPES): y and dx equal, bit
+    for bit, those of the same decay passed as a float32 copy (the kernels' loads widen it exactly), and d(decay)
+    comes back in the decay's dtype, equal to the copy's float32 gradient as autograd casts it. On the GPU the
+    kernels' store rounds to nearest-even as that cast does (equal bits); Triton's interpreter rounds its 16-bit
+    stores its own way: float16 equal there too (measured 2026-12-07), bfloat16 within one ulp
+    (tolerances.STORE_BF16 relative)."""
+    from mosaic_kernels.leaky_average.function import _kernel_inputs
+
+    x, decay, gate, scale = _inputs(2, 3, 45, 16, kind, gated=True)
+    decay16 = decay.to(decay_dtype)
+    assert _kernel_inputs(x, decay16, None, False, None)[0] is decay16  # no float32 copy on the way in
+    results = []
+    for a in (decay16.to(device), decay16.float().to(device)):
+        xs, ds = x.to(device).requires_grad_(), a.detach().requires_grad_()
+        y = leaky_average(xs, ds, gate=gate.to(device), normalize=normalize, scale=2.0 if normalize else None)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+        results.append((y.detach(), *torch.autograd.grad(y, (xs, ds), gy)))
+    (y16, dx16, dd16), (y32, dx32, dd32) = results
+    assert torch.equal(y16, y32) and torch.equal(dx16, dx32)
+    assert dd16.dtype == decay_dtype and torch.isfinite(dd16.float()).all()
+    want = dd32.to(decay_dtype)
+    if device == "cuda" or decay_dtype == torch.float16:
+        assert torch.equal(dd16, want)
+    else:
+        low = tolerances.STORE_BF16 * want.double().abs()
+        assert ((dd16.double() - want.double()).abs() <= low).all()
