@@ -342,7 +342,8 @@ def leaky_average_triton(x: torch.Tensor, decay: float | torch.Tensor, *, normal
 
 # A time-varying decay of these dtypes reaches the kernels as it is: their loads widen it to float32, the values
 # .float() would give, and its gradient is stored in its dtype, rounded to nearest-even as autograd's cast of a
-# float32 gradient rounds it, so the results are those of a float32 copy, bit for bit. A 16-bit (B, H, T, D)
+# float32 gradient rounds it, so the results are those of a float32 copy, bit for bit on the GPU (Triton's
+# interpreter rounds bf16 stores its own way: within one ulp). A 16-bit (B, H, T, D)
 # decay then moves 2 bytes an element each way instead of 4 and needs no float32 copy (the per-channel scan is
 # bound by these bytes: BENCHMARKS.md, issue 36's targets).
 _TV_DECAY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
