@@ -171,23 +171,4 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor, *,
         # selects' backward fills two zero tensors, copies each gradient in and adds them (five launches)
         gate, decay = pair.unbind(0)
         return gate, decay
-    if rate_bias is not None:   # the kernel's expression: float32 (float64 for float64 rates), then widened
-        acc = torch.promote_types(log_decay.dtype, torch.float32)
-        log_decay = -(log_decay.to(acc) + rate_bias.to(acc)[:, None]).abs()
-    # One cast each (a kernel launch), into contiguous memory: the cumulative sum and maximum run along T,
-    # which a caller's transposed (B, T, H) projection would leave strided (a slow scan kernel on the GPU).
-    log_gate, log_decay = (t.to(torch.float64, memory_format=torch.contiguous_format) for t in (log_gate, log_decay))
-    with torch.no_grad():
-        cum = torch.cumsum(log_decay, dim=-1)
-        peak = cum + torch.cummax(log_gate - cum, dim=-1).values                             # M_t
-        before = torch.cat([peak[..., :1] - log_decay[..., :1], peak[..., :-1]], dim=-1)     # M_{t-1}
-    # The exponents are differences of numbers as large as |M|: taken in float64, they are exact to
-    # float32's precision whatever T; only their (small) results are rounded to float32.
-    gate = torch.exp((log_gate - peak).float())
-    # arg <= 0 up to float64 rounding, which the min removes; it is exactly 0 wherever the state outweighs
-    # the new input, so the gradient must pass there: clamp's gradient at its bound is 1 in some torch
-    # releases and 0 in others, and would drop d/d log_decay at every such step. Subtracting the
-    # (detached) excess keeps the value min(arg, 0) and the gradient 1, as the kernel's backward has it.
-    arg = log_decay + before - peak
-    decay = torch.exp((arg - arg.detach().clamp(min=0.0)).float())
-    return gate, decay
+    return _reference.stable_gate_and_decay(log_gate, log_decay, rate_bias=rate_bias)

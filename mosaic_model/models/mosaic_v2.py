@@ -32,6 +32,7 @@ from mosaic_kernels import reference as reference_ops
 from mosaic_kernels.attention import row_bandwidth
 from mosaic_kernels.attention.reference import row_bandwidth as reference_row_bandwidth
 from mosaic_kernels.leaky_average import stable_gate_and_decay
+from mosaic_kernels.leaky_average.reference import stable_gate_and_decay as reference_stable_gate_and_decay
 
 from .config import MosaicV2Config
 from .generation import GenerateMixin, head_and_loss, is_static
@@ -131,8 +132,10 @@ def gated_keys(config: MosaicV2Config, raw: torch.Tensor, rate_bias: torch.Tenso
     if not config.gated_keys:
         return ops.leaky_average(raw, torch.exp(-rate_bias.abs()), normalize=True, eps=config.norm_eps, **layout)
     # log g = W_g x and log lambda = -|W_l x + b_l|, the latter formed inside the gate kernel (rate_bias):
-    # W_g x and W_l x go in as autocast's bf16 products (the kernel reads any float dtype exactly).
-    gate, decay = stable_gate_and_decay(wg_x.transpose(1, 2), wl_x.transpose(1, 2), rate_bias=rate_bias)  # (B, H, T)
+    # W_g x and W_l x go in as autocast's bf16 products (the kernel reads any float dtype exactly). The reference
+    # path takes the gates' PyTorch reference with the scan's.
+    gates = reference_stable_gate_and_decay if ops is reference_ops else stable_gate_and_decay
+    gate, decay = gates(wg_x.transpose(1, 2), wl_x.transpose(1, 2), rate_bias=rate_bias)  # (B, H, T) each
     return ops.leaky_average(raw, decay, gate=gate, normalize=True, eps=config.norm_eps, **layout)
 
 

@@ -232,6 +232,35 @@ def test_fused_and_reference_paths_agree():
         assert rel_err(g_f[name], g_ref[name]) < tolerances.FP32_CHAINED, name
 
 
+@pytest.mark.skipif(not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 on CPU (else no path launches Triton)")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_reference_path_launches_no_triton_kernel(version, monkeypatch):
+    """kernels="reference" runs PyTorch references only, the gates of v2's keys included (they went through the
+    fused gate kernel on every path until 2026-12-07): under the interpreter, where the fused path launches
+    Triton kernels on the CPU, a forward and backward of the reference path launch none."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from mosaic_model.models.config import MosaicConfig
+    from mosaic_model.models.mosaic import MemoryMosaic
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Triton kernel was launched on the reference path")
+
+    torch.manual_seed(3)
+    if version == "v2":
+        model = MemoryMosaicV2(MosaicV2Config(**{**SMALL, "kernels": "reference"}))
+        kwargs = {"delay": torch.tensor([2, 5])}
+    else:
+        model = MemoryMosaic(MosaicConfig(n_layer=2, n_head=2, n_embd=16, block_size=24, vocab_size=40,
+                                          kernels="reference"))
+        kwargs = {}
+    idx = torch.randint(0, 40, (2, 21))
+    monkeypatch.setattr(InterpretedFunction, "run", refuse)
+    _, loss = model(idx, idx, **kwargs)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_compiles_as_one_graph():
     """torch.compile(fullgraph=True) of the whole model (the band attention and the gated scan are custom ops,
     stable_gate_and_decay plain tensor code) gives the eager logits; float32 on both sides, so the
