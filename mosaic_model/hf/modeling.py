@@ -93,8 +93,9 @@ class _MosaicCausalLM(PreTrainedModel, GenerationMixin):
         (B, 1, vocab) come back with it."""
         _check_mask(attention_mask)
         if cache is not None:
-            for t in range(input_ids.shape[1]):
-                logits = self.model.decode_step(input_ids[:, t], cache.state)
+            T = input_ids.shape[1]
+            for t in range(T):  # the output layer for the last position only
+                logits = self.model.decode_step(input_ids[:, t], cache.state, logits=t == T - 1)
             cache.length += input_ids.shape[1]
             return CausalLMOutput(logits=logits[:, None], cache=cache)
         logits, _ = self.model(input_ids)

@@ -101,15 +101,19 @@ class _GraphedStep:
 
 class GenerateMixin:
     """Adds :meth:`generate` to a model with ``forward(idx) -> (logits, loss)`` and
-    ``decode_step(tokens, cache) -> logits`` (one position at a time, eval mode). The decoding cache
+    ``decode_step(tokens, cache, logits=True) -> logits`` (one position at a time, eval mode; None without
+    ``logits``). The decoding cache
     is a dict that grows (the default) or a static one (``static_cache``, used by ``cuda_graph``)."""
 
     _static_decoding = False  # tests set it to run the static cache without a graph (on the CPU too)
 
     def _prefill(self, context: torch.Tensor, static: bool = False) -> tuple[torch.Tensor, dict]:
+        """A cache holding ``context`` (B, T), fed one position at a time, and the logits after its last token
+        (the output layer runs for that one only: at a vocabulary of 50k it is most of a small model's step)."""
         cache = static_cache(self.config.block_size, context.device) if static else {}
-        for t in range(context.shape[1]):
-            logits = self.decode_step(context[:, t], cache)
+        T = context.shape[1]
+        for t in range(T):
+            logits = self.decode_step(context[:, t], cache, logits=t == T - 1)
         return logits, cache
 
     @torch.no_grad()

@@ -128,8 +128,9 @@ class GPT(GenerateMixin, nn.Module):
         """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""
         return self.lm_head(self.ln_f(x))
 
-    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
-        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
+    def decode_step(self, tokens: torch.Tensor, cache: dict, logits: bool = True) -> torch.Tensor | None:
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``;
+        ``logits=False`` updates the cache only and returns None."""
         static = is_static(cache)
         pos = cache.get("pos", 0)
         if not static:
@@ -141,7 +142,7 @@ class GPT(GenerateMixin, nn.Module):
             x = block.step(x, layer_cache(cache, i))
         if static:
             pos.add_(1)  # in place: a captured graph advances it too
-        return self._head(x)
+        return self._head(x) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

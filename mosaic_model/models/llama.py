@@ -123,14 +123,15 @@ class Llama(GenerateMixin, nn.Module):
         """Final RMSNorm and the tied head: (..., d) -> (..., vocab)."""
         return self.lm_head(self.norm_f(x))
 
-    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
-        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``."""
+    def decode_step(self, tokens: torch.Tensor, cache: dict, logits: bool = True) -> torch.Tensor | None:
+        """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``;
+        ``logits=False`` updates the cache only and returns None."""
         if is_static(cache):
             raise ValueError("llama has no static decoding cache: generate without cuda_graph")
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
             x = block.step(x, layer_cache(cache, i))
-        return self.lm_head(self.norm_f(x))
+        return self.lm_head(self.norm_f(x)) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

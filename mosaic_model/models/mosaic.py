@@ -92,15 +92,16 @@ class MemoryMosaic(GenerateMixin, nn.Module):
             h = h * (1.0 / math.sqrt(self.config.n_embd))
         return self.lm_head(h)
 
-    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, cache: dict, logits: bool = True) -> torch.Tensor | None:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache``
-        (a dict that starts empty): O(1) key updates and one attention row per layer."""
+        (a dict that starts empty): O(1) key updates and one attention row per layer. ``logits=False``
+        updates the cache only and returns None (a prompt's tokens before its last: no output layer)."""
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
             x = block.step(x, layer_cache(cache, i))
         if is_static(cache):
             cache["pos"].add_(1)  # in place: a captured graph advances it too
-        return self._head(x)
+        return self._head(x) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

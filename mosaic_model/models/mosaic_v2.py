@@ -413,10 +413,11 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         """Final LayerNorm and the tied head: (..., d) -> (..., vocab)."""
         return self.lm_head(self.ln_f(x))
 
-    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, cache: dict, logits: bool = True) -> torch.Tensor | None:
         """Next-token logits (B, vocab) after feeding ``tokens`` (B,) at the next position of ``cache`` (a
         dict that starts empty), in eval mode: per memory, O(1) key updates and one attention row over
-        its band; the short-term caches hold ``window`` positions, the long-term ones grow."""
+        its band; the short-term caches hold ``window`` positions, the long-term ones grow. ``logits=False``
+        updates the cache only and returns None."""
         if is_static(cache):
             raise ValueError("mosaic-v2 has no static decoding cache: generate without cuda_graph")
         pos = cache.get("length", 0)
@@ -424,7 +425,7 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache.setdefault(i, {}), pos)
         cache["length"] = pos + 1
-        return self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(x)) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

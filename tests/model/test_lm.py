@@ -194,6 +194,26 @@ def test_cached_decoding_equals_the_full_forward(make):
                        m.generate(idx, 10, temperature=1.0, top_k=5, generator=g2, use_cache=False))
 
 
+@pytest.mark.parametrize("kind", ["mosaic", "gpt", "llama", "mosaic-v2"])
+def test_a_step_without_logits_fills_the_same_cache(kind):
+    """decode_step(..., logits=False), the prompt's tokens before its last in generate() and the Hugging Face
+    wrapper, skips the output layer only: it returns None and leaves the cache as a step with logits does, so
+    the next step's logits are the same bits."""
+    from mosaic_model.models.build import build_model
+
+    torch.manual_seed(0)
+    common = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=50)
+    extra = dict(window=4, delay_min=2, delay_max=5, delay_eval=3) if kind == "mosaic-v2" else dict(block_size=24)
+    m = build_model(kind, {**common, **extra}).eval()
+    idx = torch.randint(0, 50, (2, 7))
+    caches: list[dict] = [{}, {}]
+    with torch.no_grad():
+        for t in range(6):
+            assert m.decode_step(idx[:, t], caches[0], logits=False) is None
+            assert m.decode_step(idx[:, t], caches[1]).shape == (2, 50)
+        assert torch.equal(m.decode_step(idx[:, 6], caches[0]), m.decode_step(idx[:, 6], caches[1]))
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_token_losses_do_not_depend_on_the_rows_per_model_call(monkeypatch, device):
     """The evaluation's per-token losses are the same whether the batch goes through the model one row a call
