@@ -144,8 +144,8 @@ def stable_gate_and_decay(log_gate: torch.Tensor, log_decay: torch.Tensor, *,
     maxima: M_t = L_t + max_{s <= t} (log_gate_s - L_s) with L the cumulative log-decay. Returns
     float32 tensors (views of one (2, B, H, T) tensor on the kernel path), differentiable with respect
     to both logs. CUDA tensors (and CPU ones under ``TRITON_INTERPRET=1``) run one Triton launch for the
-    pair (leaky_average/triton_gates.py); float64 and other CPU tensors the PyTorch code below, with
-    the same formulas and gradients.
+    pair (leaky_average/triton_gates.py); float64 and other CPU tensors its PyTorch reference
+    (leaky_average/reference.py), with the same formulas and gradients.
 
     ``rate_bias``: an ``(H,)`` float tensor; ``log_decay`` then holds rates r and the log-decays are
     ``-|r + rate_bias_h|`` (Memory Mosaics v2's decays exp(-|W_l x + b_l|)), formed inside the kernel in
