@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from ..models.generation import IGNORE_INDEX
+from ..models.generation import IGNORE_INDEX, feed
 from ..models.gpt import GPT
 from ..models.llama import Llama
 from ..models.mosaic import MemoryMosaic
@@ -93,9 +93,7 @@ class _MosaicCausalLM(PreTrainedModel, GenerationMixin):
         (B, 1, vocab) come back with it."""
         _check_mask(attention_mask)
         if cache is not None:
-            T = input_ids.shape[1]
-            for t in range(T):  # the output layer for the last position only
-                logits = self.model.decode_step(input_ids[:, t], cache.state, logits=t == T - 1)
+            logits = feed(self.model, input_ids, cache.state)
             cache.length += input_ids.shape[1]
             return CausalLMOutput(logits=logits[:, None], cache=cache)
         logits, _ = self.model(input_ids)

@@ -99,6 +99,16 @@ class _GraphedStep:
         return self.logits
 
 
+def feed(model: torch.nn.Module, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+    """Feed ``tokens`` (B, T), T >= 1, to ``model``'s decoding ``cache`` one position at a time and return the
+    logits after the last (B, vocab): the output layer runs for that one only (at a vocabulary of 50k it is most
+    of a small model's step)."""
+    T = tokens.shape[1]
+    for t in range(T):
+        logits = model.decode_step(tokens[:, t], cache, logits=t == T - 1)
+    return logits
+
+
 class GenerateMixin:
     """Adds :meth:`generate` to a model with ``forward(idx) -> (logits, loss)`` and
     ``decode_step(tokens, cache, logits=True) -> logits`` (one position at a time, eval mode; None without
@@ -108,13 +118,9 @@ class GenerateMixin:
     _static_decoding = False  # tests set it to run the static cache without a graph (on the CPU too)
 
     def _prefill(self, context: torch.Tensor, static: bool = False) -> tuple[torch.Tensor, dict]:
-        """A cache holding ``context`` (B, T), fed one position at a time, and the logits after its last token
-        (the output layer runs for that one only: at a vocabulary of 50k it is most of a small model's step)."""
+        """A cache holding ``context`` (B, T) (:func:`feed`) and the logits after its last token."""
         cache = static_cache(self.config.block_size, context.device) if static else {}
-        T = context.shape[1]
-        for t in range(T):
-            logits = self.decode_step(context[:, t], cache, logits=t == T - 1)
-        return logits, cache
+        return feed(self, context, cache), cache
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
