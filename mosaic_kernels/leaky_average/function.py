@@ -298,8 +298,7 @@ def _backward(gy: torch.Tensor, y: torch.Tensor, norm: torch.Tensor, decay: torc
 def _fake_backward(gy, y, norm, decay, scale, normalize, eps, chunk_len, dx_heads_last, x, gate, decay_grad, scale_grad):
     B, H, T, D = y.shape
     return (empty_heads(y.new_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype),
-            y.new_empty(decay.shape, dtype=decay.dtype if decay.dim() > 1 else torch.float32),
-            y.new_empty((H,), dtype=torch.float32),
+            y.new_empty(decay.shape, dtype=decay.dtype), y.new_empty((H,), dtype=torch.float32),
             y.new_empty((B, H, T) if gate is not None else (0,), dtype=torch.float32))
 
 

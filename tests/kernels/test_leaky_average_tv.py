@@ -419,8 +419,8 @@ def test_16_bit_decay_gives_the_float32_copys_results(device, decay_dtype, kind,
     """A 16-bit time-varying decay reaches the kernels as it is (function._TV_DECAY_DTYPES): y and dx equal, bit
     for bit, those of the same decay passed as a float32 copy (the kernels' loads widen it exactly), and d(decay)
     comes back in the decay's dtype, equal to the copy's float32 gradient as autograd casts it. On the GPU the
-    kernels' store rounds to nearest-even as that cast does (equal bits); Triton's interpreter rounds its 16-bit
-    stores its own way: float16 equal there too (measured 2026-12-07), bfloat16 within one ulp
+    kernels' store rounds to nearest-even as that cast does (equal bits). Triton's interpreter converts a float16
+    store with numpy, which rounds to nearest-even too (equal bits), and truncates a bfloat16 one: within one ulp
     (tolerances.STORE_BF16 relative)."""
     from mosaic_kernels.leaky_average.function import _kernel_inputs
 
