@@ -13,6 +13,7 @@ key-role tile; ``head-group`` times the attention's launch order in groups of he
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
        [band] [v2-attention] [row-scale] [head-group] [pmem] [small-head] [float32-ab]
+       [time-varying]
 (the sweeps of each op are in SWEEPS, keyed by the op's name in mosaic_kernels.registry)
 """
 from __future__ import annotations
@@ -441,6 +442,65 @@ def tune_float32_ab(device: str = "cuda", shapes=FLOAT32_AB_SHAPES, bench=bench_
     return lines
 
 
+# The time-varying scans' tiles and pipelining (function.TIME_VARYING_TILES), bf16: at the chunked shape and the two
+# GPU-bound shapes of bench_v2_ops' scan part. (BLOCK_T, warps, STAGES) by decay kind; kind 1's product keeps its
+# tiles at 64 rows or fewer (its (BLOCK_T x BLOCK_T) matrix lives in registers).
+TV_TILE_SHAPES = [(1, 12, 8192, 64), (8, 16, 4096, 128), (16, 16, 16384, 128)]
+TV_FWD_CONFIGS = {1: [(bt, w, s) for bt, w in ((16, 2), (32, 2), (32, 4), (64, 4)) for s in (0, 2, 3)],
+                  2: [(bt, w, s) for bt, w in ((16, 2), (16, 4), (32, 2), (32, 4), (64, 4), (64, 8)) for s in (0, 2, 3)]}
+TV_BWD_CONFIGS = {2: [(bt, w, s) for bt, w in ((16, 2), (16, 4), (32, 2), (32, 4)) for s in (2, 3, 4)]}
+
+
+def tune_time_varying(device: str = "cuda", shapes=TV_TILE_SHAPES, bench=bench_ms, fwd=TV_FWD_CONFIGS,
+                      bwd=TV_BWD_CONFIGS) -> list[str]:
+    """Every (BLOCK_T, warps, STAGES) of ``fwd`` and ``bwd`` (by decay kind) for the time-varying scans' kernels
+    alone, normalised, bf16, x heads-last: kind 1 a float32 decay per (b, h, t), without and with a gate (the v2
+    keys' call), kind 2 a bf16 decay per (b, h, t, d); the per-head scan's forward and backward at its table's tile
+    first, as the yardstick. One line per shape, kind and direction with the four fastest and the current table's
+    time (returned too). ``device``, ``shapes`` and ``bench`` let the CPU suite run it (the interpreter ignores
+    TIME_VARYING_TILES: its tiles are fixed)."""
+    bf16, lines = torch.bfloat16, []
+    for (B, H, T, D) in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(B, T, H, D, device=device, generator=g).to(bf16).transpose(1, 2)
+        dy = torch.randn(B, H, T, D, device=device, generator=g).to(bf16)
+        sc = torch.ones(H, device=device)
+        head = torch.rand(H, device=device, generator=g).mul(0.5).add(0.5)
+        gate = torch.rand(B, H, T, device=device, generator=g).add(0.5)
+        y, norm = leaky_fn._launch_forward(x, head, sc, True, 1e-12, 0, True)
+        f = bench(lambda: leaky_fn._launch_forward(x, head, sc, True, 1e-12, 0, True))
+        b = bench(lambda: leaky_fn._launch_backward(dy, y, norm, head, sc, True, 1e-12, 0, True))
+        lines.append(f"TIME_VARYING {(B, H, T, D)} per-head: fwd {f:.4f} bwd {b:.4f}")
+        print(lines[-1], flush=True)
+        cases = [("step", 1, torch.rand(B, H, T, device=device, generator=g).mul(0.5).add(0.5), None),
+                 ("gated", 1, torch.rand(B, H, T, device=device, generator=g).mul(0.5).add(0.5), gate),
+                 ("channel", 2, torch.rand(B, H, T, D, device=device, generator=g).mul(0.5).add(0.5).to(bf16), None)]
+        for name, kind, decay, gt in cases:
+            for direction, configs in (("fwd", fwd.get(kind, [])), ("bwd", bwd.get(kind, []))):
+                if not configs:
+                    continue
+                y, norm = leaky_fn._launch_forward(x, decay, sc, True, 1e-12, 0, True, gt)
+                table = leaky_fn._launch_tile(direction, kind, D, bf16)
+                if direction == "fwd":
+                    call = lambda: leaky_fn._launch_forward(x, decay, sc, True, 1e-12, 0, True, gt)  # noqa: E731
+                else:
+                    call = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, True,  # noqa: E731
+                                                             x if gt is not None else None, gt, (False, False))
+                res = []
+                for c in configs:
+                    with mock.patch.dict(leaky_fn.TIME_VARYING_TILES[(direction, kind)], {table[3]: c}):
+                        try:
+                            res.append((bench(call), c))
+                        except Exception as e:  # a tile the compiler refuses
+                            print("TIME_VARYING fail", name, direction, c, str(e)[:80], flush=True)
+                current = bench(call)
+                res.sort(key=lambda r: r[0])
+                lines.append(f"TIME_VARYING {(B, H, T, D)} {name} {direction}: table {table[:3]} {current:.4f}; fastest "
+                             + str([(round(t, 4), c) for t, c in res[:4]]))
+                print(lines[-1], flush=True)
+    return lines
+
+
 PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]
 PMEM_ROWS_SLOTS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3),
                    (64, 64, 4, 4), (128, 64, 4, 4), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -473,7 +533,7 @@ SWEEPS = {
                          "head-group": tune_head_group, "float32-ab": tune_float32_ab},
     "leaky_average": {"leaky": tune_leaky, "in_tile": tune_leaky_in_tile, "chunks": tune_leaky_chunks,
                       "chunks-tv": tune_leaky_chunks_tv, "chunk-rule": tune_leaky_chunk_rule,
-                      "small-head": tune_leaky_small_head},
+                      "small-head": tune_leaky_small_head, "time-varying": tune_time_varying},
     "persistent_memory": {"pmem": tune_pmem},
 }
 

@@ -104,11 +104,31 @@ FWD_STAGES = 0
 BWD_STAGES = 3
 
 
+# The time-varying scans' own launch settings on 16-bit inputs, by (direction, decay kind): BLOCK_D -> (BLOCK_T,
+# warps, STAGES). A kind or head dim not listed takes the tables above with FWD_/BWD_STAGES. The per-channel decay
+# (kind 2) has no decay-matrix product (its tile scans with tl.associative_scan, so the product's register limits do
+# not bind it) and loads a decay tile as large as the input tile beside each one, which the forward's register
+# prefetch (STAGES 0) does not cover.
+TIME_VARYING_TILES: dict[tuple[str, int], dict[int, tuple[int, int, int]]] = {
+    ("fwd", 1): {}, ("fwd", 2): {}, ("bwd", 1): {}, ("bwd", 2): {}}
+
+
+def _launch_tile(direction: str, kind: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_T, warps, STAGES, BLOCK_D) of one direction's kernel ("fwd" or "bwd") for a decay of ``kind`` and
+    inputs of ``dtype``: TIME_VARYING_TILES where it has an entry, else :func:`_tiling` with FWD_/BWD_STAGES."""
+    fwd_t, fwd_w, bwd_t, bwd_w, block_d = _tiling(D, dtype)
+    block_t, warps, stages = (fwd_t, fwd_w, FWD_STAGES) if direction == "fwd" else (bwd_t, bwd_w, BWD_STAGES)
+    if kind and dtype != torch.float32 and not interpreter_enabled():
+        block_t, warps, stages = TIME_VARYING_TILES[(direction, kind)].get(block_d, (block_t, warps, stages))
+    return block_t, warps, stages, block_d
+
+
 def tunables() -> tuple:
     """The module settings the launch plans read besides the call's arguments (tests and tuning change them): part
     of the key of a cached call plan (mosaic_kernels.leaky_average._PLANS)."""
+    tv_tiles = tuple((key, tuple(sorted(table.items()))) for key, table in sorted(TIME_VARYING_TILES.items()))
     return (FWD_IN_TILE, BWD_IN_TILE, FWD_PROGRAMS_PER_SM, BWD_PROGRAMS_PER_SM, CHUNK_RULE, CHUNK_TARGET_LEN,
-            CHUNK_TARGET_MAX, FWD_STAGES, BWD_STAGES, TIME_VARYING_FWD_PRECISION)
+            CHUNK_TARGET_MAX, FWD_STAGES, BWD_STAGES, TIME_VARYING_FWD_PRECISION, tv_tiles)
 
 
 def _chunking(B: int, H: int, T: int, device: torch.device, block_t: int, chunk_len: int | None, per_sm: int):
@@ -186,7 +206,7 @@ def _forward_launch(x: torch.Tensor, y: torch.Tensor, decay: torch.Tensor, norma
     what it reads, so that an eager call of a known signature reuses it (:class:`ScanPlan`)."""
     B, H, T, D = x.shape
     kind = _decay_kind(decay)
-    block_t, warps, _, _, block_d = _tiling(D, x.dtype)
+    block_t, warps, stages, block_d = _launch_tile("fwd", kind, D, x.dtype)
     # The backward chunks time on its own: no forward state is reused.
     chunk_len, nchunk = _chunking(B, H, T, x.device, block_t, chunk_len or None, FWD_PROGRAMS_PER_SM)
     return dict(nchunk=nchunk, summary=B * H * nchunk * block_d * (2 if kind else 1),
@@ -194,7 +214,7 @@ def _forward_launch(x: torch.Tensor, y: torch.Tensor, decay: torch.Tensor, norma
                       nchunk, eps),
                 meta=dict(NORMALIZE=normalize, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
                           USE_DOT=FWD_IN_TILE == "dot", PRECISION=_fwd_precision(x.dtype, kind, gate is not None),
-                          STAGES=FWD_STAGES, DECAY_KIND=kind, GATED=gate is not None))
+                          STAGES=stages, DECAY_KIND=kind, GATED=gate is not None))
 
 
 def _launch_forward(x, decay, scale, normalize: bool, eps: float, chunk_len: int, heads_last: bool,
@@ -224,14 +244,14 @@ def _backward_launch(y: torch.Tensor, gx: torch.Tensor, decay: torch.Tensor, nor
     arguments. A pure function of what it reads, as :func:`_forward_launch`."""
     B, H, T, D = y.shape
     kind = _decay_kind(decay)
-    _, _, bwd_block_t, warps, block_d = _tiling(D, y.dtype)
+    bwd_block_t, warps, stages, block_d = _launch_tile("bwd", kind, D, y.dtype)
     chunk_len, nchunk = _chunking(B, H, T, y.device, bwd_block_t, chunk_len or None, BWD_PROGRAMS_PER_SM)
     return dict(nchunk=nchunk, summary=B * H * nchunk * block_d * (2 if kind else 1), kind=kind,
                 middle=(*y.stride()[:3], *gx.stride()[:3], *_tv_strides(decay)),
                 x_strides=x.stride() if gate is not None else None,  # None: x_t is the gradient, its strides
                 tail=(*_gate_strides(gate), H, T, D, chunk_len, nchunk, eps),
                 meta=dict(NORMALIZE=normalize, BLOCK_T=bwd_block_t, BLOCK_D=block_d, num_warps=warps,
-                          USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=BWD_STAGES,
+                          USE_DOT=BWD_IN_TILE == "dot", PRECISION=_bwd_precision(y.dtype), STAGES=stages,
                           DECAY_KIND=kind, GATED=gate is not None))
 
 

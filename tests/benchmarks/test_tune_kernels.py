@@ -124,3 +124,20 @@ def test_float32_ab_times_both_tables_for_both_ops(device):
     assert lines[0].startswith("FLOAT32_AB attention (1, 2, 40, 16) 16-bit: fwd 1.0000 bwd 1.0000  float32:")
     assert lines[1].startswith("FLOAT32_AB leaky_average (1, 2, 40, 16) 16-bit:")
     assert leaky_fn.FWD_DOT_TILES_FLOAT32 == before
+
+
+@pytest.mark.parametrize("device", [d for d in kernel_devices() if d == "cpu"])
+def test_time_varying_sweep_times_every_config_of_each_kind_and_restores_the_table(device):
+    """The time-varying scans' tile sweep on a tiny shape (Triton's interpreter, which ignores the table, so this
+    checks the script): the per-head yardstick, then per case and direction every config and the table's tile once
+    more; a line each, and TIME_VARYING_TILES left as it was."""
+    bench, calls = _stand_in_timer()
+    before = {k: dict(v) for k, v in leaky_fn.TIME_VARYING_TILES.items()}
+    fwd, bwd = {1: [(16, 1, 0)], 2: [(16, 1, 0), (16, 1, 2)]}, {2: [(16, 1, 3)]}
+    lines = tune_kernels.tune_time_varying(device, [(1, 2, 40, 16)], bench, fwd, bwd)
+    assert lines[0] == "TIME_VARYING (1, 2, 40, 16) per-head: fwd 1.0000 bwd 1.0000"
+    assert [line.split(": table")[0] for line in lines[1:]] == [
+        "TIME_VARYING (1, 2, 40, 16) step fwd", "TIME_VARYING (1, 2, 40, 16) gated fwd",
+        "TIME_VARYING (1, 2, 40, 16) channel fwd", "TIME_VARYING (1, 2, 40, 16) channel bwd"]
+    assert len(calls) == 2 + (1 + 1) + (1 + 1) + (2 + 1) + (1 + 1)
+    assert leaky_fn.TIME_VARYING_TILES == before

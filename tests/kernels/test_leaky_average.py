@@ -330,3 +330,22 @@ def test_float32_inputs_take_their_own_tiles_on_the_gpu(monkeypatch):
             assert fn._tiling(D, half) == (*fn.FWD_DOT_TILES[block_d], *fn.BWD_DOT_TILES[block_d], block_d)
     monkeypatch.setattr(fn, "FWD_IN_TILE", "scan")
     assert fn.active_tiles("fwd", torch.float32) is fn.FWD_TILES is fn.active_tiles("fwd", torch.bfloat16)
+
+
+def test_a_time_varying_table_entry_sets_its_kinds_16_bit_launch_on_the_gpu(monkeypatch):
+    """TIME_VARYING_TILES: an entry for (direction, kind) at a BLOCK_D sets that kernel's tile, warps and stages for
+    16-bit inputs of that kind on the GPU; the other kind, the other direction, float32 inputs and the per-head
+    decay keep the tables and FWD_/BWD_STAGES, and the interpreter its fixed tiles."""
+    from mosaic_kernels.leaky_average import function as fn
+    monkeypatch.setattr(fn, "interpreter_enabled", lambda: False)
+    monkeypatch.setitem(fn.TIME_VARYING_TILES, ("fwd", 2), {128: (64, 8, 3)})
+    bf16 = torch.bfloat16
+    assert fn._launch_tile("fwd", 2, 96, bf16) == (64, 8, 3, 128)
+    assert fn._launch_tile("fwd", 2, 96, torch.float16) == (64, 8, 3, 128)
+    assert fn._launch_tile("fwd", 2, 64, bf16) == (*fn.FWD_DOT_TILES[64], fn.FWD_STAGES, 64)
+    assert fn._launch_tile("fwd", 1, 128, bf16) == (*fn.FWD_DOT_TILES[128], fn.FWD_STAGES, 128)
+    assert fn._launch_tile("fwd", 0, 128, bf16) == (*fn.FWD_DOT_TILES[128], fn.FWD_STAGES, 128)
+    assert fn._launch_tile("bwd", 2, 128, bf16) == (*fn.BWD_DOT_TILES[128], fn.BWD_STAGES, 128)
+    assert fn._launch_tile("fwd", 2, 128, torch.float32) == (*fn.FWD_DOT_TILES_FLOAT32[128], fn.FWD_STAGES, 128)
+    monkeypatch.setattr(fn, "interpreter_enabled", lambda: True)
+    assert fn._launch_tile("fwd", 2, 128, bf16) == (16, 1, fn.FWD_STAGES, 128)

@@ -406,6 +406,23 @@ def test_gpu_long_chunked_scan_and_determinism(kind):
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [(16, 2, 0), (16, 4, 2), (32, 4, 3), (64, 4, 3), (64, 8, 0)], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_gpu_time_varying_tiles_and_stages(kind, config, monkeypatch, nan_outputs):
+    """Any (BLOCK_T, warps, STAGES) that function.TIME_VARYING_TILES may hold (tiles of 16-64 rows, register
+    prefetch or pipelined loads), in both directions, bf16, D = 96 (BLOCK_D 128), gated and normalised, time
+    chunked with a partial last tile, against the float64 loop."""
+    from mosaic_kernels.leaky_average import function as fn
+
+    for direction in ("fwd", "bwd"):
+        monkeypatch.setitem(fn.TIME_VARYING_TILES, (direction, 1 if kind == "per_step" else 2), {128: config})
+    assert fn._launch_tile("fwd", 1 if kind == "per_step" else 2, 96, torch.bfloat16)[:3] == config
+    x, d, g, s = _inputs(2, 3, 1000, 96, kind, True, dtype=torch.bfloat16)
+    _check(lambda *a, **k: fn.leaky_average_triton(*a, **k, chunk_len=320), x, d, g, s, True,
+           tolerances.LOW_PRECISION, "cuda")
+
+
 def _16_bit_decay_cases() -> list:
     cases = [pytest.param(d, dt, id=f"{d}-{str(dt)[6:]}") for d in kernel_devices() if d in ("cpu", "cuda")
              for dt in (torch.float16, torch.bfloat16)]
