@@ -186,13 +186,16 @@ def _leaky_fwd_kernel(
     x_base = X + b * sxb + h * sxh
     y_base = Y + b * syb + h * syh
     out_base = pid_bh * T                                                   # NORM row base
-    # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile into registers before this
-    # one is scanned; >= 2 loads each tile inside the loop and lets Triton's pipeliner keep STAGES - 1
-    # tiles in flight through shared memory.
+    # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile (and its per-channel decay tile)
+    # into registers before this one is scanned; >= 2 loads each tile inside the loop and lets Triton's
+    # pipeliner keep STAGES - 1 tiles in flight through shared memory.
     if STAGES == 0:
         nxt = t_start + rows_local
         x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
                          mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
+        if DECAY_KIND == 2:  # the per-channel decay tile, as large as x's, prefetched beside it
+            a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
+                             mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
     for t0 in tl.range(t_start, t_stop, BLOCK_T, num_stages=STAGES if STAGES > 0 else None):
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
@@ -202,8 +205,14 @@ def _leaky_fwd_kernel(
             nxt = rows + BLOCK_T
             x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
                              mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
+            if DECAY_KIND == 2:
+                a_raw = a_next
+                a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
+                                 mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
         else:
             x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
+            if DECAY_KIND == 2:
+                a_raw = tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2, other=1.0)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
         if GATED:
             g_rows = tl.load(g_base + rows * sgt, mask=rmask, other=0.0).to(tl.float32)   # (BLOCK_T,)
@@ -239,8 +248,7 @@ def _leaky_fwd_kernel(
             carry = tl.sum(sum_w_tv[:, None] * x, axis=0) + a_tile_tv * carry
             chunk_prod = chunk_prod * a_tile_tv
         else:
-            a_t = _clamped_decay(tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2,
-                                         other=1.0).to(tl.float32))
+            a_t = _clamped_decay(a_raw.to(tl.float32))       # rows past the end: decay 1, input 0
             x = x + tl.where(rows_local[:, None] == 0, a_t * carry[None, :], 0.0)
             _, u = tl.associative_scan((a_t, x), 0, _decayed_sum)
             carry = _row(u, rows_local, BLOCK_T - 1)
