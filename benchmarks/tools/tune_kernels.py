@@ -452,14 +452,15 @@ TV_BWD_CONFIGS = {2: [(bt, w, s) for bt, w in ((16, 2), (16, 4), (32, 2), (32, 4
 
 
 def tune_time_varying(device: str = "cuda", shapes=TV_TILE_SHAPES, bench=bench_ms, fwd=TV_FWD_CONFIGS,
-                      bwd=TV_BWD_CONFIGS) -> list[str]:
+                      bwd=TV_BWD_CONFIGS) -> list[dict]:
     """Every (BLOCK_T, warps, STAGES) of ``fwd`` and ``bwd`` (by decay kind) for the time-varying scans' kernels
-    alone, normalised, bf16, x heads-last: kind 1 a float32 decay per (b, h, t), without and with a gate (the v2
-    keys' call), kind 2 a bf16 decay per (b, h, t, d); the per-head scan's forward and backward at its table's tile
-    first, as the yardstick. One line per shape, kind and direction with the four fastest and the current table's
-    time (returned too). ``device``, ``shapes`` and ``bench`` let the CPU suite run it (the interpreter ignores
-    TIME_VARYING_TILES: its tiles are fixed)."""
-    bf16, lines = torch.bfloat16, []
+    alone, normalised, bf16, x heads-last: kind 1 a float32 decay per (b, h, t), without ("step") and with a gate
+    ("gated", the v2 keys' call), kind 2 ("channel") a bf16 decay per (b, h, t, d); the per-head scan's forward and
+    backward at its table's tile first, as the yardstick. Prints a line per shape, case and direction (the four
+    fastest and the table's current time) and returns the rows: dicts of shape, case, kind, direction, block_d,
+    table (the current launch), table_ms and times ([(ms, config)] fastest first). ``device``, ``shapes`` and
+    ``bench`` let the CPU suite run it (the interpreter ignores TIME_VARYING_TILES: its tiles are fixed)."""
+    bf16, rows = torch.bfloat16, []
     for (B, H, T, D) in shapes:
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(B, T, H, D, device=device, generator=g).to(bf16).transpose(1, 2)
@@ -470,8 +471,8 @@ def tune_time_varying(device: str = "cuda", shapes=TV_TILE_SHAPES, bench=bench_m
         y, norm = leaky_fn._launch_forward(x, head, sc, True, 1e-12, 0, True)
         f = bench(lambda: leaky_fn._launch_forward(x, head, sc, True, 1e-12, 0, True))
         b = bench(lambda: leaky_fn._launch_backward(dy, y, norm, head, sc, True, 1e-12, 0, True))
-        lines.append(f"TIME_VARYING {(B, H, T, D)} per-head: fwd {f:.4f} bwd {b:.4f}")
-        print(lines[-1], flush=True)
+        rows.append(dict(shape=(B, H, T, D), case="per-head", fwd_ms=f, bwd_ms=b))
+        print(f"TIME_VARYING {(B, H, T, D)} per-head: fwd {f:.4f} bwd {b:.4f}", flush=True)
         cases = [("step", 1, torch.rand(B, H, T, device=device, generator=g).mul(0.5).add(0.5), None),
                  ("gated", 1, torch.rand(B, H, T, device=device, generator=g).mul(0.5).add(0.5), gate),
                  ("channel", 2, torch.rand(B, H, T, D, device=device, generator=g).mul(0.5).add(0.5).to(bf16), None)]
@@ -486,19 +487,41 @@ def tune_time_varying(device: str = "cuda", shapes=TV_TILE_SHAPES, bench=bench_m
                 else:
                     call = lambda: leaky_fn._launch_backward(dy, y, norm, decay, sc, True, 1e-12, 0, True,  # noqa: E731
                                                              x if gt is not None else None, gt, (False, False))
-                res = []
+                times = []
                 for c in configs:
                     with mock.patch.dict(leaky_fn.TIME_VARYING_TILES[(direction, kind)], {table[3]: c}):
                         try:
-                            res.append((bench(call), c))
+                            times.append((bench(call), c))
                         except Exception as e:  # a tile the compiler refuses
                             print("TIME_VARYING fail", name, direction, c, str(e)[:80], flush=True)
-                current = bench(call)
-                res.sort(key=lambda r: r[0])
-                lines.append(f"TIME_VARYING {(B, H, T, D)} {name} {direction}: table {table[:3]} {current:.4f}; fastest "
-                             + str([(round(t, 4), c) for t, c in res[:4]]))
-                print(lines[-1], flush=True)
-    return lines
+                times.sort(key=lambda r: r[0])
+                rows.append(dict(shape=(B, H, T, D), case=name, kind=kind, direction=direction, block_d=table[3],
+                                 table=table[:3], table_ms=bench(call), times=times))
+                print(f"TIME_VARYING {(B, H, T, D)} {name} {direction}: table {table[:3]} {rows[-1]['table_ms']:.4f}; "
+                      f"fastest {[(round(t, 4), c) for t, c in times[:4]]}", flush=True)
+    return rows
+
+
+def fastest_time_varying_tiles(rows: list[dict]) -> dict:
+    """From :func:`tune_time_varying`'s rows, per (direction, kind, BLOCK_D) the config with the least time summed
+    over the shapes and cases (kind 1's "step" and "gated" share a table entry) among those every shape and case
+    ran, with that sum and the table's: {(direction, kind, block_d): (config, ms, table_ms)}."""
+    sums: dict = {}
+    for r in rows:
+        if "times" not in r:
+            continue
+        entry = sums.setdefault((r["direction"], r["kind"], r["block_d"]), {"n": 0, "table": 0.0, "configs": {}})
+        entry["n"] += 1
+        entry["table"] += r["table_ms"]
+        for t, c in r["times"]:
+            entry["configs"].setdefault(c, []).append(t)
+    out = {}
+    for key, entry in sums.items():
+        full = {c: sum(ts) for c, ts in entry["configs"].items() if len(ts) == entry["n"]}
+        if full:
+            best = min(full, key=full.get)
+            out[key] = (best, full[best], entry["table"])
+    return out
 
 
 PMEM_SHAPES = [(32, 12, 512, 64, 2688), (2, 16, 8192, 128, 2688)]

@@ -130,14 +130,27 @@ def test_float32_ab_times_both_tables_for_both_ops(device):
 def test_time_varying_sweep_times_every_config_of_each_kind_and_restores_the_table(device):
     """The time-varying scans' tile sweep on a tiny shape (Triton's interpreter, which ignores the table, so this
     checks the script): the per-head yardstick, then per case and direction every config and the table's tile once
-    more; a line each, and TIME_VARYING_TILES left as it was."""
+    more; a row each, and TIME_VARYING_TILES left as it was."""
     bench, calls = _stand_in_timer()
     before = {k: dict(v) for k, v in leaky_fn.TIME_VARYING_TILES.items()}
     fwd, bwd = {1: [(16, 1, 0)], 2: [(16, 1, 0), (16, 1, 2)]}, {2: [(16, 1, 3)]}
-    lines = tune_kernels.tune_time_varying(device, [(1, 2, 40, 16)], bench, fwd, bwd)
-    assert lines[0] == "TIME_VARYING (1, 2, 40, 16) per-head: fwd 1.0000 bwd 1.0000"
-    assert [line.split(": table")[0] for line in lines[1:]] == [
-        "TIME_VARYING (1, 2, 40, 16) step fwd", "TIME_VARYING (1, 2, 40, 16) gated fwd",
-        "TIME_VARYING (1, 2, 40, 16) channel fwd", "TIME_VARYING (1, 2, 40, 16) channel bwd"]
+    rows = tune_kernels.tune_time_varying(device, [(1, 2, 40, 16)], bench, fwd, bwd)
+    assert rows[0] == dict(shape=(1, 2, 40, 16), case="per-head", fwd_ms=1.0, bwd_ms=1.0)
+    assert [(r["case"], r["direction"], r["kind"], len(r["times"])) for r in rows[1:]] == [
+        ("step", "fwd", 1, 1), ("gated", "fwd", 1, 1), ("channel", "fwd", 2, 2), ("channel", "bwd", 2, 1)]
     assert len(calls) == 2 + (1 + 1) + (1 + 1) + (2 + 1) + (1 + 1)
     assert leaky_fn.TIME_VARYING_TILES == before
+
+
+def test_fastest_time_varying_tiles_sums_over_shapes_and_cases():
+    """The pick: least time summed over every row of a (direction, kind, BLOCK_D); a config missing from one row
+    (the compiler refused it there) is not eligible; kind 1's two cases share the entry."""
+    def row(case, kind, times, table_ms=5.0):
+        return dict(case=case, kind=kind, direction="fwd", block_d=128, table=(32, 2, 0), table_ms=table_ms,
+                    times=sorted(times))
+
+    rows = [dict(case="per-head"),
+            row("step", 1, [(1.0, "a"), (2.0, "b"), (0.1, "c")]), row("gated", 1, [(3.0, "a"), (1.5, "b")]),
+            row("channel", 2, [(2.0, "a"), (1.0, "b")]), row("channel", 2, [(2.0, "a"), (1.5, "b")], 4.0)]
+    assert tune_kernels.fastest_time_varying_tiles(rows) == {("fwd", 1, 128): ("b", 3.5, 10.0),
+                                                             ("fwd", 2, 128): ("b", 2.5, 9.0)}
