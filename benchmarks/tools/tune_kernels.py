@@ -10,6 +10,7 @@ band (window 256), whose rows see few key blocks at any T. ``v2-attention`` swee
 2H heads (a band table of windows and delays, a per-row scale), whose tiles the host plans as long rows (the
 winners go into BWD_BAND_TABLE_TILES). ``row-scale`` times what a per-row scale costs the causal split backward by
 key-role tile; ``head-group`` times the attention's launch order in groups of heads (function.HEAD_GROUP).
+``time-varying`` sweeps the time-varying scans' tiles and stages (leaky_average's TIME_VARYING_TILES).
 
 Usage: python -m benchmarks.tools.tune_kernels [leaky] [chunks] [chunks-tv] [chunk-rule] [in_tile] [attention] [attention-dropout]
        [band] [v2-attention] [row-scale] [head-group] [pmem] [small-head] [float32-ab]
