@@ -107,8 +107,12 @@ BWD_STAGES = 3
 # The time-varying scans' own launch settings on 16-bit inputs, by (direction, decay kind): BLOCK_D -> (BLOCK_T,
 # warps, STAGES). A kind or head dim not listed takes the tables above with FWD_/BWD_STAGES. The per-channel decay
 # (kind 2) has no decay-matrix product (its tile scans with tl.associative_scan, so the product's register limits do
-# not bind it) and loads a decay tile as large as the input tile beside each one, which the forward's register
-# prefetch (STAGES 0) does not cover.
+# not bind it) and loads a decay tile as large as the input tile beside each input tile (the forward's register
+# prefetch, STAGES 0, loads both). An entry must fit every decay dtype: three stages of 64-row tiles with a float32
+# per-channel decay need 296,448 bytes of shared memory, above an H100's 232,448. Empty since the sweep of 2026-12-07
+# on an H100 (`python -m benchmarks.tools.tune_kernels time-varying`, per-channel bf16 at (8,16,4096,128) and
+# (16,16,16384,128), BENCHMARKS.md "The per-channel decay's forward"): the per-head tables' tiles were within 1% of
+# the fastest in each direction, summed over both shapes.
 TIME_VARYING_TILES: dict[tuple[str, int], dict[int, tuple[int, int, int]]] = {
     ("fwd", 1): {}, ("fwd", 2): {}, ("bwd", 1): {}, ("bwd", 2): {}}
 

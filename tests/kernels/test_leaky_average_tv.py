@@ -406,8 +406,10 @@ def test_gpu_long_chunked_scan_and_determinism(kind):
         assert torch.equal(a, b)
 
 
+# (64, 4, 3) is not among them: three stages of 64-row tiles with a float32 per-channel decay ask for 296,448 bytes of
+# shared memory, above an H100's 232,448 (Triton's OutOfResources, 2026-12-07), so no table entry may hold it.
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [(16, 2, 0), (16, 4, 2), (32, 4, 3), (64, 4, 3), (64, 8, 0)], ids=str)
+@pytest.mark.parametrize("config", [(16, 2, 0), (16, 4, 2), (32, 4, 3), (64, 8, 0)], ids=str)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gpu_time_varying_tiles_and_stages(kind, config, monkeypatch, nan_outputs):
     """Any (BLOCK_T, warps, STAGES) that function.TIME_VARYING_TILES may hold (tiles of 16-64 rows, register
