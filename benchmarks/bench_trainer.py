@@ -13,6 +13,9 @@ by default: 12 layers, d=768, T=512, batch 32, one micro-step a step, bf16 on CU
                   GPU): its logged tokens a second, mean of the log windows after the first
     trainer_over_step  tokens_per_s / trainer_tok_s: what the loop costs beyond the step (issue 38's target:
                   at most 1.05)
+    ratio_range   with --rounds R > 1: the step and the loop are timed R times, alternated (each time in a
+                  fresh model), the columns above are medians (the ratio that of the medians), and this is the
+                  lowest and highest ratio of one round: on a host-bound step the host's noise shows here
     peak_GiB      the allocator's peak over the timed steps of the step alone (CUDA)
     over_gpt      tokens_per_s over GPT2's fastest combination in the same run
 
@@ -20,13 +23,15 @@ The cases run one after another in this process, each in a fresh model (``torch.
 them). On the CPU only the eager combination runs (a CUDA graph needs CUDA; compiling on a CPU says nothing
 about the GPU), which is what the tests use.
 
-    python -m benchmarks.bench_trainer --data TEXT [--models mosaic gpt] [--steps 30] [--warmup 10] [--out FILE]
+    python -m benchmarks.bench_trainer --data TEXT [--models mosaic gpt] [--flags eager compile cuda-graph]
+        [--steps 30] [--warmup 10] [--rounds 1] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +50,11 @@ MODELS = ("mosaic", "gpt", "mosaic-v2", "llama")
 FLAGS = {"eager": {}, "compile": {"compile": True}, "cuda-graph": {"cuda_graph": True}}
 
 
-def combinations(models: list[str], device: str) -> list[tuple[str, str, dict]]:
-    """(model, label, TrainConfig fields) of every case: each speed flag, and both P-mem kernels for the
-    Memory Mosaic; on a CPU the eager one only."""
+def combinations(models: list[str], device: str, only: list[str] | None = None) -> list[tuple[str, str, dict]]:
+    """(model, label, TrainConfig fields) of every case: each speed flag (those in ``only`` when given), and both
+    P-mem kernels for the Memory Mosaic; on a CPU the eager one only."""
     flags = FLAGS if device.startswith("cuda") else {"eager": {}}
+    flags = {k: v for k, v in flags.items() if only is None or k in only}
     out = []
     for model in models:
         for name, fields in flags.items():
@@ -118,12 +124,23 @@ def trainer_alone(cfg) -> float:
 
 
 def measure(model: str, label: str, fields: dict, a: argparse.Namespace, work: Path) -> dict:
-    """One case's row (or the error that stopped it, e.g. out of memory)."""
+    """One case's row (or the error that stopped it, e.g. out of memory): the step and the loop timed --rounds
+    times, alternated; medians, and with several rounds the range of the rounds' ratios."""
     row = {"model": model, "flags": label}
     try:
-        row.update(step_alone(config_for(model, fields, a, work / "step"), a.warmup, a.steps))
-        row["trainer_tok_s"] = trainer_alone(config_for(model, fields, a, work / "trainer"))
+        steps, loops = [], []
+        for _ in range(a.rounds):
+            steps.append(step_alone(config_for(model, fields, a, work / "step"), a.warmup, a.steps))
+            loops.append(trainer_alone(config_for(model, fields, a, work / "trainer")))
+        row["step_ms"] = statistics.median(s["step_ms"] for s in steps)
+        row["tokens_per_s"] = statistics.median(s["tokens_per_s"] for s in steps)
+        peaks = [s["peak_GiB"] for s in steps if s["peak_GiB"] is not None]
+        row["peak_GiB"] = max(peaks) if peaks else None
+        row["trainer_tok_s"] = statistics.median(loops)
         row["trainer_over_step"] = row["tokens_per_s"] / row["trainer_tok_s"]
+        if a.rounds > 1:
+            ratios = [s["tokens_per_s"] / t for s, t in zip(steps, loops)]
+            row["ratio_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
     except torch.OutOfMemoryError:
         row["step_ms"] = "OOM"
     finally:
@@ -157,16 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="override the preset's sequences per step")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation, graph recording)")
     p.add_argument("--steps", type=int, default=30, help="timed steps (a multiple of --warmup for whole log windows)")
+    p.add_argument("--rounds", type=int, default=1, help="times the step and the loop are each timed, alternated")
+    p.add_argument("--flags", nargs="+", choices=tuple(FLAGS), default=None,
+                   help="time only these speed flags (default: all on CUDA, eager on a CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     a = p.parse_args(argv)
-    require_at_least_one(p, a, ("warmup", "steps", *SIZE_OPTIONS))
+    require_at_least_one(p, a, ("warmup", "steps", "rounds", *SIZE_OPTIONS))
     if a.steps % a.warmup:
         p.error(f"--steps: expected a multiple of --warmup ({a.warmup}), got {a.steps}")
     if not Path(a.data).exists() and not a.data.startswith("hf:"):
         p.error(f"--data: {a.data} does not exist")
     rows = []
-    cases = combinations(a.models, a.device)
+    cases = combinations(a.models, a.device, a.flags)
+    if not cases:
+        p.error(f"--flags: none of {' '.join(a.flags)} runs on {a.device} (a CPU runs eager only)")
     with tempfile.TemporaryDirectory() as work:
         for i, (model, label, fields) in enumerate(cases, 1):
             rows.append(measure(model, label, fields, a, Path(work)))
@@ -174,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     add_over_gpt(rows)
     md = (f"{header(command_line('benchmarks.bench_trainer'))}\n\nmosaic-train's step and loop, --preset {a.preset} "
           f"with {json.dumps(size_overrides(a))}"
-          f", one micro-step; {a.steps} timed steps after {a.warmup}.\n\n"
+          f", one micro-step; {a.steps} timed steps after {a.warmup}"
+          + (f", medians of {a.rounds} alternated rounds" if a.rounds > 1 else "") + ".\n\n"
           + table(rows, ["model", "flags", "step_ms", "tokens_per_s", "trainer_tok_s", "trainer_over_step", "over_gpt",
-                         "peak_GiB"]))
+                         *(["ratio_range"] if a.rounds > 1 else []), "peak_GiB"]))
     emit(md, a.out)
     return 0
 

@@ -26,7 +26,8 @@
 #   host       host_cost: our wrapper, Triton's launcher (and the direct launch's, A/B) and the GPU time of one
 #              eager call of each op
 #   trainer-flags  bench_trainer: mosaic-train's step and loop under each speed flag, both models, on the
-#              text folder $DATA (e.g. the books unpacked from .carry/books.tar.xz); MODELS picks the models
+#              text folder $DATA (e.g. the books unpacked from a compressed copy); MODELS picks the models, FLAGS
+#              the flags, ROUNDS (1) how many times the step and the loop are each timed, alternated (medians)
 #   training*  bench_training (all / eager part / compiled part, or the compiled part of one sequence
 #              length: each takes 4-6 minutes, so one fits a 10-minute call)
 #   profiles   benchmarks.tools.profile_step: the 12-layer Memory Mosaic and GPT2 compiled at T=512 (issue 38), v2 and
@@ -149,7 +150,8 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.host_cost --dropout 0.05 --out "$OUT/host_cost_dropout.md" 2>/dev/null | tail -n 10 ;;&
     trainer-flags)
       python3 -m benchmarks.bench_trainer --data "${DATA:?trainer-flags: set DATA to a training text folder}" \
-        --doc-split file --models ${MODELS:-mosaic gpt} --out "$OUT/bench_trainer.md" 2>&1 | tail -n 16 ;;&
+        --doc-split file --models ${MODELS:-mosaic gpt} --flags ${FLAGS:-eager compile cuda-graph} \
+        --rounds "${ROUNDS:-1}" --out "$OUT/bench_trainer.md" 2>&1 | tail -n 16 ;;&
     training|all)
       python3 -m benchmarks.bench_training --out "$OUT/bench_training.md" 2>&1 | tail -n 45 ;;&
     training-eager)

@@ -33,8 +33,37 @@ def test_step_and_trainer_are_timed_on_the_same_settings(tmp_path, corpus_file, 
     assert "over_gpt" in text
 
 
-@pytest.mark.parametrize("argv", [["--steps", "5"], ["--warmup", "0"], ["--data", "/no/such/text"]])
+def test_rounds_alternate_step_and_loop_and_report_medians_and_the_ratio_range(tmp_path, corpus_file, capsys,  # noqa: F811
+                                                                                 monkeypatch):
+    """--rounds 3: the step and the loop each timed three times, alternated; the row holds their medians, the ratio
+    of the medians and the range of the rounds' ratios (stand-in timings, so the numbers are known)."""
+    order, step_ms, loop_tok_s = [], iter([10.0, 30.0, 20.0]), iter([1000.0, 3000.0, 2000.0])
+
+    def step_alone(cfg, warmup, steps):
+        order.append("step")
+        ms = next(step_ms)
+        return {"step_ms": ms, "tokens_per_s": 1e5 / ms, "peak_GiB": None}
+
+    def trainer_alone(cfg):
+        order.append("loop")
+        return next(loop_tok_s)
+
+    monkeypatch.setattr(bench_trainer, "step_alone", step_alone)
+    monkeypatch.setattr(bench_trainer, "trainer_alone", trainer_alone)
+    assert bench_trainer.main(["--data", str(corpus_file), "--models", "gpt", "--flags", "eager", "--rounds", "3",
+                               "--device", "cpu", "--n-layer", "1"]) == 0
+    assert order == ["step", "loop"] * 3
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[1/1]")][0]
+    row = eval(line.split("] ", 1)[1])
+    assert row["step_ms"] == 20.0 and row["tokens_per_s"] == 5000.0 and row["trainer_tok_s"] == 2000.0
+    assert row["trainer_over_step"] == 2.5
+    assert row["ratio_range"] == "1.111-10.000"     # 10000/1000, 3333/3000, 5000/2000
+
+
+@pytest.mark.parametrize("argv", [["--steps", "5"], ["--warmup", "0"], ["--data", "/no/such/text"], ["--rounds", "0"],
+                                  ["--flags", "compile", "--device", "cpu"], ["--flags", "fast"]])
 def test_bad_arguments_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bench_trainer.main(["--data", str(tmp_path), *argv])
-    assert e.value.code == 2 and "error: --" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--" in err.split("error: ", 1)[1]     # the option named (argparse: "argument --")
