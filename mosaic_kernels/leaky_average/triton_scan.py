@@ -186,9 +186,9 @@ def _leaky_fwd_kernel(
     x_base = X + b * sxb + h * sxh
     y_base = Y + b * syb + h * syh
     out_base = pid_bh * T                                                   # NORM row base
-    # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile (and its per-channel decay tile)
-    # into registers before this one is scanned; >= 2 loads each tile inside the loop and lets Triton's
-    # pipeliner keep STAGES - 1 tiles in flight through shared memory.
+    # Memory latency is hidden one of two ways (STAGES): 0 loads the next tile into registers before this one is
+    # scanned, with what else the tile reads (its per-channel decay tile, or its rows' decays and gates); >= 2
+    # loads each inside the loop and lets Triton's pipeliner keep STAGES - 1 tiles in flight through shared memory.
     if STAGES == 0:
         nxt = t_start + rows_local
         x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
@@ -196,6 +196,10 @@ def _leaky_fwd_kernel(
         if DECAY_KIND == 2:  # the per-channel decay tile, as large as x's, prefetched beside it
             a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
                              mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
+        if DECAY_KIND == 1:
+            a_rows_next = tl.load(a_base + nxt * sat, mask=nxt < t_stop, other=1.0)
+        if GATED:
+            g_next = tl.load(g_base + nxt * sgt, mask=nxt < t_stop, other=0.0)
     for t0 in tl.range(t_start, t_stop, BLOCK_T, num_stages=STAGES if STAGES > 0 else None):
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
@@ -209,13 +213,23 @@ def _leaky_fwd_kernel(
                 a_raw = a_next
                 a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
                                  mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
+            if DECAY_KIND == 1:
+                a_rows_raw = a_rows_next
+                a_rows_next = tl.load(a_base + nxt * sat, mask=nxt < t_stop, other=1.0)
+            if GATED:
+                g_raw = g_next
+                g_next = tl.load(g_base + nxt * sgt, mask=nxt < t_stop, other=0.0)
         else:
             x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
             if DECAY_KIND == 2:
                 a_raw = tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2, other=1.0)
+            if DECAY_KIND == 1:
+                a_rows_raw = tl.load(a_base + rows * sat, mask=rmask, other=1.0)
+            if GATED:
+                g_raw = tl.load(g_base + rows * sgt, mask=rmask, other=0.0)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
         if GATED:
-            g_rows = tl.load(g_base + rows * sgt, mask=rmask, other=0.0).to(tl.float32)   # (BLOCK_T,)
+            g_rows = g_raw.to(tl.float32)                                   # (BLOCK_T,)
             x = x * g_rows[:, None]
         if DECAY_KIND == 0:
             if USE_DOT:
@@ -236,7 +250,7 @@ def _leaky_fwd_kernel(
                 carry = _row(u, rows_local, BLOCK_T - 1)  # only read on to the next tile when this one is full
         elif DECAY_KIND == 1:
             # Rows past the end decay by 1 and add 0: the carry passes them unchanged.
-            a_rows = _clamped_decay(tl.load(a_base + rows * sat, mask=rmask, other=1.0).to(tl.float32))
+            a_rows = _clamped_decay(a_rows_raw.to(tl.float32))
             w_tv, carry_w_tv, sum_w_tv, a_tile_tv = _tv_forward_weights(a_rows, rows_local, BLOCK_T)
             if PRECISION == "split" and GATED:  # as for the gated per-head decay above: W g in two parts
                 u = _split_dot_gated(w_tv, g_rows, x_raw)
