@@ -130,6 +130,27 @@ def _store_summary(SUMMARY, chunk, cols, carry, chunk_prod, BLOCK_D: tl.constexp
 
 
 @triton.jit
+def _forward_tile_loads(x_base, a_base, g_base, rows, cols, t_stop, D, sxt, sxd, sat, sad, sgt,
+                        DECAY_KIND: tl.constexpr, GATED: tl.constexpr):
+    """What the forward reads for the tile of ``rows`` (BLOCK_T,), as stored: the input tile (BLOCK_T, BLOCK_D),
+    the per-channel decay tile (kind 2), the rows' decays (kind 1) and gates (GATED); 0.0 for what the call does
+    not read. Rows at or past ``t_stop`` read x 0, decay 1 and gate 0, which the carry passes unchanged."""
+    rmask = rows < t_stop
+    m2 = rmask[:, None] & (cols < D)[None, :]
+    x = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
+    a_tile = 0.0
+    a_rows = 0.0
+    g = 0.0
+    if DECAY_KIND == 2:
+        a_tile = tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2, other=1.0)
+    if DECAY_KIND == 1:
+        a_rows = tl.load(a_base + rows * sat, mask=rmask, other=1.0)
+    if GATED:
+        g = tl.load(g_base + rows * sgt, mask=rmask, other=0.0)
+    return x, a_tile, a_rows, g
+
+
+@triton.jit
 def _leaky_fwd_kernel(
     X, Y, NORM, DECAY, SCALE, SUMMARY, GATE,
     sxb, sxh, sxt, sxd, syb, syh, syt, sab, sah, sat, sad, sgb, sgh, sgt,
@@ -190,43 +211,19 @@ def _leaky_fwd_kernel(
     # scanned, with what else the tile reads (its per-channel decay tile, or its rows' decays and gates); >= 2
     # loads each inside the loop and lets Triton's pipeliner keep STAGES - 1 tiles in flight through shared memory.
     if STAGES == 0:
-        nxt = t_start + rows_local
-        x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
-                         mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
-        if DECAY_KIND == 2:  # the per-channel decay tile, as large as x's, prefetched beside it
-            a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
-                             mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
-        if DECAY_KIND == 1:
-            a_rows_next = tl.load(a_base + nxt * sat, mask=nxt < t_stop, other=1.0)
-        if GATED:
-            g_next = tl.load(g_base + nxt * sgt, mask=nxt < t_stop, other=0.0)
+        x_next, a_next, a_rows_next, g_next = _forward_tile_loads(
+            x_base, a_base, g_base, t_start + rows_local, cols, t_stop, D, sxt, sxd, sat, sad, sgt, DECAY_KIND, GATED)
     for t0 in tl.range(t_start, t_stop, BLOCK_T, num_stages=STAGES if STAGES > 0 else None):
         rows = t0 + rows_local                                              # (BLOCK_T,)
         rmask = rows < t_stop
         m2 = rmask[:, None] & cmask[None, :]
         if STAGES == 0:
-            x_raw = x_next
-            nxt = rows + BLOCK_T
-            x_next = tl.load(x_base + nxt[:, None] * sxt + cols[None, :] * sxd,
-                             mask=(nxt < t_stop)[:, None] & cmask[None, :], other=0.0)
-            if DECAY_KIND == 2:
-                a_raw = a_next
-                a_next = tl.load(a_base + nxt[:, None] * sat + cols[None, :] * sad,
-                                 mask=(nxt < t_stop)[:, None] & cmask[None, :], other=1.0)
-            if DECAY_KIND == 1:
-                a_rows_raw = a_rows_next
-                a_rows_next = tl.load(a_base + nxt * sat, mask=nxt < t_stop, other=1.0)
-            if GATED:
-                g_raw = g_next
-                g_next = tl.load(g_base + nxt * sgt, mask=nxt < t_stop, other=0.0)
+            x_raw, a_raw, a_rows_raw, g_raw = x_next, a_next, a_rows_next, g_next
+            x_next, a_next, a_rows_next, g_next = _forward_tile_loads(
+                x_base, a_base, g_base, rows + BLOCK_T, cols, t_stop, D, sxt, sxd, sat, sad, sgt, DECAY_KIND, GATED)
         else:
-            x_raw = tl.load(x_base + rows[:, None] * sxt + cols[None, :] * sxd, mask=m2, other=0.0)
-            if DECAY_KIND == 2:
-                a_raw = tl.load(a_base + rows[:, None] * sat + cols[None, :] * sad, mask=m2, other=1.0)
-            if DECAY_KIND == 1:
-                a_rows_raw = tl.load(a_base + rows * sat, mask=rmask, other=1.0)
-            if GATED:
-                g_raw = tl.load(g_base + rows * sgt, mask=rmask, other=0.0)
+            x_raw, a_raw, a_rows_raw, g_raw = _forward_tile_loads(
+                x_base, a_base, g_base, rows, cols, t_stop, D, sxt, sxd, sat, sad, sgt, DECAY_KIND, GATED)
         x = x_raw.to(tl.float32)                                            # (BLOCK_T, BLOCK_D)
         if GATED:
             g_rows = g_raw.to(tl.float32)                                   # (BLOCK_T,)
