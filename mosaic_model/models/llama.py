@@ -131,7 +131,7 @@ class Llama(GenerateMixin, nn.Module):
         x = self.wte(tokens)
         for i, block in enumerate(self.blocks):
             x = block.step(x, layer_cache(cache, i))
-        return self.lm_head(self.norm_f(x)) if logits else None
+        return self._head(x) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""

@@ -425,7 +425,7 @@ class MemoryMosaicV2(GenerateMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache.setdefault(i, {}), pos)
         cache["length"] = pos + 1
-        return self.lm_head(self.ln_f(x)) if logits else None
+        return self._head(x) if logits else None
 
     def num_params(self) -> int:
         """Number of parameters, counting the tied embedding once."""
