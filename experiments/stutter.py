@@ -138,8 +138,10 @@ def cmem_reading_from(model: torch.nn.Module, delay: int):
     for block in model.blocks:
         mem = block.cmem
 
-        def forward(x: torch.Tensor, mem=mem) -> torch.Tensor:
-            y = reference_ops.mosaic_attention(mem.key(x), mem.value(x), delay=delay)
+        def forward(x: torch.Tensor, scalars=None, mem=mem) -> torch.Tensor:  # scalars: as ContextMemory.forward
+            decay, bandwidth, scale = mem.head_scalars() if scalars is None else scalars
+            y = reference_ops.mosaic_attention(mem.key(x, decay=decay, bandwidth=bandwidth), mem.value(x, scale=scale),
+                                               delay=delay)
             return mem.c_proj(merge_heads(y))
         mem.forward = forward  # an instance attribute shadows the class's method until deleted
     try:

@@ -45,6 +45,15 @@ FP32_CHAINED = 1e-4
 LOW_PRECISION = 1e-2
 
 
+# One elementwise float32 map (an exp, then a few multiplications) applied to a stack of rows and to each row alone:
+# ATen's CPU loops take exp from a vector library on whole vectors and from libm on the tail, each within one ulp
+# (2 u) of the exact value, so the two exps are at most 2 ulp (4 u) apart; each of the at most three correctly
+# rounded multiplications or divisions after it (forward, or backward through the chain rule) may round the
+# differing inputs one more ulp apart: 4 u + 3 * 2 u = 10 u. 16 u leaves room. (On a GPU one kernel computes
+# every element the same way: equal bits.)
+ELEMENTWISE_MAP = 16 * U_FP32
+
+
 def saturated_softmax(head_dim: int, bandwidth: float, u: float = U_FP32) -> float:
     """Bound on y and dv of a softmax attention whose logits are as large as ``bandwidth``.
 

@@ -6,7 +6,9 @@ initial values follow the Library (docs/MODEL.md sections 1 and 2).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -76,13 +78,25 @@ class LeakyKeyExtractor(nn.Module):
         self.leaky_beta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10)
         self.key_scale = nn.Parameter(torch.full((H,), 0.1))
 
+    @staticmethod
+    def decay_of(leaky_beta: torch.Tensor) -> torch.Tensor:
+        """lambda = exp(-beta), beta = 10 |leaky_beta|, elementwise (any shape: one unit's (H,) or a stack)."""
+        return exp10(-leaky_beta.abs())
+
     def decay(self) -> torch.Tensor:
         """lambda_h = exp(-beta_h), beta_h = 10 |leaky_beta_h|, (H,)."""
-        return exp10(-self.leaky_beta.abs())
+        return self.decay_of(self.leaky_beta)
+
+    @staticmethod
+    def bandwidth_of(key_scale: torch.Tensor, power: int, key_scale_max: float) -> torch.Tensor:
+        """s^power = exp(power min(10 key_scale, key_scale_max)), elementwise (any shape); zero gradient above
+        the clamp. The power goes inside the exponential (one launch, not a second for the power)."""
+        log_s = torch.clamp(10.0 * key_scale, max=key_scale_max)
+        return torch.exp(log_s if power == 1 else power * log_s)
 
     def bandwidth(self) -> torch.Tensor:
         """s_h^power with s_h = exp(min(10 key_scale_h, key_scale_max)), (H,); zero gradient above the clamp."""
-        return torch.exp(torch.clamp(10.0 * self.key_scale, max=self.config.key_scale_max)) ** self.power
+        return self.bandwidth_of(self.key_scale, self.power, self.config.key_scale_max)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One position of :meth:`forward` for cached decoding: x_t (B, d) -> (k_t (B, H, hs), new state).
@@ -96,12 +110,15 @@ class LeakyKeyExtractor(nn.Module):
         k = F.normalize(y, dim=-1, eps=self.config.norm_eps) * self.bandwidth().view(1, H, 1)
         return k, y
 
-    def forward(self, x: torch.Tensor, heads_last: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads_last: bool = True, decay: torch.Tensor | None = None,
+                bandwidth: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, d) -> keys (B, H, T, hs): the leaky average of W_k x over time, L2-normalised, times the
-        bandwidth; ``heads_last``: a view of (B, T, H, hs) memory where the op allows it."""
+        bandwidth; ``heads_last``: a view of (B, T, H, hs) memory where the op allows it. ``decay`` and
+        ``bandwidth``: :meth:`decay` and :meth:`bandwidth` when the caller computed them (:func:`head_scalars`)."""
         raw = split_heads(self.W_k(x), self.config.n_head)  # strided (B, H, T, hs)
         return ops_for(self.config, "leaky_average").leaky_average(
-            raw, self.decay(), normalize=True, scale=self.bandwidth(), eps=self.config.norm_eps,
+            raw, self.decay() if decay is None else decay, normalize=True,
+            scale=self.bandwidth() if bandwidth is None else bandwidth, eps=self.config.norm_eps,
             **layout_for(self.config, "leaky_average", heads_last))
 
 
@@ -124,11 +141,13 @@ class PeekAheadValueExtractor(nn.Module):
         """The per-head value scale exp(10 r), (H,)."""
         return exp10(self.value_scale)
 
-    def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, d) -> values (B, H, T, hs). ``projected``: ``W_v x`` (B, T, d, any strides) when the caller
-        computed it (Memory Mosaics v2 runs several projections of x as one product)."""
+        computed it (Memory Mosaics v2 runs several projections of x as one product); ``scale``: :meth:`scale`
+        when the caller computed it (:func:`head_scalars`)."""
         raw = split_heads(self.W_v(x) if projected is None else projected, self.config.n_head)  # strided (B, H, T, hs)
-        return peek_ahead_values(self.config, raw, self.mix, self.value_scale)
+        return peek_ahead_values(self.config, raw, self.mix, self.scale() if scale is None else scale)
 
     def completed(self, u_prev: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
         """For cached decoding: v_{t-1} (B, H, hs) from u_{t-1} = W_v x_{t-1} and u_t = W_v x_t (both in the
@@ -138,11 +157,11 @@ class PeekAheadValueExtractor(nn.Module):
                                               eps=self.config.norm_eps)[:, :, 0]
 
 
-def peek_ahead_values(config: MosaicConfig, raw: torch.Tensor, mix: torch.Tensor, value_scale: torch.Tensor) -> torch.Tensor:
-    """The values ``exp(10 r_h) normalize((1 - c_h) u_{t+1} + c_h u_t)`` of heads-split projections ``raw``
-    (B, H, T, hs) with one mix c and one scale parameter r per head (each (H,)), on the config's ops, in
-    raw's dtype. (Memory Mosaics v2 passes both memories' heads at once.)"""
-    scale = exp10(value_scale)
+def peek_ahead_values(config: MosaicConfig, raw: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The values ``s_h normalize((1 - c_h) u_{t+1} + c_h u_t)`` of heads-split projections ``raw``
+    (B, H, T, hs) with one mix c and one scale s = exp(10 r) per head (each (H,); ``scale`` is s, from
+    :meth:`PeekAheadValueExtractor.scale` or a stack of them), on the config's ops, in raw's dtype.
+    (Memory Mosaics v2 passes both memories' heads at once.)"""
     if config.kernels == "reference":
         # The official code mixes in the activations' dtype (bf16 under autocast).
         mix, scale = mix.to(raw.dtype), scale.to(raw.dtype)
@@ -162,6 +181,38 @@ def read_row(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torc
         return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
 
 
+class HeadScalars(NamedTuple):
+    """The per-head scalars a memory unit's ops take, each (H,), computed from its parameters."""
+
+    decay: torch.Tensor  # the key scan's lambda_h
+    bandwidth: torch.Tensor  # the keys' scale s_h^power
+    scale: torch.Tensor  # the C-mem's value scale exp(10 r_h), or the P-mem's output multiplier
+
+
+def head_scalars(cmems: Sequence[ContextMemory],
+                 pmems: Sequence[PersistentMemory]) -> tuple[list[HeadScalars], list[HeadScalars]]:
+    """Every unit's :meth:`~ContextMemory.head_scalars` at once: each map applied once to the stack of the
+    units' (H,) parameters, the rows handed back by one ``unbind`` (whose backward is one stack). A unit alone
+    launches about 8 small kernels forward and 12 backward for its scalars, so an eager step of a 12-layer Memory
+    Mosaic launched about 500 for them; stacked, about 25 forward and 40 backward in all. The maps are the
+    units' own (``decay_of``, ``bandwidth_of``, ``multiplier_of``, ``exp10``), elementwise, so each row is what the
+    unit computes alone (to the last bit on a GPU; on a CPU, ATen's loops take exp from a vector library in
+    whole vectors and from libm in the tail, so a row may differ from the unit's own by an ulp)."""
+    def rows(f, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return f(torch.stack(params)).unbind(0) if params else ()
+
+    def bandwidths(units) -> tuple[torch.Tensor, ...]:  # a C-mem's keys have power 1, a P-mem's 2: one per stack
+        return rows(lambda q: LeakyKeyExtractor.bandwidth_of(q, units[0].key.power, units[0].config.key_scale_max),
+                    [m.key.key_scale for m in units])
+
+    n = len(cmems)
+    decays = rows(LeakyKeyExtractor.decay_of, [m.key.leaky_beta for m in (*cmems, *pmems)])
+    c_scale = rows(exp10, [m.value.value_scale for m in cmems])
+    p_scale = rows(lambda q: PersistentMemory.multiplier_of(q, pmems[0].config.pmem_count), [m.out_scale for m in pmems])
+    return ([HeadScalars(*r) for r in zip(decays[:n], bandwidths(cmems), c_scale)],
+            [HeadScalars(*r) for r in zip(decays[n:], bandwidths(pmems), p_scale)])
+
+
 class ContextMemory(nn.Module):
     """C-mem: ``y_t = sum_{s<t} softmax_s(k_t . k_s) v_s``, ``y_0 = 0``, then c_proj and dropout.
 
@@ -176,12 +227,18 @@ class ContextMemory(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def head_scalars(self) -> HeadScalars:
+        """The key scan's decay and bandwidth and the value scale, each (H,), from this unit's parameters."""
+        return HeadScalars(self.key.decay(), self.key.bandwidth(), self.value.scale())
+
+    def forward(self, x: torch.Tensor, scalars: HeadScalars | None = None) -> torch.Tensor:
         """(B, T, d) -> (B, T, d): strictly causal attention of the keys on themselves over the peek-ahead
-        values, then the output projection."""
+        values, then the output projection. ``scalars``: :meth:`head_scalars` when the caller computed them
+        (:func:`head_scalars` for many units at once)."""
         if self.config.kernels != "reference":  # the reference keeps the official code's two casts
             x = cast_once_for_autocast(x)
-        k, v = self.key(x), self.value(x)
+        decay, bandwidth, scale = self.head_scalars() if scalars is None else scalars
+        k, v = self.key(x, decay=decay, bandwidth=bandwidth), self.value(x, scale=scale)
         p = self.config.attn_dropout if self.training else 0.0
         y = ops_for(self.config, "mosaic_attention").mosaic_attention(
             k, v, dropout_p=p, **layout_for(self.config, "mosaic_attention"))
@@ -286,15 +343,20 @@ class PersistentMemory(nn.Module):
             return "official"
         return "triton" if self.config.pmem_kernel == "triton" else "sdpa"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def head_scalars(self) -> HeadScalars:
+        """The key scan's decay and bandwidth and the output multiplier, each (H,), from this unit's parameters."""
+        return HeadScalars(self.key.decay(), self.key.bandwidth(), self.multiplier())
+
+    def forward(self, x: torch.Tensor, scalars: HeadScalars | None = None) -> torch.Tensor:
         """(B, T, d) -> (B, T, d): each position's key retrieves from the learned slots (scaled by the
-        per-head multiplier), then the output projection."""
+        per-head multiplier), then the output projection. ``scalars``: :meth:`head_scalars` when the caller
+        computed them (:func:`head_scalars` for many units at once)."""
         # Heads-last keys make the SDPA path's batch fold a view; the Triton retrieval reads its
         # queries through their strides and measured slower on heads-last keys, so it gets contiguous ones.
         backend = self.backend  # derived from the config once per call
-        k = self.key(x, heads_last=backend != "triton")  # (B, H, T, hs)
+        decay, bandwidth, c = self.head_scalars() if scalars is None else scalars
+        k = self.key(x, heads_last=backend != "triton", decay=decay, bandwidth=bandwidth)  # (B, H, T, hs)
         p = self.config.ic_dropout if self.training else 0.0
-        c = self.multiplier()
         if backend == "official":
             y = self._official(k, p, c)
         elif backend == "triton":
@@ -303,9 +365,14 @@ class PersistentMemory(nn.Module):
             y = self._sdpa(k, p, c)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
+    @staticmethod
+    def multiplier_of(out_scale: torch.Tensor, pmem_count: int) -> torch.Tensor:
+        """exp(10 out_scale) / pmem_count, elementwise (any shape: one unit's (H,) or a stack)."""
+        return exp10(out_scale) / pmem_count
+
     def multiplier(self) -> torch.Tensor:
         """The per-head output multiplier exp(10 out_scale) / pmem_count, (H,)."""
-        return exp10(self.out_scale) / self.config.pmem_count
+        return self.multiplier_of(self.out_scale, self.config.pmem_count)
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position of :meth:`forward` (eval mode) for cached decoding: x_t (B, d) -> (B, d); only

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .config import MosaicConfig
 from .generation import GenerateMixin, head_and_loss, is_static, layer_cache
-from .memory import ContextMemory, PersistentMemory
+from .memory import ContextMemory, HeadScalars, PersistentMemory, head_scalars
 
 
 class MosaicBlock(nn.Module):
@@ -21,10 +21,12 @@ class MosaicBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.pmem = PersistentMemory(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) -> (B, T, d): x + C-mem(LN(x)), then + P-mem(LN(x))."""
-        x = x + self.cmem(self.ln_1(x))
-        return x + self.pmem(self.ln_2(x))
+    def forward(self, x: torch.Tensor, scalars: tuple[HeadScalars, HeadScalars] | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d): x + C-mem(LN(x)), then + P-mem(LN(x)). ``scalars``: the C-mem's and the P-mem's
+        per-head scalars when the caller computed them (:func:`head_scalars`), else each unit computes its own."""
+        c_scalars, p_scalars = (None, None) if scalars is None else scalars
+        x = x + self.cmem(self.ln_1(x), c_scalars)
+        return x + self.pmem(self.ln_2(x), p_scalars)
 
     def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One position (B, d) of :meth:`forward` in eval mode, reading and updating ``cache``."""
@@ -79,8 +81,11 @@ class MemoryMosaic(GenerateMixin, nn.Module):
         if idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
-        for block in self.blocks:
-            x = block(x)
+        # Every block's per-head scalars (decays, bandwidths, scales) in one pass: launched per unit they were
+        # about a quarter of an eager step's kernels (BENCHMARKS.md "The per-head scalars in one pass").
+        c_scalars, p_scalars = head_scalars([b.cmem for b in self.blocks], [b.pmem for b in self.blocks])
+        for block, scalars in zip(self.blocks, zip(c_scalars, p_scalars)):
+            x = block(x, scalars)
         return head_and_loss(x, self._head, targets, loss_chunk)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from mosaic_kernels.leaky_average.reference import stable_gate_and_decay as refe
 
 from .config import MosaicV2Config
 from .generation import GenerateMixin, head_and_loss, is_static
-from .memory import PeekAheadValueExtractor, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
+from .memory import PeekAheadValueExtractor, exp10, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
 
 
 def project_groups(x: torch.Tensor, groups: list[list[nn.Linear]]) -> list[torch.Tensor]:
@@ -334,7 +334,7 @@ class MosaicV2Block(nn.Module):
         rows = torch.cat([f(m) for f in per_head for m in (short, long)]).view(len(per_head), 2 * c.n_head)
         rate_bias, mix, value_scale, *bandwidth = rows.unbind(0)
         k = gated_keys(c, split_heads(wk_x, 2 * c.n_head), rate_bias, *logits)
-        v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, value_scale)
+        v = peek_ahead_values(c, split_heads(wv_x, 2 * c.n_head), mix, exp10(value_scale))
         # The adaptive bandwidth goes in as its three (2H,) rows of unconstrained parameters: the attention computes
         # beta(n_t) per row in its forward kernel (no launch of its own), the same formula as bandwidths() applies.
         read = (dict(bandwidth=rows[-n_bw:], unconstrained=True) if c.adaptive_bandwidth

@@ -52,6 +52,43 @@ def test_key_scale_clamp_has_zero_gradient_above_bound():
     assert torch.allclose(key.bandwidth(), torch.full((2,), torch.e ** 5))
 
 
+def test_head_scalars_of_every_unit_at_once_match_each_units_own(monkeypatch):
+    """The model's one pass over every block's per-head parameters (memory.head_scalars) gives each unit's own
+    decay, bandwidth and scale, and their gradients, a clamped key scale (zero gradient) included; and the model
+    runs it once per forward, not once per unit."""
+    from mosaic_model.models import memory
+
+    torch.manual_seed(0)
+    m = tiny_mosaic(n_layer=3, n_head=4)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("leaky_beta", "key_scale", "value_scale", "out_scale")):
+                p.add_(0.1 * torch.randn_like(p))
+        m.blocks[1].pmem.key.key_scale[0] = 0.6  # 10 * 0.6 above the clamp (5)
+    cmems, pmems = [b.cmem for b in m.blocks], [b.pmem for b in m.blocks]
+    stacked = [s for group in memory.head_scalars(cmems, pmems) for s in group]
+    own = [u.head_scalars() for u in (*cmems, *pmems)]
+    weights = [torch.randn(3, 4) for _ in own]
+    grads = []
+    for scalars in (stacked, own):
+        m.zero_grad(set_to_none=True)
+        sum((torch.stack(list(s)) * w).sum() for s, w in zip(scalars, weights)).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    for a, b in zip(stacked, own):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=tolerances.ELEMENTWISE_MAP, atol=0)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 6 * 3  # per block: two decays, two key scales, two scales
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=tolerances.ELEMENTWISE_MAP, atol=0)
+    assert grads[0]["blocks.1.pmem.key.key_scale"][0] == 0
+
+    calls = []
+    decay_of = memory.LeakyKeyExtractor.decay_of
+    monkeypatch.setattr(memory.LeakyKeyExtractor, "decay_of", staticmethod(lambda q: calls.append(q.shape) or decay_of(q)))
+    m(torch.randint(0, 20, (2, 9)))
+    assert calls == [(6, 4)]  # one stack of the 3 C-mems' and 3 P-mems' decays
+
+
 @pytest.mark.parametrize("model_fn", [tiny_mosaic, lambda: GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32,
                                                                           block_size=40, vocab_size=20))],
                          ids=["mosaic", "gpt"])
