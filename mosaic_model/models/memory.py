@@ -192,12 +192,12 @@ class HeadScalars(NamedTuple):
 def head_scalars(cmems: Sequence[ContextMemory],
                  pmems: Sequence[PersistentMemory]) -> tuple[list[HeadScalars], list[HeadScalars]]:
     """Every unit's :meth:`~ContextMemory.head_scalars` at once: each map applied once to the stack of the
-    units' (H,) parameters, the rows handed back by one ``unbind`` (whose backward is one stack). A unit alone
-    launches about 8 small kernels forward and 12 backward for its scalars, so an eager step of a 12-layer Memory
-    Mosaic launched about 500 for them; stacked, about 25 forward and 40 backward in all. The maps are the
+    units' (H,) parameters, the rows handed back by one ``unbind`` (whose backward is one stack). Computed by each
+    unit, a block's scalars launched about 50 small kernels (forward and backward), about 600 of the 1,869 of an
+    eager 12-layer step; stacked, about 50 in all (``benchmarks.tools.count_launches``). The maps are the
     units' own (``decay_of``, ``bandwidth_of``, ``multiplier_of``, ``exp10``), elementwise, so each row is what the
-    unit computes alone (to the last bit on a GPU; on a CPU, ATen's loops take exp from a vector library in
-    whole vectors and from libm in the tail, so a row may differ from the unit's own by an ulp)."""
+    unit computes alone (on a GPU one kernel computes every element alike; on a CPU, ATen's loops take exp from a
+    vector library in whole vectors and from libm in the tail, so a row may differ from the unit's own by an ulp)."""
     def rows(f, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return f(torch.stack(params)).unbind(0) if params else ()
 

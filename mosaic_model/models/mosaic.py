@@ -82,7 +82,7 @@ class MemoryMosaic(GenerateMixin, nn.Module):
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
         # Every block's per-head scalars (decays, bandwidths, scales) in one pass: launched per unit they were
-        # about a quarter of an eager step's kernels (BENCHMARKS.md "The per-head scalars in one pass").
+        # nearly a third of an eager step's kernels (BENCHMARKS.md "The per-head scalars in one pass").
         c_scalars, p_scalars = head_scalars([b.cmem for b in self.blocks], [b.pmem for b in self.blocks])
         for block, scalars in zip(self.blocks, zip(c_scalars, p_scalars)):
             x = block(x, scalars)
