@@ -5,8 +5,10 @@ initial values follow the Library (docs/MODEL.md sections 1 and 2).
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import NamedTuple
 
@@ -179,6 +181,12 @@ def read_row(k_t: torch.Tensor, K: torch.Tensor, V: torch.Tensor, readable: torc
         if readable is not None:
             scores = scores.masked_fill(~readable, -1e30)
         return torch.einsum("bhj,bhjd->bhd", torch.softmax(scores, dim=-1), V)
+
+
+def summed(outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of the P-mem's slot-memory retrievals, the first taken as it is: starting from ``0.0`` launched a
+    full-size addition in eager mode for every P-mem, the usual single slot memory included."""
+    return functools.reduce(operator.add, outputs)
 
 
 class HeadScalars(NamedTuple):
@@ -384,32 +392,31 @@ class PersistentMemory(nn.Module):
             cache["key"].copy_(state)
         else:
             cache["key"] = state
-        y = 0.0
+
+        def retrieval(i: int) -> torch.Tensor:
+            p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
+            return torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
         with torch.autocast(x_t.device.type, enabled=False):  # float32 scores, as in the forward's kernels
-            for i in range(self.config.pmem_count):
-                p = torch.softmax(torch.einsum("bhd,hpd->bhp", k, self.M_k[i].float()), dim=-1)
-                y = y + torch.einsum("bhp,hpd->bhd", p, self.M_v[i].float())
+            y = summed(retrieval(i) for i in range(self.config.pmem_count))
         y = y * self.multiplier().float().view(1, H, 1)
         return self.c_proj(y.reshape(B, -1).to(x_t.dtype))
 
     def _triton(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
         """One mosaic_kernels.persistent_memory call per slot memory: reads the keys in place, sums the
         slot gradients over the batch in registers, applies ``c`` and writes (B, T, H, hs) memory."""
-        y = 0.0
-        for i in range(self.config.pmem_count):
-            y = y + mosaic_kernels.persistent_memory(
-                k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c, dropout_p=p)
-        return y
+        return summed(mosaic_kernels.persistent_memory(k, self.M_k[i].to(k.dtype), self.M_v[i].to(k.dtype), out_scale=c,
+                                                       dropout_p=p) for i in range(self.config.pmem_count))
 
     def _official(self, k: torch.Tensor, p: float, c: torch.Tensor) -> torch.Tensor:
         """The Library's retrieval: slots expanded to the batch, one SDPA call per slot memory, and the
         multiplier applied to the output in the activations' dtype, as the Library does."""
         B = k.shape[0]
-        y = 0.0
-        for i in range(self.config.pmem_count):
+
+        def retrieval(i: int) -> torch.Tensor:
             mk = self.M_k[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
             mv = self.M_v[i].unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype)
-            y = y + F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+            return F.scaled_dot_product_attention(k, mk, mv, dropout_p=p, scale=1.0)
+        y = summed(retrieval(i) for i in range(self.config.pmem_count))
         return y * c.view(1, -1, 1, 1).to(y.dtype)
 
     def folds_batch(self, dtype: torch.dtype) -> bool:
@@ -433,9 +440,10 @@ class PersistentMemory(nn.Module):
         fold = self.folds_batch(k.dtype)
         q, rows = (k.transpose(0, 1).reshape(1, H, B * T, hs), 1) if fold else (k, B)
         c = c.view(1, H, 1, 1)
-        y = 0.0
-        for i in range(self.config.pmem_count):
+
+        def retrieval(i: int) -> torch.Tensor:
             mk = self.M_k[i].unsqueeze(0).to(k.dtype).expand(rows, -1, -1, -1)
             mv = (self.M_v[i].unsqueeze(0) * c).to(k.dtype).expand(rows, -1, -1, -1)
-            y = y + F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
+            return F.scaled_dot_product_attention(q, mk, mv, dropout_p=p, scale=1.0)
+        y = summed(retrieval(i) for i in range(self.config.pmem_count))
         return y.view(H, B, T, hs).transpose(0, 1) if fold else y
