@@ -92,7 +92,8 @@ class LeakyKeyExtractor(nn.Module):
     @staticmethod
     def bandwidth_of(key_scale: torch.Tensor, power: int, key_scale_max: float) -> torch.Tensor:
         """s^power = exp(power min(10 key_scale, key_scale_max)), elementwise (any shape); zero gradient above
-        the clamp. The power goes inside the exponential (one launch, not a second for the power)."""
+        the clamp. The power multiplies the exponent (exp(p a) = exp(a)^p): power 1 launches nothing for it, where
+        ``** 1`` launched a copy."""
         log_s = torch.clamp(10.0 * key_scale, max=key_scale_max)
         return torch.exp(log_s if power == 1 else power * log_s)
 
