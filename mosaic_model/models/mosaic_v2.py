@@ -38,13 +38,86 @@ from .config import MosaicV2Config
 from .generation import GenerateMixin, head_and_loss, is_static
 from .memory import PeekAheadValueExtractor, exp10, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
 
+# Output groups narrower than this many columns are gathered into one matrix before the input gradient's
+# product (a copy of a few bytes a token): a product of a handful of columns re-reads and re-writes the whole
+# (tokens, d) input gradient, which costs more than the gather.
+NARROW_GROUP = 128
+
+
+class _SplitLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias).split(sizes, -1)`` whose backward never gathers the outputs' gradients.
+
+    Autograd's split gathers the pieces' gradients into one (tokens, N) buffer (one full read and write of
+    them) for the product's backward. Here the input gradient is the sum of one product per group,
+    dx = sum_g dy_g W_g (accumulated in place, in the gradients' dtype: one rounding per group), and each
+    group's weight gradient dW_g = dy_g^T x is written into its rows of dW; groups narrower than
+    NARROW_GROUP columns are gathered first (a few bytes a token). Under autocast x, weight and bias are
+    cast as ``F.linear`` casts them, once. A group whose output gets no gradient counts as zeros."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, sizes):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the casts autocast's F.linear makes, kept for the backward
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        ctx.save_for_backward(x, weight)
+        ctx.sizes, ctx.has_bias = tuple(sizes), bias is not None
+        return tuple(F.linear(x, weight, bias).split(ctx.sizes, dim=-1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        ends = [sum(ctx.sizes[:i + 1]) for i in range(len(ctx.sizes))]
+        spans = [(end - n, end, g.reshape(-1, n)) for n, end, g in zip(ctx.sizes, ends, grads) if g is not None]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.zeros_like(x) if not spans else None
+            for lo, hi, g in _gathered(spans):
+                dx = g @ weight[lo:hi] if dx is None else dx.view(-1, x.shape[-1]).addmm_(g, weight[lo:hi])
+            dx = dx.view(x.shape)
+        if ctx.needs_input_grad[1]:
+            x2 = x.reshape(-1, x.shape[-1])
+            dw = weight.new_zeros(weight.shape) if len(spans) < len(ctx.sizes) else torch.empty_like(weight)
+            for lo, hi, g in spans:
+                torch.mm(g.t(), x2, out=dw[lo:hi])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = weight.new_zeros(weight.shape[0])
+            for lo, hi, g in spans:
+                db[lo:hi] = g.sum(0)
+        return dx, dw, db, None
+
+
+def _gathered(spans: list) -> list:
+    """``spans`` ((lo, hi, dy (tokens, hi - lo)) of the groups that have a gradient, in column order) with each
+    run of adjacent narrow groups (fewer than NARROW_GROUP columns) gathered into one: one product each."""
+    out = []
+    for lo, hi, g in spans:
+        prev = out[-1] if out else None
+        if prev is not None and prev[1] == lo and hi - lo < NARROW_GROUP and prev[1] - prev[0] < NARROW_GROUP:
+            out[-1] = (prev[0], hi, torch.cat([prev[2], g], dim=1))
+        else:
+            out.append((lo, hi, g))
+    return out
+
+
+def linear_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 sizes: list[int]) -> list[torch.Tensor]:
+    """``list(F.linear(x, weight, bias).split(sizes, -1))``: the same product and outputs (views of it), with a
+    backward that sums one product per output group instead of gathering their gradients (:class:`_SplitLinear`).
+    x (..., d), weight (sum(sizes), d), bias (sum(sizes),) or None."""
+    if sum(sizes) != weight.shape[0]:
+        raise ValueError(f"sizes must sum to weight's {weight.shape[0]} rows, got {list(sizes)}")
+    return list(_SplitLinear.apply(x, weight, bias, list(sizes)))
+
 
 def project_groups(x: torch.Tensor, groups: list[list[nn.Linear]]) -> list[torch.Tensor]:
     """Every layer of ``groups`` applied to x as one matrix product: the layers' weights (and biases) stacked,
     the output split back into one strided view per group, a group's layers side by side
     (``torch.cat([lin(x) for lin in group], -1)`` without the copy). Every output element is the same dot
-    product as the layer's own; one GEMM launch instead of one per layer and, under autocast, one cast of x
-    (and, backward, one input gradient instead of a float32 sum of one per layer)."""
+    product as the layer's own; one GEMM launch instead of one per layer and, under autocast, one cast of x.
+    Backward (:func:`linear_split`): one product per group for the input gradient, summed in place, and the
+    weight gradient written per group, with no gathering of the groups' output gradients."""
     flat = [lin for group in groups for lin in group]
     if len(flat) == 1:
         return [flat[0](x)]
@@ -52,7 +125,7 @@ def project_groups(x: torch.Tensor, groups: list[list[nn.Linear]]) -> list[torch
     bias = None
     if any(lin.bias is not None for lin in flat):
         bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in flat])
-    return list(F.linear(x, weight, bias).split([sum(lin.out_features for lin in g) for g in groups], dim=-1))
+    return linear_split(x, weight, bias, [sum(lin.out_features for lin in g) for g in groups])
 
 
 def project(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:

@@ -301,15 +301,30 @@ def test_gpu_fused_matches_reference(T):
 
 
 @pytest.mark.parametrize("biases", [(False, False, False), (True, False, True)], ids=["no-bias", "mixed-bias"])
-def test_project_is_each_linear_on_its_own(biases):
+@pytest.mark.parametrize("unused", [None, 1], ids=["all-used", "one-unused"])
+def test_project_is_each_linear_on_its_own(biases, unused):
     """``project`` (the block's projections as one product) gives each layer's own output and the same
-    gradients, with and without biases (a layer without one counts as a zero bias). float64, inputs of
-    size 1: the stacked product sums the same 24 products per element, in an order the GEMM may change,
-    so the two agree to a few float64 roundings (24 * 2^-53 * |x||w| < 1e-14); 1e-12 leaves room."""
+    gradients, with and without biases (a layer without one counts as a zero bias), with an output that gets
+    no gradient (zeros for its layer), a wide layer and two narrow ones (gathered for the input gradient).
+    float64, inputs of size 1: the stacked product sums the same 24 products per output element in an order
+    the GEMM may change (24 * 2^-53 * sum |x||w| < 1e-13), and the input gradient sums the same N = 157
+    products per element in groups (N 2^-53 sum |dy||w| with sum |dy||w| ~ 0.64 N = 100: < 2e-12 at worst);
+    1e-11 leaves room. The backward gathers no output gradients into one buffer (no cat N columns wide)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     from mosaic_model.models.mosaic_v2 import project
 
+    class Cats(TorchDispatchMode):
+        widths: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten.cat:
+                self.widths.append(out.shape[-1])
+            return out
+
     g = torch.Generator().manual_seed(0)
-    linears = [torch.nn.Linear(24, n, bias=b, dtype=torch.float64) for n, b in zip((24, 3, 24), biases)]
+    linears = [torch.nn.Linear(24, n, bias=b, dtype=torch.float64) for n, b in zip((130, 3, 24), biases)]
     for lin in linears:
         torch.nn.init.normal_(lin.weight, generator=g)
         if lin.bias is not None:
@@ -317,10 +332,45 @@ def test_project_is_each_linear_on_its_own(biases):
     x = torch.randn(2, 5, 24, dtype=torch.float64, generator=g, requires_grad=True)
     fused = project(x, linears)
     for out, lin in zip(fused, linears):
-        torch.testing.assert_close(out, lin(x), rtol=1e-12, atol=1e-12)
-    grads = [torch.randn(out.shape, dtype=torch.float64, generator=g) for out in fused]
+        torch.testing.assert_close(out, lin(x), rtol=1e-11, atol=1e-11)
+    used = [i for i in range(len(linears)) if i != unused]
+    grads = [torch.randn(fused[i].shape, dtype=torch.float64, generator=g) for i in used]
     params = [x] + [p for lin in linears for p in lin.parameters()]
-    want = torch.autograd.grad([lin(x) for lin in linears], params, grads)
-    got = torch.autograd.grad(fused, params, grads)
+    want = torch.autograd.grad([linears[i](x) for i in used], params, grads, allow_unused=True)
+    with Cats() as cats:
+        got = torch.autograd.grad([fused[i] for i in used], params, grads)
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-11, atol=1e-11)
+    assert 157 not in cats.widths, cats.widths
+
+
+def test_project_under_bf16_autocast_matches_the_layers_own():
+    """Under bf16 autocast (the training step's), ``project``'s outputs and gradients against each layer's own
+    autocast product. The outputs are the same bf16 products (one rounding, u = 2^-8, from float32 sums in
+    either order): within 2u, norm-wise. The input gradient sums one bf16 product per group (here 2, the
+    narrow pair gathered) in place: each partial rounded once more, u |partial| <= u |dx| in norm for these
+    independent groups, so within 2u + 2u (the layers' path rounds its sum once, to u) = 4u = 2^-6.
+    The weight gradients are the same dot products rounded once to bf16: 2u."""
+    from mosaic_model.models.mosaic_v2 import project
+
+    u = 2.0 ** -8
+    g = torch.Generator().manual_seed(1)
+    linears = [torch.nn.Linear(64, n, bias=False) for n in (192, 12, 12)]
+    for lin in linears:
+        torch.nn.init.normal_(lin.weight, generator=g)
+    x = torch.randn(4, 32, 64, generator=g, requires_grad=True)
+    params = [x] + [lin.weight for lin in linears]
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = project(x, linears)
+        alone = [lin(x) for lin in linears]
+    grads = [torch.randn(o.shape, generator=g).to(o.dtype) for o in alone]
+    for a, b in zip(fused, alone):
+        assert a.dtype == b.dtype == torch.bfloat16
+        assert rel(a, b) <= 2 * u
+    got = torch.autograd.grad(fused, params, grads)
+    want = torch.autograd.grad(alone, params, grads)
+    assert got[0].dtype == want[0].dtype == torch.float32
+    assert rel(got[0], want[0]) <= 4 * u
+    for a, b in zip(got[1:], want[1:]):
+        assert rel(a, b) <= 2 * u
