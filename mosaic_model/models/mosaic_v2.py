@@ -38,9 +38,9 @@ from .config import MosaicV2Config
 from .generation import GenerateMixin, head_and_loss, is_static
 from .memory import PeekAheadValueExtractor, exp10, layout_for, merge_heads, ops_for, peek_ahead_values, read_row, split_heads
 
-# Output groups narrower than this many columns are gathered into one matrix before the input gradient's
-# product (a copy of a few bytes a token): a product of a handful of columns re-reads and re-writes the whole
-# (tokens, d) input gradient, which costs more than the gather.
+# Adjacent output groups narrower than this many columns are gathered into one matrix before the backward's
+# products (a copy of a few bytes a token): a product of a handful of columns re-reads and re-writes the whole
+# (tokens, d) input gradient, and a weight gradient a few rows tall is a split-K product of its own.
 NARROW_GROUP = 128
 
 
@@ -50,9 +50,10 @@ class _SplitLinear(torch.autograd.Function):
     Autograd's split gathers the pieces' gradients into one (tokens, N) buffer (one full read and write of
     them) for the product's backward. Here the input gradient is the sum of one product per group,
     dx = sum_g dy_g W_g (accumulated in place, in the gradients' dtype: one rounding per group), and each
-    group's weight gradient dW_g = dy_g^T x is written into its rows of dW; groups narrower than
-    NARROW_GROUP columns are gathered first (a few bytes a token). Under autocast x, weight and bias are
-    cast as ``F.linear`` casts them, once. A group whose output gets no gradient counts as zeros."""
+    group's weight gradient dW_g = dy_g^T x is written into its rows of dW; adjacent groups narrower than
+    NARROW_GROUP columns are gathered first (a few bytes a token) and count as one group both ways. Under
+    autocast x, weight and bias are cast as ``F.linear`` casts them, once. A group whose output gets no
+    gradient counts as zeros."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, sizes):
@@ -70,16 +71,17 @@ class _SplitLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         ends = [sum(ctx.sizes[:i + 1]) for i in range(len(ctx.sizes))]
         spans = [(end - n, end, g.reshape(-1, n)) for n, end, g in zip(ctx.sizes, ends, grads) if g is not None]
+        products = _gathered(spans)  # one product each way per group, the narrow ones gathered
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = torch.zeros_like(x) if not spans else None
-            for lo, hi, g in _gathered(spans):
+            dx = torch.zeros_like(x) if not products else None
+            for lo, hi, g in products:
                 dx = g @ weight[lo:hi] if dx is None else dx.view(-1, x.shape[-1]).addmm_(g, weight[lo:hi])
             dx = dx.view(x.shape)
         if ctx.needs_input_grad[1]:
             x2 = x.reshape(-1, x.shape[-1])
             dw = weight.new_zeros(weight.shape) if len(spans) < len(ctx.sizes) else torch.empty_like(weight)
-            for lo, hi, g in spans:
+            for lo, hi, g in products:
                 torch.mm(g.t(), x2, out=dw[lo:hi])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = weight.new_zeros(weight.shape[0])

@@ -272,6 +272,28 @@ def test_compiles_as_one_graph():
     assert rel_err(compiled(idx)[0], model(idx)[0]) < tolerances.FP32
 
 
+def test_compiled_training_step_gives_the_eager_gradients():
+    """The compiled training step (forward and backward through torch.compile(fullgraph=True): the projections'
+    autograd Function whose backward sums one product per output group, the custom ops) gives the eager loss and
+    gradients. float32, one block: the compiler's fusions and its order of the gradient products leave
+    rounding only, a few chained products deep (tolerances.FP32_CHAINED)."""
+    torch.manual_seed(8)
+    model = MemoryMosaicV2(MosaicV2Config(**{**SMALL, "n_layer": 1}))
+    idx = torch.randint(0, 40, (2, 12))
+    delay = torch.tensor([2, 3], dtype=torch.int32)
+    compiled = torch.compile(model, fullgraph=True)
+    results = []
+    for m in (compiled, model):
+        model.zero_grad(set_to_none=True)
+        _, loss = m(idx, idx, delay=delay)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_c, grads_c), (loss_e, grads_e) = results
+    assert rel_err(loss_c, loss_e) < tolerances.FP32
+    for name, g in grads_e.items():
+        assert rel_err(grads_c[name], g) < tolerances.FP32_CHAINED, name
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [256, 2048])
 def test_gpu_fused_matches_reference(T):
