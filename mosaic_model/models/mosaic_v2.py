@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from mosaic_kernels import reference as reference_ops
 from mosaic_kernels.attention import row_bandwidth
@@ -67,6 +68,7 @@ class _SplitLinear(torch.autograd.Function):
         return tuple(F.linear(x, weight, bias).split(ctx.sizes, dim=-1))
 
     @staticmethod
+    @once_differentiable  # its products write in place: a second derivative raises instead of going wrong
     def backward(ctx, *grads):
         x, weight = ctx.saved_tensors
         ends = [sum(ctx.sizes[:i + 1]) for i in range(len(ctx.sizes))]
