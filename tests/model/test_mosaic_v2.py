@@ -337,7 +337,9 @@ def test_project_is_each_linear_on_its_own(biases, unused):
     from mosaic_model.models.mosaic_v2 import project
 
     class Cats(TorchDispatchMode):
-        widths: list = []
+        def __init__(self):
+            super().__init__()
+            self.widths = []  # the width of every cat's output
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
