@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one call. Results go to $OUT (or ./gpu-results).
-# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|launch-step|plans|plans-step|delta|delta-step|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|parity|all]...
+# Usage: bash benchmarks/gpu_check.sh [tests|tests-all|tests-kernels|tests-model|launch|launch-step|plans|plans-step|delta|delta-step|kernels|pmem|scan|host|trainer-flags|profiles|training|training-eager|training-compiled[-512|-2048|-8192]|v2|tree-ab|parity|all]...
 #   tests      every test that runs on CUDA (GPU-marked tests plus the CUDA cases of the others: --cuda-only);
 #              tests-kernels / tests-model run its two halves; tests-all the whole suite (CPU tests too)
 #   kernels    the benchmark of every op of the registry (mosaic_kernels.registry: each record names its
@@ -37,6 +37,8 @@
 #              steps eager at T=2048 and 8192 and compiled at 2048 (bench_training), the eager v2 step's profile,
 #              the gated scan's chunking sweep and the two chunk rules (tune_kernels chunks-tv chunk-rule); about 7
 #              minutes on an H200
+#   tree-ab    the 12-layer eager step of MODELS (mosaic_v2 llama) at SEQ_LENS (2048 8192) with this tree and with
+#              the earlier tree in the folder OLD, each from its own folder, alternated ROUNDS (2) times
 #   parity     300 mosaic-train steps with fused and with reference ops, same data and seed
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -185,6 +187,22 @@ for PART in "${@:-all}"; do
       python3 -m benchmarks.tools.profile_step --model mosaic_v2 --T 2048 > "$OUT/profile_mosaic_v2_2048.txt" 2>&1
       tail -n 12 "$OUT/profile_mosaic_v2_2048.txt"
       python3 -m benchmarks.tools.tune_kernels chunks-tv chunk-rule 2>&1 | tee "$OUT/chunks_tv.txt" | tail -n 12 ;;
+    tree-ab)
+      # A model or wrapper change against the code before it: the training step of each model in $MODELS (default
+      # the v2 and llama-style ones) at each length in $SEQ_LENS (2048 8192) with this tree and with the tree in
+      # $OLD (a folder holding an earlier commit's mosaic_model, mosaic_kernels and benchmarks, e.g. `git archive
+      # REV mosaic_model mosaic_kernels benchmarks | tar -x -C .carry/old`), each side in its own process run from
+      # its own folder (python -m imports the packages of the folder it starts in), alternated ROUNDS (2) times.
+      old=${OLD:?tree-ab: set OLD to a folder holding the earlier tree}
+      out=$(cd "$OUT" && pwd)  # absolute: each side runs from its own folder
+      for round in $(seq "${ROUNDS:-2}"); do
+        for side in new old; do
+          dir=.; [[ $side == old ]] && dir=$old
+          (cd "$dir" && python3 -m benchmarks.bench_training --part eager --layers 12 --seq-lens ${SEQ_LENS:-2048 8192} \
+            --models ${MODELS:-mosaic_v2 llama} --out "$out/tree_ab_${side}_r$round.md" > /dev/null 2>&1)
+          grep -h "^| [a-z_0-9]* | 12 " "$out/tree_ab_${side}_r$round.md" | sed "s/^/$side round $round /"
+        done
+      done ;;
     parity|all)
       for K in fused reference; do
         python3 -m mosaic_model.cli.train --device cuda --steps 300 --eval-every 300 --log-every 10 --kernels $K \
