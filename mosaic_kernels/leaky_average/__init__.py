@@ -35,7 +35,9 @@ def _signature(x: object, decay: object, normalize: object, scale: object, eps: 
         return None
     from . import function
 
-    return (*key, bool(normalize), bool(heads_last), function.tunables(), x.is_cuda or interpreter_enabled())
+    time_varying = isinstance(decay, torch.Tensor) and decay.dim() > 1
+    return (*key, bool(normalize), bool(heads_last), function.tunables(time_varying),
+            x.is_cuda or interpreter_enabled())
 
 
 def _time_varying(name: str, t: torch.Tensor, shapes: tuple, x: torch.Tensor) -> torch.Tensor:

@@ -127,10 +127,13 @@ def _launch_tile(direction: str, kind: int, D: int, dtype: torch.dtype) -> tuple
     return block_t, warps, stages, block_d
 
 
-def tunables() -> tuple:
+def tunables(time_varying: bool = True) -> tuple:
     """The module settings the launch plans read besides the call's arguments (tests and tuning change them): part
-    of the key of a cached call plan (mosaic_kernels.leaky_average._PLANS)."""
-    tv_tiles = tuple((key, tuple(sorted(table.items()))) for key, table in sorted(TIME_VARYING_TILES.items()))
+    of the key of a cached call plan (mosaic_kernels.leaky_average._PLANS). TIME_VARYING_TILES only with a
+    ``time_varying`` decay, the only launches that read it (flattening the table is most of this function's host
+    time: about 9 us of a per-head call's 175 on an H100 host)."""
+    tv_tiles = (tuple((key, tuple(sorted(table.items()))) for key, table in sorted(TIME_VARYING_TILES.items()))
+                if time_varying else None)
     return (FWD_IN_TILE, BWD_IN_TILE, FWD_PROGRAMS_PER_SM, BWD_PROGRAMS_PER_SM, CHUNK_RULE, CHUNK_TARGET_LEN,
             CHUNK_TARGET_MAX, FWD_STAGES, BWD_STAGES, TIME_VARYING_FWD_PRECISION, tv_tiles)
 
@@ -261,14 +264,18 @@ def _backward_launch(y: torch.Tensor, gx: torch.Tensor, decay: torch.Tensor, nor
 
 def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chunk_len: int, dx_heads_last: bool,
                      x: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-                     head_sums: tuple[bool, bool] = (True, True), launch_plan: dict | None = None):
+                     head_sums: tuple[bool, bool] = (True, True), launch_plan: dict | None = None,
+                     shared_sums: bool = False):
     """Run the backward kernels; returns (dx, (d(decay), d(scale)) per head, (H,) float32 each (d(decay)
     zero for a time-varying decay), d(decay) of a time-varying decay (its shape and dtype; None for a
     per-head one), d(gate) (B, H, T) float32 (None without a gate)). dx is heads-last when
     ``dx_heads_last`` (the forward's x was), so the head split's backward is a view. ``x``: the ungated
     input, read with a gate. ``head_sums``: whether to sum the programs' partials of d(decay) per head and of
     d(scale); one left out (a time-varying decay's, a constant scale's) is returned unwritten, one launch
-    fewer each. ``launch_plan``: what :func:`_backward_launch` returned for the same arguments (a cached plan)."""
+    fewer each. ``launch_plan``: what :func:`_backward_launch` returned for the same arguments (a cached plan).
+    Both sums are one launch over the (2, B, H, nchunk) partials; ``shared_sums``: return its two rows as views of
+    one tensor (an autograd.Function may), else the second row copied (a registered op's outputs may not alias each
+    other): the same bits either way, one launch fewer with views."""
     B, H, T, D = y.shape
     gx = empty_heads(_empty, y.shape, heads_last=dx_heads_last, device=y.device, dtype=y.dtype)
     p = launch_plan or _backward_launch(y, gx, decay, normalize, eps, chunk_len, x, gate)
@@ -286,9 +293,13 @@ def _launch_backward(gy, y, norm, decay, scale, normalize: bool, eps: float, chu
         # Chunk 0's summary is never read; launching it anyway keeps the indexing plain.
         launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=True, **p["meta"])
     launch(_leaky_bwd_kernel, (nchunk, B * H), *args, SUMMARY_ONLY=False, **p["meta"])
-    # Fixed orders of summation: deterministic. Two sums, so that no two results share memory.
-    per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) if head_sums[i] else parts.new_empty(H)
-                     for i in range(2))
+    # Fixed orders of summation: deterministic.
+    if all(head_sums):
+        both = parts.view(2, B, H, nchunk).sum(dim=(1, 3))
+        per_head = (both[0], both[1] if shared_sums else both[1].clone())
+    else:
+        per_head = tuple(parts[i].view(B, H, nchunk).sum(dim=(0, 2)) if head_sums[i] else parts.new_empty(H)
+                         for i in range(2))
     return gx, per_head, ddecay, dgate
 
 
@@ -450,7 +461,7 @@ class _PlannedScan(torch.autograd.Function):
         head_sums = (ctx.needs_input_grad[1] and not tv, ctx.needs_input_grad[2] and plan.normalize)
         gx, per_head, ddecay, dgate = _launch_backward(
             gy, y, norm, decay_t, scale_t, plan.normalize, plan.eps, 0, plan.dx_heads_last, x, gate_t, head_sums,
-            launch_plan=plan.backward_plan(y, decay_t, x, gate_t))
+            launch_plan=plan.backward_plan(y, decay_t, x, gate_t), shared_sums=True)
         return (gx, ddecay if tv else per_head[0] if head_sums[0] else None,
                 per_head[1] if head_sums[1] else None, dgate, None)
 
