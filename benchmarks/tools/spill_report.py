@@ -9,7 +9,9 @@ attention; the per-head and the gated time-varying scan), then, for every entry 
 ``FWD_DOT_TILES_FLOAT32``, ``BWD_DOT_TILES_FLOAT32``; ``--tables 16-bit`` for the 16-bit ones on float32
 inputs instead), compiles the kernel at that tile for sm_90 and reads ``ptxas -v`` (the ptxas shipped with
 Triton): one line per entry with its registers and spill bytes. The split backward's two kernels are compiled with
-a per-head and with a per-row scale (the v2 ops' adaptive bandwidth reads the latter). ``--inputs bfloat16``
+a per-head and with a per-row scale (the v2 ops' adaptive bandwidth reads the latter), and once more as the v2
+block's call runs them (a band table of window and delay heads, a per-row scale, no dropout, the row term from its
+own launch) at the band table's tiles (``BWD_BAND_TABLE_TILES``; float32: the split tiles). ``--inputs bfloat16``
 compiles the 16-bit tables on bf16 inputs instead (tensor-core products; the per-row scale's cost at the key
 kernel's default tile is a matter of registers there, BENCHMARKS.md "Targets against measurements (issue 36)").
 
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 ATTENTION_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_bwd_key_kernel", "_attn_bwd_query_kernel")
 
@@ -41,6 +44,7 @@ def record(inputs: str = "float32") -> list[dict]:
     import torch
 
     from benchmarks.tools.compile_check import as_bfloat16, recording
+    from mosaic_kernels.attention import function as attention_function
     from mosaic_kernels.attention.function import attention_backward, attention_forward, split_config
     from mosaic_kernels.leaky_average import leaky_average
 
@@ -59,6 +63,12 @@ def record(inputs: str = "float32") -> list[dict]:
         y, lse = attention_forward(k, v, rows, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
                                    seed=seed, threshold=3277)
         attention_backward(k, v, y, lse, rows, dy, bwd, seed=seed, threshold=3277)  # bwd: the split plan's
+        # v2's call: one window head and one delayed head in a band table, a per-row scale, no dropout, and the row
+        # term from its own launch, as the model's calls at T >= 2048 take it (their work is past the in-kernel line).
+        table = torch.tensor([[[8, 1], [40, 4]]], dtype=torch.int32)
+        y, lse = attention_forward(k, v, rows, dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1), delays=table)
+        with mock.patch.object(attention_function, "DELTA_IN_KERNEL", False):
+            attention_backward(k, v, y, lse, rows, dy, bwd, delays=table)
         x = torch.randn(1, 2, 40, 16, generator=g, dtype=dtype, requires_grad=True)
         for decay, gate in ((torch.rand(2, generator=g), None),
                             (torch.rand(1, 2, 40, generator=g), torch.rand(1, 2, 40, generator=g) + 0.5)):
@@ -70,15 +80,18 @@ def record(inputs: str = "float32") -> list[dict]:
             continue
         if inputs != "float32":
             launch = as_bfloat16(launch)
-        unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED"), c.get("ROW_SCALE")), launch)
+        unique.setdefault((launch["name"], c.get("DECAY_KIND"), c.get("GATED"), c.get("ROW_SCALE"),
+                           c.get("BAND_TABLE")), launch)
     return list(unique.values())
 
 
 def _variant(constexprs: dict) -> str | None:
-    """Which recorded launch of a kernel an entry compiles: the scan's decay kind, the attention's per-row scale
-    ("row scale"), else None."""
+    """Which recorded launch of a kernel an entry compiles: the scan's decay kind, v2's call ("v2 call": a band
+    table), the attention's per-row scale ("row scale"), else None."""
     if constexprs.get("DECAY_KIND") is not None:
         return {0: "per-head", 1: "gated, per step"}[constexprs["DECAY_KIND"]]
+    if constexprs.get("BAND_TABLE"):
+        return "v2 call"
     return "row scale" if constexprs.get("ROW_SCALE") else None
 
 
@@ -92,7 +105,7 @@ def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple, st
     from mosaic_kernels.leaky_average import function as scan
 
     dtype = torch.float32 if tables == "float32" else torch.bfloat16
-    fwd, fwd_long, bwd, bwd_long, _ = att._tables(dtype)
+    fwd, fwd_long, bwd, bwd_long, band_table = att._tables(dtype)
     out = []
     for D in dims:
         for label, table in (("short", fwd), ("long", fwd_long)):
@@ -104,6 +117,9 @@ def entries(tables: str, dims: list[int]) -> list[tuple[str, str, int, tuple, st
             for label, variant in (("split", None), ("split, row scale", "row scale")):
                 out += [("_attn_bwd_key_kernel", label, D, bwd_long[D][0], variant),
                         ("_attn_bwd_query_kernel", label, D, bwd_long[D][1], variant)]
+        if D in band_table:
+            out += [("_attn_bwd_key_kernel", "v2 call", D, band_table[D][0], "v2 call"),
+                    ("_attn_bwd_query_kernel", "v2 call", D, band_table[D][1], "v2 call")]
         for name, direction in (("_leaky_fwd_kernel", "fwd"), ("_leaky_bwd_kernel", "bwd")):
             tile = scan.active_tiles(direction, dtype).get(D)
             if tile is not None:
